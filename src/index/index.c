@@ -1,0 +1,275 @@
+/* LMDB-backed indexes. Keys and values are fixed little structs encoded by hand; the
+ * revision table is a DUPSORT|DUPFIXED table keyed by stream id, so one stream's
+ * entries are contiguous and ordered by revision. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/base.h"
+#include "index/index.h"
+
+annal_err annal__index_err(int rc) {
+    switch (rc) {
+    case MDB_SUCCESS: return ANNAL_OK;
+    case MDB_NOTFOUND: return ANNAL_ENOTFOUND;
+    case MDB_KEYEXIST: return ANNAL_EDUPLICATE;
+    case MDB_MAP_FULL: return ANNAL_ENOSPC;
+    case ENOSPC: return ANNAL_ENOSPC;
+    case ENOMEM: return ANNAL_ENOMEM;
+    case MDB_CORRUPTED: case MDB_PAGE_NOTFOUND: case MDB_INVALID: case MDB_BAD_TXN:
+        return ANNAL_ECORRUPT;
+    case MDB_VERSION_MISMATCH: return ANNAL_EVERSION;
+    case EACCES: case EROFS: return ANNAL_EREADONLY;
+    default: return ANNAL_EIO;
+    }
+}
+
+void annal__boot_id(char out[40]) {
+    memset(out, 0, 40);
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(out, 40, f)) out[0] = 0;
+        fclose(f);
+    }
+    out[strcspn(out, "\n")] = 0;
+}
+
+annal_err annal__index_state_read(const char *dir, annal__index_state *st) {
+    char path[4096], buf[256];
+    snprintf(path, sizeof path, "%s/state", dir);
+    memset(st, 0, sizeof *st);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? ANNAL_ENOTFOUND : ANNAL_EIO;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return ANNAL_ECORRUPT;
+    buf[n] = 0;
+    char boot[40] = {0};
+    int clean = 0;
+    if (sscanf(buf, "annal-index 1\nclean %d\nboot %39s", &clean, boot) != 2)
+        return ANNAL_ECORRUPT;
+    st->clean = clean == 1;
+    memcpy(st->boot_id, boot, sizeof boot);
+    return ANNAL_OK;
+}
+
+int annal__index_state_write(const char *dir, const annal__index_state *st) {
+    char path[4096], tmp[4100], buf[256];
+    snprintf(path, sizeof path, "%s/state", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int n = snprintf(buf, sizeof buf, "annal-index 1\nclean %d\nboot %s\n", st->clean ? 1 : 0,
+                     st->boot_id[0] ? st->boot_id : "-");
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -errno;
+    int r = 0;
+    if (write(fd, buf, (size_t)n) != n || fsync(fd) < 0) r = errno ? -errno : -EIO;
+    close(fd);
+    if (r == 0 && rename(tmp, path) < 0) r = -errno;
+    if (r == 0) {
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            if (fsync(dfd) < 0) r = -errno;
+            close(dfd);
+        }
+    }
+    return r;
+}
+
+int annal__index_remove(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    if (unlink(path) < 0 && errno != ENOENT) return -errno;
+    snprintf(path, sizeof path, "%s/lock.mdb", dir);
+    if (unlink(path) < 0 && errno != ENOENT) return -errno;
+    return 0;
+}
+
+annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, int create,
+                            uint64_t mapsize, char *detail, size_t dlen) {
+    memset(idx, 0, sizeof *idx);
+    if (create) mkdir(dir, 0755);
+    idx->dir = strdup(dir);
+    if (!idx->dir) return ANNAL_ENOMEM;
+    int rc = mdb_env_create(&idx->env);
+    if (rc == 0) rc = mdb_env_set_maxdbs(idx->env, 8);
+    if (rc == 0) rc = mdb_env_set_mapsize(idx->env, (size_t)mapsize);
+    if (rc == 0) rc = mdb_env_set_maxreaders(idx->env, 1024);
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (readonly ? MDB_RDONLY : MDB_NOSYNC);
+    if (rc == 0) rc = mdb_env_open(idx->env, dir, flags, 0644);
+    if (rc != 0) {
+        snprintf(detail, dlen, "cannot open index %s: %s", dir, mdb_strerror(rc));
+        annal_err e = rc == ENOENT ? ANNAL_ENOTFOUND : annal__index_err(rc);
+        annal__index_close(idx);
+        return e;
+    }
+    int dead = 0;
+    mdb_reader_check(idx->env, &dead);
+    MDB_txn *t = NULL;
+    rc = mdb_txn_begin(idx->env, NULL, readonly ? MDB_RDONLY : 0, &t);
+    unsigned c = readonly ? 0 : MDB_CREATE;
+    if (rc == 0) rc = mdb_dbi_open(t, "meta", c, &idx->meta);
+    if (rc == 0) rc = mdb_dbi_open(t, "streams", c, &idx->streams);
+    if (rc == 0)
+        rc = mdb_dbi_open(t, "revs", c | MDB_INTEGERKEY | MDB_DUPSORT | MDB_DUPFIXED, &idx->revs);
+    if (rc == 0) rc = mdb_dbi_open(t, "ids", c, &idx->ids);
+    if (rc == 0) rc = mdb_dbi_open(t, "pos", c | MDB_INTEGERKEY, &idx->pos);
+    if (rc == 0) rc = mdb_txn_commit(t); /* even read-only: abort would close the handles */
+    else if (t) mdb_txn_abort(t);
+    if (rc != 0) {
+        snprintf(detail, dlen, "cannot open index tables in %s: %s", dir, mdb_strerror(rc));
+        annal_err e = rc == MDB_NOTFOUND ? ANNAL_ENOTFOUND : annal__index_err(rc);
+        annal__index_close(idx);
+        return e;
+    }
+    return ANNAL_OK;
+}
+
+void annal__index_close(annal__index *idx) {
+    if (idx->env) mdb_env_close(idx->env);
+    free(idx->dir);
+    memset(idx, 0, sizeof *idx);
+}
+
+int annal__index_sync(annal__index *idx) { return mdb_env_sync(idx->env, 1); }
+
+static MDB_val val(const void *p, size_t n) {
+    MDB_val v = {n, (void *)p};
+    return v;
+}
+
+annal_err annal__index_head_get(MDB_txn *t, const annal__index *idx, annal__index_head *h) {
+    MDB_val k = val("head", 4), v;
+    memset(h, 0, sizeof *h);
+    int rc = mdb_get(t, idx->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) return ANNAL_OK; /* empty index */
+    if (rc) return annal__index_err(rc);
+    if (v.mv_size != 40) return ANNAL_ECORRUPT;
+    const uint8_t *p = v.mv_data;
+    h->next_pos = annal__get64(p);
+    h->next_loc = annal__get64(p + 8);
+    h->next_stream_id = annal__get64(p + 16);
+    h->streams = annal__get64(p + 24);
+    h->last_ns = (int64_t)annal__get64(p + 32);
+    return ANNAL_OK;
+}
+
+annal_err annal__index_head_put(MDB_txn *t, const annal__index *idx, const annal__index_head *h) {
+    uint8_t b[40];
+    annal__put64(b, h->next_pos);
+    annal__put64(b + 8, h->next_loc);
+    annal__put64(b + 16, h->next_stream_id);
+    annal__put64(b + 24, h->streams);
+    annal__put64(b + 32, (uint64_t)h->last_ns);
+    MDB_val k = val("head", 4), v = val(b, sizeof b);
+    return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
+}
+
+annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const char *name,
+                                  size_t len, annal__stream_rec *rec) {
+    MDB_val k = val(name, len), v;
+    int rc = mdb_get(t, idx->streams, &k, &v);
+    if (rc) return annal__index_err(rc);
+    if (v.mv_size != 32) return ANNAL_ECORRUPT;
+    const uint8_t *p = v.mv_data;
+    rec->id = annal__get64(p);
+    rec->count = annal__get64(p + 8);
+    rec->last_pos = annal__get64(p + 16);
+    rec->created_ns = (int64_t)annal__get64(p + 24);
+    return ANNAL_OK;
+}
+
+annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name,
+                                  size_t len, const annal__stream_rec *rec) {
+    uint8_t b[32];
+    annal__put64(b, rec->id);
+    annal__put64(b + 8, rec->count);
+    annal__put64(b + 16, rec->last_pos);
+    annal__put64(b + 24, (uint64_t)rec->created_ns);
+    MDB_val k = val(name, len), v = val(b, sizeof b);
+    return annal__index_err(mdb_put(t, idx->streams, &k, &v, 0));
+}
+
+void annal__rev_val(uint8_t out[ANNAL__REV_VAL], uint64_t rev, uint64_t pos, uint64_t loc) {
+    annal__put64be(out, rev);
+    annal__put64(out + 8, pos);
+    annal__put64(out + 16, loc);
+}
+
+void annal__rev_val_decode(const uint8_t *v, uint64_t *rev, uint64_t *pos, uint64_t *loc) {
+    *rev = annal__get64be(v);
+    *pos = annal__get64(v + 8);
+    *loc = annal__get64(v + 16);
+}
+
+annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                                 uint64_t rev, uint64_t pos, uint64_t loc, const annal_uuid *id) {
+    uint8_t b[16];
+    annal__put64(b, pos);
+    annal__put64(b + 8, loc);
+    MDB_val k = val(id->bytes, 16), v = val(b, 16);
+    int rc = mdb_put(t, idx->ids, &k, &v, MDB_NOOVERWRITE);
+    if (rc) return annal__index_err(rc);
+    uint8_t rv[ANNAL__REV_VAL];
+    annal__rev_val(rv, rev, pos, loc);
+    k = val(&stream_id, 8);
+    v = val(rv, sizeof rv);
+    /* Revisions only grow, so each entry goes at the end of its stream's run. */
+    rc = mdb_put(t, idx->revs, &k, &v, MDB_APPENDDUP);
+    if (rc) return annal__index_err(rc == MDB_KEYEXIST ? MDB_CORRUPTED : rc);
+    if (pos % ANNAL__POS_STRIDE == 0) {
+        k = val(&pos, 8);
+        v = val(&loc, 8);
+        rc = mdb_put(t, idx->pos, &k, &v, MDB_APPEND);
+        if (rc) return annal__index_err(rc == MDB_KEYEXIST ? MDB_CORRUPTED : rc);
+    }
+    return ANNAL_OK;
+}
+
+annal_err annal__index_id_get(MDB_txn *t, const annal__index *idx, const annal_uuid *id,
+                              uint64_t *pos, uint64_t *loc) {
+    MDB_val k = val(id->bytes, 16), v;
+    int rc = mdb_get(t, idx->ids, &k, &v);
+    if (rc) return annal__index_err(rc);
+    if (v.mv_size != 16) return ANNAL_ECORRUPT;
+    *pos = annal__get64(v.mv_data);
+    *loc = annal__get64((const uint8_t *)v.mv_data + 8);
+    return ANNAL_OK;
+}
+
+annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                               uint64_t rev, uint64_t *pos, uint64_t *loc) {
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t, idx->revs, &c);
+    if (rc) return annal__index_err(rc);
+    uint8_t rv[ANNAL__REV_VAL];
+    annal__rev_val(rv, rev, 0, 0);
+    MDB_val k = val(&stream_id, 8), v = val(rv, sizeof rv);
+    rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH_RANGE);
+    annal_err e = annal__index_err(rc);
+    if (e == ANNAL_OK) {
+        uint64_t r;
+        if (v.mv_size != ANNAL__REV_VAL) e = ANNAL_ECORRUPT;
+        else {
+            annal__rev_val_decode(v.mv_data, &r, pos, loc);
+            if (r != rev) e = ANNAL_ENOTFOUND;
+        }
+    }
+    mdb_cursor_close(c);
+    return e;
+}
+
+annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos,
+                                 uint64_t *base, uint64_t *loc) {
+    uint64_t b = pos - pos % ANNAL__POS_STRIDE;
+    MDB_val k = val(&b, 8), v;
+    int rc = mdb_get(t, idx->pos, &k, &v);
+    if (rc) return annal__index_err(rc);
+    if (v.mv_size != 8) return ANNAL_ECORRUPT;
+    *base = b;
+    *loc = annal__get64(v.mv_data);
+    return ANNAL_OK;
+}

@@ -1,0 +1,84 @@
+/* The indexes over the log, kept in LMDB: stream name -> stream record, (stream, revision)
+ * -> position and location, event id -> position, and every ANNAL__POS_STRIDE-th position
+ * -> location. All of it is derived from the log and can be rebuilt from it. */
+#ifndef ANNAL_INDEX_H
+#define ANNAL_INDEX_H
+
+#include <lmdb.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "annal.h"
+
+#define ANNAL__POS_STRIDE 32u /* one position->location entry per this many events */
+
+typedef struct annal__index {
+    MDB_env *env;
+    MDB_dbi meta, streams, revs, ids, pos;
+    char *dir;
+} annal__index;
+
+/* Progress of the index through the log, stored under one key in the same transaction
+ * as the entries it describes, so it can never disagree with them. */
+typedef struct annal__index_head {
+    uint64_t next_pos;       /* first position not indexed */
+    uint64_t next_loc;       /* its location in the log (0: start of the first segment) */
+    uint64_t next_stream_id; /* id for the next new stream */
+    uint64_t streams;        /* streams with at least one event */
+    int64_t last_ns;         /* timestamp of the last indexed event */
+} annal__index_head;
+
+typedef struct annal__stream_rec {
+    uint64_t id;       /* internal stream number */
+    uint64_t count;    /* events in the stream == next revision */
+    uint64_t last_pos; /* position of its last event */
+    int64_t created_ns;
+} annal__stream_rec;
+
+/* Trust file beside the LMDB files: was the index closed cleanly, and by which boot.
+ * LMDB runs with MDB_NOSYNC (the log is the durable copy), which survives a process
+ * crash but not a power loss; after one the index is rebuilt. */
+typedef struct annal__index_state {
+    int clean;
+    char boot_id[40];
+} annal__index_state;
+
+annal_err annal__index_state_read(const char *dir, annal__index_state *st);
+int annal__index_state_write(const char *dir, const annal__index_state *st);
+void annal__boot_id(char out[40]);
+/* Remove the LMDB files in dir (the index is rebuilt on open). */
+int annal__index_remove(const char *dir);
+
+annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, int create,
+                            uint64_t mapsize, char *detail, size_t dlen);
+void annal__index_close(annal__index *idx);
+/* Flush everything to disk (the writer does this at clean close). */
+int annal__index_sync(annal__index *idx);
+
+/* The helpers below return ANNAL_OK, ANNAL_ENOTFOUND, or ANNAL_EIO / ANNAL_ENOSPC /
+ * ANNAL_ECORRUPT for LMDB failures. */
+annal_err annal__index_err(int mdb_rc);
+annal_err annal__index_head_get(MDB_txn *t, const annal__index *idx, annal__index_head *h);
+annal_err annal__index_head_put(MDB_txn *t, const annal__index *idx, const annal__index_head *h);
+annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const char *name,
+                                  size_t len, annal__stream_rec *rec);
+annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name,
+                                  size_t len, const annal__stream_rec *rec);
+/* Index one event. ANNAL_EDUPLICATE if its id is already indexed. */
+annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                                 uint64_t rev, uint64_t pos, uint64_t loc, const annal_uuid *id);
+annal_err annal__index_id_get(MDB_txn *t, const annal__index *idx, const annal_uuid *id,
+                              uint64_t *pos, uint64_t *loc);
+annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                               uint64_t rev, uint64_t *pos, uint64_t *loc);
+/* Location of position pos rounded down to a stride boundary: *base gets that position. */
+annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos,
+                                 uint64_t *base, uint64_t *loc);
+
+/* Revision entries are 24 bytes: revision (big-endian, so LMDB sorts them), position,
+ * location (little-endian). */
+#define ANNAL__REV_VAL 24u
+void annal__rev_val(uint8_t out[ANNAL__REV_VAL], uint64_t rev, uint64_t pos, uint64_t loc);
+void annal__rev_val_decode(const uint8_t *v, uint64_t *rev, uint64_t *pos, uint64_t *loc);
+
+#endif

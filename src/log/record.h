@@ -1,0 +1,57 @@
+/* Byte layout of segment headers and event records (docs/format.md), with encoders and
+ * strict decoders. Decoders are fed bytes that may be torn or hostile: they check every
+ * length against what is available before reading it. */
+#ifndef ANNAL_RECORD_H
+#define ANNAL_RECORD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "annal.h"
+
+#define ANNAL__SEG_MAGIC "ANNALSEG"
+#define ANNAL__FORMAT 1u
+#define ANNAL__SEG_HDR 64u  /* bytes of a segment header; records start here */
+#define ANNAL__REC_HDR 72u  /* bytes of a record header */
+#define ANNAL__REC_EVENT 1u /* record kind (flags & 0xff) */
+
+typedef struct annal__seg_hdr {
+    uint32_t format;
+    uint64_t segno;
+    uint64_t first_pos; /* position of the first record in the segment */
+    uint64_t capacity;  /* bytes the segment may grow to */
+    int64_t created_ns;
+} annal__seg_hdr;
+
+void annal__seg_hdr_encode(const annal__seg_hdr *h, uint8_t out[ANNAL__SEG_HDR]);
+/* ANNAL_OK, ANNAL_ECORRUPT (bad magic/checksum), ANNAL_EVERSION. */
+annal_err annal__seg_hdr_decode(const uint8_t *p, size_t avail, annal__seg_hdr *h);
+
+/* Batch framing carried by each record: a batch is valid only when all its records are. */
+typedef struct annal__rec_info {
+    uint32_t len;         /* total record bytes, multiple of 8 */
+    uint32_t batch_index; /* 0 .. batch_count-1 */
+    uint32_t batch_count;
+    uint32_t kind;
+} annal__rec_info;
+
+/* Bytes needed to encode an event with these lengths. */
+static inline uint64_t annal__rec_size(size_t stream_len, size_t type_len, size_t data_len,
+                                       size_t meta_len) {
+    uint64_t n = ANNAL__REC_HDR + stream_len + 1 + type_len + 1 + data_len + meta_len;
+    return (n + 7) & ~(uint64_t)7;
+}
+
+/* Encode ev (stream/type/data/metadata, id, revision, position, timestamp) with its
+ * batch framing into out, which has room for annal__rec_size(...) bytes. Returns the
+ * record length. */
+uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
+                           uint8_t *out);
+
+/* Decode the record at p (avail bytes readable). On ANNAL_OK, ev points into p.
+ * Returns ANNAL_END if the bytes are all zero where a header would be (clean end of
+ * data), ANNAL_ECORRUPT for anything malformed, torn or failing its checksum. */
+annal_err annal__rec_decode(const uint8_t *p, size_t avail, annal_event *ev,
+                            annal__rec_info *info);
+
+#endif

@@ -1,0 +1,324 @@
+/* Segment files: creation, growth, mapping, discovery, and a cursor that walks records
+ * across segment boundaries. The writer is the only one that creates or grows files;
+ * readers (possibly in another process) open and map what they find. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/base.h"
+#include "log/segment.h"
+
+#define GROW_CHUNK (8u << 20) /* preallocate in steps of this many bytes */
+
+static void seg_path(const annal__log *log, uint64_t no, char *out, size_t len) {
+    snprintf(out, len, "%s/%016" PRIx64 ".seg", log->dir, no);
+}
+
+static void seg_free(annal__log *log, annal__seg *s) {
+    if (!s) return;
+    if (s->map) log->io->unmap(log->io->ctx, s->map, s->cap);
+    if (s->fd >= 0) log->io->close(log->io->ctx, s->fd);
+    free(s);
+}
+
+/* Open segment file no and check its header. ANNAL_ENOTFOUND if there is no file. */
+static annal_err seg_load(annal__log *log, uint64_t no, annal__seg **out, char *detail,
+                          size_t dlen) {
+    char path[4096];
+    seg_path(log, no, path, sizeof path);
+    int fd = log->io->open(log->io->ctx, path, log->readonly ? O_RDONLY : O_RDWR, 0);
+    if (fd < 0) {
+        if (fd == -ENOENT) return ANNAL_ENOTFOUND;
+        snprintf(detail, dlen, "cannot open %s: %s", path, strerror(-fd));
+        return ANNAL_EIO;
+    }
+    uint8_t hb[ANNAL__SEG_HDR];
+    annal__seg_hdr h;
+    uint64_t size = 0;
+    int r = log->io->size(log->io->ctx, fd, &size);
+    annal_err rc = ANNAL_ECORRUPT;
+    if (r < 0) {
+        rc = ANNAL_EIO;
+        snprintf(detail, dlen, "cannot stat %s: %s", path, strerror(-r));
+        goto fail;
+    }
+    if (size < ANNAL__SEG_HDR || annal__io_read_all(log->io, fd, hb, sizeof hb, 0) < 0 ||
+        (rc = annal__seg_hdr_decode(hb, sizeof hb, &h)) != ANNAL_OK) {
+        snprintf(detail, dlen, "segment %s: bad header", path);
+        goto fail;
+    }
+    if (h.segno != no) {
+        rc = ANNAL_ECORRUPT;
+        snprintf(detail, dlen, "segment %s: header says segment %" PRIu64, path, h.segno);
+        goto fail;
+    }
+    annal__seg *s = calloc(1, sizeof *s);
+    if (!s) {
+        rc = ANNAL_ENOMEM;
+        goto fail;
+    }
+    s->no = no;
+    s->first_pos = h.first_pos;
+    s->cap = h.capacity;
+    s->fd = fd;
+    s->size = size;
+    s->map = log->io->map(log->io->ctx, fd, h.capacity);
+    if (!s->map) {
+        free(s);
+        rc = ANNAL_ENOMEM;
+        snprintf(detail, dlen, "cannot map %s", path);
+        goto fail;
+    }
+    *out = s;
+    return ANNAL_OK;
+fail:
+    log->io->close(log->io->ctx, fd);
+    return rc;
+}
+
+/* Append s (number base + nsegs) to the table; caller holds mu or is single-threaded. */
+static int seg_push(annal__log *log, annal__seg *s) {
+    if (log->nsegs == log->capsegs) {
+        size_t n = log->capsegs ? log->capsegs * 2 : 16;
+        annal__seg **p = realloc(log->segs, n * sizeof *p);
+        if (!p) return -ENOMEM;
+        log->segs = p;
+        log->capsegs = n;
+    }
+    if (log->nsegs == 0) log->base = s->no;
+    log->segs[log->nsegs++] = s;
+    return 0;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir, int readonly,
+                          int create, char *detail, size_t dlen) {
+    memset(log, 0, sizeof *log);
+    log->io = io;
+    log->readonly = readonly;
+    pthread_mutex_init(&log->mu, NULL);
+    size_t n = strlen(dir) + 5;
+    log->dir = malloc(n);
+    if (!log->dir) return ANNAL_ENOMEM;
+    snprintf(log->dir, n, "%s/log", dir);
+    if (create && mkdir(log->dir, 0755) == 0) io->sync_dir(io->ctx, dir);
+
+    DIR *d = opendir(log->dir);
+    if (!d) {
+        snprintf(detail, dlen, "cannot open %s: %s", log->dir, strerror(errno));
+        return errno == ENOENT ? ANNAL_ENOTFOUND : ANNAL_EIO;
+    }
+    uint64_t *nos = NULL;
+    size_t cnt = 0, cap = 0;
+    struct dirent *e;
+    annal_err rc = ANNAL_OK;
+    while ((e = readdir(d)) != NULL) {
+        const char *nm = e->d_name;
+        if (strlen(nm) != 20 || strcmp(nm + 16, ".seg") != 0) continue;
+        char *end;
+        uint64_t no = strtoull(nm, &end, 16);
+        if (end != nm + 16) continue;
+        if (cnt == cap) {
+            cap = cap ? cap * 2 : 64;
+            uint64_t *p = realloc(nos, cap * sizeof *p);
+            if (!p) {
+                rc = ANNAL_ENOMEM;
+                break;
+            }
+            nos = p;
+        }
+        nos[cnt++] = no;
+    }
+    closedir(d);
+    if (rc != ANNAL_OK) goto done;
+    if (cnt) qsort(nos, cnt, sizeof *nos, cmp_u64);
+    for (size_t i = 0; i < cnt; i++) {
+        if (i > 0 && nos[i] != nos[i - 1] + 1) {
+            rc = ANNAL_ECORRUPT;
+            snprintf(detail, dlen, "segment %016" PRIx64 ".seg is missing", nos[i - 1] + 1);
+            goto done;
+        }
+        annal__seg *s = NULL;
+        rc = seg_load(log, nos[i], &s, detail, dlen);
+        if (rc == ANNAL_ECORRUPT && i == cnt - 1 && !readonly) {
+            /* A torn header can only come from a crash while the segment was being
+             * created, before anything in it was acknowledged. */
+            char path[4096];
+            seg_path(log, nos[i], path, sizeof path);
+            io->unlink(io->ctx, path);
+            io->sync_dir(io->ctx, log->dir);
+            rc = ANNAL_OK;
+            break;
+        }
+        if (rc == ANNAL_ECORRUPT && i == cnt - 1 && readonly) {
+            rc = ANNAL_OK; /* being created by the writer right now, or torn: not ours */
+            break;
+        }
+        if (rc != ANNAL_OK) goto done;
+        if (seg_push(log, s) < 0) {
+            seg_free(log, s);
+            rc = ANNAL_ENOMEM;
+            goto done;
+        }
+    }
+done:
+    free(nos);
+    return rc;
+}
+
+void annal__log_close(annal__log *log) {
+    for (size_t i = 0; i < log->nsegs; i++) seg_free(log, log->segs[i]);
+    free(log->segs);
+    free(log->dir);
+    pthread_mutex_destroy(&log->mu);
+    memset(log, 0, sizeof *log);
+}
+
+annal__seg *annal__log_seg(annal__log *log, uint64_t no) {
+    annal__seg *s = NULL;
+    pthread_mutex_lock(&log->mu);
+    if (log->nsegs && no >= log->base && no < log->base + log->nsegs) {
+        s = log->segs[no - log->base];
+    } else if (log->readonly && (log->nsegs == 0 || no == log->base + log->nsegs)) {
+        /* Another process may have created it since we looked. */
+        char detail[256];
+        if (seg_load(log, no, &s, detail, sizeof detail) == ANNAL_OK && seg_push(log, s) < 0) {
+            seg_free(log, s);
+            s = NULL;
+        }
+    }
+    pthread_mutex_unlock(&log->mu);
+    return s;
+}
+
+annal__seg *annal__log_last(annal__log *log) {
+    pthread_mutex_lock(&log->mu);
+    annal__seg *s = log->nsegs ? log->segs[log->nsegs - 1] : NULL;
+    pthread_mutex_unlock(&log->mu);
+    return s;
+}
+
+int annal__log_add(annal__log *log, uint64_t no, uint64_t first_pos, uint64_t cap,
+                   annal__seg **out) {
+    const annal__io *io = log->io;
+    char path[4096];
+    seg_path(log, no, path, sizeof path);
+    int fd = io->open(io->ctx, path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return fd;
+    annal__seg_hdr h = {ANNAL__FORMAT, no, first_pos, cap, annal__now_ns()};
+    uint8_t hb[ANNAL__SEG_HDR];
+    annal__seg_hdr_encode(&h, hb);
+    uint64_t first = cap < GROW_CHUNK ? cap : GROW_CHUNK;
+    int r = io->alloc(io->ctx, fd, 0, first);
+    if (r == 0) r = annal__io_write_all(io, fd, hb, sizeof hb, 0);
+    if (r == 0) r = io->sync(io->ctx, fd);
+    if (r == 0) r = io->sync_dir(io->ctx, log->dir);
+    annal__seg *s = NULL;
+    if (r == 0) {
+        s = calloc(1, sizeof *s);
+        if (!s) r = -ENOMEM;
+    }
+    if (r == 0) {
+        s->no = no;
+        s->first_pos = first_pos;
+        s->cap = cap;
+        s->fd = fd;
+        s->size = first;
+        s->map = io->map(io->ctx, fd, cap);
+        if (!s->map) r = -ENOMEM;
+    }
+    if (r == 0) {
+        pthread_mutex_lock(&log->mu);
+        r = seg_push(log, s);
+        pthread_mutex_unlock(&log->mu);
+    }
+    if (r < 0) {
+        if (s) {
+            if (s->map) io->unmap(io->ctx, s->map, cap);
+            free(s);
+        }
+        io->close(io->ctx, fd);
+        io->unlink(io->ctx, path); /* nothing in it was ever acknowledged */
+        return r;
+    }
+    *out = s;
+    return 0;
+}
+
+int annal__seg_reserve(annal__log *log, annal__seg *seg, uint64_t end) {
+    uint64_t size = __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE);
+    if (end <= size) return 0;
+    uint64_t want = size + GROW_CHUNK;
+    if (want < end) want = end;
+    if (want > seg->cap) want = seg->cap;
+    if (end > want) return -EFBIG;
+    int r = log->io->alloc(log->io->ctx, seg->fd, size, want - size);
+    if (r < 0) return r;
+    __atomic_store_n(&seg->size, want, __ATOMIC_RELEASE);
+    return 0;
+}
+
+annal_err annal__seg_readable(annal__log *log, annal__seg *seg, uint64_t end) {
+    if (end > seg->cap) return ANNAL_ECORRUPT;
+    if (end <= __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE)) return ANNAL_OK;
+    uint64_t size = 0;
+    if (log->io->size(log->io->ctx, seg->fd, &size) < 0) return ANNAL_EIO;
+    if (size > seg->cap) size = seg->cap;
+    __atomic_store_n(&seg->size, size, __ATOMIC_RELEASE);
+    return end <= size ? ANNAL_OK : ANNAL_ECORRUPT;
+}
+
+/* Decode the record at off of seg, touching only bytes known to exist. */
+static annal_err read_rec(annal__log *log, annal__seg *seg, uint64_t off, annal_event *ev,
+                          annal__rec_info *info) {
+    if (off + 8 > seg->cap) return ANNAL_END;
+    annal_err rc = annal__seg_readable(log, seg, off + 8);
+    if (rc == ANNAL_ECORRUPT) return ANNAL_END; /* past the end of the file: no record */
+    if (rc != ANNAL_OK) return rc;
+    uint32_t len = annal__get32(seg->map + off + 4);
+    if (len == 0 && annal__get32(seg->map + off) == 0) return ANNAL_END;
+    if (len < ANNAL__REC_HDR || off + len > seg->cap) return ANNAL_ECORRUPT;
+    rc = annal__seg_readable(log, seg, off + len);
+    if (rc != ANNAL_OK) return rc;
+    return annal__rec_decode(seg->map + off, (size_t)(seg->cap - off), ev, info);
+}
+
+annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info *info,
+                             uint64_t *loc_out) {
+    for (;;) {
+        annal_err rc = read_rec(c->log, c->seg, c->off, ev, info);
+        if (rc == ANNAL_END) {
+            annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);
+            if (!next) return ANNAL_END;
+            if (next->first_pos != c->pos) return ANNAL_ECORRUPT;
+            c->seg = next;
+            c->off = ANNAL__SEG_HDR;
+            continue;
+        }
+        if (rc != ANNAL_OK) return rc;
+        if (ev->position != c->pos) return ANNAL_ECORRUPT;
+        if (loc_out) *loc_out = ANNAL__LOC(c->seg->no, c->off);
+        c->off += info->len;
+        c->pos++;
+        return ANNAL_OK;
+    }
+}
+
+annal_err annal__log_read_at(annal__log *log, uint64_t loc, uint64_t pos, annal_event *ev,
+                             annal__rec_info *info) {
+    annal__seg *s = annal__log_seg(log, ANNAL__LOC_SEG(loc));
+    if (!s) return ANNAL_ECORRUPT;
+    annal_err rc = read_rec(log, s, ANNAL__LOC_OFF(loc), ev, info);
+    if (rc == ANNAL_END) return ANNAL_ECORRUPT;
+    if (rc == ANNAL_OK && pos != UINT64_MAX && ev->position != pos) return ANNAL_ECORRUPT;
+    return rc;
+}

@@ -1,0 +1,373 @@
+/* Appends with group commit. Callers queue their request; one of them becomes the
+ * leader, takes every queued request, checks each against the index (expected revision,
+ * idempotence), encodes them into one buffer, writes it with one pwrite and one
+ * fdatasync, commits the index, and only then wakes everyone with their own result. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "store/db_int.h"
+
+#define GROUP_BYTES (4u << 20) /* stop taking requests into a group past this */
+
+static annal_err io_err(int r) { return r == -ENOSPC || r == -EDQUOT ? ANNAL_ENOSPC : ANNAL_EIO; }
+
+static const char *expected_str(int64_t e, char *buf, size_t n) {
+    if (e == ANNAL_EXPECT_ANY) return "any";
+    if (e == ANNAL_EXPECT_NO_STREAM) return "no_stream";
+    if (e == ANNAL_EXPECT_STREAM_EXISTS) return "stream_exists";
+    snprintf(buf, n, "%" PRId64, e);
+    return buf;
+}
+
+/* State of the group being committed; written only by the leader. */
+typedef struct group {
+    MDB_txn *txn;
+    uint64_t bl;  /* bytes encoded into db->buf, to go at db->woff of db->wseg */
+    int written;  /* bytes of this group reached the file: a failure now poisons */
+    int64_t now;
+} group;
+
+static int buf_reserve(annal_db *db, uint64_t need) {
+    if (need <= db->bufcap) return 0;
+    size_t cap = db->bufcap ? db->bufcap : (1u << 20);
+    while (cap < need) cap *= 2;
+    uint8_t *p = realloc(db->buf, cap);
+    if (!p) return -ENOMEM;
+    db->buf = p;
+    db->bufcap = cap;
+    return 0;
+}
+
+/* Write the encoded buffer at the tail of the segment and make it durable. */
+static int flush(annal_db *db, group *g) {
+    if (g->bl == 0) return 0;
+    int r = annal__seg_reserve(&db->log, db->wseg, db->woff + g->bl);
+    if (r < 0) return r;
+    g->written = 1;
+    r = annal__io_write_all(db->io, db->wseg->fd, db->buf, (size_t)g->bl, db->woff);
+    if (r == 0 && !(db->opts.flags & ANNAL_OPEN_NOSYNC)) r = db->io->sync(db->io->ctx, db->wseg->fd);
+    if (r < 0) return r;
+    db->woff += g->bl;
+    g->bl = 0;
+    return 0;
+}
+
+/* Decode the record at loc, which may still be in this group's unwritten buffer. */
+static annal_err read_any(annal_db *db, group *g, uint64_t loc, annal_event *ev) {
+    annal__rec_info info;
+    uint64_t off = ANNAL__LOC_OFF(loc);
+    if (ANNAL__LOC_SEG(loc) == db->wseg->no && off >= db->woff && off < db->woff + g->bl)
+        return annal__rec_decode(db->buf + (off - db->woff), (size_t)(db->woff + g->bl - off), ev,
+                                 &info);
+    return annal__log_read_at(&db->log, loc, UINT64_MAX, ev, &info);
+}
+
+/* Is req a resend of events already stored? ANNAL_ENOTFOUND: no, go on. */
+static annal_err check_idempotent(annal_db *db, group *g, MDB_txn *t, annal__req *req,
+                                  const annal__stream_rec *sr, int exists) {
+    const annal_uuid *id0 = &req->ev[0].id;
+    uint64_t pos0, loc0;
+    if (annal__uuid_is_nil(id0)) return ANNAL_ENOTFOUND;
+    annal_err rc = annal__index_id_get(t, &db->idx, id0, &pos0, &loc0);
+    if (rc != ANNAL_OK) return rc;
+    annal_event ev;
+    rc = read_any(db, g, loc0, &ev);
+    if (rc != ANNAL_OK) {
+        snprintf(req->msg, sizeof req->msg, "cannot read the event at position %" PRIu64, pos0);
+        return rc;
+    }
+    uint64_t r0 = ev.revision;
+    int same_stream = exists && ev.stream_len == req->stream_len &&
+                      memcmp(ev.stream, req->stream, req->stream_len) == 0;
+    int place_ok = req->expected == ANNAL_EXPECT_ANY ||
+                   (req->expected == ANNAL_EXPECT_NO_STREAM && r0 == 0) ||
+                   (req->expected == ANNAL_EXPECT_STREAM_EXISTS && r0 > 0) ||
+                   (req->expected >= 0 && r0 == (uint64_t)req->expected + 1);
+    int all = same_stream && place_ok && r0 + req->n <= sr->count;
+    for (size_t i = 1; all && i < req->n; i++) {
+        uint64_t p, l;
+        all = annal__index_rev_get(t, &db->idx, sr->id, r0 + i, &p, &l) == ANNAL_OK &&
+              read_any(db, g, l, &ev) == ANNAL_OK &&
+              memcmp(ev.id.bytes, req->ev[i].id.bytes, 16) == 0;
+    }
+    if (!all) {
+        char ids[37];
+        annal_uuid_format(id0, ids);
+        snprintf(req->msg, sizeof req->msg,
+                 "event id %s is already stored at position %" PRIu64
+                 " by a different append", ids, pos0);
+        return ANNAL_EDUPLICATE;
+    }
+    req->res.first_revision = r0;
+    req->res.first_position = pos0;
+    req->res.count = req->n;
+    req->res.revision = (int64_t)sr->count - 1;
+    req->res.idempotent = 1;
+    return ANNAL_OK;
+}
+
+/* Check and encode one request into the group, its index entries into t (a child
+ * transaction of the group's). Returns the request's result code, or a negative errno
+ * for an I/O failure that ends the whole group. */
+static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
+    annal__index_head h = db->head;
+    annal__stream_rec sr = {0, 0, 0, 0};
+    annal_err rc = annal__index_stream_get(t, &db->idx, req->stream, req->stream_len, &sr);
+    int exists = rc == ANNAL_OK;
+    if (rc != ANNAL_OK && rc != ANNAL_ENOTFOUND) return rc;
+    int64_t cur = exists ? (int64_t)sr.count - 1 : -1;
+    if (req->n > 0) {
+        rc = check_idempotent(db, g, t, req, &sr, exists);
+        if (rc != ANNAL_ENOTFOUND) return rc;
+    }
+    int ok = req->expected == ANNAL_EXPECT_ANY ||
+             (req->expected == ANNAL_EXPECT_NO_STREAM && cur == -1) ||
+             (req->expected == ANNAL_EXPECT_STREAM_EXISTS && cur >= 0) || req->expected == cur;
+    if (!ok) {
+        char eb[32];
+        req->res.revision = cur;
+        if (cur < 0)
+            snprintf(req->msg, sizeof req->msg, "expected revision %s but stream %s does not exist",
+                     expected_str(req->expected, eb, sizeof eb), req->stream);
+        else
+            snprintf(req->msg, sizeof req->msg,
+                     "expected revision %s but stream %s is at revision %" PRId64,
+                     expected_str(req->expected, eb, sizeof eb), req->stream, cur);
+        return ANNAL_ECONFLICT;
+    }
+    req->res.first_revision = (uint64_t)(cur + 1);
+    req->res.first_position = h.next_pos;
+    req->res.count = req->n;
+    req->res.revision = cur + (int64_t)req->n;
+    if (req->n == 0) return ANNAL_OK;
+
+    /* A batch never spans segments: roll first if it does not fit. */
+    if (db->woff + g->bl + req->bytes > db->wseg->cap) {
+        int r = flush(db, g);
+        annal__seg *ns = NULL;
+        if (r == 0) r = annal__log_add(&db->log, db->wseg->no + 1, h.next_pos,
+                                       db->opts.segment_bytes, &ns);
+        if (r < 0) return r;
+        db->wseg = ns;
+        db->woff = ANNAL__SEG_HDR;
+    }
+    if (buf_reserve(db, g->bl + req->bytes) < 0) return ANNAL_ENOMEM;
+    if (!exists) {
+        sr.id = h.next_stream_id++;
+        sr.created_ns = g->now;
+        h.streams++;
+    }
+    uint64_t bl = g->bl;
+    for (size_t i = 0; i < req->n; i++) {
+        annal_event_data *in = &req->ev[i];
+        if (annal__uuid_is_nil(&in->id)) annal__uuid_v7(&in->id, g->now / 1000000, &db->rng);
+        annal_event ev = {in->id, req->stream, req->stream_len, in->type, strlen(in->type),
+                          in->data, in->data_len, in->metadata, in->metadata_len,
+                          sr.count + i, h.next_pos + i, g->now};
+        uint64_t loc = ANNAL__LOC(db->wseg->no, db->woff + bl);
+        bl += annal__rec_encode(&ev, (uint32_t)i, (uint32_t)req->n, db->buf + bl);
+        rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, &in->id);
+        if (rc == ANNAL_EDUPLICATE) {
+            char ids[37];
+            annal_uuid_format(&in->id, ids);
+            snprintf(req->msg, sizeof req->msg, "event id %s is already stored%s", ids,
+                     i > 0 ? " (or repeated within the batch)" : "");
+        }
+        if (rc != ANNAL_OK) return rc;
+    }
+    sr.count += req->n;
+    sr.last_pos = h.next_pos + req->n - 1;
+    rc = annal__index_stream_put(t, &db->idx, req->stream, req->stream_len, &sr);
+    if (rc != ANNAL_OK) return rc;
+    h.next_pos += req->n;
+    h.last_ns = g->now;
+    db->head = h;
+    g->bl = bl;
+    return ANNAL_OK;
+}
+
+/* Commit reqs as one group. Leader only. */
+static void commit_group(annal_db *db, annal__req *reqs) {
+    group g = {NULL, 0, 0, annal__now_ns()};
+    if (g.now < db->head.last_ns) g.now = db->head.last_ns; /* timestamps never go back */
+    annal__index_head saved = db->head;
+    int ioerr = 0;
+    annal_err grc = ANNAL_OK;
+    const char *what = "index";
+    int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &g.txn);
+    if (mrc) grc = annal__index_err(mrc);
+    for (annal__req *r = reqs; r && grc == ANNAL_OK; r = r->next) {
+        MDB_txn *ct = NULL;
+        mrc = mdb_txn_begin(db->idx.env, g.txn, 0, &ct);
+        if (mrc) {
+            grc = annal__index_err(mrc);
+            break;
+        }
+        int rc = add_req(db, &g, ct, r);
+        if (rc < 0) {
+            mdb_txn_abort(ct);
+            ioerr = rc;
+            what = "log";
+            grc = io_err(rc);
+            break;
+        }
+        r->rc = (annal_err)rc;
+        if (rc == ANNAL_OK) {
+            mrc = mdb_txn_commit(ct);
+            if (mrc) grc = annal__index_err(mrc);
+        } else {
+            mdb_txn_abort(ct);
+        }
+    }
+    if (grc == ANNAL_OK) {
+        ioerr = flush(db, &g);
+        if (ioerr < 0) {
+            grc = io_err(ioerr);
+            what = "log";
+        }
+    }
+    if (grc == ANNAL_OK) grc = annal__index_head_put(g.txn, &db->idx, &db->head);
+    if (grc == ANNAL_OK) {
+        int f = db->io->fault(db->io->ctx, "index-commit");
+        mrc = f < 0 ? -f : mdb_txn_commit(g.txn);
+        g.txn = NULL;
+        if (mrc) {
+            grc = annal__index_err(mrc);
+            ioerr = -(mrc > 0 && mrc < 4096 ? mrc : EIO);
+            g.written = 1; /* the log has events the index lacks: reopen to catch up */
+        }
+    }
+    if (g.txn) mdb_txn_abort(g.txn);
+    if (grc == ANNAL_OK) {
+        __atomic_store_n(&db->visible, db->head.next_pos, __ATOMIC_RELEASE);
+    } else {
+        db->head = saved;
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s write failed: %s", what,
+                 ioerr ? strerror(-ioerr) : annal_strerror(grc));
+        if (g.written) {
+            /* Part of the group may be on disk and the page cache may have dropped a
+             * failed flush: nothing can be trusted until recovery rereads the log. */
+            db->failed = grc;
+            snprintf(db->failed_msg, sizeof db->failed_msg, "%s; reopen the store to recover",
+                     msg);
+        }
+        /* Otherwise nothing reached the file; a segment rolled to stays in use (it is
+         * empty and starts at the restored head). */
+        for (annal__req *r = reqs; r; r = r->next) {
+            r->rc = grc;
+            snprintf(r->msg, sizeof r->msg, "%s", msg);
+        }
+    }
+    if (db->bufcap > (16u << 20)) { /* don't keep a huge batch's buffer forever */
+        free(db->buf);
+        db->buf = NULL;
+        db->bufcap = 0;
+    }
+}
+
+static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_t expected,
+                          annal_event_data *ev, size_t n, uint64_t *bytes) {
+    if (!annal__name_ok(stream, slen))
+        return annal__fail(db, ANNAL_EINVAL, "invalid stream name: must be 1..%d bytes of UTF-8",
+                           ANNAL_MAX_NAME);
+    if (stream[0] == '$')
+        return annal__fail(db, ANNAL_EINVAL, "stream names starting with '$' are reserved");
+    if (expected < 0 && expected != ANNAL_EXPECT_ANY && expected != ANNAL_EXPECT_NO_STREAM &&
+        expected != ANNAL_EXPECT_STREAM_EXISTS)
+        return annal__fail(db, ANNAL_EINVAL, "invalid expected revision %" PRId64, expected);
+    if (n > 0 && !ev) return annal__fail(db, ANNAL_EINVAL, "events is NULL");
+    if (n > db->opts.max_batch_events)
+        return annal__fail(db, ANNAL_ETOOBIG, "%zu events in one append; the limit is %u", n,
+                           db->opts.max_batch_events);
+    uint64_t payload = 0, enc = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t tl;
+        if (!annal__name_ok(ev[i].type, &tl))
+            return annal__fail(db, ANNAL_EINVAL, "event %zu: invalid type: must be 1..%d bytes "
+                               "of UTF-8", i, ANNAL_MAX_NAME);
+        if ((ev[i].data_len && !ev[i].data) || (ev[i].metadata_len && !ev[i].metadata))
+            return annal__fail(db, ANNAL_EINVAL, "event %zu: NULL data with a length", i);
+        uint64_t sz = (uint64_t)ev[i].data_len + ev[i].metadata_len;
+        if (sz > db->opts.max_event_bytes)
+            return annal__fail(db, ANNAL_ETOOBIG, "event %zu has %" PRIu64 " bytes of data and "
+                               "metadata; the limit is %" PRIu64, i, sz, db->opts.max_event_bytes);
+        payload += sz;
+        enc += annal__rec_size(*slen, tl, ev[i].data_len, ev[i].metadata_len);
+    }
+    if (payload > db->opts.max_batch_bytes)
+        return annal__fail(db, ANNAL_ETOOBIG, "append of %" PRIu64 " bytes; the limit is %" PRIu64,
+                           payload, db->opts.max_batch_bytes);
+    if (enc > db->opts.segment_bytes - ANNAL__SEG_HDR)
+        return annal__fail(db, ANNAL_ETOOBIG, "append of %" PRIu64 " bytes does not fit in a "
+                           "segment of %" PRIu64, enc, db->opts.segment_bytes);
+    *bytes = enc;
+    return ANNAL_OK;
+}
+
+annal_err annal_append(annal_db *db, const char *stream, int64_t expected,
+                       annal_event_data *events, size_t n, annal_append_result *result) {
+    if (!db) return ANNAL_EINVAL;
+    if (db->readonly) return annal__fail(db, ANNAL_EREADONLY, "the store is open read-only");
+    annal__req req;
+    memset(&req, 0, sizeof req);
+    annal_err rc = validate(db, stream, &req.stream_len, expected, events, n, &req.bytes);
+    if (rc != ANNAL_OK) return rc;
+    req.stream = stream;
+    req.expected = expected;
+    req.ev = events;
+    req.n = n;
+
+    pthread_mutex_lock(&db->wmu);
+    if (db->failed != ANNAL_OK) {
+        pthread_mutex_unlock(&db->wmu);
+        return annal__fail(db, ANNAL_EFAILED, "%s", db->failed_msg);
+    }
+    if (db->qtail) db->qtail->next = &req;
+    else db->qhead = &req;
+    db->qtail = &req;
+    while (!req.done) {
+        if (db->leader) {
+            pthread_cond_wait(&db->wcv, &db->wmu);
+            continue;
+        }
+        if (db->failed != ANNAL_OK) { /* a previous leader failed: drain the queue */
+            for (annal__req *r = db->qhead; r; r = r->next) {
+                r->rc = ANNAL_EFAILED;
+                snprintf(r->msg, sizeof r->msg, "%s", db->failed_msg);
+                r->done = 1;
+            }
+            db->qhead = db->qtail = NULL;
+            pthread_cond_broadcast(&db->wcv);
+            break;
+        }
+        /* Become the leader: take requests up to the group size. */
+        annal__req *first = db->qhead, *last = first;
+        uint64_t bytes = first->bytes;
+        while (last->next && bytes + last->next->bytes <= GROUP_BYTES) {
+            last = last->next;
+            bytes += last->bytes;
+        }
+        db->qhead = last->next;
+        if (!db->qhead) db->qtail = NULL;
+        last->next = NULL;
+        db->leader = 1;
+        pthread_mutex_unlock(&db->wmu);
+        commit_group(db, first);
+        pthread_mutex_lock(&db->wmu);
+        db->leader = 0;
+        for (annal__req *r = first, *nx; r; r = nx) {
+            nx = r->next;
+            r->done = 1;
+        }
+        pthread_cond_broadcast(&db->wcv);
+    }
+    pthread_mutex_unlock(&db->wmu);
+    if (result) *result = req.res;
+    if (req.rc != ANNAL_OK) return annal__fail(db, req.rc, "%s", req.msg[0] ? req.msg : annal_strerror(req.rc));
+    return ANNAL_OK;
+}

@@ -1,0 +1,588 @@
+/* Opening, recovering and closing a store; handle-level error detail; info. Recovery
+ * is: take the writer lock, decide whether the index can be trusted, index whatever
+ * whole batches the log holds beyond it, and cut a torn tail back to the last whole
+ * batch, zeroing it so no stale bytes can later pass for records. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/base.h"
+#include "store/db_int.h"
+
+#define DEF_SEGMENT (256ull << 20)
+#define DEF_MAX_EVENT (32ull << 20)
+#define DEF_MAX_BATCH (64ull << 20)
+#define DEF_MAX_EVENTS 100000u
+#define DEF_MAP (1ull << 40)
+#define GROUP_BYTES (4u << 20) /* a leader stops taking requests past this (append.c) */
+
+void annal_db_opts_init(annal_db_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->segment_bytes = DEF_SEGMENT;
+    o->max_event_bytes = DEF_MAX_EVENT;
+    o->max_batch_bytes = DEF_MAX_BATCH;
+    o->max_batch_events = DEF_MAX_EVENTS;
+    o->index_map_bytes = DEF_MAP;
+}
+
+/* ---- error detail ---------------------------------------------------------------- */
+
+static annal__errslot *errslot(annal_db *db, int create) {
+    pthread_t self = pthread_self();
+    for (annal__errslot *s = db->errs; s; s = s->next)
+        if (pthread_equal(s->thread, self)) return s;
+    if (!create) return NULL;
+    annal__errslot *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->thread = self;
+    s->next = db->errs;
+    db->errs = s;
+    return s;
+}
+
+annal_err annal__fail(annal_db *db, annal_err code, const char *fmt, ...) {
+    pthread_mutex_lock(&db->errmu);
+    annal__errslot *s = errslot(db, 1);
+    if (s) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(s->msg, sizeof s->msg, fmt, ap);
+        va_end(ap);
+        s->code = code;
+    }
+    pthread_mutex_unlock(&db->errmu);
+    return code;
+}
+
+const char *annal_db_errmsg(annal_db *db) {
+    if (!db) return "no handle";
+    pthread_mutex_lock(&db->errmu);
+    annal__errslot *s = errslot(db, 0);
+    const char *m = s && s->msg[0] ? s->msg : "no error";
+    pthread_mutex_unlock(&db->errmu);
+    return m; /* the slot belongs to this thread and lives until close */
+}
+
+void annal__log_msg(annal_db *db, annal_log_level lvl, const char *fmt, ...) {
+    if (!db->opts.log) return;
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    db->opts.log(db->opts.log_ctx, lvl, buf);
+}
+
+int annal__name_ok(const char *s, size_t *len) {
+    if (!s) return 0;
+    size_t n = strnlen(s, ANNAL_MAX_NAME + 1);
+    if (n == 0 || n > ANNAL_MAX_NAME || !annal__utf8_valid(s, n)) return 0;
+    *len = n;
+    return 1;
+}
+
+annal_err annal__read_txn(annal_db *db, MDB_txn **t) {
+    int rc = mdb_txn_begin(db->idx.env, NULL, MDB_RDONLY, t);
+    if (rc) return annal__fail(db, annal__index_err(rc), "index: %s", mdb_strerror(rc));
+    return ANNAL_OK;
+}
+
+uint64_t annal__visible(annal_db *db, MDB_txn *t) {
+    if (!db->readonly) return __atomic_load_n(&db->visible, __ATOMIC_ACQUIRE);
+    annal__index_head h;
+    return annal__index_head_get(t, &db->idx, &h) == ANNAL_OK ? h.next_pos : 0;
+}
+
+/* ---- recovery -------------------------------------------------------------------- */
+
+/* Validate the batch starting at the cursor without indexing it. On ANNAL_OK the
+ * cursor is past the batch and *n holds its size. */
+static annal_err scan_batch(annal__cursor *c, uint32_t *n) {
+    annal_event ev;
+    annal__rec_info info;
+    annal_err rc = annal__cursor_next(c, &ev, &info, NULL);
+    if (rc != ANNAL_OK) return rc;
+    if (info.batch_index != 0) return ANNAL_ECORRUPT;
+    uint32_t count = info.batch_count;
+    for (uint32_t i = 1; i < count; i++) {
+        uint64_t seg = c->seg->no;
+        rc = annal__cursor_next(c, &ev, &info, NULL);
+        if (rc == ANNAL_END) return ANNAL_ECORRUPT; /* batch cut short */
+        if (rc != ANNAL_OK) return rc;
+        if (c->seg->no != seg || info.batch_index != i || info.batch_count != count)
+            return ANNAL_ECORRUPT;
+    }
+    *n = count;
+    return ANNAL_OK;
+}
+
+/* Index the n events at the cursor (already validated) into t. */
+static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_t n) {
+    annal_event ev;
+    annal__rec_info info;
+    annal__stream_rec sr;
+    uint64_t loc;
+    annal_err rc = ANNAL_OK;
+    for (uint32_t i = 0; i < n && rc == ANNAL_OK; i++) {
+        rc = annal__cursor_next(c, &ev, &info, &loc);
+        if (rc != ANNAL_OK) break;
+        if (i == 0) {
+            rc = annal__index_stream_get(t, &db->idx, ev.stream, ev.stream_len, &sr);
+            if (rc == ANNAL_ENOTFOUND) {
+                sr.id = db->head.next_stream_id++;
+                sr.count = 0;
+                sr.created_ns = ev.timestamp_ns;
+                db->head.streams++;
+                rc = ANNAL_OK;
+            }
+            if (rc != ANNAL_OK) break;
+        }
+        if (ev.revision != sr.count) {
+            rc = annal__fail(db, ANNAL_ECORRUPT,
+                             "position %" PRIu64 " in stream %s has revision %" PRIu64
+                             ", expected %" PRIu64, ev.position, ev.stream, ev.revision, sr.count);
+            break;
+        }
+        rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, &ev.id);
+        if (rc == ANNAL_EDUPLICATE)
+            rc = annal__fail(db, ANNAL_ECORRUPT, "event id at position %" PRIu64
+                             " appears twice in the log", ev.position);
+        sr.count++;
+        sr.last_pos = ev.position;
+        db->head.last_ns = ev.timestamp_ns;
+        if (i == n - 1 && rc == ANNAL_OK)
+            rc = annal__index_stream_put(t, &db->idx, ev.stream, ev.stream_len, &sr);
+    }
+    return rc;
+}
+
+/* Does a record with a position >= pos start anywhere in [from, to) of seg? Finds
+ * acknowledged data beyond damage that must not be cut away. */
+static int valid_record_in(annal_db *db, annal__seg *s, uint64_t from, uint64_t to, uint64_t pos) {
+    if (annal__seg_readable(&db->log, s, to) != ANNAL_OK) {
+        uint64_t size = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE);
+        to = size < to ? size : to;
+    }
+    for (uint64_t off = (from + 7) & ~7ull; off + ANNAL__REC_HDR <= to; off += 8) {
+        uint32_t len = annal__get32(s->map + off + 4);
+        if (len < ANNAL__REC_HDR || (len & 7) || off + len > to) continue;
+        annal_event ev;
+        annal__rec_info info;
+        if (annal__rec_decode(s->map + off, (size_t)(to - off), &ev, &info) == ANNAL_OK &&
+            ev.position >= pos)
+            return 1;
+    }
+    return 0;
+}
+
+/* Overwrite non-zero bytes in [from, to) of seg with zeros, then flush. */
+static int zero_tail(annal_db *db, annal__seg *s, uint64_t from, uint64_t to) {
+    static const uint8_t zeros[65536];
+    uint64_t size = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE);
+    if (to > size) to = size;
+    int dirty = 0;
+    for (uint64_t off = from; off < to;) {
+        size_t n = (size_t)(to - off < sizeof zeros ? to - off : sizeof zeros);
+        if (memcmp(s->map + off, zeros, n) != 0) {
+            int r = annal__io_write_all(db->io, s->fd, zeros, n, off);
+            if (r < 0) return r;
+            dirty = 1;
+        }
+        off += n;
+    }
+    return dirty ? db->io->sync(db->io->ctx, s->fd) : 0;
+}
+
+/* The index head must sit right after a whole record of the log; otherwise the index
+ * is not describing this log (restored from elsewhere, log truncated) and is rebuilt. */
+static int head_consistent(annal_db *db, MDB_txn *t, const annal__index_head *h) {
+    if (h->next_pos == 0) return h->next_loc == 0;
+    uint64_t base, loc;
+    if (annal__index_pos_floor(t, &db->idx, h->next_pos - 1, &base, &loc) != ANNAL_OK) return 0;
+    annal__seg *s = annal__log_seg(&db->log, ANNAL__LOC_SEG(loc));
+    if (!s) return 0;
+    annal__cursor c = {&db->log, s, ANNAL__LOC_OFF(loc), base};
+    annal_event ev;
+    annal__rec_info info;
+    while (c.pos < h->next_pos)
+        if (annal__cursor_next(&c, &ev, &info, NULL) != ANNAL_OK) return 0;
+    if (ANNAL__LOC(c.seg->no, c.off) == h->next_loc) return 1;
+    /* The next record may start the following segment. */
+    annal__seg *n = annal__log_seg(&db->log, c.seg->no + 1);
+    return n && ANNAL__LOC(n->no, ANNAL__SEG_HDR) == h->next_loc;
+}
+
+static annal_err reset_index(annal_db *db, MDB_txn *t) {
+    int rc = 0;
+    MDB_dbi dbis[] = {db->idx.meta, db->idx.streams, db->idx.revs, db->idx.ids, db->idx.pos};
+    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0] && rc == 0; i++)
+        rc = mdb_drop(t, dbis[i], 0);
+    memset(&db->head, 0, sizeof db->head);
+    return annal__index_err(rc);
+}
+
+annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
+    MDB_txn *t = NULL;
+    int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
+    if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    annal_err rc = annal__index_head_get(t, &db->idx, &db->head);
+    if (rc == ANNAL_OK && !head_consistent(db, t, &db->head)) {
+        annal__log_msg(db, ANNAL_LOG_WARN, "index does not match the log: rebuilding it");
+        rc = reset_index(db, t);
+    }
+    annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
+    if (rc != ANNAL_OK || !first) goto out;
+
+    annal__cursor c = {&db->log, first, ANNAL__SEG_HDR, first->first_pos};
+    if (db->head.next_pos == 0 && first->first_pos != 0) {
+        rc = annal__fail(db, ANNAL_ECORRUPT, "the first segment starts at position %" PRIu64,
+                         first->first_pos);
+        goto out;
+    }
+    if (db->head.next_pos > 0) {
+        c.seg = annal__log_seg(&db->log, ANNAL__LOC_SEG(db->head.next_loc));
+        c.off = ANNAL__LOC_OFF(db->head.next_loc);
+        c.pos = db->head.next_pos;
+    }
+    uint64_t total = 0, since = 0;
+    for (;;) {
+        annal__cursor start = c;
+        uint32_t n = 0;
+        annal_err s = scan_batch(&c, &n);
+        if (s != ANNAL_OK) {
+            c = start;
+            if (s != ANNAL_END && s != ANNAL_ECORRUPT) rc = s;
+            break;
+        }
+        c = start;
+        rc = index_batch(db, t, &c, n);
+        if (rc != ANNAL_OK) goto out;
+        db->head.next_pos = c.pos;
+        db->head.next_loc = ANNAL__LOC(c.seg->no, c.off);
+        total += n;
+        since += n;
+        if (since >= 200000) { /* bound the transaction's dirty pages */
+            since = 0;
+            if ((rc = annal__index_head_put(t, &db->idx, &db->head)) != ANNAL_OK) goto out;
+            if ((mrc = mdb_txn_commit(t)) != 0) {
+                t = NULL;
+                rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+                goto out;
+            }
+            if ((mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t)) != 0) {
+                t = NULL;
+                rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+                goto out;
+            }
+            if (db->opts.progress && db->opts.progress(db->opts.progress_ctx, total, 0)) {
+                rc = ANNAL_ECANCELED;
+                goto out;
+            }
+        }
+    }
+    if (rc != ANNAL_OK) goto out;
+    /* The cursor stops at the end of whole batches. Anything after it in the last
+     * segment is a torn tail, unless whole records follow farther away than one group
+     * write can reach: then this is damage in the middle of the log. */
+    annal__seg *last = annal__log_last(&db->log);
+    if (c.seg != last) {
+        rc = annal__fail(db, ANNAL_ECORRUPT,
+                         "damaged record in segment %016" PRIx64 " at offset %" PRIu64
+                         " (position %" PRIu64 "); run `annal verify`",
+                         c.seg->no, c.off, c.pos);
+        goto out;
+    }
+    uint64_t reach = GROUP_BYTES + db->opts.max_batch_bytes +
+                     (uint64_t)db->opts.max_batch_events * (ANNAL__REC_HDR + 2 * ANNAL_MAX_NAME + 16);
+    uint64_t torn_end = c.off + reach < last->cap ? c.off + reach : last->cap;
+    if (!db->readonly) {
+        if (torn_end < last->cap && valid_record_in(db, last, torn_end, last->cap, c.pos)) {
+            rc = annal__fail(db, ANNAL_ECORRUPT,
+                             "damaged record in segment %016" PRIx64 " at offset %" PRIu64
+                             " (position %" PRIu64 ") with events after it; run `annal verify`",
+                             last->no, c.off, c.pos);
+            goto out;
+        }
+        int r = zero_tail(db, last, c.off, torn_end);
+        if (r < 0) {
+            rc = annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
+                             "cannot clear the torn tail of segment %016" PRIx64 ": %s", last->no,
+                             strerror(-r));
+            goto out;
+        }
+    }
+    *end_seg = c.seg->no;
+    *end_off = c.off;
+    rc = annal__index_head_put(t, &db->idx, &db->head);
+    if (rc == ANNAL_OK) {
+        mrc = mdb_txn_commit(t);
+        t = NULL;
+        if (mrc) rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    }
+    if (total && db->opts.progress) db->opts.progress(db->opts.progress_ctx, total, total);
+out:
+    if (t) mdb_txn_abort(t);
+    return rc;
+}
+
+/* ---- open / close ---------------------------------------------------------------- */
+
+static annal_err take_lock(annal_db *db) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/lock", db->dir);
+    db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (db->lock_fd < 0)
+        return annal__fail(db, errno == EACCES || errno == EROFS ? ANNAL_EREADONLY : ANNAL_EIO,
+                           "cannot open %s: %s", path, strerror(errno));
+    if (flock(db->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        char pid[32] = {0};
+        ssize_t n = pread(db->lock_fd, pid, sizeof pid - 1, 0);
+        if (n > 0) pid[strcspn(pid, "\n")] = 0;
+        return annal__fail(db, ANNAL_EBUSY, "%s is open for writing by process %s", db->dir,
+                           n > 0 ? pid : "?");
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(db->lock_fd, 0) == 0 && pwrite(db->lock_fd, pid, (size_t)n, 0) != n) {
+        /* the pid is only a hint for the EBUSY message */
+    }
+    return ANNAL_OK;
+}
+
+static annal_err check_opts(const annal_db_opts *o) {
+    if (o->segment_bytes < (64u << 10) || o->segment_bytes > (4ull << 30)) return ANNAL_EINVAL;
+    if (o->max_event_bytes == 0 || o->max_event_bytes > (1ull << 30)) return ANNAL_EINVAL;
+    if (o->max_batch_bytes == 0 || o->max_batch_events == 0) return ANNAL_EINVAL;
+    if (o->index_map_bytes < (1u << 20)) return ANNAL_EINVAL;
+    return ANNAL_OK;
+}
+
+static annal_err open_writer(annal_db *db) {
+    annal_err rc = take_lock(db);
+    if (rc != ANNAL_OK) return rc;
+    char boot[40];
+    annal__boot_id(boot);
+    annal__index_state st;
+    annal_err src = annal__index_state_read(db->index_dir, &st);
+    if (src != ANNAL_ENOTFOUND && !(src == ANNAL_OK && (st.clean || !strcmp(st.boot_id, boot)))) {
+        /* The index ran without fsync and the machine restarted (or the state is
+         * unreadable): its pages may be torn. The log is the durable copy. */
+        annal__log_msg(db, ANNAL_LOG_WARN, "index was not closed cleanly before a restart: "
+                                           "rebuilding it from the log");
+        if (annal__index_remove(db->index_dir) < 0)
+            return annal__fail(db, ANNAL_EIO, "cannot remove the old index in %s", db->index_dir);
+    }
+    mkdir(db->index_dir, 0755);
+    annal__index_state now = {0, {0}};
+    memcpy(now.boot_id, boot, sizeof boot);
+    int r = annal__index_state_write(db->index_dir, &now);
+    if (r < 0)
+        return annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
+                           "cannot write %s/state: %s", db->index_dir, strerror(-r));
+    char detail[512] = "";
+    rc = annal__index_open(&db->idx, db->index_dir, 0, 1, db->opts.index_map_bytes, detail,
+                           sizeof detail);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
+    rc = annal__log_open(&db->log, db->io, db->dir, 0, 1, detail, sizeof detail);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
+    if (db->log.nsegs == 0) {
+        annal__seg *s;
+        r = annal__log_add(&db->log, 0, 0, db->opts.segment_bytes, &s);
+        if (r < 0)
+            return annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
+                               "cannot create the first segment: %s", strerror(-r));
+    }
+    uint64_t seg = 0, off = 0;
+    rc = annal__catch_up(db, &seg, &off);
+    if (rc != ANNAL_OK) return rc;
+    db->wseg = annal__log_seg(&db->log, seg);
+    db->woff = off;
+    __atomic_store_n(&db->visible, db->head.next_pos, __ATOMIC_RELEASE);
+    return ANNAL_OK;
+}
+
+static annal_err open_reader(annal_db *db) {
+    char boot[40], detail[512] = "";
+    annal__boot_id(boot);
+    annal__index_state st;
+    annal_err rc = annal__index_state_read(db->index_dir, &st);
+    if (rc == ANNAL_ENOTFOUND) return annal__fail(db, ANNAL_ENOTFOUND, "no store in %s", db->dir);
+    if (rc != ANNAL_OK || (!st.clean && strcmp(st.boot_id, boot) != 0))
+        return annal__fail(db, ANNAL_ECORRUPT, "%s was not closed cleanly before a restart: "
+                           "open it for writing once to recover it", db->dir);
+    rc = annal__index_open(&db->idx, db->index_dir, 1, 0, db->opts.index_map_bytes, detail,
+                           sizeof detail);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
+    rc = annal__log_open(&db->log, db->io, db->dir, 1, 0, detail, sizeof detail);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
+    return ANNAL_OK;
+}
+
+/* Shared by annal_db_open and the tests, which pass a fault-injecting io table. */
+annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
+                            annal_db **out);
+annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
+                            annal_db **out) {
+    if (!dir || !out) return ANNAL_EINVAL;
+    *out = NULL;
+    annal_db_opts o;
+    if (opts) o = *opts;
+    else annal_db_opts_init(&o);
+    if (check_opts(&o) != ANNAL_OK) return ANNAL_EINVAL;
+    annal_db *db = calloc(1, sizeof *db);
+    if (!db) return ANNAL_ENOMEM;
+    db->opts = o;
+    db->io = io;
+    db->lock_fd = -1;
+    db->readonly = (o.flags & ANNAL_OPEN_READONLY) != 0;
+    db->rng = annal__rng_seed();
+    pthread_mutex_init(&db->errmu, NULL);
+    pthread_mutex_init(&db->wmu, NULL);
+    pthread_cond_init(&db->wcv, NULL);
+    size_t n = strlen(dir) + 8;
+    db->dir = strdup(dir);
+    db->index_dir = malloc(n);
+    if (!db->dir || !db->index_dir) {
+        annal_db_close(db);
+        return ANNAL_ENOMEM;
+    }
+    snprintf(db->index_dir, n, "%s/index", dir);
+    annal_err rc;
+    struct stat st;
+    if (stat(dir, &st) < 0) {
+        if (errno != ENOENT || !(o.flags & ANNAL_OPEN_CREATE) || db->readonly ||
+            mkdir(dir, 0755) < 0) {
+            rc = errno == ENOENT ? ANNAL_ENOTFOUND : ANNAL_EIO;
+            goto fail;
+        }
+    } else if (!S_ISDIR(st.st_mode)) {
+        rc = ANNAL_EINVAL;
+        goto fail;
+    }
+    if (!(o.flags & ANNAL_OPEN_CREATE) && stat(db->index_dir, &st) < 0) {
+        rc = ANNAL_ENOTFOUND;
+        goto fail;
+    }
+    rc = db->readonly ? open_reader(db) : open_writer(db);
+    if (rc != ANNAL_OK) goto fail;
+    *out = db;
+    return ANNAL_OK;
+fail:
+    if (db->opts.log && rc != ANNAL_ENOTFOUND) {
+        pthread_mutex_lock(&db->errmu);
+        annal__errslot *s = errslot(db, 0);
+        if (s) db->opts.log(db->opts.log_ctx, ANNAL_LOG_ERROR, s->msg);
+        pthread_mutex_unlock(&db->errmu);
+    }
+    annal_db_close(db);
+    return rc;
+}
+
+annal_err annal_db_open(const char *dir, const annal_db_opts *opts, annal_db **out) {
+    return annal__db_open_io(dir, opts, annal__io_posix(), out);
+}
+
+void annal_db_close(annal_db *db) {
+    if (!db) return;
+    int clean = !db->readonly && db->idx.env && db->failed == ANNAL_OK;
+    if (clean && annal__index_sync(&db->idx) == 0) {
+        annal__index_state st = {1, {0}};
+        annal__boot_id(st.boot_id);
+        annal__index_state_write(db->index_dir, &st);
+    }
+    if (db->idx.env) annal__index_close(&db->idx);
+    if (db->log.dir) annal__log_close(&db->log);
+    if (db->lock_fd >= 0) close(db->lock_fd); /* releases the flock */
+    while (db->errs) {
+        annal__errslot *s = db->errs;
+        db->errs = s->next;
+        free(s);
+    }
+    free(db->buf);
+    free(db->dir);
+    free(db->index_dir);
+    pthread_mutex_destroy(&db->errmu);
+    pthread_mutex_destroy(&db->wmu);
+    pthread_cond_destroy(&db->wcv);
+    free(db);
+}
+
+annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
+    if (!dir) return ANNAL_EINVAL;
+    annal_db_opts o;
+    if (opts) o = *opts;
+    else annal_db_opts_init(&o);
+    o.flags &= ~(ANNAL_OPEN_READONLY | ANNAL_OPEN_CREATE);
+    /* Hold the writer lock while the index files are removed, then let a normal open
+     * index the whole log. */
+    annal_db probe;
+    memset(&probe, 0, sizeof probe);
+    probe.dir = (char *)dir;
+    pthread_mutex_init(&probe.errmu, NULL);
+    annal_err rc = take_lock(&probe);
+    char idir[4096];
+    snprintf(idir, sizeof idir, "%s/index", dir);
+    if (rc == ANNAL_OK && annal__index_remove(idir) < 0) rc = ANNAL_EIO;
+    if (probe.lock_fd >= 0) close(probe.lock_fd);
+    while (probe.errs) {
+        annal__errslot *s = probe.errs;
+        probe.errs = s->next;
+        free(s);
+    }
+    pthread_mutex_destroy(&probe.errmu);
+    if (rc != ANNAL_OK) return rc;
+    /* A race with another writer opening between the two steps is harmless: it would
+     * rebuild the index itself, and our open then waits for nothing but fails EBUSY. */
+    annal_db *db = NULL;
+    rc = annal_db_open(dir, &o, &db);
+    annal_db_close(db);
+    return rc;
+}
+
+annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
+    if (!db || !out) return ANNAL_EINVAL;
+    memset(out, 0, sizeof *out);
+    MDB_txn *t;
+    annal_err rc = annal__read_txn(db, &t);
+    if (rc != ANNAL_OK) return rc;
+    annal__index_head h;
+    rc = annal__index_head_get(t, &db->idx, &h);
+    MDB_stat ms;
+    mdb_env_stat(db->idx.env, &ms);
+    mdb_txn_abort(t);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot read the index head");
+    out->events = db->readonly ? h.next_pos : annal__visible(db, NULL);
+    out->streams = h.streams;
+    out->last_ns = h.last_ns;
+    out->readonly = db->readonly;
+    pthread_mutex_lock(&db->log.mu);
+    out->segments = db->log.nsegs;
+    for (size_t i = 0; i < db->log.nsegs; i++) {
+        uint64_t sz = 0;
+        db->io->size(db->io->ctx, db->log.segs[i]->fd, &sz);
+        out->disk_bytes += sz;
+    }
+    pthread_mutex_unlock(&db->log.mu);
+    if (h.next_pos > 0 && db->log.nsegs > 0) {
+        uint64_t seg = ANNAL__LOC_SEG(h.next_loc), off = ANNAL__LOC_OFF(h.next_loc);
+        /* Used bytes of the last segment plus what earlier ones hold on disk. */
+        out->log_bytes = off;
+        for (uint64_t s = db->log.base; s < seg; s++) {
+            annal__seg *sp = annal__log_seg(&db->log, s);
+            if (sp) out->log_bytes += __atomic_load_n(&sp->size, __ATOMIC_ACQUIRE);
+        }
+    }
+    struct stat st;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/data.mdb", db->index_dir);
+    if (stat(path, &st) == 0) out->index_bytes = (uint64_t)st.st_blocks * 512;
+    out->disk_bytes += out->index_bytes;
+    return ANNAL_OK;
+}

@@ -1,0 +1,91 @@
+/* Private definition of annal_db, shared by the store's files: open/close and recovery
+ * (db.c), group-committed appends (append.c), reads (read.c) and verification
+ * (verify.c). */
+#ifndef ANNAL_DB_INT_H
+#define ANNAL_DB_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "annal.h"
+#include "index/index.h"
+#include "log/io.h"
+#include "log/segment.h"
+
+/* One waiting append; lives on its caller's stack. */
+typedef struct annal__req {
+    const char *stream;
+    size_t stream_len;
+    int64_t expected;
+    annal_event_data *ev;
+    size_t n;
+    uint64_t bytes; /* encoded size of all its records */
+    annal_append_result res;
+    annal_err rc;
+    char msg[400]; /* detail for annal_db_errmsg when rc != OK */
+    int done;
+    struct annal__req *next;
+} annal__req;
+
+/* Detail messages, one per thread that saw a failure on this handle. */
+typedef struct annal__errslot {
+    pthread_t thread;
+    annal_err code;
+    char msg[512];
+    struct annal__errslot *next;
+} annal__errslot;
+
+struct annal_db {
+    char *dir;
+    char *index_dir;
+    annal_db_opts opts;
+    const annal__io *io;
+    int readonly;
+    int lock_fd; /* holds the flock that makes this process the only writer */
+    annal__log log;
+    annal__index idx;
+
+    pthread_mutex_t errmu;
+    annal__errslot *errs;
+
+    /* Writer: requests queue up under wmu; one thread at a time (the leader) takes
+     * the whole queue and commits it with one write and one flush. */
+    pthread_mutex_t wmu;
+    pthread_cond_t wcv;
+    annal__req *qhead, *qtail;
+    int leader;        /* a leader is committing */
+    annal_err failed;  /* sticky: after a failed write or flush, refuse appends */
+    char failed_msg[320];
+
+    /* Leader-only state (touched by one thread at a time, handed over under wmu). */
+    annal__seg *wseg;   /* segment being appended to */
+    uint64_t woff;      /* next write offset in wseg */
+    annal__index_head head; /* what the index will hold once the current group commits */
+    uint64_t rng;
+    uint8_t *buf;
+    size_t bufcap;
+
+    uint64_t visible; /* atomic: positions below this are committed and readable */
+};
+
+/* Record detail for the calling thread and return code. */
+annal_err annal__fail(annal_db *db, annal_err code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void annal__log_msg(annal_db *db, annal_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Check a stream name or type name (1..ANNAL_MAX_NAME bytes of UTF-8). */
+int annal__name_ok(const char *s, size_t *len);
+
+/* Open a read transaction (MDB_NOTLS: any thread may use it). */
+annal_err annal__read_txn(annal_db *db, MDB_txn **t);
+
+/* The committed head as seen by this handle: for a writer, what it has published;
+ * for a read-only handle, what the index in t says. */
+uint64_t annal__visible(annal_db *db, MDB_txn *t);
+
+/* Index every complete batch of the log from the index head onwards; used by recovery
+ * and rebuild. Sets *end_loc to the location after the last whole batch. */
+annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off);
+
+#endif

@@ -1,0 +1,416 @@
+/* Reads: iterators over a stream (through the revision index) and over $all (walking
+ * the log itself), single events by position, stream heads and the stream list. An
+ * iterator fetches locations in small chunks and releases its LMDB snapshot between
+ * chunks, so a slow reader never pins old index pages. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "store/db_int.h"
+
+#define CHUNK 256
+
+enum { IT_STREAM, IT_ALL };
+
+struct annal_iter {
+    annal_db *db;
+    int kind, backward, done;
+    uint64_t remaining;
+    MDB_txn *txn; /* reset between chunks */
+    annal_event ev;
+    /* locations fetched for the next events */
+    uint64_t pos[CHUNK], loc[CHUNK], rev[CHUNK];
+    size_t n, i;
+    /* stream */
+    char *stream;
+    size_t stream_len;
+    uint64_t stream_id;
+    uint64_t next_rev; /* next revision to fetch */
+    uint64_t last_rev; /* forward bound: the stream's last revision at open */
+    /* $all */
+    annal__cursor cur;
+    uint64_t end;      /* forward bound: positions below this */
+    uint64_t next_pos; /* backward: next position to fetch */
+};
+
+static annal_err txn_renew(annal_iter *it) {
+    int rc = mdb_txn_renew(it->txn);
+    if (rc) return annal__fail(it->db, annal__index_err(rc), "index: %s", mdb_strerror(rc));
+    return ANNAL_OK;
+}
+
+static annal_err fetch_stream(annal_iter *it) {
+    annal_db *db = it->db;
+    annal_err rc = txn_renew(it);
+    if (rc != ANNAL_OK) return rc;
+    MDB_cursor *c = NULL;
+    int mrc = mdb_cursor_open(it->txn, db->idx.revs, &c);
+    uint8_t key[ANNAL__REV_VAL];
+    annal__rev_val(key, it->next_rev, 0, 0);
+    MDB_val k = {8, &it->stream_id}, v = {sizeof key, key};
+    if (!mrc) mrc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH_RANGE);
+    it->n = it->i = 0;
+    while (!mrc && it->n < CHUNK) {
+        uint64_t r, p, l;
+        if (v.mv_size != ANNAL__REV_VAL) {
+            mrc = MDB_CORRUPTED;
+            break;
+        }
+        annal__rev_val_decode(v.mv_data, &r, &p, &l);
+        if (it->backward ? r > it->next_rev : r > it->last_rev) {
+            if (!it->backward) break;
+        } else {
+            it->rev[it->n] = r;
+            it->pos[it->n] = p;
+            it->loc[it->n] = l;
+            it->n++;
+            if (it->backward && r == 0) break;
+        }
+        mrc = mdb_cursor_get(c, &k, &v, it->backward ? MDB_PREV_DUP : MDB_NEXT_DUP);
+    }
+    if (c) mdb_cursor_close(c);
+    mdb_txn_reset(it->txn);
+    if (mrc && mrc != MDB_NOTFOUND)
+        return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    if (it->n == 0) {
+        it->done = 1;
+        return ANNAL_OK;
+    }
+    uint64_t lastr = it->rev[it->n - 1];
+    if (it->backward) {
+        if (lastr == 0) it->done = 1; /* after this chunk */
+        else it->next_rev = lastr - 1;
+    } else {
+        it->next_rev = lastr + 1;
+    }
+    return ANNAL_OK;
+}
+
+/* Backward over $all: collect positions [base, next_pos] from the stride entry below. */
+static annal_err fetch_all_back(annal_iter *it) {
+    annal_db *db = it->db;
+    annal_err rc = txn_renew(it);
+    if (rc != ANNAL_OK) return rc;
+    uint64_t base, loc;
+    rc = annal__index_pos_floor(it->txn, &db->idx, it->next_pos, &base, &loc);
+    mdb_txn_reset(it->txn);
+    if (rc != ANNAL_OK)
+        return annal__fail(db, rc == ANNAL_ENOTFOUND ? ANNAL_ECORRUPT : rc,
+                           "index has no entry for position %" PRIu64, it->next_pos);
+    annal__seg *s = annal__log_seg(&db->log, ANNAL__LOC_SEG(loc));
+    if (!s) return annal__fail(db, ANNAL_ECORRUPT, "missing segment for position %" PRIu64, base);
+    annal__cursor c = {&db->log, s, ANNAL__LOC_OFF(loc), base};
+    it->n = it->i = 0;
+    while (c.pos <= it->next_pos) {
+        annal_event ev;
+        annal__rec_info info;
+        uint64_t l, p = c.pos;
+        rc = annal__cursor_next(&c, &ev, &info, &l);
+        if (rc != ANNAL_OK)
+            return annal__fail(db, ANNAL_ECORRUPT, "damaged log at position %" PRIu64, p);
+        it->pos[it->n] = p;
+        it->loc[it->n] = l;
+        it->n++;
+    }
+    /* emit newest first */
+    for (size_t a = 0, b = it->n - 1; a < b; a++, b--) {
+        uint64_t tp = it->pos[a], tl = it->loc[a];
+        it->pos[a] = it->pos[b], it->loc[a] = it->loc[b];
+        it->pos[b] = tp, it->loc[b] = tl;
+    }
+    if (base == 0) it->done = 1; /* after this chunk */
+    else it->next_pos = base - 1;
+    return ANNAL_OK;
+}
+
+annal_err annal_iter_next(annal_iter *it, const annal_event **out) {
+    if (!it || !out) return ANNAL_EINVAL;
+    annal_db *db = it->db;
+    *out = NULL;
+    if (it->remaining == 0) return ANNAL_END;
+    annal_err rc;
+    annal__rec_info info;
+    if (it->kind == IT_ALL && !it->backward) {
+        if (it->cur.pos >= it->end) return ANNAL_END;
+        uint64_t p = it->cur.pos;
+        rc = annal__cursor_next(&it->cur, &it->ev, &info, NULL);
+        if (rc != ANNAL_OK) {
+            it->remaining = 0;
+            return annal__fail(db, ANNAL_ECORRUPT, "damaged log at position %" PRIu64
+                               " (segment %016" PRIx64 ", offset %" PRIu64 ")",
+                               p, it->cur.seg->no, it->cur.off);
+        }
+        it->remaining--;
+        *out = &it->ev;
+        return ANNAL_OK;
+    }
+    if (it->i == it->n) {
+        if (it->done) return ANNAL_END;
+        rc = it->kind == IT_STREAM ? fetch_stream(it) : fetch_all_back(it);
+        if (rc != ANNAL_OK) {
+            it->remaining = 0;
+            return rc;
+        }
+        if (it->n == 0) return ANNAL_END;
+    }
+    size_t i = it->i++;
+    rc = annal__log_read_at(&db->log, it->loc[i], it->pos[i], &it->ev, &info);
+    if (rc == ANNAL_OK && it->kind == IT_STREAM &&
+        (it->ev.revision != it->rev[i] || it->ev.stream_len != it->stream_len ||
+         memcmp(it->ev.stream, it->stream, it->stream_len) != 0))
+        rc = ANNAL_ECORRUPT;
+    if (rc != ANNAL_OK) {
+        it->remaining = 0;
+        return annal__fail(db, rc, "damaged event at position %" PRIu64 " (segment %016" PRIx64
+                           ", offset %" PRIu64 ")", it->pos[i], ANNAL__LOC_SEG(it->loc[i]),
+                           ANNAL__LOC_OFF(it->loc[i]));
+    }
+    it->remaining--;
+    *out = &it->ev;
+    return ANNAL_OK;
+}
+
+void annal_iter_close(annal_iter *it) {
+    if (!it) return;
+    if (it->txn) mdb_txn_abort(it->txn);
+    free(it->stream);
+    free(it);
+}
+
+static annal_iter *iter_new(annal_db *db, int kind, unsigned flags, uint64_t limit) {
+    annal_iter *it = calloc(1, sizeof *it);
+    if (!it) return NULL;
+    it->db = db;
+    it->kind = kind;
+    it->backward = (flags & ANNAL_READ_BACKWARD) != 0;
+    it->remaining = limit ? limit : UINT64_MAX;
+    return it;
+}
+
+annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t limit,
+                         annal_iter **out) {
+    if (!db || !out || (flags & ~ANNAL_READ_BACKWARD)) return ANNAL_EINVAL;
+    *out = NULL;
+    annal_iter *it = iter_new(db, IT_ALL, flags, limit);
+    if (!it) return ANNAL_ENOMEM;
+    /* Load the visible head before the snapshot, so the snapshot covers it. */
+    uint64_t vis = db->readonly ? 0 : annal__visible(db, NULL);
+    annal_err rc = annal__read_txn(db, &it->txn);
+    if (rc != ANNAL_OK) goto fail;
+    if (db->readonly) vis = annal__visible(db, it->txn);
+    it->end = vis;
+    if (vis == 0 || (!it->backward && from >= vis)) {
+        it->done = 1;
+        it->remaining = 0;
+    } else if (it->backward) {
+        it->next_pos = from < vis ? from : vis - 1;
+    } else {
+        uint64_t base, loc;
+        rc = annal__index_pos_floor(it->txn, &db->idx, from, &base, &loc);
+        if (rc != ANNAL_OK) {
+            rc = annal__fail(db, ANNAL_ECORRUPT, "index has no entry for position %" PRIu64, from);
+            goto fail;
+        }
+        annal__seg *s = annal__log_seg(&db->log, ANNAL__LOC_SEG(loc));
+        if (!s) {
+            rc = annal__fail(db, ANNAL_ECORRUPT, "missing segment for position %" PRIu64, from);
+            goto fail;
+        }
+        it->cur = (annal__cursor){&db->log, s, ANNAL__LOC_OFF(loc), base};
+        while (it->cur.pos < from) {
+            annal_event ev;
+            annal__rec_info info;
+            if (annal__cursor_next(&it->cur, &ev, &info, NULL) != ANNAL_OK) {
+                rc = annal__fail(db, ANNAL_ECORRUPT, "damaged log before position %" PRIu64, from);
+                goto fail;
+            }
+        }
+    }
+    mdb_txn_reset(it->txn);
+    *out = it;
+    return ANNAL_OK;
+fail:
+    annal_iter_close(it);
+    return rc;
+}
+
+annal_err annal_read_stream(annal_db *db, const char *stream, uint64_t from, unsigned flags,
+                            uint64_t limit, annal_iter **out) {
+    if (!db || !out || (flags & ~ANNAL_READ_BACKWARD)) return ANNAL_EINVAL;
+    *out = NULL;
+    size_t len;
+    if (!annal__name_ok(stream, &len)) return annal__fail(db, ANNAL_EINVAL, "invalid stream name");
+    if (strcmp(stream, "$all") == 0) return annal_read_all(db, from, flags, limit, out);
+    annal_iter *it = iter_new(db, IT_STREAM, flags, limit);
+    if (!it) return ANNAL_ENOMEM;
+    it->stream = strdup(stream);
+    it->stream_len = len;
+    annal_err rc = it->stream ? annal__read_txn(db, &it->txn) : ANNAL_ENOMEM;
+    if (rc != ANNAL_OK) goto fail;
+    annal__stream_rec sr;
+    rc = annal__index_stream_get(it->txn, &db->idx, stream, len, &sr);
+    mdb_txn_reset(it->txn);
+    if (rc == ANNAL_ENOTFOUND) {
+        rc = annal__fail(db, ANNAL_ENOTFOUND, "stream %s not found", stream);
+        goto fail;
+    }
+    if (rc != ANNAL_OK) {
+        rc = annal__fail(db, rc, "cannot read stream %s from the index", stream);
+        goto fail;
+    }
+    it->stream_id = sr.id;
+    it->last_rev = sr.count - 1;
+    if (it->backward) {
+        it->next_rev = from < it->last_rev ? from : it->last_rev;
+    } else if (from > it->last_rev) {
+        it->done = 1;
+        it->remaining = 0;
+    } else {
+        it->next_rev = from;
+    }
+    *out = it;
+    return ANNAL_OK;
+fail:
+    annal_iter_close(it);
+    return rc;
+}
+
+annal_err annal_event_get(annal_db *db, uint64_t position, annal_event **out) {
+    if (!db || !out) return ANNAL_EINVAL;
+    *out = NULL;
+    annal_iter *it;
+    annal_err rc = annal_read_all(db, position, 0, 1, &it);
+    if (rc != ANNAL_OK) return rc;
+    const annal_event *ev;
+    rc = annal_iter_next(it, &ev);
+    if (rc == ANNAL_END) {
+        rc = annal__fail(db, ANNAL_ENOTFOUND, "no event at position %" PRIu64, position);
+    } else if (rc == ANNAL_OK) {
+        size_t sz = sizeof *ev + ev->stream_len + 1 + ev->type_len + 1 + ev->data_len +
+                    ev->metadata_len;
+        annal_event *e = malloc(sz);
+        if (!e) {
+            rc = ANNAL_ENOMEM;
+        } else {
+            *e = *ev;
+            char *p = (char *)(e + 1);
+            memcpy(p, ev->stream, ev->stream_len + 1);
+            e->stream = p;
+            p += ev->stream_len + 1;
+            memcpy(p, ev->type, ev->type_len + 1);
+            e->type = p;
+            p += ev->type_len + 1;
+            if (ev->data_len) memcpy(p, ev->data, ev->data_len);
+            e->data = p;
+            p += ev->data_len;
+            if (ev->metadata_len) memcpy(p, ev->metadata, ev->metadata_len);
+            e->metadata = p;
+            *out = e;
+        }
+    }
+    annal_iter_close(it);
+    return rc;
+}
+
+annal_err annal_stream_head(annal_db *db, const char *stream, uint64_t *revision) {
+    if (!db || !revision) return ANNAL_EINVAL;
+    size_t len;
+    if (!annal__name_ok(stream, &len)) return annal__fail(db, ANNAL_EINVAL, "invalid stream name");
+    MDB_txn *t;
+    annal_err rc = annal__read_txn(db, &t);
+    if (rc != ANNAL_OK) return rc;
+    annal__stream_rec sr;
+    rc = annal__index_stream_get(t, &db->idx, stream, len, &sr);
+    mdb_txn_abort(t);
+    if (rc == ANNAL_ENOTFOUND) return annal__fail(db, rc, "stream %s not found", stream);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot read stream %s", stream);
+    *revision = sr.count - 1;
+    return ANNAL_OK;
+}
+
+struct annal_stream_iter {
+    annal_db *db;
+    MDB_txn *txn;
+    char name[ANNAL_MAX_NAME + 1];
+    size_t name_len;
+    int started;
+    annal_stream_info info;
+};
+
+annal_err annal_streams_open(annal_db *db, const char *after, annal_stream_iter **out) {
+    if (!db || !out) return ANNAL_EINVAL;
+    *out = NULL;
+    annal_stream_iter *it = calloc(1, sizeof *it);
+    if (!it) return ANNAL_ENOMEM;
+    it->db = db;
+    if (after) {
+        size_t n = strnlen(after, ANNAL_MAX_NAME + 1);
+        if (n > ANNAL_MAX_NAME) {
+            free(it);
+            return annal__fail(db, ANNAL_EINVAL, "invalid stream name");
+        }
+        memcpy(it->name, after, n);
+        it->name_len = n;
+        it->started = 1;
+    }
+    annal_err rc = annal__read_txn(db, &it->txn);
+    if (rc != ANNAL_OK) {
+        free(it);
+        return rc;
+    }
+    mdb_txn_reset(it->txn);
+    *out = it;
+    return ANNAL_OK;
+}
+
+annal_err annal_streams_next(annal_stream_iter *it, const annal_stream_info **info) {
+    if (!it || !info) return ANNAL_EINVAL;
+    *info = NULL;
+    annal_db *db = it->db;
+    int mrc = mdb_txn_renew(it->txn);
+    if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    MDB_cursor *c = NULL;
+    MDB_val k = {it->name_len, it->name}, v;
+    mrc = mdb_cursor_open(it->txn, db->idx.streams, &c);
+    if (!mrc) {
+        if (!it->started) mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        else if (it->name_len == 0) mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        else {
+            mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+            if (!mrc && k.mv_size == it->name_len && !memcmp(k.mv_data, it->name, it->name_len))
+                mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+    }
+    annal_err rc = ANNAL_OK;
+    if (!mrc) {
+        if (k.mv_size > ANNAL_MAX_NAME || v.mv_size != 32) {
+            rc = ANNAL_ECORRUPT;
+        } else {
+            const uint8_t *p = v.mv_data;
+            memcpy(it->name, k.mv_data, k.mv_size);
+            it->name[k.mv_size] = 0;
+            it->name_len = k.mv_size;
+            it->started = 1;
+            uint64_t count = annal__get64(p + 8);
+            it->info.name = it->name;
+            it->info.last_revision = count - 1;
+            it->info.last_position = annal__get64(p + 16);
+            it->info.created_ns = (int64_t)annal__get64(p + 24);
+            *info = &it->info;
+        }
+    } else if (mrc == MDB_NOTFOUND) {
+        rc = ANNAL_END;
+    } else {
+        rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    }
+    if (c) mdb_cursor_close(c);
+    mdb_txn_reset(it->txn);
+    return rc;
+}
+
+void annal_streams_close(annal_stream_iter *it) {
+    if (!it) return;
+    if (it->txn) mdb_txn_abort(it->txn);
+    free(it);
+}

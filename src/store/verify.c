@@ -1,0 +1,180 @@
+/* annal_verify: read every record of every segment and check it (checksum, position
+ * sequence, batch framing), then check that the index agrees with the log. It opens
+ * files read-only and takes no lock, so it can run beside a writer. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "store/db_int.h"
+
+typedef struct vctx {
+    annal_damage_fn found;
+    void *ctx;
+    uint64_t problems;
+} vctx;
+
+static void report(vctx *v, uint64_t seg, uint64_t off, uint64_t pos, const char *stream,
+                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void report(vctx *v, uint64_t seg, uint64_t off, uint64_t pos, const char *stream,
+                   const char *fmt, ...) {
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    v->problems++;
+    if (v->found) {
+        annal_damage d = {seg, off, pos, stream, what};
+        v->found(v->ctx, &d);
+    }
+}
+
+/* Are the bytes of seg from off to its known end all zero? */
+static int zeros_from(annal__seg *s, uint64_t off) {
+    uint64_t end = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE);
+    for (; off < end; off++)
+        if (s->map[off]) return 0;
+    return 1;
+}
+
+/* Walk the log; returns the number of whole events found (the log's head). */
+static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o) {
+    uint64_t pos = 0, events = 0;
+    for (size_t i = 0; i < log->nsegs; i++) {
+        annal__seg *s = log->segs[i];
+        int last = i + 1 == log->nsegs;
+        if (s->first_pos != pos)
+            report(v, s->no, 0, pos, NULL, "segment starts at position %" PRIu64
+                   " but the previous one ended at %" PRIu64, s->first_pos, pos);
+        pos = s->first_pos;
+        annal__cursor c = {log, s, ANNAL__SEG_HDR, pos};
+        for (;;) {
+            annal__cursor start = c;
+            annal_event ev;
+            annal__rec_info info;
+            annal_err rc = annal__cursor_next(&c, &ev, &info, NULL);
+            if (rc == ANNAL_OK && c.seg != s) { /* crossed into the next segment */
+                c = start;
+                break;
+            }
+            if (rc == ANNAL_END) break;
+            int ok = rc == ANNAL_OK && info.batch_index == 0;
+            uint32_t n = ok ? info.batch_count : 0;
+            for (uint32_t k = 1; ok && k < n; k++) {
+                rc = annal__cursor_next(&c, &ev, &info, NULL);
+                ok = rc == ANNAL_OK && c.seg == s && info.batch_index == k && info.batch_count == n;
+            }
+            if (ok) {
+                events = c.pos;
+                if (o->progress && events % 100000 < n && o->progress(o->progress_ctx, events, 0))
+                    return events;
+                continue;
+            }
+            c = start;
+            if (last && zeros_from(s, c.off + 8)) {
+                report(v, s->no, c.off, c.pos, NULL, "torn tail: an unfinished append left by a "
+                       "crash (never acknowledged; the next writer open removes it)");
+            } else {
+                annal_event e2;
+                annal__rec_info i2;
+                int dec = annal__rec_decode(s->map + c.off, (size_t)(s->cap - c.off), &e2, &i2) ==
+                          ANNAL_OK;
+                report(v, s->no, c.off, c.pos, dec ? e2.stream : NULL,
+                       dec ? "record out of sequence or part of an incomplete batch"
+                           : "damaged record: checksum or framing is wrong");
+            }
+            break;
+        }
+        pos = c.pos;
+    }
+    return events;
+}
+
+static void check_index(annal_db *db, vctx *v, uint64_t log_events) {
+    MDB_txn *t;
+    if (annal__read_txn(db, &t) != ANNAL_OK) {
+        report(v, 0, 0, UINT64_MAX, NULL, "index cannot be read: run `annal rebuild-index`");
+        return;
+    }
+    annal__index_head h;
+    if (annal__index_head_get(t, &db->idx, &h) != ANNAL_OK) {
+        report(v, 0, 0, UINT64_MAX, NULL, "index head is damaged: run `annal rebuild-index`");
+        mdb_txn_abort(t);
+        return;
+    }
+    if (h.next_pos > log_events)
+        report(v, 0, 0, log_events, NULL, "index covers %" PRIu64 " events but the log holds "
+               "only %" PRIu64 " whole events", h.next_pos, log_events);
+    annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
+    if (first && h.next_pos > 0) {
+        annal__cursor c = {&db->log, first, ANNAL__SEG_HDR, first->first_pos};
+        annal_event ev;
+        annal__rec_info info;
+        uint64_t loc;
+        uint64_t bad = 0;
+        while (c.pos < h.next_pos && annal__cursor_next(&c, &ev, &info, &loc) == ANNAL_OK) {
+            annal__stream_rec sr;
+            uint64_t p, l;
+            const char *why = NULL;
+            if (annal__index_stream_get(t, &db->idx, ev.stream, ev.stream_len, &sr) != ANNAL_OK)
+                why = "stream missing from the index";
+            else if (ev.revision >= sr.count)
+                why = "revision beyond the stream's head in the index";
+            else if (annal__index_rev_get(t, &db->idx, sr.id, ev.revision, &p, &l) != ANNAL_OK ||
+                     p != ev.position || l != loc)
+                why = "revision entry missing or wrong";
+            else if (annal__index_id_get(t, &db->idx, &ev.id, &p, &l) != ANNAL_OK ||
+                     p != ev.position)
+                why = "event id entry missing or wrong";
+            else if (ev.position % ANNAL__POS_STRIDE == 0 &&
+                     (annal__index_pos_floor(t, &db->idx, ev.position, &p, &l) != ANNAL_OK ||
+                      l != loc))
+                why = "position entry missing or wrong";
+            if (why && bad++ < 100)
+                report(v, ANNAL__LOC_SEG(loc), ANNAL__LOC_OFF(loc), ev.position, ev.stream,
+                       "index: %s (run `annal rebuild-index`)", why);
+        }
+        if (bad > 100)
+            report(v, 0, 0, UINT64_MAX, NULL, "index: %" PRIu64 " more wrong entries", bad - 100);
+    }
+    mdb_txn_abort(t);
+}
+
+annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_fn found,
+                       void *ctx) {
+    if (!dir) return ANNAL_EINVAL;
+    annal_db_opts o;
+    if (opts) o = *opts;
+    else annal_db_opts_init(&o);
+    vctx v = {found, ctx, 0};
+    annal__log log;
+    char detail[512] = "";
+    annal_err rc = annal__log_open(&log, annal__io_posix(), dir, 1, 0, detail, sizeof detail);
+    if (rc == ANNAL_ENOTFOUND) {
+        annal__log_close(&log);
+        return ANNAL_ENOTFOUND;
+    }
+    if (rc != ANNAL_OK) {
+        report(&v, 0, 0, UINT64_MAX, NULL, "%s", detail);
+        annal__log_close(&log);
+        return rc == ANNAL_ECORRUPT || rc == ANNAL_EVERSION ? ANNAL_ECORRUPT : rc;
+    }
+    uint64_t events = check_log(&log, &v, &o);
+    annal__log_close(&log);
+
+    o.flags = ANNAL_OPEN_READONLY;
+    annal_db *db = NULL;
+    rc = annal_db_open(dir, &o, &db);
+    if (rc == ANNAL_OK) {
+        check_index(db, &v, events);
+        annal_db_close(db);
+    } else {
+        report(&v, 0, 0, UINT64_MAX, NULL, "index cannot be opened (%s): the next writer open or "
+               "`annal rebuild-index` rebuilds it", annal_strerror(rc));
+    }
+    if (o.progress) o.progress(o.progress_ctx, events, events);
+    return v.problems ? ANNAL_ECORRUPT : ANNAL_OK;
+}

@@ -15,6 +15,18 @@
 
 #define GROW_CHUNK (8u << 20) /* preallocate in steps of this many bytes */
 
+/* Reserve [from, to) of fd and write zeros over it, durably. Zeros written now make
+ * the extents "written", so the fdatasync of each later append has no metadata to
+ * commit (fallocate alone leaves unwritten extents whose conversion costs a journal
+ * commit on every flush). ENOSPC surfaces here, before any event is at stake. */
+static int prealloc(const annal__io *io, int fd, uint64_t from, uint64_t to) {
+    static const uint8_t zeros[1 << 16];
+    int r = io->alloc(io->ctx, fd, from, to - from);
+    for (uint64_t off = from; r == 0 && off < to; off += sizeof zeros)
+        r = annal__io_write_all(io, fd, zeros, (size_t)(to - off < sizeof zeros ? to - off : sizeof zeros), off);
+    return r == 0 ? io->sync(io->ctx, fd) : r;
+}
+
 static void seg_path(const annal__log *log, uint64_t no, char *out, size_t len) {
     snprintf(out, len, "%s/%016" PRIx64 ".seg", log->dir, no);
 }
@@ -218,7 +230,7 @@ int annal__log_add(annal__log *log, uint64_t no, uint64_t first_pos, uint64_t ca
     uint8_t hb[ANNAL__SEG_HDR];
     annal__seg_hdr_encode(&h, hb);
     uint64_t first = cap < GROW_CHUNK ? cap : GROW_CHUNK;
-    int r = io->alloc(io->ctx, fd, 0, first);
+    int r = prealloc(io, fd, 0, first);
     if (r == 0) r = annal__io_write_all(io, fd, hb, sizeof hb, 0);
     if (r == 0) r = io->sync(io->ctx, fd);
     if (r == 0) r = io->sync_dir(io->ctx, log->dir);
@@ -261,7 +273,7 @@ int annal__seg_reserve(annal__log *log, annal__seg *seg, uint64_t end) {
     if (want < end) want = end;
     if (want > seg->cap) want = seg->cap;
     if (end > want) return -EFBIG;
-    int r = log->io->alloc(log->io->ctx, seg->fd, size, want - size);
+    int r = prealloc(log->io, seg->fd, size, want);
     if (r < 0) return r;
     __atomic_store_n(&seg->size, want, __ATOMIC_RELEASE);
     return 0;
@@ -311,6 +323,19 @@ annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info 
         c->pos++;
         return ANNAL_OK;
     }
+}
+
+annal_err annal__cursor_skip(annal__cursor *c) {
+    if (annal__seg_readable(c->log, c->seg, c->off + 8) != ANNAL_OK) return ANNAL_ECORRUPT;
+    uint32_t len = annal__get32(c->seg->map + c->off + 4);
+    if (len < ANNAL__REC_HDR || (len & 7) || c->off + len + 8 > c->seg->cap) return ANNAL_ECORRUPT;
+    annal__cursor n = {c->log, c->seg, c->off + len, c->pos + 1};
+    annal__cursor probe = n;
+    annal_event ev;
+    annal__rec_info info;
+    if (annal__cursor_next(&probe, &ev, &info, NULL) != ANNAL_OK) return ANNAL_ECORRUPT;
+    *c = n;
+    return ANNAL_OK;
 }
 
 annal_err annal__log_read_at(annal__log *log, uint64_t loc, uint64_t pos, annal_event *ev,

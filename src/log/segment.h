@@ -74,6 +74,10 @@ typedef struct annal__cursor {
 annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info *info,
                              uint64_t *loc_out);
 
+/* Step over a damaged record at the cursor when its length field still leads to a
+ * valid record carrying the next position. ANNAL_OK if resynchronised. */
+annal_err annal__cursor_skip(annal__cursor *c);
+
 /* Decode the record at loc and check it carries position pos (UINT64_MAX: any). */
 annal_err annal__log_read_at(annal__log *log, uint64_t loc, uint64_t pos, annal_event *ev,
                              annal__rec_info *info);

@@ -427,8 +427,6 @@ static annal_err open_reader(annal_db *db) {
 
 /* Shared by annal_db_open and the tests, which pass a fault-injecting io table. */
 annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
-                            annal_db **out);
-annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
                             annal_db **out) {
     if (!dir || !out) return ANNAL_EINVAL;
     *out = NULL;

@@ -68,6 +68,10 @@ struct annal_db {
     uint64_t visible; /* atomic: positions below this are committed and readable */
 };
 
+/* annal_db_open with another file-operation table (tests inject faults with it). */
+annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
+                            annal_db **out);
+
 /* Record detail for the calling thread and return code. */
 annal_err annal__fail(annal_db *db, annal_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

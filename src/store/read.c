@@ -221,7 +221,9 @@ annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t l
         while (it->cur.pos < from) {
             annal_event ev;
             annal__rec_info info;
-            if (annal__cursor_next(&it->cur, &ev, &info, NULL) != ANNAL_OK) {
+            annal__cursor at = it->cur;
+            if (annal__cursor_next(&it->cur, &ev, &info, NULL) != ANNAL_OK &&
+                (it->cur = at, annal__cursor_skip(&it->cur)) != ANNAL_OK) {
                 rc = annal__fail(db, ANNAL_ECORRUPT, "damaged log before position %" PRIu64, from);
                 goto fail;
             }

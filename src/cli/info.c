@@ -1,0 +1,96 @@
+/*
+ * info.c -- `annal info`: the size of the store at a glance (events, streams, segments,
+ * bytes, time of the last event), for people or as one JSON object.
+ */
+#include <string.h>
+
+#include "cli.h"
+
+static const char usage[] =
+    "usage: annal [--data DIR] info [--json]\n"
+    "\n"
+    "Show the number of events and streams, the log segments and bytes used, and the\n"
+    "time of the last event.\n"
+    "\n"
+    "Options:\n"
+    "  --json   one JSON object: dir, events, streams, segments, log_bytes, index_bytes,\n"
+    "           disk_bytes, last_event (null when empty)\n"
+    "\n"
+    "Exit codes: 0 ok, 1 usage, 2 no store, 5 store error.\n";
+
+enum { OPT_JSON };
+static const cli_option options[] = {{"json", 0, OPT_JSON}, {NULL, 0, 0}};
+
+int cli_cmd_info(cli_global *g, int argc, char **argv)
+{
+    int json = 0;
+    cli_args a;
+    cli_args_init(&a, g, argc, argv);
+    const char *v;
+    for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
+        switch (o) {
+        case CLI_ARG_ERROR:
+            return CLI_EXIT_USAGE;
+        case CLI_ARG_HELP:
+            fputs(usage, stdout);
+            return cli_finish_output("info", stdout, "standard output", CLI_EXIT_OK);
+        case CLI_ARG_OPERAND:
+            return cli_usage_error("info", "unexpected argument '%s'", v);
+        case OPT_JSON:
+            json = 1;
+            break;
+        }
+    }
+
+    annal_db *db;
+    int rc = cli_open(g, "info", ANNAL_OPEN_READONLY, NULL, &db);
+    if (rc)
+        return rc;
+    annal_db_info info;
+    memset(&info, 0, sizeof info);
+    annal_err e = annal_db_info_get(db, &info);
+    if (e != ANNAL_OK) {
+        rc = cli_fail("info", db, e, "cannot read the store's counters");
+        annal_db_close(db);
+        return rc;
+    }
+    annal_db_close(db);
+
+    char last[CLI_TIME_LEN];
+    if (json) {
+        cli_buf b = {0};
+        cli_buf_adds(&b, "{\"dir\":");
+        cli_json_add_string(&b, g->data_dir, strlen(g->data_dir));
+        cli_buf_addf(&b,
+                     ",\"events\":%llu,\"streams\":%llu,\"segments\":%llu,\"log_bytes\":%llu,"
+                     "\"index_bytes\":%llu,\"disk_bytes\":%llu,\"last_event\":",
+                     (unsigned long long)info.events, (unsigned long long)info.streams,
+                     (unsigned long long)info.segments, (unsigned long long)info.log_bytes,
+                     (unsigned long long)info.index_bytes, (unsigned long long)info.disk_bytes);
+        if (info.events) {
+            cli_time_rfc3339(info.last_ns, last);
+            cli_buf_addf(&b, "\"%s\"}\n", last);
+        } else {
+            cli_buf_adds(&b, "null}\n");
+        }
+        fwrite(b.p, 1, b.len, stdout);
+        cli_buf_free(&b);
+    } else {
+        if (info.events)
+            cli_time_rfc3339(info.last_ns, last);
+        else
+            snprintf(last, sizeof last, "-");
+        printf("store        %s\n"
+               "events       %llu\n"
+               "streams      %llu\n"
+               "segments     %llu\n"
+               "log bytes    %llu\n"
+               "index bytes  %llu\n"
+               "disk bytes   %llu\n"
+               "last event   %s\n",
+               g->data_dir, (unsigned long long)info.events, (unsigned long long)info.streams,
+               (unsigned long long)info.segments, (unsigned long long)info.log_bytes,
+               (unsigned long long)info.index_bytes, (unsigned long long)info.disk_bytes, last);
+    }
+    return cli_finish_output("info", stdout, "standard output", CLI_EXIT_OK);
+}

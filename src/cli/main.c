@@ -1,0 +1,119 @@
+/*
+ * main.c -- entry point of the `annal` command: global options, the environment, and
+ * dispatch to one sub-command per file. It is the only place that reads the environment.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    cli_cmd_fn fn;
+    const char *summary;
+} commands[] = {
+    {"append", cli_cmd_append, "append one event to a stream and print it"},
+    {"read", cli_cmd_read, "read a stream or $all (table, or JSON lines with --json)"},
+    {"streams", cli_cmd_streams, "list streams with their last revision"},
+    {"info", cli_cmd_info, "counts and sizes of the store"},
+    {"verify", cli_cmd_verify, "check every record and the index; exit 4 on damage"},
+    {"rebuild-index", cli_cmd_rebuild_index, "throw the index away and rebuild it from the log"},
+    {"export", cli_cmd_export, "write events as JSON lines"},
+    {"import", cli_cmd_import, "append events from JSON lines (idempotent)"},
+    {"demo", cli_cmd_demo, "play a short order story and show its history and state"},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *out)
+{
+    fputs("usage: annal [--data DIR] <command> [args]\n"
+          "       annal <command> --help\n"
+          "       annal --version\n"
+          "\n"
+          "An embeddable event store, on the command line.\n"
+          "\n"
+          "Commands:\n",
+          out);
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(out, "  %-14s %s\n", commands[i].name, commands[i].summary);
+    fputs("\n"
+          "Options:\n"
+          "  --data DIR     the store directory (default: $ANNAL_DATA, else ./data)\n"
+          "  --help, -h     this help; `annal <command> --help` for one command\n"
+          "  --version      print the version\n"
+          "\n"
+          "Exit codes:\n"
+          "  0  ok\n"
+          "  1  usage error or invalid input (option, name, UUID, JSON line, too big)\n"
+          "  2  not found (no store, no stream)\n"
+          "  3  conflict (wrong expected revision, event id already used differently)\n"
+          "  4  corruption found\n"
+          "  5  other store error (I/O, store busy, disk full, ...)\n",
+          out);
+}
+
+static int find_command(const char *name)
+{
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    cli_global g;
+    memset(&g, 0, sizeof g);
+    const char *env = getenv("ANNAL_DATA");
+    g.data_dir = env && *env ? env : "./data";
+    g.stderr_tty = isatty(STDERR_FILENO);
+    g.stdout_tty = isatty(STDOUT_FILENO);
+
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return cli_finish_output(NULL, stdout, "standard output", CLI_EXIT_OK);
+        }
+        if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+            printf("annal %s (libannal %s)\n", ANNAL_VERSION_STRING, annal_version_string());
+            return cli_finish_output(NULL, stdout, "standard output", CLI_EXIT_OK);
+        }
+        if (strcmp(a, "--data") == 0) {
+            if (i + 1 >= argc || !argv[i + 1][0])
+                return cli_usage_error(NULL, "--data needs a directory");
+            g.data_dir = argv[++i];
+        } else if (strncmp(a, "--data=", 7) == 0 && a[7]) {
+            g.data_dir = a + 7;
+        } else if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        } else {
+            return cli_usage_error(NULL, "unknown option %s", a);
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+
+    const char *name = argv[i];
+    if (strcmp(name, "help") == 0) {
+        /* `annal help CMD` is `annal CMD --help`. */
+        if (i + 1 >= argc) {
+            usage(stdout);
+            return cli_finish_output(NULL, stdout, "standard output", CLI_EXIT_OK);
+        }
+        int c = find_command(argv[i + 1]);
+        if (c < 0)
+            return cli_usage_error(NULL, "unknown command '%s'", argv[i + 1]);
+        char *help_argv[] = {argv[i + 1], "--help", NULL};
+        return commands[c].fn(&g, 2, help_argv);
+    }
+    int c = find_command(name);
+    if (c < 0)
+        return cli_usage_error(NULL, "unknown command '%s'", name);
+    return commands[c].fn(&g, argc - i, argv + i);
+}

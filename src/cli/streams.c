@@ -1,0 +1,93 @@
+/*
+ * streams.c -- `annal streams`: list every stream in name order with its last revision,
+ * last position and creation time, as a table or as JSON lines.
+ */
+#include <string.h>
+
+#include "cli.h"
+
+static const char usage[] =
+    "usage: annal [--data DIR] streams [--json]\n"
+    "\n"
+    "List the streams in name order with their last revision (events - 1), the position\n"
+    "of their last event and the time of their first event.\n"
+    "\n"
+    "Options:\n"
+    "  --json   one JSON object per line: stream, events, last_revision, last_position,\n"
+    "           created\n"
+    "\n"
+    "Exit codes: 0 ok, 1 usage, 2 no store, 5 store error.\n";
+
+enum { OPT_JSON };
+static const cli_option options[] = {{"json", 0, OPT_JSON}, {NULL, 0, 0}};
+
+int cli_cmd_streams(cli_global *g, int argc, char **argv)
+{
+    int json = 0;
+    cli_args a;
+    cli_args_init(&a, g, argc, argv);
+    const char *v;
+    for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
+        switch (o) {
+        case CLI_ARG_ERROR:
+            return CLI_EXIT_USAGE;
+        case CLI_ARG_HELP:
+            fputs(usage, stdout);
+            return cli_finish_output("streams", stdout, "standard output", CLI_EXIT_OK);
+        case CLI_ARG_OPERAND:
+            return cli_usage_error("streams", "unexpected argument '%s'", v);
+        case OPT_JSON:
+            json = 1;
+            break;
+        }
+    }
+
+    annal_db *db;
+    int rc = cli_open(g, "streams", ANNAL_OPEN_READONLY, NULL, &db);
+    if (rc)
+        return rc;
+    annal_stream_iter *it = NULL;
+    annal_err e = annal_streams_open(db, NULL, &it);
+    if (e != ANNAL_OK) {
+        rc = cli_fail("streams", db, e, "cannot list streams");
+        annal_db_close(db);
+        return rc;
+    }
+
+    static const char *const heads[] = {"STREAM", ">LAST_REV", ">LAST_POS", "CREATED (UTC)"};
+    static const size_t maxw[] = {60, 0, 0, 0};
+    cli_table t;
+    cli_table_init(&t, g, stdout, 4, heads, maxw);
+    cli_buf line = {0};
+    const annal_stream_info *si;
+    while ((e = annal_streams_next(it, &si)) == ANNAL_OK) {
+        char created[CLI_TIME_LEN];
+        if (json) {
+            cli_time_rfc3339(si->created_ns, created);
+            line.len = 0;
+            cli_buf_adds(&line, "{\"stream\":");
+            cli_json_add_string(&line, si->name, strlen(si->name));
+            cli_buf_addf(&line,
+                         ",\"events\":%llu,\"last_revision\":%llu,\"last_position\":%llu,"
+                         "\"created\":\"%s\"}\n",
+                         (unsigned long long)si->last_revision + 1,
+                         (unsigned long long)si->last_revision,
+                         (unsigned long long)si->last_position, created);
+            fwrite(line.p, 1, line.len, stdout);
+        } else {
+            char rev[24], pos[24];
+            snprintf(rev, sizeof rev, "%llu", (unsigned long long)si->last_revision);
+            snprintf(pos, sizeof pos, "%llu", (unsigned long long)si->last_position);
+            cli_time_short(si->created_ns, created);
+            const char *cells[] = {si->name, rev, pos, created};
+            cli_table_row(&t, cells);
+        }
+    }
+    cli_table_end(&t);
+    cli_buf_free(&line);
+    if (e != ANNAL_END)
+        rc = cli_fail("streams", db, e, "listing streams stopped");
+    annal_streams_close(it);
+    annal_db_close(db);
+    return cli_finish_output("streams", stdout, "standard output", rc);
+}

@@ -35,11 +35,11 @@ extern "C" {
 /* Version. ABI promise: within one MAJOR version, functions are only added and structs
  * only grow at their end behind an explicit options-init function; a changed meaning
  * gets a new name. The on-disk format has its own version (docs/format.md). */
-#define ANNAL_VERSION_MAJOR 0
-#define ANNAL_VERSION_MINOR 1
-#define ANNAL_VERSION_PATCH 0
+#define ANNAL_VERSION_MAJOR  0
+#define ANNAL_VERSION_MINOR  1
+#define ANNAL_VERSION_PATCH  0
 #define ANNAL_VERSION_STRING "0.1.0"
-#define ANNAL_VERSION_NUMBER \
+#define ANNAL_VERSION_NUMBER                                                                       \
     (ANNAL_VERSION_MAJOR * 1000000 + ANNAL_VERSION_MINOR * 1000 + ANNAL_VERSION_PATCH)
 ANNAL_API int annal_version_number(void);         /* ANNAL_VERSION_NUMBER of the library */
 ANNAL_API const char *annal_version_string(void); /* static text */
@@ -78,10 +78,11 @@ ANNAL_API void annal_free(void *p);
  */
 typedef struct annal_db annal_db; /* opaque; one per open store */
 
-#define ANNAL_OPEN_CREATE 0x1u   /* create the directory and an empty store if missing */
+#define ANNAL_OPEN_CREATE   0x1u /* create the directory and an empty store if missing */
 #define ANNAL_OPEN_READONLY 0x2u /* read only; may run while another process writes */
-#define ANNAL_OPEN_NOSYNC 0x4u   /* NOT DURABLE: appends return before data is on disk.
-                                  * For tests and bulk import only. */
+#define ANNAL_OPEN_NOSYNC                                                                          \
+    0x4u /* NOT DURABLE: appends return before data is on disk.                                    \
+          * For tests and bulk import only. */
 
 typedef enum annal_log_level { ANNAL_LOG_ERROR, ANNAL_LOG_WARN, ANNAL_LOG_INFO } annal_log_level;
 
@@ -137,9 +138,9 @@ ANNAL_API annal_err annal_uuid_parse(const char *text, annal_uuid *out);
 
 /* One event to append. All pointers are borrowed for the duration of the call. */
 typedef struct annal_event_data {
-    annal_uuid id;        /* in/out: all zero => the store makes a UUIDv7 and writes it here */
-    const char *type;     /* NUL-terminated UTF-8, 1..ANNAL_MAX_NAME bytes */
-    const void *data;     /* may be NULL when data_len is 0 */
+    annal_uuid id;    /* in/out: all zero => the store makes a UUIDv7 and writes it here */
+    const char *type; /* NUL-terminated UTF-8, 1..ANNAL_MAX_NAME bytes */
+    const void *data; /* may be NULL when data_len is 0 */
     size_t data_len;
     const void *metadata; /* may be NULL when metadata_len is 0 */
     size_t metadata_len;
@@ -148,8 +149,8 @@ typedef struct annal_event_data {
 #define ANNAL_MAX_NAME 255 /* bytes in a stream name or an event type */
 
 /* Expected revision of an append: an exact revision (>= 0), or one of these. */
-#define ANNAL_EXPECT_ANY ((int64_t)-2)           /* no check */
-#define ANNAL_EXPECT_NO_STREAM ((int64_t)-1)     /* the stream must not exist */
+#define ANNAL_EXPECT_ANY           ((int64_t)-2) /* no check */
+#define ANNAL_EXPECT_NO_STREAM     ((int64_t)-1) /* the stream must not exist */
 #define ANNAL_EXPECT_STREAM_EXISTS ((int64_t)-4) /* the stream must have an event */
 
 typedef struct annal_append_result {
@@ -180,8 +181,7 @@ typedef struct annal_append_result {
  * ANNAL_EIO from a flush the handle refuses appends with ANNAL_EFAILED until reopened:
  * such an append may or may not be present after recovery, never partly. */
 ANNAL_API annal_err annal_append(annal_db *db, const char *stream, int64_t expected,
-                                 annal_event_data *events, size_t n,
-                                 annal_append_result *result);
+                                 annal_event_data *events, size_t n, annal_append_result *result);
 
 /* ------------------------------------------------------------------------------------
  * Reading. Reads never wait for appends and appends never wait for reads. A read sees
@@ -189,11 +189,11 @@ ANNAL_API annal_err annal_append(annal_db *db, const char *stream, int64_t expec
  */
 typedef struct annal_event {
     annal_uuid id;
-    const char *stream;   /* NUL-terminated */
+    const char *stream; /* NUL-terminated */
     size_t stream_len;
-    const char *type;     /* NUL-terminated */
+    const char *type; /* NUL-terminated */
     size_t type_len;
-    const void *data;     /* data_len bytes, not NUL-terminated */
+    const void *data; /* data_len bytes, not NUL-terminated */
     size_t data_len;
     const void *metadata; /* metadata_len bytes */
     size_t metadata_len;
@@ -204,8 +204,8 @@ typedef struct annal_event {
 
 typedef struct annal_iter annal_iter; /* opaque read cursor */
 
-#define ANNAL_READ_BACKWARD 0x1u /* newest first */
-#define ANNAL_FROM_END UINT64_MAX /* as `from` of a backward read: start at the last event */
+#define ANNAL_READ_BACKWARD 0x1u       /* newest first */
+#define ANNAL_FROM_END      UINT64_MAX /* as `from` of a backward read: start at the last event */
 
 /* Read stream from revision `from` (inclusive), forward or backward, at most limit
  * events (0: no limit). *out is closed with annal_iter_close(). A stream that does not
@@ -245,14 +245,14 @@ ANNAL_API annal_err annal_streams_next(annal_stream_iter *it, const annal_stream
 ANNAL_API void annal_streams_close(annal_stream_iter *it); /* NULL is a no-op */
 
 typedef struct annal_db_info {
-    uint64_t events;       /* events in $all == next position */
-    uint64_t streams;      /* streams with at least one event */
-    uint64_t segments;     /* log segment files */
-    uint64_t log_bytes;    /* bytes of log used (not preallocated) */
-    uint64_t disk_bytes;   /* bytes on disk: log files (preallocated) + index */
-    uint64_t index_bytes;  /* bytes of the index files */
-    int64_t last_ns;       /* timestamp of the last event, 0 if none */
-    int readonly;          /* 1 if opened read-only */
+    uint64_t events;      /* events in $all == next position */
+    uint64_t streams;     /* streams with at least one event */
+    uint64_t segments;    /* log segment files */
+    uint64_t log_bytes;   /* bytes of log used (not preallocated) */
+    uint64_t disk_bytes;  /* bytes on disk: log files (preallocated) + index */
+    uint64_t index_bytes; /* bytes of the index files */
+    int64_t last_ns;      /* timestamp of the last event, 0 if none */
+    int readonly;         /* 1 if opened read-only */
 } annal_db_info;
 ANNAL_API annal_err annal_db_info_get(annal_db *db, annal_db_info *out);
 
@@ -262,11 +262,11 @@ ANNAL_API annal_err annal_db_info_get(annal_db *db, annal_db_info *out);
 
 /* One finding of annal_verify. All pointers are valid only during the callback. */
 typedef struct annal_damage {
-    uint64_t segment;     /* segment number (file name) */
-    uint64_t offset;      /* byte offset in that segment file */
-    uint64_t position;    /* position of the damaged or missing event, UINT64_MAX unknown */
-    const char *stream;   /* its stream when known, else NULL */
-    const char *what;     /* human-readable description */
+    uint64_t segment;   /* segment number (file name) */
+    uint64_t offset;    /* byte offset in that segment file */
+    uint64_t position;  /* position of the damaged or missing event, UINT64_MAX unknown */
+    const char *stream; /* its stream when known, else NULL */
+    const char *what;   /* human-readable description */
 } annal_damage;
 typedef void (*annal_damage_fn)(void *ctx, const annal_damage *d);
 
@@ -274,8 +274,8 @@ typedef void (*annal_damage_fn)(void *ctx, const annal_damage *d);
  * agrees with the log. Read-only; may run while another process writes. Calls found()
  * for each problem (may be NULL). Returns ANNAL_OK if the store is sound,
  * ANNAL_ECORRUPT if anything was found, or the error that stopped it. */
-ANNAL_API annal_err annal_verify(const char *dir, const annal_db_opts *opts,
-                                 annal_damage_fn found, void *ctx);
+ANNAL_API annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_fn found,
+                                 void *ctx);
 
 /* Throw away the index and rebuild it from the log. Needs the write lock (ANNAL_EBUSY
  * if another process has the store open for writing). */

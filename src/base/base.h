@@ -12,12 +12,27 @@
 static inline void annal__put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void annal__put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static inline void annal__put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-static inline uint32_t annal__get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint64_t annal__get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static inline uint16_t annal__get16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t annal__get32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline uint64_t annal__get64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+static inline uint16_t annal__get16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
 /* Big-endian, for LMDB keys that must sort as numbers under memcmp. */
 static inline void annal__put64be(uint8_t *p, uint64_t v) {
-    for (int i = 7; i >= 0; i--) { p[i] = (uint8_t)v; v >>= 8; }
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
 }
 static inline uint64_t annal__get64be(const uint8_t *p) {
     uint64_t v = 0;

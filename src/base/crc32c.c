@@ -23,8 +23,8 @@ static uint32_t crc_sw(uint32_t crc, const uint8_t *p, size_t n) {
     while (n >= 8) {
         uint64_t v = annal__get64(p) ^ crc;
         crc = table[7][v & 0xff] ^ table[6][(v >> 8) & 0xff] ^ table[5][(v >> 16) & 0xff] ^
-              table[4][(v >> 24) & 0xff] ^ table[3][(v >> 32) & 0xff] ^
-              table[2][(v >> 40) & 0xff] ^ table[1][(v >> 48) & 0xff] ^ table[0][v >> 56];
+              table[4][(v >> 24) & 0xff] ^ table[3][(v >> 32) & 0xff] ^ table[2][(v >> 40) & 0xff] ^
+              table[1][(v >> 48) & 0xff] ^ table[0][v >> 56];
         p += 8;
         n -= 8;
     }
@@ -33,8 +33,7 @@ static uint32_t crc_sw(uint32_t crc, const uint8_t *p, size_t n) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uint8_t *p,
-                                                          size_t n) {
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uint8_t *p, size_t n) {
     uint64_t c = ~crc;
     while (n >= 8) {
         c = __builtin_ia32_crc32di(c, annal__get64(p));

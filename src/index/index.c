@@ -20,10 +20,13 @@ annal_err annal__index_err(int rc) {
     case MDB_MAP_FULL: return ANNAL_ENOSPC;
     case ENOSPC: return ANNAL_ENOSPC;
     case ENOMEM: return ANNAL_ENOMEM;
-    case MDB_CORRUPTED: case MDB_PAGE_NOTFOUND: case MDB_INVALID: case MDB_BAD_TXN:
-        return ANNAL_ECORRUPT;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INVALID:
+    case MDB_BAD_TXN: return ANNAL_ECORRUPT;
     case MDB_VERSION_MISMATCH: return ANNAL_EVERSION;
-    case EACCES: case EROFS: return ANNAL_EREADONLY;
+    case EACCES:
+    case EROFS: return ANNAL_EREADONLY;
     default: return ANNAL_EIO;
     }
 }
@@ -50,8 +53,7 @@ annal_err annal__index_state_read(const char *dir, annal__index_state *st) {
     buf[n] = 0;
     char boot[40] = {0};
     int clean = 0;
-    if (sscanf(buf, "annal-index 1\nclean %d\nboot %39s", &clean, boot) != 2)
-        return ANNAL_ECORRUPT;
+    if (sscanf(buf, "annal-index 1\nclean %d\nboot %39s", &clean, boot) != 2) return ANNAL_ECORRUPT;
     st->clean = clean == 1;
     memcpy(st->boot_id, boot, sizeof boot);
     return ANNAL_OK;
@@ -117,8 +119,10 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
         rc = mdb_dbi_open(t, "revs", c | MDB_INTEGERKEY | MDB_DUPSORT | MDB_DUPFIXED, &idx->revs);
     if (rc == 0) rc = mdb_dbi_open(t, "ids", c, &idx->ids);
     if (rc == 0) rc = mdb_dbi_open(t, "pos", c | MDB_INTEGERKEY, &idx->pos);
-    if (rc == 0) rc = mdb_txn_commit(t); /* even read-only: abort would close the handles */
-    else if (t) mdb_txn_abort(t);
+    if (rc == 0)
+        rc = mdb_txn_commit(t); /* even read-only: abort would close the handles */
+    else if (t)
+        mdb_txn_abort(t);
     if (rc != 0) {
         snprintf(detail, dlen, "cannot open index tables in %s: %s", dir, mdb_strerror(rc));
         annal_err e = rc == MDB_NOTFOUND ? ANNAL_ENOTFOUND : annal__index_err(rc);
@@ -168,8 +172,8 @@ annal_err annal__index_head_put(MDB_txn *t, const annal__index *idx, const annal
     return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
 }
 
-annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const char *name,
-                                  size_t len, annal__stream_rec *rec) {
+annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
+                                  annal__stream_rec *rec) {
     MDB_val k = val(name, len), v;
     int rc = mdb_get(t, idx->streams, &k, &v);
     if (rc) return annal__index_err(rc);
@@ -182,8 +186,8 @@ annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const cha
     return ANNAL_OK;
 }
 
-annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name,
-                                  size_t len, const annal__stream_rec *rec) {
+annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
+                                  const annal__stream_rec *rec) {
     uint8_t b[32];
     annal__put64(b, rec->id);
     annal__put64(b + 8, rec->count);
@@ -252,7 +256,8 @@ annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t str
     annal_err e = annal__index_err(rc);
     if (e == ANNAL_OK) {
         uint64_t r;
-        if (v.mv_size != ANNAL__REV_VAL) e = ANNAL_ECORRUPT;
+        if (v.mv_size != ANNAL__REV_VAL)
+            e = ANNAL_ECORRUPT;
         else {
             annal__rev_val_decode(v.mv_data, &r, pos, loc);
             if (r != rev) e = ANNAL_ENOTFOUND;
@@ -262,8 +267,8 @@ annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t str
     return e;
 }
 
-annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos,
-                                 uint64_t *base, uint64_t *loc) {
+annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,
+                                 uint64_t *loc) {
     uint64_t b = pos - pos % ANNAL__POS_STRIDE;
     MDB_val k = val(&b, 8), v;
     int rc = mdb_get(t, idx->pos, &k, &v);

@@ -60,10 +60,10 @@ int annal__index_sync(annal__index *idx);
 annal_err annal__index_err(int mdb_rc);
 annal_err annal__index_head_get(MDB_txn *t, const annal__index *idx, annal__index_head *h);
 annal_err annal__index_head_put(MDB_txn *t, const annal__index *idx, const annal__index_head *h);
-annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const char *name,
-                                  size_t len, annal__stream_rec *rec);
-annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name,
-                                  size_t len, const annal__stream_rec *rec);
+annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
+                                  annal__stream_rec *rec);
+annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
+                                  const annal__stream_rec *rec);
 /* Index one event. ANNAL_EDUPLICATE if its id is already indexed. */
 annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                  uint64_t rev, uint64_t pos, uint64_t loc, const annal_uuid *id);
@@ -72,8 +72,8 @@ annal_err annal__index_id_get(MDB_txn *t, const annal__index *idx, const annal_u
 annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                uint64_t rev, uint64_t *pos, uint64_t *loc);
 /* Location of position pos rounded down to a stride boundary: *base gets that position. */
-annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos,
-                                 uint64_t *base, uint64_t *loc);
+annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,
+                                 uint64_t *loc);
 
 /* Revision entries are 24 bytes: revision (big-endian, so LMDB sorts them), position,
  * location (little-endian). */

@@ -91,8 +91,8 @@ static int px_fault(void *ctx, const char *where) {
     return 0;
 }
 
-static const annal__io posix_io = {1,        NULL,     px_open,  px_pwrite, px_pread,
-                                   px_sync,  px_alloc, px_size,  px_close,  px_map,
+static const annal__io posix_io = {1,        NULL,        px_open,   px_pwrite, px_pread,
+                                   px_sync,  px_alloc,    px_size,   px_close,  px_map,
                                    px_unmap, px_sync_dir, px_unlink, px_fault};
 
 const annal__io *annal__io_posix(void) { return &posix_io; }

@@ -12,9 +12,10 @@ typedef struct annal__io {
     int version; /* 1 */
     void *ctx;
     int (*open)(void *ctx, const char *path, int flags, int mode); /* fd */
-    ssize_t (*pwrite)(void *ctx, int fd, const void *buf, size_t n, uint64_t off); /* may be short */
+    ssize_t (*pwrite)(void *ctx, int fd, const void *buf, size_t n,
+                      uint64_t off); /* may be short */
     ssize_t (*pread)(void *ctx, int fd, void *buf, size_t n, uint64_t off);
-    int (*sync)(void *ctx, int fd);                            /* fdatasync */
+    int (*sync)(void *ctx, int fd);                              /* fdatasync */
     int (*alloc)(void *ctx, int fd, uint64_t off, uint64_t len); /* fallocate, size grows */
     int (*size)(void *ctx, int fd, uint64_t *size);
     int (*close)(void *ctx, int fd);

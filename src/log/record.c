@@ -33,8 +33,8 @@ annal_err annal__seg_hdr_decode(const uint8_t *p, size_t avail, annal__seg_hdr *
 
 uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
                            uint8_t *out) {
-    uint32_t len = (uint32_t)annal__rec_size(ev->stream_len, ev->type_len, ev->data_len,
-                                             ev->metadata_len);
+    uint32_t len =
+        (uint32_t)annal__rec_size(ev->stream_len, ev->type_len, ev->data_len, ev->metadata_len);
     annal__put32(out + 4, len);
     annal__put64(out + 8, ev->position);
     annal__put64(out + 16, ev->revision);

@@ -10,10 +10,10 @@
 #include "annal.h"
 
 #define ANNAL__SEG_MAGIC "ANNALSEG"
-#define ANNAL__FORMAT 1u
-#define ANNAL__SEG_HDR 64u  /* bytes of a segment header; records start here */
-#define ANNAL__REC_HDR 72u  /* bytes of a record header */
-#define ANNAL__REC_EVENT 1u /* record kind (flags & 0xff) */
+#define ANNAL__FORMAT    1u
+#define ANNAL__SEG_HDR   64u /* bytes of a segment header; records start here */
+#define ANNAL__REC_HDR   72u /* bytes of a record header */
+#define ANNAL__REC_EVENT 1u  /* record kind (flags & 0xff) */
 
 typedef struct annal__seg_hdr {
     uint32_t format;
@@ -51,7 +51,6 @@ uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t
 /* Decode the record at p (avail bytes readable). On ANNAL_OK, ev points into p.
  * Returns ANNAL_END if the bytes are all zero where a header would be (clean end of
  * data), ANNAL_ECORRUPT for anything malformed, torn or failing its checksum. */
-annal_err annal__rec_decode(const uint8_t *p, size_t avail, annal_event *ev,
-                            annal__rec_info *info);
+annal_err annal__rec_decode(const uint8_t *p, size_t avail, annal_event *ev, annal__rec_info *info);
 
 #endif

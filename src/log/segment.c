@@ -23,7 +23,8 @@ static int prealloc(const annal__io *io, int fd, uint64_t from, uint64_t to) {
     static const uint8_t zeros[1 << 16];
     int r = io->alloc(io->ctx, fd, from, to - from);
     for (uint64_t off = from; r == 0 && off < to; off += sizeof zeros)
-        r = annal__io_write_all(io, fd, zeros, (size_t)(to - off < sizeof zeros ? to - off : sizeof zeros), off);
+        r = annal__io_write_all(io, fd, zeros,
+                                (size_t)(to - off < sizeof zeros ? to - off : sizeof zeros), off);
     return r == 0 ? io->sync(io->ctx, fd) : r;
 }
 

@@ -32,8 +32,8 @@ typedef struct annal__log {
 
 /* A location in the log: segment number << 32 | byte offset. */
 #define ANNAL__LOC(seg, off) (((uint64_t)(seg) << 32) | (uint64_t)(off))
-#define ANNAL__LOC_SEG(loc) ((loc) >> 32)
-#define ANNAL__LOC_OFF(loc) ((loc) & 0xffffffffu)
+#define ANNAL__LOC_SEG(loc)  ((loc) >> 32)
+#define ANNAL__LOC_OFF(loc)  ((loc)&0xffffffffu)
 
 /* Open the log in dir (created when create is set). Every segment file is opened and
  * its header checked; a last segment whose header is torn (crash while creating it)

@@ -16,12 +16,12 @@
 #include "base/base.h"
 #include "store/db_int.h"
 
-#define DEF_SEGMENT (256ull << 20)
-#define DEF_MAX_EVENT (32ull << 20)
-#define DEF_MAX_BATCH (64ull << 20)
+#define DEF_SEGMENT    (256ull << 20)
+#define DEF_MAX_EVENT  (32ull << 20)
+#define DEF_MAX_BATCH  (64ull << 20)
 #define DEF_MAX_EVENTS 100000u
-#define DEF_MAP (1ull << 40)
-#define GROUP_BYTES (4u << 20) /* a leader stops taking requests past this (append.c) */
+#define DEF_MAP        (1ull << 40)
+#define GROUP_BYTES    (4u << 20) /* a leader stops taking requests past this (append.c) */
 
 void annal_db_opts_init(annal_db_opts *o) {
     memset(o, 0, sizeof *o);
@@ -147,13 +147,15 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
         if (ev.revision != sr.count) {
             rc = annal__fail(db, ANNAL_ECORRUPT,
                              "position %" PRIu64 " in stream %s has revision %" PRIu64
-                             ", expected %" PRIu64, ev.position, ev.stream, ev.revision, sr.count);
+                             ", expected %" PRIu64,
+                             ev.position, ev.stream, ev.revision, sr.count);
             break;
         }
         rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, &ev.id);
         if (rc == ANNAL_EDUPLICATE)
-            rc = annal__fail(db, ANNAL_ECORRUPT, "event id at position %" PRIu64
-                             " appears twice in the log", ev.position);
+            rc = annal__fail(db, ANNAL_ECORRUPT,
+                             "event id at position %" PRIu64 " appears twice in the log",
+                             ev.position);
         sr.count++;
         sr.last_pos = ev.position;
         db->head.last_ns = ev.timestamp_ns;
@@ -299,8 +301,9 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                          c.seg->no, c.off, c.pos);
         goto out;
     }
-    uint64_t reach = GROUP_BYTES + db->opts.max_batch_bytes +
-                     (uint64_t)db->opts.max_batch_events * (ANNAL__REC_HDR + 2 * ANNAL_MAX_NAME + 16);
+    uint64_t reach =
+        GROUP_BYTES + db->opts.max_batch_bytes +
+        (uint64_t)db->opts.max_batch_events * (ANNAL__REC_HDR + 2 * ANNAL_MAX_NAME + 16);
     uint64_t torn_end = c.off + reach < last->cap ? c.off + reach : last->cap;
     if (!db->readonly) {
         if (torn_end < last->cap && valid_record_in(db, last, torn_end, last->cap, c.pos)) {
@@ -374,8 +377,9 @@ static annal_err open_writer(annal_db *db) {
     if (src != ANNAL_ENOTFOUND && !(src == ANNAL_OK && (st.clean || !strcmp(st.boot_id, boot)))) {
         /* The index ran without fsync and the machine restarted (or the state is
          * unreadable): its pages may be torn. The log is the durable copy. */
-        annal__log_msg(db, ANNAL_LOG_WARN, "index was not closed cleanly before a restart: "
-                                           "rebuilding it from the log");
+        annal__log_msg(db, ANNAL_LOG_WARN,
+                       "index was not closed cleanly before a restart: "
+                       "rebuilding it from the log");
         if (annal__index_remove(db->index_dir) < 0)
             return annal__fail(db, ANNAL_EIO, "cannot remove the old index in %s", db->index_dir);
     }
@@ -384,8 +388,8 @@ static annal_err open_writer(annal_db *db) {
     memcpy(now.boot_id, boot, sizeof boot);
     int r = annal__index_state_write(db->index_dir, &now);
     if (r < 0)
-        return annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
-                           "cannot write %s/state: %s", db->index_dir, strerror(-r));
+        return annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO, "cannot write %s/state: %s",
+                           db->index_dir, strerror(-r));
     char detail[512] = "";
     rc = annal__index_open(&db->idx, db->index_dir, 0, 1, db->opts.index_map_bytes, detail,
                            sizeof detail);
@@ -415,8 +419,10 @@ static annal_err open_reader(annal_db *db) {
     annal_err rc = annal__index_state_read(db->index_dir, &st);
     if (rc == ANNAL_ENOTFOUND) return annal__fail(db, ANNAL_ENOTFOUND, "no store in %s", db->dir);
     if (rc != ANNAL_OK || (!st.clean && strcmp(st.boot_id, boot) != 0))
-        return annal__fail(db, ANNAL_ECORRUPT, "%s was not closed cleanly before a restart: "
-                           "open it for writing once to recover it", db->dir);
+        return annal__fail(db, ANNAL_ECORRUPT,
+                           "%s was not closed cleanly before a restart: "
+                           "open it for writing once to recover it",
+                           db->dir);
     rc = annal__index_open(&db->idx, db->index_dir, 1, 0, db->opts.index_map_bytes, detail,
                            sizeof detail);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
@@ -431,8 +437,10 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
     if (!dir || !out) return ANNAL_EINVAL;
     *out = NULL;
     annal_db_opts o;
-    if (opts) o = *opts;
-    else annal_db_opts_init(&o);
+    if (opts)
+        o = *opts;
+    else
+        annal_db_opts_init(&o);
     if (check_opts(&o) != ANNAL_OK) return ANNAL_EINVAL;
     annal_db *db = calloc(1, sizeof *db);
     if (!db) return ANNAL_ENOMEM;
@@ -515,8 +523,10 @@ void annal_db_close(annal_db *db) {
 annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     if (!dir) return ANNAL_EINVAL;
     annal_db_opts o;
-    if (opts) o = *opts;
-    else annal_db_opts_init(&o);
+    if (opts)
+        o = *opts;
+    else
+        annal_db_opts_init(&o);
     o.flags &= ~(ANNAL_OPEN_READONLY | ANNAL_OPEN_CREATE);
     /* Hold the writer lock while the index files are removed, then let a normal open
      * index the whole log. */

@@ -53,13 +53,13 @@ struct annal_db {
     pthread_mutex_t wmu;
     pthread_cond_t wcv;
     annal__req *qhead, *qtail;
-    int leader;        /* a leader is committing */
-    annal_err failed;  /* sticky: after a failed write or flush, refuse appends */
+    int leader;       /* a leader is committing */
+    annal_err failed; /* sticky: after a failed write or flush, refuse appends */
     char failed_msg[320];
 
     /* Leader-only state (touched by one thread at a time, handed over under wmu). */
-    annal__seg *wseg;   /* segment being appended to */
-    uint64_t woff;      /* next write offset in wseg */
+    annal__seg *wseg;       /* segment being appended to */
+    uint64_t woff;          /* next write offset in wseg */
     annal__index_head head; /* what the index will hold once the current group commits */
     uint64_t rng;
     uint8_t *buf;

@@ -79,8 +79,10 @@ static annal_err fetch_stream(annal_iter *it) {
     }
     uint64_t lastr = it->rev[it->n - 1];
     if (it->backward) {
-        if (lastr == 0) it->done = 1; /* after this chunk */
-        else it->next_rev = lastr - 1;
+        if (lastr == 0)
+            it->done = 1; /* after this chunk */
+        else
+            it->next_rev = lastr - 1;
     } else {
         it->next_rev = lastr + 1;
     }
@@ -119,8 +121,10 @@ static annal_err fetch_all_back(annal_iter *it) {
         it->pos[a] = it->pos[b], it->loc[a] = it->loc[b];
         it->pos[b] = tp, it->loc[b] = tl;
     }
-    if (base == 0) it->done = 1; /* after this chunk */
-    else it->next_pos = base - 1;
+    if (base == 0)
+        it->done = 1; /* after this chunk */
+    else
+        it->next_pos = base - 1;
     return ANNAL_OK;
 }
 
@@ -137,8 +141,9 @@ annal_err annal_iter_next(annal_iter *it, const annal_event **out) {
         rc = annal__cursor_next(&it->cur, &it->ev, &info, NULL);
         if (rc != ANNAL_OK) {
             it->remaining = 0;
-            return annal__fail(db, ANNAL_ECORRUPT, "damaged log at position %" PRIu64
-                               " (segment %016" PRIx64 ", offset %" PRIu64 ")",
+            return annal__fail(db, ANNAL_ECORRUPT,
+                               "damaged log at position %" PRIu64 " (segment %016" PRIx64
+                               ", offset %" PRIu64 ")",
                                p, it->cur.seg->no, it->cur.off);
         }
         it->remaining--;
@@ -162,9 +167,10 @@ annal_err annal_iter_next(annal_iter *it, const annal_event **out) {
         rc = ANNAL_ECORRUPT;
     if (rc != ANNAL_OK) {
         it->remaining = 0;
-        return annal__fail(db, rc, "damaged event at position %" PRIu64 " (segment %016" PRIx64
-                           ", offset %" PRIu64 ")", it->pos[i], ANNAL__LOC_SEG(it->loc[i]),
-                           ANNAL__LOC_OFF(it->loc[i]));
+        return annal__fail(db, rc,
+                           "damaged event at position %" PRIu64 " (segment %016" PRIx64
+                           ", offset %" PRIu64 ")",
+                           it->pos[i], ANNAL__LOC_SEG(it->loc[i]), ANNAL__LOC_OFF(it->loc[i]));
     }
     it->remaining--;
     *out = &it->ev;
@@ -289,8 +295,8 @@ annal_err annal_event_get(annal_db *db, uint64_t position, annal_event **out) {
     if (rc == ANNAL_END) {
         rc = annal__fail(db, ANNAL_ENOTFOUND, "no event at position %" PRIu64, position);
     } else if (rc == ANNAL_OK) {
-        size_t sz = sizeof *ev + ev->stream_len + 1 + ev->type_len + 1 + ev->data_len +
-                    ev->metadata_len;
+        size_t sz =
+            sizeof *ev + ev->stream_len + 1 + ev->type_len + 1 + ev->data_len + ev->metadata_len;
         annal_event *e = malloc(sz);
         if (!e) {
             rc = ANNAL_ENOMEM;
@@ -376,8 +382,10 @@ annal_err annal_streams_next(annal_stream_iter *it, const annal_stream_info **in
     MDB_val k = {it->name_len, it->name}, v;
     mrc = mdb_cursor_open(it->txn, db->idx.streams, &c);
     if (!mrc) {
-        if (!it->started) mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-        else if (it->name_len == 0) mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        if (!it->started)
+            mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        else if (it->name_len == 0)
+            mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
         else {
             mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
             if (!mrc && k.mv_size == it->name_len && !memcmp(k.mv_data, it->name, it->name_len))

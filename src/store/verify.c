@@ -47,8 +47,9 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o) {
         annal__seg *s = log->segs[i];
         int last = i + 1 == log->nsegs;
         if (s->first_pos != pos)
-            report(v, s->no, 0, pos, NULL, "segment starts at position %" PRIu64
-                   " but the previous one ended at %" PRIu64, s->first_pos, pos);
+            report(v, s->no, 0, pos, NULL,
+                   "segment starts at position %" PRIu64 " but the previous one ended at %" PRIu64,
+                   s->first_pos, pos);
         pos = s->first_pos;
         annal__cursor c = {log, s, ANNAL__SEG_HDR, pos};
         for (;;) {
@@ -75,7 +76,8 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o) {
             }
             c = start;
             if (last && zeros_from(s, c.off + 8)) {
-                report(v, s->no, c.off, c.pos, NULL, "torn tail: an unfinished append left by a "
+                report(v, s->no, c.off, c.pos, NULL,
+                       "torn tail: an unfinished append left by a "
                        "crash (never acknowledged; the next writer open removes it)");
             } else {
                 annal_event e2;
@@ -106,8 +108,10 @@ static void check_index(annal_db *db, vctx *v, uint64_t log_events) {
         return;
     }
     if (h.next_pos > log_events)
-        report(v, 0, 0, log_events, NULL, "index covers %" PRIu64 " events but the log holds "
-               "only %" PRIu64 " whole events", h.next_pos, log_events);
+        report(v, 0, 0, log_events, NULL,
+               "index covers %" PRIu64 " events but the log holds "
+               "only %" PRIu64 " whole events",
+               h.next_pos, log_events);
     annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
     if (first && h.next_pos > 0) {
         annal__cursor c = {&db->log, first, ANNAL__SEG_HDR, first->first_pos};
@@ -147,8 +151,10 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
                        void *ctx) {
     if (!dir) return ANNAL_EINVAL;
     annal_db_opts o;
-    if (opts) o = *opts;
-    else annal_db_opts_init(&o);
+    if (opts)
+        o = *opts;
+    else
+        annal_db_opts_init(&o);
     vctx v = {found, ctx, 0};
     annal__log log;
     char detail[512] = "";
@@ -172,8 +178,10 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
         check_index(db, &v, events);
         annal_db_close(db);
     } else {
-        report(&v, 0, 0, UINT64_MAX, NULL, "index cannot be opened (%s): the next writer open or "
-               "`annal rebuild-index` rebuilds it", annal_strerror(rc));
+        report(&v, 0, 0, UINT64_MAX, NULL,
+               "index cannot be opened (%s): the next writer open or "
+               "`annal rebuild-index` rebuilds it",
+               annal_strerror(rc));
     }
     if (o.progress) o.progress(o.progress_ctx, events, events);
     return v.problems ? ANNAL_ECORRUPT : ANNAL_OK;

@@ -29,7 +29,8 @@ static uint32_t encode(uint8_t *buf, const char *stream, const char *type, const
 static void round_trip(void **state) {
     (void)state;
     uint8_t buf[512];
-    uint32_t len = encode(buf, "order-1", "OrderPlaced", "{\"amount\":200}", "{\"user\":\"ann\"}", 1, 3);
+    uint32_t len =
+        encode(buf, "order-1", "OrderPlaced", "{\"amount\":200}", "{\"user\":\"ann\"}", 1, 3);
     assert_int_equal(len, annal__rec_size(7, 11, 14, 14));
     assert_int_equal(len % 8, 0);
     annal_event ev;
@@ -135,7 +136,7 @@ static void utf8(void **state) {
     assert_false(annal__utf8_valid("\xc0\xaf", 2));     /* overlong */
     assert_false(annal__utf8_valid("\xed\xa0\x80", 3)); /* surrogate */
     assert_false(annal__utf8_valid("a\0b", 3));
-    assert_false(annal__utf8_valid("\xe2\x82", 2));     /* truncated */
+    assert_false(annal__utf8_valid("\xe2\x82", 2)); /* truncated */
 }
 
 int main(void) {

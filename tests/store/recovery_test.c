@@ -16,10 +16,10 @@
 
 /* ---- a fault-injecting io table over the POSIX one ------------------------------- */
 typedef struct faults {
-    int fail_sync;     /* next N syncs fail with EIO */
-    int fail_alloc;    /* allocations fail with ENOSPC while set */
-    int fail_commit;   /* next index commit fails with EIO */
-    int short_writes;  /* writes are cut to at most 7 bytes (must be looped over) */
+    int fail_sync;    /* next N syncs fail with EIO */
+    int fail_alloc;   /* allocations fail with ENOSPC while set */
+    int fail_commit;  /* next index commit fails with EIO */
+    int short_writes; /* writes are cut to at most 7 bytes (must be looped over) */
 } faults;
 
 static faults F;

@@ -18,7 +18,7 @@ void tu_rmrf(const char *dir);
 
 /* Assert rc == want, printing both names and the db's detail message on failure. */
 #define TU_EXPECT(db, rc, want) tu_expect((db), (rc), (want), #rc, __FILE__, __LINE__)
-#define TU_OK(db, rc) TU_EXPECT((db), (rc), ANNAL_OK)
+#define TU_OK(db, rc)           TU_EXPECT((db), (rc), ANNAL_OK)
 void tu_expect(annal_db *db, annal_err rc, annal_err want, const char *expr, const char *file,
                int line);
 

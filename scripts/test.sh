@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite: install what is missing, then build and test twice — a normal
+# build with -Werror, and an AddressSanitizer + UndefinedBehaviorSanitizer build — and
+# run the static checks (cppcheck, clang-format, banned functions).
+# Options: --quick (skip the sanitizer pass), --long (long variants of randomized tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=1 ;;
+    --long) export ANNAL_LONG=1 ANNAL_MODEL_OPS=100000 ;;
+    *) echo "usage: scripts/test.sh [--quick] [--long]" >&2; exit 1 ;;
+  esac
+done
+scripts/deps.sh
+jobs=$(nproc)
+start=$(date +%s)
+
+echo "== static checks"
+scripts/lint.sh
+
+echo "== build (release, -Werror)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DANNAL_WERROR=ON -DANNAL_BUILD_BENCH=OFF >/dev/null
+cmake --build build -j"$jobs" >/dev/null
+echo "== tests (release)"
+(cd build && ctest --output-on-failure -j"$jobs" --timeout 900)
+
+if [ "$quick" -eq 0 ]; then
+  echo "== build (ASan + UBSan)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DANNAL_WERROR=ON -DANNAL_SANITIZE=ON \
+        -DANNAL_BUILD_BENCH=OFF >/dev/null
+  cmake --build build-asan -j"$jobs" >/dev/null
+  echo "== tests (ASan + UBSan)"
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+     ctest --output-on-failure -j"$jobs" --timeout 1800 -E '^install_test$')
+fi
+echo "== all tests passed in $(( $(date +%s) - start ))s"

@@ -231,7 +231,10 @@ static void commit_group(annal_db *db, annal__req *reqs) {
             what = "log";
         }
     }
-    if (grc == ANNAL_OK) grc = annal__index_head_put(g.txn, &db->idx, &db->head);
+    if (grc == ANNAL_OK) {
+        db->head.next_loc = ANNAL__LOC(db->wseg->no, db->woff);
+        grc = annal__index_head_put(g.txn, &db->idx, &db->head);
+    }
     if (grc == ANNAL_OK) {
         int f = db->io->fault(db->io->ctx, "index-commit");
         mrc = f < 0 ? -f : mdb_txn_commit(g.txn);

@@ -259,7 +259,9 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         uint32_t n = 0;
         annal_err s = scan_batch(&c, &n);
         if (s != ANNAL_OK) {
-            c = start;
+            /* At a clean end the cursor has moved on to the last (empty) segment it
+             * found; anywhere else, back to the start of the bad batch. */
+            if (s != ANNAL_END) c = start;
             if (s != ANNAL_END && s != ANNAL_ECORRUPT) rc = s;
             break;
         }

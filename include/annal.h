@@ -112,12 +112,20 @@ ANNAL_API void annal_db_opts_init(annal_db_opts *opts);
  * On success *out is a new handle the caller closes with annal_db_close().
  * A writer recovers the store: a torn tail left by a crash is cut back to the last
  * whole append, and the indexes catch up with the log.
+ * Damage to acknowledged events is never cut away: it fails the open with ANNAL_ECORRUPT
+ * when recovery would have to step over it (run annal_verify to locate it).
  * Errors: ANNAL_ENOTFOUND (no store and no CREATE), ANNAL_EBUSY (another process
- * writes), ANNAL_EVERSION, ANNAL_ECORRUPT, ANNAL_EIO, ANNAL_ENOSPC, ANNAL_ENOMEM, ANNAL_EINVAL. */
+ * writes), ANNAL_EVERSION, ANNAL_ECORRUPT, ANNAL_EIO, ANNAL_ENOSPC, ANNAL_ENOMEM, ANNAL_EINVAL.
+ * Failing opens have no handle for annal_db_errmsg(): the detail goes to opts->log. */
 ANNAL_API annal_err annal_db_open(const char *dir, const annal_db_opts *opts, annal_db **out);
 
-/* Flush and close. No call on db may be running or start. Open iterators must be
- * closed first. NULL is a no-op. */
+/* Make every append returned so far durable: for handles opened with
+ * ANNAL_OPEN_NOSYNC (bulk import); a no-op cost otherwise. ANNAL_EIO poisons the
+ * handle like a failed append flush. */
+ANNAL_API annal_err annal_db_sync(annal_db *db);
+
+/* Flush and close (a NOSYNC handle is synced first). No call on db may be running or
+ * start. Open iterators must be closed first. NULL is a no-op. */
 ANNAL_API void annal_db_close(annal_db *db);
 
 /* Detail of the last failure of a call on db made by the calling thread: static or
@@ -169,7 +177,8 @@ typedef struct annal_append_result {
  * ANNAL_OPEN_NOSYNC). result may be NULL.
  *
  * Idempotence: event ids are unique in the store. If the first event's id is already
- * stored and the whole batch matches, in order, events already in this stream whose
+ * stored and the whole batch matches, in order and by id only (type, data and metadata
+ * are not compared, as in KurrentDB), events already in this stream whose
  * first revision is one the original append could have been given under `expected`
  * (any: always; exact E: E + 1; no_stream: 0; stream_exists: > 0), the call succeeds
  * with result->idempotent = 1 and the original revisions and positions. Any other reuse

@@ -151,23 +151,25 @@ annal_err annal__index_head_get(MDB_txn *t, const annal__index *idx, annal__inde
     int rc = mdb_get(t, idx->meta, &k, &v);
     if (rc == MDB_NOTFOUND) return ANNAL_OK; /* empty index */
     if (rc) return annal__index_err(rc);
-    if (v.mv_size != 40) return ANNAL_ECORRUPT;
+    if (v.mv_size != 48) return ANNAL_ECORRUPT;
     const uint8_t *p = v.mv_data;
     h->next_pos = annal__get64(p);
     h->next_loc = annal__get64(p + 8);
     h->next_stream_id = annal__get64(p + 16);
     h->streams = annal__get64(p + 24);
     h->last_ns = (int64_t)annal__get64(p + 32);
+    h->last_loc = annal__get64(p + 40);
     return ANNAL_OK;
 }
 
 annal_err annal__index_head_put(MDB_txn *t, const annal__index *idx, const annal__index_head *h) {
-    uint8_t b[40];
+    uint8_t b[48];
     annal__put64(b, h->next_pos);
     annal__put64(b + 8, h->next_loc);
     annal__put64(b + 16, h->next_stream_id);
     annal__put64(b + 24, h->streams);
     annal__put64(b + 32, (uint64_t)h->last_ns);
+    annal__put64(b + 40, h->last_loc);
     MDB_val k = val("head", 4), v = val(b, sizeof b);
     return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
 }

@@ -23,6 +23,7 @@ typedef struct annal__index {
 typedef struct annal__index_head {
     uint64_t next_pos;       /* first position not indexed */
     uint64_t next_loc;       /* its location in the log (0: start of the first segment) */
+    uint64_t last_loc;       /* location of the record at next_pos - 1 (if any) */
     uint64_t next_stream_id; /* id for the next new stream */
     uint64_t streams;        /* streams with at least one event */
     int64_t last_ns;         /* timestamp of the last indexed event */

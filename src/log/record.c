@@ -32,7 +32,7 @@ annal_err annal__seg_hdr_decode(const uint8_t *p, size_t avail, annal__seg_hdr *
 }
 
 uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
-                           uint8_t *out) {
+                           uint64_t group, uint8_t *out) {
     uint32_t len =
         (uint32_t)annal__rec_size(ev->stream_len, ev->type_len, ev->data_len, ev->metadata_len);
     annal__put32(out + 4, len);
@@ -47,6 +47,7 @@ uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t
     annal__put32(out + 60, ANNAL__REC_EVENT);
     annal__put32(out + 64, (uint32_t)ev->data_len);
     annal__put32(out + 68, (uint32_t)ev->metadata_len);
+    annal__put64(out + 72, group);
     uint8_t *q = out + ANNAL__REC_HDR;
     memcpy(q, ev->stream, ev->stream_len);
     q += ev->stream_len;
@@ -77,15 +78,19 @@ annal_err annal__rec_decode(const uint8_t *p, size_t avail, annal_event *ev,
     info->len = len;
     info->batch_index = annal__get32(p + 48);
     info->batch_count = annal__get32(p + 52);
-    info->kind = annal__get32(p + 60) & 0xff;
+    info->kind = annal__get32(p + 60);
+    info->group = annal__get64(p + 72);
     if (info->kind != ANNAL__REC_EVENT || info->batch_count == 0 ||
         info->batch_index >= info->batch_count)
         return ANNAL_ECORRUPT;
     uint64_t sl = annal__get16(p + 56), tl = annal__get16(p + 58);
     uint64_t dl = annal__get32(p + 64), ml = annal__get32(p + 68);
     if (sl == 0 || tl == 0 || annal__rec_size(sl, tl, dl, ml) != len) return ANNAL_ECORRUPT;
+    if (info->group > annal__get64(p + 8)) return ANNAL_ECORRUPT; /* a flush starts at or before */
     const uint8_t *q = p + ANNAL__REC_HDR;
     if (q[sl] != 0 || q[sl + 1 + tl] != 0) return ANNAL_ECORRUPT;
+    for (const uint8_t *z = q + sl + 1 + tl + 1 + dl + ml; z < p + len; z++)
+        if (*z) return ANNAL_ECORRUPT; /* padding is zero: one encoding per record */
     ev->position = annal__get64(p + 8);
     ev->revision = annal__get64(p + 16);
     ev->timestamp_ns = (int64_t)annal__get64(p + 24);

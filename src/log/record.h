@@ -12,7 +12,7 @@
 #define ANNAL__SEG_MAGIC "ANNALSEG"
 #define ANNAL__FORMAT    1u
 #define ANNAL__SEG_HDR   64u /* bytes of a segment header; records start here */
-#define ANNAL__REC_HDR   72u /* bytes of a record header */
+#define ANNAL__REC_HDR   80u /* bytes of a record header */
 #define ANNAL__REC_EVENT 1u  /* record kind (flags & 0xff) */
 
 typedef struct annal__seg_hdr {
@@ -33,6 +33,7 @@ typedef struct annal__rec_info {
     uint32_t batch_index; /* 0 .. batch_count-1 */
     uint32_t batch_count;
     uint32_t kind;
+    uint64_t group; /* position of the first record of the flush that wrote this one */
 } annal__rec_info;
 
 /* Bytes needed to encode an event with these lengths. */
@@ -43,10 +44,10 @@ static inline uint64_t annal__rec_size(size_t stream_len, size_t type_len, size_
 }
 
 /* Encode ev (stream/type/data/metadata, id, revision, position, timestamp) with its
- * batch framing into out, which has room for annal__rec_size(...) bytes. Returns the
- * record length. */
+ * batch framing and the first position of its flush (group) into out, which has room
+ * for annal__rec_size(...) bytes. Returns the record length. */
 uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
-                           uint8_t *out);
+                           uint64_t group, uint8_t *out);
 
 /* Decode the record at p (avail bytes readable). On ANNAL_OK, ev points into p.
  * Returns ANNAL_END if the bytes are all zero where a header would be (clean end of

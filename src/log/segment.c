@@ -201,13 +201,21 @@ annal__seg *annal__log_seg(annal__log *log, uint64_t no) {
     pthread_mutex_lock(&log->mu);
     if (log->nsegs && no >= log->base && no < log->base + log->nsegs) {
         s = log->segs[no - log->base];
-    } else if (log->readonly && (log->nsegs == 0 || no == log->base + log->nsegs)) {
-        /* Another process may have created it since we looked. */
+    } else if (log->readonly && (log->nsegs == 0 || no >= log->base + log->nsegs)) {
+        /* Another process may have created it (and others before it) since we looked:
+         * open them in order so the table stays dense. */
         char detail[256];
-        if (seg_load(log, no, &s, detail, sizeof detail) == ANNAL_OK && seg_push(log, s) < 0) {
-            seg_free(log, s);
+        uint64_t next = log->nsegs ? log->base + log->nsegs : no;
+        for (; next <= no; next++) {
             s = NULL;
+            if (seg_load(log, next, &s, detail, sizeof detail) != ANNAL_OK) break;
+            if (seg_push(log, s) < 0) {
+                seg_free(log, s);
+                s = NULL;
+                break;
+            }
         }
+        if (next <= no) s = NULL;
     }
     pthread_mutex_unlock(&log->mu);
     return s;

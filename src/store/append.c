@@ -26,8 +26,9 @@ static const char *expected_str(int64_t e, char *buf, size_t n) {
 /* State of the group being committed; written only by the leader. */
 typedef struct group {
     MDB_txn *txn;
-    uint64_t bl; /* bytes encoded into db->buf, to go at db->woff of db->wseg */
-    int written; /* bytes of this group reached the file: a failure now poisons */
+    uint64_t bl;    /* bytes encoded into db->buf, to go at db->woff of db->wseg */
+    int written;    /* bytes of this group reached the file: a failure now poisons */
+    uint64_t first; /* position of the first record in the buffer (each record says it) */
     int64_t now;
 } group;
 
@@ -106,7 +107,7 @@ static annal_err check_idempotent(annal_db *db, group *g, MDB_txn *t, annal__req
     req->res.first_revision = r0;
     req->res.first_position = pos0;
     req->res.count = req->n;
-    req->res.revision = (int64_t)sr->count - 1;
+    req->res.revision = (int64_t)(r0 + req->n) - 1; /* as the original append reported */
     req->res.idempotent = 1;
     return ANNAL_OK;
 }
@@ -170,7 +171,9 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
                           strlen(in->type), in->data,     in->data_len,    in->metadata,
                           in->metadata_len, sr.count + i, h.next_pos + i,  g->now};
         uint64_t loc = ANNAL__LOC(db->wseg->no, db->woff + bl);
-        bl += annal__rec_encode(&ev, (uint32_t)i, (uint32_t)req->n, db->buf + bl);
+        if (bl == 0) g->first = ev.position;
+        bl += annal__rec_encode(&ev, (uint32_t)i, (uint32_t)req->n, g->first, db->buf + bl);
+        h.last_loc = loc;
         rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, &in->id);
         if (rc == ANNAL_EDUPLICATE) {
             char ids[37];
@@ -193,7 +196,7 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
 
 /* Commit reqs as one group. Leader only. */
 static void commit_group(annal_db *db, annal__req *reqs) {
-    group g = {NULL, 0, 0, annal__now_ns()};
+    group g = {.now = annal__now_ns()};
     if (g.now < db->head.last_ns) g.now = db->head.last_ns; /* timestamps never go back */
     annal__index_head saved = db->head;
     int ioerr = 0;

@@ -21,7 +21,6 @@
 #define DEF_MAX_BATCH  (64ull << 20)
 #define DEF_MAX_EVENTS 100000u
 #define DEF_MAP        (1ull << 40)
-#define GROUP_BYTES    (4u << 20) /* a leader stops taking requests past this (append.c) */
 
 void annal_db_opts_init(annal_db_opts *o) {
     memset(o, 0, sizeof *o);
@@ -159,28 +158,31 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
         sr.count++;
         sr.last_pos = ev.position;
         db->head.last_ns = ev.timestamp_ns;
+        db->head.last_loc = loc;
         if (i == n - 1 && rc == ANNAL_OK)
             rc = annal__index_stream_put(t, &db->idx, ev.stream, ev.stream_len, &sr);
     }
     return rc;
 }
 
-/* Does a record with a position >= pos start anywhere in [from, to) of seg? Finds
- * acknowledged data beyond damage that must not be cut away. */
-static int valid_record_in(annal_db *db, annal__seg *s, uint64_t from, uint64_t to, uint64_t pos) {
-    if (annal__seg_readable(&db->log, s, to) != ANNAL_OK) {
-        uint64_t size = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE);
-        to = size < to ? size : to;
-    }
+/* Is there, anywhere in [from, end of seg), a valid record written by a flush that
+ * started after position pos? Flushes are sequential, so such a record proves that the
+ * flush holding pos completed (and was acknowledged): the bad bytes at pos are damage,
+ * not a torn tail, and must not be cut away. A valid record whose flush started at or
+ * before pos belongs to the torn flush itself (sectors land in any order). */
+static int later_flush_after(annal_db *db, annal__seg *s, uint64_t from, uint64_t pos) {
+    uint64_t to = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE);
+    if (to > s->cap) to = s->cap;
     for (uint64_t off = (from + 7) & ~7ull; off + ANNAL__REC_HDR <= to; off += 8) {
         uint32_t len = annal__get32(s->map + off + 4);
         if (len < ANNAL__REC_HDR || (len & 7) || off + len > to) continue;
         annal_event ev;
         annal__rec_info info;
         if (annal__rec_decode(s->map + off, (size_t)(to - off), &ev, &info) == ANNAL_OK &&
-            ev.position >= pos)
+            info.group > pos)
             return 1;
     }
+    (void)db;
     return 0;
 }
 
@@ -202,22 +204,26 @@ static int zero_tail(annal_db *db, annal__seg *s, uint64_t from, uint64_t to) {
     return dirty ? db->io->sync(db->io->ctx, s->fd) : 0;
 }
 
-/* The index head must sit right after a whole record of the log; otherwise the index
- * is not describing this log (restored from elsewhere, log truncated) and is rebuilt. */
-static int head_consistent(annal_db *db, MDB_txn *t, const annal__index_head *h) {
+/* Does the index describe this log? Its head names the last indexed record and where
+ * the next one goes. 1: yes. 0: no (restored from elsewhere, log replaced or truncated):
+ * rebuild it. ANNAL_ECORRUPT (negative): the last acknowledged record is damaged. */
+static int head_check(annal_db *db, const annal__index_head *h) {
     if (h->next_pos == 0) return h->next_loc == 0;
-    uint64_t base, loc;
-    if (annal__index_pos_floor(t, &db->idx, h->next_pos - 1, &base, &loc) != ANNAL_OK) return 0;
-    annal__seg *s = annal__log_seg(&db->log, ANNAL__LOC_SEG(loc));
+    annal__seg *s = annal__log_seg(&db->log, ANNAL__LOC_SEG(h->last_loc));
     if (!s) return 0;
-    annal__cursor c = {&db->log, s, ANNAL__LOC_OFF(loc), base};
     annal_event ev;
     annal__rec_info info;
-    while (c.pos < h->next_pos)
-        if (annal__cursor_next(&c, &ev, &info, NULL) != ANNAL_OK) return 0;
-    if (ANNAL__LOC(c.seg->no, c.off) == h->next_loc) return 1;
-    /* The next record may start the following segment. */
-    annal__seg *n = annal__log_seg(&db->log, c.seg->no + 1);
+    uint64_t off = ANNAL__LOC_OFF(h->last_loc);
+    if (annal__seg_readable(&db->log, s, off + ANNAL__REC_HDR) != ANNAL_OK) return 0;
+    annal_err rc = annal__log_read_at(&db->log, h->last_loc, UINT64_MAX, &ev, &info);
+    if (rc != ANNAL_OK) {
+        /* Bytes are there but do not decode: an acknowledged record was damaged. */
+        uint32_t len = annal__get32(s->map + off + 4);
+        return len == 0 && annal__get32(s->map + off) == 0 ? 0 : -1;
+    }
+    if (ev.position != h->next_pos - 1) return 0;
+    if (ANNAL__LOC(s->no, off + info.len) == h->next_loc) return 1;
+    annal__seg *n = annal__log_seg(&db->log, s->no + 1); /* next record opens a segment */
     return n && ANNAL__LOC(n->no, ANNAL__SEG_HDR) == h->next_loc;
 }
 
@@ -235,7 +241,14 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
     if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     annal_err rc = annal__index_head_get(t, &db->idx, &db->head);
-    if (rc == ANNAL_OK && !head_consistent(db, t, &db->head)) {
+    int hc = rc == ANNAL_OK ? head_check(db, &db->head) : 1;
+    if (hc < 0) {
+        rc = annal__fail(db, ANNAL_ECORRUPT,
+                         "the last acknowledged event (position %" PRIu64 ", segment %016" PRIx64
+                         ", offset %" PRIu64 ") is damaged; run `annal verify`",
+                         db->head.next_pos - 1, ANNAL__LOC_SEG(db->head.last_loc),
+                         ANNAL__LOC_OFF(db->head.last_loc));
+    } else if (hc == 0) {
         annal__log_msg(db, ANNAL_LOG_WARN, "index does not match the log: rebuilding it");
         rc = reset_index(db, t);
     }
@@ -292,30 +305,19 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         }
     }
     if (rc != ANNAL_OK) goto out;
-    /* The cursor stops at the end of whole batches. Anything after it in the last
-     * segment is a torn tail, unless whole records follow farther away than one group
-     * write can reach: then this is damage in the middle of the log. */
+    /* The cursor stops at the end of whole batches. What follows in the last segment
+     * is a torn tail of a flush that never completed, unless a later flush is found
+     * after it: then it is damage to acknowledged events, and nothing may be cut. */
     annal__seg *last = annal__log_last(&db->log);
-    if (c.seg != last) {
+    if (c.seg != last || (!db->readonly && later_flush_after(db, last, c.off, c.pos))) {
         rc = annal__fail(db, ANNAL_ECORRUPT,
                          "damaged record in segment %016" PRIx64 " at offset %" PRIu64
-                         " (position %" PRIu64 "); run `annal verify`",
+                         " (position %" PRIu64 ") with events after it; run `annal verify`",
                          c.seg->no, c.off, c.pos);
         goto out;
     }
-    uint64_t reach =
-        GROUP_BYTES + db->opts.max_batch_bytes +
-        (uint64_t)db->opts.max_batch_events * (ANNAL__REC_HDR + 2 * ANNAL_MAX_NAME + 16);
-    uint64_t torn_end = c.off + reach < last->cap ? c.off + reach : last->cap;
     if (!db->readonly) {
-        if (torn_end < last->cap && valid_record_in(db, last, torn_end, last->cap, c.pos)) {
-            rc = annal__fail(db, ANNAL_ECORRUPT,
-                             "damaged record in segment %016" PRIx64 " at offset %" PRIu64
-                             " (position %" PRIu64 ") with events after it; run `annal verify`",
-                             last->no, c.off, c.pos);
-            goto out;
-        }
-        int r = zero_tail(db, last, c.off, torn_end);
+        int r = zero_tail(db, last, c.off, last->cap);
         if (r < 0) {
             rc = annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
                              "cannot clear the torn tail of segment %016" PRIx64 ": %s", last->no,
@@ -362,6 +364,8 @@ static annal_err take_lock(annal_db *db) {
 }
 
 static annal_err check_opts(const annal_db_opts *o) {
+    if (o->flags & ~(ANNAL_OPEN_CREATE | ANNAL_OPEN_READONLY | ANNAL_OPEN_NOSYNC))
+        return ANNAL_EINVAL;
     if (o->segment_bytes < (64u << 10) || o->segment_bytes > (4ull << 30)) return ANNAL_EINVAL;
     if (o->max_event_bytes == 0 || o->max_event_bytes > (1ull << 30)) return ANNAL_EINVAL;
     if (o->max_batch_bytes == 0 || o->max_batch_events == 0) return ANNAL_EINVAL;
@@ -398,6 +402,8 @@ static annal_err open_writer(annal_db *db) {
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
     rc = annal__log_open(&db->log, db->io, db->dir, 0, 1, detail, sizeof detail);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
+    if (db->log.nsegs > 0) /* the segment size is fixed when the store is created */
+        db->opts.segment_bytes = db->log.segs[db->log.nsegs - 1]->cap;
     if (db->log.nsegs == 0) {
         annal__seg *s;
         r = annal__log_add(&db->log, 0, 0, db->opts.segment_bytes, &s);
@@ -497,8 +503,39 @@ annal_err annal_db_open(const char *dir, const annal_db_opts *opts, annal_db **o
     return annal__db_open_io(dir, opts, annal__io_posix(), out);
 }
 
+annal_err annal_db_sync(annal_db *db) {
+    if (!db) return ANNAL_EINVAL;
+    if (db->readonly) return ANNAL_OK;
+    pthread_mutex_lock(&db->wmu);
+    while (db->leader) pthread_cond_wait(&db->wcv, &db->wmu);
+    db->leader = 1; /* no group may write while we flush */
+    pthread_mutex_unlock(&db->wmu);
+    annal_err rc = db->failed;
+    if (rc == ANNAL_OK) {
+        /* Segments before the active one were flushed when they were sealed. */
+        int r = db->io->sync(db->io->ctx, db->wseg->fd);
+        if (r < 0) {
+            rc = annal__fail(db, ANNAL_EIO, "flush failed: %s", strerror(-r));
+            db->failed = ANNAL_EIO;
+            snprintf(db->failed_msg, sizeof db->failed_msg, "flush failed: %s; reopen the store",
+                     strerror(-r));
+        } else if (annal__index_sync(&db->idx) != 0) {
+            rc = annal__fail(db, ANNAL_EIO, "index flush failed");
+        }
+    } else {
+        rc = annal__fail(db, ANNAL_EFAILED, "%s", db->failed_msg);
+    }
+    pthread_mutex_lock(&db->wmu);
+    db->leader = 0;
+    pthread_cond_broadcast(&db->wcv);
+    pthread_mutex_unlock(&db->wmu);
+    return rc;
+}
+
 void annal_db_close(annal_db *db) {
     if (!db) return;
+    if (!db->readonly && db->wseg && (db->opts.flags & ANNAL_OPEN_NOSYNC))
+        annal_db_sync(db); /* a non-durable handle becomes durable at close */
     int clean = !db->readonly && db->idx.env && db->failed == ANNAL_OK;
     if (clean && annal__index_sync(&db->idx) == 0) {
         annal__index_state st = {1, {0}};
@@ -524,6 +561,10 @@ void annal_db_close(annal_db *db) {
 
 annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     if (!dir) return ANNAL_EINVAL;
+    struct stat st;
+    char logdir[4096];
+    snprintf(logdir, sizeof logdir, "%s/log", dir);
+    if (stat(logdir, &st) < 0 || !S_ISDIR(st.st_mode)) return ANNAL_ENOTFOUND;
     annal_db_opts o;
     if (opts)
         o = *opts;
@@ -572,6 +613,17 @@ annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
     out->streams = h.streams;
     out->last_ns = h.last_ns;
     out->readonly = db->readonly;
+    if (h.next_pos > 0) {
+        /* Used bytes: the tail offset of the last segment plus the sizes of the ones
+         * before it (an upper bound for those: they end in zeros when sealed early). */
+        uint64_t seg = ANNAL__LOC_SEG(h.next_loc);
+        out->log_bytes = ANNAL__LOC_OFF(h.next_loc);
+        for (uint64_t s = db->log.base; s < seg; s++) {
+            annal__seg *sp = annal__log_seg(&db->log, s);
+            if (sp) out->log_bytes += __atomic_load_n(&sp->size, __ATOMIC_ACQUIRE);
+        }
+        annal__log_seg(&db->log, seg); /* a read-only handle learns of new segments */
+    }
     pthread_mutex_lock(&db->log.mu);
     out->segments = db->log.nsegs;
     for (size_t i = 0; i < db->log.nsegs; i++) {
@@ -580,15 +632,6 @@ annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
         out->disk_bytes += sz;
     }
     pthread_mutex_unlock(&db->log.mu);
-    if (h.next_pos > 0 && db->log.nsegs > 0) {
-        uint64_t seg = ANNAL__LOC_SEG(h.next_loc), off = ANNAL__LOC_OFF(h.next_loc);
-        /* Used bytes of the last segment plus what earlier ones hold on disk. */
-        out->log_bytes = off;
-        for (uint64_t s = db->log.base; s < seg; s++) {
-            annal__seg *sp = annal__log_seg(&db->log, s);
-            if (sp) out->log_bytes += __atomic_load_n(&sp->size, __ATOMIC_ACQUIRE);
-        }
-    }
     struct stat st;
     char path[4096];
     snprintf(path, sizeof path, "%s/data.mdb", db->index_dir);

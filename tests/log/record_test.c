@@ -23,7 +23,7 @@ static uint32_t encode(uint8_t *buf, const char *stream, const char *type, const
     ev.revision = 41;
     ev.position = 1234567;
     ev.timestamp_ns = 1700000000123456789LL;
-    return annal__rec_encode(&ev, bi, bc, buf);
+    return annal__rec_encode(&ev, bi, bc, ev.position - 3, buf);
 }
 
 static void round_trip(void **state) {
@@ -48,6 +48,7 @@ static void round_trip(void **state) {
     assert_int_equal(info.batch_index, 1);
     assert_int_equal(info.batch_count, 3);
     assert_int_equal(info.len, len);
+    assert_int_equal(info.group, 1234567 - 3);
 }
 
 static void every_flipped_bit_is_caught(void **state) {
@@ -89,6 +90,10 @@ static void bad_framing(void **state) {
     annal__rec_info info;
     /* batch index beyond count, re-checksummed so only framing is wrong */
     uint32_t len = encode(buf, "s", "T", "x", "", 5, 2);
+    assert_int_equal(annal__rec_decode(buf, len, &ev, &info), ANNAL_ECORRUPT);
+    len = encode(buf, "s", "T", "x", "", 0, 1);
+    annal__put64(buf + 72, 1234568); /* a flush starting after the record */
+    annal__put32(buf, annal__crc32c(0, buf + 4, len - 4));
     assert_int_equal(annal__rec_decode(buf, len, &ev, &info), ANNAL_ECORRUPT);
     len = encode(buf, "s", "T", "x", "", 0, 1);
     annal__put32(buf + 64, 1000); /* data length past the record */

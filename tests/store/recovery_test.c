@@ -127,7 +127,7 @@ static void torn_batch_is_cut(void **state) {
         ev.type_len = 4;
         ev.revision = 10 + i;
         ev.position = 10 + i;
-        at += annal__rec_encode(&ev, i, 3, buf + at);
+        at += annal__rec_encode(&ev, i, 3, 10, buf + at);
     }
     write_at(dir, seg, off, buf, at);
 
@@ -407,6 +407,110 @@ static void untrusted_index_after_restart(void **state) {
     free(dir);
 }
 
+/* Find the location of position pos through the index's stride table and the log. */
+static uint64_t loc_of(const char *dir, uint64_t pos) {
+    annal_db *db = open_f(dir, 0);
+    MDB_txn *t;
+    TU_OK(db, annal__read_txn(db, &t));
+    uint64_t base, loc;
+    TU_OK(db, annal__index_pos_floor(t, &db->idx, pos, &base, &loc));
+    mdb_txn_abort(t);
+    annal__cursor c = {&db->log, annal__log_seg(&db->log, ANNAL__LOC_SEG(loc)), ANNAL__LOC_OFF(loc),
+                       base};
+    annal_event ev;
+    annal__rec_info info;
+    while (c.pos < pos) TU_OK(db, annal__cursor_next(&c, &ev, &info, NULL));
+    loc = ANNAL__LOC(c.seg->no, c.off);
+    annal_db_close(db);
+    return loc;
+}
+
+/* Damage to acknowledged events in the active segment is never mistaken for a torn
+ * tail: nothing is cut, the open says what is wrong or serves the rest. */
+static void damage_in_active_segment_is_kept(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("active");
+    annal_db *db = open_f(dir, 0);
+    for (int i = 0; i < 4; i++) {
+        char d[64];
+        snprintf(d, sizeof d, "{\"mark\":\"MARK%d\"}", i);
+        TU_OK(db, tu_append1(db, "s", ANNAL_EXPECT_ANY, "T", d, NULL));
+    }
+    annal_db_close(db);
+    uint64_t l2 = loc_of(dir, 2), l3 = loc_of(dir, 3);
+    uint8_t x = 'Z';
+    write_at(dir, 0, ANNAL__LOC_OFF(l2) + ANNAL__REC_HDR + 6, &x, 1);
+    /* index intact: the writer opens, event 2 is refused, 3 is still there */
+    db = open_f(dir, 0);
+    annal_event *e = NULL;
+    TU_EXPECT(db, annal_event_get(db, 2, &e), ANNAL_ECORRUPT);
+    TU_OK(db, annal_event_get(db, 3, &e));
+    assert_non_null(memmem(e->data, e->data_len, "MARK3", 5));
+    annal_free(e);
+    annal_db_close(db);
+    /* index lost: rebuilding must not cut events 2 and 3 away */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/index/data.mdb", dir);
+    assert_int_equal(unlink(path), 0);
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    TU_EXPECT(NULL, annal_db_open(dir, &o, &db), ANNAL_ECORRUPT);
+    TU_EXPECT(NULL, annal_rebuild_index(dir, NULL), ANNAL_ECORRUPT);
+    char seg[4096];
+    snprintf(seg, sizeof seg, "%s/log/0000000000000000.seg", dir);
+    FILE *f = fopen(seg, "rb");
+    assert_non_null(f);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    assert_non_null(memmem(buf, n, "MARK3", 5));
+    /* damage to the last acknowledged event itself is named too */
+    write_at(dir, 0, ANNAL__LOC_OFF(l3) + ANNAL__REC_HDR + 6, &x, 1);
+    found fd = {0, 0, 0, 0};
+    TU_EXPECT(NULL, annal_verify(dir, NULL, on_damage, &fd), ANNAL_ECORRUPT);
+    assert_int_equal(fd.pos, 2);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* A flush torn out of order (a later record landed, an earlier one did not) is cut. */
+static void out_of_order_torn_flush_is_cut(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("oootorn");
+    annal_db *db = open_f(dir, 0);
+    append_n(db, "a", 10);
+    uint64_t seg, off;
+    tail_of(db, &seg, &off);
+    annal_db_close(db);
+    uint8_t buf[1024];
+    uint32_t at = 0, second = 0;
+    for (uint32_t i = 0; i < 3; i++) { /* three one-event batches in one flush from 10 */
+        annal_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.id.bytes[0] = 0xEE;
+        ev.id.bytes[1] = (uint8_t)i;
+        ev.stream = "a";
+        ev.stream_len = 1;
+        ev.type = "Torn";
+        ev.type_len = 4;
+        ev.revision = 10 + i;
+        ev.position = 10 + i;
+        if (i == 1) second = at;
+        at += annal__rec_encode(&ev, 0, 1, 10, buf + at);
+    }
+    memset(buf + second + 8, 0, 40); /* the middle record never reached the disk */
+    write_at(dir, seg, off, buf, at);
+    db = open_f(dir, 0);
+    assert_int_equal(count_all(db), 11); /* 10 and the whole first record of the flush */
+    annal_append_result r;
+    TU_OK(db, tu_append1(db, "a", 10, "After", "{}", &r));
+    assert_int_equal(r.first_position, 11);
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(torn_batch_is_cut),
@@ -418,6 +522,8 @@ int main(void) {
         cmocka_unit_test(mid_log_damage_is_named),
         cmocka_unit_test(lost_index_is_rebuilt),
         cmocka_unit_test(untrusted_index_after_restart),
+        cmocka_unit_test(damage_in_active_segment_is_kept),
+        cmocka_unit_test(out_of_order_torn_flush_is_cut),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

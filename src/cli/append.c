@@ -1,6 +1,7 @@
 /*
  * append.c -- `annal append`: append one event to a stream, creating the store if it is
  * missing, and print the stored event as one JSON line (the shape of `read --json`).
+ * Conflicts are explained in the user's terms: what revision was expected, what there is.
  */
 #include <string.h>
 
@@ -30,8 +31,7 @@ static const cli_option options[] = {
     {NULL, 0, 0},
 };
 
-static int parse_expected(const char *s, int64_t *out)
-{
+static int parse_expected(const char *s, int64_t *out) {
     uint64_t n;
     if (strcmp(s, "any") == 0)
         *out = ANNAL_EXPECT_ANY;
@@ -47,8 +47,7 @@ static int parse_expected(const char *s, int64_t *out)
 }
 
 /* The conflict, said in terms of what the user asked for. */
-static void report_conflict(const char *stream, int64_t expected, int64_t actual)
-{
+static void report_conflict(const char *stream, int64_t expected, int64_t actual) {
     char at[64];
     if (actual < 0)
         snprintf(at, sizeof at, "does not exist");
@@ -59,12 +58,11 @@ static void report_conflict(const char *stream, int64_t expected, int64_t actual
     else if (expected == ANNAL_EXPECT_STREAM_EXISTS)
         cli_error("append", "expected stream %s to exist but it does not", stream);
     else
-        cli_error("append", "expected revision %lld but stream %s %s", (long long)expected,
-                  stream, at);
+        cli_error("append", "expected revision %lld but stream %s %s", (long long)expected, stream,
+                  at);
 }
 
-int cli_cmd_append(cli_global *g, int argc, char **argv)
-{
+int cli_cmd_append(cli_global *g, int argc, char **argv) {
     const char *operands[3] = {NULL, NULL, NULL};
     int nops = 0;
     int64_t expected = ANNAL_EXPECT_ANY;
@@ -77,14 +75,12 @@ int cli_cmd_append(cli_global *g, int argc, char **argv)
     const char *v;
     for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
         switch (o) {
-        case CLI_ARG_ERROR:
-            return CLI_EXIT_USAGE;
+        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
         case CLI_ARG_HELP:
             fputs(usage, stdout);
             return cli_finish_output("append", stdout, "standard output", CLI_EXIT_OK);
         case CLI_ARG_OPERAND:
-            if (nops == 3)
-                return cli_usage_error("append", "unexpected argument '%s'", v);
+            if (nops == 3) return cli_usage_error("append", "unexpected argument '%s'", v);
             operands[nops++] = v;
             break;
         case OPT_EXPECTED:
@@ -96,19 +92,19 @@ int cli_cmd_append(cli_global *g, int argc, char **argv)
             break;
         case OPT_ID:
             if (annal_uuid_parse(v, &ev.id) != ANNAL_OK)
-                return cli_usage_error("append", "bad --id '%s': want a UUID like "
-                                                 "0190b5d2-7c1e-7a3b-9f00-5d2e4c1b8a77",
+                return cli_usage_error("append",
+                                       "bad --id '%s': want a UUID like "
+                                       "0190b5d2-7c1e-7a3b-9f00-5d2e4c1b8a77",
                                        v);
             break;
-        case OPT_METADATA:
-            metadata = v;
-            break;
+        case OPT_METADATA: metadata = v; break;
         }
     }
     if (nops < 3)
-        return cli_usage_error("append", "missing %s", nops == 0   ? "STREAM, TYPE and DATA"
-                                                       : nops == 1 ? "TYPE and DATA"
-                                                                   : "DATA");
+        return cli_usage_error("append", "missing %s",
+                               nops == 0   ? "STREAM, TYPE and DATA"
+                               : nops == 1 ? "TYPE and DATA"
+                                           : "DATA");
     const char *stream = operands[0];
     ev.type = operands[1];
     ev.data = operands[2];
@@ -118,8 +114,7 @@ int cli_cmd_append(cli_global *g, int argc, char **argv)
 
     annal_db *db;
     int rc = cli_open(g, "append", ANNAL_OPEN_CREATE, NULL, &db);
-    if (rc)
-        return rc;
+    if (rc) return rc;
 
     annal_append_result res;
     memset(&res, 0, sizeof res);

@@ -139,8 +139,7 @@ void cli_base64_add(cli_buf *b, const void *s, size_t n);
 int cli_base64_decode(const char *s, size_t n, cli_buf *out); /* 0 ok, -1 malformed */
 /* Raw text of top-level member key of the JSON object text obj (which must be valid).
  * Returns 1 and sets *val, *val_len if found (the last one, as jansson keeps). */
-int cli_json_member(const char *obj, size_t n, const char *key, const char **val,
-                    size_t *val_len);
+int cli_json_member(const char *obj, size_t n, const char *key, const char **val, size_t *val_len);
 /* The event as one JSON object (no newline), the shape of read --json and export. */
 void cli_event_json(cli_buf *b, const annal_event *ev);
 /* Bytes as one display line for tables: compact JSON, text, or "<N bytes binary>". */

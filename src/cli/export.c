@@ -1,6 +1,7 @@
 /*
  * export.c -- `annal export`: write every event of the store, or of one stream, as JSON
  * lines in the shape of `read --json`, which `annal import` reads back.
+ * Data that are not JSON are written as text or base64 so that import restores the bytes.
  */
 #include <errno.h>
 #include <string.h>
@@ -28,8 +29,7 @@ static const cli_option options[] = {
     {NULL, 0, 0},
 };
 
-int cli_cmd_export(cli_global *g, int argc, char **argv)
-{
+int cli_cmd_export(cli_global *g, int argc, char **argv) {
     const char *stream = NULL, *output = NULL;
     int progress_opt = 0;
     cli_args a;
@@ -37,38 +37,31 @@ int cli_cmd_export(cli_global *g, int argc, char **argv)
     const char *v;
     for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
         switch (o) {
-        case CLI_ARG_ERROR:
-            return CLI_EXIT_USAGE;
+        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
         case CLI_ARG_HELP:
             fputs(usage, stdout);
             return cli_finish_output("export", stdout, "standard output", CLI_EXIT_OK);
         case CLI_ARG_OPERAND:
-            if (stream)
-                return cli_usage_error("export", "unexpected argument '%s'", v);
+            if (stream) return cli_usage_error("export", "unexpected argument '%s'", v);
             stream = v;
             break;
-        case OPT_OUTPUT:
-            output = v;
-            break;
-        case OPT_PROGRESS:
-            progress_opt = 1;
-            break;
+        case OPT_OUTPUT: output = v; break;
+        case OPT_PROGRESS: progress_opt = 1; break;
         }
     }
-    if (!stream)
-        stream = "$all";
+    if (!stream) stream = "$all";
     int all = strcmp(stream, "$all") == 0;
 
     annal_db *db;
     int rc = cli_open(g, "export", ANNAL_OPEN_READONLY, NULL, &db);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     annal_db_info info;
     memset(&info, 0, sizeof info);
     annal_db_info_get(db, &info); /* only for the progress total; 0 is fine */
 
     annal_iter *it = NULL;
-    annal_err e = all ? annal_read_all(db, 0, 0, 0, &it) : annal_read_stream(db, stream, 0, 0, 0, &it);
+    annal_err e =
+        all ? annal_read_all(db, 0, 0, 0, &it) : annal_read_stream(db, stream, 0, 0, 0, &it);
     if (e == ANNAL_ENOTFOUND && !all) {
         cli_error("export", "stream %s not found in %s", stream, g->data_dir);
         annal_db_close(db);
@@ -105,8 +98,7 @@ int cli_cmd_export(cli_global *g, int argc, char **argv)
         cli_buf_addc(&line, '\n');
         if (fwrite(line.p, 1, line.len, out) != line.len)
             break; /* reported below by cli_finish_output */
-        if ((++n & 1023) == 0)
-            cli_progress_cb(&prog, n, total);
+        if ((++n & 1023) == 0) cli_progress_cb(&prog, n, total);
     }
     cli_buf_free(&line);
     prog.done = n;

@@ -10,35 +10,36 @@
 #include "cli.h"
 
 static const char usage[] =
-    "usage: annal [--data DIR] import [FILE|-] [--sync] [--progress]\n"
+    "usage: annal [--data DIR] import [FILE|-] [--no-sync] [--progress]\n"
     "\n"
     "Append the events of FILE (default '-': standard input), JSON lines in the shape\n"
-    "`annal export` writes, creating the store if missing. Each line needs \"stream\" and\n"
-    "\"type\"; \"id\", \"revision\", \"data\", \"metadata\" and their \"*_encoding\" are\n"
-    "optional, other fields (position, timestamp) are ignored. An event is appended with\n"
-    "its id at its revision (expected revision = revision - 1), so importing the same\n"
-    "file again appends nothing. Consecutive lines of one stream go in one append.\n"
+    "`annal export` writes, creating the store if missing. Each line needs \"stream\"\n"
+    "and \"type\"; \"id\", \"revision\", \"data\", \"metadata\" and \"*_encoding\" are\n"
+    "optional; \"position\" and \"timestamp\" are ignored (the store stamps each event).\n"
+    "An event is appended with its id at its revision (expected revision = revision - 1),\n"
+    "so importing the same file again appends nothing, and an interrupted import can be\n"
+    "run again. Consecutive lines of one stream go in one append.\n"
     "\n"
     "On a bad line the import stops: the lines before it are appended, none after it.\n"
     "\n"
     "Options:\n"
-    "  --sync       make every append durable before the next (slower); by default the\n"
-    "               store is flushed once, at the end\n"
+    "  --no-sync    faster, NOT DURABLE: do not wait for each append to reach the disk\n"
+    "               (a crash or power loss may drop recent events; run import again)\n"
     "  --progress   show progress on stderr even when it is not a terminal\n"
     "\n"
     "Exit codes: 0 ok, 1 usage or bad line, 3 conflict with the events already stored,\n"
     "5 store or read error.\n";
 
-enum { OPT_SYNC, OPT_PROGRESS };
+enum { OPT_NOSYNC, OPT_PROGRESS };
 static const cli_option options[] = {
-    {"sync", 0, OPT_SYNC},
+    {"no-sync", 0, OPT_NOSYNC},
     {"progress", 0, OPT_PROGRESS},
     {NULL, 0, 0},
 };
 
 /* Batches stay well under the store's default limits (100000 events, 64 MiB). */
 #define BATCH_EVENTS 10000
-#define BATCH_BYTES (16u << 20)
+#define BATCH_BYTES  (16u << 20)
 
 /* One parsed line. */
 typedef struct line_event {
@@ -68,8 +69,7 @@ typedef struct importer {
     cli_progress prog;
 } importer;
 
-static void line_event_free(line_event *le)
-{
+static void line_event_free(line_event *le) {
     free(le->stream);
     free(le->type);
     cli_buf_free(&le->data);
@@ -78,20 +78,16 @@ static void line_event_free(line_event *le)
 
 /* ---------------------------------------------------------------- parsing a line */
 
-static int bad(char *err, size_t errlen, const char *fmt, const char *arg)
-{
+static int bad(char *err, size_t errlen, const char *fmt, const char *arg) {
     snprintf(err, errlen, fmt, arg);
     return -1;
 }
 
 /* A required or optional name field ("stream", "type"): a string without NUL. */
-static int get_name(json_t *obj, const char *key, char **out, char *err, size_t errlen)
-{
+static int get_name(json_t *obj, const char *key, char **out, char *err, size_t errlen) {
     json_t *j = json_object_get(obj, key);
-    if (!j)
-        return bad(err, errlen, "missing \"%s\"", key);
-    if (!json_is_string(j))
-        return bad(err, errlen, "\"%s\" must be a string", key);
+    if (!j) return bad(err, errlen, "missing \"%s\"", key);
+    if (!json_is_string(j)) return bad(err, errlen, "\"%s\" must be a string", key);
     size_t len = json_string_length(j);
     if (strlen(json_string_value(j)) != len)
         return bad(err, errlen, "\"%s\" must not contain NUL", key);
@@ -102,8 +98,7 @@ static int get_name(json_t *obj, const char *key, char **out, char *err, size_t 
 /* data or metadata, as the bytes to store. The value's own text is kept (compacted):
  * numbers are not rewritten through a double as a re-serialization would. */
 static int get_bytes(json_t *obj, const char *line, size_t len, const char *key, int is_metadata,
-                     cli_buf *out, char *err, size_t errlen)
-{
+                     cli_buf *out, char *err, size_t errlen) {
     char enc_key[32];
     snprintf(enc_key, sizeof enc_key, "%s_encoding", key);
     json_t *j = json_object_get(obj, key);
@@ -125,8 +120,7 @@ static int get_bytes(json_t *obj, const char *line, size_t len, const char *key,
         }
         return bad(err, errlen, "\"%s\" must be \"text\" or \"base64\"", enc_key);
     }
-    if (!j || (is_metadata && json_is_null(j)))
-        return 0; /* no data / no metadata: empty */
+    if (!j || (is_metadata && json_is_null(j))) return 0; /* no data / no metadata: empty */
     const char *raw;
     size_t raw_len;
     if (cli_json_member(line, len, key, &raw, &raw_len)) {
@@ -134,8 +128,7 @@ static int get_bytes(json_t *obj, const char *line, size_t len, const char *key,
     } else {
         /* The key was spelled with escapes: let jansson write the value instead. */
         char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!s)
-            return bad(err, errlen, "cannot re-encode \"%s\"", key);
+        if (!s) return bad(err, errlen, "cannot re-encode \"%s\"", key);
         cli_buf_adds(out, s);
         free(s);
     }
@@ -143,11 +136,9 @@ static int get_bytes(json_t *obj, const char *line, size_t len, const char *key,
 }
 
 static int get_revision(json_t *obj, const char *line, size_t len, line_event *le, char *err,
-                        size_t errlen)
-{
+                        size_t errlen) {
     json_t *j = json_object_get(obj, "revision");
-    if (!j || json_is_null(j))
-        return 0;
+    if (!j || json_is_null(j)) return 0;
     const char *raw;
     size_t raw_len;
     char text[32];
@@ -163,8 +154,7 @@ static int get_revision(json_t *obj, const char *line, size_t len, line_event *l
     return bad(err, errlen, "\"%s\" must be a whole number >= 0", "revision");
 }
 
-static int parse_line(const char *line, size_t len, line_event *le, char *err, size_t errlen)
-{
+static int parse_line(const char *line, size_t len, line_event *le, char *err, size_t errlen) {
     memset(le, 0, sizeof *le);
     json_error_t jerr;
     json_t *obj = json_loadb(line, len, CLI_JSON_FLAGS, &jerr);
@@ -197,22 +187,18 @@ static int parse_line(const char *line, size_t len, line_event *le, char *err, s
     rc = 0;
 out:
     json_decref(obj);
-    if (rc)
-        line_event_free(le);
+    if (rc) line_event_free(le);
     return rc;
 }
 
 /* ---------------------------------------------------------------- appending */
 
-static int64_t expected_for(int exact, uint64_t rev)
-{
-    if (!exact)
-        return ANNAL_EXPECT_ANY;
+static int64_t expected_for(int exact, uint64_t rev) {
+    if (!exact) return ANNAL_EXPECT_ANY;
     return rev == 0 ? ANNAL_EXPECT_NO_STREAM : (int64_t)(rev - 1);
 }
 
-static void batch_clear(importer *im)
-{
+static void batch_clear(importer *im) {
     for (size_t i = 0; i < im->n; i++) {
         free(im->types[i]);
         cli_buf_free(&im->datas[i]);
@@ -226,8 +212,7 @@ static void batch_clear(importer *im)
 
 /* Append evs[from, from+n) and report a failure with its line numbers. */
 static int append_range(importer *im, size_t from, size_t n, annal_append_result *res,
-                        annal_err *err)
-{
+                        annal_err *err) {
     int64_t expected = expected_for(im->exact, im->first_rev + from);
     memset(res, 0, sizeof *res);
     *err = annal_append(im->db, im->stream, expected, im->evs + from, n, res);
@@ -263,10 +248,8 @@ static int append_range(importer *im, size_t from, size_t n, annal_append_result
     return cli_fail("import", im->db, *err, "%s: cannot append to stream %s", where, im->stream);
 }
 
-static int flush(importer *im)
-{
-    if (im->n == 0)
-        return 0;
+static int flush(importer *im) {
+    if (im->n == 0) return 0;
     annal_append_result res;
     annal_err err;
     int rc = append_range(im, 0, im->n, &res, &err);
@@ -275,8 +258,7 @@ static int flush(importer *im)
          * interrupted import stored only in part: one by one, each event is either already
          * there (idempotent) or appended, or fails with its own line number. */
         rc = 0;
-        for (size_t i = 0; i < im->n && rc == 0; i++)
-            rc = append_range(im, i, 1, &res, &err);
+        for (size_t i = 0; i < im->n && rc == 0; i++) rc = append_range(im, i, 1, &res, &err);
     }
     batch_clear(im);
     cli_progress_cb(&im->prog, im->appended + im->present, 0);
@@ -285,16 +267,14 @@ static int flush(importer *im)
 
 /* Add a parsed line to the batch (taking its buffers), flushing first when it cannot
  * join. */
-static int add_event(importer *im, line_event *le, uint64_t lineno)
-{
+static int add_event(importer *im, line_event *le, uint64_t lineno) {
     size_t size = le->data.len + le->meta.len;
     int joins = im->n > 0 && strcmp(im->stream, le->stream) == 0 &&
                 (le->has_rev ? im->exact && le->rev == im->first_rev + im->n : !im->exact) &&
                 im->n < BATCH_EVENTS && im->bytes + size <= BATCH_BYTES;
     if (!joins) {
         int rc = flush(im);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         im->stream = le->stream;
         le->stream = NULL;
         im->exact = le->has_rev;
@@ -328,8 +308,7 @@ static int add_event(importer *im, line_event *le, uint64_t lineno)
     return 0;
 }
 
-static int run(importer *im, FILE *in)
-{
+static int run(importer *im, FILE *in) {
     char *line = NULL;
     size_t cap = 0;
     uint64_t lineno = 0;
@@ -347,61 +326,48 @@ static int run(importer *im, FILE *in)
         }
         lineno++;
         size_t len = (size_t)got;
-        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-            len--;
+        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) len--;
         size_t i = 0;
-        while (i < len && (line[i] == ' ' || line[i] == '\t'))
-            i++;
-        if (i == len)
-            continue; /* blank lines are allowed, e.g. a trailing one */
+        while (i < len && (line[i] == ' ' || line[i] == '\t')) i++;
+        if (i == len) continue; /* blank lines are allowed, e.g. a trailing one */
         line_event le;
         char err[512];
         if (parse_line(line, len, &le, err, sizeof err) != 0) {
             /* Whatever came before the bad line goes in; nothing after it. */
             rc = flush(im);
             if (!rc) {
-                cli_error("import", "%s line %llu: %s", im->src, (unsigned long long)lineno,
-                          err);
+                cli_error("import", "%s line %llu: %s", im->src, (unsigned long long)lineno, err);
                 rc = CLI_EXIT_USAGE;
             }
             break;
         }
         rc = add_event(im, &le, lineno);
         line_event_free(&le);
-        if (rc)
-            break;
+        if (rc) break;
     }
-    if (!rc)
-        rc = flush(im);
+    if (!rc) rc = flush(im);
     free(line);
     return rc;
 }
 
-int cli_cmd_import(cli_global *g, int argc, char **argv)
-{
+int cli_cmd_import(cli_global *g, int argc, char **argv) {
     const char *file = NULL;
-    int progress_opt = 0, sync = 0;
+    int progress_opt = 0, nosync = 0;
     cli_args a;
     cli_args_init(&a, g, argc, argv);
     const char *v;
     for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
         switch (o) {
-        case CLI_ARG_ERROR:
-            return CLI_EXIT_USAGE;
+        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
         case CLI_ARG_HELP:
             fputs(usage, stdout);
             return cli_finish_output("import", stdout, "standard output", CLI_EXIT_OK);
         case CLI_ARG_OPERAND:
-            if (file)
-                return cli_usage_error("import", "unexpected argument '%s'", v);
+            if (file) return cli_usage_error("import", "unexpected argument '%s'", v);
             file = v;
             break;
-        case OPT_SYNC:
-            sync = 1;
-            break;
-        case OPT_PROGRESS:
-            progress_opt = 1;
-            break;
+        case OPT_NOSYNC: nosync = 1; break;
+        case OPT_PROGRESS: progress_opt = 1; break;
         }
     }
 
@@ -420,10 +386,10 @@ int cli_cmd_import(cli_global *g, int argc, char **argv)
     memset(&im, 0, sizeof im);
     im.src = src;
     cli_progress_init(&im.prog, "import", progress_opt ? 2 : g->stderr_tty);
-    /* Without --sync each batch is not flushed on its own; closing the store flushes
-     * it all, and a re-run after a crash appends only what is missing. */
-    int rc = cli_open(g, "import", ANNAL_OPEN_CREATE | (sync ? 0 : ANNAL_OPEN_NOSYNC), NULL,
-                      &im.db);
+    /* Durable by default: "imported" must mean on disk, and the library has no call to
+     * make NOSYNC appends durable afterwards. --no-sync is for loads one can redo. */
+    int rc =
+        cli_open(g, "import", ANNAL_OPEN_CREATE | (nosync ? ANNAL_OPEN_NOSYNC : 0), NULL, &im.db);
     if (!rc) {
         rc = run(&im, in);
         batch_clear(&im);
@@ -435,11 +401,10 @@ int cli_cmd_import(cli_global *g, int argc, char **argv)
         free(im.metas);
         free(im.lines);
     }
-    if (in != stdin)
-        fclose(in);
+    if (in != stdin) fclose(in);
     if (!rc)
         printf("imported %llu events from %s: %llu appended, %llu already present\n",
-               (unsigned long long)(im.appended + im.present), src,
-               (unsigned long long)im.appended, (unsigned long long)im.present);
+               (unsigned long long)(im.appended + im.present), src, (unsigned long long)im.appended,
+               (unsigned long long)im.present);
     return cli_finish_output("import", stdout, "standard output", rc);
 }

@@ -11,45 +11,34 @@
 
 /* ---------------------------------------------------------------- buffer */
 
-static void buf_reserve(cli_buf *b, size_t extra)
-{
-    if (b->cap - b->len > extra)
-        return; /* strictly greater: room for the NUL of cli_buf_cstr */
+static void buf_reserve(cli_buf *b, size_t extra) {
+    if (b->cap - b->len > extra) return; /* strictly greater: room for the NUL of cli_buf_cstr */
     size_t cap = b->cap ? b->cap : 256;
-    while (cap - b->len <= extra)
-        cap *= 2;
+    while (cap - b->len <= extra) cap *= 2;
     b->p = cli_xrealloc(b->p, cap);
     b->cap = cap;
 }
 
-void cli_buf_add(cli_buf *b, const void *s, size_t n)
-{
+void cli_buf_add(cli_buf *b, const void *s, size_t n) {
     buf_reserve(b, n);
-    if (n)
-        memcpy(b->p + b->len, s, n);
+    if (n) memcpy(b->p + b->len, s, n);
     b->len += n;
 }
 
-void cli_buf_addc(cli_buf *b, char c)
-{
+void cli_buf_addc(cli_buf *b, char c) {
     buf_reserve(b, 1);
     b->p[b->len++] = c;
 }
 
-void cli_buf_adds(cli_buf *b, const char *s)
-{
-    cli_buf_add(b, s, strlen(s));
-}
+void cli_buf_adds(cli_buf *b, const char *s) { cli_buf_add(b, s, strlen(s)); }
 
-void cli_buf_addf(cli_buf *b, const char *fmt, ...)
-{
+void cli_buf_addf(cli_buf *b, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     char small[128];
     int n = vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
+    if (n < 0) return;
     if ((size_t)n < sizeof small) {
         cli_buf_add(b, small, (size_t)n);
         return;
@@ -61,15 +50,13 @@ void cli_buf_addf(cli_buf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
-const char *cli_buf_cstr(cli_buf *b)
-{
+const char *cli_buf_cstr(cli_buf *b) {
     buf_reserve(b, 0);
     b->p[b->len] = '\0';
     return b->p;
 }
 
-void cli_buf_free(cli_buf *b)
-{
+void cli_buf_free(cli_buf *b) {
     free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
@@ -79,11 +66,9 @@ void cli_buf_free(cli_buf *b)
 
 /* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlongs, no surrogates,
  * nothing past U+10FFFF), or 0 if there is none. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
+static size_t utf8_seq(const unsigned char *s, size_t n) {
     unsigned c = s[0];
-    if (c < 0x80)
-        return 1;
+    if (c < 0x80) return 1;
     size_t len;
     unsigned long cp;
     if (c >= 0xC2 && c <= 0xDF) {
@@ -98,34 +83,27 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     } else {
         return 0;
     }
-    if (n < len)
-        return 0;
+    if (n < len) return 0;
     for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
+        if ((s[i] & 0xC0) != 0x80) return 0;
         cp = (cp << 6) | (s[i] & 0x3F);
     }
-    if (len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF)))
-        return 0;
-    if (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))
-        return 0;
+    if (len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) return 0;
+    if (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) return 0;
     return len;
 }
 
-int cli_utf8_valid(const void *s, size_t n)
-{
+int cli_utf8_valid(const void *s, size_t n) {
     const unsigned char *p = s;
     for (size_t i = 0; i < n;) {
         size_t l = utf8_seq(p + i, n - i);
-        if (!l)
-            return 0;
+        if (!l) return 0;
         i += l;
     }
     return 1;
 }
 
-void cli_json_add_string(cli_buf *b, const void *s, size_t n)
-{
+void cli_json_add_string(cli_buf *b, const void *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = s;
     cli_buf_addc(b, '"');
@@ -167,27 +145,22 @@ void cli_json_add_string(cli_buf *b, const void *s, size_t n)
 
 /* ---------------------------------------------------------------- JSON text */
 
-int cli_json_valid(const void *s, size_t n)
-{
+int cli_json_valid(const void *s, size_t n) {
     /* Quick refusal of plain text, the common non-JSON case, before asking jansson. */
     const char *p = s;
     size_t i = 0;
-    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
-        i++;
-    if (i == n || !strchr("{[\"-0123456789tfn", p[i]))
-        return 0;
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r')) i++;
+    if (i == n || !strchr("{[\"-0123456789tfn", p[i])) return 0;
     /* jansson decides, with the very flags import uses to read lines back: whatever is
      * printed as JSON here is accepted there (big integers and all). */
     json_error_t err;
     json_t *j = json_loadb(s, n, CLI_JSON_FLAGS, &err);
-    if (!j)
-        return 0;
+    if (!j) return 0;
     json_decref(j);
     return 1;
 }
 
-void cli_json_add_compact(cli_buf *b, const void *s, size_t n)
-{
+void cli_json_add_compact(cli_buf *b, const void *s, size_t n) {
     const char *p = s;
     int in_str = 0;
     size_t run = 0; /* start of the current run of kept bytes */
@@ -205,20 +178,16 @@ void cli_json_add_compact(cli_buf *b, const void *s, size_t n)
             run = i + 1;
         }
     }
-    if (run < n)
-        cli_buf_add(b, p + run, n - run);
+    if (run < n) cli_buf_add(b, p + run, n - run);
 }
 
-static size_t skip_ws(const char *s, size_t n, size_t i)
-{
-    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
-        i++;
+static size_t skip_ws(const char *s, size_t n, size_t i) {
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
     return i;
 }
 
 /* s[i] is an opening quote; returns the index after the closing one. */
-static size_t skip_string(const char *s, size_t n, size_t i)
-{
+static size_t skip_string(const char *s, size_t n, size_t i) {
     for (i++; i < n; i++) {
         if (s[i] == '\\')
             i++;
@@ -229,12 +198,9 @@ static size_t skip_string(const char *s, size_t n, size_t i)
 }
 
 /* Index after the value starting at s[i] (the text is known to be valid JSON). */
-static size_t skip_value(const char *s, size_t n, size_t i)
-{
-    if (i >= n)
-        return n;
-    if (s[i] == '"')
-        return skip_string(s, n, i);
+static size_t skip_value(const char *s, size_t n, size_t i) {
+    if (i >= n) return n;
+    if (s[i] == '"') return skip_string(s, n, i);
     if (s[i] == '{' || s[i] == '[') {
         size_t depth = 0;
         while (i < n) {
@@ -251,30 +217,24 @@ static size_t skip_value(const char *s, size_t n, size_t i)
         }
         return n;
     }
-    while (i < n && !strchr(",}] \t\r\n", s[i]))
-        i++;
+    while (i < n && !strchr(",}] \t\r\n", s[i])) i++;
     return i;
 }
 
-int cli_json_member(const char *obj, size_t n, const char *key, const char **val,
-                    size_t *val_len)
-{
+int cli_json_member(const char *obj, size_t n, const char *key, const char **val, size_t *val_len) {
     size_t klen = strlen(key);
     int found = 0;
     size_t i = skip_ws(obj, n, 0);
-    if (i >= n || obj[i] != '{')
-        return 0;
+    if (i >= n || obj[i] != '{') return 0;
     i++;
     for (;;) {
         i = skip_ws(obj, n, i);
-        if (i >= n || obj[i] != '"')
-            return found;
+        if (i >= n || obj[i] != '"') return found;
         size_t kstart = i + 1;
         i = skip_string(obj, n, i);
         size_t kend = i - 1;
         i = skip_ws(obj, n, i);
-        if (i >= n || obj[i] != ':')
-            return found;
+        if (i >= n || obj[i] != ':') return found;
         i = skip_ws(obj, n, i + 1);
         size_t vstart = i;
         i = skip_value(obj, n, i);
@@ -285,8 +245,7 @@ int cli_json_member(const char *obj, size_t n, const char *key, const char **val
             found = 1; /* keep going: the last duplicate wins, as in jansson */
         }
         i = skip_ws(obj, n, i);
-        if (i >= n || obj[i] != ',')
-            return found;
+        if (i >= n || obj[i] != ',') return found;
         i++;
     }
 }
@@ -295,43 +254,34 @@ int cli_json_member(const char *obj, size_t n, const char *key, const char **val
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-void cli_base64_add(cli_buf *b, const void *s, size_t n)
-{
+void cli_base64_add(cli_buf *b, const void *s, size_t n) {
     const unsigned char *p = s;
     for (size_t i = 0; i < n; i += 3) {
         unsigned v = (unsigned)p[i] << 16;
-        if (i + 1 < n)
-            v |= (unsigned)p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= p[i + 2];
-        char q[4] = {b64[(v >> 18) & 63], b64[(v >> 12) & 63],
-                     i + 1 < n ? b64[(v >> 6) & 63] : '=', i + 2 < n ? b64[v & 63] : '='};
+        if (i + 1 < n) v |= (unsigned)p[i + 1] << 8;
+        if (i + 2 < n) v |= p[i + 2];
+        char q[4] = {b64[(v >> 18) & 63], b64[(v >> 12) & 63], i + 1 < n ? b64[(v >> 6) & 63] : '=',
+                     i + 2 < n ? b64[v & 63] : '='};
         cli_buf_add(b, q, 4);
     }
 }
 
-static int b64_val(char c)
-{
+static int b64_val(char c) {
     const char *p = c ? strchr(b64, c) : NULL;
     return p ? (int)(p - b64) : -1;
 }
 
-int cli_base64_decode(const char *s, size_t n, cli_buf *out)
-{
-    if (n % 4)
-        return -1;
+int cli_base64_decode(const char *s, size_t n, cli_buf *out) {
+    if (n % 4) return -1;
     for (size_t i = 0; i < n; i += 4) {
         int last = i + 4 == n;
         int pad = (s[i + 3] == '=') + (s[i + 2] == '=');
-        if (pad && !last)
-            return -1;
-        if (s[i + 2] == '=' && s[i + 3] != '=')
-            return -1;
+        if (pad && !last) return -1;
+        if (s[i + 2] == '=' && s[i + 3] != '=') return -1;
         int a = b64_val(s[i]), bb = b64_val(s[i + 1]);
         int c = pad >= 2 ? 0 : b64_val(s[i + 2]);
         int d = pad >= 1 ? 0 : b64_val(s[i + 3]);
-        if (a < 0 || bb < 0 || c < 0 || d < 0)
-            return -1;
+        if (a < 0 || bb < 0 || c < 0 || d < 0) return -1;
         unsigned v = (unsigned)a << 18 | (unsigned)bb << 12 | (unsigned)c << 6 | (unsigned)d;
         char q[3] = {(char)(v >> 16), (char)(v >> 8), (char)v};
         cli_buf_add(out, q, (size_t)(3 - pad));
@@ -344,8 +294,7 @@ int cli_base64_decode(const char *s, size_t n, cli_buf *out)
 /* "name":value for data or metadata bytes, choosing the representation that lets
  * import restore exactly these bytes. */
 static void add_bytes_field(cli_buf *b, const char *name, const void *s, size_t n,
-                            int is_metadata)
-{
+                            int is_metadata) {
     cli_buf_addf(b, ",\"%s\":", name);
     if (is_metadata && n == 0) {
         cli_buf_adds(b, "null");
@@ -355,8 +304,7 @@ static void add_bytes_field(cli_buf *b, const char *name, const void *s, size_t 
         size_t at = b->len;
         cli_json_add_compact(b, s, n);
         /* Metadata that is the JSON text null must not read back as "no metadata". */
-        if (!(is_metadata && b->len - at == 4 && memcmp(b->p + at, "null", 4) == 0))
-            return;
+        if (!(is_metadata && b->len - at == 4 && memcmp(b->p + at, "null", 4) == 0)) return;
         b->len = at;
     }
     if (cli_utf8_valid(s, n)) {
@@ -370,8 +318,7 @@ static void add_bytes_field(cli_buf *b, const char *name, const void *s, size_t 
     }
 }
 
-void cli_event_json(cli_buf *b, const annal_event *ev)
-{
+void cli_event_json(cli_buf *b, const annal_event *ev) {
     char id[37], ts[CLI_TIME_LEN];
     annal_uuid_format(&ev->id, id);
     cli_time_rfc3339(ev->timestamp_ns, ts);
@@ -386,8 +333,7 @@ void cli_event_json(cli_buf *b, const annal_event *ev)
     cli_buf_addc(b, '}');
 }
 
-void cli_data_preview(cli_buf *b, const void *s, size_t n)
-{
+void cli_data_preview(cli_buf *b, const void *s, size_t n) {
     if (cli_json_valid(s, n)) {
         cli_json_add_compact(b, s, n);
         return;
@@ -395,12 +341,10 @@ void cli_data_preview(cli_buf *b, const void *s, size_t n)
     /* A table line shows only the start of text: look at 4 KiB, cut on a character. */
     const unsigned char *p = s;
     size_t m = n > 4096 ? 4096 : n;
-    for (int k = 0; k < 3 && m < n && m > 0 && (p[m] & 0xC0) == 0x80; k++)
-        m--;
+    for (int k = 0; k < 3 && m < n && m > 0 && (p[m] & 0xC0) == 0x80; k++) m--;
     if (cli_utf8_valid(s, m)) {
         /* One table line: control characters (newlines...) become spaces. */
-        for (size_t i = 0; i < m; i++)
-            cli_buf_addc(b, p[i] < 0x20 ? ' ' : (char)p[i]);
+        for (size_t i = 0; i < m; i++) cli_buf_addc(b, p[i] < 0x20 ? ' ' : (char)p[i]);
     } else {
         cli_buf_addf(b, "<%zu bytes binary>", n);
     }

@@ -25,8 +25,7 @@ static const struct {
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
-static void usage(FILE *out)
-{
+static void usage(FILE *out) {
     fputs("usage: annal [--data DIR] <command> [args]\n"
           "       annal <command> --help\n"
           "       annal --version\n"
@@ -53,16 +52,13 @@ static void usage(FILE *out)
           out);
 }
 
-static int find_command(const char *name)
-{
+static int find_command(const char *name) {
     for (size_t i = 0; i < NCOMMANDS; i++)
-        if (strcmp(commands[i].name, name) == 0)
-            return (int)i;
+        if (strcmp(commands[i].name, name) == 0) return (int)i;
     return -1;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     cli_global g;
     memset(&g, 0, sizeof g);
     const char *env = getenv("ANNAL_DATA");
@@ -94,10 +90,7 @@ int main(int argc, char **argv)
             return cli_usage_error(NULL, "unknown option %s", a);
         }
     }
-    if (i >= argc) {
-        usage(stderr);
-        return CLI_EXIT_USAGE;
-    }
+    if (i >= argc) return cli_usage_error(NULL, "no command given");
 
     const char *name = argv[i];
     if (strcmp(name, "help") == 0) {
@@ -107,13 +100,11 @@ int main(int argc, char **argv)
             return cli_finish_output(NULL, stdout, "standard output", CLI_EXIT_OK);
         }
         int c = find_command(argv[i + 1]);
-        if (c < 0)
-            return cli_usage_error(NULL, "unknown command '%s'", argv[i + 1]);
+        if (c < 0) return cli_usage_error(NULL, "unknown command '%s'", argv[i + 1]);
         char *help_argv[] = {argv[i + 1], "--help", NULL};
         return commands[c].fn(&g, 2, help_argv);
     }
     int c = find_command(name);
-    if (c < 0)
-        return cli_usage_error(NULL, "unknown command '%s'", name);
+    if (c < 0) return cli_usage_error(NULL, "unknown command '%s'", name);
     return commands[c].fn(&g, argc - i, argv + i);
 }

@@ -1,6 +1,7 @@
 /*
  * read.c -- `annal read`: print the events of one stream, or of $all, as an aligned
  * table for people or as JSON lines (--json) for programs.
+ * Reads open the store read-only, so they never create it and may run beside a writer.
  */
 #include <string.h>
 
@@ -24,15 +25,12 @@ static const char usage[] =
 
 enum { OPT_JSON, OPT_BACKWARD, OPT_FROM, OPT_LIMIT };
 static const cli_option options[] = {
-    {"json", 0, OPT_JSON},
-    {"backward", 0, OPT_BACKWARD},
-    {"from", 1, OPT_FROM},
-    {"limit", 1, OPT_LIMIT},
+    {"json", 0, OPT_JSON}, {"backward", 0, OPT_BACKWARD},
+    {"from", 1, OPT_FROM}, {"limit", 1, OPT_LIMIT},
     {NULL, 0, 0},
 };
 
-static void table_row(cli_table *t, const annal_event *ev)
-{
+static void table_row(cli_table *t, const annal_event *ev) {
     char pos[24], rev[24], when[CLI_TIME_LEN];
     snprintf(pos, sizeof pos, "%llu", (unsigned long long)ev->position);
     snprintf(rev, sizeof rev, "%llu", (unsigned long long)ev->revision);
@@ -44,8 +42,7 @@ static void table_row(cli_table *t, const annal_event *ev)
     cli_buf_free(&data);
 }
 
-int cli_cmd_read(cli_global *g, int argc, char **argv)
-{
+int cli_cmd_read(cli_global *g, int argc, char **argv) {
     const char *stream = NULL;
     int json = 0;
     unsigned flags = 0;
@@ -57,22 +54,16 @@ int cli_cmd_read(cli_global *g, int argc, char **argv)
     const char *v;
     for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
         switch (o) {
-        case CLI_ARG_ERROR:
-            return CLI_EXIT_USAGE;
+        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
         case CLI_ARG_HELP:
             fputs(usage, stdout);
             return cli_finish_output("read", stdout, "standard output", CLI_EXIT_OK);
         case CLI_ARG_OPERAND:
-            if (stream)
-                return cli_usage_error("read", "unexpected argument '%s'", v);
+            if (stream) return cli_usage_error("read", "unexpected argument '%s'", v);
             stream = v;
             break;
-        case OPT_JSON:
-            json = 1;
-            break;
-        case OPT_BACKWARD:
-            flags |= ANNAL_READ_BACKWARD;
-            break;
+        case OPT_JSON: json = 1; break;
+        case OPT_BACKWARD: flags |= ANNAL_READ_BACKWARD; break;
         case OPT_FROM:
             if (cli_parse_u64(v, &from) != 0)
                 return cli_usage_error("read", "bad --from '%s': want a number", v);
@@ -84,16 +75,13 @@ int cli_cmd_read(cli_global *g, int argc, char **argv)
             break;
         }
     }
-    if (!stream)
-        return cli_usage_error("read", "missing STREAM (a stream name or '$all')");
-    if (!have_from && (flags & ANNAL_READ_BACKWARD))
-        from = ANNAL_FROM_END;
+    if (!stream) return cli_usage_error("read", "missing STREAM (a stream name or '$all')");
+    if (!have_from && (flags & ANNAL_READ_BACKWARD)) from = ANNAL_FROM_END;
     int all = strcmp(stream, "$all") == 0;
 
     annal_db *db;
     int rc = cli_open(g, "read", ANNAL_OPEN_READONLY, NULL, &db);
-    if (rc)
-        return rc;
+    if (rc) return rc;
 
     annal_iter *it = NULL;
     annal_err e = all ? annal_read_all(db, from, flags, limit, &it)
@@ -109,8 +97,8 @@ int cli_cmd_read(cli_global *g, int argc, char **argv)
         return rc;
     }
 
-    static const char *const heads[] = {">POSITION", "STREAM", ">REV", "TYPE", "TIME (UTC)",
-                                        "DATA"};
+    static const char *const heads[] = {">POSITION", "STREAM",     ">REV",
+                                        "TYPE",      "TIME (UTC)", "DATA"};
     static const size_t maxw[] = {0, 32, 0, 28, 0, 0};
     cli_table t;
     cli_table_init(&t, g, stdout, 6, heads, maxw);
@@ -128,8 +116,7 @@ int cli_cmd_read(cli_global *g, int argc, char **argv)
     }
     cli_table_end(&t);
     cli_buf_free(&line);
-    if (e != ANNAL_END)
-        rc = cli_fail("read", db, e, "reading %s stopped", stream);
+    if (e != ANNAL_END) rc = cli_fail("read", db, e, "reading %s stopped", stream);
     annal_iter_close(it);
     annal_db_close(db);
     return cli_finish_output("read", stdout, "standard output", rc);

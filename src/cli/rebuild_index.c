@@ -1,6 +1,7 @@
 /*
  * rebuild_index.c -- `annal rebuild-index`: throw the index away and rebuild it from the
  * log, the cure when verify reports that the index disagrees with the log.
+ * The log is the truth; the index is only a cache of where things are in it.
  */
 #include <errno.h>
 #include <sys/stat.h>
@@ -21,24 +22,20 @@ static const char usage[] =
 enum { OPT_PROGRESS };
 static const cli_option options[] = {{"progress", 0, OPT_PROGRESS}, {NULL, 0, 0}};
 
-int cli_cmd_rebuild_index(cli_global *g, int argc, char **argv)
-{
+int cli_cmd_rebuild_index(cli_global *g, int argc, char **argv) {
     int progress_opt = 0;
     cli_args a;
     cli_args_init(&a, g, argc, argv);
     const char *v;
     for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
         switch (o) {
-        case CLI_ARG_ERROR:
-            return CLI_EXIT_USAGE;
+        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
         case CLI_ARG_HELP:
             fputs(usage, stdout);
             return cli_finish_output("rebuild-index", stdout, "standard output", CLI_EXIT_OK);
         case CLI_ARG_OPERAND:
             return cli_usage_error("rebuild-index", "unexpected argument '%s'", v);
-        case OPT_PROGRESS:
-            progress_opt = 1;
-            break;
+        case OPT_PROGRESS: progress_opt = 1; break;
         }
     }
 
@@ -65,8 +62,7 @@ int cli_cmd_rebuild_index(cli_global *g, int argc, char **argv)
     cli_db_opts(&ro, ANNAL_OPEN_READONLY, NULL);
     if (annal_db_open(g->data_dir, &ro, &db) == ANNAL_OK) {
         annal_db_info info;
-        if (annal_db_info_get(db, &info) == ANNAL_OK)
-            events = info.events;
+        if (annal_db_info_get(db, &info) == ANNAL_OK) events = info.events;
         annal_db_close(db);
     }
     printf("rebuilt the index of %s (%llu events)\n", g->data_dir, (unsigned long long)events);

@@ -1,6 +1,7 @@
 /*
  * streams.c -- `annal streams`: list every stream in name order with its last revision,
  * last position and creation time, as a table or as JSON lines.
+ * The events of a stream are its last revision + 1, since events are never removed.
  */
 #include <string.h>
 
@@ -21,31 +22,25 @@ static const char usage[] =
 enum { OPT_JSON };
 static const cli_option options[] = {{"json", 0, OPT_JSON}, {NULL, 0, 0}};
 
-int cli_cmd_streams(cli_global *g, int argc, char **argv)
-{
+int cli_cmd_streams(cli_global *g, int argc, char **argv) {
     int json = 0;
     cli_args a;
     cli_args_init(&a, g, argc, argv);
     const char *v;
     for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
         switch (o) {
-        case CLI_ARG_ERROR:
-            return CLI_EXIT_USAGE;
+        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
         case CLI_ARG_HELP:
             fputs(usage, stdout);
             return cli_finish_output("streams", stdout, "standard output", CLI_EXIT_OK);
-        case CLI_ARG_OPERAND:
-            return cli_usage_error("streams", "unexpected argument '%s'", v);
-        case OPT_JSON:
-            json = 1;
-            break;
+        case CLI_ARG_OPERAND: return cli_usage_error("streams", "unexpected argument '%s'", v);
+        case OPT_JSON: json = 1; break;
         }
     }
 
     annal_db *db;
     int rc = cli_open(g, "streams", ANNAL_OPEN_READONLY, NULL, &db);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     annal_stream_iter *it = NULL;
     annal_err e = annal_streams_open(db, NULL, &it);
     if (e != ANNAL_OK) {
@@ -85,8 +80,7 @@ int cli_cmd_streams(cli_global *g, int argc, char **argv)
     }
     cli_table_end(&t);
     cli_buf_free(&line);
-    if (e != ANNAL_END)
-        rc = cli_fail("streams", db, e, "listing streams stopped");
+    if (e != ANNAL_END) rc = cli_fail("streams", db, e, "listing streams stopped");
     annal_streams_close(it);
     annal_db_close(db);
     return cli_finish_output("streams", stdout, "standard output", rc);

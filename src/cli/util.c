@@ -14,8 +14,7 @@
 
 /* ---------------------------------------------------------------- memory */
 
-void *cli_xrealloc(void *p, size_t n)
-{
+void *cli_xrealloc(void *p, size_t n) {
     void *q = realloc(p, n ? n : 1);
     if (!q) {
         fputs("annal: out of memory\n", stderr);
@@ -24,8 +23,7 @@ void *cli_xrealloc(void *p, size_t n)
     return q;
 }
 
-char *cli_xstrndup(const char *s, size_t n)
-{
+char *cli_xstrndup(const char *s, size_t n) {
     char *d = cli_xrealloc(NULL, n + 1);
     memcpy(d, s, n);
     d[n] = '\0';
@@ -34,61 +32,47 @@ char *cli_xstrndup(const char *s, size_t n)
 
 /* ---------------------------------------------------------------- errors */
 
-int cli_exit_code(annal_err rc)
-{
+int cli_exit_code(annal_err rc) {
     switch (rc) {
     case ANNAL_OK:
-    case ANNAL_END:
-        return CLI_EXIT_OK;
+    case ANNAL_END: return CLI_EXIT_OK;
     case ANNAL_EINVAL:
-    case ANNAL_ETOOBIG:
-        return CLI_EXIT_USAGE; /* the request itself was wrong: fix the input */
-    case ANNAL_ENOTFOUND:
-        return CLI_EXIT_NOTFOUND;
+    case ANNAL_ETOOBIG: return CLI_EXIT_USAGE; /* the request itself was wrong: fix the input */
+    case ANNAL_ENOTFOUND: return CLI_EXIT_NOTFOUND;
     case ANNAL_ECONFLICT:
-    case ANNAL_EDUPLICATE:
-        return CLI_EXIT_CONFLICT;
-    case ANNAL_ECORRUPT:
-        return CLI_EXIT_CORRUPT;
-    default:
-        return CLI_EXIT_STORE;
+    case ANNAL_EDUPLICATE: return CLI_EXIT_CONFLICT;
+    case ANNAL_ECORRUPT: return CLI_EXIT_CORRUPT;
+    default: return CLI_EXIT_STORE;
     }
 }
 
 static void vreport(const char *cmd, const char *fmt, va_list ap, const char *detail,
-                     const char *suffix)
-{
+                    const char *suffix) {
     /* Build the whole line first so that it reaches stderr in one write. */
     char line[2048];
     int n = snprintf(line, sizeof line, "annal: %s%s", cmd ? cmd : "", cmd ? ": " : "");
-    if (n < 0)
-        n = 0;
-    if ((size_t)n < sizeof line)
-        n += vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    if (n < 0) n = 0;
+    if ((size_t)n < sizeof line) n += vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
     if (detail && *detail && (size_t)n < sizeof line)
         n += snprintf(line + n, sizeof line - (size_t)n, ": %s", detail);
     if (suffix && (size_t)n < sizeof line)
         snprintf(line + n, sizeof line - (size_t)n, "%s", suffix);
     /* Detail texts come from the library and may in theory hold a newline: keep one line. */
     for (char *c = line; *c; c++)
-        if (*c == '\n' || *c == '\r')
-            *c = ' ';
+        if (*c == '\n' || *c == '\r') *c = ' ';
     fprintf(stderr, "%s\n", line);
 }
 
-void cli_error(const char *cmd, const char *fmt, ...)
-{
+void cli_error(const char *cmd, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vreport(cmd, fmt, ap, NULL, NULL);
     va_end(ap);
 }
 
-int cli_fail(const char *cmd, annal_db *db, annal_err rc, const char *fmt, ...)
-{
+int cli_fail(const char *cmd, annal_db *db, annal_err rc, const char *fmt, ...) {
     const char *detail = db ? annal_db_errmsg(db) : cli_last_logged_error();
-    if (!detail || !*detail)
-        detail = annal_strerror(rc);
+    if (!detail || !*detail) detail = annal_strerror(rc);
     va_list ap;
     va_start(ap, fmt);
     vreport(cmd, fmt, ap, detail, NULL);
@@ -96,8 +80,7 @@ int cli_fail(const char *cmd, annal_db *db, annal_err rc, const char *fmt, ...)
     return cli_exit_code(rc);
 }
 
-int cli_usage_error(const char *cmd, const char *fmt, ...)
-{
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
     char suffix[128];
     if (cmd)
         snprintf(suffix, sizeof suffix, " (see 'annal %s --help')", cmd);
@@ -110,8 +93,7 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     return CLI_EXIT_USAGE;
 }
 
-int cli_finish_output(const char *cmd, FILE *out, const char *name, int rc)
-{
+int cli_finish_output(const char *cmd, FILE *out, const char *name, int rc) {
     if (fflush(out) != 0 || ferror(out)) {
         cli_error(cmd, "cannot write %s: %s", name, strerror(errno));
         return rc ? rc : CLI_EXIT_STORE;
@@ -121,8 +103,7 @@ int cli_finish_output(const char *cmd, FILE *out, const char *name, int rc)
 
 /* ---------------------------------------------------------------- options */
 
-void cli_args_init(cli_args *a, cli_global *g, int argc, char **argv)
-{
+void cli_args_init(cli_args *a, cli_global *g, int argc, char **argv) {
     a->cmd = argv[0];
     a->g = g;
     a->argc = argc;
@@ -131,8 +112,7 @@ void cli_args_init(cli_args *a, cli_global *g, int argc, char **argv)
     a->operands_only = 0;
 }
 
-int cli_args_next(cli_args *a, const cli_option *opts, const char **value)
-{
+int cli_args_next(cli_args *a, const cli_option *opts, const char **value) {
     while (a->i < a->argc) {
         const char *arg = a->argv[a->i++];
         *value = NULL;
@@ -144,8 +124,7 @@ int cli_args_next(cli_args *a, const cli_option *opts, const char **value)
             a->operands_only = 1;
             continue;
         }
-        if (strcmp(arg, "-h") == 0)
-            return CLI_ARG_HELP;
+        if (strcmp(arg, "-h") == 0) return CLI_ARG_HELP;
         if (arg[1] != '-') {
             /* A negative number is data, not an option (e.g. `append s T -5`). */
             if (arg[1] >= '0' && arg[1] <= '9') {
@@ -157,34 +136,27 @@ int cli_args_next(cli_args *a, const cli_option *opts, const char **value)
         const char *name = arg + 2;
         const char *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-        if (nlen == 4 && strncmp(name, "help", 4) == 0)
-            return CLI_ARG_HELP;
+        if (nlen == 4 && strncmp(name, "help", 4) == 0) return CLI_ARG_HELP;
         static const cli_option data_opt = {"data", 1, -100};
         const cli_option *o = NULL;
-        if (nlen == 4 && strncmp(name, "data", 4) == 0)
-            o = &data_opt;
+        if (nlen == 4 && strncmp(name, "data", 4) == 0) o = &data_opt;
         for (const cli_option *p = opts; !o && p && p->name; p++)
-            if (strlen(p->name) == nlen && strncmp(p->name, name, nlen) == 0)
-                o = p;
+            if (strlen(p->name) == nlen && strncmp(p->name, name, nlen) == 0) o = p;
         if (!o)
-            return cli_usage_error(a->cmd, "unknown option --%.*s", (int)nlen, name),
-                   CLI_ARG_ERROR;
+            return cli_usage_error(a->cmd, "unknown option --%.*s", (int)nlen, name), CLI_ARG_ERROR;
         if (o->takes_value) {
             if (eq)
                 *value = eq + 1;
             else if (a->i < a->argc)
                 *value = a->argv[a->i++];
             else
-                return cli_usage_error(a->cmd, "option --%s needs a value", o->name),
-                       CLI_ARG_ERROR;
+                return cli_usage_error(a->cmd, "option --%s needs a value", o->name), CLI_ARG_ERROR;
         } else if (eq) {
-            return cli_usage_error(a->cmd, "option --%s takes no value", o->name),
-                   CLI_ARG_ERROR;
+            return cli_usage_error(a->cmd, "option --%s takes no value", o->name), CLI_ARG_ERROR;
         }
         if (o == &data_opt) {
             /* Accepted after the command too, for convenience; same meaning as before it. */
-            if (!**value)
-                return cli_usage_error(a->cmd, "--data needs a directory"), CLI_ARG_ERROR;
+            if (!**value) return cli_usage_error(a->cmd, "--data needs a directory"), CLI_ARG_ERROR;
             a->g->data_dir = *value;
             continue;
         }
@@ -193,15 +165,13 @@ int cli_args_next(cli_args *a, const cli_option *opts, const char **value)
     return CLI_ARG_END;
 }
 
-int cli_parse_u64(const char *s, uint64_t *out)
-{
+int cli_parse_u64(const char *s, uint64_t *out) {
     if (!s || *s < '0' || *s > '9')
         return -1; /* strtoull would accept blanks, signs and wrap negatives */
     errno = 0;
     char *end = NULL;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end)
-        return -1;
+    if (errno || *end) return -1;
     *out = (uint64_t)v;
     return 0;
 }
@@ -210,8 +180,7 @@ int cli_parse_u64(const char *s, uint64_t *out)
 
 static char last_logged[1024];
 
-static void log_cb(void *ctx, annal_log_level level, const char *msg)
-{
+static void log_cb(void *ctx, annal_log_level level, const char *msg) {
     (void)ctx;
     if (level == ANNAL_LOG_ERROR) {
         /* Kept, not printed: the failing call reports it as the detail of its one line. */
@@ -221,13 +190,9 @@ static void log_cb(void *ctx, annal_log_level level, const char *msg)
     }
 }
 
-const char *cli_last_logged_error(void)
-{
-    return last_logged;
-}
+const char *cli_last_logged_error(void) { return last_logged; }
 
-void cli_db_opts(annal_db_opts *o, unsigned flags, cli_progress *progress)
-{
+void cli_db_opts(annal_db_opts *o, unsigned flags, cli_progress *progress) {
     annal_db_opts_init(o);
     o->flags = flags;
     o->log = log_cb;
@@ -239,17 +204,21 @@ void cli_db_opts(annal_db_opts *o, unsigned flags, cli_progress *progress)
 }
 
 int cli_open(cli_global *g, const char *cmd, unsigned flags, cli_progress *progress,
-             annal_db **out)
-{
+             annal_db **out) {
+    /* Opening may catch the index up with a long log: show it like any long operation.
+     * Static, because the handle may keep the callback's context. */
+    static cli_progress open_progress;
+    if (!progress) {
+        cli_progress_init(&open_progress, "opening store", g->stderr_tty);
+        progress = &open_progress;
+    }
     annal_db_opts o;
     cli_db_opts(&o, flags, progress);
     *out = NULL;
     last_logged[0] = '\0';
     annal_err rc = annal_db_open(g->data_dir, &o, out);
-    if (progress)
-        cli_progress_end(progress);
-    if (rc == ANNAL_OK)
-        return 0;
+    cli_progress_end(progress);
+    if (rc == ANNAL_OK) return 0;
     *out = NULL;
     if (rc == ANNAL_ENOTFOUND) {
         cli_error(cmd, "no store at %s (pass --data DIR or set ANNAL_DATA)", g->data_dir);
@@ -260,13 +229,11 @@ int cli_open(cli_global *g, const char *cmd, unsigned flags, cli_progress *progr
 
 /* ---------------------------------------------------------------- progress */
 
-static double seconds_between(const struct timespec *a, const struct timespec *b)
-{
+static double seconds_between(const struct timespec *a, const struct timespec *b) {
     return (double)(b->tv_sec - a->tv_sec) + (double)(b->tv_nsec - a->tv_nsec) / 1e9;
 }
 
-void cli_progress_init(cli_progress *p, const char *label, int enabled)
-{
+void cli_progress_init(cli_progress *p, const char *label, int enabled) {
     memset(p, 0, sizeof *p);
     p->label = label;
     p->enabled = enabled;
@@ -274,36 +241,30 @@ void cli_progress_init(cli_progress *p, const char *label, int enabled)
     p->last = p->start;
 }
 
-static void progress_draw(cli_progress *p)
-{
+static void progress_draw(cli_progress *p) {
     if (p->total > 0 && p->done <= p->total)
-        fprintf(stderr, "\r%s: %llu/%llu events (%u%%)  ", p->label,
-                (unsigned long long)p->done, (unsigned long long)p->total,
-                (unsigned)(p->done * 100.0 / (double)p->total));
+        fprintf(stderr, "\r%s: %llu/%llu events (%u%%)  ", p->label, (unsigned long long)p->done,
+                (unsigned long long)p->total, (unsigned)(p->done * 100.0 / (double)p->total));
     else
         fprintf(stderr, "\r%s: %llu events  ", p->label, (unsigned long long)p->done);
     p->shown = 1;
 }
 
-int cli_progress_cb(void *ctx, uint64_t done, uint64_t total)
-{
+int cli_progress_cb(void *ctx, uint64_t done, uint64_t total) {
     cli_progress *p = ctx;
     p->done = done;
     p->total = total;
-    if (!p->enabled)
-        return 0;
+    if (!p->enabled) return 0;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     /* ~5 updates a second, and nothing at all for operations shorter than that. */
-    if (seconds_between(p->shown ? &p->last : &p->start, &now) < 0.2)
-        return 0;
+    if (seconds_between(p->shown ? &p->last : &p->start, &now) < 0.2) return 0;
     p->last = now;
     progress_draw(p);
     return 0;
 }
 
-void cli_progress_end(cli_progress *p)
-{
+void cli_progress_end(cli_progress *p) {
     /* enabled == 2 means --progress was asked for: then always give the final figure. */
     if (p->shown || p->enabled == 2) {
         progress_draw(p);
@@ -315,8 +276,7 @@ void cli_progress_end(cli_progress *p)
 
 /* ---------------------------------------------------------------- time */
 
-static int split_ns(int64_t ns, struct tm *tm, long *micros)
-{
+static int split_ns(int64_t ns, struct tm *tm, long *micros) {
     int64_t sec = ns / 1000000000;
     int64_t rem = ns % 1000000000;
     if (rem < 0) { /* floor, so that times before 1970 still print correctly */
@@ -328,8 +288,7 @@ static int split_ns(int64_t ns, struct tm *tm, long *micros)
     return gmtime_r(&t, tm) ? 0 : -1;
 }
 
-void cli_time_rfc3339(int64_t ns, char out[CLI_TIME_LEN])
-{
+void cli_time_rfc3339(int64_t ns, char out[CLI_TIME_LEN]) {
     struct tm tm;
     long us;
     if (split_ns(ns, &tm, &us) != 0) {
@@ -340,16 +299,15 @@ void cli_time_rfc3339(int64_t ns, char out[CLI_TIME_LEN])
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us);
 }
 
-void cli_time_short(int64_t ns, char out[CLI_TIME_LEN])
-{
+void cli_time_short(int64_t ns, char out[CLI_TIME_LEN]) {
     struct tm tm;
     long us;
     if (split_ns(ns, &tm, &us) != 0) {
         snprintf(out, CLI_TIME_LEN, "?");
         return;
     }
-    snprintf(out, CLI_TIME_LEN, "%04d-%02d-%02d %02d:%02d:%02d", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    snprintf(out, CLI_TIME_LEN, "%04d-%02d-%02d %02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 /* ---------------------------------------------------------------- tables */
@@ -357,26 +315,22 @@ void cli_time_short(int64_t ns, char out[CLI_TIME_LEN])
 #define TABLE_SAMPLE_ROWS 200 /* rows looked at to choose the column widths */
 
 /* Terminal columns taken by UTF-8 text: one per code point (good enough for names). */
-static size_t text_cols(const char *s)
-{
+static size_t text_cols(const char *s) {
     size_t n = 0;
     for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
+        if (((unsigned char)*s & 0xC0) != 0x80) n++;
     return n;
 }
 
 /* Print s in exactly w columns (w == 0: as is), cutting with an ellipsis. */
-static void put_cell(FILE *out, const char *s, size_t w, int right, int pad)
-{
+static void put_cell(FILE *out, const char *s, size_t w, int right, int pad) {
     size_t cols = text_cols(s);
     if (w && cols > w) {
         size_t keep = w - 1, seen = 0;
         const char *p = s;
         for (; *p; p++) {
             if (((unsigned char)*p & 0xC0) != 0x80) {
-                if (seen == keep)
-                    break;
+                if (seen == keep) break;
                 seen++;
             }
         }
@@ -385,17 +339,14 @@ static void put_cell(FILE *out, const char *s, size_t w, int right, int pad)
         return;
     }
     if (right)
-        for (size_t i = cols; i < w; i++)
-            fputc(' ', out);
+        for (size_t i = cols; i < w; i++) fputc(' ', out);
     fputs(s, out);
     if (!right && pad)
-        for (size_t i = cols; i < w; i++)
-            fputc(' ', out);
+        for (size_t i = cols; i < w; i++) fputc(' ', out);
 }
 
 void cli_table_init(cli_table *t, cli_global *g, FILE *out, int ncols, const char *const *spec,
-                    const size_t *maxw)
-{
+                    const size_t *maxw) {
     memset(t, 0, sizeof *t);
     t->out = out;
     t->ncols = ncols > CLI_TABLE_MAXCOLS ? CLI_TABLE_MAXCOLS : ncols;
@@ -410,8 +361,7 @@ void cli_table_init(cli_table *t, cli_global *g, FILE *out, int ncols, const cha
         t->term_cols = ws.ws_col;
 }
 
-static void table_print_row(cli_table *t, const char *const *cells)
-{
+static void table_print_row(cli_table *t, const char *const *cells) {
     size_t used = 0;
     for (int c = 0; c < t->ncols; c++) {
         int last = c == t->ncols - 1;
@@ -429,17 +379,14 @@ static void table_print_row(cli_table *t, const char *const *cells)
     fputc('\n', t->out);
 }
 
-static void table_fix(cli_table *t)
-{
+static void table_fix(cli_table *t) {
     for (int c = 0; c < t->ncols; c++) {
         size_t w = text_cols(t->heads[c]);
         for (size_t r = 0; r < t->npending; r++) {
             size_t cw = text_cols(t->pending[r * (size_t)t->ncols + (size_t)c]);
-            if (cw > w)
-                w = cw;
+            if (cw > w) w = cw;
         }
-        if (t->maxw[c] && w > t->maxw[c])
-            w = t->maxw[c];
+        if (t->maxw[c] && w > t->maxw[c]) w = t->maxw[c];
         t->width[c] = w;
     }
     t->fixed = 1;
@@ -447,16 +394,14 @@ static void table_fix(cli_table *t)
     for (size_t r = 0; r < t->npending; r++) {
         char **row = &t->pending[r * (size_t)t->ncols];
         table_print_row(t, (const char *const *)row);
-        for (int c = 0; c < t->ncols; c++)
-            free(row[c]);
+        for (int c = 0; c < t->ncols; c++) free(row[c]);
     }
     free(t->pending);
     t->pending = NULL;
     t->npending = 0;
 }
 
-void cli_table_row(cli_table *t, const char *const *cells)
-{
+void cli_table_row(cli_table *t, const char *const *cells) {
     if (t->fixed) {
         table_print_row(t, cells);
         return;
@@ -466,15 +411,12 @@ void cli_table_row(cli_table *t, const char *const *cells)
         t->pending[t->npending * (size_t)t->ncols + (size_t)c] =
             cli_xstrndup(cells[c], strlen(cells[c]));
     t->npending++;
-    if (t->npending >= TABLE_SAMPLE_ROWS)
-        table_fix(t);
+    if (t->npending >= TABLE_SAMPLE_ROWS) table_fix(t);
 }
 
-void cli_table_end(cli_table *t)
-{
+void cli_table_end(cli_table *t) {
     /* An empty table prints nothing at all, not even its header. */
-    if (!t->fixed && t->npending > 0)
-        table_fix(t);
+    if (!t->fixed && t->npending > 0) table_fix(t);
     free(t->pending);
     t->pending = NULL;
 }

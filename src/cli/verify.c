@@ -1,6 +1,7 @@
 /*
  * verify.c -- `annal verify`: check every record of every log segment and the index
  * against the log, printing one line per problem; exit 4 when anything is damaged.
+ * The store is checked through its directory, read-only, so a writer may keep running.
  */
 #include <string.h>
 
@@ -28,8 +29,7 @@ typedef struct found_ctx {
     cli_progress *progress;
 } found_ctx;
 
-static void on_damage(void *ctx, const annal_damage *d)
-{
+static void on_damage(void *ctx, const annal_damage *d) {
     found_ctx *f = ctx;
     char pos[24];
     if (d->position == UINT64_MAX)
@@ -37,33 +37,27 @@ static void on_damage(void *ctx, const annal_damage *d)
     else
         snprintf(pos, sizeof pos, "%llu", (unsigned long long)d->position);
     /* Start the line clean if a progress figure is being drawn on the same terminal. */
-    if (f->progress->shown)
-        fputs("\r\033[K", stderr);
-    printf("segment %llu offset %llu position %s stream %s: %s\n",
-           (unsigned long long)d->segment, (unsigned long long)d->offset, pos,
-           d->stream ? d->stream : "?", d->what ? d->what : "damaged");
+    if (f->progress->shown) fputs("\r\033[K", stderr);
+    printf("segment %llu offset %llu position %s stream %s: %s\n", (unsigned long long)d->segment,
+           (unsigned long long)d->offset, pos, d->stream ? d->stream : "?",
+           d->what ? d->what : "damaged");
     fflush(stdout);
     f->count++;
 }
 
-int cli_cmd_verify(cli_global *g, int argc, char **argv)
-{
+int cli_cmd_verify(cli_global *g, int argc, char **argv) {
     int progress_opt = 0;
     cli_args a;
     cli_args_init(&a, g, argc, argv);
     const char *v;
     for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
         switch (o) {
-        case CLI_ARG_ERROR:
-            return CLI_EXIT_USAGE;
+        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
         case CLI_ARG_HELP:
             fputs(usage, stdout);
             return cli_finish_output("verify", stdout, "standard output", CLI_EXIT_OK);
-        case CLI_ARG_OPERAND:
-            return cli_usage_error("verify", "unexpected argument '%s'", v);
-        case OPT_PROGRESS:
-            progress_opt = 1;
-            break;
+        case CLI_ARG_OPERAND: return cli_usage_error("verify", "unexpected argument '%s'", v);
+        case OPT_PROGRESS: progress_opt = 1; break;
         }
     }
 

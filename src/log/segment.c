@@ -334,6 +334,17 @@ annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info 
     }
 }
 
+void annal__cursor_settle(annal__cursor *c) {
+    annal_event ev;
+    annal__rec_info info;
+    while (read_rec(c->log, c->seg, c->off, &ev, &info) == ANNAL_END) {
+        annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);
+        if (!next || next->first_pos != c->pos) return;
+        c->seg = next;
+        c->off = ANNAL__SEG_HDR;
+    }
+}
+
 annal_err annal__cursor_skip(annal__cursor *c) {
     if (annal__seg_readable(c->log, c->seg, c->off + 8) != ANNAL_OK) return ANNAL_ECORRUPT;
     uint32_t len = annal__get32(c->seg->map + c->off + 4);

@@ -74,6 +74,10 @@ typedef struct annal__cursor {
 annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info *info,
                              uint64_t *loc_out);
 
+/* If the cursor stands at the clean end of a segment and the next segment starts at
+ * its position, move it there (no record is consumed). */
+void annal__cursor_settle(annal__cursor *c);
+
 /* Step over a damaged record at the cursor when its length field still leads to a
  * valid record carrying the next position. ANNAL_OK if resynchronised. */
 annal_err annal__cursor_skip(annal__cursor *c);

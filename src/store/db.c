@@ -268,6 +268,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     }
     uint64_t total = 0, since = 0;
     for (;;) {
+        annal__cursor_settle(&c); /* a batch that opens a segment starts there */
         annal__cursor start = c;
         uint32_t n = 0;
         annal_err s = scan_batch(&c, &n);

@@ -56,11 +56,10 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o) {
             annal__cursor start = c;
             annal_event ev;
             annal__rec_info info;
+            annal__cursor probe = c;
+            annal__cursor_settle(&probe);
+            if (probe.seg != s) break; /* clean end of this segment */
             annal_err rc = annal__cursor_next(&c, &ev, &info, NULL);
-            if (rc == ANNAL_OK && c.seg != s) { /* crossed into the next segment */
-                c = start;
-                break;
-            }
             if (rc == ANNAL_END) break;
             int ok = rc == ANNAL_OK && info.batch_index == 0;
             uint32_t n = ok ? info.batch_count : 0;

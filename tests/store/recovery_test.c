@@ -20,6 +20,7 @@ typedef struct faults {
     int fail_alloc;   /* allocations fail with ENOSPC while set */
     int fail_commit;  /* next index commit fails with EIO */
     int short_writes; /* writes are cut to at most 7 bytes (must be looped over) */
+    int fail_write;   /* writes fail with this errno (after writing half) while set */
 } faults;
 
 static faults F;
@@ -41,6 +42,10 @@ static int f_alloc(void *ctx, int fd, uint64_t off, uint64_t len) {
 static ssize_t f_pwrite(void *ctx, int fd, const void *buf, size_t n, uint64_t off) {
     (void)ctx;
     if (F.short_writes && n > 7) n = 7;
+    if (F.fail_write) {
+        if (n > 1) annal__io_posix()->pwrite(NULL, fd, buf, n / 2, off); /* half landed */
+        return -F.fail_write;
+    }
     return annal__io_posix()->pwrite(NULL, fd, buf, n, off);
 }
 static int f_fault(void *ctx, const char *where) {
@@ -511,6 +516,67 @@ static void out_of_order_torn_flush_is_cut(void **state) {
     free(dir);
 }
 
+/* EIO or ENOSPC while writing the log: the append fails, nothing is acknowledged, the
+ * handle refuses further appends, and a reopen recovers a consistent store. */
+static void failed_write_recovers(void **state) {
+    (void)state;
+    static const int errs[] = {EIO, ENOSPC};
+    for (int e = 0; e < 2; e++) {
+        char *dir = tu_tmpdir("wfail");
+        annal_db *db = open_f(dir, 0);
+        append_n(db, "w", 4);
+        F.fail_write = errs[e];
+        annal_err rc = tu_append1(db, "w", 3, "Half", "{\"half\":true}", NULL);
+        TU_EXPECT(db, rc, errs[e] == EIO ? ANNAL_EIO : ANNAL_ENOSPC);
+        F.fail_write = 0;
+        TU_EXPECT(db, tu_append1(db, "w", 3, "Refused", "{}", NULL), ANNAL_EFAILED);
+        assert_int_equal(count_all(db), 4);
+        annal_db_close(db);
+        db = open_f(dir, 0);
+        assert_int_equal(count_all(db), 4); /* half a record is a torn tail: cut */
+        TU_OK(db, tu_append1(db, "w", 3, "Works", "{}", NULL));
+        annal_db_close(db);
+        TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+        tu_rmrf(dir);
+        free(dir);
+    }
+}
+
+/* The index's map fills up: the append fails with ANNAL_ENOSPC, and a reopen with a
+ * larger map recovers every acknowledged event. */
+static void index_map_full(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("mapfull");
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE;
+    o.flags |= ANNAL_OPEN_NOSYNC; /* the map, not the disk, is what fills up */
+    o.index_map_bytes = 1 << 20;
+    annal_db *db = NULL;
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    annal_err rc = ANNAL_OK;
+    uint64_t acked = 0;
+    for (int i = 0; i < 200000 && rc == ANNAL_OK; i++) {
+        char s[32];
+        snprintf(s, sizeof s, "stream-%d", i);
+        rc = tu_append1(db, s, ANNAL_EXPECT_NO_STREAM, "Fill", "{}", NULL);
+        if (rc == ANNAL_OK) acked++;
+    }
+    TU_EXPECT(db, rc, ANNAL_ENOSPC);
+    assert_true(acked > 100);
+    annal_db_close(db);
+    o.index_map_bytes = 64 << 20;
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    uint64_t n = count_all(db);
+    assert_true(n == acked || n == acked + 1);
+    annal_db_info info;
+    TU_OK(db, annal_db_info_get(db, &info));
+    assert_int_equal(info.streams, n);
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(torn_batch_is_cut),
@@ -524,6 +590,8 @@ int main(void) {
         cmocka_unit_test(untrusted_index_after_restart),
         cmocka_unit_test(damage_in_active_segment_is_kept),
         cmocka_unit_test(out_of_order_torn_flush_is_cut),
+        cmocka_unit_test(failed_write_recovers),
+        cmocka_unit_test(index_map_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

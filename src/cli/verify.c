@@ -3,7 +3,10 @@
  * against the log, printing one line per problem; exit 4 when anything is damaged.
  * The store is checked through its directory, read-only, so a writer may keep running.
  */
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -45,6 +48,8 @@ static void on_damage(void *ctx, const annal_damage *d) {
     f->count++;
 }
 
+static int verify_run(cli_global *g, int progress_opt);
+
 int cli_cmd_verify(cli_global *g, int argc, char **argv) {
     int progress_opt = 0;
     cli_args a;
@@ -61,6 +66,24 @@ int cli_cmd_verify(cli_global *g, int argc, char **argv) {
         }
     }
 
+    /* LMDB does not checksum its pages: damaged index files can crash the process that
+     * reads them. Check in a child so that such damage is reported, not suffered. */
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) exit(verify_run(g, progress_opt));
+    if (pid < 0) return verify_run(g, progress_opt);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {}
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    cli_error("verify",
+              "reading the index of %s crashed (signal %d): the index files are "
+              "damaged; run `annal rebuild-index`",
+              g->data_dir, WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    return CLI_EXIT_CORRUPT;
+}
+
+static int verify_run(cli_global *g, int progress_opt) {
     cli_progress prog;
     cli_progress_init(&prog, "verify", progress_opt ? 2 : g->stderr_tty);
     annal_db_opts opts;

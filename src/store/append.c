@@ -240,6 +240,7 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     }
     if (grc == ANNAL_OK) {
         int f = db->io->fault(db->io->ctx, "index-commit");
+        if (f < 0) mdb_txn_abort(g.txn); /* an injected failure of the commit */
         mrc = f < 0 ? -f : mdb_txn_commit(g.txn);
         g.txn = NULL;
         if (mrc) {

@@ -153,6 +153,11 @@ static void power_cut(int sector) {
 
 static annal__io pio;
 
+static void reset_state(void) {
+    free(S.p);
+    memset(&S, 0, sizeof S);
+}
+
 typedef struct acked {
     char stream[16];
     uint64_t first_pos, first_rev, n;
@@ -272,7 +277,7 @@ static void power_loss_at_every_call(void **state) {
     acked acks[64];
     /* dry run: count the calls */
     char *dir = tu_tmpdir("power");
-    memset(&S, 0, sizeof S);
+    reset_state();
     S.cut_at = -1;
     size_t full = workload(dir, acks);
     long total = S.calls;
@@ -287,7 +292,7 @@ static void power_loss_at_every_call(void **state) {
         static const int sectors[] = {0, 512, 4096};
         for (int v = 0; v < 3; v++) {
             dir = tu_tmpdir("power");
-            memset(&S, 0, sizeof S);
+            reset_state();
             S.cut_at = k;
             S.rng = (uint64_t)k * 31 + (uint64_t)v;
             size_t na = workload(dir, acks);
@@ -301,6 +306,7 @@ static void power_loss_at_every_call(void **state) {
             runs++;
         }
     }
+    reset_state();
     print_message("powerloss_test: %ld power cuts survived\n", runs);
 }
 

@@ -81,8 +81,10 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o) {
             } else {
                 annal_event e2;
                 annal__rec_info i2;
-                int dec = annal__rec_decode(s->map + c.off, (size_t)(s->cap - c.off), &e2, &i2) ==
-                          ANNAL_OK;
+                uint64_t end = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE); /* never past EOF */
+                if (end > s->cap) end = s->cap;
+                int dec = c.off < end && annal__rec_decode(s->map + c.off, (size_t)(end - c.off),
+                                                           &e2, &i2) == ANNAL_OK;
                 report(v, s->no, c.off, c.pos, dec ? e2.stream : NULL,
                        dec ? "record out of sequence or part of an incomplete batch"
                            : "damaged record: checksum or framing is wrong");

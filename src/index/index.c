@@ -115,8 +115,7 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
     unsigned c = readonly ? 0 : MDB_CREATE;
     if (rc == 0) rc = mdb_dbi_open(t, "meta", c, &idx->meta);
     if (rc == 0) rc = mdb_dbi_open(t, "streams", c, &idx->streams);
-    if (rc == 0)
-        rc = mdb_dbi_open(t, "revs", c | MDB_INTEGERKEY | MDB_DUPSORT | MDB_DUPFIXED, &idx->revs);
+    if (rc == 0) rc = mdb_dbi_open(t, "revs", c, &idx->revs);
     if (rc == 0) rc = mdb_dbi_open(t, "ids", c, &idx->ids);
     if (rc == 0) rc = mdb_dbi_open(t, "pos", c | MDB_INTEGERKEY, &idx->pos);
     if (rc == 0)
@@ -199,16 +198,9 @@ annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const cha
     return annal__index_err(mdb_put(t, idx->streams, &k, &v, 0));
 }
 
-void annal__rev_val(uint8_t out[ANNAL__REV_VAL], uint64_t rev, uint64_t pos, uint64_t loc) {
-    annal__put64be(out, rev);
-    annal__put64(out + 8, pos);
-    annal__put64(out + 16, loc);
-}
-
-void annal__rev_val_decode(const uint8_t *v, uint64_t *rev, uint64_t *pos, uint64_t *loc) {
-    *rev = annal__get64be(v);
-    *pos = annal__get64(v + 8);
-    *loc = annal__get64(v + 16);
+void annal__rev_key(uint8_t out[ANNAL__REV_KEY], uint64_t stream_id, uint64_t rev) {
+    annal__put64be(out, stream_id);
+    annal__put64be(out + 8, rev);
 }
 
 annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
@@ -219,12 +211,11 @@ annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t s
     MDB_val k = val(id->bytes, 16), v = val(b, 16);
     int rc = mdb_put(t, idx->ids, &k, &v, MDB_NOOVERWRITE);
     if (rc) return annal__index_err(rc);
-    uint8_t rv[ANNAL__REV_VAL];
-    annal__rev_val(rv, rev, pos, loc);
-    k = val(&stream_id, 8);
-    v = val(rv, sizeof rv);
-    /* Revisions only grow, so each entry goes at the end of its stream's run. */
-    rc = mdb_put(t, idx->revs, &k, &v, MDB_APPENDDUP);
+    uint8_t rk[ANNAL__REV_KEY];
+    annal__rev_key(rk, stream_id, rev);
+    k = val(rk, sizeof rk);
+    v = val(b, 16);
+    rc = mdb_put(t, idx->revs, &k, &v, MDB_NOOVERWRITE);
     if (rc) return annal__index_err(rc == MDB_KEYEXIST ? MDB_CORRUPTED : rc);
     if (pos % ANNAL__POS_STRIDE == 0) {
         k = val(&pos, 8);
@@ -248,25 +239,15 @@ annal_err annal__index_id_get(MDB_txn *t, const annal__index *idx, const annal_u
 
 annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                uint64_t rev, uint64_t *pos, uint64_t *loc) {
-    MDB_cursor *c;
-    int rc = mdb_cursor_open(t, idx->revs, &c);
+    uint8_t rk[ANNAL__REV_KEY];
+    annal__rev_key(rk, stream_id, rev);
+    MDB_val k = val(rk, sizeof rk), v;
+    int rc = mdb_get(t, idx->revs, &k, &v);
     if (rc) return annal__index_err(rc);
-    uint8_t rv[ANNAL__REV_VAL];
-    annal__rev_val(rv, rev, 0, 0);
-    MDB_val k = val(&stream_id, 8), v = val(rv, sizeof rv);
-    rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH_RANGE);
-    annal_err e = annal__index_err(rc);
-    if (e == ANNAL_OK) {
-        uint64_t r;
-        if (v.mv_size != ANNAL__REV_VAL)
-            e = ANNAL_ECORRUPT;
-        else {
-            annal__rev_val_decode(v.mv_data, &r, pos, loc);
-            if (r != rev) e = ANNAL_ENOTFOUND;
-        }
-    }
-    mdb_cursor_close(c);
-    return e;
+    if (v.mv_size != 16) return ANNAL_ECORRUPT;
+    *pos = annal__get64(v.mv_data);
+    *loc = annal__get64((const uint8_t *)v.mv_data + 8);
+    return ANNAL_OK;
 }
 
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,

@@ -76,10 +76,9 @@ annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t str
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,
                                  uint64_t *loc);
 
-/* Revision entries are 24 bytes: revision (big-endian, so LMDB sorts them), position,
- * location (little-endian). */
-#define ANNAL__REV_VAL 24u
-void annal__rev_val(uint8_t out[ANNAL__REV_VAL], uint64_t rev, uint64_t pos, uint64_t loc);
-void annal__rev_val_decode(const uint8_t *v, uint64_t *rev, uint64_t *pos, uint64_t *loc);
+/* Revision entries: key = stream id and revision, both big-endian so that one stream's
+ * entries are contiguous and ordered; value = position and location (little-endian). */
+#define ANNAL__REV_KEY 16u
+void annal__rev_key(uint8_t out[ANNAL__REV_KEY], uint64_t stream_id, uint64_t rev);
 
 #endif

@@ -46,28 +46,31 @@ static annal_err fetch_stream(annal_iter *it) {
     if (rc != ANNAL_OK) return rc;
     MDB_cursor *c = NULL;
     int mrc = mdb_cursor_open(it->txn, db->idx.revs, &c);
-    uint8_t key[ANNAL__REV_VAL];
-    annal__rev_val(key, it->next_rev, 0, 0);
-    MDB_val k = {8, &it->stream_id}, v = {sizeof key, key};
-    if (!mrc) mrc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH_RANGE);
+    uint8_t key[ANNAL__REV_KEY];
+    annal__rev_key(key, it->stream_id, it->next_rev);
+    MDB_val k = {sizeof key, key}, v;
+    if (!mrc) mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (it->backward) { /* start at next_rev, or the entry just below it */
+        if (mrc == MDB_NOTFOUND)
+            mrc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+        else if (!mrc && (k.mv_size != sizeof key || memcmp(k.mv_data, key, sizeof key) != 0))
+            mrc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+    }
     it->n = it->i = 0;
     while (!mrc && it->n < CHUNK) {
-        uint64_t r, p, l;
-        if (v.mv_size != ANNAL__REV_VAL) {
+        if (k.mv_size != ANNAL__REV_KEY || v.mv_size != 16) {
             mrc = MDB_CORRUPTED;
             break;
         }
-        annal__rev_val_decode(v.mv_data, &r, &p, &l);
-        if (it->backward ? r > it->next_rev : r > it->last_rev) {
-            if (!it->backward) break;
-        } else {
-            it->rev[it->n] = r;
-            it->pos[it->n] = p;
-            it->loc[it->n] = l;
-            it->n++;
-            if (it->backward && r == 0) break;
-        }
-        mrc = mdb_cursor_get(c, &k, &v, it->backward ? MDB_PREV_DUP : MDB_NEXT_DUP);
+        if (annal__get64be(k.mv_data) != it->stream_id) break; /* past this stream */
+        uint64_t r = annal__get64be((const uint8_t *)k.mv_data + 8);
+        if (!it->backward && r > it->last_rev) break;
+        it->rev[it->n] = r;
+        it->pos[it->n] = annal__get64(v.mv_data);
+        it->loc[it->n] = annal__get64((const uint8_t *)v.mv_data + 8);
+        it->n++;
+        if (it->backward && r == 0) break;
+        mrc = mdb_cursor_get(c, &k, &v, it->backward ? MDB_PREV : MDB_NEXT);
     }
     if (c) mdb_cursor_close(c);
     mdb_txn_reset(it->txn);

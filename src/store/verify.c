@@ -1,8 +1,11 @@
 /* annal_verify: read every record of every segment and check it (checksum, position
  * sequence, batch framing), then check that the index agrees with the log. It opens
  * files read-only and takes no lock, so it can run beside a writer. */
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,8 +43,10 @@ static int zeros_from(annal__seg *s, uint64_t off) {
     return 1;
 }
 
-/* Walk the log; returns the number of whole events found (the log's head). */
-static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o) {
+/* Walk the log; returns the number of whole events found (the log's head). With a
+ * writer at work, an unfinished append at or past `acked` is in flight, not torn. */
+static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o, uint64_t acked,
+                          int writer) {
     uint64_t pos = 0, events = 0;
     for (size_t i = 0; i < log->nsegs; i++) {
         annal__seg *s = log->segs[i];
@@ -74,6 +79,7 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o) {
                 continue;
             }
             c = start;
+            if (last && writer && c.pos >= acked) break; /* being written right now */
             if (last && zeros_from(s, c.off + 8)) {
                 report(v, s->no, c.off, c.pos, NULL,
                        "torn tail: an unfinished append left by a "
@@ -96,18 +102,9 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o) {
     return events;
 }
 
-static void check_index(annal_db *db, vctx *v, uint64_t log_events) {
-    MDB_txn *t;
-    if (annal__read_txn(db, &t) != ANNAL_OK) {
-        report(v, 0, 0, UINT64_MAX, NULL, "index cannot be read: run `annal rebuild-index`");
-        return;
-    }
-    annal__index_head h;
-    if (annal__index_head_get(t, &db->idx, &h) != ANNAL_OK) {
-        report(v, 0, 0, UINT64_MAX, NULL, "index head is damaged: run `annal rebuild-index`");
-        mdb_txn_abort(t);
-        return;
-    }
+/* Compare the index snapshot t (head h, taken before the log was walked) with the log. */
+static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
+                        uint64_t log_events) {
     if (h.next_pos > log_events)
         report(v, 0, 0, log_events, NULL,
                "index covers %" PRIu64 " events but the log holds "
@@ -145,7 +142,17 @@ static void check_index(annal_db *db, vctx *v, uint64_t log_events) {
         if (bad > 100)
             report(v, 0, 0, UINT64_MAX, NULL, "index: %" PRIu64 " more wrong entries", bad - 100);
     }
-    mdb_txn_abort(t);
+}
+
+/* Is a writer holding the store? (Its flock on DIR/lock.) */
+static int writer_active(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/lock", dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int busy = flock(fd, LOCK_SH | LOCK_NB) < 0;
+    close(fd);
+    return busy;
 }
 
 annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_fn found,
@@ -169,21 +176,34 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
         annal__log_close(&log);
         return rc == ANNAL_ECORRUPT || rc == ANNAL_EVERSION ? ANNAL_ECORRUPT : rc;
     }
-    uint64_t events = check_log(&log, &v, &o);
-    annal__log_close(&log);
-
-    o.flags = ANNAL_OPEN_READONLY;
+    /* The index snapshot comes first: everything it covers was flushed to the log
+     * before it was committed, so the walk that follows must find at least that much. */
+    annal_db_opts ro = o;
+    ro.flags = ANNAL_OPEN_READONLY;
+    ro.progress = NULL;
     annal_db *db = NULL;
-    rc = annal_db_open(dir, &o, &db);
-    if (rc == ANNAL_OK) {
-        check_index(db, &v, events);
-        annal_db_close(db);
-    } else {
+    MDB_txn *t = NULL;
+    annal__index_head h = {0, 0, 0, 0, 0, 0};
+    int writer = writer_active(dir);
+    rc = annal_db_open(dir, &ro, &db);
+    if (rc == ANNAL_OK && annal__read_txn(db, &t) != ANNAL_OK) t = NULL;
+    if (t && annal__index_head_get(t, &db->idx, &h) != ANNAL_OK) {
+        report(&v, 0, 0, UINT64_MAX, NULL, "index head is damaged: run `annal rebuild-index`");
+        mdb_txn_abort(t);
+        t = NULL;
+    }
+    uint64_t events = check_log(&log, &v, &o, t ? h.next_pos : 0, writer);
+    annal__log_close(&log);
+    if (t) {
+        check_index(db, &v, t, h, events);
+        mdb_txn_abort(t);
+    } else if (rc != ANNAL_OK) {
         report(&v, 0, 0, UINT64_MAX, NULL,
                "index cannot be opened (%s): the next writer open or "
                "`annal rebuild-index` rebuilds it",
                annal_strerror(rc));
     }
+    annal_db_close(db);
     if (o.progress) o.progress(o.progress_ctx, events, events);
     return v.problems ? ANNAL_ECORRUPT : ANNAL_OK;
 }

@@ -1,0 +1,73 @@
+/* decision.c -- annal_decision, what a decider's decide() fills: events to append (copied,
+ * so the decider may emit from its stack) or a domain rejection with a reason. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "write.h"
+
+void annal__write_decision_init(annal_decision *d) { memset(d, 0, sizeof *d); }
+
+void annal__write_decision_reset(annal_decision *d) {
+    for (size_t i = 0; i < d->n; i++) {
+        free((void *)d->ev[i].type);
+        free(d->merged[i]);
+    }
+    d->n = 0;
+    d->err = ANNAL_OK;
+    d->code = 0;
+    d->reason[0] = '\0';
+}
+
+void annal__write_decision_free(annal_decision *d) {
+    annal__write_decision_reset(d);
+    free(d->ev);
+    free(d->merged);
+    annal__write_decision_init(d);
+}
+
+static annal_err fail(annal_decision *d, annal_err rc) {
+    if (d->err == ANNAL_OK) d->err = rc;
+    return rc;
+}
+
+annal_err annal_decision_emit(annal_decision *d, const char *type, const void *data,
+                              size_t data_len, const void *metadata, size_t metadata_len) {
+    if (!d) return ANNAL_EINVAL;
+    size_t tlen = type ? strnlen(type, ANNAL_MAX_NAME + 1) : 0;
+    if (tlen == 0 || tlen > ANNAL_MAX_NAME || (!data && data_len) || (!metadata && metadata_len))
+        return fail(d, ANNAL_EINVAL);
+    if (data_len > SIZE_MAX / 4 || metadata_len > SIZE_MAX / 4) return fail(d, ANNAL_ETOOBIG);
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 4;
+        annal_event_data *ev = realloc(d->ev, cap * sizeof *ev);
+        if (!ev) return fail(d, ANNAL_ENOMEM);
+        d->ev = ev;
+        char **m = realloc(d->merged, cap * sizeof *m);
+        if (!m) return fail(d, ANNAL_ENOMEM);
+        d->merged = m;
+        d->cap = cap;
+    }
+    char *blk = malloc(tlen + 1 + data_len + metadata_len);
+    if (!blk) return fail(d, ANNAL_ENOMEM);
+    memcpy(blk, type, tlen + 1);
+    if (data_len) memcpy(blk + tlen + 1, data, data_len);
+    if (metadata_len) memcpy(blk + tlen + 1 + data_len, metadata, metadata_len);
+    annal_event_data *e = &d->ev[d->n];
+    memset(e, 0, sizeof *e); /* zero id: the store assigns a UUIDv7 */
+    e->type = blk;
+    e->data = data_len ? blk + tlen + 1 : NULL;
+    e->data_len = data_len;
+    e->metadata = metadata_len ? blk + tlen + 1 + data_len : NULL;
+    e->metadata_len = metadata_len;
+    d->merged[d->n] = NULL;
+    d->n++;
+    return ANNAL_OK;
+}
+
+annal_err annal_decision_reject(annal_decision *d, int code, const char *reason) {
+    if (!d || code == 0) return ANNAL_EINVAL;
+    d->code = code;
+    snprintf(d->reason, sizeof d->reason, "%s", reason ? reason : "");
+    return ANNAL_OK;
+}

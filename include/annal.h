@@ -290,6 +290,222 @@ ANNAL_API annal_err annal_verify(const char *dir, const annal_db_opts *opts, ann
  * if another process has the store open for writing). */
 ANNAL_API annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts);
 
+/* ---- Command side (src/write/) ---- */
+/* ------------------------------------------------------------------------------------
+ * The command side, built only on the functions above (docs/write.md).
+ *
+ * A decider is three pure functions over a state the user defines: initial state,
+ * evolve(state, event) and decide(state, command) -> events or a domain rejection. A
+ * handler binds a decider to a store and runs commands: it rebuilds the state of a stream
+ * (from the newest snapshot, if any, plus the events after it), calls decide without any
+ * lock held, and appends the decided events with the revision it read as the expected
+ * revision. When another writer got there first (ANNAL_ECONFLICT) it folds the new events
+ * and decides again, a bounded number of times.
+ *
+ * Metadata written by the handler into every event it appends (a JSON object):
+ *   "correlationId", "causationId", "user"  from annal_command_meta (when given)
+ *   "$schema"                              the event type's schema version, when above 1
+ * An event's metadata without "$schema" is at schema version 1.
+ */
+
+/* A growing byte buffer owned by the library; callbacks write their output into one.
+ * It is valid only during the callback that receives it. */
+typedef struct annal_buf annal_buf;
+
+/* Append len bytes of data (borrowed; may be NULL when len is 0) to b.
+ * Errors: ANNAL_ENOMEM, ANNAL_EINVAL (b NULL, or data NULL with len > 0). */
+ANNAL_API annal_err annal_buf_append(annal_buf *b, const void *data, size_t len);
+
+/* ---- Schema evolution: upcasters turn old event payloads into the current shape when
+ * events are read; the log is never rewritten. */
+typedef struct annal_schema annal_schema; /* opaque registry of upcasters */
+
+#define ANNAL_SCHEMA_KEY "$schema" /* metadata member holding an event's schema version */
+
+/* Turn ev (borrowed for the call; ev->type and ev->data are the payload at the version
+ * the upcaster was registered for) into the next version's data, appended to out.
+ * Return ANNAL_OK, or an error that fails the read (ANNAL_ECORRUPT for bad old data).
+ * May be called from many threads at once. */
+typedef annal_err (*annal_upcast_fn)(void *ctx, const annal_event *ev, annal_buf *out);
+
+/* A new, empty registry in *out; the caller frees it with annal_schema_free().
+ * Errors: ANNAL_ENOMEM, ANNAL_EINVAL. */
+ANNAL_API annal_err annal_schema_new(annal_schema **out);
+
+/* Free s. No handler using s may be open. NULL is a no-op. */
+ANNAL_API void annal_schema_free(annal_schema *s);
+
+/* Register the step from version `version` (>= 1) of event type `type` to version
+ * version + 1 of type `new_type` (NULL: the same type; another name renames the type).
+ * fn makes the new data from the old; NULL keeps the data (a pure rename). ctx is passed
+ * to fn. type and new_type are copied. Steps chain: an event is upcast while a step
+ * exists for its (type, version). Register every step before the registry is used;
+ * afterwards it is read-only and may be shared by threads and handlers.
+ * Errors: ANNAL_EINVAL (bad name, version 0 or UINT32_MAX, a step already registered for
+ * (type, version)), ANNAL_ENOMEM. */
+ANNAL_API annal_err annal_schema_upcaster_add(annal_schema *s, const char *type, uint32_t version,
+                                              const char *new_type, annal_upcast_fn fn, void *ctx);
+
+/* The current schema version of type (borrowed): 1 + the highest version a registered
+ * step leads to it from, or 1. Handlers stamp it into new events of that type (as
+ * "$schema", when above 1). s may be NULL (always 1). */
+ANNAL_API uint32_t annal_schema_version(const annal_schema *s, const char *type);
+
+/* The schema version recorded in ev's metadata into *version: its top-level "$schema"
+ * member, or 1 when the metadata is empty, not a JSON object, or has no such member.
+ * Errors: ANNAL_ECORRUPT ("$schema" present but not an integer in 1..UINT32_MAX),
+ * ANNAL_EINVAL. */
+ANNAL_API annal_err annal_event_schema_get(const annal_event *ev, uint32_t *version);
+
+/* ev (borrowed) upcast through s to its current shape, as one allocation the caller
+ * releases with annal_free(): type and data replaced, every other field (metadata
+ * included, with its original "$schema") copied. An event with no step to apply comes
+ * back as a plain copy. s may be NULL.
+ * Errors: those of annal_event_schema_get, ANNAL_ENOMEM, or what an upcaster returned. */
+ANNAL_API annal_err annal_schema_upcast(const annal_schema *s, const annal_event *ev,
+                                        annal_event **out);
+
+/* ---- Deciders */
+
+/* Where decide() writes its outcome. Valid only during the decide() call. */
+typedef struct annal_decision annal_decision;
+
+/* Add an event to append: type (1..ANNAL_MAX_NAME bytes), data and metadata are copied.
+ * metadata, if not empty, must be a JSON object; the handler adds the command's metadata
+ * and "$schema" to it (those members replace members of the same name).
+ * Errors: ANNAL_EINVAL, ANNAL_ENOMEM (the handler then fails the command). */
+ANNAL_API annal_err annal_decision_emit(annal_decision *d, const char *type, const void *data,
+                                        size_t data_len, const void *metadata, size_t metadata_len);
+
+/* Reject the command with a domain error: code (non-zero, the decider's own numbering)
+ * and reason (copied, truncated to fit annal_command_result.message; may be NULL).
+ * Events emitted in the same decision are discarded. Errors: ANNAL_EINVAL (code 0). */
+ANNAL_API annal_err annal_decision_reject(annal_decision *d, int code, const char *reason);
+
+#define ANNAL_DECIDER_VERSION 1
+
+/* A decider: a table of callbacks, read at annal_handler_open() (the struct and name are
+ * copied). Every callback gets the ctx of annal_handler_opts. A handler calls them from
+ * the threads that call it, possibly at once on different states, and never while it
+ * holds a lock; state is only ever touched by one thread at a time. */
+typedef struct annal_decider {
+    int version;       /* ANNAL_DECIDER_VERSION */
+    const char *name;  /* 1..ANNAL_MAX_NAME bytes: names this decider's snapshots */
+    size_t state_size; /* bytes of state; the handler allocates and zero-fills them */
+    /* Make the initial state in zero-filled memory. NULL: all zeros is the initial state. */
+    annal_err (*init)(void *ctx, void *state);
+    /* Release what the state owns (not the state's own bytes). May be NULL. */
+    void (*release)(void *ctx, void *state);
+    /* Apply one event (borrowed for the call, already upcast). Required. An error stops
+     * the load and is returned by the call that loads. */
+    annal_err (*evolve)(void *ctx, void *state, const annal_event *ev);
+    /* Decide on command (the pointer given to annal_handle) from state: emit events with
+     * annal_decision_emit, reject with annal_decision_reject, or do neither (nothing to
+     * do). Must not keep state, command or out. Return ANNAL_OK, or an error that fails
+     * the command as it is (nothing appended). Required. May run more than once per
+     * command (after a conflict), each time on a newer state. */
+    annal_err (*decide)(void *ctx, const void *state, const void *command, annal_decision *out);
+    /* Snapshots (optional, both or neither). state_version names the encoding: a snapshot
+     * written under another state_version is ignored and replaced. Change it whenever the
+     * encoding, evolve() or the upcasters change what a state means. */
+    uint32_t state_version;
+    annal_err (*snapshot_encode)(void *ctx, const void *state, annal_buf *out);
+    /* Fill an initial state (init() has run) from data. Any error: the snapshot is
+     * ignored (the state is released and made again) and the stream is replayed. */
+    annal_err (*snapshot_decode)(void *ctx, void *state, const void *data, size_t len);
+} annal_decider;
+
+/* ---- Handlers */
+typedef struct annal_handler annal_handler; /* opaque; may be used from many threads */
+
+typedef struct annal_handler_opts {
+    void *ctx;            /* passed to every decider and log callback; may be NULL */
+    unsigned max_retries; /* decisions again after a conflict; default 10 */
+    /* Directory for snapshots (borrowed during open; created if missing, one level).
+     * NULL (default): no snapshots. Used only if the decider can encode its state. Files
+     * are written to a temporary name, flushed, then renamed into place; deleting them
+     * at any time never changes a result. */
+    const char *snapshot_dir;
+    /* Write a snapshot when a command loaded at least this many events past the newest
+     * snapshot (0: only read existing ones); default 100. A command that writes one
+     * waits for it (one extra flush per snapshot_every commands). */
+    uint64_t snapshot_every;
+    const annal_schema *schema; /* upcasters; borrowed for the handler's life; may be NULL */
+    /* Problems that fail nothing (a snapshot that could not be written or read).
+     * msg is valid only during the call. May be NULL (silence). */
+    void (*log)(void *ctx, annal_log_level level, const char *msg);
+} annal_handler_opts;
+
+/* Fill *opts with defaults. Always call before setting fields. */
+ANNAL_API void annal_handler_opts_init(annal_handler_opts *opts);
+
+/* A handler in *out for decider (read during the call) on db (borrowed: db must outlive
+ * the handler). opts may be NULL (defaults). The caller frees it with
+ * annal_handler_close(). Errors: ANNAL_EINVAL (unknown version, missing evolve/decide,
+ * bad name, state_size 0, only one of the snapshot callbacks), ANNAL_EIO (snapshot_dir
+ * cannot be created), ANNAL_ENOMEM. */
+ANNAL_API annal_err annal_handler_open(annal_db *db, const annal_decider *decider,
+                                       const annal_handler_opts *opts, annal_handler **out);
+
+/* Free h. No call on h may be running or start. NULL is a no-op. */
+ANNAL_API void annal_handler_close(annal_handler *h);
+
+/* Who and why, copied into the metadata of every event a command appends. All members
+ * are borrowed for the call; each may be NULL (left out). Strings are UTF-8. */
+typedef struct annal_command_meta {
+    const char *correlation_id; /* "correlationId": the conversation it belongs to */
+    const char *causation_id;   /* "causationId": what caused this command */
+    const char *user;           /* "user": who asked */
+    const char *extra;          /* a JSON object text: its members are added too */
+} annal_command_meta;
+
+typedef struct annal_command_result {
+    int rejected;               /* 0: accepted; else the decider's code (nothing written) */
+    char message[256];          /* the rejection's reason, or the detail of a failure */
+    int64_t state_revision;     /* revision of the state of the last decision; -1 none */
+    unsigned attempts;          /* decide() calls made: 1 + retries after conflicts */
+    annal_append_result append; /* the append (count 0 when nothing was appended); after
+                                 * ANNAL_ECONFLICT, append.revision is the actual one */
+    annal_uuid first_id;        /* id of the first appended event; zero when none */
+    uint64_t folded;            /* events passed to evolve() (all attempts) */
+} annal_command_result;
+
+/* Run command (borrowed, passed to decide as is) against stream (as in annal_append)
+ * with metadata meta (may be NULL). result may be NULL.
+ * Returns ANNAL_OK when the command was handled: its events were appended, or the
+ * decider emitted none, or rejected it (result->rejected != 0). Otherwise nothing was
+ * appended, except on ANNAL_EIO / ANNAL_EFAILED as described at annal_append.
+ * Errors: ANNAL_ECONFLICT (still conflicting after max_retries), ANNAL_EINVAL (bad
+ * stream, invalid meta or event metadata), any error of annal_append or
+ * annal_read_stream, or an error returned by evolve or decide. result->message says more. */
+ANNAL_API annal_err annal_handle(annal_handler *h, const char *stream, const void *command,
+                                 const annal_command_meta *meta, annal_command_result *result);
+
+/* ---- Time travel */
+#define ANNAL_REVISION_LATEST UINT64_MAX /* no revision bound */
+#define ANNAL_TIME_LATEST     INT64_MAX  /* no time bound */
+
+typedef struct annal_state_info {
+    int64_t revision;          /* revision of the last event in the state; -1: none */
+    uint64_t position;         /* its position in $all (0 when none) */
+    int64_t timestamp_ns;      /* its commit time (0 when none) */
+    uint64_t folded;           /* events passed to evolve() by this load */
+    int64_t snapshot_revision; /* revision of the snapshot the load started from; -1 none */
+} annal_state_info;
+
+/* The state of stream made of its events up to revision `revision` (inclusive) that were
+ * committed at or before until_ns (ns since the Unix epoch): ANNAL_REVISION_LATEST and
+ * ANNAL_TIME_LATEST for now. A stream that does not exist (yet) gives the initial state.
+ * On success *state (state_size bytes the decider's callbacks understand) is released
+ * with annal_state_free(). info may be NULL. Writes no snapshot.
+ * Errors: ANNAL_EINVAL, ANNAL_ENOMEM, errors of annal_read_stream and iteration, or an
+ * error returned by init or evolve. */
+ANNAL_API annal_err annal_state_load(annal_handler *h, const char *stream, uint64_t revision,
+                                     int64_t until_ns, void **state, annal_state_info *info);
+
+/* Release a state from annal_state_load() (calls the decider's release). NULL no-op. */
+ANNAL_API void annal_state_free(annal_handler *h, void *state);
+
 #ifdef __cplusplus
 }
 #endif

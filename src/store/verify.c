@@ -17,6 +17,7 @@ typedef struct vctx {
     annal_damage_fn found;
     void *ctx;
     uint64_t problems;
+    int canceled; /* the progress callback asked to stop */
 } vctx;
 
 static void report(vctx *v, uint64_t seg, uint64_t off, uint64_t pos, const char *stream,
@@ -74,8 +75,10 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o, uint
             }
             if (ok) {
                 events = c.pos;
-                if (o->progress && events % 100000 < n && o->progress(o->progress_ctx, events, 0))
+                if (o->progress && events % 100000 < n && o->progress(o->progress_ctx, events, 0)) {
+                    v->canceled = 1;
                     return events;
+                }
                 continue;
             }
             c = start;
@@ -163,7 +166,7 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
         o = *opts;
     else
         annal_db_opts_init(&o);
-    vctx v = {found, ctx, 0};
+    vctx v = {found, ctx, 0, 0};
     annal__log log;
     char detail[512] = "";
     annal_err rc = annal__log_open(&log, annal__io_posix(), dir, 1, 0, detail, sizeof detail);
@@ -194,6 +197,11 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
     }
     uint64_t events = check_log(&log, &v, &o, t ? h.next_pos : 0, writer);
     annal__log_close(&log);
+    if (v.canceled) {
+        if (t) mdb_txn_abort(t);
+        annal_db_close(db);
+        return ANNAL_ECANCELED;
+    }
     if (t) {
         check_index(db, &v, t, h, events);
         mdb_txn_abort(t);

@@ -313,8 +313,9 @@ static void maybe_snapshot(annal_handler *h, const char *stream, const load *l) 
     annal__write_buf_init(&sn.state);
     /* Threads that loaded the same stream at once all cross the threshold together; a read
      * costs far less than the flush of a write, so the later ones see the first one's
-     * snapshot and leave it. */
-    if (annal__write_snap_read(h->snapdir, h->name, stream, &sn) == ANNAL_OK &&
+     * snapshot and leave it. Not when this load found the file unusable: then it is
+     * replaced whatever revision it claims. */
+    if (!l->snap_stale && annal__write_snap_read(h->snapdir, h->name, stream, &sn) == ANNAL_OK &&
         sn.state_version == h->d.state_version && sn.revision <= (uint64_t)INT64_MAX &&
         (int64_t)sn.revision > l->revision - (int64_t)h->every) {
         annal__write_buf_free(&sn.state);
@@ -369,7 +370,7 @@ static annal_err prepare(const annal_handler *h, const annal__write_cmeta *cm, a
 
 annal_err annal_handle(annal_handler *h, const char *stream, const void *command,
                        const annal_command_meta *meta, annal_command_result *result) {
-    annal_command_result local;
+    annal_command_result local = {.rejected = 0};
     annal_command_result *res = result ? result : &local;
     memset(res, 0, sizeof *res);
     res->state_revision = -1;

@@ -78,8 +78,12 @@ ANNAL_API void annal_free(void *p);
  */
 typedef struct annal_db annal_db; /* opaque; one per open store */
 
-#define ANNAL_OPEN_CREATE   0x1u /* create the directory and an empty store if missing */
-#define ANNAL_OPEN_READONLY 0x2u /* read only; may run while another process writes */
+#define ANNAL_OPEN_CREATE 0x1u /* create the directory and an empty store if missing */
+#define ANNAL_OPEN_READONLY                                                                        \
+    0x2u /* read only; may run while another process (or a handle of                               \
+          * this one) writes. In one process, handles of a store share                             \
+          * one index environment: open a writer before read-only                                  \
+          * handles, or it gets ANNAL_EBUSY. */
 #define ANNAL_OPEN_NOSYNC                                                                          \
     0x4u /* NOT DURABLE: appends return before data is on disk.                                    \
           * For tests and bulk import only. */

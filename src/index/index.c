@@ -2,6 +2,7 @@
  * revision table is a DUPSORT|DUPFIXED table keyed by stream id, so one stream's
  * entries are contiguous and ordered by revision. */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,12 +91,37 @@ int annal__index_remove(const char *dir) {
     return 0;
 }
 
-annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, int create,
-                            uint64_t mapsize, char *detail, size_t dlen) {
-    memset(idx, 0, sizeof *idx);
-    if (create) mkdir(dir, 0755);
-    idx->dir = strdup(dir);
-    if (!idx->dir) return ANNAL_ENOMEM;
+/* The one piece of process-wide state in annal, forced by LMDB (as SQLite keeps a
+ * process-wide inode list for POSIX locks): environments open in this process. */
+typedef struct shared_env {
+    dev_t dev;
+    ino_t ino;
+    int readonly, refs;
+    MDB_env *env;
+    MDB_dbi meta, streams, revs, ids, pos;
+    struct shared_env *next;
+} shared_env;
+static pthread_mutex_t g_envs_mu = PTHREAD_MUTEX_INITIALIZER;
+static shared_env *g_envs;
+
+static shared_env *find_env(const struct stat *st) {
+    for (shared_env *e = g_envs; e; e = e->next)
+        if (e->dev == st->st_dev && e->ino == st->st_ino) return e;
+    return NULL;
+}
+
+int annal__index_in_use(const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) < 0) return 0;
+    pthread_mutex_lock(&g_envs_mu);
+    shared_env *e = find_env(&st);
+    int used = e ? (e->readonly ? 1 : 2) : 0;
+    pthread_mutex_unlock(&g_envs_mu);
+    return used;
+}
+
+static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint64_t mapsize,
+                          char *detail, size_t dlen) {
     int rc = mdb_env_create(&idx->env);
     if (rc == 0) rc = mdb_env_set_maxdbs(idx->env, 8);
     if (rc == 0) rc = mdb_env_set_mapsize(idx->env, (size_t)mapsize);
@@ -104,9 +130,7 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
     if (rc == 0) rc = mdb_env_open(idx->env, dir, flags, 0644);
     if (rc != 0) {
         snprintf(detail, dlen, "cannot open index %s: %s", dir, mdb_strerror(rc));
-        annal_err e = rc == ENOENT ? ANNAL_ENOTFOUND : annal__index_err(rc);
-        annal__index_close(idx);
-        return e;
+        return rc == ENOENT ? ANNAL_ENOTFOUND : annal__index_err(rc);
     }
     int dead = 0;
     mdb_reader_check(idx->env, &dead);
@@ -124,15 +148,74 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
         mdb_txn_abort(t);
     if (rc != 0) {
         snprintf(detail, dlen, "cannot open index tables in %s: %s", dir, mdb_strerror(rc));
-        annal_err e = rc == MDB_NOTFOUND ? ANNAL_ENOTFOUND : annal__index_err(rc);
-        annal__index_close(idx);
-        return e;
+        return rc == MDB_NOTFOUND ? ANNAL_ENOTFOUND : annal__index_err(rc);
     }
     return ANNAL_OK;
 }
 
+annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, int create,
+                            uint64_t mapsize, char *detail, size_t dlen) {
+    memset(idx, 0, sizeof *idx);
+    if (create) mkdir(dir, 0755);
+    struct stat st;
+    if (stat(dir, &st) < 0) {
+        snprintf(detail, dlen, "cannot open index %s: %s", dir, strerror(errno));
+        return errno == ENOENT ? ANNAL_ENOTFOUND : ANNAL_EIO;
+    }
+    idx->dir = strdup(dir);
+    if (!idx->dir) return ANNAL_ENOMEM;
+    annal_err rc = ANNAL_OK;
+    pthread_mutex_lock(&g_envs_mu);
+    shared_env *e = find_env(&st);
+    if (e && !readonly && e->readonly) {
+        snprintf(detail, dlen,
+                 "the store is open read-only in this process: close those "
+                 "handles before opening it for writing");
+        rc = ANNAL_EBUSY;
+    } else if (e) {
+        e->refs++;
+    } else {
+        rc = open_env(idx, dir, readonly, mapsize, detail, dlen);
+        e = rc == ANNAL_OK ? calloc(1, sizeof *e) : NULL;
+        if (rc == ANNAL_OK && !e) rc = ANNAL_ENOMEM;
+        if (rc == ANNAL_OK) {
+            *e = (shared_env){st.st_dev,    st.st_ino, readonly, 1,        idx->env, idx->meta,
+                              idx->streams, idx->revs, idx->ids, idx->pos, g_envs};
+            g_envs = e;
+        } else if (idx->env) {
+            mdb_env_close(idx->env);
+            idx->env = NULL;
+        }
+    }
+    if (rc == ANNAL_OK) {
+        idx->shared = e;
+        idx->env = e->env;
+        idx->meta = e->meta, idx->streams = e->streams, idx->revs = e->revs;
+        idx->ids = e->ids, idx->pos = e->pos;
+    }
+    pthread_mutex_unlock(&g_envs_mu);
+    if (rc != ANNAL_OK) {
+        free(idx->dir);
+        idx->dir = NULL;
+    }
+    return rc;
+}
+
 void annal__index_close(annal__index *idx) {
-    if (idx->env) mdb_env_close(idx->env);
+    shared_env *e = idx->shared;
+    if (e) {
+        pthread_mutex_lock(&g_envs_mu);
+        if (--e->refs == 0) {
+            for (shared_env **p = &g_envs; *p; p = &(*p)->next)
+                if (*p == e) {
+                    *p = e->next;
+                    break;
+                }
+            mdb_env_close(e->env);
+            free(e);
+        }
+        pthread_mutex_unlock(&g_envs_mu);
+    }
     free(idx->dir);
     memset(idx, 0, sizeof *idx);
 }

@@ -16,6 +16,7 @@ typedef struct annal__index {
     MDB_env *env;
     MDB_dbi meta, streams, revs, ids, pos;
     char *dir;
+    void *shared; /* this process's registry entry for the environment */
 } annal__index;
 
 /* Progress of the index through the log, stored under one key in the same transaction
@@ -50,6 +51,13 @@ void annal__boot_id(char out[40]);
 /* Remove the LMDB files in dir (the index is rebuilt on open). */
 int annal__index_remove(const char *dir);
 
+/* Is the index in dir open by a handle of this process? 0: no; 1: in a read-only
+ * environment (opened by a read-only handle first); 2: in a read-write one. */
+int annal__index_in_use(const char *dir);
+
+/* Open the index in dir. LMDB must not open one environment twice in a process (closing
+ * the second copy drops the first one's locks), so handles of this process share one
+ * environment per index; a writer cannot join one first opened read-only (ANNAL_EBUSY). */
 annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, int create,
                             uint64_t mapsize, char *detail, size_t dlen);
 void annal__index_close(annal__index *idx);

@@ -377,6 +377,12 @@ static annal_err check_opts(const annal_db_opts *o) {
 static annal_err open_writer(annal_db *db) {
     annal_err rc = take_lock(db);
     if (rc != ANNAL_OK) return rc;
+    int in_use = annal__index_in_use(db->index_dir);
+    if (in_use == 1)
+        return annal__fail(db, ANNAL_EBUSY,
+                           "%s is open read-only in this process: close those "
+                           "handles before opening it for writing",
+                           db->dir);
     char boot[40];
     annal__boot_id(boot);
     annal__index_state st;
@@ -384,6 +390,11 @@ static annal_err open_writer(annal_db *db) {
     if (src != ANNAL_ENOTFOUND && !(src == ANNAL_OK && (st.clean || !strcmp(st.boot_id, boot)))) {
         /* The index ran without fsync and the machine restarted (or the state is
          * unreadable): its pages may be torn. The log is the durable copy. */
+        if (in_use)
+            return annal__fail(db, ANNAL_EBUSY,
+                               "%s needs its index rebuilt: close its other "
+                               "handles in this process first",
+                               db->dir);
         annal__log_msg(db, ANNAL_LOG_WARN,
                        "index was not closed cleanly before a restart: "
                        "rebuilding it from the log");
@@ -581,6 +592,7 @@ annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     annal_err rc = take_lock(&probe);
     char idir[4096];
     snprintf(idir, sizeof idir, "%s/index", dir);
+    if (rc == ANNAL_OK && annal__index_in_use(idir)) rc = ANNAL_EBUSY; /* a handle here */
     if (rc == ANNAL_OK && annal__index_remove(idir) < 0) rc = ANNAL_EIO;
     if (probe.lock_fd >= 0) close(probe.lock_fd);
     while (probe.errs) {

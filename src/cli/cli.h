@@ -166,4 +166,7 @@ void cli_table_init(cli_table *t, cli_global *g, FILE *out, int ncols, const cha
 void cli_table_row(cli_table *t, const char *const *cells);
 void cli_table_end(cli_table *t);
 
+/* The write-side stories of `annal demo` (demo_decide.c): stream names end in suffix. */
+int cli_demo_decide(annal_db *db, const char *suffix);
+
 #endif

@@ -256,6 +256,7 @@ int cli_cmd_demo(cli_global *g, int argc, char **argv) {
         printf("Appended %d events to stream %s in %s.\n\n", STEPS, stream, g->data_dir);
         rc = show(g, db, stream);
     }
+    if (!rc) rc = cli_demo_decide(db, stream + strlen("order-"));
     annal_db_close(db);
     return cli_finish_output("demo", stdout, "standard output", rc);
 }

@@ -251,6 +251,10 @@ grep -q 'balance 0' "$T/out" || fail "demo must end with balance 0: $(cat "$T/ou
 grep -qE 'total 200 - discount 50 = due 150' "$T/out" || fail "demo totals: $(cat "$T/out")"
 grep -qE 'invoice .* Right Street' "$T/out" || fail "demo invoice: $(cat "$T/out")"
 grep -qE 'voided .* Wrong Street \(wrong address\)' "$T/out" || fail "demo voided: $(cat "$T/out")"
+grep -q -- '-> 1 of 2 succeeded' "$T/out" || fail "demo: exactly one concurrent withdrawal: $(cat "$T/out")"
+grep -q 'Balance by replaying 3 events: 10.00' "$T/out" || fail "demo: bank balance: $(cat "$T/out")"
+grep -q -- '-> 3 shipped, 2 refused' "$T/out" || fail "demo: inventory never oversold: $(cat "$T/out")"
+grep -q 'insufficient funds' "$T/out" || fail "demo: overdraft rejected: $(cat "$T/out")"
 run --data "$T/demo" demo
 expect 0 "demo again"
 run --data "$T/demo" streams --json

@@ -123,10 +123,10 @@ static int run_all(racer *r, int n, const char *what) {
             return -1;
         }
         if (r[i].res.rejected)
-            printf("    %-8s %s: rejected (%s) after %d attempt%s\n", r[i].user, what,
+            printf("    %-8s %s: rejected (%s) after %u attempt%s\n", r[i].user, what,
                    r[i].res.message, r[i].res.attempts, r[i].res.attempts == 1 ? "" : "s");
         else
-            printf("    %-8s %s: done at revision %" PRIu64 " after %d attempt%s\n", r[i].user,
+            printf("    %-8s %s: done at revision %" PRIu64 " after %u attempt%s\n", r[i].user,
                    what, r[i].res.append.first_revision, r[i].res.attempts,
                    r[i].res.attempts == 1 ? "" : "s");
         ok += !r[i].res.rejected;

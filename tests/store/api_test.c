@@ -24,7 +24,7 @@
 extern char **environ;
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define MIB (1024u * 1024u)
+#define MIB          (1024u * 1024u)
 /* Commit timestamps come from the store's wall clock: allow a coarse clock's jitter. */
 #define TS_SLACK_NS (100 * 1000 * 1000LL)
 
@@ -153,8 +153,8 @@ typedef struct rec {
     size_t meta_len;
     uint64_t revision;
     uint64_t position;
-    int64_t t_lo, t_hi;   /* wall clock around the append call */
-    int64_t ts_seen;      /* first timestamp read back, 0 until seen */
+    int64_t t_lo, t_hi; /* wall clock around the append call */
+    int64_t ts_seen;    /* first timestamp read back, 0 until seen */
 } rec;
 
 typedef struct world {
@@ -377,8 +377,7 @@ static void drain_expect(annal_db *db, annal_iter *it, world *w, const uint64_t 
     annal_iter_close(it);
 }
 
-static void expect_read_all(annal_db *db, world *w, uint64_t from, unsigned flags,
-                            uint64_t limit) {
+static void expect_read_all(annal_db *db, world *w, uint64_t from, unsigned flags, uint64_t limit) {
     uint64_t *want = xmalloc((w->n + 1) * sizeof *want);
     size_t k = expected_all(w, from, flags, limit, want);
     annal_iter *it = NULL;
@@ -480,17 +479,18 @@ static void test_version_and_defaults(void **state) {
     annal_streams_close(NULL);
 }
 
-#define ERRNAME(c) {c, #c}
+#define ERRNAME(c)                                                                                 \
+    { c, #c }
 static void test_error_names(void **state) {
     (void)state;
     static const struct {
         annal_err code;
         const char *name;
-    } all[] = {ERRNAME(ANNAL_OK),        ERRNAME(ANNAL_END),       ERRNAME(ANNAL_ENOMEM),
-               ERRNAME(ANNAL_EINVAL),    ERRNAME(ANNAL_EIO),       ERRNAME(ANNAL_ENOSPC),
-               ERRNAME(ANNAL_ECORRUPT),  ERRNAME(ANNAL_ENOTFOUND), ERRNAME(ANNAL_ECONFLICT),
-               ERRNAME(ANNAL_EDUPLICATE), ERRNAME(ANNAL_ETOOBIG),  ERRNAME(ANNAL_EBUSY),
-               ERRNAME(ANNAL_EREADONLY), ERRNAME(ANNAL_EFAILED),   ERRNAME(ANNAL_EVERSION),
+    } all[] = {ERRNAME(ANNAL_OK),         ERRNAME(ANNAL_END),       ERRNAME(ANNAL_ENOMEM),
+               ERRNAME(ANNAL_EINVAL),     ERRNAME(ANNAL_EIO),       ERRNAME(ANNAL_ENOSPC),
+               ERRNAME(ANNAL_ECORRUPT),   ERRNAME(ANNAL_ENOTFOUND), ERRNAME(ANNAL_ECONFLICT),
+               ERRNAME(ANNAL_EDUPLICATE), ERRNAME(ANNAL_ETOOBIG),   ERRNAME(ANNAL_EBUSY),
+               ERRNAME(ANNAL_EREADONLY),  ERRNAME(ANNAL_EFAILED),   ERRNAME(ANNAL_EVERSION),
                ERRNAME(ANNAL_ECANCELED)};
     assert_int_equal(ARRAY_LEN(all), ANNAL_ERR_COUNT); /* the table above is complete */
     for (int c = 0; c < ANNAL_ERR_COUNT; c++) {
@@ -543,15 +543,15 @@ static void test_uuid_text(void **state) {
     static const char *const bad[] = {
         "",
         "0",
-        "00000000000000000000000000000000",       /* no hyphens */
-        "00000000-0000-0000-0000-00000000000",    /* short */
-        "00000000-0000-0000-0000-0000000000000",  /* long */
-        "00000000-0000-0000-0000-000000000000 ",  /* trailing space */
-        " 00000000-0000-0000-0000-000000000000",  /* leading space */
-        "0000000-00000-0000-0000-000000000000",   /* hyphen misplaced */
-        "00000000-0000-0000-00000-00000000000",   /* hyphen misplaced */
-        "00000000_0000_0000_0000_000000000000",   /* wrong separator */
-        "g0000000-0000-0000-0000-000000000000",   /* not hex */
+        "00000000000000000000000000000000",      /* no hyphens */
+        "00000000-0000-0000-0000-00000000000",   /* short */
+        "00000000-0000-0000-0000-0000000000000", /* long */
+        "00000000-0000-0000-0000-000000000000 ", /* trailing space */
+        " 00000000-0000-0000-0000-000000000000", /* leading space */
+        "0000000-00000-0000-0000-000000000000",  /* hyphen misplaced */
+        "00000000-0000-0000-00000-00000000000",  /* hyphen misplaced */
+        "00000000_0000_0000_0000_000000000000",  /* wrong separator */
+        "g0000000-0000-0000-0000-000000000000",  /* not hex */
         "00000000-0000-0000-0000-00000000000g",
         "{00000000-0000-0000-0000-000000000000}", /* braces */
         "00000000-0000-0000-0000-0000000000-0",
@@ -559,7 +559,8 @@ static void test_uuid_text(void **state) {
     };
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
         annal_err rc = annal_uuid_parse(bad[i], &u);
-        if (rc != ANNAL_EINVAL) print_error("annal_uuid_parse(\"%s\") = %s\n", bad[i], annal_errname(rc));
+        if (rc != ANNAL_EINVAL)
+            print_error("annal_uuid_parse(\"%s\") = %s\n", bad[i], annal_errname(rc));
         assert_int_equal(rc, ANNAL_EINVAL);
     }
     /* byte order: the text reads the bytes in order */
@@ -729,7 +730,8 @@ static void test_expected_revision(void **state) {
     annal_append_result res;
     /* missing stream: no_stream ok; stream_exists / exact conflict with revision -1 */
     e = ed("T", "1", 1, NULL, 0);
-    assert_int_equal(w_append(db, &w, "s", ANNAL_EXPECT_STREAM_EXISTS, &e, 1, &res), ANNAL_ECONFLICT);
+    assert_int_equal(w_append(db, &w, "s", ANNAL_EXPECT_STREAM_EXISTS, &e, 1, &res),
+                     ANNAL_ECONFLICT);
     assert_int_equal(res.revision, -1);
     e = ed("T", "1", 1, NULL, 0);
     assert_int_equal(w_append(db, &w, "s", 0, &e, 1, &res), ANNAL_ECONFLICT);
@@ -816,7 +818,8 @@ static void test_empty_append(void **state) {
         /* the check still applies */
         assert_int_equal(w_append(db, &w, "s", 0, &dummy, 0, &res), ANNAL_ECONFLICT);
         assert_int_equal(res.revision, 1);
-        assert_int_equal(w_append(db, &w, "s", ANNAL_EXPECT_NO_STREAM, NULL, 0, &res), ANNAL_ECONFLICT);
+        assert_int_equal(w_append(db, &w, "s", ANNAL_EXPECT_NO_STREAM, NULL, 0, &res),
+                         ANNAL_ECONFLICT);
         assert_int_equal(res.revision, 1);
         assert_int_equal(w_append(db, &w, "nothing", ANNAL_EXPECT_STREAM_EXISTS, NULL, 0, &res),
                          ANNAL_ECONFLICT);
@@ -866,13 +869,13 @@ static void expect_idem(annal_db *db, world *w, const char *stream, int64_t expe
     if (!res.idempotent || res.first_revision != first->revision ||
         res.first_position != first->position || res.count != n ||
         (whole && res.revision != (int64_t)(first->revision + n - 1)))
-        print_error("resend to %s (expected %" PRId64 ", %zu events): idempotent=%d first_revision=%"
-                    PRIu64 " first_position=%" PRIu64 " count=%" PRIu64 " revision=%" PRId64
-                    "; the original append: first_revision=%" PRIu64 " first_position=%" PRIu64
-                    " revision=%" PRIu64 "\n",
-                    stream, expected, n, res.idempotent, res.first_revision, res.first_position,
-                    res.count, res.revision, first->revision, first->position,
-                    first->revision + n - 1);
+        print_error(
+            "resend to %s (expected %" PRId64 ", %zu events): idempotent=%d first_revision=%" PRIu64
+            " first_position=%" PRIu64 " count=%" PRIu64 " revision=%" PRId64
+            "; the original append: first_revision=%" PRIu64 " first_position=%" PRIu64
+            " revision=%" PRIu64 "\n",
+            stream, expected, n, res.idempotent, res.first_revision, res.first_position, res.count,
+            res.revision, first->revision, first->position, first->revision + n - 1);
     assert_int_equal(res.idempotent, 1);
     assert_int_equal(res.first_revision, first->revision);
     assert_int_equal(res.first_position, first->position);
@@ -1065,13 +1068,13 @@ static void test_validation(void **state) {
         "$",
         "$x",
         "\xff",
-        "a\x80",              /* stray continuation byte */
-        "ab\xc3",             /* truncated 2-byte sequence */
-        "\xe2\x82",           /* truncated 3-byte sequence */
-        "\xc0\xaf",           /* overlong '/' */
-        "\xe0\x80\xaf",       /* overlong */
-        "\xed\xa0\x80",       /* UTF-16 surrogate */
-        "\xf4\x90\x80\x80",   /* above U+10FFFF */
+        "a\x80",                /* stray continuation byte */
+        "ab\xc3",               /* truncated 2-byte sequence */
+        "\xe2\x82",             /* truncated 3-byte sequence */
+        "\xc0\xaf",             /* overlong '/' */
+        "\xe0\x80\xaf",         /* overlong */
+        "\xed\xa0\x80",         /* UTF-16 surrogate */
+        "\xf4\x90\x80\x80",     /* above U+10FFFF */
         "\xf8\x88\x80\x80\x80", /* 5-byte form */
     };
     annal_event_data e;
@@ -1094,8 +1097,8 @@ static void test_validation(void **state) {
     e = ed("T", "v", 1, NULL, 0);
     assert_int_equal(w_append(db, &w, name256, ANNAL_EXPECT_ANY, &e, 1, &res), ANNAL_EINVAL);
     /* bad types */
-    static const char *const bad_types[] = {"", "\xff", "a\x80", "ab\xc3", "\xc0\xaf",
-                                            "\xed\xa0\x80", "\xf4\x90\x80\x80"};
+    static const char *const bad_types[] = {"",         "\xff",         "a\x80",           "ab\xc3",
+                                            "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"};
     for (size_t i = 0; i < ARRAY_LEN(bad_types); i++) {
         e = ed(bad_types[i], "v", 1, NULL, 0);
         annal_err rc = w_append(db, &w, "ok", ANNAL_EXPECT_ANY, &e, 1, &res);
@@ -1125,7 +1128,8 @@ static void test_validation(void **state) {
     e = ed("$type.may-start-with-dollar", "v", 1, NULL, 0);
     TU_OK(db, w_append(db, &w, "ok", ANNAL_EXPECT_ANY, &e, 1, &res));
     e = ed("Ünïcödé.事件.\xf0\x9f\x8e\x89", "v", 1, NULL, 0);
-    TU_OK(db, w_append(db, &w, "caf\xc3\xa9-\xe6\x97\xa5\xe6\x9c\xac-\xf0\x9f\x8e\x89", ANNAL_EXPECT_ANY, &e, 1, &res));
+    TU_OK(db, w_append(db, &w, "caf\xc3\xa9-\xe6\x97\xa5\xe6\x9c\xac-\xf0\x9f\x8e\x89",
+                       ANNAL_EXPECT_ANY, &e, 1, &res));
     e = ed("T", "v", 1, NULL, 0);
     TU_OK(db, w_append(db, &w, "a$b", ANNAL_EXPECT_ANY, &e, 1, &res));
     expect_everything(db, &w);
@@ -1387,8 +1391,8 @@ static void expect_streams(annal_db *db, world *w, const char *after) {
 static void test_streams_listing(void **state) {
     world w = {0};
     annal_db *db = must_open(*state, ANNAL_OPEN_CREATE | ANNAL_OPEN_NOSYNC);
-    static const char *const names[] = {"b", "a", "ab", "B", "a-1", "aa", "z", "\xc3\xa9t\xc3\xa9",
-                                        "a.b", "Z9", "0", "b"};
+    static const char *const names[] = {
+        "b", "a", "ab", "B", "a-1", "aa", "z", "\xc3\xa9t\xc3\xa9", "a.b", "Z9", "0", "b"};
     for (int round = 0; round < 3; round++)
         for (size_t i = 0; i < ARRAY_LEN(names); i++)
             TU_OK(db, w_append1(db, &w, names[i], ANNAL_EXPECT_ANY, "T", "x"));
@@ -1509,7 +1513,8 @@ static void test_writer_lock_and_readonly(void **state) {
     annal_event_data e = ed("T", "x", 1, NULL, 0);
     annal_append_result res;
     assert_int_equal(annal_append(ro, "s", ANNAL_EXPECT_ANY, &e, 1, &res), ANNAL_EREADONLY);
-    assert_int_equal(annal_append(ro, "ro-new", ANNAL_EXPECT_NO_STREAM, &e, 1, &res), ANNAL_EREADONLY);
+    assert_int_equal(annal_append(ro, "ro-new", ANNAL_EXPECT_NO_STREAM, &e, 1, &res),
+                     ANNAL_EREADONLY);
     assert_int_equal(db_events(db), w.n);
     /* the writer can go away while the reader stays */
     annal_db_close(db);
@@ -1843,7 +1848,8 @@ static void test_segments_roll(void **state) {
         size_t n = 1 + (size_t)rnd_below(4);
         annal_event_data ev[4];
         for (size_t k = 0; k < n; k++) {
-            size_t len = (i % 17 == 0) ? 150000 + (size_t)rnd_below(40000) : (size_t)rnd_below(30000);
+            size_t len =
+                (i % 17 == 0) ? 150000 + (size_t)rnd_below(40000) : (size_t)rnd_below(30000);
             size_t off = (size_t)rnd_below(200000 - len);
             ev[k] = ed("Seg", buf + off, len, buf + len / 2, len % 100);
             bytes += len + len % 100;

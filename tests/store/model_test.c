@@ -22,16 +22,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NSTREAMS 50     /* streams of the sequential phase */
-#define NCONC 6         /* extra streams only the concurrent phase uses */
-#define NNAMES (NSTREAMS + NCONC)
-#define NTYPES 8
-#define MAXB 26         /* events in a batch record (25 allowed + 1 over) */
+#define NSTREAMS         50 /* streams of the sequential phase */
+#define NCONC            6  /* extra streams only the concurrent phase uses */
+#define NNAMES           (NSTREAMS + NCONC)
+#define NTYPES           8
+#define MAXB             26 /* events in a batch record (25 allowed + 1 over) */
 #define MAX_BATCH_EVENTS 25
-#define MAX_EVENT_BYTES (150u * 1024u)
-#define SEGMENT_BYTES (256u * 1024u)
-#define HISTORY 1024
-#define TS_SLACK_NS (100 * 1000 * 1000LL)
+#define MAX_EVENT_BYTES  (150u * 1024u)
+#define SEGMENT_BYTES    (256u * 1024u)
+#define HISTORY          1024
+#define TS_SLACK_NS      (100 * 1000 * 1000LL)
 
 static uint64_t g_seed;
 static long g_op = -1;
@@ -43,19 +43,19 @@ static long g_idem_revision_current;
 static char g_idem_example[256];
 static const char *g_phase = "setup";
 
-#define MCHECK(cond, ...)                                                                      \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            print_error("\nMODEL MISMATCH seed=%" PRIu64 " phase=%s op=%ld (reads via %s): ",    \
-                        g_seed, g_phase, g_op, g_via);                                         \
-            print_error(__VA_ARGS__);                                                          \
-            print_error("\n  failed check: %s (%s:%d)\n", #cond, __FILE__, __LINE__);          \
-            fail();                                                                            \
-        }                                                                                      \
+#define MCHECK(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            print_error("\nMODEL MISMATCH seed=%" PRIu64 " phase=%s op=%ld (reads via %s): ",      \
+                        g_seed, g_phase, g_op, g_via);                                             \
+            print_error(__VA_ARGS__);                                                              \
+            print_error("\n  failed check: %s (%s:%d)\n", #cond, __FILE__, __LINE__);              \
+            fail();                                                                                \
+        }                                                                                          \
     } while (0)
 
-#define MRC(got, want, what)                                                                   \
-    MCHECK((got) == (want), "%s: got %s, model says %s (%s)", what, annal_errname(got),       \
+#define MRC(got, want, what)                                                                       \
+    MCHECK((got) == (want), "%s: got %s, model says %s (%s)", what, annal_errname(got),            \
            annal_errname(want), annal_db_errmsg(R->db))
 
 /* ------------------------------------------------------------------------------------
@@ -105,7 +105,9 @@ static void uuid_rand(uint64_t *s, annal_uuid *u) {
     u->bytes[6] = (uint8_t)((u->bytes[6] & 0x0f) | 0x40);
     u->bytes[8] = (uint8_t)((u->bytes[8] & 0x3f) | 0x80);
 }
-static int uuid_v7(const annal_uuid *u) { return (u->bytes[6] >> 4) == 7 && (u->bytes[8] >> 6) == 2; }
+static int uuid_v7(const annal_uuid *u) {
+    return (u->bytes[6] >> 4) == 7 && (u->bytes[8] >> 6) == 2;
+}
 
 static char names[NNAMES][32];
 static char types[NTYPES][ANNAL_MAX_NAME + 1];
@@ -115,14 +117,17 @@ static void init_names(void) {
         if (i >= NSTREAMS)
             snprintf(names[i], sizeof names[i], "conc-%d", i - NSTREAMS);
         else if (i % 10 == 7)
-            snprintf(names[i], sizeof names[i], "\xc3\xa7" "a-%02d", i); /* "ça-NN" */
+            snprintf(names[i], sizeof names[i],
+                     "\xc3\xa7"
+                     "a-%02d",
+                     i); /* "ça-NN" */
         else if (i % 10 == 3)
             snprintf(names[i], sizeof names[i], "Upper-%02d", i);
         else
             snprintf(names[i], sizeof names[i], "s-%02d", i);
     }
-    static const char *const t[NTYPES - 1] = {"Created", "Updated",    "Deleted", "Renamed",
-                                              "\xc3\x9cml\xc3\xa4ut", "t", "$meta.type"};
+    static const char *const t[NTYPES - 1] = {
+        "Created", "Updated", "Deleted", "Renamed", "\xc3\x9cml\xc3\xa4ut", "t", "$meta.type"};
     for (int i = 0; i < NTYPES - 1; i++) snprintf(types[i], sizeof types[i], "%s", t[i]);
     memset(types[NTYPES - 1], 'L', ANNAL_MAX_NAME); /* longest legal type */
     types[NTYPES - 1][ANNAL_MAX_NAME] = 0;
@@ -236,9 +241,8 @@ static int expected_ok(int64_t expected, int64_t cur) {
 /* The header's append rules for a batch whose ids (zero: store-made) are given and whose
  * contents are valid. *also_conflict: a reuse of stored ids that is not idempotent while
  * the expected revision does not match either -- both errors describe it. */
-static annal_err model_predict(const model *m, uint32_t s, int64_t expected,
-                               const annal_uuid *ids, size_t n, annal_append_result *pr,
-                               int *also_conflict) {
+static annal_err model_predict(const model *m, uint32_t s, int64_t expected, const annal_uuid *ids,
+                               size_t n, annal_append_result *pr, int *also_conflict) {
     const mstream *st = &m->st[s];
     int64_t cur = (int64_t)st->n - 1;
     memset(pr, 0, sizeof *pr);
@@ -297,8 +301,8 @@ typedef struct mbatch {
 typedef struct run {
     const char *dir;
     annal_db_opts opts;
-    annal_db *db;  /* writer */
-    annal_db *ro;  /* optional read-only handle beside it */
+    annal_db *db; /* writer */
+    annal_db *ro; /* optional read-only handle beside it */
     model m;
     mbatch *hist;
     size_t nhist;
@@ -544,8 +548,9 @@ static void check_streams(run *R, annal_db *db, const char *after) {
                st->pos[st->n - 1]);
         const mevent *first = &R->m.ev[st->pos[0]];
         if (first->ts)
-            MCHECK(si->created_ns == first->ts, "stream %s created_ns %" PRId64 ", first event %" PRId64,
-                   si->name, si->created_ns, first->ts);
+            MCHECK(si->created_ns == first->ts,
+                   "stream %s created_ns %" PRId64 ", first event %" PRId64, si->name,
+                   si->created_ns, first->ts);
         else
             MCHECK(si->created_ns >= first->t_lo - TS_SLACK_NS &&
                        si->created_ns <= first->t_hi + TS_SLACK_NS,
@@ -639,7 +644,8 @@ static void do_append(run *R, mbatch *b, uint32_t s, int64_t expected) {
             if (!g_idem_revision_current++)
                 snprintf(g_idem_example, sizeof g_idem_example,
                          "op %ld: %s: result->revision %" PRId64 " (the stream now), the original "
-                         "append's was %" PRId64, g_op, what, res.revision, pr.revision);
+                         "append's was %" PRId64,
+                         g_op, what, res.revision, pr.revision);
             res.revision = pr.revision;
         }
         MCHECK(res.first_revision == pr.first_revision && res.first_position == pr.first_position &&
@@ -716,21 +722,17 @@ static int64_t random_expected(run *R, uint32_t s) {
     switch (rbelow(g, 10)) {
     case 0:
     case 1:
-    case 2: /* right */
-        return cur >= 0 ? cur : ANNAL_EXPECT_NO_STREAM;
+    case 2: /* right */ return cur >= 0 ? cur : ANNAL_EXPECT_NO_STREAM;
     case 3: { /* wrong exact */
         int64_t e = (int64_t)rbelow(g, (uint64_t)(cur + 3));
         if (e == cur) e = cur + 1 + (int64_t)rbelow(g, 3);
         return e;
     }
     case 4:
-    case 5:
-        return ANNAL_EXPECT_ANY;
+    case 5: return ANNAL_EXPECT_ANY;
     case 6:
-    case 7:
-        return ANNAL_EXPECT_NO_STREAM;
-    default:
-        return ANNAL_EXPECT_STREAM_EXISTS;
+    case 7: return ANNAL_EXPECT_NO_STREAM;
+    default: return ANNAL_EXPECT_STREAM_EXISTS;
     }
 }
 
@@ -941,8 +943,8 @@ typedef struct cthread {
     char err[512];
 } cthread;
 
-static const uint32_t conc_streams[] = {NSTREAMS + 0, NSTREAMS + 1, NSTREAMS + 2, NSTREAMS + 3,
-                                        NSTREAMS + 4, NSTREAMS + 5, 0, 1, 7};
+static const uint32_t conc_streams[] = {
+    NSTREAMS + 0, NSTREAMS + 1, NSTREAMS + 2, NSTREAMS + 3, NSTREAMS + 4, NSTREAMS + 5, 0, 1, 7};
 #define NCONC_STREAMS (sizeof conc_streams / sizeof conc_streams[0])
 
 static void *conc_main(void *arg) {
@@ -1011,8 +1013,8 @@ static void *conc_main(void *arg) {
                 continue;
             }
             if (rc != ANNAL_OK) {
-                snprintf(t->err, sizeof t->err, "append(%s, %" PRId64 "): %s: %s",
-                         names[a.stream], a.expected, annal_errname(rc), annal_db_errmsg(db));
+                snprintf(t->err, sizeof t->err, "append(%s, %" PRId64 "): %s: %s", names[a.stream],
+                         a.expected, annal_errname(rc), annal_db_errmsg(db));
                 break;
             }
             if (a.res.idempotent || a.res.count != a.n ||
@@ -1036,9 +1038,9 @@ static void *conc_main(void *arg) {
 
 static int cmp_ack(const void *a, const void *b) {
     const cack *x = *(const cack *const *)a, *y = *(const cack *const *)b;
-    return x->res.first_position < y->res.first_position ? -1
+    return x->res.first_position < y->res.first_position   ? -1
            : x->res.first_position > y->res.first_position ? 1
-                                                            : 0;
+                                                           : 0;
 }
 
 static void concurrent_phase(run *R, int nthreads, int ops) {

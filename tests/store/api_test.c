@@ -1680,7 +1680,8 @@ static int child_nosync_kill(const char *dir, int n) {
 }
 
 static int child_main(const char *mode, const char *dir) {
-    if (strncmp(mode, "nosync-kill-", 12) == 0) return child_nosync_kill(dir, (int)strtol(mode + 12, NULL, 10));
+    if (strncmp(mode, "nosync-kill-", 12) == 0)
+        return child_nosync_kill(dir, (int)strtol(mode + 12, NULL, 10));
     annal_db *db = NULL;
     unsigned flags = strcmp(mode, "ro") == 0 ? ANNAL_OPEN_READONLY : 0;
     annal_err rc = open_flags(dir, flags, &db);

@@ -241,7 +241,8 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
     if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     annal_err rc = annal__index_head_get(t, &db->idx, &db->head);
-    int hc = rc == ANNAL_OK ? head_check(db, &db->head) : 1;
+    int hc = rc == ANNAL_OK ? head_check(db, &db->head) : rc == ANNAL_ECORRUPT ? 0 : 1;
+    if (rc == ANNAL_ECORRUPT) rc = ANNAL_OK; /* an unreadable head: rebuild, below */
     if (hc < 0) {
         rc = annal__fail(db, ANNAL_ECORRUPT,
                          "the last acknowledged event (position %" PRIu64 ", segment %016" PRIx64
@@ -504,7 +505,9 @@ fail:
     if (db->opts.log && rc != ANNAL_ENOTFOUND) {
         pthread_mutex_lock(&db->errmu);
         annal__errslot *s = errslot(db, 0);
-        if (s) db->opts.log(db->opts.log_ctx, ANNAL_LOG_ERROR, s->msg);
+        char generic[128];
+        snprintf(generic, sizeof generic, "cannot open %s: %s", dir, annal_strerror(rc));
+        db->opts.log(db->opts.log_ctx, ANNAL_LOG_ERROR, s && s->msg[0] ? s->msg : generic);
         pthread_mutex_unlock(&db->errmu);
     }
     annal_db_close(db);

@@ -577,6 +577,35 @@ static void index_map_full(void **state) {
     free(dir);
 }
 
+/* An index head of the wrong shape is not trusted: the index is rebuilt from the log. */
+static void malformed_index_head_is_rebuilt(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("badhead");
+    annal_db *db = open_f(dir, 0);
+    append_n(db, "h", 9);
+    annal_db_close(db);
+    char idir[4096], detail[256];
+    snprintf(idir, sizeof idir, "%s/index", dir);
+    annal__index idx;
+    TU_OK(NULL, annal__index_open(&idx, idir, 0, 0, 1 << 26, detail, sizeof detail));
+    MDB_txn *t;
+    assert_int_equal(mdb_txn_begin(idx.env, NULL, 0, &t), 0);
+    uint8_t junk[40];
+    memset(junk, 0x5c, sizeof junk);
+    MDB_val k = {4, "head"}, v = {sizeof junk, junk};
+    assert_int_equal(mdb_put(t, idx.meta, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(t), 0);
+    annal__index_close(&idx);
+    db = open_f(dir, 0);
+    assert_int_equal(count_all(db), 9);
+    uint64_t head;
+    TU_OK(db, annal_stream_head(db, "h", &head));
+    assert_int_equal(head, 8);
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(torn_batch_is_cut),
@@ -592,6 +621,7 @@ int main(void) {
         cmocka_unit_test(out_of_order_torn_flush_is_cut),
         cmocka_unit_test(failed_write_recovers),
         cmocka_unit_test(index_map_full),
+        cmocka_unit_test(malformed_index_head_is_rebuilt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -170,7 +170,7 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
  * flush holding pos completed (and was acknowledged): the bad bytes at pos are damage,
  * not a torn tail, and must not be cut away. A valid record whose flush started at or
  * before pos belongs to the torn flush itself (sectors land in any order). */
-static int later_flush_after(annal_db *db, annal__seg *s, uint64_t from, uint64_t pos) {
+static int later_flush_after(annal__seg *s, uint64_t from, uint64_t pos) {
     uint64_t to = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE);
     if (to > s->cap) to = s->cap;
     for (uint64_t off = (from + 7) & ~7ull; off + ANNAL__REC_HDR <= to; off += 8) {
@@ -182,7 +182,6 @@ static int later_flush_after(annal_db *db, annal__seg *s, uint64_t from, uint64_
             info.group > pos)
             return 1;
     }
-    (void)db;
     return 0;
 }
 
@@ -311,7 +310,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
      * is a torn tail of a flush that never completed, unless a later flush is found
      * after it: then it is damage to acknowledged events, and nothing may be cut. */
     annal__seg *last = annal__log_last(&db->log);
-    if (c.seg != last || (!db->readonly && later_flush_after(db, last, c.off, c.pos))) {
+    if (c.seg != last || (!db->readonly && later_flush_after(last, c.off, c.pos))) {
         rc = annal__fail(db, ANNAL_ECORRUPT,
                          "damaged record in segment %016" PRIx64 " at offset %" PRIu64
                          " (position %" PRIu64 ") with events after it; run `annal verify`",
@@ -343,26 +342,35 @@ out:
 
 /* ---- open / close ---------------------------------------------------------------- */
 
-static annal_err take_lock(annal_db *db) {
+/* Take the writer lock of the store in dir: *fd holds the flock (and our pid, a hint for
+ * the EBUSY message of the next would-be writer). msg gets the reason of a failure. */
+static annal_err lock_dir(const char *dir, int *fd, char *msg, size_t len) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/lock", db->dir);
-    db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (db->lock_fd < 0)
-        return annal__fail(db, errno == EACCES || errno == EROFS ? ANNAL_EREADONLY : ANNAL_EIO,
-                           "cannot open %s: %s", path, strerror(errno));
-    if (flock(db->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    snprintf(path, sizeof path, "%s/lock", dir);
+    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (*fd < 0) {
+        snprintf(msg, len, "cannot open %s: %s", path, strerror(errno));
+        return errno == EACCES || errno == EROFS ? ANNAL_EREADONLY : ANNAL_EIO;
+    }
+    if (flock(*fd, LOCK_EX | LOCK_NB) < 0) {
         char pid[32] = {0};
-        ssize_t n = pread(db->lock_fd, pid, sizeof pid - 1, 0);
+        ssize_t n = pread(*fd, pid, sizeof pid - 1, 0);
         if (n > 0) pid[strcspn(pid, "\n")] = 0;
-        return annal__fail(db, ANNAL_EBUSY, "%s is open for writing by process %s", db->dir,
-                           n > 0 ? pid : "?");
+        snprintf(msg, len, "%s is open for writing by process %s", dir, n > 0 ? pid : "?");
+        return ANNAL_EBUSY;
     }
     char pid[32];
     int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(db->lock_fd, 0) == 0 && pwrite(db->lock_fd, pid, (size_t)n, 0) != n) {
-        /* the pid is only a hint for the EBUSY message */
+    if (ftruncate(*fd, 0) == 0 && pwrite(*fd, pid, (size_t)n, 0) != n) {
+        /* the pid is only a hint */
     }
     return ANNAL_OK;
+}
+
+static annal_err take_lock(annal_db *db) {
+    char msg[4200];
+    annal_err rc = lock_dir(db->dir, &db->lock_fd, msg, sizeof msg);
+    return rc == ANNAL_OK ? rc : annal__fail(db, rc, "%s", msg);
 }
 
 static annal_err check_opts(const annal_db_opts *o) {
@@ -588,22 +596,14 @@ annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     o.flags &= ~(ANNAL_OPEN_READONLY | ANNAL_OPEN_CREATE);
     /* Hold the writer lock while the index files are removed, then let a normal open
      * index the whole log. */
-    annal_db probe;
-    memset(&probe, 0, sizeof probe);
-    probe.dir = (char *)dir;
-    pthread_mutex_init(&probe.errmu, NULL);
-    annal_err rc = take_lock(&probe);
+    int fd = -1;
+    char msg[4200];
+    annal_err rc = lock_dir(dir, &fd, msg, sizeof msg);
     char idir[4096];
     snprintf(idir, sizeof idir, "%s/index", dir);
     if (rc == ANNAL_OK && annal__index_in_use(idir)) rc = ANNAL_EBUSY; /* a handle here */
     if (rc == ANNAL_OK && annal__index_remove(idir) < 0) rc = ANNAL_EIO;
-    if (probe.lock_fd >= 0) close(probe.lock_fd);
-    while (probe.errs) {
-        annal__errslot *s = probe.errs;
-        probe.errs = s->next;
-        free(s);
-    }
-    pthread_mutex_destroy(&probe.errmu);
+    if (fd >= 0) close(fd);
     if (rc != ANNAL_OK) return rc;
     /* A race with another writer opening between the two steps is harmless: it would
      * rebuild the index itself, and our open then waits for nothing but fails EBUSY. */

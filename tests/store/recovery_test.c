@@ -606,6 +606,34 @@ static void malformed_index_head_is_rebuilt(void **state) {
     free(dir);
 }
 
+/* A failed flush in annal_db_sync (bulk import on a NOSYNC handle) poisons the handle
+ * like a failed append flush; a reopen recovers whatever reached the disk, whole. */
+static void failed_sync_of_nosync_handle(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dbsync");
+    fio = *annal__io_posix();
+    fio.sync = f_sync;
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE | ANNAL_OPEN_NOSYNC;
+    annal_db *db = NULL;
+    TU_OK(NULL, annal__db_open_io(dir, &o, &fio, &db));
+    append_n(db, "bulk", 20);
+    F.fail_sync = 1;
+    TU_EXPECT(db, annal_db_sync(db), ANNAL_EIO);
+    TU_EXPECT(db, tu_append1(db, "bulk", ANNAL_EXPECT_ANY, "Refused", "{}", NULL), ANNAL_EFAILED);
+    TU_EXPECT(db, annal_db_sync(db), ANNAL_EFAILED);
+    annal_db_close(db);
+    db = open_f(dir, 0);
+    uint64_t n = count_all(db);
+    assert_true(n <= 20);
+    TU_OK(db, tu_append1(db, "bulk", ANNAL_EXPECT_ANY, "Works", "{}", NULL));
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(torn_batch_is_cut),
@@ -622,6 +650,7 @@ int main(void) {
         cmocka_unit_test(failed_write_recovers),
         cmocka_unit_test(index_map_full),
         cmocka_unit_test(malformed_index_head_is_rebuilt),
+        cmocka_unit_test(failed_sync_of_nosync_handle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

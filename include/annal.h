@@ -63,7 +63,9 @@ typedef enum annal_err {
     ANNAL_EREADONLY,  /* the handle was opened read-only */
     ANNAL_EFAILED,    /* an earlier write or flush failed: close and reopen to recover */
     ANNAL_EVERSION,   /* the store was written by an unsupported format version */
-    ANNAL_ECANCELED,  /* a progress callback asked to stop */
+    ANNAL_ECANCELED,  /* a progress callback asked to stop, or a wait was canceled */
+    ANNAL_EDELETED,   /* the stream was hard-deleted (tombstoned): never written again */
+    ANNAL_ETIMEDOUT,  /* a wait ended before anything happened: not a failure */
     ANNAL_ERR_COUNT   /* number of codes; not an error */
 } annal_err;
 
@@ -270,6 +272,133 @@ typedef struct annal_db_info {
 ANNAL_API annal_err annal_db_info_get(annal_db *db, annal_db_info *out);
 
 /* ------------------------------------------------------------------------------------
+ * Categories and event types. A stream `order-123` belongs to category `order` (the text
+ * before the first '-'; a name without '-' is its own category). Both are native indexes
+ * kept with the main index and rebuilt with it: no link events are written. The names
+ * `$ce-<category>` and `$et-<type>` read them through annal_read_stream; there, as here,
+ * `from` is a position in $all (not a revision) and events keep their own stream and
+ * revision. ANNAL_FROM_END starts a backward read at the newest. A category or type with
+ * no events yields no events (not ANNAL_ENOTFOUND).
+ */
+ANNAL_API annal_err annal_read_category(annal_db *db, const char *category, uint64_t from,
+                                        unsigned flags, uint64_t limit, annal_iter **out);
+ANNAL_API annal_err annal_read_type(annal_db *db, const char *type, uint64_t from, unsigned flags,
+                                    uint64_t limit, annal_iter **out);
+
+/* ------------------------------------------------------------------------------------
+ * Stream metadata and deletion. Metadata is a JSON object per stream, stored as events
+ * of type `$metadata` in the stream `$$<stream>` (as in KurrentDB), so it is versioned
+ * and written with an expected revision of that metadata stream. Recognized members:
+ *   "$maxCount": n   only the newest n events are visible
+ *   "$maxAge":   s   only events committed in the last s seconds are visible
+ *   "$tb":       r   events with revision < r are invisible (truncate before)
+ * Any other member is kept as a custom property. Limits apply to every read, category
+ * and type read, $all read and subscription at once; annal_compact reclaims the space.
+ */
+
+/* Set stream's metadata to json (borrowed; a JSON object text, json_len bytes).
+ * expected is the expected revision of the metadata stream (ANNAL_EXPECT_*), result as
+ * in annal_append (revisions are the metadata stream's). The stream need not exist.
+ * Errors: those of annal_append; ANNAL_EINVAL (not a JSON object, a recognized member
+ * with a negative or non-integer value); ANNAL_EDELETED for a tombstoned stream. */
+ANNAL_API annal_err annal_stream_meta_set(annal_db *db, const char *stream, int64_t expected,
+                                          const char *json, size_t json_len,
+                                          annal_append_result *result);
+
+/* stream's current metadata as a NUL-terminated JSON object text in *json (caller frees)
+ * and the metadata stream's revision in *revision (may be NULL; -1 when never set, then
+ * *json is "{}"). */
+ANNAL_API annal_err annal_stream_meta_get(annal_db *db, const char *stream, char **json,
+                                          int64_t *revision);
+
+#define ANNAL_DELETE_HARD 0x1u /* tombstone: the stream can never be written again */
+
+/* Delete stream, whose last revision must match expected (ANNAL_EXPECT_*).
+ * Soft (flags 0): the stream reads as ANNAL_ENOTFOUND; a later append re-creates it and
+ * continues its revisions, with the old events staying invisible (its metadata gets
+ * "$tb" = the next revision). Hard (ANNAL_DELETE_HARD): a `$streamDeleted` event is
+ * appended to it; from then on reads and appends fail with ANNAL_EDELETED.
+ * result (may be NULL) describes the event written. Errors: those of annal_append,
+ * ANNAL_ENOTFOUND (no such stream), ANNAL_EDELETED (already tombstoned). */
+ANNAL_API annal_err annal_stream_delete(annal_db *db, const char *stream, int64_t expected,
+                                        unsigned flags, annal_append_result *result);
+
+/* ------------------------------------------------------------------------------------
+ * Subscriptions: catch-up then live, over one stream, $all, a category (`$ce-<cat>`) or
+ * an event type (`$et-<type>`). A subscription is a cursor over the log: history and live
+ * events come from the same place, so the switch has no gap and no duplicate, a slow
+ * subscriber holds no memory in the store and never slows appenders. A subscriber in
+ * another process (a read-only handle) is woken by the writer through a shared futex,
+ * without polling.
+ */
+typedef struct annal_sub annal_sub; /* opaque; used by one thread at a time, except cancel */
+
+/* Filters evaluated in the store for $all (and category and type) subscriptions. A
+ * filtered-out event is not delivered, but it moves the checkpoint. */
+typedef struct annal_filter {
+    const char *type_prefix;   /* deliver only types starting with this; NULL: any */
+    const char *type_regex;    /* POSIX extended regex the type must match; NULL: any */
+    const char *stream_prefix; /* the same for stream names */
+    const char *stream_regex;
+    int exclude_system; /* skip events of types or streams starting with '$' */
+} annal_filter;
+
+#define ANNAL_SUB_START 0 /* from the first event */
+#define ANNAL_SUB_AFTER 1 /* after `from` (a revision for a stream, else a position) */
+#define ANNAL_SUB_END   2 /* only events appended after the subscription opened */
+
+typedef struct annal_sub_opts {
+    const char *stream;         /* borrowed during open: NULL or "$all", "$ce-<category>",
+                                 * "$et-<type>", or a stream name */
+    int start;                  /* ANNAL_SUB_START, ANNAL_SUB_AFTER or ANNAL_SUB_END */
+    uint64_t from;              /* for ANNAL_SUB_AFTER */
+    const annal_filter *filter; /* copied during open; NULL: none. Not for one stream. */
+    /* A checkpoint item is produced after this many events were passed over without one
+     * being delivered (0: default 1000), and whenever the subscription catches up. */
+    uint32_t checkpoint_every;
+    /* Once caught up, being this many events behind the head again reports
+     * ANNAL_SUB_FELL_BEHIND (0: default 10000). */
+    uint64_t behind_threshold;
+} annal_sub_opts;
+
+ANNAL_API void annal_sub_opts_init(annal_sub_opts *opts); /* defaults: $all from the start */
+
+typedef enum annal_sub_kind {
+    ANNAL_SUB_EVENT,       /* item->event is the next event */
+    ANNAL_SUB_CAUGHT_UP,   /* every event committed so far has been delivered */
+    ANNAL_SUB_FELL_BEHIND, /* after catching up, the subscriber is behind_threshold behind */
+    ANNAL_SUB_CHECKPOINT   /* item->position: a place to resume from (see below) */
+} annal_sub_kind;
+
+typedef struct annal_sub_item {
+    annal_sub_kind kind;
+    const annal_event *event; /* EVENT: borrowed until the next call on the subscription */
+    /* EVENT: its position. CHECKPOINT: every event before this position has been
+     * delivered or filtered out, so ANNAL_SUB_AFTER with from = position - 1 resumes
+     * exactly (position 0: nothing passed yet). For a one-stream subscription the
+     * checkpoint is a revision in the same sense. */
+    uint64_t position;
+} annal_sub_item;
+
+/* Open a subscription on db (borrowed: db must outlive it). *out is freed with
+ * annal_sub_close(). Errors: ANNAL_EINVAL (bad name, bad regex, filter on one stream),
+ * ANNAL_ENOMEM. A stream that does not exist yet is waited for. */
+ANNAL_API annal_err annal_sub_open(annal_db *db, const annal_sub_opts *opts, annal_sub **out);
+
+/* The next item, waiting up to timeout_ms for one (-1: forever, 0: do not wait).
+ * ANNAL_ETIMEDOUT when none came in time; ANNAL_ECANCELED after annal_sub_cancel;
+ * ANNAL_EDELETED when a subscribed stream is tombstoned; read errors otherwise. */
+ANNAL_API annal_err annal_sub_next(annal_sub *s, int timeout_ms, annal_sub_item *item);
+
+/* Make a waiting or future annal_sub_next return ANNAL_ECANCELED. Any thread. */
+ANNAL_API void annal_sub_cancel(annal_sub *s);
+ANNAL_API void annal_sub_close(annal_sub *s); /* NULL is a no-op */
+
+/* Wait until the store's head passes `position` (an event at or after it is committed),
+ * up to timeout_ms (-1: forever). ANNAL_OK or ANNAL_ETIMEDOUT. Works across processes. */
+ANNAL_API annal_err annal_wait_position(annal_db *db, uint64_t position, int timeout_ms);
+
+/* ------------------------------------------------------------------------------------
  * Maintenance. Both take the store directory, not a handle.
  */
 
@@ -293,6 +422,22 @@ ANNAL_API annal_err annal_verify(const char *dir, const annal_db_opts *opts, ann
 /* Throw away the index and rebuild it from the log. Needs the write lock (ANNAL_EBUSY
  * if another process has the store open for writing). */
 ANNAL_API annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts);
+
+/* Compaction progress: segments done of total, bytes reclaimed so far. */
+typedef struct annal_compact_stats {
+    uint64_t segments_total, segments_done;
+    uint64_t events_erased;   /* deleted, truncated or expired events removed */
+    uint64_t bytes_reclaimed; /* disk bytes given back */
+} annal_compact_stats;
+
+/* Reclaim the disk space of invisible events (deleted, truncated, expired) in sealed
+ * segments of the store open as db (a writer handle), online: appends and reads go on.
+ * Their bytes are erased from disk; positions of the other events never change.
+ * bytes_per_s throttles the rewrite (0: no limit). stats (may be NULL) gets the totals;
+ * opts->progress of db is called per segment. Killed at any point, the store reopens
+ * with every visible event intact. Errors: ANNAL_EREADONLY, ANNAL_EIO, ANNAL_ENOSPC,
+ * ANNAL_ECANCELED, ANNAL_ECORRUPT. */
+ANNAL_API annal_err annal_compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats *stats);
 
 /* ---- Command side (src/write/) ---- */
 /* ------------------------------------------------------------------------------------

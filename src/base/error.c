@@ -26,6 +26,8 @@ const char *annal_strerror(annal_err e) {
     case ANNAL_EFAILED: return "an earlier write failed: reopen the store to recover";
     case ANNAL_EVERSION: return "unsupported store format version";
     case ANNAL_ECANCELED: return "canceled";
+    case ANNAL_EDELETED: return "stream deleted";
+    case ANNAL_ETIMEDOUT: return "timed out";
     case ANNAL_ERR_COUNT: break;
     }
     return "unknown error";
@@ -49,6 +51,8 @@ const char *annal_errname(annal_err e) {
     case ANNAL_EFAILED: return "ANNAL_EFAILED";
     case ANNAL_EVERSION: return "ANNAL_EVERSION";
     case ANNAL_ECANCELED: return "ANNAL_ECANCELED";
+    case ANNAL_EDELETED: return "ANNAL_EDELETED";
+    case ANNAL_ETIMEDOUT: return "ANNAL_ETIMEDOUT";
     case ANNAL_ERR_COUNT: break;
     }
     return "ANNAL_E?";

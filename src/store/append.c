@@ -252,6 +252,7 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     if (g.txn) mdb_txn_abort(g.txn);
     if (grc == ANNAL_OK) {
         __atomic_store_n(&db->visible, db->head.next_pos, __ATOMIC_RELEASE);
+        annal__notify_publish(db, db->head.next_pos);
     } else {
         db->head = saved;
         char msg[256];

@@ -507,6 +507,7 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
     }
     rc = db->readonly ? open_reader(db) : open_writer(db);
     if (rc != ANNAL_OK) goto fail;
+    annal__notify_open(db); /* failure only degrades waits to short sleeps */
     *out = db;
     return ANNAL_OK;
 fail:
@@ -565,6 +566,7 @@ void annal_db_close(annal_db *db) {
         annal__boot_id(st.boot_id);
         annal__index_state_write(db->index_dir, &st);
     }
+    annal__notify_close(db);
     if (db->idx.env) annal__index_close(&db->idx);
     if (db->log.dir) annal__log_close(&db->log);
     if (db->lock_fd >= 0) close(db->lock_fd); /* releases the flock */

@@ -11,6 +11,7 @@
 #include "index/index.h"
 #include "log/io.h"
 #include "log/segment.h"
+#include "store/notify.h"
 
 /* One waiting append; lives on its caller's stack. */
 typedef struct annal__req {
@@ -65,7 +66,8 @@ struct annal_db {
     uint8_t *buf;
     size_t bufcap;
 
-    uint64_t visible; /* atomic: positions below this are committed and readable */
+    uint64_t visible;             /* atomic: positions below this are committed and readable */
+    struct annal__notify *notify; /* wake-ups for subscribers (store/notify.c) */
 };
 
 /* annal_db_open with another file-operation table (tests inject faults with it). */

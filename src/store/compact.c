@@ -1,0 +1,2 @@
+/* Compaction (placeholder). */
+#include "store/db_int.h"

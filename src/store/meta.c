@@ -1,0 +1,2 @@
+/* Stream metadata and deletion (placeholder). */
+#include "store/db_int.h"

@@ -1,0 +1,2 @@
+/* Subscriptions (placeholder). */
+#include "store/db_int.h"

@@ -98,7 +98,7 @@ typedef struct shared_env {
     ino_t ino;
     int readonly, refs;
     MDB_env *env;
-    MDB_dbi meta, streams, revs, ids, pos;
+    MDB_dbi meta, streams, revs, ids, pos, cats, types;
     struct shared_env *next;
 } shared_env;
 static pthread_mutex_t g_envs_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -142,6 +142,8 @@ static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint
     if (rc == 0) rc = mdb_dbi_open(t, "revs", c, &idx->revs);
     if (rc == 0) rc = mdb_dbi_open(t, "ids", c, &idx->ids);
     if (rc == 0) rc = mdb_dbi_open(t, "pos", c | MDB_INTEGERKEY, &idx->pos);
+    if (rc == 0) rc = mdb_dbi_open(t, "cats", c | MDB_DUPSORT | MDB_DUPFIXED, &idx->cats);
+    if (rc == 0) rc = mdb_dbi_open(t, "types", c | MDB_DUPSORT | MDB_DUPFIXED, &idx->types);
     if (rc == 0)
         rc = mdb_txn_commit(t); /* even read-only: abort would close the handles */
     else if (t)
@@ -179,8 +181,9 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
         e = rc == ANNAL_OK ? calloc(1, sizeof *e) : NULL;
         if (rc == ANNAL_OK && !e) rc = ANNAL_ENOMEM;
         if (rc == ANNAL_OK) {
-            *e = (shared_env){st.st_dev,    st.st_ino, readonly, 1,        idx->env, idx->meta,
-                              idx->streams, idx->revs, idx->ids, idx->pos, g_envs};
+            *e = (shared_env){st.st_dev, st.st_ino,    readonly,  1,        idx->env,
+                              idx->meta, idx->streams, idx->revs, idx->ids, idx->pos,
+                              idx->cats, idx->types,   g_envs};
             g_envs = e;
         } else if (idx->env) {
             mdb_env_close(idx->env);
@@ -191,7 +194,7 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
         idx->shared = e;
         idx->env = e->env;
         idx->meta = e->meta, idx->streams = e->streams, idx->revs = e->revs;
-        idx->ids = e->ids, idx->pos = e->pos;
+        idx->ids = e->ids, idx->pos = e->pos, idx->cats = e->cats, idx->types = e->types;
     }
     pthread_mutex_unlock(&g_envs_mu);
     if (rc != ANNAL_OK) {
@@ -233,8 +236,10 @@ annal_err annal__index_head_get(MDB_txn *t, const annal__index *idx, annal__inde
     int rc = mdb_get(t, idx->meta, &k, &v);
     if (rc == MDB_NOTFOUND) return ANNAL_OK; /* empty index */
     if (rc) return annal__index_err(rc);
-    if (v.mv_size != 48) return ANNAL_ECORRUPT;
+    if (v.mv_size != 64) return ANNAL_ECORRUPT; /* an older layout too: rebuilt */
     const uint8_t *p = v.mv_data;
+    if (annal__get64(p + 56) != ANNAL__INDEX_VERSION) return ANNAL_ECORRUPT;
+    h->restricted = annal__get64(p + 48);
     h->next_pos = annal__get64(p);
     h->next_loc = annal__get64(p + 8);
     h->next_stream_id = annal__get64(p + 16);
@@ -245,13 +250,15 @@ annal_err annal__index_head_get(MDB_txn *t, const annal__index *idx, annal__inde
 }
 
 annal_err annal__index_head_put(MDB_txn *t, const annal__index *idx, const annal__index_head *h) {
-    uint8_t b[48];
+    uint8_t b[64];
     annal__put64(b, h->next_pos);
     annal__put64(b + 8, h->next_loc);
     annal__put64(b + 16, h->next_stream_id);
     annal__put64(b + 24, h->streams);
     annal__put64(b + 32, (uint64_t)h->last_ns);
     annal__put64(b + 40, h->last_loc);
+    annal__put64(b + 48, h->restricted);
+    annal__put64(b + 56, ANNAL__INDEX_VERSION);
     MDB_val k = val("head", 4), v = val(b, sizeof b);
     return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
 }
@@ -261,22 +268,39 @@ annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const cha
     MDB_val k = val(name, len), v;
     int rc = mdb_get(t, idx->streams, &k, &v);
     if (rc) return annal__index_err(rc);
-    if (v.mv_size != 32) return ANNAL_ECORRUPT;
-    const uint8_t *p = v.mv_data;
+    return annal__stream_rec_decode(v.mv_data, v.mv_size, rec);
+}
+
+annal__stream_rec annal__stream_rec_new(uint64_t id, int64_t created_ns) {
+    annal__stream_rec r = {id, 0, 0, created_ns, ANNAL__UNSET, ANNAL__UNSET, ANNAL__UNSET, 0};
+    return r;
+}
+
+annal_err annal__stream_rec_decode(const void *data, size_t len, annal__stream_rec *rec) {
+    if (len != ANNAL__STREAM_REC) return ANNAL_ECORRUPT;
+    const uint8_t *p = data;
     rec->id = annal__get64(p);
     rec->count = annal__get64(p + 8);
     rec->last_pos = annal__get64(p + 16);
     rec->created_ns = (int64_t)annal__get64(p + 24);
+    rec->tb = annal__get64(p + 32);
+    rec->max_count = annal__get64(p + 40);
+    rec->max_age = annal__get64(p + 48);
+    rec->flags = annal__get64(p + 56);
     return ANNAL_OK;
 }
 
 annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
                                   const annal__stream_rec *rec) {
-    uint8_t b[32];
+    uint8_t b[ANNAL__STREAM_REC];
     annal__put64(b, rec->id);
     annal__put64(b + 8, rec->count);
     annal__put64(b + 16, rec->last_pos);
     annal__put64(b + 24, (uint64_t)rec->created_ns);
+    annal__put64(b + 32, rec->tb);
+    annal__put64(b + 40, rec->max_count);
+    annal__put64(b + 48, rec->max_age);
+    annal__put64(b + 56, rec->flags);
     MDB_val k = val(name, len), v = val(b, sizeof b);
     return annal__index_err(mdb_put(t, idx->streams, &k, &v, 0));
 }
@@ -331,6 +355,34 @@ annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t str
     *pos = annal__get64(v.mv_data);
     *loc = annal__get64((const uint8_t *)v.mv_data + 8);
     return ANNAL_OK;
+}
+
+size_t annal__category_len(const char *name, size_t len) {
+    const char *dash = memchr(name, '-', len);
+    return dash ? (size_t)(dash - name) : len;
+}
+
+annal_err annal__index_tag_put(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                               uint64_t loc) {
+    uint8_t b[ANNAL__TAG_VAL];
+    annal__put64be(b, pos);
+    annal__put64(b + 8, loc);
+    MDB_val k = val(name, len), v = val(b, sizeof b);
+    return annal__index_err(mdb_put(t, dbi, &k, &v, 0));
+}
+
+annal_err annal__index_tag_has(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                               uint64_t loc) {
+    uint8_t b[ANNAL__TAG_VAL];
+    annal__put64be(b, pos);
+    annal__put64(b + 8, loc);
+    MDB_val k = val(name, len), v = val(b, sizeof b);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t, dbi, &c);
+    if (rc) return annal__index_err(rc);
+    rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH);
+    mdb_cursor_close(c);
+    return annal__index_err(rc);
 }
 
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,

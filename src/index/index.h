@@ -15,6 +15,7 @@
 typedef struct annal__index {
     MDB_env *env;
     MDB_dbi meta, streams, revs, ids, pos;
+    MDB_dbi cats, types; /* category / event type -> (position, location), DUPSORT */
     char *dir;
     void *shared; /* this process's registry entry for the environment */
 } annal__index;
@@ -28,14 +29,32 @@ typedef struct annal__index_head {
     uint64_t next_stream_id; /* id for the next new stream */
     uint64_t streams;        /* streams with at least one event */
     int64_t last_ns;         /* timestamp of the last indexed event */
+    uint64_t restricted;     /* metadata, delete and tombstone events ever indexed: while 0,
+                              * every event is visible and reads skip the checks */
 } annal__index_head;
+
+#define ANNAL__INDEX_VERSION 2 /* layout of the tables; another version is rebuilt */
+
+#define ANNAL__UNSET        UINT64_MAX
+#define ANNAL__SR_DELETED   0x1u /* soft-deleted: reads as not found until appended to */
+#define ANNAL__SR_TOMBSTONE 0x2u /* hard-deleted: never written again */
 
 typedef struct annal__stream_rec {
     uint64_t id;       /* internal stream number */
-    uint64_t count;    /* events in the stream == next revision */
+    uint64_t count;    /* events in the stream == next revision (0: only metadata so far) */
     uint64_t last_pos; /* position of its last event */
     int64_t created_ns;
+    /* From its metadata stream ($$name); ANNAL__UNSET when not set. */
+    uint64_t tb;        /* truncate before this revision */
+    uint64_t max_count; /* only the newest max_count events are visible */
+    uint64_t max_age;   /* seconds */
+    uint64_t flags;     /* ANNAL__SR_* */
 } annal__stream_rec;
+
+#define ANNAL__STREAM_REC 64u /* bytes of an encoded stream record */
+annal_err annal__stream_rec_decode(const void *data, size_t len, annal__stream_rec *rec);
+/* A new stream record with id and no limits. */
+annal__stream_rec annal__stream_rec_new(uint64_t id, int64_t created_ns);
 
 /* Trust file beside the LMDB files: was the index closed cleanly, and by which boot.
  * LMDB runs with MDB_NOSYNC (the log is the durable copy), which survives a process
@@ -80,6 +99,17 @@ annal_err annal__index_id_get(MDB_txn *t, const annal__index *idx, const annal_u
                               uint64_t *pos, uint64_t *loc);
 annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                uint64_t rev, uint64_t *pos, uint64_t *loc);
+/* Category of a stream name: the bytes before the first '-' (all of it without one). */
+size_t annal__category_len(const char *name, size_t len);
+/* Add (position, location) under name in a category or type table (idx->cats or idx->types). */
+annal_err annal__index_tag_put(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                               uint64_t loc);
+/* ANNAL_OK if exactly that entry is present, else ANNAL_ENOTFOUND (or an LMDB error). */
+annal_err annal__index_tag_has(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                               uint64_t loc);
+/* Tag entries: value = position big-endian (so duplicates sort by position), location. */
+#define ANNAL__TAG_VAL 16u
+
 /* Location of position pos rounded down to a stride boundary: *base gets that position. */
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,
                                  uint64_t *loc);

@@ -112,27 +112,68 @@ static annal_err check_idempotent(annal_db *db, group *g, MDB_txn *t, annal__req
     return ANNAL_OK;
 }
 
+/* The condition on another stream that req carries. */
+static annal_err check_guard(annal_db *db, MDB_txn *t, annal__req *req) {
+    const annal__guard *gd = req->guard;
+    annal__stream_rec gr;
+    annal_err rc = annal__index_stream_get(t, &db->idx, gd->stream, gd->len, &gr);
+    if (rc == ANNAL_ENOTFOUND)
+        gr = annal__stream_rec_new(0, 0);
+    else if (rc != ANNAL_OK)
+        return rc;
+    if (gr.flags & ANNAL__SR_TOMBSTONE) {
+        snprintf(req->msg, sizeof req->msg, "stream %.*s is deleted (tombstoned)", (int)gd->len,
+                 gd->stream);
+        return ANNAL_EDELETED;
+    }
+    int64_t cur = (int64_t)gr.count - 1;
+    int gone = cur < 0 || (gr.flags & ANNAL__SR_DELETED);
+    if (gd->must_exist && gone) {
+        snprintf(req->msg, sizeof req->msg, "stream %.*s not found", (int)gd->len, gd->stream);
+        return ANNAL_ENOTFOUND;
+    }
+    int ok = gd->expected == ANNAL_EXPECT_ANY || (gd->expected == ANNAL_EXPECT_NO_STREAM && gone) ||
+             (gd->expected == ANNAL_EXPECT_STREAM_EXISTS && !gone) || gd->expected == cur;
+    if (!ok) {
+        char eb[32];
+        req->res.revision = cur;
+        snprintf(req->msg, sizeof req->msg, "expected revision %s but stream %.*s is at %" PRId64,
+                 expected_str(gd->expected, eb, sizeof eb), (int)gd->len, gd->stream, cur);
+        return ANNAL_ECONFLICT;
+    }
+    return ANNAL_OK;
+}
+
 /* Check and encode one request into the group, its index entries into t (a child
  * transaction of the group's). Returns the request's result code, or a negative errno
  * for an I/O failure that ends the whole group. */
 static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     annal__index_head h = db->head;
-    annal__stream_rec sr = {0, 0, 0, 0};
+    annal__stream_rec sr = annal__stream_rec_new(0, 0);
     annal_err rc = annal__index_stream_get(t, &db->idx, req->stream, req->stream_len, &sr);
-    int exists = rc == ANNAL_OK;
+    int exists = rc == ANNAL_OK; /* a record; it may hold only metadata (count 0) */
     if (rc != ANNAL_OK && rc != ANNAL_ENOTFOUND) return rc;
-    int64_t cur = exists ? (int64_t)sr.count - 1 : -1;
+    if (sr.flags & ANNAL__SR_TOMBSTONE) {
+        req->res.revision = (int64_t)sr.count - 1;
+        snprintf(req->msg, sizeof req->msg, "stream %s is deleted (tombstoned)", req->stream);
+        return ANNAL_EDELETED;
+    }
+    if (req->guard && (rc = check_guard(db, t, req)) != ANNAL_OK) return rc;
+    int64_t cur = (int64_t)sr.count - 1;
+    int gone = cur < 0 || (sr.flags & ANNAL__SR_DELETED); /* reads as not found */
     if (req->n > 0) {
         rc = check_idempotent(db, g, t, req, &sr, exists);
         if (rc != ANNAL_ENOTFOUND) return rc;
     }
+    /* A soft-deleted stream is re-created by appending to it as if it did not exist, or
+     * at its actual revision; its revisions continue. */
     int ok = req->expected == ANNAL_EXPECT_ANY ||
-             (req->expected == ANNAL_EXPECT_NO_STREAM && cur == -1) ||
-             (req->expected == ANNAL_EXPECT_STREAM_EXISTS && cur >= 0) || req->expected == cur;
+             (req->expected == ANNAL_EXPECT_NO_STREAM && gone) ||
+             (req->expected == ANNAL_EXPECT_STREAM_EXISTS && !gone) || req->expected == cur;
     if (!ok) {
         char eb[32];
         req->res.revision = cur;
-        if (cur < 0)
+        if (gone)
             snprintf(req->msg, sizeof req->msg, "expected revision %s but stream %s does not exist",
                      expected_str(req->expected, eb, sizeof eb), req->stream);
         else
@@ -158,8 +199,8 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         db->woff = ANNAL__SEG_HDR;
     }
     if (buf_reserve(db, g->bl + req->bytes) < 0) return ANNAL_ENOMEM;
-    if (!exists) {
-        sr.id = h.next_stream_id++;
+    if (!exists) sr = annal__stream_rec_new(h.next_stream_id++, g->now);
+    if (sr.count == 0) {
         sr.created_ns = g->now;
         h.streams++;
     }
@@ -181,6 +222,7 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
             snprintf(req->msg, sizeof req->msg, "event id %s is already stored%s", ids,
                      i > 0 ? " (or repeated within the batch)" : "");
         }
+        if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev, loc);
         if (rc != ANNAL_OK) return rc;
     }
     sr.count += req->n;
@@ -279,11 +321,11 @@ static void commit_group(annal_db *db, annal__req *reqs) {
 }
 
 static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_t expected,
-                          annal_event_data *ev, size_t n, uint64_t *bytes) {
+                          annal_event_data *ev, size_t n, uint64_t *bytes, int internal) {
     if (!annal__name_ok(stream, slen))
         return annal__fail(db, ANNAL_EINVAL, "invalid stream name: must be 1..%d bytes of UTF-8",
                            ANNAL_MAX_NAME);
-    if (stream[0] == '$')
+    if (stream[0] == '$' && !internal)
         return annal__fail(db, ANNAL_EINVAL, "stream names starting with '$' are reserved");
     if (expected < 0 && expected != ANNAL_EXPECT_ANY && expected != ANNAL_EXPECT_NO_STREAM &&
         expected != ANNAL_EXPECT_STREAM_EXISTS)
@@ -300,6 +342,12 @@ static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_
                                "event %zu: invalid type: must be 1..%d bytes "
                                "of UTF-8",
                                i, ANNAL_MAX_NAME);
+        if (!internal &&
+            (strcmp(ev[i].type, "$streamDeleted") == 0 || strcmp(ev[i].type, "$metadata") == 0))
+            return annal__fail(db, ANNAL_EINVAL,
+                               "event %zu: type %s is reserved for the store (use "
+                               "annal_stream_delete / annal_stream_meta_set)",
+                               i, ev[i].type);
         if ((ev[i].data_len && !ev[i].data) || (ev[i].metadata_len && !ev[i].metadata))
             return annal__fail(db, ANNAL_EINVAL, "event %zu: NULL data with a length", i);
         uint64_t sz = (uint64_t)ev[i].data_len + ev[i].metadata_len;
@@ -325,12 +373,21 @@ static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_
 
 annal_err annal_append(annal_db *db, const char *stream, int64_t expected, annal_event_data *events,
                        size_t n, annal_append_result *result) {
+    return annal__append(db, stream, expected, events, n, result, NULL);
+}
+
+annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
+                        annal_event_data *events, size_t n, annal_append_result *result,
+                        const annal__guard *guard) {
     if (!db) return ANNAL_EINVAL;
     if (db->readonly) return annal__fail(db, ANNAL_EREADONLY, "the store is open read-only");
     annal__req req;
     memset(&req, 0, sizeof req);
-    annal_err rc = validate(db, stream, &req.stream_len, expected, events, n, &req.bytes);
+    /* Only the store's own calls (metadata, deletes) carry a guard. */
+    annal_err rc =
+        validate(db, stream, &req.stream_len, expected, events, n, &req.bytes, guard != NULL);
     if (rc != ANNAL_OK) return rc;
+    req.guard = guard;
     req.stream = stream;
     req.expected = expected;
     req.ev = events;

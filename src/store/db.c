@@ -135,13 +135,14 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
         if (i == 0) {
             rc = annal__index_stream_get(t, &db->idx, ev.stream, ev.stream_len, &sr);
             if (rc == ANNAL_ENOTFOUND) {
-                sr.id = db->head.next_stream_id++;
-                sr.count = 0;
-                sr.created_ns = ev.timestamp_ns;
-                db->head.streams++;
+                sr = annal__stream_rec_new(db->head.next_stream_id++, ev.timestamp_ns);
                 rc = ANNAL_OK;
             }
             if (rc != ANNAL_OK) break;
+            if (sr.count == 0) {
+                sr.created_ns = ev.timestamp_ns;
+                db->head.streams++;
+            }
         }
         if (ev.revision != sr.count) {
             rc = annal__fail(db, ANNAL_ECORRUPT,
@@ -155,6 +156,7 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
             rc = annal__fail(db, ANNAL_ECORRUPT,
                              "event id at position %" PRIu64 " appears twice in the log",
                              ev.position);
+        if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev, loc);
         sr.count++;
         sr.last_pos = ev.position;
         db->head.last_ns = ev.timestamp_ns;
@@ -228,7 +230,8 @@ static int head_check(annal_db *db, const annal__index_head *h) {
 
 static annal_err reset_index(annal_db *db, MDB_txn *t) {
     int rc = 0;
-    MDB_dbi dbis[] = {db->idx.meta, db->idx.streams, db->idx.revs, db->idx.ids, db->idx.pos};
+    MDB_dbi dbis[] = {db->idx.meta, db->idx.streams, db->idx.revs, db->idx.ids,
+                      db->idx.pos,  db->idx.cats,    db->idx.types};
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0] && rc == 0; i++)
         rc = mdb_drop(t, dbis[i], 0);
     memset(&db->head, 0, sizeof db->head);

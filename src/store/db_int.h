@@ -13,8 +13,18 @@
 #include "log/segment.h"
 #include "store/notify.h"
 
+/* A condition on another stream checked in the same commit as an append: metadata and
+ * delete events go to `$$name` or carry a decision about `name`. */
+typedef struct annal__guard {
+    const char *stream;
+    size_t len;
+    int64_t expected; /* ANNAL_EXPECT_* or a revision; a tombstoned stream always fails */
+    int must_exist;   /* ANNAL_ENOTFOUND if it has no visible existence (absent or deleted) */
+} annal__guard;
+
 /* One waiting append; lives on its caller's stack. */
 typedef struct annal__req {
+    const annal__guard *guard; /* may be NULL */
     const char *stream;
     size_t stream_len;
     int64_t expected;
@@ -89,6 +99,22 @@ annal_err annal__read_txn(annal_db *db, MDB_txn **t);
 /* The committed head as seen by this handle: for a writer, what it has published;
  * for a read-only handle, what the index in t says. */
 uint64_t annal__visible(annal_db *db, MDB_txn *t);
+
+/* annal_append for the store itself: `$` streams and types allowed, with a guard. */
+annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
+                        annal_event_data *events, size_t n, annal_append_result *result,
+                        const annal__guard *guard);
+
+/* Index what an event implies beyond its own entries (store/meta.c): its category and
+ * type entries, re-creation of a soft-deleted stream, a tombstone, and for `$metadata`
+ * events the limits of the stream they describe. sr is the event's own stream record
+ * (updated in memory; the caller stores it). Used by append and by recovery alike. */
+annal_err annal__index_event_effects(annal__index *idx, MDB_txn *t, annal__index_head *h,
+                                     annal__stream_rec *sr, const annal_event *ev, uint64_t loc);
+/* The lowest revision of sr that its metadata leaves visible. */
+uint64_t annal__first_visible(const annal__stream_rec *sr);
+/* Is the event at rev committed at ts visible now (now_ns) under sr's metadata? */
+int annal__event_visible(const annal__stream_rec *sr, uint64_t rev, int64_t ts, int64_t now_ns);
 
 /* Index every complete batch of the log from the index head onwards; used by recovery
  * and rebuild. Sets *end_loc to the location after the last whole batch. */

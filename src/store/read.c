@@ -11,7 +11,18 @@
 
 #define CHUNK 256
 
-enum { IT_STREAM, IT_ALL };
+enum { IT_STREAM, IT_ALL, IT_TAG };
+
+/* Stream records looked up by $all, category and type reads to apply stream metadata;
+ * only used once the store has any metadata, delete or tombstone (head.restricted). */
+#define VCACHE 64
+typedef struct vcache_entry {
+    uint64_t gen; /* 0: empty */
+    int found;
+    size_t len;
+    annal__stream_rec rec;
+    char name[ANNAL_MAX_NAME];
+} vcache_entry;
 
 struct annal_iter {
     annal_db *db;
@@ -26,12 +37,21 @@ struct annal_iter {
     char *stream;
     size_t stream_len;
     uint64_t stream_id;
-    uint64_t next_rev; /* next revision to fetch */
-    uint64_t last_rev; /* forward bound: the stream's last revision at open */
+    uint64_t next_rev;    /* next revision to fetch */
+    uint64_t last_rev;    /* forward bound: the stream's last revision at open */
+    uint64_t first;       /* backward bound: the first revision its metadata leaves visible */
+    annal__stream_rec sr; /* the stream's record at open (limits) */
     /* $all */
     annal__cursor cur;
     uint64_t end;      /* forward bound: positions below this */
-    uint64_t next_pos; /* backward: next position to fetch */
+    uint64_t next_pos; /* backward: next position to fetch (also forward, for tags) */
+    /* category or type */
+    MDB_dbi tag_dbi;
+    /* visibility */
+    int restricted; /* apply stream metadata to each event */
+    int64_t now;    /* clock for $maxAge, read at open */
+    uint64_t vgen, seen;
+    vcache_entry *vc;
 };
 
 static annal_err txn_renew(annal_iter *it) {
@@ -65,11 +85,12 @@ static annal_err fetch_stream(annal_iter *it) {
         if (annal__get64be(k.mv_data) != it->stream_id) break; /* past this stream */
         uint64_t r = annal__get64be((const uint8_t *)k.mv_data + 8);
         if (!it->backward && r > it->last_rev) break;
+        if (it->backward && r < it->first) break;
         it->rev[it->n] = r;
         it->pos[it->n] = annal__get64(v.mv_data);
         it->loc[it->n] = annal__get64((const uint8_t *)v.mv_data + 8);
         it->n++;
-        if (it->backward && r == 0) break;
+        if (it->backward && r <= it->first) break;
         mrc = mdb_cursor_get(c, &k, &v, it->backward ? MDB_PREV : MDB_NEXT);
     }
     if (c) mdb_cursor_close(c);
@@ -82,7 +103,7 @@ static annal_err fetch_stream(annal_iter *it) {
     }
     uint64_t lastr = it->rev[it->n - 1];
     if (it->backward) {
-        if (lastr == 0)
+        if (lastr <= it->first)
             it->done = 1; /* after this chunk */
         else
             it->next_rev = lastr - 1;
@@ -131,11 +152,115 @@ static annal_err fetch_all_back(annal_iter *it) {
     return ANNAL_OK;
 }
 
+/* Category or type: the next chunk of (position, location) entries under it->stream. */
+static annal_err fetch_tag(annal_iter *it) {
+    annal_db *db = it->db;
+    annal_err rc = txn_renew(it);
+    if (rc != ANNAL_OK) return rc;
+    MDB_cursor *c = NULL;
+    uint8_t want[ANNAL__TAG_VAL] = {0};
+    annal__put64be(want, it->next_pos);
+    MDB_val k = {it->stream_len, it->stream}, v = {sizeof want, want};
+    int mrc = mdb_cursor_open(it->txn, it->tag_dbi, &c);
+    if (!mrc) mrc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH_RANGE); /* first >= next_pos */
+    if (it->backward) {
+        if (mrc == MDB_NOTFOUND) { /* every entry is below next_pos, or none exists */
+            k = (MDB_val){it->stream_len, it->stream};
+            mrc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY);
+            if (!mrc) mrc = mdb_cursor_get(c, &k, &v, MDB_LAST_DUP);
+        } else if (!mrc && v.mv_size == ANNAL__TAG_VAL &&
+                   annal__get64be(v.mv_data) != it->next_pos) {
+            mrc = mdb_cursor_get(c, &k, &v, MDB_PREV_DUP);
+        }
+    }
+    it->n = it->i = 0;
+    while (!mrc && it->n < CHUNK) {
+        if (v.mv_size != ANNAL__TAG_VAL) {
+            mrc = MDB_CORRUPTED;
+            break;
+        }
+        uint64_t p = annal__get64be(v.mv_data);
+        if (!it->backward && p >= it->end) break;
+        it->pos[it->n] = p;
+        it->loc[it->n] = annal__get64((const uint8_t *)v.mv_data + 8);
+        it->n++;
+        mrc = mdb_cursor_get(c, &k, &v, it->backward ? MDB_PREV_DUP : MDB_NEXT_DUP);
+    }
+    if (c) mdb_cursor_close(c);
+    mdb_txn_reset(it->txn);
+    if (mrc && mrc != MDB_NOTFOUND)
+        return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    if (it->n == 0) {
+        it->done = 1;
+        return ANNAL_OK;
+    }
+    uint64_t lastp = it->pos[it->n - 1];
+    if (it->backward) {
+        if (lastp == 0 || it->n < CHUNK)
+            it->done = 1; /* after this chunk */
+        else
+            it->next_pos = lastp - 1;
+    } else {
+        it->next_pos = lastp + 1;
+        if (it->n < CHUNK) it->done = 1;
+    }
+    return ANNAL_OK;
+}
+
+/* Does the metadata of ev's stream leave it visible? */
+static annal_err visible(annal_iter *it, const annal_event *ev, int *ok) {
+    *ok = 1;
+    if (!it->restricted) return ANNAL_OK;
+    if (it->kind == IT_STREAM) {
+        *ok = annal__event_visible(&it->sr, ev->revision, ev->timestamp_ns, it->now);
+        return ANNAL_OK;
+    }
+    if (!it->vc && !(it->vc = calloc(VCACHE, sizeof *it->vc))) return ANNAL_ENOMEM;
+    if (++it->seen % 4096 == 0) it->vgen++; /* a long read sees metadata changes */
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < ev->stream_len; i++) h = (h ^ (uint8_t)ev->stream[i]) * 16777619u;
+    vcache_entry *e = &it->vc[h % VCACHE];
+    if (e->gen != it->vgen || e->len != ev->stream_len ||
+        memcmp(e->name, ev->stream, ev->stream_len) != 0) {
+        annal_err rc = txn_renew(it);
+        if (rc != ANNAL_OK) return rc;
+        rc = annal__index_stream_get(it->txn, &it->db->idx, ev->stream, ev->stream_len, &e->rec);
+        mdb_txn_reset(it->txn);
+        if (rc != ANNAL_OK && rc != ANNAL_ENOTFOUND)
+            return annal__fail(it->db, rc, "cannot read stream %s from the index", ev->stream);
+        e->found = rc == ANNAL_OK;
+        e->gen = it->vgen;
+        e->len = ev->stream_len;
+        memcpy(e->name, ev->stream, ev->stream_len);
+    }
+    if (e->found) *ok = annal__event_visible(&e->rec, ev->revision, ev->timestamp_ns, it->now);
+    return ANNAL_OK;
+}
+
+static annal_err next_any(annal_iter *it, const annal_event **out);
+
 annal_err annal_iter_next(annal_iter *it, const annal_event **out) {
     if (!it || !out) return ANNAL_EINVAL;
-    annal_db *db = it->db;
     *out = NULL;
     if (it->remaining == 0) return ANNAL_END;
+    for (;;) {
+        annal_err rc = next_any(it, out);
+        int ok = 1;
+        if (rc == ANNAL_OK) rc = visible(it, *out, &ok);
+        if (rc != ANNAL_OK) {
+            *out = NULL;
+            if (rc != ANNAL_END) it->remaining = 0;
+            return rc;
+        }
+        if (ok) break;
+    }
+    it->remaining--;
+    return ANNAL_OK;
+}
+
+/* The next event, visible or not. */
+static annal_err next_any(annal_iter *it, const annal_event **out) {
+    annal_db *db = it->db;
     annal_err rc;
     annal__rec_info info;
     if (it->kind == IT_ALL && !it->backward) {
@@ -149,17 +274,15 @@ annal_err annal_iter_next(annal_iter *it, const annal_event **out) {
                                ", offset %" PRIu64 ")",
                                p, it->cur.seg->no, it->cur.off);
         }
-        it->remaining--;
         *out = &it->ev;
         return ANNAL_OK;
     }
     if (it->i == it->n) {
         if (it->done) return ANNAL_END;
-        rc = it->kind == IT_STREAM ? fetch_stream(it) : fetch_all_back(it);
-        if (rc != ANNAL_OK) {
-            it->remaining = 0;
-            return rc;
-        }
+        rc = it->kind == IT_STREAM ? fetch_stream(it)
+             : it->kind == IT_TAG  ? fetch_tag(it)
+                                   : fetch_all_back(it);
+        if (rc != ANNAL_OK) return rc;
         if (it->n == 0) return ANNAL_END;
     }
     size_t i = it->i++;
@@ -168,14 +291,17 @@ annal_err annal_iter_next(annal_iter *it, const annal_event **out) {
         (it->ev.revision != it->rev[i] || it->ev.stream_len != it->stream_len ||
          memcmp(it->ev.stream, it->stream, it->stream_len) != 0))
         rc = ANNAL_ECORRUPT;
-    if (rc != ANNAL_OK) {
-        it->remaining = 0;
+    if (rc == ANNAL_OK && it->kind == IT_TAG) {
+        int is_cat = it->tag_dbi == db->idx.cats;
+        size_t n = is_cat ? annal__category_len(it->ev.stream, it->ev.stream_len) : it->ev.type_len;
+        const char *name = is_cat ? it->ev.stream : it->ev.type;
+        if (n != it->stream_len || memcmp(name, it->stream, n) != 0) rc = ANNAL_ECORRUPT;
+    }
+    if (rc != ANNAL_OK)
         return annal__fail(db, rc,
                            "damaged event at position %" PRIu64 " (segment %016" PRIx64
                            ", offset %" PRIu64 ")",
                            it->pos[i], ANNAL__LOC_SEG(it->loc[i]), ANNAL__LOC_OFF(it->loc[i]));
-    }
-    it->remaining--;
     *out = &it->ev;
     return ANNAL_OK;
 }
@@ -184,6 +310,7 @@ void annal_iter_close(annal_iter *it) {
     if (!it) return;
     if (it->txn) mdb_txn_abort(it->txn);
     free(it->stream);
+    free(it->vc);
     free(it);
 }
 
@@ -195,6 +322,17 @@ static annal_iter *iter_new(annal_db *db, int kind, unsigned flags, uint64_t lim
     it->backward = (flags & ANNAL_READ_BACKWARD) != 0;
     it->remaining = limit ? limit : UINT64_MAX;
     return it;
+}
+
+/* Will events need the metadata check? Reads the index head in it->txn (active). */
+static annal_err restrictions(annal_iter *it) {
+    annal__index_head h;
+    annal_err rc = annal__index_head_get(it->txn, &it->db->idx, &h);
+    if (rc != ANNAL_OK) return annal__fail(it->db, rc, "cannot read the index head");
+    it->restricted = h.restricted > 0;
+    it->now = annal__now_ns();
+    it->vgen = 1;
+    return ANNAL_OK;
 }
 
 annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t limit,
@@ -209,6 +347,7 @@ annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t l
     if (rc != ANNAL_OK) goto fail;
     if (db->readonly) vis = annal__visible(db, it->txn);
     it->end = vis;
+    if ((rc = restrictions(it)) != ANNAL_OK) goto fail;
     if (vis == 0 || (!it->backward && from >= vis)) {
         it->done = 1;
         it->remaining = 0;
@@ -246,6 +385,61 @@ fail:
     return rc;
 }
 
+static annal_err read_tag(annal_db *db, MDB_dbi dbi, const char *what, const char *name,
+                          uint64_t from, unsigned flags, uint64_t limit, annal_iter **out) {
+    if (!db || !out || (flags & ~ANNAL_READ_BACKWARD)) return ANNAL_EINVAL;
+    *out = NULL;
+    size_t len;
+    if (!annal__name_ok(name, &len)) return annal__fail(db, ANNAL_EINVAL, "invalid %s name", what);
+    annal_iter *it = iter_new(db, IT_TAG, flags, limit);
+    if (!it) return ANNAL_ENOMEM;
+    it->tag_dbi = dbi;
+    it->stream = strdup(name);
+    it->stream_len = len;
+    uint64_t vis = db->readonly ? 0 : annal__visible(db, NULL);
+    annal_err rc = it->stream ? annal__read_txn(db, &it->txn) : ANNAL_ENOMEM;
+    if (rc != ANNAL_OK) goto fail;
+    if (db->readonly) vis = annal__visible(db, it->txn);
+    rc = restrictions(it);
+    mdb_txn_reset(it->txn);
+    if (rc != ANNAL_OK) goto fail;
+    it->end = vis;
+    if (vis == 0 || (!it->backward && from >= vis)) {
+        it->done = 1;
+        it->remaining = 0;
+    } else {
+        it->next_pos = it->backward && from >= vis ? vis - 1 : from;
+    }
+    *out = it;
+    return ANNAL_OK;
+fail:
+    annal_iter_close(it);
+    return rc;
+}
+
+annal_err annal_read_category(annal_db *db, const char *category, uint64_t from, unsigned flags,
+                              uint64_t limit, annal_iter **out) {
+    return read_tag(db, db ? db->idx.cats : 0, "category", category, from, flags, limit, out);
+}
+
+annal_err annal_read_type(annal_db *db, const char *type, uint64_t from, unsigned flags,
+                          uint64_t limit, annal_iter **out) {
+    return read_tag(db, db ? db->idx.types : 0, "event type", type, from, flags, limit, out);
+}
+
+/* The record of a stream for reading: ANNAL_ENOTFOUND unless it has events and is not
+ * soft-deleted; ANNAL_EDELETED if tombstoned. */
+static annal_err stream_for_read(annal_db *db, MDB_txn *t, const char *stream, size_t len,
+                                 annal__stream_rec *sr) {
+    annal_err rc = annal__index_stream_get(t, &db->idx, stream, len, sr);
+    if (rc == ANNAL_OK && (sr->count == 0 || (sr->flags & ANNAL__SR_DELETED))) rc = ANNAL_ENOTFOUND;
+    if (rc == ANNAL_ENOTFOUND) return annal__fail(db, rc, "stream %s not found", stream);
+    if (rc == ANNAL_OK && (sr->flags & ANNAL__SR_TOMBSTONE))
+        return annal__fail(db, ANNAL_EDELETED, "stream %s is deleted (tombstoned)", stream);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot read stream %s from the index", stream);
+    return ANNAL_OK;
+}
+
 annal_err annal_read_stream(annal_db *db, const char *stream, uint64_t from, unsigned flags,
                             uint64_t limit, annal_iter **out) {
     if (!db || !out || (flags & ~ANNAL_READ_BACKWARD)) return ANNAL_EINVAL;
@@ -253,32 +447,33 @@ annal_err annal_read_stream(annal_db *db, const char *stream, uint64_t from, uns
     size_t len;
     if (!annal__name_ok(stream, &len)) return annal__fail(db, ANNAL_EINVAL, "invalid stream name");
     if (strcmp(stream, "$all") == 0) return annal_read_all(db, from, flags, limit, out);
+    if (strncmp(stream, "$ce-", 4) == 0 && len > 4)
+        return annal_read_category(db, stream + 4, from, flags, limit, out);
+    if (strncmp(stream, "$et-", 4) == 0 && len > 4)
+        return annal_read_type(db, stream + 4, from, flags, limit, out);
     annal_iter *it = iter_new(db, IT_STREAM, flags, limit);
     if (!it) return ANNAL_ENOMEM;
     it->stream = strdup(stream);
     it->stream_len = len;
     annal_err rc = it->stream ? annal__read_txn(db, &it->txn) : ANNAL_ENOMEM;
     if (rc != ANNAL_OK) goto fail;
-    annal__stream_rec sr;
-    rc = annal__index_stream_get(it->txn, &db->idx, stream, len, &sr);
+    rc = stream_for_read(db, it->txn, stream, len, &it->sr);
     mdb_txn_reset(it->txn);
-    if (rc == ANNAL_ENOTFOUND) {
-        rc = annal__fail(db, ANNAL_ENOTFOUND, "stream %s not found", stream);
-        goto fail;
-    }
-    if (rc != ANNAL_OK) {
-        rc = annal__fail(db, rc, "cannot read stream %s from the index", stream);
-        goto fail;
-    }
-    it->stream_id = sr.id;
-    it->last_rev = sr.count - 1;
+    if (rc != ANNAL_OK) goto fail;
+    it->stream_id = it->sr.id;
+    it->last_rev = it->sr.count - 1;
+    it->restricted = 1;
+    it->now = annal__now_ns();
+    uint64_t first = annal__first_visible(&it->sr); /* metadata hides what is below */
+    it->first = first;
     if (it->backward) {
         it->next_rev = from < it->last_rev ? from : it->last_rev;
-    } else if (from > it->last_rev) {
+        if (it->next_rev < first) it->done = 1, it->remaining = 0;
+    } else if (from > it->last_rev || first > it->last_rev) {
         it->done = 1;
         it->remaining = 0;
     } else {
-        it->next_rev = from;
+        it->next_rev = from > first ? from : first;
     }
     *out = it;
     return ANNAL_OK;
@@ -295,7 +490,7 @@ annal_err annal_event_get(annal_db *db, uint64_t position, annal_event **out) {
     if (rc != ANNAL_OK) return rc;
     const annal_event *ev;
     rc = annal_iter_next(it, &ev);
-    if (rc == ANNAL_END) {
+    if (rc == ANNAL_END || (rc == ANNAL_OK && ev->position != position)) { /* or invisible */
         rc = annal__fail(db, ANNAL_ENOTFOUND, "no event at position %" PRIu64, position);
     } else if (rc == ANNAL_OK) {
         size_t sz =
@@ -332,10 +527,9 @@ annal_err annal_stream_head(annal_db *db, const char *stream, uint64_t *revision
     annal_err rc = annal__read_txn(db, &t);
     if (rc != ANNAL_OK) return rc;
     annal__stream_rec sr;
-    rc = annal__index_stream_get(t, &db->idx, stream, len, &sr);
+    rc = stream_for_read(db, t, stream, len, &sr);
     mdb_txn_abort(t);
-    if (rc == ANNAL_ENOTFOUND) return annal__fail(db, rc, "stream %s not found", stream);
-    if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot read stream %s", stream);
+    if (rc != ANNAL_OK) return rc;
     *revision = sr.count - 1;
     return ANNAL_OK;
 }
@@ -396,20 +590,24 @@ annal_err annal_streams_next(annal_stream_iter *it, const annal_stream_info **in
         }
     }
     annal_err rc = ANNAL_OK;
+    annal__stream_rec sr;
+    /* Streams with only metadata, or deleted ones, read as absent: skip them. */
+    while (!mrc && k.mv_size <= ANNAL_MAX_NAME &&
+           annal__stream_rec_decode(v.mv_data, v.mv_size, &sr) == ANNAL_OK &&
+           (sr.count == 0 || (sr.flags & (ANNAL__SR_DELETED | ANNAL__SR_TOMBSTONE))))
+        mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
     if (!mrc) {
-        if (k.mv_size > ANNAL_MAX_NAME || v.mv_size != 32) {
+        if (k.mv_size > ANNAL_MAX_NAME || annal__stream_rec_decode(v.mv_data, v.mv_size, &sr)) {
             rc = ANNAL_ECORRUPT;
         } else {
-            const uint8_t *p = v.mv_data;
             memcpy(it->name, k.mv_data, k.mv_size);
             it->name[k.mv_size] = 0;
             it->name_len = k.mv_size;
             it->started = 1;
-            uint64_t count = annal__get64(p + 8);
             it->info.name = it->name;
-            it->info.last_revision = count - 1;
-            it->info.last_position = annal__get64(p + 16);
-            it->info.created_ns = (int64_t)annal__get64(p + 24);
+            it->info.last_revision = sr.count - 1;
+            it->info.last_position = sr.last_pos;
+            it->info.created_ns = sr.created_ns;
             *info = &it->info;
         }
     } else if (mrc == MDB_NOTFOUND) {

@@ -138,6 +138,13 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
                      (annal__index_pos_floor(t, &db->idx, ev.position, &p, &l) != ANNAL_OK ||
                       l != loc))
                 why = "position entry missing or wrong";
+            else if (annal__index_tag_has(t, db->idx.cats, ev.stream,
+                                          annal__category_len(ev.stream, ev.stream_len),
+                                          ev.position, loc) != ANNAL_OK)
+                why = "category entry missing or wrong";
+            else if (annal__index_tag_has(t, db->idx.types, ev.type, ev.type_len, ev.position,
+                                          loc) != ANNAL_OK)
+                why = "event type entry missing or wrong";
             if (why && bad++ < 100)
                 report(v, ANNAL__LOC_SEG(loc), ANNAL__LOC_OFF(loc), ev.position, ev.stream,
                        "index: %s (run `annal rebuild-index`)", why);
@@ -186,7 +193,8 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
     ro.progress = NULL;
     annal_db *db = NULL;
     MDB_txn *t = NULL;
-    annal__index_head h = {0, 0, 0, 0, 0, 0};
+    annal__index_head h;
+    memset(&h, 0, sizeof h);
     int writer = writer_active(dir);
     rc = annal_db_open(dir, &ro, &db);
     if (rc == ANNAL_OK && annal__read_txn(db, &t) != ANNAL_OK) t = NULL;

@@ -38,7 +38,7 @@ static void head_round_trip(void **state) {
     annal__index_head h, g;
     assert_int_equal(annal__index_head_get(t, &idx, &g), ANNAL_OK); /* empty: zeros */
     assert_int_equal(g.next_pos, 0);
-    h = (annal__index_head){123, 0x500000040ull, 0x5000000a0ull, 7, 6, 1700000000000000001LL};
+    h = (annal__index_head){123, 0x500000040ull, 0x5000000a0ull, 7, 6, 1700000000000000001LL, 3};
     assert_int_equal(annal__index_head_put(t, &idx, &h), ANNAL_OK);
     assert_int_equal(annal__index_head_get(t, &idx, &g), ANNAL_OK);
     assert_memory_equal(&g, &h, sizeof h);
@@ -48,7 +48,7 @@ static void head_round_trip(void **state) {
 static void events_and_lookups(void **state) {
     (void)state;
     MDB_txn *t = wtxn();
-    annal__stream_rec sr = {9, 0, 0, 42}, got;
+    annal__stream_rec sr = annal__stream_rec_new(9, 42), got;
     assert_int_equal(annal__index_stream_get(t, &idx, "acct-1", 6, &got), ANNAL_ENOTFOUND);
     annal_uuid ids[70];
     for (uint64_t i = 0; i < 70; i++) {

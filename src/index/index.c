@@ -385,14 +385,49 @@ annal_err annal__index_tag_has(MDB_txn *t, MDB_dbi dbi, const char *name, size_t
     return annal__index_err(rc);
 }
 
+static void gen_key(uint8_t k[9], uint64_t no) {
+    k[0] = 'g';
+    annal__put64be(k + 1, no);
+}
+
+annal_err annal__index_gen_get(MDB_txn *t, const annal__index *idx, uint64_t no, uint32_t *gen) {
+    uint8_t kb[9];
+    gen_key(kb, no);
+    MDB_val k = val(kb, sizeof kb), v;
+    int rc = mdb_get(t, idx->meta, &k, &v);
+    *gen = 0;
+    if (rc == MDB_NOTFOUND) return ANNAL_OK;
+    if (rc) return annal__index_err(rc);
+    if (v.mv_size != 4) return ANNAL_ECORRUPT;
+    *gen = annal__get32(v.mv_data);
+    return ANNAL_OK;
+}
+
+annal_err annal__index_gen_put(MDB_txn *t, const annal__index *idx, uint64_t no, uint32_t gen) {
+    uint8_t kb[9], vb[4];
+    gen_key(kb, no);
+    annal__put32(vb, gen);
+    MDB_val k = val(kb, sizeof kb), v = val(vb, sizeof vb);
+    return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
+}
+
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,
                                  uint64_t *loc) {
     uint64_t b = pos - pos % ANNAL__POS_STRIDE;
     MDB_val k = val(&b, 8), v;
-    int rc = mdb_get(t, idx->pos, &k, &v);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t, idx->pos, &c);
     if (rc) return annal__index_err(rc);
-    if (v.mv_size != 8) return ANNAL_ECORRUPT;
-    *base = b;
-    *loc = annal__get64(v.mv_data);
-    return ANNAL_OK;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (rc == MDB_NOTFOUND)
+        rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    else if (rc == 0 && (k.mv_size != 8 || *(const uint64_t *)k.mv_data != b))
+        rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+    if (rc == 0 && (k.mv_size != 8 || v.mv_size != 8)) rc = MDB_CORRUPTED;
+    if (rc == 0) {
+        memcpy(base, k.mv_data, 8);
+        *loc = annal__get64(v.mv_data);
+    }
+    mdb_cursor_close(c);
+    return annal__index_err(rc);
 }

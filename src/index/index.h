@@ -110,7 +110,12 @@ annal_err annal__index_tag_has(MDB_txn *t, MDB_dbi dbi, const char *name, size_t
 /* Tag entries: value = position big-endian (so duplicates sort by position), location. */
 #define ANNAL__TAG_VAL 16u
 
-/* Location of position pos rounded down to a stride boundary: *base gets that position. */
+/* Generation of segment no that the index's locations point into (0 if never compacted). */
+annal_err annal__index_gen_get(MDB_txn *t, const annal__index *idx, uint64_t no, uint32_t *gen);
+annal_err annal__index_gen_put(MDB_txn *t, const annal__index *idx, uint64_t no, uint32_t gen);
+
+/* Location of the nearest position-table entry at or below pos: *base gets its position.
+ * (Entries are every ANNAL__POS_STRIDE-th position, minus those compaction erased.) */
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,
                                  uint64_t *loc);
 

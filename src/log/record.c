@@ -14,6 +14,7 @@ void annal__seg_hdr_encode(const annal__seg_hdr *h, uint8_t out[ANNAL__SEG_HDR])
     annal__put64(out + 24, h->first_pos);
     annal__put64(out + 32, h->capacity);
     annal__put64(out + 40, (uint64_t)h->created_ns);
+    annal__put32(out + 48, h->gen);
     annal__put32(out + 60, annal__crc32c(0, out, 60));
 }
 
@@ -27,6 +28,7 @@ annal_err annal__seg_hdr_decode(const uint8_t *p, size_t avail, annal__seg_hdr *
     h->first_pos = annal__get64(p + 24);
     h->capacity = annal__get64(p + 32);
     h->created_ns = (int64_t)annal__get64(p + 40);
+    h->gen = annal__get32(p + 48);
     if (h->capacity < 4096 || h->capacity > ((uint64_t)1 << 32)) return ANNAL_ECORRUPT;
     return ANNAL_OK;
 }
@@ -64,6 +66,34 @@ uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t
     return len;
 }
 
+void annal__hole_encode(uint64_t pos, uint64_t count, uint8_t out[ANNAL__REC_HDR]) {
+    memset(out, 0, ANNAL__REC_HDR);
+    annal__put32(out + 4, ANNAL__REC_HDR);
+    annal__put64(out + 8, pos);
+    annal__put64(out + 16, count);
+    annal__put32(out + 52, 1); /* a batch of its own */
+    annal__put32(out + 60, ANNAL__REC_HOLE);
+    annal__put64(out + 72, pos);
+    annal__put32(out, annal__crc32c(0, out + 4, ANNAL__REC_HDR - 4));
+}
+
+/* The rest of a hole: every field but position, count, framing and kind is zero. */
+static annal_err hole_decode(const uint8_t *p, uint32_t len, annal_event *ev,
+                             annal__rec_info *info) {
+    if (len != ANNAL__REC_HDR || info->batch_index != 0 || info->batch_count != 1)
+        return ANNAL_ECORRUPT;
+    for (size_t i = 24; i < 48; i++)
+        if (p[i]) return ANNAL_ECORRUPT;
+    for (size_t i = 56; i < 60; i++)
+        if (p[i]) return ANNAL_ECORRUPT;
+    if (annal__get64(p + 64) != 0) return ANNAL_ECORRUPT;
+    memset(ev, 0, sizeof *ev);
+    ev->position = annal__get64(p + 8);
+    ev->revision = annal__get64(p + 16);
+    if (ev->revision == 0 || info->group != ev->position) return ANNAL_ECORRUPT;
+    return ANNAL_OK;
+}
+
 annal_err annal__rec_decode(const uint8_t *p, size_t avail, annal_event *ev,
                             annal__rec_info *info) {
     if (avail < 8) {
@@ -80,6 +110,7 @@ annal_err annal__rec_decode(const uint8_t *p, size_t avail, annal_event *ev,
     info->batch_count = annal__get32(p + 52);
     info->kind = annal__get32(p + 60);
     info->group = annal__get64(p + 72);
+    if (info->kind == ANNAL__REC_HOLE) return hole_decode(p, len, ev, info);
     if (info->kind != ANNAL__REC_EVENT || info->batch_count == 0 ||
         info->batch_index >= info->batch_count)
         return ANNAL_ECORRUPT;

@@ -14,6 +14,7 @@
 #define ANNAL__SEG_HDR   64u /* bytes of a segment header; records start here */
 #define ANNAL__REC_HDR   80u /* bytes of a record header */
 #define ANNAL__REC_EVENT 1u  /* record kind (flags & 0xff) */
+#define ANNAL__REC_HOLE  2u  /* compaction erased `count` events from `position` on */
 
 typedef struct annal__seg_hdr {
     uint32_t format;
@@ -21,6 +22,7 @@ typedef struct annal__seg_hdr {
     uint64_t first_pos; /* position of the first record in the segment */
     uint64_t capacity;  /* bytes the segment may grow to */
     int64_t created_ns;
+    uint32_t gen; /* 0 as written; each compaction writes the next generation */
 } annal__seg_hdr;
 
 void annal__seg_hdr_encode(const annal__seg_hdr *h, uint8_t out[ANNAL__SEG_HDR]);
@@ -49,7 +51,12 @@ static inline uint64_t annal__rec_size(size_t stream_len, size_t type_len, size_
 uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
                            uint64_t group, uint8_t *out);
 
+/* A hole record (ANNAL__REC_HDR bytes) standing for count erased events from pos on. */
+void annal__hole_encode(uint64_t pos, uint64_t count, uint8_t out[ANNAL__REC_HDR]);
+
 /* Decode the record at p (avail bytes readable). On ANNAL_OK, ev points into p.
+ * A hole decodes with info->kind ANNAL__REC_HOLE, ev->position its first erased
+ * position and ev->revision the number of events it stands for (nothing else set).
  * Returns ANNAL_END if the bytes are all zero where a header would be (clean end of
  * data), ANNAL_ECORRUPT for anything malformed, torn or failing its checksum. */
 annal_err annal__rec_decode(const uint8_t *p, size_t avail, annal_event *ev, annal__rec_info *info);

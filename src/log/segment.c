@@ -28,22 +28,35 @@ static int prealloc(const annal__io *io, int fd, uint64_t from, uint64_t to) {
     return r == 0 ? io->sync(io->ctx, fd) : r;
 }
 
+void annal__seg_path(const annal__log *log, uint64_t no, uint32_t gen, int tmp, char *out,
+                     size_t len) {
+    if (gen == 0)
+        snprintf(out, len, "%s/%016" PRIx64 ".seg%s", log->dir, no, tmp ? ".tmp" : "");
+    else
+        snprintf(out, len, "%s/%016" PRIx64 ".%08" PRIx32 ".seg%s", log->dir, no, gen,
+                 tmp ? ".tmp" : "");
+}
+
 static void seg_path(const annal__log *log, uint64_t no, char *out, size_t len) {
-    snprintf(out, len, "%s/%016" PRIx64 ".seg", log->dir, no);
+    annal__seg_path(log, no, 0, 0, out, len);
 }
 
 static void seg_free(annal__log *log, annal__seg *s) {
-    if (!s) return;
-    if (s->map) log->io->unmap(log->io->ctx, s->map, s->cap);
-    if (s->fd >= 0) log->io->close(log->io->ctx, s->fd);
-    free(s);
+    while (s) {
+        annal__seg *older = s->older;
+        if (s->map) log->io->unmap(log->io->ctx, s->map, s->cap);
+        if (s->fd >= 0) log->io->close(log->io->ctx, s->fd);
+        free(s);
+        s = older;
+    }
 }
 
-/* Open segment file no and check its header. ANNAL_ENOTFOUND if there is no file. */
-static annal_err seg_load(annal__log *log, uint64_t no, annal__seg **out, char *detail,
-                          size_t dlen) {
+/* Open segment file no, generation gen, and check its header. ANNAL_ENOTFOUND if there
+ * is no file. */
+static annal_err seg_load_gen(annal__log *log, uint64_t no, uint32_t gen, int tmp, annal__seg **out,
+                              char *detail, size_t dlen) {
     char path[4096];
-    seg_path(log, no, path, sizeof path);
+    annal__seg_path(log, no, gen, tmp, path, sizeof path);
     int fd = log->io->open(log->io->ctx, path, log->readonly ? O_RDONLY : O_RDWR, 0);
     if (fd < 0) {
         if (fd == -ENOENT) return ANNAL_ENOTFOUND;
@@ -65,9 +78,10 @@ static annal_err seg_load(annal__log *log, uint64_t no, annal__seg **out, char *
         snprintf(detail, dlen, "segment %s: bad header", path);
         goto fail;
     }
-    if (h.segno != no) {
+    if (h.segno != no || h.gen != gen) {
         rc = ANNAL_ECORRUPT;
-        snprintf(detail, dlen, "segment %s: header says segment %" PRIu64, path, h.segno);
+        snprintf(detail, dlen, "segment %s: header says segment %" PRIu64 " generation %" PRIu32,
+                 path, h.segno, h.gen);
         goto fail;
     }
     annal__seg *s = calloc(1, sizeof *s);
@@ -76,6 +90,7 @@ static annal_err seg_load(annal__log *log, uint64_t no, annal__seg **out, char *
         goto fail;
     }
     s->no = no;
+    s->gen = gen;
     s->first_pos = h.first_pos;
     s->cap = h.capacity;
     s->fd = fd;
@@ -91,6 +106,33 @@ static annal_err seg_load(annal__log *log, uint64_t no, annal__seg **out, char *
     return ANNAL_OK;
 fail:
     log->io->close(log->io->ctx, fd);
+    return rc;
+}
+
+/* The newest generation of segment no on disk (0 if only the plain name exists). */
+static uint32_t newest_gen(annal__log *log, uint64_t no) {
+    uint32_t best = 0;
+    DIR *d = opendir(log->dir);
+    if (!d) return 0;
+    char pre[20];
+    snprintf(pre, sizeof pre, "%016" PRIx64 ".", no);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *nm = e->d_name;
+        if (strlen(nm) != 29 || strncmp(nm, pre, 17) != 0 || strcmp(nm + 25, ".seg") != 0) continue;
+        char *end;
+        unsigned long g = strtoul(nm + 17, &end, 16);
+        if (end == nm + 25 && g > best && g <= UINT32_MAX) best = (uint32_t)g;
+    }
+    closedir(d);
+    return best;
+}
+
+static annal_err seg_load(annal__log *log, uint64_t no, annal__seg **out, char *detail,
+                          size_t dlen) {
+    uint32_t gen = newest_gen(log, no);
+    annal_err rc = seg_load_gen(log, no, gen, 0, out, detail, dlen);
+    if (rc == ANNAL_ENOTFOUND && gen > 0) rc = seg_load_gen(log, no, 0, 0, out, detail, dlen);
     return rc;
 }
 
@@ -136,7 +178,10 @@ annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir,
     annal_err rc = ANNAL_OK;
     while ((e = readdir(d)) != NULL) {
         const char *nm = e->d_name;
-        if (strlen(nm) != 20 || strcmp(nm + 16, ".seg") != 0) continue;
+        size_t nl = strlen(nm);
+        if (!((nl == 20 && strcmp(nm + 16, ".seg") == 0) ||
+              (nl == 29 && nm[16] == '.' && strcmp(nm + 25, ".seg") == 0)))
+            continue;
         char *end;
         uint64_t no = strtoull(nm, &end, 16);
         if (end != nm + 16) continue;
@@ -154,6 +199,10 @@ annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir,
     closedir(d);
     if (rc != ANNAL_OK) goto done;
     if (cnt) qsort(nos, cnt, sizeof *nos, cmp_u64);
+    size_t uniq = 0; /* one entry per number, whatever its generations */
+    for (size_t i = 0; i < cnt; i++)
+        if (uniq == 0 || nos[uniq - 1] != nos[i]) nos[uniq++] = nos[i];
+    cnt = uniq;
     for (size_t i = 0; i < cnt; i++) {
         if (i > 0 && nos[i] != nos[i - 1] + 1) {
             rc = ANNAL_ECORRUPT;
@@ -221,6 +270,42 @@ annal__seg *annal__log_seg(annal__log *log, uint64_t no) {
     return s;
 }
 
+annal_err annal__log_install(annal__log *log, uint64_t no, uint32_t gen, int tmp) {
+    char detail[256];
+    annal__seg *s = NULL;
+    annal_err rc = seg_load_gen(log, no, gen, tmp, &s, detail, sizeof detail);
+    if (rc != ANNAL_OK) return rc;
+    pthread_mutex_lock(&log->mu);
+    if (log->nsegs && no >= log->base && no < log->base + log->nsegs &&
+        log->segs[no - log->base]->gen < gen) {
+        s->older = log->segs[no - log->base];
+        log->segs[no - log->base] = s;
+        s = NULL;
+    }
+    pthread_mutex_unlock(&log->mu);
+    seg_free(log, s); /* already current (another thread installed it), or unknown */
+    return ANNAL_OK;
+}
+
+annal__seg *annal__log_seg_at(annal__log *log, uint64_t loc) {
+    uint64_t no = ANNAL__LOC_SEG(loc);
+    uint32_t g8 = ANNAL__LOC_GEN(loc);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        annal__seg *cur = annal__log_seg(log, no), *s = NULL;
+        if (!cur) return NULL;
+        pthread_mutex_lock(&log->mu);
+        for (s = log->segs[no - log->base]; s && (s->gen & 0xffu) != g8; s = s->older) {}
+        uint32_t newer = cur->gen + ((g8 - cur->gen) & 0xffu); /* the only candidate */
+        pthread_mutex_unlock(&log->mu);
+        if (s || attempt) return s;
+        /* Compacted by the writer since: its new file (or, for a moment, its tmp name). */
+        if (annal__log_install(log, no, newer, 0) != ANNAL_OK &&
+            annal__log_install(log, no, newer, 1) != ANNAL_OK)
+            return NULL;
+    }
+    return NULL;
+}
+
 annal__seg *annal__log_last(annal__log *log) {
     pthread_mutex_lock(&log->mu);
     annal__seg *s = log->nsegs ? log->segs[log->nsegs - 1] : NULL;
@@ -235,7 +320,7 @@ int annal__log_add(annal__log *log, uint64_t no, uint64_t first_pos, uint64_t ca
     seg_path(log, no, path, sizeof path);
     int fd = io->open(io->ctx, path, O_RDWR | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) return fd;
-    annal__seg_hdr h = {ANNAL__FORMAT, no, first_pos, cap, annal__now_ns()};
+    annal__seg_hdr h = {ANNAL__FORMAT, no, first_pos, cap, annal__now_ns(), 0};
     uint8_t hb[ANNAL__SEG_HDR];
     annal__seg_hdr_encode(&h, hb);
     uint64_t first = cap < GROW_CHUNK ? cap : GROW_CHUNK;
@@ -326,8 +411,17 @@ annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info 
             continue;
         }
         if (rc != ANNAL_OK) return rc;
+        if (info->kind == ANNAL__REC_HOLE) {
+            /* Erased events: step over them. A cursor may start inside one (a position
+             * lookup lands on the nearest entry at or below). */
+            if (ev->position > c->pos || ev->position + ev->revision <= c->pos)
+                return ANNAL_ECORRUPT;
+            c->pos = ev->position + ev->revision;
+            c->off += info->len;
+            continue;
+        }
         if (ev->position != c->pos) return ANNAL_ECORRUPT;
-        if (loc_out) *loc_out = ANNAL__LOC(c->seg->no, c->off);
+        if (loc_out) *loc_out = ANNAL__SEG_LOC(c->seg, c->off);
         c->off += info->len;
         c->pos++;
         return ANNAL_OK;
@@ -360,10 +454,11 @@ annal_err annal__cursor_skip(annal__cursor *c) {
 
 annal_err annal__log_read_at(annal__log *log, uint64_t loc, uint64_t pos, annal_event *ev,
                              annal__rec_info *info) {
-    annal__seg *s = annal__log_seg(log, ANNAL__LOC_SEG(loc));
+    annal__seg *s = annal__log_seg_at(log, loc);
     if (!s) return ANNAL_ECORRUPT;
     annal_err rc = read_rec(log, s, ANNAL__LOC_OFF(loc), ev, info);
-    if (rc == ANNAL_END) return ANNAL_ECORRUPT;
+    if (rc == ANNAL_END || (rc == ANNAL_OK && info->kind != ANNAL__REC_EVENT))
+        return ANNAL_ECORRUPT;
     if (rc == ANNAL_OK && pos != UINT64_MAX && ev->position != pos) return ANNAL_ECORRUPT;
     return rc;
 }

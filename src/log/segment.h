@@ -13,11 +13,14 @@
 
 typedef struct annal__seg {
     uint64_t no;        /* segment number (file name) */
+    uint32_t gen;       /* generation: 0 as written, +1 per compaction (file name too) */
     uint64_t first_pos; /* from the header */
     uint64_t cap;       /* capacity from the header; the mapping is this long */
     int fd;
     const uint8_t *map; /* read-only mapping, cap bytes (pages past EOF must not be touched) */
     uint64_t size;      /* bytes of file known to exist (atomic; grows) */
+    struct annal__seg *older; /* generations replaced by compaction, kept mapped until
+                               * the log closes so pointers handed out stay valid */
 } annal__seg;
 
 typedef struct annal__log {
@@ -30,10 +33,17 @@ typedef struct annal__log {
     size_t nsegs, capsegs;
 } annal__log;
 
-/* A location in the log: segment number << 32 | byte offset. */
-#define ANNAL__LOC(seg, off) (((uint64_t)(seg) << 32) | (uint64_t)(off))
-#define ANNAL__LOC_SEG(loc)  ((loc) >> 32)
-#define ANNAL__LOC_OFF(loc)  ((loc)&0xffffffffu)
+/* A location in the log: generation (low 8 bits) << 56 | segment number << 32 | byte
+ * offset. Segment numbers stay below 2^24 (4 PiB of 256 MiB segments). A location of an
+ * older generation still resolves while the log is open (readers of an old snapshot). */
+#define ANNAL__LOCG(gen, seg, off)                                                                 \
+    (((uint64_t)((gen)&0xffu) << 56) | (((uint64_t)(seg)&0xffffffu) << 32) | (uint64_t)(off))
+#define ANNAL__LOC(seg, off)   ANNAL__LOCG(0, seg, off)
+#define ANNAL__SEG_LOC(s, off) ANNAL__LOCG((s)->gen, (s)->no, off)
+#define ANNAL__LOC_SEG(loc)    (((loc) >> 32) & 0xffffffu)
+#define ANNAL__LOC_GEN(loc)    ((uint32_t)((loc) >> 56))
+#define ANNAL__LOC_OFF(loc)    ((loc)&0xffffffffu)
+#define ANNAL__MAX_SEGNO       0xffffffu
 
 /* Open the log in dir (created when create is set). Every segment file is opened and
  * its header checked; a last segment whose header is torn (crash while creating it)
@@ -44,6 +54,23 @@ void annal__log_close(annal__log *log);
 
 /* Segment number no, opening it if another process created it since. NULL if absent. */
 annal__seg *annal__log_seg(annal__log *log, uint64_t no);
+/* The segment holding loc, of loc's generation: the current one, an older one still
+ * mapped, or a newer one another handle's compaction made (opened and made current).
+ * NULL if that generation cannot be found. */
+annal__seg *annal__log_seg_at(annal__log *log, uint64_t loc);
+
+/* Can loc's segment generation still be read? (No: compaction replaced and deleted it.) */
+static inline int annal__log_has(annal__log *log, uint64_t loc) {
+    return annal__log_seg_at(log, loc) != NULL;
+}
+
+/* Path of segment no, generation gen (tmp: the name it is written under first). */
+void annal__seg_path(const annal__log *log, uint64_t no, uint32_t gen, int tmp, char *out,
+                     size_t len);
+/* Open generation gen of segment no (from its tmp name if tmp) and make it current; the
+ * replaced one stays mapped. ANNAL_ENOTFOUND if no such file. */
+annal_err annal__log_install(annal__log *log, uint64_t no, uint32_t gen, int tmp);
+
 /* The last segment, or NULL for an empty log. */
 annal__seg *annal__log_last(annal__log *log);
 

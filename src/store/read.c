@@ -10,6 +10,10 @@
 #include "store/db_int.h"
 
 #define CHUNK 256
+/* A location from the index names a segment generation that compaction has replaced
+ * and deleted since: fetch again under a newer snapshot. Never returned to callers. */
+#define STALE       ((annal_err)-1)
+#define MAX_REFETCH 8
 
 enum { IT_STREAM, IT_ALL, IT_TAG };
 
@@ -52,6 +56,7 @@ struct annal_iter {
     int64_t now;    /* clock for $maxAge, read at open */
     uint64_t vgen, seen;
     vcache_entry *vc;
+    int refetches; /* in a row, after stale locations */
 };
 
 static annal_err txn_renew(annal_iter *it) {
@@ -124,31 +129,47 @@ static annal_err fetch_all_back(annal_iter *it) {
     if (rc != ANNAL_OK)
         return annal__fail(db, rc == ANNAL_ENOTFOUND ? ANNAL_ECORRUPT : rc,
                            "index has no entry for position %" PRIu64, it->next_pos);
-    annal__seg *s = annal__log_seg(&db->log, ANNAL__LOC_SEG(loc));
-    if (!s) return annal__fail(db, ANNAL_ECORRUPT, "missing segment for position %" PRIu64, base);
+    annal__seg *s = annal__log_seg_at(&db->log, loc);
+    if (!s) return STALE;
     annal__cursor c = {&db->log, s, ANNAL__LOC_OFF(loc), base};
-    it->n = it->i = 0;
+    /* Keep the newest CHUNK events of [base, next_pos] in a ring: after compaction the
+     * entry below may be further away than one stride. */
+    uint64_t total = 0;
     while (c.pos <= it->next_pos) {
         annal_event ev;
         annal__rec_info info;
         uint64_t l, p = c.pos;
         rc = annal__cursor_next(&c, &ev, &info, &l);
+        if (rc == ANNAL_END || (rc == ANNAL_OK && ev.position > it->next_pos)) break;
         if (rc != ANNAL_OK)
             return annal__fail(db, ANNAL_ECORRUPT, "damaged log at position %" PRIu64, p);
-        it->pos[it->n] = p;
-        it->loc[it->n] = l;
-        it->n++;
+        it->pos[total % CHUNK] = ev.position;
+        it->loc[total % CHUNK] = l;
+        total++;
     }
-    /* emit newest first */
-    for (size_t a = 0, b = it->n - 1; a < b; a++, b--) {
-        uint64_t tp = it->pos[a], tl = it->loc[a];
-        it->pos[a] = it->pos[b], it->loc[a] = it->loc[b];
-        it->pos[b] = tp, it->loc[b] = tl;
+    it->n = total < CHUNK ? (size_t)total : CHUNK;
+    it->i = 0;
+    if (it->n == 0) {
+        it->done = base == 0;
+        if (base > 0) it->next_pos = base - 1;
+        return ANNAL_OK;
     }
-    if (base == 0)
+    /* emit newest first: the ring's newest entry is at (total - 1) % CHUNK */
+    uint64_t tp[CHUNK], tl[CHUNK];
+    for (size_t k = 0; k < it->n; k++) {
+        size_t from = (size_t)((total - 1 - k) % CHUNK);
+        tp[k] = it->pos[from];
+        tl[k] = it->loc[from];
+    }
+    memcpy(it->pos, tp, sizeof tp[0] * it->n);
+    memcpy(it->loc, tl, sizeof tl[0] * it->n);
+    uint64_t oldest = it->pos[it->n - 1];
+    if (total <= CHUNK && base == 0)
         it->done = 1; /* after this chunk */
-    else
+    else if (total <= CHUNK)
         it->next_pos = base - 1;
+    else
+        it->next_pos = oldest - 1;
     return ANNAL_OK;
 }
 
@@ -277,16 +298,34 @@ static annal_err next_any(annal_iter *it, const annal_event **out) {
         *out = &it->ev;
         return ANNAL_OK;
     }
-    if (it->i == it->n) {
+    while (it->i == it->n) {
         if (it->done) return ANNAL_END;
         rc = it->kind == IT_STREAM ? fetch_stream(it)
              : it->kind == IT_TAG  ? fetch_tag(it)
                                    : fetch_all_back(it);
+        if (rc == STALE && it->refetches++ < MAX_REFETCH) continue; /* kept its place */
+        if (rc == STALE)
+            rc = annal__fail(db, ANNAL_ECORRUPT, "log segment missing for position %" PRIu64,
+                             it->next_pos);
         if (rc != ANNAL_OK) return rc;
         if (it->n == 0) return ANNAL_END;
     }
     size_t i = it->i++;
     rc = annal__log_read_at(&db->log, it->loc[i], it->pos[i], &it->ev, &info);
+    if (rc == ANNAL_ECORRUPT && it->refetches < MAX_REFETCH &&
+        !annal__log_has(&db->log, it->loc[i])) {
+        /* Compaction moved or erased it after this chunk was fetched: fetch again from
+         * this item under a fresh snapshot. */
+        it->refetches++;
+        if (it->kind == IT_STREAM)
+            it->next_rev = it->rev[i];
+        else
+            it->next_pos = it->pos[i];
+        it->done = 0;
+        it->n = it->i = 0;
+        return next_any(it, out);
+    }
+    if (rc == ANNAL_OK) it->refetches = 0;
     if (rc == ANNAL_OK && it->kind == IT_STREAM &&
         (it->ev.revision != it->rev[i] || it->ev.stream_len != it->stream_len ||
          memcmp(it->ev.stream, it->stream, it->stream_len) != 0))
@@ -360,7 +399,7 @@ annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t l
             rc = annal__fail(db, ANNAL_ECORRUPT, "index has no entry for position %" PRIu64, from);
             goto fail;
         }
-        annal__seg *s = annal__log_seg(&db->log, ANNAL__LOC_SEG(loc));
+        annal__seg *s = annal__log_seg_at(&db->log, loc);
         if (!s) {
             rc = annal__fail(db, ANNAL_ECORRUPT, "missing segment for position %" PRIu64, from);
             goto fail;

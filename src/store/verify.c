@@ -136,7 +136,7 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
                 why = "event id entry missing or wrong";
             else if (ev.position % ANNAL__POS_STRIDE == 0 &&
                      (annal__index_pos_floor(t, &db->idx, ev.position, &p, &l) != ANNAL_OK ||
-                      l != loc))
+                      p != ev.position || l != loc))
                 why = "position entry missing or wrong";
             else if (annal__index_tag_has(t, db->idx.cats, ev.stream,
                                           annal__category_len(ev.stream, ev.stream_len),

@@ -106,7 +106,7 @@ static void bad_framing(void **state) {
 
 static void segment_header(void **state) {
     (void)state;
-    annal__seg_hdr h = {ANNAL__FORMAT, 7, 123456, 1 << 20, 99}, g;
+    annal__seg_hdr h = {ANNAL__FORMAT, 7, 123456, 1 << 20, 99, 3}, g;
     uint8_t b[ANNAL__SEG_HDR];
     annal__seg_hdr_encode(&h, b);
     assert_int_equal(annal__seg_hdr_decode(b, sizeof b, &g), ANNAL_OK);

@@ -411,6 +411,31 @@ annal_err annal__index_gen_put(MDB_txn *t, const annal__index *idx, uint64_t no,
     return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
 }
 
+annal_err annal__index_compacting_get(MDB_txn *t, const annal__index *idx, uint64_t *no,
+                                      uint32_t *gen) {
+    MDB_val k = val("compacting", 10), v;
+    int rc = mdb_get(t, idx->meta, &k, &v);
+    if (rc) return annal__index_err(rc);
+    if (v.mv_size != 12) return ANNAL_ECORRUPT;
+    *no = annal__get64(v.mv_data);
+    *gen = annal__get32((const uint8_t *)v.mv_data + 8);
+    return ANNAL_OK;
+}
+
+annal_err annal__index_compacting_put(MDB_txn *t, const annal__index *idx, uint64_t no,
+                                      uint32_t gen) {
+    MDB_val k = val("compacting", 10);
+    if (no == UINT64_MAX) {
+        int rc = mdb_del(t, idx->meta, &k, NULL);
+        return rc == MDB_NOTFOUND ? ANNAL_OK : annal__index_err(rc);
+    }
+    uint8_t b[12];
+    annal__put64(b, no);
+    annal__put32(b + 8, gen);
+    MDB_val v = val(b, sizeof b);
+    return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
+}
+
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,
                                  uint64_t *loc) {
     uint64_t b = pos - pos % ANNAL__POS_STRIDE;

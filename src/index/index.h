@@ -114,6 +114,13 @@ annal_err annal__index_tag_has(MDB_txn *t, MDB_dbi dbi, const char *name, size_t
 annal_err annal__index_gen_get(MDB_txn *t, const annal__index *idx, uint64_t no, uint32_t *gen);
 annal_err annal__index_gen_put(MDB_txn *t, const annal__index *idx, uint64_t no, uint32_t gen);
 
+/* The marker of a compaction whose index update is under way (segment no to generation
+ * gen); ANNAL_ENOTFOUND if none. _put with no = UINT64_MAX removes it. */
+annal_err annal__index_compacting_get(MDB_txn *t, const annal__index *idx, uint64_t *no,
+                                      uint32_t *gen);
+annal_err annal__index_compacting_put(MDB_txn *t, const annal__index *idx, uint64_t no,
+                                      uint32_t gen);
+
 /* Location of the nearest position-table entry at or below pos: *base gets its position.
  * (Entries are every ANNAL__POS_STRIDE-th position, minus those compaction erased.) */
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,

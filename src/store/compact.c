@@ -1,7 +1,402 @@
-/* Compaction (placeholder). */
+/* Compaction: rewrite a sealed segment without the events that stream metadata has made
+ * invisible (deleted, truncated, expired), as its next generation. Surviving events keep
+ * their bytes and positions; each run of erased events becomes one hole record, so every
+ * position stays accounted for. Order of work, so that a crash anywhere leaves a store
+ * that reopens whole (db.c: settle_compaction):
+ *   1. write generation G+1 under a tmp name and flush it and the directory;
+ *   2. record "compacting S to G+1" in the index, flushed;
+ *   3. move the index entries of survivors to their new locations and drop those of
+ *      erased events, in bounded transactions (appends run in between);
+ *   4. record generation G+1 for S and clear the marker, flushed;
+ *   5. rename the tmp file into place, delete generation G.
+ * A crash after 2 and before 4 makes the next open finish the rename and rebuild the
+ * index from the log; before 2 the tmp file is dropped; after 4 the rename is finished.
+ * The active (last) segment is never compacted. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "base/base.h"
 #include "store/db_int.h"
+
+#define TXN_EVENTS 8192 /* index entries moved per transaction */
+#define WBUF       (1u << 20)
+
+typedef struct plan_ev {
+    uint64_t pos, oldloc, newloc; /* newloc 0: erased */
+    uint64_t sid;                 /* stream id */
+} plan_ev;
+
+typedef struct plan {
+    plan_ev *ev;
+    size_t n, cap;
+    uint64_t erased, kept;
+} plan;
+
+static int plan_push(plan *p, plan_ev e) {
+    if (p->n == p->cap) {
+        size_t c = p->cap ? p->cap * 2 : 4096;
+        plan_ev *q = realloc(p->ev, c * sizeof *q);
+        if (!q) return -1;
+        p->ev = q;
+        p->cap = c;
+    }
+    p->ev[p->n++] = e;
+    return 0;
+}
+
+/* May this event go? Invisible now, and not what keeps its stream's revision: a
+ * stream's last event stays unless the stream is soft-deleted (its metadata then keeps
+ * the revision) or it is the tombstone itself. */
+static int erasable(const annal__stream_rec *sr, const annal_event *ev, int64_t now) {
+    if (annal__event_visible(sr, ev->revision, ev->timestamp_ns, now)) return 0;
+    if (ev->revision + 1 == sr->count && !(sr->flags & ANNAL__SR_DELETED)) return 0;
+    return 1;
+}
+
+static void throttle(uint64_t bytes, uint64_t bytes_per_s, int64_t start_ns) {
+    if (!bytes_per_s) return;
+    int64_t due = start_ns + (int64_t)(bytes * 1000000000.0 / (double)bytes_per_s);
+    int64_t now = annal__mono_ns();
+    if (due > now) {
+        struct timespec ts = {(time_t)((due - now) / 1000000000), (long)((due - now) % 1000000000)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+typedef struct writer {
+    annal_db *db;
+    int fd;
+    uint8_t *buf;
+    size_t bl;
+    uint64_t off;     /* file offset of buf[0] */
+    uint64_t written; /* for the throttle */
+    uint64_t bytes_per_s;
+    int64_t start;
+} writer;
+
+static int w_flush(writer *w) {
+    if (!w->bl) return 0;
+    int r = annal__io_write_all(w->db->io, w->fd, w->buf, w->bl, w->off);
+    w->off += w->bl;
+    w->written += w->bl;
+    w->bl = 0;
+    throttle(w->written, w->bytes_per_s, w->start);
+    return r;
+}
+
+/* Room for n more bytes in the buffer; returns where they go. */
+static uint8_t *w_room(writer *w, size_t n, int *err) {
+    if (w->bl + n > WBUF && (*err = w_flush(w)) < 0) return NULL;
+    return w->buf + w->bl;
+}
+
+static int emit_hole(writer *w, uint64_t *hole_from, uint64_t hole_to) {
+    if (*hole_from == hole_to) return 0;
+    int err = 0;
+    uint8_t *p = w_room(w, ANNAL__REC_HDR, &err);
+    if (!p) return err;
+    annal__hole_encode(*hole_from, hole_to - *hole_from, p);
+    w->bl += ANNAL__REC_HDR;
+    *hole_from = hole_to;
+    return 0;
+}
+
+/* Steps 1 (write) for segment s: fills pl; *nothing = 1 when no event can go. */
+static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t bytes_per_s,
+                         plan *pl, int *nothing) {
+    MDB_txn *t = NULL;
+    annal_err rc = annal__read_txn(db, &t);
+    if (rc != ANNAL_OK) return rc;
+    int64_t now = annal__now_ns();
+    annal__seg *next = annal__log_seg(&db->log, s->no + 1);
+    if (!next) {
+        mdb_txn_abort(t);
+        return annal__fail(db, ANNAL_EINVAL, "segment %016" PRIx64 " is not sealed", s->no);
+    }
+    uint64_t end_pos = next->first_pos; /* s holds positions [first_pos, end_pos) */
+    annal__cursor c = {&db->log, s, ANNAL__SEG_HDR, s->first_pos};
+    /* Plan: walk s with the cursor; it steps over holes already there. */
+    char last_name[ANNAL_MAX_NAME + 1] = "";
+    size_t last_len = SIZE_MAX;
+    annal__stream_rec sr;
+    while (c.pos < end_pos) {
+        annal_event ev;
+        annal__rec_info info;
+        uint64_t loc;
+        rc = annal__cursor_next(&c, &ev, &info, &loc);
+        if (rc == ANNAL_END || (rc == ANNAL_OK && ev.position >= end_pos)) {
+            rc = ANNAL_OK;
+            break;
+        }
+        if (rc != ANNAL_OK) {
+            rc = annal__fail(db, rc,
+                             "damaged record in segment %016" PRIx64 " near position %" PRIu64,
+                             s->no, c.pos);
+            break;
+        }
+        if (ev.stream_len != last_len || memcmp(ev.stream, last_name, ev.stream_len) != 0) {
+            mdb_txn_reset(t);
+            if (mdb_txn_renew(t) != 0) {
+                rc = ANNAL_EIO;
+                break;
+            }
+            rc = annal__index_stream_get(t, &db->idx, ev.stream, ev.stream_len, &sr);
+            if (rc != ANNAL_OK) {
+                rc = annal__fail(db, ANNAL_ECORRUPT,
+                                 "stream %s of position %" PRIu64 " is not in the index", ev.stream,
+                                 ev.position);
+                break;
+            }
+            memcpy(last_name, ev.stream, ev.stream_len);
+            last_len = ev.stream_len;
+        }
+        int go = erasable(&sr, &ev, now);
+        if (plan_push(pl, (plan_ev){ev.position, loc, go ? 0 : 1, sr.id}) < 0) {
+            rc = ANNAL_ENOMEM;
+            break;
+        }
+        if (go)
+            pl->erased++;
+        else
+            pl->kept++;
+    }
+    mdb_txn_abort(t);
+    if (rc != ANNAL_OK) return rc;
+    *nothing = pl->erased == 0;
+    if (*nothing) return ANNAL_OK;
+
+    /* Write: survivors re-encoded as batches of one (their batches lost members), runs of
+     * erased positions (new or from earlier compactions) as holes. */
+    writer w = {db, -1, malloc(WBUF), 0, 0, 0, bytes_per_s, annal__mono_ns()};
+    if (!w.buf) return ANNAL_ENOMEM;
+    int r = 0;
+    w.fd = db->io->open(db->io->ctx, tmp, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (w.fd < 0) r = w.fd;
+    annal__seg_hdr h = {ANNAL__FORMAT, s->no, s->first_pos, s->cap, annal__now_ns(), s->gen + 1};
+    if (r == 0) {
+        annal__seg_hdr_encode(&h, w.buf);
+        w.bl = ANNAL__SEG_HDR;
+    }
+    uint64_t hole_from = s->first_pos;
+    for (size_t i = 0; r == 0 && i < pl->n; i++) {
+        plan_ev *pe = &pl->ev[i];
+        if (!pe->newloc) continue; /* joins the hole */
+        if ((r = emit_hole(&w, &hole_from, pe->pos)) < 0) break;
+        annal_event ev;
+        annal__rec_info info;
+        if (annal__log_read_at(&db->log, pe->oldloc, pe->pos, &ev, &info) != ANNAL_OK) {
+            r = -EIO;
+            break;
+        }
+        uint8_t *p = w_room(&w, info.len, &r);
+        if (!p) break;
+        pe->newloc = ANNAL__LOCG(s->gen + 1, s->no, w.off + w.bl);
+        w.bl += annal__rec_encode(&ev, 0, 1, ev.position, p);
+        hole_from = pe->pos + 1;
+    }
+    if (r == 0) r = emit_hole(&w, &hole_from, end_pos);
+    if (r == 0) r = w_flush(&w);
+    if (r == 0) r = db->io->sync(db->io->ctx, w.fd);
+    if (w.fd >= 0) db->io->close(db->io->ctx, w.fd);
+    free(w.buf);
+    if (r == 0) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/log", db->dir);
+        r = db->io->sync_dir(db->io->ctx, dir);
+    }
+    if (r < 0) {
+        db->io->unlink(db->io->ctx, tmp);
+        return annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
+                           "compaction of segment %016" PRIx64 " failed: %s", s->no, strerror(-r));
+    }
+    return ANNAL_OK;
+}
+
+static annal_err mdb_fail(annal_db *db, int mrc) {
+    return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+}
+
+/* Delete the (pos, loc) duplicate under name in a tag table. */
+static int tag_del(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                   uint64_t loc) {
+    uint8_t b[ANNAL__TAG_VAL];
+    annal__put64be(b, pos);
+    annal__put64(b + 8, loc);
+    MDB_val k = {len, (void *)name}, v = {sizeof b, b};
+    return mdb_del(t, dbi, &k, &v);
+}
+
+/* Move or drop the index entries of pl->ev[from, to). */
+static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
+    MDB_txn *t;
+    int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
+    if (mrc) return mdb_fail(db, mrc);
+    annal__index *idx = &db->idx;
+    for (size_t i = from; i < to && !mrc; i++) {
+        plan_ev *pe = &pl->ev[i];
+        annal_event ev;
+        annal__rec_info info;
+        if (annal__log_read_at(&db->log, pe->oldloc, pe->pos, &ev, &info) != ANNAL_OK) {
+            mrc = MDB_CORRUPTED;
+            break;
+        }
+        uint8_t rk[ANNAL__REV_KEY], vb[16];
+        annal__rev_key(rk, pe->sid, ev.revision);
+        MDB_val k = {sizeof rk, rk}, idk = {16, ev.id.bytes}, v = {16, vb};
+        size_t cl = annal__category_len(ev.stream, ev.stream_len);
+        int r1 = tag_del(t, idx->cats, ev.stream, cl, pe->pos, pe->oldloc);
+        int r2 = tag_del(t, idx->types, ev.type, ev.type_len, pe->pos, pe->oldloc);
+        if ((r1 && r1 != MDB_NOTFOUND) || (r2 && r2 != MDB_NOTFOUND)) {
+            mrc = r1 ? r1 : r2;
+            break;
+        }
+        MDB_val pk = {8, &pe->pos};
+        if (!pe->newloc) {
+            int a = mdb_del(t, idx->revs, &k, NULL), b = mdb_del(t, idx->ids, &idk, NULL);
+            int c = pe->pos % ANNAL__POS_STRIDE == 0 ? mdb_del(t, idx->pos, &pk, NULL) : 0;
+            mrc = a && a != MDB_NOTFOUND   ? a
+                  : b && b != MDB_NOTFOUND ? b
+                  : c == MDB_NOTFOUND      ? 0
+                                           : c;
+            continue;
+        }
+        annal__put64(vb, pe->pos);
+        annal__put64(vb + 8, pe->newloc);
+        mrc = mdb_put(t, idx->revs, &k, &v, 0);
+        if (!mrc) mrc = mdb_put(t, idx->ids, &idk, &v, 0);
+        if (!mrc && pe->pos % ANNAL__POS_STRIDE == 0) {
+            MDB_val lv = {8, &pe->newloc};
+            mrc = mdb_put(t, idx->pos, &pk, &lv, 0);
+        }
+        if (!mrc)
+            mrc = annal__index_tag_put(t, idx->cats, ev.stream, cl, pe->pos, pe->newloc) ? EIO : 0;
+        if (!mrc)
+            mrc = annal__index_tag_put(t, idx->types, ev.type, ev.type_len, pe->pos, pe->newloc)
+                      ? EIO
+                      : 0;
+    }
+    if (mrc) {
+        mdb_txn_abort(t);
+        return mdb_fail(db, mrc);
+    }
+    mrc = mdb_txn_commit(t);
+    return mrc ? mdb_fail(db, mrc) : ANNAL_OK;
+}
+
+/* The marker of step 2 (gen != 0) or its removal with the generation of step 4. */
+static annal_err mark(annal_db *db, uint64_t no, uint32_t gen, int done) {
+    MDB_txn *t;
+    int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
+    if (mrc) return mdb_fail(db, mrc);
+    annal_err rc = done ? annal__index_gen_put(t, &db->idx, no, gen) : ANNAL_OK;
+    if (rc == ANNAL_OK) rc = annal__index_compacting_put(t, &db->idx, done ? UINT64_MAX : no, gen);
+    if (rc != ANNAL_OK) {
+        mdb_txn_abort(t);
+        return annal__fail(db, rc, "index: cannot record the compaction");
+    }
+    mrc = mdb_txn_commit(t);
+    if (!mrc) mrc = mdb_env_sync(db->idx.env, 1);
+    return mrc ? mdb_fail(db, mrc) : ANNAL_OK;
+}
+
+/* Points where tests stop a compaction (tests/store/compact_test.c). */
+static annal_err fault(annal_db *db, const char *where) {
+    int f = db->io->fault(db->io->ctx, where);
+    return f < 0 ? annal__fail(db, ANNAL_EIO, "compaction stopped at %s (injected)", where)
+                 : ANNAL_OK;
+}
+
+static uint64_t disk_bytes(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+}
+
+static annal_err compact_segment(annal_db *db, annal__seg *s, uint64_t bytes_per_s,
+                                 annal_compact_stats *st) {
+    char tmp[4096], fin[4096], old[4096], dir[4096];
+    annal__seg_path(&db->log, s->no, s->gen + 1, 1, tmp, sizeof tmp);
+    annal__seg_path(&db->log, s->no, s->gen + 1, 0, fin, sizeof fin);
+    annal__seg_path(&db->log, s->no, s->gen, 0, old, sizeof old);
+    snprintf(dir, sizeof dir, "%s/log", db->dir);
+    plan pl = {0};
+    int nothing = 0;
+    annal_err rc = rewrite(db, s, tmp, bytes_per_s, &pl, &nothing);
+    if (rc != ANNAL_OK || nothing) {
+        free(pl.ev);
+        return rc;
+    }
+    uint32_t gen = s->gen + 1;
+    rc = fault(db, "compact-written");
+    if (rc == ANNAL_OK) rc = mark(db, s->no, gen, 0);
+    if (rc == ANNAL_OK) rc = fault(db, "compact-marked");
+    for (size_t i = 0; rc == ANNAL_OK && i < pl.n; i += TXN_EVENTS) {
+        rc = move_entries(db, &pl, i, i + TXN_EVENTS < pl.n ? i + TXN_EVENTS : pl.n);
+        if (rc == ANNAL_OK) rc = fault(db, "compact-moved");
+    }
+    if (rc == ANNAL_OK) rc = mark(db, s->no, gen, 1);
+    if (rc == ANNAL_OK) rc = fault(db, "compact-indexed");
+    if (rc != ANNAL_OK) {
+        /* The index may point into the tmp file: keep it; the next open settles it. */
+        free(pl.ev);
+        return rc;
+    }
+    uint64_t before = disk_bytes(old);
+    if (annal__log_install(&db->log, s->no, gen, 1) != ANNAL_OK || rename(tmp, fin) < 0 ||
+        db->io->sync_dir(db->io->ctx, dir) < 0) {
+        free(pl.ev);
+        return annal__fail(db, ANNAL_EIO, "cannot put %s in place: %s", fin, strerror(errno));
+    }
+    rc = fault(db, "compact-renamed");
+    if (rc != ANNAL_OK) {
+        free(pl.ev);
+        return rc;
+    }
+    db->io->unlink(db->io->ctx, old); /* readers of this process keep their mapping */
+    db->io->sync_dir(db->io->ctx, dir);
+    uint64_t after = disk_bytes(fin);
+    if (st) {
+        st->events_erased += pl.erased;
+        st->bytes_reclaimed += before > after ? before - after : 0;
+    }
+    annal__log_msg(db, ANNAL_LOG_INFO,
+                   "compacted segment %016" PRIx64 ": %" PRIu64 " events erased, %" PRIu64
+                   " kept, %" PRIu64 " KiB freed",
+                   s->no, pl.erased, pl.kept, before > after ? (before - after) >> 10 : 0);
+    free(pl.ev);
+    return ANNAL_OK;
+}
+
 annal_err annal_compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats *stats) {
-    (void)bytes_per_s;
-    (void)stats;
-    return annal__fail(db, ANNAL_EINVAL, "not implemented yet");
+    if (!db) return ANNAL_EINVAL;
+    if (db->readonly) return annal__fail(db, ANNAL_EREADONLY, "the store is open read-only");
+    if (stats) memset(stats, 0, sizeof *stats);
+    if (pthread_mutex_trylock(&db->compact_mu) != 0)
+        return annal__fail(db, ANNAL_EBUSY, "a compaction of this store is already running");
+    annal_err rc = ANNAL_OK;
+    pthread_mutex_lock(&db->wmu);
+    if (db->failed != ANNAL_OK) rc = annal__fail(db, ANNAL_EFAILED, "%s", db->failed_msg);
+    pthread_mutex_unlock(&db->wmu);
+    annal__seg *last = annal__log_last(&db->log);
+    uint64_t first_no = db->log.base, end_no = last ? last->no : first_no; /* sealed: below */
+    if (stats) stats->segments_total = end_no - first_no;
+    for (uint64_t no = first_no; rc == ANNAL_OK && no < end_no; no++) {
+        annal__seg *s = annal__log_seg(&db->log, no);
+        if (!s) {
+            rc = annal__fail(db, ANNAL_ECORRUPT, "segment %016" PRIx64 " is missing", no);
+            break;
+        }
+        rc = compact_segment(db, s, bytes_per_s, stats);
+        if (stats && rc == ANNAL_OK) stats->segments_done++;
+        if (rc == ANNAL_OK && db->opts.progress &&
+            db->opts.progress(db->opts.progress_ctx, no - first_no + 1, end_no - first_no))
+            rc = annal__fail(db, ANNAL_ECANCELED, "compaction canceled");
+    }
+    pthread_mutex_unlock(&db->compact_mu);
+    return rc;
 }

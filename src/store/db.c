@@ -3,6 +3,7 @@
  * whole batches the log holds beyond it, and cut a torn tail back to the last whole
  * batch, zeroing it so no stale bytes can later pass for records. */
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -144,7 +145,8 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                 db->head.streams++;
             }
         }
-        if (ev.revision != sr.count) {
+        /* Compaction erases events: once it has run, revisions may skip. */
+        if (ev.revision < sr.count || (ev.revision > sr.count && !db->log_compacted)) {
             rc = annal__fail(db, ANNAL_ECORRUPT,
                              "position %" PRIu64 " in stream %s has revision %" PRIu64
                              ", expected %" PRIu64,
@@ -157,7 +159,7 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                              "event id at position %" PRIu64 " appears twice in the log",
                              ev.position);
         if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev, loc);
-        sr.count++;
+        sr.count = ev.revision + 1;
         sr.last_pos = ev.position;
         db->head.last_ns = ev.timestamp_ns;
         db->head.last_loc = loc;
@@ -244,6 +246,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     annal_err rc = annal__index_head_get(t, &db->idx, &db->head);
     int hc = rc == ANNAL_OK ? head_check(db, &db->head) : rc == ANNAL_ECORRUPT ? 0 : 1;
+    if (db->rebuild_index) hc = 0;
     if (rc == ANNAL_ECORRUPT) rc = ANNAL_OK; /* an unreadable head: rebuild, below */
     if (hc < 0) {
         rc = annal__fail(db, ANNAL_ECORRUPT,
@@ -254,7 +257,11 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     } else if (hc == 0) {
         annal__log_msg(db, ANNAL_LOG_WARN, "index does not match the log: rebuilding it");
         rc = reset_index(db, t);
+        for (size_t i = 0; rc == ANNAL_OK && i < db->log.nsegs; i++)
+            if (db->log.segs[i]->gen)
+                rc = annal__index_gen_put(t, &db->idx, db->log.segs[i]->no, db->log.segs[i]->gen);
     }
+    for (size_t i = 0; i < db->log.nsegs; i++) db->log_compacted |= db->log.segs[i]->gen > 0;
     annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
     if (rc != ANNAL_OK || !first) goto out;
 
@@ -386,6 +393,89 @@ static annal_err check_opts(const annal_db_opts *o) {
     return ANNAL_OK;
 }
 
+/* Settle what an interrupted compaction left in DIR/log before the log is opened.
+ * Compaction writes generation G of segment S under a tmp name, flushes it, records G in
+ * the index (flushed), renames the file into place, then deletes generation G-1. So: a
+ * tmp file the index names is complete (finish the rename); any other tmp is dropped;
+ * of several generations of a segment, the newest in place is current. An index about
+ * to be rebuilt (trusted = 0) names nothing: the log alone decides. */
+static annal_err settle_compaction(annal_db *db, int trusted) {
+    char logdir[4096];
+    snprintf(logdir, sizeof logdir, "%s/log", db->dir);
+    DIR *d = opendir(logdir);
+    if (!d) return ANNAL_OK; /* a new store */
+    MDB_txn *t = NULL;
+    if (trusted && mdb_txn_begin(db->idx.env, NULL, MDB_RDONLY, &t) != 0) t = NULL;
+    uint64_t mark_no = UINT64_MAX;
+    uint32_t mark_gen = 0;
+    if (t && annal__index_compacting_get(t, &db->idx, &mark_no, &mark_gen) == ANNAL_OK) {
+        /* Killed while moving index entries: finish the file swap, rebuild the index. */
+        annal__log_msg(db, ANNAL_LOG_WARN,
+                       "a compaction was interrupted: rebuilding the index from the log");
+        db->rebuild_index = 1;
+    } else {
+        mark_no = UINT64_MAX;
+    }
+    annal__log tmplog = {.dir = logdir};
+    struct dirent *e;
+    int changed = 0;
+    while ((e = readdir(d)) != NULL) {
+        const char *nm = e->d_name;
+        size_t nl = strlen(nm);
+        char *end;
+        uint64_t no = strtoull(nm, &end, 16);
+        if (end != nm + 16) continue;
+        uint32_t gen = 0;
+        if (nl >= 25 && nm[16] == '.' && nm[25] == '.') gen = (uint32_t)strtoul(nm + 17, NULL, 16);
+        int tmp = nl > 8 && strcmp(nm + nl - 8, ".seg.tmp") == 0;
+        if (!tmp) continue;
+        char from[4200], to[4200];
+        snprintf(from, sizeof from, "%s/%s", logdir, nm);
+        uint32_t want = 0;
+        if (t && annal__index_gen_get(t, &db->idx, no, &want) != ANNAL_OK) want = 0;
+        annal__seg_path(&tmplog, no, gen, 0, to, sizeof to);
+        if ((t && want == gen && gen > 0) || (no == mark_no && gen == mark_gen)) {
+            annal__log_msg(db, ANNAL_LOG_INFO, "finishing the compaction of segment %016" PRIx64,
+                           no);
+            if (rename(from, to) < 0)
+                return annal__fail(db, ANNAL_EIO, "cannot rename %s: %s", from, strerror(errno));
+        } else if (unlink(from) < 0) {
+            return annal__fail(db, ANNAL_EIO, "cannot remove %s: %s", from, strerror(errno));
+        }
+        changed = 1;
+    }
+    closedir(d);
+    if (t) mdb_txn_abort(t);
+    /* Older generations beside a newer one are garbage. */
+    d = opendir(logdir);
+    if (!d) return ANNAL_OK;
+    while ((e = readdir(d)) != NULL) {
+        const char *nm = e->d_name;
+        size_t nl = strlen(nm);
+        char *end;
+        uint64_t no = strtoull(nm, &end, 16);
+        if (end != nm + 16 || nl < 20 || strcmp(nm + nl - 4, ".seg") != 0) continue;
+        uint32_t gen = nl == 29 ? (uint32_t)strtoul(nm + 17, NULL, 16) : 0;
+        char newer[4200];
+        struct stat st;
+        for (uint32_t g = gen + 1; g <= gen + 4; g++) { /* a newer one is the next or so */
+            annal__seg_path(&tmplog, no, g, 0, newer, sizeof newer);
+            if (stat(newer, &st) == 0) {
+                char path[4200];
+                snprintf(path, sizeof path, "%s/%s", logdir, nm);
+                if (unlink(path) < 0)
+                    return annal__fail(db, ANNAL_EIO, "cannot remove %s: %s", path,
+                                       strerror(errno));
+                changed = 1;
+                break;
+            }
+        }
+    }
+    closedir(d);
+    if (changed) db->io->sync_dir(db->io->ctx, logdir);
+    return ANNAL_OK;
+}
+
 static annal_err open_writer(annal_db *db) {
     annal_err rc = take_lock(db);
     if (rc != ANNAL_OK) return rc;
@@ -398,6 +488,7 @@ static annal_err open_writer(annal_db *db) {
     char boot[40];
     annal__boot_id(boot);
     annal__index_state st;
+    int trusted = 1;
     annal_err src = annal__index_state_read(db->index_dir, &st);
     if (src != ANNAL_ENOTFOUND && !(src == ANNAL_OK && (st.clean || !strcmp(st.boot_id, boot)))) {
         /* The index ran without fsync and the machine restarted (or the state is
@@ -410,6 +501,7 @@ static annal_err open_writer(annal_db *db) {
         annal__log_msg(db, ANNAL_LOG_WARN,
                        "index was not closed cleanly before a restart: "
                        "rebuilding it from the log");
+        trusted = 0;
         if (annal__index_remove(db->index_dir) < 0)
             return annal__fail(db, ANNAL_EIO, "cannot remove the old index in %s", db->index_dir);
     }
@@ -424,6 +516,8 @@ static annal_err open_writer(annal_db *db) {
     rc = annal__index_open(&db->idx, db->index_dir, 0, 1, db->opts.index_map_bytes, detail,
                            sizeof detail);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
+    rc = settle_compaction(db, trusted);
+    if (rc != ANNAL_OK) return rc;
     rc = annal__log_open(&db->log, db->io, db->dir, 0, 1, detail, sizeof detail);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
     if (db->log.nsegs > 0) /* the segment size is fixed when the store is created */
@@ -483,6 +577,7 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
     db->rng = annal__rng_seed();
     pthread_mutex_init(&db->errmu, NULL);
     pthread_mutex_init(&db->wmu, NULL);
+    pthread_mutex_init(&db->compact_mu, NULL);
     pthread_cond_init(&db->wcv, NULL);
     size_t n = strlen(dir) + 8;
     db->dir = strdup(dir);
@@ -583,6 +678,7 @@ void annal_db_close(annal_db *db) {
     free(db->index_dir);
     pthread_mutex_destroy(&db->errmu);
     pthread_mutex_destroy(&db->wmu);
+    pthread_mutex_destroy(&db->compact_mu);
     pthread_cond_destroy(&db->wcv);
     free(db);
 }

@@ -78,6 +78,9 @@ struct annal_db {
 
     uint64_t visible;             /* atomic: positions below this are committed and readable */
     struct annal__notify *notify; /* wake-ups for subscribers (store/notify.c) */
+    pthread_mutex_t compact_mu;   /* one annal_compact at a time */
+    int rebuild_index;            /* open: the index must be rebuilt from the log */
+    int log_compacted;            /* recovery: some segment is a compacted generation */
 };
 
 /* annal_db_open with another file-operation table (tests inject faults with it). */

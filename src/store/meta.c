@@ -52,8 +52,15 @@ static annal_err apply_meta(annal__index *idx, MDB_txn *t, annal__index_head *h,
     if (json_is_object(o) && (member_u64(o, "$tb", &tb) | member_u64(o, "$maxCount", &mc) |
                               member_u64(o, "$maxAge", &ma)))
         tb = mc = ma = ANNAL__UNSET;
-    if (json_is_object(o) && json_is_true(json_object_get(o, DELETED_KEY)))
+    if (json_is_object(o) && json_is_true(json_object_get(o, DELETED_KEY))) {
         r.flags |= ANNAL__SR_DELETED;
+        /* The deleted events may have been compacted away: the delete's "$tb" (the
+         * next revision when it was written) keeps the revisions going on rebuild. */
+        if (tb != ANNAL__UNSET && tb > r.count) {
+            if (r.count == 0) h->streams++;
+            r.count = tb;
+        }
+    }
     json_decref(o);
     r.tb = tb, r.max_count = mc, r.max_age = ma;
     h->restricted++;

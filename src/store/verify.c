@@ -66,7 +66,16 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o, uint
             annal__cursor_settle(&probe);
             if (probe.seg != s) break; /* clean end of this segment */
             annal_err rc = annal__cursor_next(&c, &ev, &info, NULL);
-            if (rc == ANNAL_END) break;
+            if (rc == ANNAL_END) {
+                events = c.pos; /* past a trailing hole, if any */
+                break;
+            }
+            if (rc == ANNAL_OK && c.seg != s) { /* s ended in a hole; this is the next one's */
+                uint64_t next_first = c.seg->first_pos;
+                c = start;
+                c.pos = events = next_first;
+                break;
+            }
             int ok = rc == ANNAL_OK && info.batch_index == 0;
             uint32_t n = ok ? info.batch_count : 0;
             for (uint32_t k = 1; ok && k < n; k++) {

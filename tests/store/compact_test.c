@@ -1,0 +1,400 @@
+/* Compaction: what stays visible is exactly what was visible, byte for byte and at the
+ * same positions, through reopen and rebuild; erased data is gone from every file; reads
+ * racing compaction see the same events; a compaction killed at each of its steps, or at
+ * random moments, leaves a store that reopens whole. */
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/base.h"
+#include "log/io.h"
+#include "store/db_int.h"
+#include "testutil.h"
+
+#define SEG_BYTES (64u << 10)
+
+/* ---- the visible events, as a list to compare ---- */
+typedef struct vis {
+    uint64_t pos, rev;
+    uint32_t crc; /* of stream, type, data, metadata, id */
+} vis;
+
+typedef struct vset {
+    vis *v;
+    size_t n, cap;
+} vset;
+
+static uint32_t ev_crc(const annal_event *ev) {
+    uint32_t c = annal__crc32c(0, ev->stream, ev->stream_len);
+    c = annal__crc32c(c, ev->type, ev->type_len);
+    c = annal__crc32c(c, ev->data, ev->data_len);
+    c = annal__crc32c(c, ev->metadata, ev->metadata_len);
+    c = annal__crc32c(c, ev->id.bytes, 16);
+    return annal__crc32c(c, &ev->timestamp_ns, 8);
+}
+
+/* Every visible event below position `end` (0: all) via $all. */
+static void snapshot(annal_db *db, vset *s, uint64_t end) {
+    s->n = 0;
+    annal_iter *it;
+    TU_OK(db, annal_read_all(db, 0, 0, 0, &it));
+    const annal_event *ev;
+    annal_err rc;
+    while ((rc = annal_iter_next(it, &ev)) == ANNAL_OK) {
+        if (end && ev->position >= end) break;
+        if (s->n == s->cap) {
+            s->cap = s->cap ? s->cap * 2 : 1024;
+            s->v = realloc(s->v, s->cap * sizeof *s->v);
+        }
+        s->v[s->n++] = (vis){ev->position, ev->revision, ev_crc(ev)};
+    }
+    if (rc != ANNAL_OK && rc != ANNAL_END) TU_OK(db, rc);
+    annal_iter_close(it);
+}
+
+static int same(const vset *a, const vset *b, char *why, size_t len) {
+    for (size_t i = 0; i < a->n || i < b->n; i++) {
+        if (i >= a->n || i >= b->n || a->v[i].pos != b->v[i].pos || a->v[i].rev != b->v[i].rev ||
+            a->v[i].crc != b->v[i].crc) {
+            snprintf(why, len, "differ at entry %zu (position %llu vs %llu), counts %zu vs %zu", i,
+                     i < a->n ? (unsigned long long)a->v[i].pos : 0ull,
+                     i < b->n ? (unsigned long long)b->v[i].pos : 0ull, a->n, b->n);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+#define ASSERT_SAME(a, b)                                                                          \
+    do {                                                                                           \
+        char why_[200];                                                                            \
+        if (!same((a), (b), why_, sizeof why_)) fail_msg("visible events changed: %s", why_);      \
+    } while (0)
+
+/* Backward $all and per-stream reads must agree with the forward snapshot too. */
+static void check_other_reads(annal_db *db, const vset *s) {
+    annal_iter *it;
+    const annal_event *ev;
+    TU_OK(db, annal_read_all(db, ANNAL_FROM_END, ANNAL_READ_BACKWARD, 0, &it));
+    size_t i = s->n;
+    while (annal_iter_next(it, &ev) == ANNAL_OK) {
+        if (ev->position > s->v[s->n - 1].pos) continue; /* appended later */
+        assert_true(i > 0);
+        i--;
+        assert_int_equal(ev->position, s->v[i].pos);
+        assert_int_equal(ev_crc(ev), s->v[i].crc);
+    }
+    annal_iter_close(it);
+    assert_int_equal(i, 0);
+    /* category "keep": every visible event of those streams, in order */
+    size_t want = 0, got = 0;
+    TU_OK(db, annal_read_all(db, 0, 0, 0, &it));
+    while (annal_iter_next(it, &ev) == ANNAL_OK)
+        want += strncmp(ev->stream, "keep-", 5) == 0 && ev->position <= s->v[s->n - 1].pos;
+    annal_iter_close(it);
+    TU_OK(db, annal_read_category(db, "keep", 0, 0, 0, &it));
+    uint64_t last = 0;
+    while (annal_iter_next(it, &ev) == ANNAL_OK) {
+        if (ev->position > s->v[s->n - 1].pos) continue;
+        assert_true(got == 0 || ev->position > last);
+        last = ev->position;
+        got++;
+    }
+    annal_iter_close(it);
+    assert_int_equal(got, want);
+}
+
+/* ---- the workload ---- */
+static void add(annal_db *db, const char *stream, int n, const char *secret) {
+    for (int i = 0; i < n; i++) {
+        char d[300];
+        snprintf(d, sizeof d, "{\"i\":%d,\"pad\":\"%0200d\",\"s\":\"%s\"}", i, i,
+                 secret ? secret : "none");
+        TU_OK(db, tu_append1(db, stream, ANNAL_EXPECT_ANY, "Thing", d, NULL));
+    }
+}
+
+/* Round r: more events in kept, limited, deleted and tombstoned streams. */
+static void workload(annal_db *db, int r) {
+    char s[64], secret[64];
+    for (int k = 0; k < 6; k++) {
+        snprintf(s, sizeof s, "keep-%d", k);
+        add(db, s, 8, NULL);
+        snprintf(s, sizeof s, "gone-%d-%d", r, k);
+        snprintf(secret, sizeof secret, "SECRET-%d-%d", r, k);
+        add(db, s, 6, secret);
+        snprintf(s, sizeof s, "trim-%d", k);
+        add(db, s, 5, NULL);
+    }
+    for (int k = 0; k < 6; k++) {
+        snprintf(s, sizeof s, "gone-%d-%d", r, k);
+        TU_OK(db, annal_stream_delete(db, s, ANNAL_EXPECT_ANY, k % 3 == 2 ? ANNAL_DELETE_HARD : 0,
+                                      NULL));
+        snprintf(s, sizeof s, "trim-%d", k);
+        TU_OK(db, annal_stream_meta_set(db, s, ANNAL_EXPECT_ANY, "{\"$maxCount\":2}", 15, NULL));
+    }
+    add(db, "keep-0", 40, NULL); /* a little more, so the last segment moves on */
+}
+
+/* Does any file under dir/log hold needle? */
+static int log_holds(const char *dir, const char *needle) {
+    char ld[4096];
+    snprintf(ld, sizeof ld, "%s/log", dir);
+    DIR *d = opendir(ld);
+    struct dirent *e;
+    int found = 0;
+    size_t nl = strlen(needle);
+    while (d && (e = readdir(d)) != NULL && !found) {
+        if (e->d_name[0] == '.') continue;
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s", ld, e->d_name);
+        FILE *f = fopen(p, "rb");
+        if (!f) continue;
+        static char buf[1 << 16];
+        size_t carry = 0, n;
+        while (!found && (n = fread(buf + carry, 1, sizeof buf - carry, f)) > 0) {
+            size_t have = carry + n;
+            found = memmem(buf, have, needle, nl) != NULL;
+            carry = have < nl ? have : nl - 1;
+            memmove(buf, buf + have - carry, carry);
+        }
+        fclose(f);
+    }
+    if (d) closedir(d);
+    return found;
+}
+
+static annal_db *open_seg(const char *dir, const annal__io *io) {
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE;
+    o.segment_bytes = SEG_BYTES;
+    annal_db *db = NULL;
+    annal_err rc = annal__db_open_io(dir, &o, io ? io : annal__io_posix(), &db);
+    if (rc != ANNAL_OK) fail_msg("open %s: %s", dir, annal_errname(rc));
+    return db;
+}
+
+static void test_compact_basic(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("compact");
+    annal_db *db = open_seg(dir, NULL);
+    for (int r = 0; r < 6; r++) workload(db, r);
+    vset before = {0}, after = {0};
+    snapshot(db, &before, 0);
+    assert_true(log_holds(dir, "SECRET-1-0"));
+    annal_db_info i0, i1;
+    TU_OK(db, annal_db_info_get(db, &i0));
+    annal_compact_stats st;
+    TU_OK(db, annal_compact(db, 0, &st));
+    printf("compacted %llu of %llu segments: %llu events erased, %llu bytes freed\n",
+           (unsigned long long)st.segments_done, (unsigned long long)st.segments_total,
+           (unsigned long long)st.events_erased, (unsigned long long)st.bytes_reclaimed);
+    TU_OK(db, annal_db_info_get(db, &i1));
+    assert_true(st.segments_total >= 4);
+    assert_true(st.events_erased > 100);
+    assert_true(st.bytes_reclaimed > 0);
+    assert_true(i1.disk_bytes < i0.disk_bytes);
+    snapshot(db, &after, 0);
+    ASSERT_SAME(&before, &after);
+    check_other_reads(db, &after);
+    /* deleted data is in no file any more, except in the active segment */
+    assert_false(log_holds(dir, "SECRET-0-0"));
+    assert_false(log_holds(dir, "SECRET-1-4"));
+    /* a second run has nothing to do */
+    TU_OK(db, annal_compact(db, 0, &st));
+    assert_int_equal(st.events_erased, 0);
+    /* revisions go on: a soft-deleted stream re-created, a trimmed one appended to */
+    annal_append_result res;
+    TU_OK(db, tu_append1(db, "gone-0-0", ANNAL_EXPECT_NO_STREAM, "Back", "{}", &res));
+    assert_int_equal(res.first_revision, 6);
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+
+    /* reopen, then rebuild from the compacted log: the same events, the same revisions */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass) TU_OK(NULL, annal_rebuild_index(dir, NULL));
+        db = open_seg(dir, NULL);
+        vset again = {0};
+        snapshot(db, &again, after.v[after.n - 1].pos + 1);
+        ASSERT_SAME(&after, &again);
+        check_other_reads(db, &again);
+        uint64_t head;
+        TU_OK(db, annal_stream_head(db, "gone-0-0", &head));
+        assert_int_equal(head, 6);
+        TU_OK(db, annal_stream_head(db, "trim-3", &head));
+        assert_int_equal(head, 29); /* 5 events in each of 6 rounds */
+        TU_EXPECT(db, annal_stream_head(db, "gone-0-2", &head), ANNAL_EDELETED);
+        TU_EXPECT(db, tu_append1(db, "gone-1-2", ANNAL_EXPECT_ANY, "X", "{}", NULL),
+                  ANNAL_EDELETED);
+        const char *back = pass ? "gone-2-1" : "gone-1-1";
+        TU_EXPECT(db, annal_stream_head(db, back, &head), ANNAL_ENOTFOUND);
+        TU_OK(db, tu_append1(db, back, ANNAL_EXPECT_NO_STREAM, "Back", "{}", &res));
+        assert_int_equal(res.first_revision, 6);
+        free(again.v);
+        annal_db_close(db);
+        TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    }
+    free(before.v);
+    free(after.v);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* ---- reads racing compaction ---- */
+typedef struct racer {
+    annal_db *db;
+    const vset *want;
+    int stop;
+    long rounds;
+    char err[200];
+} racer;
+
+static void *reader(void *arg) {
+    racer *r = arg;
+    vset got = {0};
+    while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) && !r->err[0]) {
+        snapshot(r->db, &got, r->want->v[r->want->n - 1].pos + 1);
+        if (!same(r->want, &got, r->err, sizeof r->err)) break;
+        r->rounds++;
+    }
+    free(got.v);
+    return NULL;
+}
+
+static void *appender(void *arg) {
+    racer *r = arg;
+    for (int i = 0; !__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE); i++) {
+        char s[32];
+        snprintf(s, sizeof s, "fresh-%d", i % 17);
+        if (tu_append1(r->db, s, ANNAL_EXPECT_ANY, "New", "{\"x\":1}", NULL) != ANNAL_OK) {
+            snprintf(r->err, sizeof r->err, "append failed: %s", annal_db_errmsg(r->db));
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void test_reads_race_compaction(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("compact-race");
+    annal_db *db = open_seg(dir, NULL);
+    for (int r = 0; r < 6; r++) workload(db, r);
+    vset want = {0};
+    snapshot(db, &want, 0);
+    racer rd[2] = {{db, &want, 0, 0, ""}, {db, &want, 0, 0, ""}}, ap = {db, &want, 0, 0, ""};
+    pthread_t th[3];
+    pthread_create(&th[0], NULL, reader, &rd[0]);
+    pthread_create(&th[1], NULL, reader, &rd[1]);
+    pthread_create(&th[2], NULL, appender, &ap);
+    annal_compact_stats st;
+    annal_err rc = annal_compact(db, 4u << 20, &st);
+    for (int i = 0; i < 2; i++) __atomic_store_n(&rd[i].stop, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&ap.stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 3; i++) pthread_join(th[i], NULL);
+    TU_OK(db, rc);
+    printf("readers: %ld and %ld full passes during compaction; %llu events erased\n", rd[0].rounds,
+           rd[1].rounds, (unsigned long long)st.events_erased);
+    if (rd[0].err[0] || rd[1].err[0] || ap.err[0])
+        fail_msg("%s %s %s", rd[0].err, rd[1].err, ap.err);
+    assert_true(st.events_erased > 0);
+    /* a reader in another process, opened before the compaction, reads through it too */
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    free(want.v);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* ---- killed compactions ---- */
+static const char *g_kill_at; /* fault point where the child dies */
+
+static int kill_fault(void *ctx, const char *where) {
+    (void)ctx;
+    if (g_kill_at && strcmp(where, g_kill_at) == 0) raise(SIGKILL);
+    return 0;
+}
+
+/* Fork a child that compacts dir and dies at point (or after delay_us if point is
+ * NULL); the parent waits for it. */
+static void compact_and_die(const char *dir, const char *point, long delay_us) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        static annal__io kio;
+        kio = *annal__io_posix();
+        kio.fault = kill_fault;
+        g_kill_at = point;
+        annal_db *db = NULL;
+        annal_db_opts o;
+        annal_db_opts_init(&o);
+        o.segment_bytes = SEG_BYTES;
+        if (annal__db_open_io(dir, &o, &kio, &db) != ANNAL_OK) _exit(3);
+        annal_compact(db, point ? 0 : (2u << 20), NULL); /* slow when killed by time */
+        _exit(0);
+    }
+    if (!point) {
+        usleep((useconds_t)delay_us);
+        kill(pid, SIGKILL);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    if (point && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+        fail_msg("child did not die at %s (status %d)", point, st);
+}
+
+static void test_compaction_killed(void **state) {
+    (void)state;
+    static const char *points[] = {"compact-written", "compact-marked", "compact-moved",
+                                   "compact-indexed", "compact-renamed"};
+    unsigned seed = (unsigned)getpid();
+    int cycles = getenv("ANNAL_LONG") ? 60 : 16;
+    printf("seed %u, %d random kills after the 5 fixed points\n", seed, cycles);
+    char *dir = tu_tmpdir("compact-kill");
+    vset want = {0}, got = {0};
+    for (int cycle = 0; cycle < 5 + cycles; cycle++) {
+        annal_db *db = open_seg(dir, NULL);
+        workload(db, cycle);
+        if (cycle == 0) workload(db, 1000); /* fill the first segments */
+        snapshot(db, &want, 0);
+        annal_db_close(db);
+        const char *point = cycle < 5 ? points[cycle] : NULL;
+        compact_and_die(dir, point, 1000 + rand_r(&seed) % 150000);
+        db = open_seg(dir, NULL);
+        snapshot(db, &got, want.v[want.n - 1].pos + 1);
+        char why[200];
+        if (!same(&want, &got, why, sizeof why))
+            fail_msg("cycle %d (%s): %s", cycle, point ? point : "random", why);
+        check_other_reads(db, &got);
+        annal_db_close(db);
+        annal_err rc = annal_verify(dir, NULL, NULL, NULL);
+        if (rc != ANNAL_OK) fail_msg("cycle %d: verify: %s", cycle, annal_errname(rc));
+    }
+    /* and a final, uninterrupted compaction still works and keeps everything */
+    annal_db *db = open_seg(dir, NULL);
+    TU_OK(db, annal_compact(db, 0, NULL));
+    snapshot(db, &got, want.v[want.n - 1].pos + 1);
+    ASSERT_SAME(&want, &got);
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    free(want.v);
+    free(got.v);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_compact_basic),
+        cmocka_unit_test(test_reads_race_compaction),
+        cmocka_unit_test(test_compaction_killed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -43,6 +43,9 @@ int cli_cmd_rebuild_index(cli_global *g, int argc, char **argv);
 int cli_cmd_export(cli_global *g, int argc, char **argv);
 int cli_cmd_import(cli_global *g, int argc, char **argv);
 int cli_cmd_demo(cli_global *g, int argc, char **argv);
+int cli_cmd_meta(cli_global *g, int argc, char **argv);
+int cli_cmd_delete(cli_global *g, int argc, char **argv);
+int cli_cmd_compact(cli_global *g, int argc, char **argv);
 
 /* ---- Option parsing: GNU style, options and operands in any order, "--" ends options,
  * "--name=value" or "--name value". --data DIR is accepted by every command. */

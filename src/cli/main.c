@@ -22,6 +22,9 @@ static const struct {
     {"export", cli_cmd_export, "write events as JSON lines"},
     {"import", cli_cmd_import, "append events from JSON lines (idempotent)"},
     {"demo", cli_cmd_demo, "play a short order story and show its history and state"},
+    {"meta", cli_cmd_meta, "show or set a stream's metadata (max count, max age, truncate)"},
+    {"delete", cli_cmd_delete, "delete a stream (soft), or tombstone it with --hard"},
+    {"compact", cli_cmd_compact, "erase deleted, truncated and expired events from disk"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -429,7 +429,7 @@ static annal_err settle_compaction(annal_db *db, int trusted) {
         if (nl >= 25 && nm[16] == '.' && nm[25] == '.') gen = (uint32_t)strtoul(nm + 17, NULL, 16);
         int tmp = nl > 8 && strcmp(nm + nl - 8, ".seg.tmp") == 0;
         if (!tmp) continue;
-        char from[4200], to[4200];
+        char from[4096 + 512], to[4096 + 512];
         snprintf(from, sizeof from, "%s/%s", logdir, nm);
         uint32_t want = 0;
         if (t && annal__index_gen_get(t, &db->idx, no, &want) != ANNAL_OK) want = 0;
@@ -456,12 +456,12 @@ static annal_err settle_compaction(annal_db *db, int trusted) {
         uint64_t no = strtoull(nm, &end, 16);
         if (end != nm + 16 || nl < 20 || strcmp(nm + nl - 4, ".seg") != 0) continue;
         uint32_t gen = nl == 29 ? (uint32_t)strtoul(nm + 17, NULL, 16) : 0;
-        char newer[4200];
+        char newer[4096 + 512];
         struct stat st;
         for (uint32_t g = gen + 1; g <= gen + 4; g++) { /* a newer one is the next or so */
             annal__seg_path(&tmplog, no, g, 0, newer, sizeof newer);
             if (stat(newer, &st) == 0) {
-                char path[4200];
+                char path[4096 + 512];
                 snprintf(path, sizeof path, "%s/%s", logdir, nm);
                 if (unlink(path) < 0)
                     return annal__fail(db, ANNAL_EIO, "cannot remove %s: %s", path,

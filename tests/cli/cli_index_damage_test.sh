@@ -2,6 +2,9 @@
 # Damaged index files: `annal verify` reports the damage (exit 4) even when reading the
 # index crashes, and `annal rebuild-index` restores an index that agrees with the log.
 set -euo pipefail
+# Under AddressSanitizer a crash in the verify child would become "exit 1" from ASan's own
+# handler; let it die of the signal as a normal build does, which verify reports (exit 4).
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}handle_segv=0:handle_sigbus=0"
 : "${ANNAL:?built annal binary}"
 tmp=$(mktemp -d "${ANNAL_TEST_TMP:-/tmp}/idxdmg-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

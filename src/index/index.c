@@ -236,11 +236,10 @@ annal_err annal__index_head_get(MDB_txn *t, const annal__index *idx, annal__inde
     int rc = mdb_get(t, idx->meta, &k, &v);
     if (rc == MDB_NOTFOUND) return ANNAL_OK; /* empty index */
     if (rc) return annal__index_err(rc);
-    if (v.mv_size != 72) return ANNAL_ECORRUPT; /* an older layout too: rebuilt */
+    if (v.mv_size != 64) return ANNAL_ECORRUPT; /* an older layout too: rebuilt */
     const uint8_t *p = v.mv_data;
     if (annal__get64(p + 56) != ANNAL__INDEX_VERSION) return ANNAL_ECORRUPT;
     h->restricted = annal__get64(p + 48);
-    h->ids_next = annal__get64(p + 64);
     h->next_pos = annal__get64(p);
     h->next_loc = annal__get64(p + 8);
     h->next_stream_id = annal__get64(p + 16);
@@ -251,7 +250,7 @@ annal_err annal__index_head_get(MDB_txn *t, const annal__index *idx, annal__inde
 }
 
 annal_err annal__index_head_put(MDB_txn *t, const annal__index *idx, const annal__index_head *h) {
-    uint8_t b[72];
+    uint8_t b[64];
     annal__put64(b, h->next_pos);
     annal__put64(b + 8, h->next_loc);
     annal__put64(b + 16, h->next_stream_id);
@@ -260,7 +259,6 @@ annal_err annal__index_head_put(MDB_txn *t, const annal__index *idx, const annal
     annal__put64(b + 40, h->last_loc);
     annal__put64(b + 48, h->restricted);
     annal__put64(b + 56, ANNAL__INDEX_VERSION);
-    annal__put64(b + 64, h->ids_next);
     MDB_val k = val("head", 4), v = val(b, sizeof b);
     return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
 }
@@ -317,14 +315,9 @@ annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t s
     uint8_t b[16];
     annal__put64(b, pos);
     annal__put64(b + 8, loc);
-    MDB_val k, v;
-    int rc;
-    if (id) {
-        k = val(id->bytes, 16);
-        v = val(b, 16);
-        rc = mdb_put(t, idx->ids, &k, &v, MDB_NOOVERWRITE);
-        if (rc) return annal__index_err(rc);
-    }
+    MDB_val k = val(id->bytes, 16), v = val(b, 16);
+    int rc = mdb_put(t, idx->ids, &k, &v, MDB_NOOVERWRITE);
+    if (rc) return annal__index_err(rc);
     uint8_t rk[ANNAL__REV_KEY];
     annal__rev_key(rk, stream_id, rev);
     k = val(rk, sizeof rk);

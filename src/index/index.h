@@ -31,11 +31,9 @@ typedef struct annal__index_head {
     int64_t last_ns;         /* timestamp of the last indexed event */
     uint64_t restricted;     /* metadata, delete and tombstone events ever indexed: while 0,
                               * every event is visible and reads skip the checks */
-    uint64_t ids_next;       /* the `ids` table covers positions below this; the ids of
-                              * [ids_next, next_pos) are in the writer's memory (idtab.h) */
 } annal__index_head;
 
-#define ANNAL__INDEX_VERSION 3 /* layout of the tables; another version is rebuilt */
+#define ANNAL__INDEX_VERSION 2 /* layout of the tables; another version is rebuilt */
 
 #define ANNAL__UNSET        UINT64_MAX
 #define ANNAL__SR_DELETED   0x1u /* soft-deleted: reads as not found until appended to */
@@ -94,8 +92,7 @@ annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const cha
                                   annal__stream_rec *rec);
 annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
                                   const annal__stream_rec *rec);
-/* Index one event: revision and position entries, and the id entry unless id is NULL
- * (the writer keeps recent ids in memory). ANNAL_EDUPLICATE if its id is already indexed. */
+/* Index one event. ANNAL_EDUPLICATE if its id is already indexed. */
 annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                  uint64_t rev, uint64_t pos, uint64_t loc, const annal_uuid *id);
 annal_err annal__index_id_get(MDB_txn *t, const annal__index *idx, const annal_uuid *id,

@@ -74,7 +74,7 @@ static annal_err check_idempotent(annal_db *db, group *g, MDB_txn *t, annal__req
     const annal_uuid *id0 = &req->ev[0].id;
     uint64_t pos0, loc0;
     if (annal__uuid_is_nil(id0)) return ANNAL_ENOTFOUND;
-    annal_err rc = annal__id_find(db, t, id0, &pos0, &loc0);
+    annal_err rc = annal__index_id_get(t, &db->idx, id0, &pos0, &loc0);
     if (rc != ANNAL_OK) return rc;
     annal_event ev;
     rc = read_any(db, g, loc0, &ev);
@@ -147,17 +147,7 @@ static annal_err check_guard(annal_db *db, MDB_txn *t, annal__req *req) {
 /* Check and encode one request into the group, its index entries into t (a child
  * transaction of the group's). Returns the request's result code, or a negative errno
  * for an I/O failure that ends the whole group. */
-static int add_req_ids(annal_db *db, group *g, MDB_txn *t, annal__req *req);
-
-/* add_req_ids, forgetting the ids it added when the request fails. */
 static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
-    size_t mark = db->ids.n;
-    int rc = add_req_ids(db, g, t, req);
-    if (rc != ANNAL_OK) annal__idtab_truncate(&db->ids, mark);
-    return rc;
-}
-
-static int add_req_ids(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     annal__index_head h = db->head;
     annal__stream_rec sr = annal__stream_rec_new(0, 0);
     annal_err rc = annal__index_stream_get(t, &db->idx, req->stream, req->stream_len, &sr);
@@ -225,15 +215,7 @@ static int add_req_ids(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         if (bl == 0) g->first = ev.position;
         bl += annal__rec_encode(&ev, (uint32_t)i, (uint32_t)req->n, g->first, db->buf + bl);
         h.last_loc = loc;
-        uint64_t dp, dl;
-        rc = annal__id_find(db, t, &in->id, &dp, &dl);
-        if (rc == ANNAL_OK)
-            rc = ANNAL_EDUPLICATE;
-        else if (rc == ANNAL_ENOTFOUND)
-            rc =
-                annal__idtab_add(&db->ids, &in->id, ev.position, loc) < 0 ? ANNAL_ENOMEM : ANNAL_OK;
-        if (rc == ANNAL_OK)
-            rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, NULL);
+        rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, &in->id);
         if (rc == ANNAL_EDUPLICATE) {
             char ids[37];
             annal_uuid_format(&in->id, ids);
@@ -259,8 +241,6 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     group g = {.now = annal__now_ns()};
     if (g.now < db->head.last_ns) g.now = db->head.last_ns; /* timestamps never go back */
     annal__index_head saved = db->head;
-    size_t ids_mark = db->ids.n;
-    int ids_flushed = 0;
     int ioerr = 0;
     annal_err grc = ANNAL_OK;
     const char *what = "index";
@@ -296,10 +276,6 @@ static void commit_group(annal_db *db, annal__req *reqs) {
             what = "log";
         }
     }
-    if (grc == ANNAL_OK && db->ids.n >= ANNAL__IDTAB_FLUSH) {
-        grc = annal__ids_flush(db, g.txn);
-        ids_flushed = grc == ANNAL_OK;
-    }
     if (grc == ANNAL_OK) {
         db->head.next_loc = ANNAL__LOC(db->wseg->no, db->woff);
         grc = annal__index_head_put(g.txn, &db->idx, &db->head);
@@ -317,12 +293,10 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     }
     if (g.txn) mdb_txn_abort(g.txn);
     if (grc == ANNAL_OK) {
-        if (ids_flushed) annal__idtab_truncate(&db->ids, 0);
         __atomic_store_n(&db->visible, db->head.next_pos, __ATOMIC_RELEASE);
         annal__notify_publish(db, db->head.next_pos);
     } else {
         db->head = saved;
-        annal__idtab_truncate(&db->ids, ids_mark);
         char msg[256];
         snprintf(msg, sizeof msg, "%s write failed: %s", what,
                  ioerr ? strerror(-ioerr) : annal_strerror(grc));
@@ -471,34 +445,4 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
     if (req.rc != ANNAL_OK)
         return annal__fail(db, req.rc, "%s", req.msg[0] ? req.msg : annal_strerror(req.rc));
     return ANNAL_OK;
-}
-
-annal_err annal__ids_flush_now(annal_db *db) {
-    pthread_mutex_lock(&db->wmu);
-    while (db->leader) pthread_cond_wait(&db->wcv, &db->wmu);
-    db->leader = 1; /* no group may commit meanwhile */
-    pthread_mutex_unlock(&db->wmu);
-    annal_err rc = db->failed;
-    if (rc == ANNAL_OK && db->ids.n) {
-        MDB_txn *t;
-        annal__index_head saved = db->head;
-        int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
-        rc = mrc ? annal__index_err(mrc) : annal__ids_flush(db, t);
-        if (!mrc && rc == ANNAL_OK) rc = annal__index_head_put(t, &db->idx, &db->head);
-        if (!mrc && rc == ANNAL_OK) {
-            mrc = mdb_txn_commit(t);
-            rc = annal__index_err(mrc);
-        } else if (!mrc) {
-            mdb_txn_abort(t);
-        }
-        if (rc == ANNAL_OK)
-            annal__idtab_truncate(&db->ids, 0);
-        else
-            db->head = saved;
-    }
-    pthread_mutex_lock(&db->wmu);
-    db->leader = 0;
-    pthread_cond_broadcast(&db->wcv);
-    pthread_mutex_unlock(&db->wmu);
-    return rc;
 }

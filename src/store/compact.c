@@ -382,8 +382,6 @@ annal_err annal_compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats 
     pthread_mutex_lock(&db->wmu);
     if (db->failed != ANNAL_OK) rc = annal__fail(db, ANNAL_EFAILED, "%s", db->failed_msg);
     pthread_mutex_unlock(&db->wmu);
-    /* Compaction moves and drops id entries in LMDB: the recent ones must be there. */
-    if (rc == ANNAL_OK) rc = annal__ids_flush_now(db);
     annal__seg *last = annal__log_last(&db->log);
     uint64_t first_no = db->log.base, end_no = last ? last->no : first_no; /* sealed: below */
     if (stats) stats->segments_total = end_no - first_no;

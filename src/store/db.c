@@ -100,44 +100,6 @@ uint64_t annal__visible(annal_db *db, MDB_txn *t) {
     return annal__index_head_get(t, &db->idx, &h) == ANNAL_OK ? h.next_pos : 0;
 }
 
-/* ---- recent ids ------------------------------------------------------------------ */
-
-annal_err annal__id_find(annal_db *db, MDB_txn *t, const annal_uuid *id, uint64_t *pos,
-                         uint64_t *loc) {
-    if (annal__idtab_get(&db->ids, id, pos, loc)) return ANNAL_OK;
-    return annal__index_id_get(t, &db->idx, id, pos, loc);
-}
-
-annal_err annal__ids_flush(annal_db *db, MDB_txn *t) {
-    annal_err rc = annal__idtab_flush(&db->ids, t, &db->idx);
-    if (rc == ANNAL_OK) db->head.ids_next = db->head.next_pos;
-    return rc;
-}
-
-/* Put the ids of [ids_next, next_pos) back in memory after a crash lost them. */
-static annal_err reload_ids(annal_db *db, MDB_txn *t) {
-    uint64_t base, loc;
-    if (db->head.ids_next >= db->head.next_pos) return ANNAL_OK;
-    annal_err rc = annal__index_pos_floor(t, &db->idx, db->head.ids_next, &base, &loc);
-    annal__seg *s = rc == ANNAL_OK ? annal__log_seg_at(&db->log, loc) : NULL;
-    if (!s)
-        return annal__fail(db, ANNAL_ECORRUPT, "cannot find position %" PRIu64 " in the log",
-                           db->head.ids_next);
-    annal__cursor c = {&db->log, s, ANNAL__LOC_OFF(loc), base};
-    while (c.pos < db->head.next_pos) {
-        annal_event ev;
-        annal__rec_info info;
-        uint64_t l;
-        rc = annal__cursor_next(&c, &ev, &info, &l);
-        if (rc != ANNAL_OK)
-            return annal__fail(db, ANNAL_ECORRUPT, "damaged log at position %" PRIu64, c.pos);
-        if (ev.position >= db->head.ids_next &&
-            annal__idtab_add(&db->ids, &ev.id, ev.position, l) < 0)
-            return ANNAL_ENOMEM;
-    }
-    return ANNAL_OK;
-}
-
 /* ---- recovery -------------------------------------------------------------------- */
 
 /* Validate the batch starting at the cursor without indexing it. On ANNAL_OK the
@@ -191,14 +153,7 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                              ev.position, ev.stream, ev.revision, sr.count);
             break;
         }
-        uint64_t dp, dl;
-        rc = annal__id_find(db, t, &ev.id, &dp, &dl);
-        if (rc == ANNAL_OK)
-            rc = ANNAL_EDUPLICATE;
-        else if (rc == ANNAL_ENOTFOUND)
-            rc = annal__idtab_add(&db->ids, &ev.id, ev.position, loc) < 0 ? ANNAL_ENOMEM : ANNAL_OK;
-        if (rc == ANNAL_OK)
-            rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, NULL);
+        rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, &ev.id);
         if (rc == ANNAL_EDUPLICATE)
             rc = annal__fail(db, ANNAL_ECORRUPT,
                              "event id at position %" PRIu64 " appears twice in the log",
@@ -307,7 +262,6 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                 rc = annal__index_gen_put(t, &db->idx, db->log.segs[i]->no, db->log.segs[i]->gen);
     }
     for (size_t i = 0; i < db->log.nsegs; i++) db->log_compacted |= db->log.segs[i]->gen > 0;
-    if (rc == ANNAL_OK && hc > 0) rc = reload_ids(db, t);
     annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
     if (rc != ANNAL_OK || !first) goto out;
 
@@ -344,14 +298,12 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         since += n;
         if (since >= 200000) { /* bound the transaction's dirty pages */
             since = 0;
-            if ((rc = annal__ids_flush(db, t)) != ANNAL_OK) goto out;
             if ((rc = annal__index_head_put(t, &db->idx, &db->head)) != ANNAL_OK) goto out;
             if ((mrc = mdb_txn_commit(t)) != 0) {
                 t = NULL;
                 rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
                 goto out;
             }
-            annal__idtab_truncate(&db->ids, 0);
             if ((mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t)) != 0) {
                 t = NULL;
                 rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
@@ -386,13 +338,11 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     }
     *end_seg = c.seg->no;
     *end_off = c.off;
-    rc = annal__ids_flush(db, t);
-    if (rc == ANNAL_OK) rc = annal__index_head_put(t, &db->idx, &db->head);
+    rc = annal__index_head_put(t, &db->idx, &db->head);
     if (rc == ANNAL_OK) {
         mrc = mdb_txn_commit(t);
         t = NULL;
         if (mrc) rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
-        if (!mrc) annal__idtab_truncate(&db->ids, 0);
     }
     if (total && db->opts.progress) db->opts.progress(db->opts.progress_ctx, total, total);
 out:
@@ -709,7 +659,6 @@ void annal_db_close(annal_db *db) {
     if (!db->readonly && db->wseg && (db->opts.flags & ANNAL_OPEN_NOSYNC))
         annal_db_sync(db); /* a non-durable handle becomes durable at close */
     int clean = !db->readonly && db->idx.env && db->failed == ANNAL_OK;
-    if (clean && db->wseg && annal__ids_flush_now(db) != ANNAL_OK) clean = 0;
     if (clean && annal__index_sync(&db->idx) == 0) {
         annal__index_state st = {1, {0}};
         annal__boot_id(st.boot_id);
@@ -724,7 +673,6 @@ void annal_db_close(annal_db *db) {
         db->errs = s->next;
         free(s);
     }
-    annal__idtab_free(&db->ids);
     free(db->buf);
     free(db->dir);
     free(db->index_dir);

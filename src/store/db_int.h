@@ -8,7 +8,6 @@
 #include <stdint.h>
 
 #include "annal.h"
-#include "index/idtab.h"
 #include "index/index.h"
 #include "log/io.h"
 #include "log/segment.h"
@@ -73,7 +72,6 @@ struct annal_db {
     annal__seg *wseg;       /* segment being appended to */
     uint64_t woff;          /* next write offset in wseg */
     annal__index_head head; /* what the index will hold once the current group commits */
-    annal__idtab ids;       /* ids of [head.ids_next, head.next_pos), not yet in LMDB */
     uint64_t rng;
     uint8_t *buf;
     size_t bufcap;
@@ -120,16 +118,6 @@ annal_err annal__index_event_effects(annal__index *idx, MDB_txn *t, annal__index
 uint64_t annal__first_visible(const annal__stream_rec *sr);
 /* Is the event at rev committed at ts visible now (now_ns) under sr's metadata? */
 int annal__event_visible(const annal__stream_rec *sr, uint64_t rev, int64_t ts, int64_t now_ns);
-
-/* Where is event id? Recent ids (the writer's table), then LMDB. ANNAL_ENOTFOUND if new. */
-annal_err annal__id_find(annal_db *db, MDB_txn *t, const annal_uuid *id, uint64_t *pos,
-                         uint64_t *loc);
-/* Write the recent ids into t and advance the head's ids_next to the head (leader only);
- * the caller empties db->ids once t commits. */
-annal_err annal__ids_flush(annal_db *db, MDB_txn *t);
-
-/* annal__ids_flush in a transaction of its own, taking the leader role (compaction, close). */
-annal_err annal__ids_flush_now(annal_db *db);
 
 /* Index every complete batch of the log from the index head onwards; used by recovery
  * and rebuild. Sets *end_loc to the location after the last whole batch. */

@@ -140,9 +140,8 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
             else if (annal__index_rev_get(t, &db->idx, sr.id, ev.revision, &p, &l) != ANNAL_OK ||
                      p != ev.position || l != loc)
                 why = "revision entry missing or wrong";
-            else if (ev.position < h.ids_next && /* later ids are in the writer's memory */
-                     (annal__index_id_get(t, &db->idx, &ev.id, &p, &l) != ANNAL_OK ||
-                      p != ev.position))
+            else if (annal__index_id_get(t, &db->idx, &ev.id, &p, &l) != ANNAL_OK ||
+                     p != ev.position)
                 why = "event id entry missing or wrong";
             else if (ev.position % ANNAL__POS_STRIDE == 0 &&
                      (annal__index_pos_floor(t, &db->idx, ev.position, &p, &l) != ANNAL_OK ||

@@ -142,8 +142,18 @@ static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint
     if (rc == 0) rc = mdb_dbi_open(t, "revs", c, &idx->revs);
     if (rc == 0) rc = mdb_dbi_open(t, "ids", c, &idx->ids);
     if (rc == 0) rc = mdb_dbi_open(t, "pos", c | MDB_INTEGERKEY, &idx->pos);
+    int older = 0; /* tables added by index layout 2 are missing: written by 0.1 */
     if (rc == 0) rc = mdb_dbi_open(t, "cats", c | MDB_DUPSORT | MDB_DUPFIXED, &idx->cats);
+    if (rc == MDB_NOTFOUND) older = 1;
     if (rc == 0) rc = mdb_dbi_open(t, "types", c | MDB_DUPSORT | MDB_DUPFIXED, &idx->types);
+    if (older) {
+        mdb_txn_abort(t);
+        snprintf(detail, dlen,
+                 "the index in %s was written by an older annal: open the store for writing "
+                 "once (or run `annal rebuild-index`) to rebuild it",
+                 dir);
+        return ANNAL_EVERSION;
+    }
     if (rc == 0)
         rc = mdb_txn_commit(t); /* even read-only: abort would close the handles */
     else if (t)

@@ -1,5 +1,6 @@
 /* Category and event-type reads, stream metadata, soft and hard deletes: checked against
  * what a scan of $all says, through reopen and index rebuild. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -404,11 +405,89 @@ static void test_delete(void **state) {
     TU_OK(NULL, annal_verify(f->dir, NULL, NULL, NULL));
 }
 
+/* ---- deletes racing appends ---- */
+typedef struct race {
+    annal_db *db;
+    int stop;
+    uint64_t max_rev;  /* highest revision an appender got */
+    uint64_t appended; /* successful appends */
+    annal_err unexpected;
+} race;
+
+static void *race_appender(void *arg) {
+    race *r = arg;
+    while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+        annal_append_result res;
+        annal_err rc = tu_append1(r->db, "hot-1", ANNAL_EXPECT_ANY, "E", "{}", &res);
+        if (rc == ANNAL_OK) {
+            __atomic_fetch_add(&r->appended, 1, __ATOMIC_RELAXED);
+            uint64_t m = __atomic_load_n(&r->max_rev, __ATOMIC_RELAXED);
+            while (res.first_revision > m &&
+                   !__atomic_compare_exchange_n(&r->max_rev, &m, res.first_revision, 0,
+                                                __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+        } else if (rc == ANNAL_EDELETED) {
+            break; /* tombstoned: every later append must fail the same way */
+        } else {
+            r->unexpected = rc;
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void test_deletes_race_appends(void **state) {
+    fixture *f = *state;
+    race r = {f->db, 0, 0, 0, ANNAL_OK};
+    pthread_t th[4];
+    TU_OK(f->db, tu_append1(f->db, "hot-1", ANNAL_EXPECT_NO_STREAM, "E", "{}", NULL));
+    for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, race_appender, &r);
+    int deletes = 0;
+    for (int i = 0;
+         i < 20000 && (deletes < 50 || __atomic_load_n(&r.appended, __ATOMIC_RELAXED) < 2000);
+         i++) {
+        usleep(200); /* let the appenders in */
+        annal_err rc = annal_stream_delete(f->db, "hot-1", ANNAL_EXPECT_ANY, 0, NULL);
+        assert_true(rc == ANNAL_OK || rc == ANNAL_ENOTFOUND); /* not found: just deleted */
+        deletes += rc == ANNAL_OK;
+        /* whatever is visible is a dense run ending at the head */
+        annal_iter *it;
+        rc = annal_read_stream(f->db, "hot-1", 0, 0, 0, &it);
+        if (rc == ANNAL_ENOTFOUND) continue;
+        TU_OK(f->db, rc);
+        const annal_event *ev;
+        uint64_t prev = UINT64_MAX;
+        while (annal_iter_next(it, &ev) == ANNAL_OK) {
+            assert_true(prev == UINT64_MAX || ev->revision == prev + 1);
+            prev = ev->revision;
+        }
+        annal_iter_close(it);
+    }
+    /* a tombstone while they append: no append gets past it */
+    annal_append_result tomb;
+    annal_err rc;
+    while ((rc = annal_stream_delete(f->db, "hot-1", ANNAL_EXPECT_ANY, ANNAL_DELETE_HARD, &tomb)) ==
+           ANNAL_ENOTFOUND)
+        usleep(100); /* soft-deleted and not re-created yet */
+    TU_OK(f->db, rc);
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    assert_int_equal(r.unexpected, ANNAL_OK);
+    printf("%llu appends, %d soft deletes, tombstone at revision %llu\n",
+           (unsigned long long)r.appended, deletes, (unsigned long long)tomb.first_revision);
+    assert_true(deletes > 0);
+    assert_true(r.max_rev < tomb.first_revision);
+    uint64_t head;
+    TU_EXPECT(f->db, annal_stream_head(f->db, "hot-1", &head), ANNAL_EDELETED);
+    reopen(f);
+    TU_EXPECT(f->db, tu_append1(f->db, "hot-1", ANNAL_EXPECT_ANY, "E", "{}", NULL), ANNAL_EDELETED);
+    TU_OK(NULL, annal_verify(f->dir, NULL, NULL, NULL));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_category_and_type_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metadata_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deletes_race_appends, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

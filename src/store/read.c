@@ -308,7 +308,7 @@ static annal_err next_any(annal_iter *it, const annal_event **out) {
             rc = annal__fail(db, ANNAL_ECORRUPT, "log segment missing for position %" PRIu64,
                              it->next_pos);
         if (rc != ANNAL_OK) return rc;
-        if (it->n == 0) return ANNAL_END;
+        /* a chunk may come back empty (all erased) with more below: loop */
     }
     size_t i = it->i++;
     rc = annal__log_read_at(&db->log, it->loc[i], it->pos[i], &it->ev, &info);

@@ -118,6 +118,15 @@ static annal_err fetch_stream(annal_iter *it) {
     return ANNAL_OK;
 }
 
+/* Reverse entries [a, b) of the fetched positions and locations. */
+static void reverse(annal_iter *it, size_t a, size_t b) {
+    for (; a + 1 < b; a++, b--) {
+        uint64_t tp = it->pos[a], tl = it->loc[a];
+        it->pos[a] = it->pos[b - 1], it->loc[a] = it->loc[b - 1];
+        it->pos[b - 1] = tp, it->loc[b - 1] = tl;
+    }
+}
+
 /* Backward over $all: collect positions [base, next_pos] from the stride entry below. */
 static annal_err fetch_all_back(annal_iter *it) {
     annal_db *db = it->db;
@@ -154,15 +163,11 @@ static annal_err fetch_all_back(annal_iter *it) {
         if (base > 0) it->next_pos = base - 1;
         return ANNAL_OK;
     }
-    /* emit newest first: the ring's newest entry is at (total - 1) % CHUNK */
-    uint64_t tp[CHUNK], tl[CHUNK];
-    for (size_t k = 0; k < it->n; k++) {
-        size_t from = (size_t)((total - 1 - k) % CHUNK);
-        tp[k] = it->pos[from];
-        tl[k] = it->loc[from];
-    }
-    memcpy(it->pos, tp, sizeof tp[0] * it->n);
-    memcpy(it->loc, tl, sizeof tl[0] * it->n);
+    /* Emit newest first. Chronologically the ring holds [s, n) then [0, s) (s = 0 unless it
+     * wrapped); reversing each part in place reverses the whole sequence. */
+    size_t split = total > CHUNK ? (size_t)(total % CHUNK) : 0;
+    reverse(it, 0, split);
+    reverse(it, split, it->n);
     uint64_t oldest = it->pos[it->n - 1];
     if (total <= CHUNK && base == 0)
         it->done = 1; /* after this chunk */

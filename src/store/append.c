@@ -144,6 +144,35 @@ static annal_err check_guard(annal_db *db, MDB_txn *t, annal__req *req) {
     return ANNAL_OK;
 }
 
+/* A soft delete's document, made now so that "$tb" is the stream's next revision at the
+ * commit (a delete with a loose expectation never races the stream's appenders). msr is
+ * the record of the metadata stream being appended to, NULL if it has none. */
+static annal_err soft_delete_data(annal_db *db, group *g, MDB_txn *t, annal__req *req,
+                                  const annal__stream_rec *msr) {
+    annal__stream_rec gr;
+    annal_err rc = annal__index_stream_get(t, &db->idx, req->guard->stream, req->guard->len, &gr);
+    if (rc != ANNAL_OK) return rc; /* the guard found it */
+    annal_event prev;
+    const void *pd = NULL;
+    size_t pl = 0;
+    uint64_t p, l;
+    if (msr && msr->count > 0) {
+        rc = annal__index_rev_get(t, &db->idx, msr->id, msr->count - 1, &p, &l);
+        if (rc == ANNAL_OK) rc = read_any(db, g, l, &prev);
+        if (rc != ANNAL_OK) return rc;
+        pd = prev.data;
+        pl = prev.data_len;
+    }
+    free(req->owned);
+    req->owned = annal__soft_delete_doc(pd, pl, gr.count);
+    if (!req->owned) return ANNAL_ENOMEM;
+    req->ev[0].data = req->owned;
+    req->ev[0].data_len = strlen(req->owned);
+    req->bytes = annal__rec_size(req->stream_len, strlen(req->ev[0].type), req->ev[0].data_len,
+                                 req->ev[0].metadata_len);
+    return ANNAL_OK;
+}
+
 /* Check and encode one request into the group, its index entries into t (a child
  * transaction of the group's). Returns the request's result code, or a negative errno
  * for an I/O failure that ends the whole group. */
@@ -159,6 +188,10 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         return ANNAL_EDELETED;
     }
     if (req->guard && (rc = check_guard(db, t, req)) != ANNAL_OK) return rc;
+    if (req->guard && req->guard->soft_delete) {
+        rc = soft_delete_data(db, g, t, req, exists ? &sr : NULL);
+        if (rc != ANNAL_OK) return rc;
+    }
     int64_t cur = (int64_t)sr.count - 1;
     int gone = cur < 0 || (sr.flags & ANNAL__SR_DELETED); /* reads as not found */
     if (req->n > 0) {
@@ -441,6 +474,7 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
         pthread_cond_broadcast(&db->wcv);
     }
     pthread_mutex_unlock(&db->wmu);
+    free(req.owned);
     if (result) *result = req.res;
     if (req.rc != ANNAL_OK)
         return annal__fail(db, req.rc, "%s", req.msg[0] ? req.msg : annal_strerror(req.rc));

@@ -20,6 +20,8 @@ typedef struct annal__guard {
     size_t len;
     int64_t expected; /* ANNAL_EXPECT_* or a revision; a tombstoned stream always fails */
     int must_exist;   /* ANNAL_ENOTFOUND if it has no visible existence (absent or deleted) */
+    int soft_delete;  /* the leader writes the event's data: the stream's metadata document
+                       * with "$tb" = its next revision at commit and "$deleted" */
 } annal__guard;
 
 /* One waiting append; lives on its caller's stack. */
@@ -33,6 +35,7 @@ typedef struct annal__req {
     uint64_t bytes; /* encoded size of all its records */
     annal_append_result res;
     annal_err rc;
+    char *owned;   /* data the leader made for this request (soft delete); freed after */
     char msg[400]; /* detail for annal_db_errmsg when rc != OK */
     int done;
     struct annal__req *next;
@@ -114,6 +117,9 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
  * (updated in memory; the caller stores it). Used by append and by recovery alike. */
 annal_err annal__index_event_effects(annal__index *idx, MDB_txn *t, annal__index_head *h,
                                      annal__stream_rec *sr, const annal_event *ev, uint64_t loc);
+/* The metadata document of a soft delete: prev (the stream's current document, may be
+ * NULL) with "$tb" = tb and "$deleted": true, as a malloc'd text. NULL when out of memory. */
+char *annal__soft_delete_doc(const void *prev, size_t prev_len, uint64_t tb);
 /* The lowest revision of sr that its metadata leaves visible. */
 uint64_t annal__first_visible(const annal__stream_rec *sr);
 /* Is the event at rev committed at ts visible now (now_ns) under sr's metadata? */

@@ -163,7 +163,7 @@ annal_err annal_stream_meta_set(annal_db *db, const char *stream, int64_t expect
                                : "metadata limits ($tb, $maxCount, $maxAge) must be "
                                  "non-negative integers");
     }
-    annal__guard g = {stream, strlen(stream), ANNAL_EXPECT_ANY, 0};
+    annal__guard g = {stream, strlen(stream), ANNAL_EXPECT_ANY, 0, 0};
     rc = meta_write(db, mname, expected, o, &g, result);
     json_decref(o);
     return rc;
@@ -223,40 +223,36 @@ annal_err annal_stream_delete(annal_db *db, const char *stream, int64_t expected
     annal_err rc = meta_name(db, stream, mname, &mlen);
     if (rc != ANNAL_OK) return rc;
     if (flags & ANNAL_DELETE_HARD) {
-        annal__guard g = {stream, strlen(stream), expected, 1};
+        annal__guard g = {stream, strlen(stream), expected, 1, 0};
         annal_event_data ev;
         memset(&ev, 0, sizeof ev);
         ev.type = TOMB_TYPE;
         return annal__append(db, stream, expected, &ev, 1, result, &g);
     }
-    /* Soft: "$tb" = the next revision, fixed by reading the head. The guard fails the
-     * append if the stream moved meanwhile (or the metadata did): then look again. */
-    for (int attempt = 0;; attempt++) {
-        uint64_t head;
-        rc = annal_stream_head(db, stream, &head);
-        if (rc != ANNAL_OK) return rc;
-        if (expected == ANNAL_EXPECT_NO_STREAM || (expected >= 0 && (uint64_t)expected != head)) {
-            if (result) {
-                memset(result, 0, sizeof *result);
-                result->revision = (int64_t)head;
-            }
-            return annal__fail(db, ANNAL_ECONFLICT,
-                               "expected revision %" PRId64
-                               " but stream %s is at revision %" PRIu64,
-                               expected, stream, head);
-        }
-        json_t *doc;
-        int64_t mrev;
-        rc = meta_load(db, mname, &doc, &mrev);
-        if (rc != ANNAL_OK) return rc;
-        if (json_object_set_new(doc, "$tb", json_integer((json_int_t)head + 1)) ||
-            json_object_set_new(doc, DELETED_KEY, json_true())) {
-            json_decref(doc);
-            return ANNAL_ENOMEM;
-        }
-        annal__guard g = {stream, strlen(stream), (int64_t)head, 1};
-        rc = meta_write(db, mname, mrev < 0 ? ANNAL_EXPECT_NO_STREAM : mrev, doc, &g, result);
+    /* Soft: the leader writes the document, with "$tb" = the stream's next revision at the
+     * commit, atomically with the check of expected. */
+    annal__guard g = {stream, strlen(stream), expected, 1, 1};
+    annal_event_data ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = META_TYPE;
+    ev.data = "{}"; /* replaced by the leader; counted for the size checks */
+    ev.data_len = 2;
+    return annal__append(db, mname, ANNAL_EXPECT_ANY, &ev, 1, result, &g);
+}
+
+char *annal__soft_delete_doc(const void *prev, size_t prev_len, uint64_t tb) {
+    json_t *doc = prev ? json_loadb(prev, prev_len, 0, NULL) : NULL;
+    if (!json_is_object(doc)) {
         json_decref(doc);
-        if (rc != ANNAL_ECONFLICT || attempt >= 100) return rc;
+        doc = json_object();
     }
+    char *text = NULL;
+    if (doc && !json_object_set_new(doc, "$tb", json_integer((json_int_t)tb)) &&
+        !json_object_set_new(doc, DELETED_KEY, json_true())) {
+        char *j = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+        if (j && (text = malloc(strlen(j) + 1)) != NULL) memcpy(text, j, strlen(j) + 1);
+        free(j);
+    }
+    json_decref(doc);
+    return text;
 }

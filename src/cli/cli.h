@@ -46,6 +46,7 @@ int cli_cmd_demo(cli_global *g, int argc, char **argv);
 int cli_cmd_meta(cli_global *g, int argc, char **argv);
 int cli_cmd_delete(cli_global *g, int argc, char **argv);
 int cli_cmd_compact(cli_global *g, int argc, char **argv);
+int cli_cmd_subscribe(cli_global *g, int argc, char **argv);
 
 /* ---- Option parsing: GNU style, options and operands in any order, "--" ends options,
  * "--name=value" or "--name value". --data DIR is accepted by every command. */

@@ -25,6 +25,7 @@ static const struct {
     {"meta", cli_cmd_meta, "show or set a stream's metadata (max count, max age, truncate)"},
     {"delete", cli_cmd_delete, "delete a stream (soft), or tombstone it with --hard"},
     {"compact", cli_cmd_compact, "erase deleted, truncated and expired events from disk"},
+    {"subscribe", cli_cmd_subscribe, "follow a stream or $all live (JSON lines, like tail -f)"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

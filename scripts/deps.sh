@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh [extra-package ...]   (as root, or with sudo available)
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liblmdb-dev libjansson-dev libcmocka-dev
-      python3 cppcheck clang-format "$@")
+      python3 cppcheck clang-format liblua5.4-dev libsqlite3-dev libpq-dev postgresql "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

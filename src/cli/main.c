@@ -26,6 +26,8 @@ static const struct {
     {"delete", cli_cmd_delete, "delete a stream (soft), or tombstone it with --hard"},
     {"compact", cli_cmd_compact, "erase deleted, truncated and expired events from disk"},
     {"subscribe", cli_cmd_subscribe, "follow a stream or $all live (JSON lines, like tail -f)"},
+    {"projection", cli_cmd_projection, "add, run, rebuild and operate projections (read models)"},
+    {"query", cli_cmd_query, "run SQL against a projection's read model"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -109,22 +109,80 @@ fail:
     return rc;
 }
 
-/* The newest generation of segment no on disk (0 if only the plain name exists). */
-static uint32_t newest_gen(annal__log *log, uint64_t no) {
-    uint32_t best = 0;
-    DIR *d = opendir(log->dir);
-    if (!d) return 0;
-    char pre[20];
-    snprintf(pre, sizeof pre, "%016" PRIx64 ".", no);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        const char *nm = e->d_name;
-        if (strlen(nm) != 29 || strncmp(nm, pre, 17) != 0 || strcmp(nm + 25, ".seg") != 0) continue;
-        char *end;
+/* Parse a name of DIR/log: "<16 hex>.seg" or "<16 hex>.<8 hex>.seg", either maybe with
+ * ".tmp" after it. 1 if it is one. */
+static int seg_name(const char *nm, annal__seg_file *f) {
+    size_t nl = strlen(nm), base;
+    char *end;
+    f->tmp = nl > 4 && strcmp(nm + nl - 4, ".tmp") == 0;
+    if (f->tmp) nl -= 4;
+    if (nl == 20)
+        base = 16;
+    else if (nl == 29 && nm[16] == '.')
+        base = 25;
+    else
+        return 0;
+    if (strncmp(nm + base, ".seg", 4) != 0) return 0;
+    f->no = strtoull(nm, &end, 16);
+    if (end != nm + 16) return 0;
+    f->gen = 0;
+    if (base == 25) {
         unsigned long g = strtoul(nm + 17, &end, 16);
-        if (end == nm + 25 && g > best && g <= UINT32_MAX) best = (uint32_t)g;
+        if (end != nm + 25 || g == 0 || g > UINT32_MAX) return 0;
+        f->gen = (uint32_t)g;
+    }
+    return 1;
+}
+
+static int cmp_file(const void *a, const void *b) {
+    const annal__seg_file *x = a, *y = b;
+    if (x->no != y->no) return x->no < y->no ? -1 : 1;
+    if (x->tmp != y->tmp) return x->tmp - y->tmp;
+    return x->gen < y->gen ? -1 : x->gen > y->gen;
+}
+
+int annal__seg_list(const char *dir, annal__seg_file **out, size_t *n) {
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return -errno;
+    annal__seg_file *v = NULL, f;
+    size_t cnt = 0, cap = 0;
+    struct dirent *e;
+    int r = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (!seg_name(e->d_name, &f)) continue;
+        if (cnt == cap) {
+            cap = cap ? cap * 2 : 64;
+            annal__seg_file *p = realloc(v, cap * sizeof *p);
+            if (!p) {
+                r = -ENOMEM;
+                break;
+            }
+            v = p;
+        }
+        v[cnt++] = f;
     }
     closedir(d);
+    if (r < 0) {
+        free(v);
+        return r;
+    }
+    if (cnt) qsort(v, cnt, sizeof *v, cmp_file);
+    *out = v;
+    *n = cnt;
+    return 0;
+}
+
+/* The newest generation of segment no on disk (0 if only the plain name exists). */
+static uint32_t newest_gen(annal__log *log, uint64_t no) {
+    annal__seg_file *v;
+    size_t n;
+    uint32_t best = 0;
+    if (annal__seg_list(log->dir, &v, &n) < 0) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].no == no && !v[i].tmp && v[i].gen > best) best = v[i].gen;
+    free(v);
     return best;
 }
 
@@ -150,11 +208,6 @@ static int seg_push(annal__log *log, annal__seg *s) {
     return 0;
 }
 
-static int cmp_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir, int readonly,
                           int create, char *detail, size_t dlen) {
     memset(log, 0, sizeof *log);
@@ -167,55 +220,36 @@ annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir,
     snprintf(log->dir, n, "%s/log", dir);
     if (create && mkdir(log->dir, 0755) == 0) io->sync_dir(io->ctx, dir);
 
-    DIR *d = opendir(log->dir);
-    if (!d) {
-        snprintf(detail, dlen, "cannot open %s: %s", log->dir, strerror(errno));
-        return errno == ENOENT ? ANNAL_ENOTFOUND : ANNAL_EIO;
+    annal__seg_file *files;
+    size_t nfiles;
+    int lr = annal__seg_list(log->dir, &files, &nfiles);
+    if (lr < 0) {
+        snprintf(detail, dlen, "cannot open %s: %s", log->dir, strerror(-lr));
+        return lr == -ENOENT ? ANNAL_ENOTFOUND : lr == -ENOMEM ? ANNAL_ENOMEM : ANNAL_EIO;
     }
-    uint64_t *nos = NULL;
-    size_t cnt = 0, cap = 0;
-    struct dirent *e;
+    /* One entry per number: its newest generation (the list is sorted, tmp names last). */
+    size_t cnt = 0;
+    for (size_t i = 0; i < nfiles; i++) {
+        if (files[i].tmp) continue;
+        if (cnt && files[cnt - 1].no == files[i].no)
+            files[cnt - 1] = files[i];
+        else
+            files[cnt++] = files[i];
+    }
     annal_err rc = ANNAL_OK;
-    while ((e = readdir(d)) != NULL) {
-        const char *nm = e->d_name;
-        size_t nl = strlen(nm);
-        if (!((nl == 20 && strcmp(nm + 16, ".seg") == 0) ||
-              (nl == 29 && nm[16] == '.' && strcmp(nm + 25, ".seg") == 0)))
-            continue;
-        char *end;
-        uint64_t no = strtoull(nm, &end, 16);
-        if (end != nm + 16) continue;
-        if (cnt == cap) {
-            cap = cap ? cap * 2 : 64;
-            uint64_t *p = realloc(nos, cap * sizeof *p);
-            if (!p) {
-                rc = ANNAL_ENOMEM;
-                break;
-            }
-            nos = p;
-        }
-        nos[cnt++] = no;
-    }
-    closedir(d);
-    if (rc != ANNAL_OK) goto done;
-    if (cnt) qsort(nos, cnt, sizeof *nos, cmp_u64);
-    size_t uniq = 0; /* one entry per number, whatever its generations */
-    for (size_t i = 0; i < cnt; i++)
-        if (uniq == 0 || nos[uniq - 1] != nos[i]) nos[uniq++] = nos[i];
-    cnt = uniq;
     for (size_t i = 0; i < cnt; i++) {
-        if (i > 0 && nos[i] != nos[i - 1] + 1) {
+        if (i > 0 && files[i].no != files[i - 1].no + 1) {
             rc = ANNAL_ECORRUPT;
-            snprintf(detail, dlen, "segment %016" PRIx64 ".seg is missing", nos[i - 1] + 1);
+            snprintf(detail, dlen, "segment %016" PRIx64 ".seg is missing", files[i - 1].no + 1);
             goto done;
         }
         annal__seg *s = NULL;
-        rc = seg_load(log, nos[i], &s, detail, dlen);
+        rc = seg_load_gen(log, files[i].no, files[i].gen, 0, &s, detail, dlen);
         if (rc == ANNAL_ECORRUPT && i == cnt - 1 && !readonly) {
             /* A torn header can only come from a crash while the segment was being
              * created, before anything in it was acknowledged. */
             char path[4096];
-            seg_path(log, nos[i], path, sizeof path);
+            annal__seg_path(log, files[i].no, files[i].gen, 0, path, sizeof path);
             io->unlink(io->ctx, path);
             io->sync_dir(io->ctx, log->dir);
             rc = ANNAL_OK;
@@ -233,7 +267,7 @@ annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir,
         }
     }
 done:
-    free(nos);
+    free(files);
     return rc;
 }
 

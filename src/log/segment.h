@@ -64,6 +64,17 @@ static inline int annal__log_has(annal__log *log, uint64_t loc) {
     return annal__log_seg_at(log, loc) != NULL;
 }
 
+/* A file of DIR/log: segment number, generation, and whether it is a tmp name. */
+typedef struct annal__seg_file {
+    uint64_t no;
+    uint32_t gen;
+    int tmp;
+} annal__seg_file;
+
+/* The segment files in dir (DIR/log), sorted by number, then generation, tmp names after
+ * the others. *out is malloc'd (the caller frees it). 0 or -errno. */
+int annal__seg_list(const char *dir, annal__seg_file **out, size_t *n);
+
 /* Path of segment no, generation gen (tmp: the name it is written under first). */
 void annal__seg_path(const annal__log *log, uint64_t no, uint32_t gen, int tmp, char *out,
                      size_t len);

@@ -3,7 +3,6 @@
  * whole batches the log holds beyond it, and cut a torn tail back to the last whole
  * batch, zeroing it so no stale bytes can later pass for records. */
 #include <errno.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -402,8 +401,9 @@ static annal_err check_opts(const annal_db_opts *o) {
 static annal_err settle_compaction(annal_db *db, int trusted) {
     char logdir[4096];
     snprintf(logdir, sizeof logdir, "%s/log", db->dir);
-    DIR *d = opendir(logdir);
-    if (!d) return ANNAL_OK; /* a new store */
+    annal__seg_file *f;
+    size_t n;
+    if (annal__seg_list(logdir, &f, &n) < 0) return ANNAL_OK; /* a new store */
     MDB_txn *t = NULL;
     if (trusted && mdb_txn_begin(db->idx.env, NULL, MDB_RDONLY, &t) != 0) t = NULL;
     uint64_t mark_no = UINT64_MAX;
@@ -416,64 +416,45 @@ static annal_err settle_compaction(annal_db *db, int trusted) {
     } else {
         mark_no = UINT64_MAX;
     }
-    annal__log tmplog = {.dir = logdir};
-    struct dirent *e;
+    annal__log names = {.dir = logdir}; /* for annal__seg_path */
+    annal_err rc = ANNAL_OK;
     int changed = 0;
-    while ((e = readdir(d)) != NULL) {
-        const char *nm = e->d_name;
-        size_t nl = strlen(nm);
-        char *end;
-        uint64_t no = strtoull(nm, &end, 16);
-        if (end != nm + 16) continue;
-        uint32_t gen = 0;
-        if (nl >= 25 && nm[16] == '.' && nm[25] == '.') gen = (uint32_t)strtoul(nm + 17, NULL, 16);
-        int tmp = nl > 8 && strcmp(nm + nl - 8, ".seg.tmp") == 0;
-        if (!tmp) continue;
-        char from[4096 + 512], to[4096 + 512];
-        snprintf(from, sizeof from, "%s/%s", logdir, nm);
-        uint32_t want = 0;
-        if (t && annal__index_gen_get(t, &db->idx, no, &want) != ANNAL_OK) want = 0;
-        annal__seg_path(&tmplog, no, gen, 0, to, sizeof to);
-        if ((t && want == gen && gen > 0) || (no == mark_no && gen == mark_gen)) {
-            annal__log_msg(db, ANNAL_LOG_INFO, "finishing the compaction of segment %016" PRIx64,
-                           no);
-            if (rename(from, to) < 0)
-                return annal__fail(db, ANNAL_EIO, "cannot rename %s: %s", from, strerror(errno));
-        } else if (unlink(from) < 0) {
-            return annal__fail(db, ANNAL_EIO, "cannot remove %s: %s", from, strerror(errno));
+    for (size_t i = 0; i < n && rc == ANNAL_OK; i++) {
+        char path[4096 + 64], to[4096 + 64];
+        annal__seg_path(&names, f[i].no, f[i].gen, f[i].tmp, path, sizeof path);
+        if (f[i].tmp) { /* roll forward if the index points into it, else drop it */
+            uint32_t want = 0;
+            if (t && annal__index_gen_get(t, &db->idx, f[i].no, &want) != ANNAL_OK) want = 0;
+            int keep = (t && want == f[i].gen && f[i].gen > 0) ||
+                       (f[i].no == mark_no && f[i].gen == mark_gen);
+            annal__seg_path(&names, f[i].no, f[i].gen, 0, to, sizeof to);
+            if (keep)
+                annal__log_msg(db, ANNAL_LOG_INFO,
+                               "finishing the compaction of segment %016" PRIx64, f[i].no);
+            if (keep ? rename(path, to) < 0 : unlink(path) < 0)
+                rc = annal__fail(db, ANNAL_EIO, "cannot %s %s: %s", keep ? "rename" : "remove",
+                                 path, strerror(errno));
+            if (keep) f[i].tmp = 0; /* now in place, for the check below */
+            changed = 1;
         }
+    }
+    /* Of a segment's generations in place, the newest is current: the others are
+     * garbage (the list is sorted by number, then generation). */
+    for (size_t i = 0; i + 1 < n && rc == ANNAL_OK; i++) {
+        if (f[i].tmp) continue;
+        size_t k = i + 1;
+        while (k < n && f[k].no == f[i].no && f[k].tmp) k++;
+        if (k == n || f[k].no != f[i].no) continue;
+        char path[4096 + 64];
+        annal__seg_path(&names, f[i].no, f[i].gen, 0, path, sizeof path);
+        if (unlink(path) < 0)
+            rc = annal__fail(db, ANNAL_EIO, "cannot remove %s: %s", path, strerror(errno));
         changed = 1;
     }
-    closedir(d);
     if (t) mdb_txn_abort(t);
-    /* Older generations beside a newer one are garbage. */
-    d = opendir(logdir);
-    if (!d) return ANNAL_OK;
-    while ((e = readdir(d)) != NULL) {
-        const char *nm = e->d_name;
-        size_t nl = strlen(nm);
-        char *end;
-        uint64_t no = strtoull(nm, &end, 16);
-        if (end != nm + 16 || nl < 20 || strcmp(nm + nl - 4, ".seg") != 0) continue;
-        uint32_t gen = nl == 29 ? (uint32_t)strtoul(nm + 17, NULL, 16) : 0;
-        char newer[4096 + 512];
-        struct stat st;
-        for (uint32_t g = gen + 1; g <= gen + 4; g++) { /* a newer one is the next or so */
-            annal__seg_path(&tmplog, no, g, 0, newer, sizeof newer);
-            if (stat(newer, &st) == 0) {
-                char path[4096 + 512];
-                snprintf(path, sizeof path, "%s/%s", logdir, nm);
-                if (unlink(path) < 0)
-                    return annal__fail(db, ANNAL_EIO, "cannot remove %s: %s", path,
-                                       strerror(errno));
-                changed = 1;
-                break;
-            }
-        }
-    }
-    closedir(d);
+    free(f);
     if (changed) db->io->sync_dir(db->io->ctx, logdir);
-    return ANNAL_OK;
+    return rc;
 }
 
 static annal_err open_writer(annal_db *db) {

@@ -65,6 +65,17 @@ static annal_err txn_renew(annal_iter *it) {
     return ANNAL_OK;
 }
 
+/* Close a chunk fetched with cursor c (may be NULL) whose last LMDB result was mrc; with
+ * nothing fetched the iterator is done. */
+static annal_err chunk_end(annal_iter *it, MDB_cursor *c, int mrc) {
+    if (c) mdb_cursor_close(c);
+    mdb_txn_reset(it->txn);
+    if (mrc && mrc != MDB_NOTFOUND)
+        return annal__fail(it->db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    if (it->n == 0) it->done = 1;
+    return ANNAL_OK;
+}
+
 static annal_err fetch_stream(annal_iter *it) {
     annal_db *db = it->db;
     annal_err rc = txn_renew(it);
@@ -98,14 +109,8 @@ static annal_err fetch_stream(annal_iter *it) {
         if (it->backward && r <= it->first) break;
         mrc = mdb_cursor_get(c, &k, &v, it->backward ? MDB_PREV : MDB_NEXT);
     }
-    if (c) mdb_cursor_close(c);
-    mdb_txn_reset(it->txn);
-    if (mrc && mrc != MDB_NOTFOUND)
-        return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
-    if (it->n == 0) {
-        it->done = 1;
-        return ANNAL_OK;
-    }
+    annal_err end = chunk_end(it, c, mrc);
+    if (end != ANNAL_OK || it->n == 0) return end;
     uint64_t lastr = it->rev[it->n - 1];
     if (it->backward) {
         if (lastr <= it->first)
@@ -180,7 +185,6 @@ static annal_err fetch_all_back(annal_iter *it) {
 
 /* Category or type: the next chunk of (position, location) entries under it->stream. */
 static annal_err fetch_tag(annal_iter *it) {
-    annal_db *db = it->db;
     annal_err rc = txn_renew(it);
     if (rc != ANNAL_OK) return rc;
     MDB_cursor *c = NULL;
@@ -212,14 +216,8 @@ static annal_err fetch_tag(annal_iter *it) {
         it->n++;
         mrc = mdb_cursor_get(c, &k, &v, it->backward ? MDB_PREV_DUP : MDB_NEXT_DUP);
     }
-    if (c) mdb_cursor_close(c);
-    mdb_txn_reset(it->txn);
-    if (mrc && mrc != MDB_NOTFOUND)
-        return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
-    if (it->n == 0) {
-        it->done = 1;
-        return ANNAL_OK;
-    }
+    annal_err end = chunk_end(it, c, mrc);
+    if (end != ANNAL_OK || it->n == 0) return end;
     uint64_t lastp = it->pos[it->n - 1];
     if (it->backward) {
         if (lastp == 0 || it->n < CHUNK)

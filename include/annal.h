@@ -104,6 +104,9 @@ typedef struct annal_db_opts {
     uint64_t max_batch_bytes;  /* max data + metadata of one append; default 64 MiB */
     uint32_t max_batch_events; /* max events in one append; default 100000 */
     uint64_t index_map_bytes;  /* address space reserved for the index; default 1 TiB */
+    uint64_t id_cache_events;  /* newest event ids a writer keeps in memory (32 bytes each)
+                                * before writing them to a sorted run file beside the index;
+                                * default 524288 (16 MiB) */
     /* Logger: msg is valid only during the call. May be NULL (silence). */
     void (*log)(void *ctx, annal_log_level level, const char *msg);
     void *log_ctx;

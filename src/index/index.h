@@ -1,6 +1,7 @@
 /* The indexes over the log, kept in LMDB: stream name -> stream record, (stream, revision)
- * -> position and location, event id -> position, and every ANNAL__POS_STRIDE-th position
- * -> location. All of it is derived from the log and can be rebuilt from it. */
+ * -> position and location, every ANNAL__POS_STRIDE-th position -> location, category and
+ * type -> positions. (Event id -> position is the LSM in index/ids.h.) All of it is derived from
+ * the log and can be rebuilt from it. */
 #ifndef ANNAL_INDEX_H
 #define ANNAL_INDEX_H
 
@@ -14,7 +15,7 @@
 
 typedef struct annal__index {
     MDB_env *env;
-    MDB_dbi meta, streams, revs, ids, pos;
+    MDB_dbi meta, streams, revs, pos;
     MDB_dbi cats, types; /* category / event type -> (position, location), DUPSORT */
     char *dir;
     void *shared; /* this process's registry entry for the environment */
@@ -31,9 +32,12 @@ typedef struct annal__index_head {
     int64_t last_ns;         /* timestamp of the last indexed event */
     uint64_t restricted;     /* metadata, delete and tombstone events ever indexed: while 0,
                               * every event is visible and reads skip the checks */
+    uint64_t version;        /* layout that wrote it (head_get; head_put writes the current) */
 } annal__index_head;
 
-#define ANNAL__INDEX_VERSION 2 /* layout of the tables; another version is rebuilt */
+#define ANNAL__INDEX_VERSION                                                                       \
+    3 /* layout of the tables; another version is rebuilt                                          \
+       * (3: event ids moved from LMDB to index/ids.h) */
 
 #define ANNAL__UNSET        UINT64_MAX
 #define ANNAL__SR_DELETED   0x1u /* soft-deleted: reads as not found until appended to */
@@ -92,11 +96,10 @@ annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const cha
                                   annal__stream_rec *rec);
 annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
                                   const annal__stream_rec *rec);
-/* Index one event. ANNAL_EDUPLICATE if its id is already indexed. */
+/* Index one event's revision and (every ANNAL__POS_STRIDE-th) position entry. Its id
+ * goes to the id index (index/ids.h), which is not in LMDB. */
 annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
-                                 uint64_t rev, uint64_t pos, uint64_t loc, const annal_uuid *id);
-annal_err annal__index_id_get(MDB_txn *t, const annal__index *idx, const annal_uuid *id,
-                              uint64_t *pos, uint64_t *loc);
+                                 uint64_t rev, uint64_t pos, uint64_t loc);
 annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                uint64_t rev, uint64_t *pos, uint64_t *loc);
 /* Category of a stream name: the bytes before the first '-' (all of it without one). */

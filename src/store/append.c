@@ -74,7 +74,7 @@ static annal_err check_idempotent(annal_db *db, group *g, MDB_txn *t, annal__req
     const annal_uuid *id0 = &req->ev[0].id;
     uint64_t pos0, loc0;
     if (annal__uuid_is_nil(id0)) return ANNAL_ENOTFOUND;
-    annal_err rc = annal__index_id_get(t, &db->idx, id0, &pos0, &loc0);
+    annal_err rc = annal__id_live(db, t, id0, &pos0, &loc0);
     if (rc != ANNAL_OK) return rc;
     annal_event ev;
     rc = read_any(db, g, loc0, &ev);
@@ -248,13 +248,16 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         if (bl == 0) g->first = ev.position;
         bl += annal__rec_encode(&ev, (uint32_t)i, (uint32_t)req->n, g->first, db->buf + bl);
         h.last_loc = loc;
-        rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, &in->id);
+        uint64_t dp;
+        rc = annal__id_claim(db, t, &in->id, ev.position, loc, &dp);
         if (rc == ANNAL_EDUPLICATE) {
             char ids[37];
             annal_uuid_format(&in->id, ids);
             snprintf(req->msg, sizeof req->msg, "event id %s is already stored%s", ids,
-                     i > 0 ? " (or repeated within the batch)" : "");
+                     dp >= db->head.next_pos ? " (repeated within the append)" : "");
         }
+        if (rc == ANNAL_OK)
+            rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc);
         if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev, loc);
         if (rc != ANNAL_OK) return rc;
     }
@@ -267,6 +270,19 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     db->head = h;
     g->bl = bl;
     return ANNAL_OK;
+}
+
+/* Write the id memtable as a run, between groups. A failure only leaves the memtable
+ * larger: the next group tries again. */
+void annal__flush_ids(annal_db *db) {
+    MDB_txn *t;
+    if (mdb_txn_begin(db->idx.env, NULL, 0, &t) != 0) return;
+    annal_err rc = annal__ids_flush(db->ids, t, db->idx.meta, db->head.next_pos);
+    int mrc = rc == ANNAL_OK ? mdb_txn_commit(t) : (mdb_txn_abort(t), -1);
+    annal__ids_flush_end(db->ids, mrc == 0);
+    if (rc != ANNAL_OK || mrc != 0)
+        annal__log_msg(db, ANNAL_LOG_WARN, "cannot write an id index run: %s",
+                       rc != ANNAL_OK ? annal_strerror(rc) : mdb_strerror(mrc));
 }
 
 /* Commit reqs as one group. Leader only. */
@@ -289,6 +305,7 @@ static void commit_group(annal_db *db, annal__req *reqs) {
         int rc = add_req(db, &g, ct, r);
         if (rc < 0) {
             mdb_txn_abort(ct);
+            annal__ids_truncate(db->ids, db->head.next_pos);
             ioerr = rc;
             what = "log";
             grc = io_err(rc);
@@ -300,6 +317,7 @@ static void commit_group(annal_db *db, annal__req *reqs) {
             if (mrc) grc = annal__index_err(mrc);
         } else {
             mdb_txn_abort(ct);
+            annal__ids_truncate(db->ids, db->head.next_pos); /* its ids, like its entries */
         }
     }
     if (grc == ANNAL_OK) {
@@ -330,6 +348,7 @@ static void commit_group(annal_db *db, annal__req *reqs) {
         annal__notify_publish(db, db->head.next_pos);
     } else {
         db->head = saved;
+        annal__ids_truncate(db->ids, saved.next_pos);
         char msg[256];
         snprintf(msg, sizeof msg, "%s write failed: %s", what,
                  ioerr ? strerror(-ioerr) : annal_strerror(grc));
@@ -346,6 +365,7 @@ static void commit_group(annal_db *db, annal__req *reqs) {
             snprintf(r->msg, sizeof r->msg, "%s", msg);
         }
     }
+    if (grc == ANNAL_OK && annal__ids_full(db->ids)) annal__flush_ids(db);
     if (db->bufcap > (16u << 20)) { /* don't keep a huge batch's buffer forever */
         free(db->buf);
         db->buf = NULL;

@@ -248,7 +248,7 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
         }
         uint8_t rk[ANNAL__REV_KEY], vb[16];
         annal__rev_key(rk, pe->sid, ev.revision);
-        MDB_val k = {sizeof rk, rk}, idk = {16, ev.id.bytes}, v = {16, vb};
+        MDB_val k = {sizeof rk, rk}, v = {16, vb};
         size_t cl = annal__category_len(ev.stream, ev.stream_len);
         int r1 = tag_del(t, idx->cats, ev.stream, cl, pe->pos, pe->oldloc);
         int r2 = tag_del(t, idx->types, ev.type, ev.type_len, pe->pos, pe->oldloc);
@@ -258,18 +258,15 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
         }
         MDB_val pk = {8, &pe->pos};
         if (!pe->newloc) {
-            int a = mdb_del(t, idx->revs, &k, NULL), b = mdb_del(t, idx->ids, &idk, NULL);
+            /* The id index keeps the id: its lookups find the position erased. */
+            int a = mdb_del(t, idx->revs, &k, NULL);
             int c = pe->pos % ANNAL__POS_STRIDE == 0 ? mdb_del(t, idx->pos, &pk, NULL) : 0;
-            mrc = a && a != MDB_NOTFOUND   ? a
-                  : b && b != MDB_NOTFOUND ? b
-                  : c == MDB_NOTFOUND      ? 0
-                                           : c;
+            mrc = a && a != MDB_NOTFOUND ? a : c == MDB_NOTFOUND ? 0 : c;
             continue;
         }
         annal__put64(vb, pe->pos);
         annal__put64(vb + 8, pe->newloc);
         mrc = mdb_put(t, idx->revs, &k, &v, 0);
-        if (!mrc) mrc = mdb_put(t, idx->ids, &idk, &v, 0);
         if (!mrc && pe->pos % ANNAL__POS_STRIDE == 0) {
             MDB_val lv = {8, &pe->newloc};
             mrc = mdb_put(t, idx->pos, &pk, &lv, 0);

@@ -29,6 +29,7 @@ void annal_db_opts_init(annal_db_opts *o) {
     o->max_batch_bytes = DEF_MAX_BATCH;
     o->max_batch_events = DEF_MAX_EVENTS;
     o->index_map_bytes = DEF_MAP;
+    o->id_cache_events = ANNAL__IDS_MEM_DEFAULT;
 }
 
 /* ---- error detail ---------------------------------------------------------------- */
@@ -122,6 +123,101 @@ static annal_err scan_batch(annal__cursor *c, uint32_t *n) {
     return ANNAL_OK;
 }
 
+/* Put c at the nearest position-table entry at or below pos (the start of the log if
+ * compaction erased every entry below). */
+static annal_err seek(annal_db *db, MDB_txn *t, uint64_t pos, annal__cursor *c) {
+    uint64_t base, l;
+    annal_err rc = annal__index_pos_floor(t, &db->idx, pos, &base, &l);
+    if (rc == ANNAL_ENOTFOUND) {
+        if (db->log.nsegs == 0) return ANNAL_ENOTFOUND;
+        *c = (annal__cursor){&db->log, db->log.segs[0], ANNAL__SEG_HDR, db->log.segs[0]->first_pos};
+        return ANNAL_OK;
+    }
+    if (rc != ANNAL_OK) return rc;
+    annal__seg *s = annal__log_seg_at(&db->log, l);
+    if (!s) return ANNAL_ECORRUPT;
+    *c = (annal__cursor){&db->log, s, ANNAL__LOC_OFF(l), base};
+    return ANNAL_OK;
+}
+
+annal_err annal__locate(annal_db *db, MDB_txn *t, uint64_t pos, uint64_t *loc) {
+    annal__cursor c;
+    annal_err rc = seek(db, t, pos, &c);
+    while (rc == ANNAL_OK) {
+        annal_event ev;
+        annal__rec_info info;
+        rc = annal__cursor_next(&c, &ev, &info, loc);
+        if (rc == ANNAL_OK && ev.position >= pos) return ev.position == pos ? rc : ANNAL_ENOTFOUND;
+    }
+    return rc == ANNAL_END ? ANNAL_ENOTFOUND : rc;
+}
+
+annal_err annal__ids_load(annal_db *db, MDB_txn *t, uint64_t upto, annal__ids **out, char *detail,
+                          size_t dlen) {
+    annal_err rc = annal__ids_open(db->index_dir, t, db->idx.meta, db->opts.id_cache_events, out,
+                                   detail, dlen);
+    if (rc != ANNAL_OK) return rc;
+    uint64_t from = annal__ids_next(*out), lost = 0;
+    annal__cursor c = {0};
+    if (from < upto) rc = seek(db, t, from, &c);
+    while (rc == ANNAL_OK && from < upto && c.pos < upto) {
+        annal_event ev;
+        annal__rec_info info;
+        uint64_t loc;
+        rc = annal__cursor_next(&c, &ev, &info, &loc);
+        if (rc == ANNAL_OK && ev.position >= from && ev.position < upto)
+            rc = annal__ids_add(*out, &ev.id, ev.position, loc);
+        if (rc == ANNAL_ECORRUPT) {
+            /* Damage to acknowledged events is verify's to report: the writer still
+             * opens. Go on from the next position-table entry; the ids in between are
+             * unreadable anyway. */
+            uint64_t next = (c.pos / ANNAL__POS_STRIDE + 1) * ANNAL__POS_STRIDE;
+            lost += next - c.pos;
+            rc = next < upto ? seek(db, t, next, &c) : ANNAL_END;
+            if (rc == ANNAL_OK && c.pos < next) rc = ANNAL_END; /* no entry past the damage */
+        }
+    }
+    if (rc == ANNAL_END) rc = ANNAL_OK;
+    if (lost)
+        annal__log_msg(db, ANNAL_LOG_WARN,
+                       "damaged log records: up to %" PRIu64
+                       " event ids not loaded (run `annal verify`)",
+                       lost);
+    if (rc != ANNAL_OK) {
+        snprintf(detail, dlen, "cannot read the event ids from position %" PRIu64 " to %" PRIu64,
+                 from, upto);
+        annal__ids_close(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+/* Does the event at pos (with loc as recorded in the memtable, or UINT64_MAX) still
+ * exist? A recorded location holds while its segment's generation is current;
+ * otherwise compaction moved or erased the event: look it up again. */
+static annal_err id_resolve(annal_db *db, MDB_txn *t, uint64_t pos, uint64_t *loc) {
+    annal__seg *s = *loc == UINT64_MAX ? NULL : annal__log_seg(&db->log, ANNAL__LOC_SEG(*loc));
+    if (s && s->gen == ANNAL__LOC_GEN(*loc)) return ANNAL_OK;
+    return annal__locate(db, t, pos, loc);
+}
+
+annal_err annal__id_live(annal_db *db, MDB_txn *t, const annal_uuid *id, uint64_t *pos,
+                         uint64_t *loc) {
+    annal_err rc = annal__ids_get(db->ids, id, pos, loc);
+    return rc == ANNAL_OK ? id_resolve(db, t, *pos, loc) : rc;
+}
+
+annal_err annal__id_claim(annal_db *db, MDB_txn *t, const annal_uuid *id, uint64_t pos,
+                          uint64_t loc, uint64_t *dup_pos) {
+    uint64_t op, ol;
+    annal_err rc = annal__ids_claim(db->ids, id, pos, loc, &op, &ol);
+    if (rc != ANNAL_EDUPLICATE) return rc;
+    rc = id_resolve(db, t, op, &ol);
+    if (rc == ANNAL_ENOTFOUND) return annal__ids_add(db->ids, id, pos, loc); /* erased */
+    if (rc == ANNAL_OK) *dup_pos = op;
+    return rc == ANNAL_OK ? ANNAL_EDUPLICATE : rc;
+}
+
 /* Index the n events at the cursor (already validated) into t. */
 static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_t n) {
     annal_event ev;
@@ -152,11 +248,15 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                              ev.position, ev.stream, ev.revision, sr.count);
             break;
         }
-        rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc, &ev.id);
+        uint64_t dp;
+        rc = annal__id_claim(db, t, &ev.id, ev.position, loc, &dp);
         if (rc == ANNAL_EDUPLICATE)
             rc = annal__fail(db, ANNAL_ECORRUPT,
-                             "event id at position %" PRIu64 " appears twice in the log",
-                             ev.position);
+                             "event id at position %" PRIu64
+                             " appears twice in the log (also at %" PRIu64 ")",
+                             ev.position, dp);
+        if (rc == ANNAL_OK)
+            rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc);
         if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev, loc);
         sr.count = ev.revision + 1;
         sr.last_pos = ev.position;
@@ -231,10 +331,12 @@ static int head_check(annal_db *db, const annal__index_head *h) {
 
 static annal_err reset_index(annal_db *db, MDB_txn *t) {
     int rc = 0;
-    MDB_dbi dbis[] = {db->idx.meta, db->idx.streams, db->idx.revs, db->idx.ids,
+    MDB_dbi dbis[] = {db->idx.meta, db->idx.streams, db->idx.revs,
                       db->idx.pos,  db->idx.cats,    db->idx.types};
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0] && rc == 0; i++)
         rc = mdb_drop(t, dbis[i], 0);
+    MDB_dbi old; /* layout 2 kept event ids in LMDB */
+    if (rc == 0 && mdb_dbi_open(t, "ids", 0, &old) == 0) rc = mdb_drop(t, old, 1);
     memset(&db->head, 0, sizeof db->head);
     return annal__index_err(rc);
 }
@@ -245,7 +347,9 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     annal_err rc = annal__index_head_get(t, &db->idx, &db->head);
     int hc = rc == ANNAL_OK ? head_check(db, &db->head) : rc == ANNAL_ECORRUPT ? 0 : 1;
-    if (db->rebuild_index) hc = 0;
+    if (db->rebuild_index ||
+        (rc == ANNAL_OK && db->head.next_pos > 0 && db->head.version != ANNAL__INDEX_VERSION))
+        hc = 0;                              /* an older layout: rebuilt */
     if (rc == ANNAL_ECORRUPT) rc = ANNAL_OK; /* an unreadable head: rebuild, below */
     if (hc < 0) {
         rc = annal__fail(db, ANNAL_ECORRUPT,
@@ -253,9 +357,34 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                          ", offset %" PRIu64 ") is damaged; run `annal verify`",
                          db->head.next_pos - 1, ANNAL__LOC_SEG(db->head.last_loc),
                          ANNAL__LOC_OFF(db->head.last_loc));
-    } else if (hc == 0) {
+    }
+    if (hc > 0) { /* the id index: runs named by the meta table, the rest from the log */
+        char detail[512] = "";
+        annal_err ir = annal__ids_load(db, t, db->head.next_pos, &db->ids, detail, sizeof detail);
+        if (ir == ANNAL_OK && annal__ids_next(db->ids) > db->head.next_pos) {
+            snprintf(detail, sizeof detail, "the id index is ahead of the index head");
+            ir = ANNAL_ECORRUPT;
+        }
+        if (ir == ANNAL_ENOMEM) rc = annal__fail(db, ir, "out of memory loading the id index");
+        if (ir != ANNAL_OK) {
+            annal__log_msg(db, ANNAL_LOG_WARN, "%s", detail);
+            annal__ids_close(db->ids);
+            db->ids = NULL;
+            hc = 0;
+        } else {
+            annal__ids_clean(db->ids);
+        }
+    }
+    if (rc == ANNAL_OK && hc == 0) {
         annal__log_msg(db, ANNAL_LOG_WARN, "index does not match the log: rebuilding it");
         rc = reset_index(db, t);
+        if (rc == ANNAL_OK) {
+            char detail[512] = "";
+            annal__ids_remove_all(db->index_dir);
+            rc = annal__ids_open(db->index_dir, t, db->idx.meta, db->opts.id_cache_events, &db->ids,
+                                 detail, sizeof detail);
+            if (rc != ANNAL_OK) rc = annal__fail(db, rc, "%s", detail);
+        }
         for (size_t i = 0; rc == ANNAL_OK && i < db->log.nsegs; i++)
             if (db->log.segs[i]->gen)
                 rc = annal__index_gen_put(t, &db->idx, db->log.segs[i]->no, db->log.segs[i]->gen);
@@ -295,10 +424,18 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         db->head.next_loc = ANNAL__LOC(c.seg->no, c.off);
         total += n;
         since += n;
-        if (since >= 200000) { /* bound the transaction's dirty pages */
+        int full = annal__ids_full(db->ids);
+        if (since >= 200000 || full) { /* bound the transaction's dirty pages */
             since = 0;
             if ((rc = annal__index_head_put(t, &db->idx, &db->head)) != ANNAL_OK) goto out;
-            if ((mrc = mdb_txn_commit(t)) != 0) {
+            if (full &&
+                (rc = annal__ids_flush(db->ids, t, db->idx.meta, db->head.next_pos)) != ANNAL_OK) {
+                rc = annal__fail(db, rc, "cannot write an id index run in %s", db->index_dir);
+                goto out;
+            }
+            mrc = mdb_txn_commit(t);
+            if (full) annal__ids_flush_end(db->ids, mrc == 0);
+            if (mrc != 0) {
                 t = NULL;
                 rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
                 goto out;
@@ -389,6 +526,7 @@ static annal_err check_opts(const annal_db_opts *o) {
     if (o->max_event_bytes == 0 || o->max_event_bytes > (1ull << 30)) return ANNAL_EINVAL;
     if (o->max_batch_bytes == 0 || o->max_batch_events == 0) return ANNAL_EINVAL;
     if (o->index_map_bytes < (1u << 20)) return ANNAL_EINVAL;
+    if (o->id_cache_events == 0 || o->id_cache_events > (1u << 28)) return ANNAL_EINVAL;
     return ANNAL_OK;
 }
 
@@ -640,12 +778,18 @@ void annal_db_close(annal_db *db) {
     if (!db->readonly && db->wseg && (db->opts.flags & ANNAL_OPEN_NOSYNC))
         annal_db_sync(db); /* a non-durable handle becomes durable at close */
     int clean = !db->readonly && db->idx.env && db->failed == ANNAL_OK;
+    /* A big memtable is written out so that the next open need not reread its events
+     * from the log; a small one is cheaper to reread than a run per open/close cycle. */
+    if (clean && db->ids && annal__ids_mem_count(db->ids) >= db->opts.id_cache_events / 16)
+        annal__flush_ids(db);
+    if (clean && db->ids && annal__ids_sync(db->ids) < 0) clean = 0;
     if (clean && annal__index_sync(&db->idx) == 0) {
         annal__index_state st = {1, {0}};
         annal__boot_id(st.boot_id);
         annal__index_state_write(db->index_dir, &st);
     }
     annal__notify_close(db);
+    annal__ids_close(db->ids);
     if (db->idx.env) annal__index_close(&db->idx);
     if (db->log.dir) annal__log_close(&db->log);
     if (db->lock_fd >= 0) close(db->lock_fd); /* releases the flock */

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "annal.h"
+#include "index/ids.h"
 #include "index/index.h"
 #include "log/io.h"
 #include "log/segment.h"
@@ -58,6 +59,7 @@ struct annal_db {
     int lock_fd; /* holds the flock that makes this process the only writer */
     annal__log log;
     annal__index idx;
+    annal__ids *ids; /* writer: event id -> position (leader-only after open) */
 
     pthread_mutex_t errmu;
     annal__errslot *errs;
@@ -125,6 +127,23 @@ uint64_t annal__first_visible(const annal__stream_rec *sr);
 /* Is the event at rev committed at ts visible now (now_ns) under sr's metadata? */
 int annal__event_visible(const annal__stream_rec *sr, uint64_t rev, int64_t ts, int64_t now_ns);
 
+/* Location of the event at pos, found from the position table through t;
+ * ANNAL_ENOTFOUND if compaction erased it (or it is not in the log). */
+annal_err annal__locate(annal_db *db, MDB_txn *t, uint64_t pos, uint64_t *loc);
+/* The newest entry for id in db->ids whose event still exists: ANNAL_OK with its
+ * position and current location, or ANNAL_ENOTFOUND. */
+annal_err annal__id_live(annal_db *db, MDB_txn *t, const annal_uuid *id, uint64_t *pos,
+                         uint64_t *loc);
+/* Claim id for the event at pos/loc in db->ids: ANNAL_OK (added), or ANNAL_EDUPLICATE
+ * with *dup_pos when an event that still exists has it. */
+annal_err annal__id_claim(annal_db *db, MDB_txn *t, const annal_uuid *id, uint64_t pos,
+                          uint64_t loc, uint64_t *dup_pos);
+/* Write db->ids' memtable as a run (between groups, or at close). */
+void annal__flush_ids(annal_db *db);
+/* Open the id index of db's store as t sees it, with the ids of positions below upto
+ * that no run covers read from the log into its memtable. */
+annal_err annal__ids_load(annal_db *db, MDB_txn *t, uint64_t upto, annal__ids **out, char *detail,
+                          size_t dlen);
 /* Index every complete batch of the log from the index head onwards; used by recovery
  * and rebuild. Sets *end_loc to the location after the last whole batch. */
 annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off);

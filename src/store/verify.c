@@ -122,6 +122,15 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
                "index covers %" PRIu64 " events but the log holds "
                "only %" PRIu64 " whole events",
                h.next_pos, log_events);
+    annal__ids *ids = NULL;
+    char detail[512] = "";
+    if (h.version != ANNAL__INDEX_VERSION)
+        report(v, 0, 0, UINT64_MAX, NULL,
+               "index has an older layout (%" PRIu64 "): the next writer open rebuilds it",
+               h.version);
+    else if (annal__ids_load(db, t, h.next_pos, &ids, detail, sizeof detail) != ANNAL_OK ||
+             annal__ids_check(ids, detail, sizeof detail) != ANNAL_OK)
+        report(v, 0, 0, UINT64_MAX, NULL, "index: %s (run `annal rebuild-index`)", detail);
     annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
     if (first && h.next_pos > 0) {
         annal__cursor c = {&db->log, first, ANNAL__SEG_HDR, first->first_pos};
@@ -140,8 +149,7 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
             else if (annal__index_rev_get(t, &db->idx, sr.id, ev.revision, &p, &l) != ANNAL_OK ||
                      p != ev.position || l != loc)
                 why = "revision entry missing or wrong";
-            else if (annal__index_id_get(t, &db->idx, &ev.id, &p, &l) != ANNAL_OK ||
-                     p != ev.position)
+            else if (ids && (annal__ids_get(ids, &ev.id, &p, &l) != ANNAL_OK || p != ev.position))
                 why = "event id entry missing or wrong";
             else if (ev.position % ANNAL__POS_STRIDE == 0 &&
                      (annal__index_pos_floor(t, &db->idx, ev.position, &p, &l) != ANNAL_OK ||
@@ -161,6 +169,7 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
         if (bad > 100)
             report(v, 0, 0, UINT64_MAX, NULL, "index: %" PRIu64 " more wrong entries", bad - 100);
     }
+    annal__ids_close(ids);
 }
 
 /* Is a writer holding the store? (Its flock on DIR/lock.) */

@@ -1,0 +1,81 @@
+/* The event-id index: event id -> position, for idempotent appends and store-wide
+ * uniqueness of ids. Ids are usually random (UUIDv4), and random keys scatter inserts
+ * over every leaf of a B-tree: in LMDB that cost ~60% of a batched append. So this index
+ * is a small log-structured merge tree instead:
+ *   - a memtable of the newest ids (hash table over an insertion-ordered array), and
+ *   - immutable run files `ids-<seq>.run` beside the LMDB files: entries sorted by id,
+ *     with a blocked Bloom filter, merged pairwise as they grow (binary counter), so a
+ *     store of N events has about log2(N / memtable) runs.
+ * Like the LMDB tables it is derived from the log. The run list and `next` (the first
+ * position no run covers) live in the LMDB meta table and change in the same transaction
+ * that the caller commits; the memtable holds positions from `next` on and is refilled
+ * from the log on open. Only writers (and `annal verify`) use it: readers never look up
+ * ids. A handle's ids are used by one thread at a time (the append leader). */
+#ifndef ANNAL_IDS_H
+#define ANNAL_IDS_H
+
+#include <lmdb.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "annal.h"
+
+typedef struct annal__ids annal__ids;
+
+#define ANNAL__IDS_MEM_DEFAULT (1u << 19) /* memtable entries before a run is written */
+
+/* Open the id index in dir as t's meta table (dbi) describes it. mem_max: memtable size
+ * that makes annal__ids_full() true. ANNAL_ENOTFOUND or ANNAL_ECORRUPT when a listed run
+ * is missing or damaged (the caller rebuilds the index); detail says which. */
+annal_err annal__ids_open(const char *dir, MDB_txn *t, MDB_dbi meta, uint64_t mem_max,
+                          annal__ids **out, char *detail, size_t dlen);
+void annal__ids_close(annal__ids *ids);
+
+/* First position not covered by a run: the memtable must hold every id from here on. */
+uint64_t annal__ids_next(const annal__ids *ids);
+
+/* The newest entry for id. ANNAL_OK: *pos, and *loc (the location recorded with it, or
+ * UINT64_MAX when it came from a run, which keeps positions only). ANNAL_ENOTFOUND.
+ * An entry may name an event that compaction erased since: the caller checks. */
+annal_err annal__ids_get(const annal__ids *ids, const annal_uuid *id, uint64_t *pos, uint64_t *loc);
+
+/* Add an entry to the memtable; positions only grow. ANNAL_ENOMEM. */
+annal_err annal__ids_add(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc);
+
+/* Add id at pos unless an entry for it exists: then ANNAL_EDUPLICATE with the newest
+ * one's position and location (as annal__ids_get) and nothing added. One probe does both. */
+annal_err annal__ids_claim(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
+                           uint64_t *old_pos, uint64_t *old_loc);
+
+/* Forget the memtable's entries at positions >= pos (added by an append that failed). */
+void annal__ids_truncate(annal__ids *ids, uint64_t pos);
+
+/* Has the memtable reached its size? Then the caller flushes between appends. */
+int annal__ids_full(const annal__ids *ids);
+uint64_t annal__ids_mem_count(const annal__ids *ids);
+
+/* Write the memtable as a run covering positions below upto (every entry is below it),
+ * merge runs as the policy asks, and put the new run list into t. Nothing changes in
+ * memory until annal__ids_flush_end says whether t committed: then the memtable is
+ * emptied and replaced runs deleted, or else the new files are deleted. */
+annal_err annal__ids_flush(annal__ids *ids, MDB_txn *t, MDB_dbi meta, uint64_t upto);
+void annal__ids_flush_end(annal__ids *ids, int committed);
+
+/* Forget every run and entry (the index is being rebuilt from position 0). The files
+ * are deleted at once: the meta table that names them is being dropped by the caller. */
+void annal__ids_reset(annal__ids *ids);
+
+/* fsync the run files written since the last call (the index is about to be marked
+ * clean). 0 or a negative errno. */
+int annal__ids_sync(annal__ids *ids);
+
+/* Check every run's checksum and order (annal verify). ANNAL_ECORRUPT with detail. */
+annal_err annal__ids_check(const annal__ids *ids, char *detail, size_t dlen);
+
+/* Writer at open: remove run files the list does not name (left by a crash). */
+void annal__ids_clean(const annal__ids *ids);
+
+/* Remove every run file in dir (the index is being removed). */
+void annal__ids_remove_all(const char *dir);
+
+#endif

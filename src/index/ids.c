@@ -470,15 +470,48 @@ static int cmp_sorted(const void *a, const void *b) {
     return c ? c : (x->pos > y->pos) - (x->pos < y->pos);
 }
 
+/* The memtable's entries sorted by (id, position): a counting sort on the first two
+ * bytes of the id, then each bucket on its own (a few entries each for random ids; one
+ * bucket of already ordered ids for time-ordered ones). */
+static sorted *sort_mem(const annal__ids *ids) {
+    size_t n = ids->n;
+    sorted *s = malloc((n ? n : 1) * sizeof *s);
+    size_t *at = calloc(65537, sizeof *at);
+    if (!s || !at) {
+        free(s);
+        free(at);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) at[((size_t)ids->ent[i].id[0] << 8 | ids->ent[i].id[1]) + 1]++;
+    for (size_t b = 1; b <= 65536; b++) at[b] += at[b - 1];
+    for (size_t i = 0; i < n; i++) { /* stable: positions stay in order within a bucket */
+        const ment *m = &ids->ent[i];
+        sorted *d = &s[at[(size_t)m->id[0] << 8 | m->id[1]]++];
+        memcpy(d->id, m->id, 16);
+        d->pos = m->pos;
+    }
+    /* at[b] is now the end of bucket b */
+    for (size_t b = 0, lo = 0; b < 65536; lo = at[b++]) {
+        size_t k = at[b] - lo;
+        if (k > 16) {
+            qsort(s + lo, k, sizeof *s, cmp_sorted);
+            continue;
+        }
+        for (size_t i = lo + 1; i < at[b]; i++) { /* insertion sort */
+            sorted x = s[i];
+            size_t j = i;
+            for (; j > lo && cmp_sorted(&s[j - 1], &x) > 0; j--) s[j] = s[j - 1];
+            s[j] = x;
+        }
+    }
+    free(at);
+    return s;
+}
+
 /* Write the memtable as run seq covering [from, to). */
 static int write_mem(annal__ids *ids, uint64_t seq, uint64_t from, uint64_t to, run **out) {
-    sorted *s = malloc((ids->n ? ids->n : 1) * sizeof *s);
+    sorted *s = sort_mem(ids);
     if (!s) return -ENOMEM;
-    for (size_t i = 0; i < ids->n; i++) {
-        memcpy(s[i].id, ids->ent[i].id, 16);
-        s[i].pos = ids->ent[i].pos;
-    }
-    qsort(s, ids->n, sizeof *s, cmp_sorted);
     writer *w = malloc(sizeof *w);
     int r = w ? w_begin(w, ids->dir, seq, ids->n, from, to) : -ENOMEM;
     for (size_t i = 0; r == 0 && i < ids->n; i++)

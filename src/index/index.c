@@ -373,6 +373,24 @@ annal_err annal__index_tag_put(MDB_txn *t, MDB_dbi dbi, const char *name, size_t
     return annal__index_err(rc);
 }
 
+annal_err annal__index_tag_put_many(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
+                                    const uint8_t *vals, size_t n) {
+    if (n == 0) return ANNAL_OK;
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t, dbi, &c);
+    if (rc) return annal__index_err(rc);
+    MDB_val k = val(name, len), d[2] = {{ANNAL__TAG_VAL, (void *)vals}, {n, NULL}};
+    rc = mdb_cursor_put(c, &k, d, MDB_MULTIPLE | MDB_APPENDDUP);
+    mdb_cursor_close(c);
+    /* Not all above the existing entries: one by one (a repeated pair is a no-op). */
+    for (size_t i = 0; rc == MDB_KEYEXIST && i < n; i++) {
+        MDB_val v = val(vals + i * ANNAL__TAG_VAL, ANNAL__TAG_VAL);
+        rc = mdb_put(t, dbi, &k, &v, 0);
+        if (rc == 0 && i + 1 < n) rc = MDB_KEYEXIST;
+    }
+    return annal__index_err(rc);
+}
+
 annal_err annal__index_tag_has(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
                                uint64_t loc) {
     uint8_t b[ANNAL__TAG_VAL];

@@ -107,6 +107,10 @@ size_t annal__category_len(const char *name, size_t len);
 /* Add (position, location) under name in a category or type table (idx->cats or idx->types). */
 annal_err annal__index_tag_put(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
                                uint64_t loc);
+/* Add n entries (vals: n values of ANNAL__TAG_VAL bytes in position order) under name with
+ * one call: for new events, whose positions are above every entry. */
+annal_err annal__index_tag_put_many(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
+                                    const uint8_t *vals, size_t n);
 /* ANNAL_OK if exactly that entry is present, else ANNAL_ENOTFOUND (or an LMDB error). */
 annal_err annal__index_tag_has(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
                                uint64_t loc);

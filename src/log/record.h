@@ -60,5 +60,9 @@ void annal__hole_encode(uint64_t pos, uint64_t count, uint8_t out[ANNAL__REC_HDR
  * Returns ANNAL_END if the bytes are all zero where a header would be (clean end of
  * data), ANNAL_ECORRUPT for anything malformed, torn or failing its checksum. */
 annal_err annal__rec_decode(const uint8_t *p, size_t avail, annal_event *ev, annal__rec_info *info);
+/* The same; check = 0 skips the checksum of a record already checked (recovery reads
+ * each batch twice: to validate it whole, then to index it). */
+annal_err annal__rec_decode2(const uint8_t *p, size_t avail, annal_event *ev, annal__rec_info *info,
+                             int check);
 
 #endif

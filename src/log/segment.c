@@ -419,7 +419,7 @@ annal_err annal__seg_readable(annal__log *log, annal__seg *seg, uint64_t end) {
 
 /* Decode the record at off of seg, touching only bytes known to exist. */
 static annal_err read_rec(annal__log *log, annal__seg *seg, uint64_t off, annal_event *ev,
-                          annal__rec_info *info) {
+                          annal__rec_info *info, int check) {
     if (off + 8 > seg->cap) return ANNAL_END;
     annal_err rc = annal__seg_readable(log, seg, off + 8);
     if (rc == ANNAL_ECORRUPT) return ANNAL_END; /* past the end of the file: no record */
@@ -429,13 +429,18 @@ static annal_err read_rec(annal__log *log, annal__seg *seg, uint64_t off, annal_
     if (len < ANNAL__REC_HDR || off + len > seg->cap) return ANNAL_ECORRUPT;
     rc = annal__seg_readable(log, seg, off + len);
     if (rc != ANNAL_OK) return rc;
-    return annal__rec_decode(seg->map + off, (size_t)(seg->cap - off), ev, info);
+    return annal__rec_decode2(seg->map + off, (size_t)(seg->cap - off), ev, info, check);
 }
 
 annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info *info,
                              uint64_t *loc_out) {
+    return annal__cursor_next2(c, ev, info, loc_out, 1);
+}
+
+annal_err annal__cursor_next2(annal__cursor *c, annal_event *ev, annal__rec_info *info,
+                              uint64_t *loc_out, int check) {
     for (;;) {
-        annal_err rc = read_rec(c->log, c->seg, c->off, ev, info);
+        annal_err rc = read_rec(c->log, c->seg, c->off, ev, info, check);
         if (rc == ANNAL_END) {
             annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);
             if (!next) return ANNAL_END;
@@ -465,7 +470,7 @@ annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info 
 void annal__cursor_settle(annal__cursor *c) {
     annal_event ev;
     annal__rec_info info;
-    while (read_rec(c->log, c->seg, c->off, &ev, &info) == ANNAL_END) {
+    while (read_rec(c->log, c->seg, c->off, &ev, &info, 1) == ANNAL_END) {
         annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);
         if (!next || next->first_pos != c->pos) return;
         c->seg = next;
@@ -490,7 +495,7 @@ annal_err annal__log_read_at(annal__log *log, uint64_t loc, uint64_t pos, annal_
                              annal__rec_info *info) {
     annal__seg *s = annal__log_seg_at(log, loc);
     if (!s) return ANNAL_ECORRUPT;
-    annal_err rc = read_rec(log, s, ANNAL__LOC_OFF(loc), ev, info);
+    annal_err rc = read_rec(log, s, ANNAL__LOC_OFF(loc), ev, info, 1);
     if (rc == ANNAL_END || (rc == ANNAL_OK && info->kind != ANNAL__REC_EVENT))
         return ANNAL_ECORRUPT;
     if (rc == ANNAL_OK && pos != UINT64_MAX && ev->position != pos) return ANNAL_ECORRUPT;

@@ -112,6 +112,10 @@ typedef struct annal__cursor {
 annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info *info,
                              uint64_t *loc_out);
 
+/* The same; check = 0 skips the checksums of records already checked. */
+annal_err annal__cursor_next2(annal__cursor *c, annal_event *ev, annal__rec_info *info,
+                              uint64_t *loc_out, int check);
+
 /* If the cursor stands at the clean end of a segment and the next segment starts at
  * its position, move it there (no record is consumed). */
 void annal__cursor_settle(annal__cursor *c);

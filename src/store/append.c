@@ -258,9 +258,15 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         }
         if (rc == ANNAL_OK)
             rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc);
-        if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev, loc);
-        if (rc != ANNAL_OK) return rc;
+        if (rc == ANNAL_OK)
+            rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev, loc, &db->tags);
+        if (rc != ANNAL_OK) {
+            db->tags.n = 0;
+            return rc;
+        }
     }
+    rc = annal__tags_put(&db->tags, &db->idx, t, req->stream, req->stream_len);
+    if (rc != ANNAL_OK) return rc;
     sr.count += req->n;
     sr.last_pos = h.next_pos + req->n - 1;
     rc = annal__index_stream_put(t, &db->idx, req->stream, req->stream_len, &sr);

@@ -226,7 +226,7 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
     uint64_t loc;
     annal_err rc = ANNAL_OK;
     for (uint32_t i = 0; i < n && rc == ANNAL_OK; i++) {
-        rc = annal__cursor_next(c, &ev, &info, &loc);
+        rc = annal__cursor_next2(c, &ev, &info, &loc, 0); /* scan_batch checked them */
         if (rc != ANNAL_OK) break;
         if (i == 0) {
             rc = annal__index_stream_get(t, &db->idx, ev.stream, ev.stream_len, &sr);
@@ -257,14 +257,18 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                              ev.position, dp);
         if (rc == ANNAL_OK)
             rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc);
-        if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev, loc);
+        if (rc == ANNAL_OK)
+            rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev, loc, &db->tags);
         sr.count = ev.revision + 1;
         sr.last_pos = ev.position;
         db->head.last_ns = ev.timestamp_ns;
         db->head.last_loc = loc;
         if (i == n - 1 && rc == ANNAL_OK)
+            rc = annal__tags_put(&db->tags, &db->idx, t, ev.stream, ev.stream_len);
+        if (i == n - 1 && rc == ANNAL_OK)
             rc = annal__index_stream_put(t, &db->idx, ev.stream, ev.stream_len, &sr);
     }
+    db->tags.n = 0;
     return rc;
 }
 
@@ -790,6 +794,7 @@ void annal_db_close(annal_db *db) {
     }
     annal__notify_close(db);
     annal__ids_close(db->ids);
+    annal__tags_free(&db->tags);
     if (db->idx.env) annal__index_close(&db->idx);
     if (db->log.dir) annal__log_close(&db->log);
     if (db->lock_fd >= 0) close(db->lock_fd); /* releases the flock */

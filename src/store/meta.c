@@ -67,13 +67,62 @@ static annal_err apply_meta(annal__index *idx, MDB_txn *t, annal__index_head *h,
     return annal__index_stream_put(t, idx, name, len, &r);
 }
 
+annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_t pos,
+                          uint64_t loc) {
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        uint8_t *v = realloc(a->val, cap * 2 * ANNAL__TAG_VAL);
+        if (v) a->val = v;
+        const char **ty = v ? realloc(a->type, cap * sizeof *ty) : NULL;
+        if (ty) a->type = ty;
+        size_t *tl = ty ? realloc(a->tlen, cap * sizeof *tl) : NULL;
+        if (!tl) return ANNAL_ENOMEM;
+        a->tlen = tl;
+        a->cap = cap;
+    }
+    uint8_t *v = a->val + a->n * ANNAL__TAG_VAL;
+    annal__put64be(v, pos);
+    annal__put64(v + 8, loc);
+    a->type[a->n] = type;
+    a->tlen[a->n] = tlen;
+    a->n++;
+    return ANNAL_OK;
+}
+
+annal_err annal__tags_put(annal__tags *a, annal__index *idx, MDB_txn *t, const char *stream,
+                          size_t slen) {
+    size_t n = a->n;
+    a->n = 0;
+    annal_err rc = annal__index_tag_put_many(t, idx->cats, stream,
+                                             annal__category_len(stream, slen), a->val, n);
+    /* Types: one put per distinct type, its entries gathered (in position order) into
+     * the second half of val; type[i] = NULL marks an entry done. */
+    uint8_t *g = a->val + a->cap * ANNAL__TAG_VAL;
+    for (size_t i = 0; i < n && rc == ANNAL_OK; i++) {
+        if (!a->type[i]) continue;
+        const char *ty = a->type[i];
+        size_t tl = a->tlen[i], k = 0;
+        for (size_t j = i; j < n; j++)
+            if (a->type[j] && a->tlen[j] == tl && memcmp(a->type[j], ty, tl) == 0) {
+                memcpy(g + k++ * ANNAL__TAG_VAL, a->val + j * ANNAL__TAG_VAL, ANNAL__TAG_VAL);
+                a->type[j] = NULL;
+            }
+        rc = annal__index_tag_put_many(t, idx->types, ty, tl, g, k);
+    }
+    return rc;
+}
+
+void annal__tags_free(annal__tags *a) {
+    free(a->val);
+    free(a->type);
+    free(a->tlen);
+    memset(a, 0, sizeof *a);
+}
+
 annal_err annal__index_event_effects(annal__index *idx, MDB_txn *t, annal__index_head *h,
-                                     annal__stream_rec *sr, const annal_event *ev, uint64_t loc) {
-    annal_err rc =
-        annal__index_tag_put(t, idx->cats, ev->stream,
-                             annal__category_len(ev->stream, ev->stream_len), ev->position, loc);
-    if (rc == ANNAL_OK)
-        rc = annal__index_tag_put(t, idx->types, ev->type, ev->type_len, ev->position, loc);
+                                     annal__stream_rec *sr, const annal_event *ev, uint64_t loc,
+                                     annal__tags *acc) {
+    annal_err rc = annal__tags_add(acc, ev->type, ev->type_len, ev->position, loc);
     if (rc != ANNAL_OK) return rc;
     if (sr->flags & ANNAL__SR_DELETED) sr->flags &= ~(uint64_t)ANNAL__SR_DELETED; /* re-created */
     if (strcmp(ev->type, TOMB_TYPE) == 0 && ev->stream[0] != '$') {

@@ -341,6 +341,18 @@ static annal_err mem_insert(annal__ids *ids, const uint8_t *id, uint64_t h, size
     return ANNAL_OK;
 }
 
+annal_err annal__ids_reserve(annal__ids *ids) {
+    while ((ids->mem_max + 1) * 2 > ids->mask + 1)
+        if (mem_grow_slots(ids) < 0) return ANNAL_ENOMEM;
+    if (ids->cap < ids->mem_max) {
+        ment *e = realloc(ids->ent, ids->mem_max * sizeof *e);
+        if (!e) return ANNAL_ENOMEM;
+        ids->ent = e;
+        ids->cap = ids->mem_max;
+    }
+    return ANNAL_OK;
+}
+
 annal_err annal__ids_add(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc) {
     uint64_t h = id_hash(id->bytes);
     size_t i;

@@ -39,6 +39,9 @@ uint64_t annal__ids_next(const annal__ids *ids);
  * An entry may name an event that compaction erased since: the caller checks. */
 annal_err annal__ids_get(const annal__ids *ids, const annal_uuid *id, uint64_t *pos, uint64_t *loc);
 
+/* Size the memtable for mem_max entries now (a rebuild fills it: no rehashing). */
+annal_err annal__ids_reserve(annal__ids *ids);
+
 /* Add an entry to the memtable; positions only grow. ANNAL_ENOMEM. */
 annal_err annal__ids_add(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc);
 

@@ -2,6 +2,7 @@
  * is: take the writer lock, decide whether the index can be trusted, index whatever
  * whole batches the log holds beyond it, and cut a torn tail back to the last whole
  * batch, zeroing it so no stale bytes can later pass for records. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -393,6 +394,9 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
             if (db->log.segs[i]->gen)
                 rc = annal__index_gen_put(t, &db->idx, db->log.segs[i]->no, db->log.segs[i]->gen);
     }
+    if (rc == ANNAL_OK && db->head.next_pos == 0 &&
+        (db->log.nsegs > 1 || (db->log.nsegs && db->log.segs[0]->size > (64u << 20))))
+        annal__ids_reserve(db->ids); /* indexing a big log fills the memtable: no rehashing */
     for (size_t i = 0; i < db->log.nsegs; i++) db->log_compacted |= db->log.segs[i]->gen > 0;
     annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
     if (rc != ANNAL_OK || !first) goto out;
@@ -883,6 +887,13 @@ annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
     char path[4096];
     snprintf(path, sizeof path, "%s/data.mdb", db->index_dir);
     if (stat(path, &st) == 0) out->index_bytes = (uint64_t)st.st_blocks * 512;
+    DIR *d = opendir(db->index_dir); /* and the event-id runs beside it */
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        if (strncmp(e->d_name, "ids-", 4) != 0) continue;
+        snprintf(path, sizeof path, "%s/%s", db->index_dir, e->d_name);
+        if (stat(path, &st) == 0) out->index_bytes += (uint64_t)st.st_blocks * 512;
+    }
+    if (d) closedir(d);
     out->disk_bytes += out->index_bytes;
     return ANNAL_OK;
 }

@@ -571,7 +571,7 @@ annal_err annal__ids_flush(annal__ids *ids, MDB_txn *t, MDB_dbi meta, uint64_t u
     if (ids->n == 0) return ANNAL_OK; /* nothing to write; no run list change */
     ids->pend = calloc(ids->nruns + 1, sizeof *ids->pend);
     if (!ids->pend) return ANNAL_ENOMEM;
-    memcpy(ids->pend, ids->runs, ids->nruns * sizeof *ids->runs);
+    if (ids->nruns) memcpy(ids->pend, ids->runs, ids->nruns * sizeof *ids->runs);
     ids->npend = ids->nruns;
     ids->pend_seq = ids->next_seq;
     ids->pend_next = upto;

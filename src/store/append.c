@@ -12,6 +12,7 @@
 #include "store/db_int.h"
 
 #define GROUP_BYTES (4u << 20) /* stop taking requests into a group past this */
+#define LEAD_ROUNDS 4          /* groups one leader commits before handing over */
 
 static annal_err io_err(int r) { return r == -ENOSPC || r == -EDQUOT ? ANNAL_ENOSPC : ANNAL_EIO; }
 
@@ -463,9 +464,13 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
     else
         db->qhead = &req; // cppcheck-suppress autoVariables
     db->qtail = &req;     // cppcheck-suppress autoVariables
+    /* Waiters sleep on the condition variable of the group they will be committed in
+     * (two, alternating): a finished group wakes its own requests with one broadcast,
+     * not every waiter, and the leader pays one wake-up call per group. */
     while (!req.done) {
-        if (db->leader) {
-            pthread_cond_wait(&db->wcv, &db->wmu);
+        if (db->leader || db->qhead != &req) {
+            if (!req.taken) req.gen = db->gen;
+            pthread_cond_wait(&db->gcv[req.gen & 1], &db->wmu);
             continue;
         }
         if (db->failed != ANNAL_OK) { /* a previous leader failed: drain the queue */
@@ -475,29 +480,41 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
                 r->done = 1;
             }
             db->qhead = db->qtail = NULL;
-            pthread_cond_broadcast(&db->wcv);
+            pthread_cond_broadcast(&db->gcv[0]);
+            pthread_cond_broadcast(&db->gcv[1]);
             break;
         }
-        /* Become the leader: take requests up to the group size. */
-        annal__req *first = db->qhead, *last = first;
-        uint64_t bytes = first->bytes;
-        while (last->next && bytes + last->next->bytes <= GROUP_BYTES) {
-            last = last->next;
-            bytes += last->bytes;
-        }
-        db->qhead = last->next;
-        if (!db->qhead) db->qtail = NULL;
-        last->next = NULL;
+        /* Become the leader. While requests keep queueing up during a flush, go on
+         * leading (a few rounds, so that no caller waits long): handing over to a
+         * sleeping waiter would cost a wake-up before every flush. */
         db->leader = 1;
-        pthread_mutex_unlock(&db->wmu);
-        commit_group(db, first);
-        pthread_mutex_lock(&db->wmu);
-        db->leader = 0;
-        for (annal__req *r = first, *nx; r; r = nx) {
-            nx = r->next;
-            r->done = 1;
+        for (int round = 0; db->qhead && db->failed == ANNAL_OK && round < LEAD_ROUNDS; round++) {
+            uint64_t g = db->gen++;
+            int strays = 0; /* members that went to sleep on the other variable */
+            annal__req *first = db->qhead, *last = first;
+            uint64_t bytes = first->bytes; /* take requests up to the group size */
+            while (last->next && bytes + last->next->bytes <= GROUP_BYTES) {
+                last = last->next;
+                bytes += last->bytes;
+            }
+            db->qhead = last->next;
+            if (!db->qhead) db->qtail = NULL;
+            last->next = NULL;
+            for (annal__req *r = first; r; r = r->next) {
+                strays |= (r->gen & 1) != (g & 1);
+                r->taken = 1;
+                r->gen = g;
+            }
+            pthread_mutex_unlock(&db->wmu);
+            commit_group(db, first);
+            pthread_mutex_lock(&db->wmu);
+            for (annal__req *r = first; r; r = r->next) r->done = 1;
+            pthread_cond_broadcast(&db->gcv[g & 1]);
+            if (strays) pthread_cond_broadcast(&db->gcv[(g + 1) & 1]);
         }
-        pthread_cond_broadcast(&db->wcv);
+        db->leader = 0;
+        if (db->qhead) pthread_cond_broadcast(&db->gcv[db->gen & 1]); /* one of them leads */
+        pthread_cond_broadcast(&db->wcv);                             /* annal_db_sync */
     }
     pthread_mutex_unlock(&db->wmu);
     free(req.owned);

@@ -706,6 +706,8 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
     pthread_mutex_init(&db->wmu, NULL);
     pthread_mutex_init(&db->compact_mu, NULL);
     pthread_cond_init(&db->wcv, NULL);
+    pthread_cond_init(&db->gcv[0], NULL);
+    pthread_cond_init(&db->gcv[1], NULL);
     size_t n = strlen(dir) + 8;
     db->dir = strdup(dir);
     db->index_dir = malloc(n);
@@ -776,6 +778,7 @@ annal_err annal_db_sync(annal_db *db) {
     }
     pthread_mutex_lock(&db->wmu);
     db->leader = 0;
+    if (db->qhead) pthread_cond_broadcast(&db->gcv[db->gen & 1]); /* appends queued meanwhile */
     pthread_cond_broadcast(&db->wcv);
     pthread_mutex_unlock(&db->wmu);
     return rc;
@@ -814,6 +817,8 @@ void annal_db_close(annal_db *db) {
     pthread_mutex_destroy(&db->wmu);
     pthread_mutex_destroy(&db->compact_mu);
     pthread_cond_destroy(&db->wcv);
+    pthread_cond_destroy(&db->gcv[0]);
+    pthread_cond_destroy(&db->gcv[1]);
     free(db);
 }
 

@@ -39,6 +39,8 @@ typedef struct annal__req {
     char *owned;   /* data the leader made for this request (soft delete); freed after */
     char msg[400]; /* detail for annal_db_errmsg when rc != OK */
     int done;
+    int taken;    /* in a group being committed (no longer queued) */
+    uint64_t gen; /* the group it expects to be committed in: selects db->gcv */
     struct annal__req *next;
 } annal__req;
 
@@ -77,7 +79,9 @@ struct annal_db {
     /* Writer: requests queue up under wmu; one thread at a time (the leader) takes
      * the whole queue and commits it with one write and one flush. */
     pthread_mutex_t wmu;
-    pthread_cond_t wcv;
+    pthread_cond_t wcv;    /* leader changes, for annal_db_sync */
+    pthread_cond_t gcv[2]; /* appenders of group gen, by gen parity */
+    uint64_t gen;          /* the next group to be formed */
     annal__req *qhead, *qtail;
     int leader;       /* a leader is committing */
     annal_err failed; /* sticky: after a failed write or flush, refuse appends */

@@ -394,9 +394,9 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
             if (db->log.segs[i]->gen)
                 rc = annal__index_gen_put(t, &db->idx, db->log.segs[i]->no, db->log.segs[i]->gen);
     }
-    if (rc == ANNAL_OK && db->head.next_pos == 0 &&
-        (db->log.nsegs > 1 || (db->log.nsegs && db->log.segs[0]->size > (64u << 20))))
-        annal__ids_reserve(db->ids); /* indexing a big log fills the memtable: no rehashing */
+    /* The memtable at its full size from the start: growing it rehashes and copies on
+     * the append path. Untouched pages cost nothing (calloc'd and malloc'd maps). */
+    if (rc == ANNAL_OK) annal__ids_reserve(db->ids);
     for (size_t i = 0; i < db->log.nsegs; i++) db->log_compacted |= db->log.segs[i]->gen > 0;
     annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
     if (rc != ANNAL_OK || !first) goto out;

@@ -108,7 +108,7 @@ a projection run --once || bad "run after resume"
 expect_eq "resumed: applied" "$(a query orders "SELECT count(*) FROM orders WHERE id = '5'" --tsv | tail -n 1)" "1"
 
 # ---- a projector in another process obeys pause/resume
-a projection run orders >/dev/null 2>&1 &
+"$ANNAL" --data "$tmp/store" projection run orders >/dev/null 2>&1 & # $! must be annal itself
 runner=$!
 a projection pause orders >/dev/null
 sleep 0.2 # a batch that had begun before the pause may still commit

@@ -57,7 +57,7 @@ head=$(a info --json 2>/dev/null | sed -n 's/.*"events":\([0-9]*\).*/\1/p')
 mid=0
 kills=0
 for ((i = 0; i < ROUNDS; i++)); do
-    a projection run killed >/dev/null 2>"$tmp/run.err" &
+    "$ANNAL" --data "$tmp/store" projection run killed >/dev/null 2>"$tmp/run.err" & # not `a`: a function in the background is a subshell, and $! would not be annal
     pid=$!
     # 20..150 ms: most kills land inside a batch transaction
     sleep "0.$(printf '%03d' $((20 + RANDOM % 130)))"

@@ -97,7 +97,7 @@ a projection add "$tmp/totals.proj" --name killed --target "$T" >/dev/null || ba
 a projection add "$tmp/totals.proj" --name fresh --target "$T" >/dev/null || bad "add fresh"
 mid=0
 for ((i = 0; i < 15; i++)); do
-    a projection run killed >/dev/null 2>&1 &
+    "$ANNAL" --data "$tmp/store" projection run killed >/dev/null 2>&1 & # not `a`: $! must be annal itself
     pid=$!
     sleep "0.$(printf '%03d' $((30 + RANDOM % 120)))"
     kill -9 "$pid" 2>/dev/null
@@ -118,7 +118,7 @@ fi
 expect_eq "every event once" "$(psql_q 'SELECT count(*), count(DISTINCT position) FROM killed.seen')" "3000	3000"
 
 # ---- rebuild into a shadow schema while the projector runs and appends go on
-a projection run customer_overview >/dev/null 2>"$tmp/runner.err" &
+"$ANNAL" --data "$tmp/store" projection run customer_overview >/dev/null 2>"$tmp/runner.err" &
 runner=$!
 (for i in $(seq 1 60); do a append "payment-z$((i % 5))" PaymentReceived "{\"customer\":\"z$((i % 5))\",\"amount\":$i}" >/dev/null; done) &
 appender=$!

@@ -325,12 +325,18 @@ void annal__rev_key(uint8_t out[ANNAL__REV_KEY], uint64_t stream_id, uint64_t re
 
 annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                  uint64_t rev, uint64_t pos, uint64_t loc) {
+    return annal__index_event_put_c(NULL, t, idx, stream_id, rev, pos, loc);
+}
+
+annal_err annal__index_event_put_c(MDB_cursor *revs, MDB_txn *t, const annal__index *idx,
+                                   uint64_t stream_id, uint64_t rev, uint64_t pos, uint64_t loc) {
     uint8_t b[16], rk[ANNAL__REV_KEY];
     annal__put64(b, pos);
     annal__put64(b + 8, loc);
     annal__rev_key(rk, stream_id, rev);
     MDB_val k = val(rk, sizeof rk), v = val(b, 16);
-    int rc = mdb_put(t, idx->revs, &k, &v, MDB_NOOVERWRITE);
+    int rc = revs ? mdb_cursor_put(revs, &k, &v, MDB_NOOVERWRITE)
+                  : mdb_put(t, idx->revs, &k, &v, MDB_NOOVERWRITE);
     if (rc) return annal__index_err(rc == MDB_KEYEXIST ? MDB_CORRUPTED : rc);
     if (pos % ANNAL__POS_STRIDE == 0) {
         k = val(&pos, 8);

@@ -100,6 +100,10 @@ annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const cha
  * goes to the id index (index/ids.h), which is not in LMDB. */
 annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                  uint64_t rev, uint64_t pos, uint64_t loc);
+/* The same through revs, a cursor on idx->revs in t (may be NULL): a stream's next
+ * revisions usually go on the page it stands on, which LMDB then need not search for. */
+annal_err annal__index_event_put_c(MDB_cursor *revs, MDB_txn *t, const annal__index *idx,
+                                   uint64_t stream_id, uint64_t rev, uint64_t pos, uint64_t loc);
 annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                uint64_t rev, uint64_t *pos, uint64_t *loc);
 /* Category of a stream name: the bytes before the first '-' (all of it without one). */

@@ -239,6 +239,8 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         h.streams++;
     }
     uint64_t bl = g->bl;
+    MDB_cursor *rcur = NULL;
+    if (req->n > 1 && mdb_cursor_open(t, db->idx.revs, &rcur) != 0) rcur = NULL;
     for (size_t i = 0; i < req->n; i++) {
         annal_event_data *in = &req->ev[i];
         if (annal__uuid_is_nil(&in->id)) annal__uuid_v7(&in->id, g->now / 1000000, &db->rng);
@@ -258,14 +260,16 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
                      dp >= db->head.next_pos ? " (repeated within the append)" : "");
         }
         if (rc == ANNAL_OK)
-            rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc);
+            rc = annal__index_event_put_c(rcur, t, &db->idx, sr.id, ev.revision, ev.position, loc);
         if (rc == ANNAL_OK)
             rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev, loc, &db->tags);
         if (rc != ANNAL_OK) {
+            if (rcur) mdb_cursor_close(rcur);
             db->tags.n = 0;
             return rc;
         }
     }
+    if (rcur) mdb_cursor_close(rcur);
     rc = annal__tags_put(&db->tags, &db->idx, t, req->stream, req->stream_len);
     if (rc != ANNAL_OK) return rc;
     sr.count += req->n;

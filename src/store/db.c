@@ -226,6 +226,8 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
     annal__stream_rec sr;
     uint64_t loc;
     annal_err rc = ANNAL_OK;
+    MDB_cursor *rcur = NULL; /* a batch is one stream's: its revisions go side by side */
+    if (n > 1 && mdb_cursor_open(t, db->idx.revs, &rcur) != 0) rcur = NULL;
     for (uint32_t i = 0; i < n && rc == ANNAL_OK; i++) {
         rc = annal__cursor_next2(c, &ev, &info, &loc, 0); /* scan_batch checked them */
         if (rc != ANNAL_OK) break;
@@ -257,7 +259,7 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                              " appears twice in the log (also at %" PRIu64 ")",
                              ev.position, dp);
         if (rc == ANNAL_OK)
-            rc = annal__index_event_put(t, &db->idx, sr.id, ev.revision, ev.position, loc);
+            rc = annal__index_event_put_c(rcur, t, &db->idx, sr.id, ev.revision, ev.position, loc);
         if (rc == ANNAL_OK)
             rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev, loc, &db->tags);
         sr.count = ev.revision + 1;
@@ -269,6 +271,7 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
         if (i == n - 1 && rc == ANNAL_OK)
             rc = annal__index_stream_put(t, &db->idx, ev.stream, ev.stream_len, &sr);
     }
+    if (rcur) mdb_cursor_close(rcur);
     db->tags.n = 0;
     return rc;
 }

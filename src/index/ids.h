@@ -50,6 +50,10 @@ annal_err annal__ids_add(annal__ids *ids, const annal_uuid *id, uint64_t pos, ui
 annal_err annal__ids_claim(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
                            uint64_t *old_pos, uint64_t *old_loc);
 
+/* Start loading the memtable slot of id into the cache: claiming a batch's ids after
+ * prefetching them all overlaps their cache misses. */
+void annal__ids_prefetch(const annal__ids *ids, const annal_uuid *id);
+
 /* Forget the memtable's entries at positions >= pos (added by an append that failed). */
 void annal__ids_truncate(annal__ids *ids, uint64_t pos);
 

@@ -241,6 +241,8 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     uint64_t bl = g->bl;
     MDB_cursor *rcur = NULL;
     if (req->n > 1 && mdb_cursor_open(t, db->idx.revs, &rcur) != 0) rcur = NULL;
+    for (size_t i = 0; i < req->n && req->n > 1; i++) /* one random memory access each */
+        annal__ids_prefetch(db->ids, &req->ev[i].id);
     for (size_t i = 0; i < req->n; i++) {
         annal_event_data *in = &req->ev[i];
         if (annal__uuid_is_nil(&in->id)) annal__uuid_v7(&in->id, g->now / 1000000, &db->rng);

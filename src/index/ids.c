@@ -543,8 +543,11 @@ static sorted *sort_mem(const annal__ids *ids) {
 static int write_mem(annal__ids *ids, uint64_t seq, uint64_t from, uint64_t to, run **out) {
     sorted *s = sort_mem(ids);
     if (!s) return -ENOMEM;
+    size_t distinct = 0; /* an id erased and appended again is in the memtable twice */
+    for (size_t i = 0; i < ids->n; i++)
+        distinct += i + 1 == ids->n || memcmp(s[i].id, s[i + 1].id, 16) != 0;
     writer *w = malloc(sizeof *w);
-    int r = w ? w_begin(w, ids->dir, seq, ids->n, from, to) : -ENOMEM;
+    int r = w ? w_begin(w, ids->dir, seq, distinct, from, to) : -ENOMEM;
     for (size_t i = 0; r == 0 && i < ids->n; i++)
         if (i + 1 == ids->n || memcmp(s[i].id, s[i + 1].id, 16) != 0) /* newest per id */
             w_add(w, s[i].id, s[i].pos);

@@ -378,7 +378,6 @@ static void commit_group(annal_db *db, annal__req *reqs) {
             snprintf(r->msg, sizeof r->msg, "%s", msg);
         }
     }
-    if (grc == ANNAL_OK && annal__ids_full(db->ids)) annal__flush_ids(db);
     if (db->bufcap > (16u << 20)) { /* don't keep a huge batch's buffer forever */
         free(db->buf);
         db->buf = NULL;
@@ -517,6 +516,12 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
             for (annal__req *r = first; r; r = r->next) r->done = 1;
             pthread_cond_broadcast(&db->gcv[g & 1]);
             if (strays) pthread_cond_broadcast(&db->gcv[(g + 1) & 1]);
+            if (annal__ids_full(db->ids) && db->failed == ANNAL_OK) {
+                /* after waking the group, still leading: no group commits meanwhile */
+                pthread_mutex_unlock(&db->wmu);
+                annal__flush_ids(db);
+                pthread_mutex_lock(&db->wmu);
+            }
         }
         db->leader = 0;
         if (db->qhead) pthread_cond_broadcast(&db->gcv[db->gen & 1]); /* one of them leads */

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,17 @@ struct annal__ids {
     run **pend, **made; /* the new list; every file this flush wrote */
     size_t npend, nmade;
     uint64_t pend_next, pend_seq;
+    /* The merger thread (annal__ids_start_merger). mu guards the run list and next_seq
+     * between it and the leader; lock order: LMDB's writer lock, then mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t th;
+    int merger;       /* running */
+    int deferred;     /* merges are the merger's, even while it is stopped (closing) */
+    int locked;       /* a flush holds mu */
+    _Atomic int stop; /* asks it to finish (a merge in progress is abandoned) */
+    MDB_env *env;
+    MDB_dbi meta;
 };
 
 /* ---- hashing --------------------------------------------------------------------- */
@@ -375,6 +387,15 @@ annal_err annal__ids_add(annal__ids *ids, const annal_uuid *id, uint64_t pos, ui
     return mem_insert(ids, id->bytes, h, i, pos, loc);
 }
 
+/* Newest run entry for id, newest run first. Under mu while a merger may swap runs. */
+static int runs_find(annal__ids *ids, const uint8_t *id, uint64_t h, uint64_t *pos) {
+    if (ids->merger) pthread_mutex_lock(&ids->mu);
+    int found = 0;
+    for (size_t r = ids->nruns; r-- > 0 && !found;) found = run_get(ids->runs[r], id, h, pos);
+    if (ids->merger) pthread_mutex_unlock(&ids->mu);
+    return found;
+}
+
 void annal__ids_prefetch(const annal__ids *ids, const annal_uuid *id) {
     if (ids->slot) __builtin_prefetch(&ids->slot[id_hash(id->bytes) & ids->mask]);
 }
@@ -389,11 +410,10 @@ annal_err annal__ids_claim(annal__ids *ids, const annal_uuid *id, uint64_t pos, 
         *old_loc = m->loc;
         return ANNAL_EDUPLICATE;
     }
-    for (size_t r = ids->nruns; r-- > 0;)
-        if (run_get(ids->runs[r], id->bytes, h, old_pos)) {
-            *old_loc = UINT64_MAX;
-            return ANNAL_EDUPLICATE;
-        }
+    if (runs_find(ids, id->bytes, h, old_pos)) {
+        *old_loc = UINT64_MAX;
+        return ANNAL_EDUPLICATE;
+    }
     return mem_insert(ids, id->bytes, h, i, pos, loc);
 }
 
@@ -418,11 +438,10 @@ annal_err annal__ids_get(const annal__ids *ids, const annal_uuid *id, uint64_t *
         *loc = best->loc;
         return ANNAL_OK;
     }
-    for (size_t r = ids->nruns; r-- > 0;)
-        if (run_get(ids->runs[r], id->bytes, h, pos)) {
-            *loc = UINT64_MAX;
-            return ANNAL_OK;
-        }
+    if (runs_find((annal__ids *)ids, id->bytes, h, pos)) {
+        *loc = UINT64_MAX;
+        return ANNAL_OK;
+    }
     return ANNAL_ENOTFOUND;
 }
 
@@ -446,6 +465,8 @@ annal_err annal__ids_open(const char *dir, MDB_txn *t, MDB_dbi meta, uint64_t me
         return ANNAL_ENOMEM;
     }
     ids->mem_max = mem_max ? mem_max : ANNAL__IDS_MEM_DEFAULT;
+    pthread_mutex_init(&ids->mu, NULL);
+    pthread_cond_init(&ids->cv, NULL);
     MDB_val k = {3, (void *)META_KEY}, v;
     int mrc = mdb_get(t, meta, &k, &v);
     annal_err rc = ANNAL_OK;
@@ -481,12 +502,15 @@ annal_err annal__ids_open(const char *dir, MDB_txn *t, MDB_dbi meta, uint64_t me
 
 void annal__ids_close(annal__ids *ids) {
     if (!ids) return;
+    annal__ids_stop_merger(ids);
+    if (ids->pend) annal__ids_flush_end(ids, 0);
     drop_list(ids, ids->runs, ids->nruns, 0);
-    if (ids->made) annal__ids_flush_end(ids, 0);
     free(ids->runs);
     free(ids->ent);
     slots_free(ids->slot, ids->slot ? ids->mask + 1 : 0);
     free(ids->dir);
+    pthread_mutex_destroy(&ids->mu);
+    pthread_cond_destroy(&ids->cv);
     free(ids);
 }
 
@@ -557,13 +581,38 @@ static int write_mem(annal__ids *ids, uint64_t seq, uint64_t from, uint64_t to, 
     return r;
 }
 
-/* Merge a (older) and b (newer) into run seq; for an id in both, b's entry wins. */
+/* Put the run list into t's meta table. */
+static annal_err put_list(MDB_txn *t, MDB_dbi meta, run **list, size_t n, uint64_t next,
+                          uint64_t next_seq) {
+    size_t vl = 32 + n * 32;
+    uint8_t *v = malloc(vl);
+    if (!v) return ANNAL_ENOMEM;
+    annal__put64(v, META_VERSION);
+    annal__put64(v + 8, next);
+    annal__put64(v + 16, next_seq);
+    annal__put64(v + 24, n);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *q = v + 32 + i * 32;
+        annal__put64(q, list[i]->seq);
+        annal__put64(q + 8, list[i]->count);
+        annal__put64(q + 16, list[i]->from);
+        annal__put64(q + 24, list[i]->to);
+    }
+    MDB_val k = {3, (void *)META_KEY}, mv = {vl, v};
+    int mrc = mdb_put(t, meta, &k, &mv, 0);
+    free(v);
+    return mrc == 0 ? ANNAL_OK : mrc == MDB_MAP_FULL ? ANNAL_ENOSPC : ANNAL_EIO;
+}
+
+/* Merge a (older) and b (newer) into run seq; for an id in both, b's entry wins.
+ * Abandoned (-ECANCELED, no file left) when the merger is asked to stop. */
 static int merge(annal__ids *ids, const run *a, const run *b, uint64_t seq, run **out) {
     writer *w = malloc(sizeof *w);
     int r = w ? w_begin(w, ids->dir, seq, a->count + b->count, a->from, b->to) : -ENOMEM;
+    int began = r == 0;
     const uint8_t *pa = a->map + RUN_HDR, *ea = pa + a->count * ENT;
     const uint8_t *pb = b->map + RUN_HDR, *eb = pb + b->count * ENT;
-    while (r == 0 && (pa < ea || pb < eb)) {
+    for (uint64_t k = 1; r == 0 && (pa < ea || pb < eb); k++) {
         int c = pa == ea ? 1 : pb == eb ? -1 : memcmp(pa, pb, 16);
         if (c < 0) {
             w_add(w, pa, annal__get64(pa + 16));
@@ -574,10 +623,105 @@ static int merge(annal__ids *ids, const run *a, const run *b, uint64_t seq, run 
             if (c == 0) pa += ENT;
         }
         if (w->err) r = -w->err;
+        if ((k & 0xffff) == 0 && ids->stop) r = -ECANCELED; /* closing */
     }
-    if (r == 0) r = w_end(w, ids->dir, out);
+    if (r == 0) {
+        r = w_end(w, ids->dir, out); /* removes the file itself on failure */
+    } else if (began) {
+        char path[4200];
+        run_path(ids->dir, seq, path, sizeof path);
+        free(w->bloom);
+        close(w->fd);
+        unlink(path);
+    }
     free(w);
     return r;
+}
+
+/* One merge the binary counter asks for (the newest adjacent pair whose older run is no
+ * bigger), by the merger thread: 1 done, 0 nothing to do, -1 failed. Called, and
+ * returns, with mu held; merges without it (only this thread removes runs, and a flush
+ * only appends one). */
+static int merge_step(annal__ids *ids) {
+    size_t i = 0;
+    for (size_t k = ids->nruns; k-- > 1 && !i;)
+        if (ids->runs[k - 1]->count <= ids->runs[k]->count) i = k;
+    if (!i) return 0;
+    run *a = ids->runs[i - 1], *b = ids->runs[i], *m = NULL;
+    uint64_t seq = ids->next_seq++;
+    pthread_mutex_unlock(&ids->mu);
+    int r = merge(ids, a, b, seq, &m);
+    MDB_txn *t = NULL;
+    if (r == 0 && mdb_txn_begin(ids->env, NULL, 0, &t) != 0) t = NULL, r = -EIO;
+    pthread_mutex_lock(&ids->mu); /* after LMDB's writer lock, as every flush takes them */
+    run **list = r == 0 ? calloc(ids->nruns, sizeof *list) : NULL;
+    if (r == 0 && list) {
+        size_t n = 0;
+        for (size_t k = 0; k < ids->nruns; k++)
+            if (ids->runs[k] == a)
+                list[n++] = m;
+            else if (ids->runs[k] != b)
+                list[n++] = ids->runs[k];
+        if (put_list(t, ids->meta, list, n, ids->next, ids->next_seq) == ANNAL_OK &&
+            mdb_txn_commit(t) == 0) {
+            t = NULL;
+            free(ids->runs);
+            ids->runs = list;
+            ids->nruns = n;
+            run_free(a, ids->dir, 1);
+            run_free(b, ids->dir, 1);
+            return 1;
+        }
+    }
+    free(list);
+    if (t) mdb_txn_abort(t);
+    if (m) run_free(m, ids->dir, 1);
+    return -1;
+}
+
+static void *merger_main(void *arg) {
+    annal__ids *ids = arg;
+    pthread_mutex_lock(&ids->mu);
+    while (!ids->stop) {
+        if (merge_step(ids) != 1 && !ids->stop) /* done, or failed: until the next flush */
+            pthread_cond_wait(&ids->cv, &ids->mu);
+    }
+    pthread_mutex_unlock(&ids->mu);
+    return NULL;
+}
+
+annal_err annal__ids_start_merger(annal__ids *ids, MDB_env *env, MDB_dbi meta) {
+    if (ids->merger) return ANNAL_OK;
+    ids->env = env;
+    ids->meta = meta;
+    ids->stop = 0;
+    ids->merger = 1;
+    ids->deferred = 0;
+    if (pthread_create(&ids->th, NULL, merger_main, ids) != 0) {
+        ids->merger = 0;
+        return ANNAL_ENOMEM;
+    }
+    return ANNAL_OK;
+}
+
+void annal__ids_stop_merger(annal__ids *ids) {
+    if (!ids->merger) return;
+    pthread_mutex_lock(&ids->mu);
+    ids->stop = 1;
+    pthread_cond_signal(&ids->cv);
+    pthread_mutex_unlock(&ids->mu);
+    pthread_join(ids->th, NULL);
+    ids->merger = 0;
+    ids->stop = 0;
+    ids->deferred = 1; /* the next open's merger catches up */
+}
+
+/* The end of a flush: release mu if it took it, and wake the merger. */
+static void flush_unlock(annal__ids *ids) {
+    if (!ids->locked) return;
+    ids->locked = 0;
+    pthread_cond_signal(&ids->cv);
+    pthread_mutex_unlock(&ids->mu);
 }
 
 static int note_made(annal__ids *ids, run *r) {
@@ -589,10 +733,17 @@ static int note_made(annal__ids *ids, run *r) {
 }
 
 annal_err annal__ids_flush(annal__ids *ids, MDB_txn *t, MDB_dbi meta, uint64_t upto) {
-    if (ids->made) annal__ids_flush_end(ids, 0);
+    if (ids->pend) annal__ids_flush_end(ids, 0);
     if (ids->n == 0) return ANNAL_OK; /* nothing to write; no run list change */
+    if (ids->merger) {                /* held until annal__ids_flush_end */
+        pthread_mutex_lock(&ids->mu);
+        ids->locked = 1;
+    }
     ids->pend = calloc(ids->nruns + 1, sizeof *ids->pend);
-    if (!ids->pend) return ANNAL_ENOMEM;
+    if (!ids->pend) {
+        flush_unlock(ids);
+        return ANNAL_ENOMEM;
+    }
     if (ids->nruns) memcpy(ids->pend, ids->runs, ids->nruns * sizeof *ids->runs);
     ids->npend = ids->nruns;
     ids->pend_seq = ids->next_seq;
@@ -603,7 +754,7 @@ annal_err annal__ids_flush(annal__ids *ids, MDB_txn *t, MDB_dbi meta, uint64_t u
     if (r == 0) ids->pend[ids->npend++] = nr;
     /* Binary counter: merge while the older neighbour is no bigger, so sizes at least
      * double towards the oldest and a lookup probes about log2(N / memtable) runs. */
-    while (r == 0 && ids->npend >= 2 &&
+    while (r == 0 && !ids->merger && !ids->deferred && ids->npend >= 2 &&
            ids->pend[ids->npend - 2]->count <= ids->pend[ids->npend - 1]->count) {
         run *a = ids->pend[ids->npend - 2], *b = ids->pend[ids->npend - 1], *m = NULL;
         r = merge(ids, a, b, ids->pend_seq++, &m);
@@ -616,31 +767,9 @@ annal_err annal__ids_flush(annal__ids *ids, MDB_txn *t, MDB_dbi meta, uint64_t u
                : r == -ENOMEM               ? ANNAL_ENOMEM
                                             : ANNAL_EIO;
     }
-    size_t vl = 32 + ids->npend * 32;
-    uint8_t *v = malloc(vl);
-    if (!v) {
-        annal__ids_flush_end(ids, 0);
-        return ANNAL_ENOMEM;
-    }
-    annal__put64(v, META_VERSION);
-    annal__put64(v + 8, ids->pend_next);
-    annal__put64(v + 16, ids->pend_seq);
-    annal__put64(v + 24, ids->npend);
-    for (size_t i = 0; i < ids->npend; i++) {
-        uint8_t *q = v + 32 + i * 32;
-        annal__put64(q, ids->pend[i]->seq);
-        annal__put64(q + 8, ids->pend[i]->count);
-        annal__put64(q + 16, ids->pend[i]->from);
-        annal__put64(q + 24, ids->pend[i]->to);
-    }
-    MDB_val k = {3, (void *)META_KEY}, mv = {vl, v};
-    int mrc = mdb_put(t, meta, &k, &mv, 0);
-    free(v);
-    if (mrc) {
-        annal__ids_flush_end(ids, 0);
-        return mrc == MDB_MAP_FULL ? ANNAL_ENOSPC : ANNAL_EIO;
-    }
-    return ANNAL_OK;
+    annal_err rc = put_list(t, meta, ids->pend, ids->npend, ids->pend_next, ids->pend_seq);
+    if (rc != ANNAL_OK) annal__ids_flush_end(ids, 0);
+    return rc;
 }
 
 static int in_list(run **list, size_t n, const run *r) {
@@ -672,10 +801,11 @@ void annal__ids_flush_end(annal__ids *ids, int committed) {
     free(ids->made);
     ids->pend = ids->made = NULL;
     ids->npend = ids->nmade = 0;
+    flush_unlock(ids);
 }
 
 void annal__ids_reset(annal__ids *ids) {
-    if (ids->made) annal__ids_flush_end(ids, 0);
+    if (ids->pend) annal__ids_flush_end(ids, 0);
     drop_list(ids, ids->runs, ids->nruns, 1);
     ids->nruns = 0;
     ids->next = 0;

@@ -76,6 +76,13 @@ void annal__ids_reset(annal__ids *ids);
  * clean). 0 or a negative errno. */
 int annal__ids_sync(annal__ids *ids);
 
+/* Merge runs in a thread of their own from now on (a writer, after open): a flush then
+ * only writes the memtable's run, and merges, which rewrite up to the whole index,
+ * no longer pause appends. The thread commits the new run lists in its own LMDB write
+ * transactions on env. Stopped by annal__ids_stop_merger or annal__ids_close. */
+annal_err annal__ids_start_merger(annal__ids *ids, MDB_env *env, MDB_dbi meta);
+void annal__ids_stop_merger(annal__ids *ids);
+
 /* Check every run's checksum and order (annal verify). ANNAL_ECORRUPT with detail. */
 annal_err annal__ids_check(const annal__ids *ids, char *detail, size_t dlen);
 

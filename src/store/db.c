@@ -664,6 +664,8 @@ static annal_err open_writer(annal_db *db) {
     if (rc != ANNAL_OK) return rc;
     db->wseg = annal__log_seg(&db->log, seg);
     db->woff = off;
+    rc = annal__ids_start_merger(db->ids, db->idx.env, db->idx.meta);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot start the id index's merger");
     __atomic_store_n(&db->visible, db->head.next_pos, __ATOMIC_RELEASE);
     return ANNAL_OK;
 }
@@ -791,6 +793,7 @@ void annal_db_close(annal_db *db) {
     if (!db) return;
     if (!db->readonly && db->wseg && (db->opts.flags & ANNAL_OPEN_NOSYNC))
         annal_db_sync(db); /* a non-durable handle becomes durable at close */
+    if (db->ids) annal__ids_stop_merger(db->ids); /* before the run list is touched */
     int clean = !db->readonly && db->idx.env && db->failed == ANNAL_OK;
     /* A big memtable is written out so that the next open need not reread its events
      * from the log; a small one is cheaper to reread than a run per open/close cycle. */

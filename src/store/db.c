@@ -400,6 +400,9 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     /* The memtable at its full size from the start: growing it rehashes and copies on
      * the append path. Untouched pages cost nothing (calloc'd and malloc'd maps). */
     if (rc == ANNAL_OK) annal__ids_reserve(db->ids);
+    /* Merges of id runs go on beside the indexing below (on another core for a rebuild). */
+    if (rc == ANNAL_OK && !db->readonly)
+        rc = annal__ids_start_merger(db->ids, db->idx.env, db->idx.meta);
     for (size_t i = 0; i < db->log.nsegs; i++) db->log_compacted |= db->log.segs[i]->gen > 0;
     annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
     if (rc != ANNAL_OK || !first) goto out;

@@ -119,7 +119,8 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o, uint
 static annal_err load_ids(annal_db *db, MDB_txn *t, uint64_t upto, annal__ids **ids, char *detail,
                           size_t dlen) {
     annal_err rc = annal__ids_load(db, t, upto, ids, detail, dlen);
-    for (int tries = 0; rc == ANNAL_ENOTFOUND && tries < 5; tries++) {
+    /* (a writer merging constantly, with a tiny memtable, can win a few times in a row) */
+    for (int tries = 0; rc == ANNAL_ENOTFOUND && tries < 100; tries++) {
         MDB_txn *t2;
         annal__index_head h2;
         if (annal__read_txn(db, &t2) != ANNAL_OK) break;

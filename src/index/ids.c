@@ -315,8 +315,10 @@ static void slots_free(uint64_t *s, size_t n) {
     if (s) munmap(s, n * sizeof *s);
 }
 
-static int mem_grow_slots(annal__ids *ids) {
+/* Rehash into a slot table big enough for want entries at half load. */
+static int mem_grow_slots(annal__ids *ids, size_t want) {
     size_t ns = ids->mask ? (ids->mask + 1) * 2 : 1024;
+    while (ns < want * 2) ns *= 2;
     uint64_t *s = slots_alloc(ns);
     if (!s) return -1;
     for (size_t j = 0; j < ids->n; j++) {
@@ -350,7 +352,7 @@ static const ment *mem_find(const annal__ids *ids, const uint8_t *id, uint64_t h
 static annal_err mem_insert(annal__ids *ids, const uint8_t *id, uint64_t h, size_t i, uint64_t pos,
                             uint64_t loc) {
     if ((ids->n + 1) * 2 > ids->mask + 1) { /* grow, then find the slot again */
-        if (mem_grow_slots(ids) < 0) return ANNAL_ENOMEM;
+        if (mem_grow_slots(ids, ids->n + 1) < 0) return ANNAL_ENOMEM;
         for (i = h & ids->mask; ids->slot[i];) i = (i + 1) & ids->mask;
     }
     if (ids->n == ids->cap) {
@@ -369,8 +371,8 @@ static annal_err mem_insert(annal__ids *ids, const uint8_t *id, uint64_t h, size
 }
 
 annal_err annal__ids_reserve(annal__ids *ids) {
-    while ((ids->mem_max + 1) * 2 > ids->mask + 1)
-        if (mem_grow_slots(ids) < 0) return ANNAL_ENOMEM;
+    if ((ids->mem_max + 1) * 2 > ids->mask + 1 && mem_grow_slots(ids, ids->mem_max + 1) < 0)
+        return ANNAL_ENOMEM; /* one table of the final size, not eleven doublings */
     if (ids->cap < ids->mem_max) {
         ment *e = realloc(ids->ent, ids->mem_max * sizeof *e);
         if (!e) return ANNAL_ENOMEM;

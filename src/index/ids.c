@@ -69,6 +69,9 @@ struct annal__ids {
     _Atomic int stop; /* asks it to finish (a merge in progress is abandoned) */
     MDB_env *env;
     MDB_dbi meta;
+    /* The memtable's memory as the merger found it at start, to fault in (below). */
+    void *pf[2];
+    size_t pf_len[2];
 };
 
 /* ---- hashing --------------------------------------------------------------------- */
@@ -681,8 +684,25 @@ static int merge_step(annal__ids *ids) {
     return -1;
 }
 
+/* Fault in [p, p + len) without changing it: the kernel allocates (and zeroes) the
+ * pages here instead of on the appender's first touch. A page fault costs microseconds
+ * in a VM, and the first appends after open touched ~8,000 of them (about a sixth of a
+ * batched append's time). Safe while another thread writes there. Best effort. */
+static void prefault(void *p, size_t len) {
+#ifdef MADV_POPULATE_WRITE
+    uintptr_t pg = 4096, a = ((uintptr_t)p + pg - 1) & ~(pg - 1),
+              b = ((uintptr_t)p + len) & ~(pg - 1);
+    if (b <= a) return;
+    if (b - a >= (2u << 20)) madvise((void *)a, b - a, MADV_HUGEPAGE);
+    madvise((void *)a, b - a, MADV_POPULATE_WRITE);
+#else
+    (void)p, (void)len;
+#endif
+}
+
 static void *merger_main(void *arg) {
     annal__ids *ids = arg;
+    for (int i = 0; i < 2; i++) prefault(ids->pf[i], ids->pf_len[i]);
     pthread_mutex_lock(&ids->mu);
     while (!ids->stop) {
         if (merge_step(ids) != 1 && !ids->stop) /* done, or failed: until the next flush */
@@ -699,6 +719,8 @@ annal_err annal__ids_start_merger(annal__ids *ids, MDB_env *env, MDB_dbi meta) {
     ids->stop = 0;
     ids->merger = 1;
     ids->deferred = 0;
+    ids->pf[0] = ids->slot, ids->pf_len[0] = ids->slot ? (ids->mask + 1) * sizeof *ids->slot : 0;
+    ids->pf[1] = ids->ent, ids->pf_len[1] = ids->cap * sizeof *ids->ent;
     if (pthread_create(&ids->th, NULL, merger_main, ids) != 0) {
         ids->merger = 0;
         return ANNAL_ENOMEM;

@@ -1,6 +1,5 @@
-/* LMDB-backed indexes. Keys and values are fixed little structs encoded by hand; the
- * revision table is a DUPSORT|DUPFIXED table keyed by stream id, so one stream's
- * entries are contiguous and ordered by revision. */
+/* LMDB-backed indexes. Keys and values are fixed little structs encoded by hand;
+ * revision, category and type entries are blocks of up to 64 events (index.h). */
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
@@ -250,8 +249,7 @@ annal_err annal__index_head_get(MDB_txn *t, const annal__index *idx, annal__inde
     if (v.mv_size != 64) return ANNAL_ECORRUPT; /* an older layout too: rebuilt */
     const uint8_t *p = v.mv_data;
     h->version = annal__get64(p + 56);
-    /* Layout 2 differs only in where event ids live, which readers never use. */
-    if (h->version != ANNAL__INDEX_VERSION && h->version != 2) return ANNAL_ECORRUPT;
+    if (h->version != ANNAL__INDEX_VERSION) return ANNAL_ECORRUPT; /* a writer rebuilds it */
     h->restricted = annal__get64(p + 48);
     h->next_pos = annal__get64(p);
     h->next_loc = annal__get64(p + 8);
@@ -323,60 +321,64 @@ void annal__rev_key(uint8_t out[ANNAL__REV_KEY], uint64_t stream_id, uint64_t re
     annal__put64be(out + 8, rev);
 }
 
-annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
-                                 uint64_t rev, uint64_t pos, uint64_t loc) {
-    return annal__index_event_put_c(NULL, t, idx, stream_id, rev, pos, loc);
+void annal__block_encode(const annal__block *b, uint8_t out[ANNAL__BLOCK_VAL]) {
+    annal__put64be(out, b->first_pos); /* big-endian: duplicates sort by position */
+    annal__put64(out + 8, b->loc);
+    annal__put64(out + 16, b->mask);
 }
 
-annal_err annal__index_event_put_c(MDB_cursor *revs, MDB_txn *t, const annal__index *idx,
-                                   uint64_t stream_id, uint64_t rev, uint64_t pos, uint64_t loc) {
-    uint8_t b[16], rk[ANNAL__REV_KEY];
-    annal__put64(b, pos);
-    annal__put64(b + 8, loc);
-    annal__rev_key(rk, stream_id, rev);
-    MDB_val k = val(rk, sizeof rk), v = val(b, 16);
-    int rc = revs ? mdb_cursor_put(revs, &k, &v, MDB_NOOVERWRITE)
-                  : mdb_put(t, idx->revs, &k, &v, MDB_NOOVERWRITE);
-    if (rc) return annal__index_err(rc == MDB_KEYEXIST ? MDB_CORRUPTED : rc);
-    if (pos % ANNAL__POS_STRIDE == 0) {
-        k = val(&pos, 8);
-        v = val(&loc, 8);
-        rc = mdb_put(t, idx->pos, &k, &v, MDB_APPEND);
-        if (rc) return annal__index_err(rc == MDB_KEYEXIST ? MDB_CORRUPTED : rc);
-    }
-    return ANNAL_OK;
+annal_err annal__block_decode(const void *p, size_t len, annal__block *b) {
+    if (len != ANNAL__BLOCK_VAL) return ANNAL_ECORRUPT;
+    b->first_pos = annal__get64be(p);
+    b->loc = annal__get64((const uint8_t *)p + 8);
+    b->mask = annal__get64((const uint8_t *)p + 16);
+    return b->mask ? ANNAL_OK : ANNAL_ECORRUPT;
 }
 
-annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
-                               uint64_t rev, uint64_t *pos, uint64_t *loc) {
+annal_err annal__index_rev_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                               const annal__block *b) {
+    uint8_t vb[ANNAL__BLOCK_VAL], rk[ANNAL__REV_KEY];
+    annal__block_encode(b, vb);
+    annal__rev_key(rk, stream_id, b->first_rev);
+    MDB_val k = val(rk, sizeof rk), v = val(vb, sizeof vb);
+    return annal__index_err(mdb_put(t, idx->revs, &k, &v, 0));
+}
+
+annal_err annal__index_rev_block(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                                 uint64_t rev, annal__block *b) {
     uint8_t rk[ANNAL__REV_KEY];
     annal__rev_key(rk, stream_id, rev);
     MDB_val k = val(rk, sizeof rk), v;
-    int rc = mdb_get(t, idx->revs, &k, &v);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t, idx->revs, &c);
     if (rc) return annal__index_err(rc);
-    if (v.mv_size != 16) return ANNAL_ECORRUPT;
-    *pos = annal__get64(v.mv_data);
-    *loc = annal__get64((const uint8_t *)v.mv_data + 8);
+    /* the entry at or below (stream, rev) */
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (rc == MDB_NOTFOUND)
+        rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    else if (rc == 0 && (k.mv_size != sizeof rk || memcmp(k.mv_data, rk, sizeof rk) != 0))
+        rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+    annal_err e = annal__index_err(rc);
+    if (rc == 0 && k.mv_size != ANNAL__REV_KEY) e = ANNAL_ECORRUPT;
+    if (e == ANNAL_OK) e = annal__block_decode(v.mv_data, v.mv_size, b);
+    mdb_cursor_close(c);
+    if (e != ANNAL_OK) return e;
+    b->first_rev = annal__get64be((const uint8_t *)k.mv_data + 8);
+    if (annal__get64be(k.mv_data) != stream_id || rev - b->first_rev >= 64 ||
+        !(b->mask >> (rev - b->first_rev) & 1))
+        return ANNAL_ENOTFOUND;
     return ANNAL_OK;
+}
+
+annal_err annal__index_pos_put(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t loc) {
+    MDB_val k = val(&pos, 8), v = val(&loc, 8);
+    int rc = mdb_put(t, idx->pos, &k, &v, MDB_APPEND);
+    return annal__index_err(rc == MDB_KEYEXIST ? MDB_CORRUPTED : rc);
 }
 
 size_t annal__category_len(const char *name, size_t len) {
     const char *dash = memchr(name, '-', len);
     return dash ? (size_t)(dash - name) : len;
-}
-
-annal_err annal__index_tag_put(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
-                               uint64_t loc) {
-    uint8_t b[ANNAL__TAG_VAL];
-    annal__put64be(b, pos);
-    annal__put64(b + 8, loc);
-    MDB_val k = val(name, len), v = val(b, sizeof b);
-    /* New events have the highest position: appending skips the search of the
-     * duplicates (a third of a batched append's time without it). Compaction moves
-     * entries in the middle, which takes the plain put. */
-    int rc = mdb_put(t, dbi, &k, &v, MDB_APPENDDUP);
-    if (rc == MDB_KEYEXIST) rc = mdb_put(t, dbi, &k, &v, 0);
-    return annal__index_err(rc);
 }
 
 annal_err annal__index_tag_put_many(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
@@ -385,29 +387,61 @@ annal_err annal__index_tag_put_many(MDB_txn *t, MDB_dbi dbi, const char *name, s
     MDB_cursor *c;
     int rc = mdb_cursor_open(t, dbi, &c);
     if (rc) return annal__index_err(rc);
-    MDB_val k = val(name, len), d[2] = {{ANNAL__TAG_VAL, (void *)vals}, {n, NULL}};
+    /* New events have the highest positions: appending skips the search of the
+     * duplicates. */
+    MDB_val k = val(name, len), d[2] = {{ANNAL__BLOCK_VAL, (void *)vals}, {n, NULL}};
     rc = mdb_cursor_put(c, &k, d, MDB_MULTIPLE | MDB_APPENDDUP);
     mdb_cursor_close(c);
-    /* Not all above the existing entries: one by one (a repeated pair is a no-op). */
+    /* Not all above the existing entries: one by one (a repeated block is a no-op). */
     for (size_t i = 0; rc == MDB_KEYEXIST && i < n; i++) {
-        MDB_val v = val(vals + i * ANNAL__TAG_VAL, ANNAL__TAG_VAL);
+        MDB_val v = val(vals + i * ANNAL__BLOCK_VAL, ANNAL__BLOCK_VAL);
         rc = mdb_put(t, dbi, &k, &v, 0);
         if (rc == 0 && i + 1 < n) rc = MDB_KEYEXIST;
     }
     return annal__index_err(rc);
 }
 
-annal_err annal__index_tag_has(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
-                               uint64_t loc) {
-    uint8_t b[ANNAL__TAG_VAL];
-    annal__put64be(b, pos);
-    annal__put64(b + 8, loc);
-    MDB_val k = val(name, len), v = val(b, sizeof b);
+int annal__index_tag_seek(MDB_cursor *c, const char *name, size_t len, uint64_t pos, MDB_val *v) {
+    uint8_t want[ANNAL__BLOCK_VAL] = {0};
+    annal__put64be(want, pos);
+    MDB_val k = val(name, len);
+    *v = val(want, sizeof want);
+    int rc = mdb_cursor_get(c, &k, v, MDB_GET_BOTH_RANGE); /* first block at or after pos */
+    if (rc == MDB_NOTFOUND) {                              /* all below pos, or no such name */
+        k = val(name, len);
+        rc = mdb_cursor_get(c, &k, v, MDB_SET_KEY);
+        if (rc == 0) rc = mdb_cursor_get(c, &k, v, MDB_LAST_DUP);
+    } else if (rc == 0 && (v->mv_size != ANNAL__BLOCK_VAL || annal__get64be(v->mv_data) != pos)) {
+        rc = mdb_cursor_get(c, &k, v, MDB_PREV_DUP);
+        if (rc == MDB_NOTFOUND) rc = mdb_cursor_get(c, &k, v, MDB_FIRST_DUP); /* none below */
+    }
+    return rc;
+}
+
+annal_err annal__index_tag_block(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
+                                 uint64_t pos, annal__block *b) {
     MDB_cursor *c;
+    MDB_val v;
     int rc = mdb_cursor_open(t, dbi, &c);
     if (rc) return annal__index_err(rc);
-    rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH);
+    rc = annal__index_tag_seek(c, name, len, pos, &v);
+    annal_err e = rc ? annal__index_err(rc) : annal__block_decode(v.mv_data, v.mv_size, b);
     mdb_cursor_close(c);
+    if (e == ANNAL_OK && !annal__block_has(b, pos)) e = ANNAL_ENOTFOUND;
+    return e;
+}
+
+annal_err annal__index_tag_replace(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
+                                   const annal__block *old, const annal__block *nb) {
+    uint8_t ob[ANNAL__BLOCK_VAL], vb[ANNAL__BLOCK_VAL];
+    annal__block_encode(old, ob);
+    MDB_val k = val(name, len), v = val(ob, sizeof ob);
+    int rc = mdb_del(t, dbi, &k, &v);
+    if (rc == 0 && nb->mask) {
+        annal__block_encode(nb, vb);
+        v = val(vb, sizeof vb);
+        rc = mdb_put(t, dbi, &k, &v, 0);
+    }
     return annal__index_err(rc);
 }
 

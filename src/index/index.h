@@ -1,6 +1,6 @@
 /* The indexes over the log, kept in LMDB: stream name -> stream record, (stream, revision)
- * -> position and location, every ANNAL__POS_STRIDE-th position -> location, category and
- * type -> positions. (Event id -> position is the LSM in index/ids.h.) All of it is derived from
+ * -> block of up to 64 events, every ANNAL__POS_STRIDE-th position -> location, category
+ * and type -> blocks. (Event id -> position is the LSM in index/ids.h.) All of it is derived from
  * the log and can be rebuilt from it. */
 #ifndef ANNAL_INDEX_H
 #define ANNAL_INDEX_H
@@ -36,8 +36,8 @@ typedef struct annal__index_head {
 } annal__index_head;
 
 #define ANNAL__INDEX_VERSION                                                                       \
-    3 /* layout of the tables; another version is rebuilt                                          \
-       * (3: event ids moved from LMDB to index/ids.h) */
+    4 /* layout of the tables; another version is rebuilt (3: event ids moved from LMDB            \
+       * to index/ids.h; 4: revision, category and type entries per block of 64 events) */
 
 #define ANNAL__UNSET        UINT64_MAX
 #define ANNAL__SR_DELETED   0x1u /* soft-deleted: reads as not found until appended to */
@@ -96,30 +96,62 @@ annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const cha
                                   annal__stream_rec *rec);
 annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
                                   const annal__stream_rec *rec);
-/* Index one event's revision and (every ANNAL__POS_STRIDE-th) position entry. Its id
- * goes to the id index (index/ids.h), which is not in LMDB. */
-annal_err annal__index_event_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
-                                 uint64_t rev, uint64_t pos, uint64_t loc);
-/* The same through revs, a cursor on idx->revs in t (may be NULL): a stream's next
- * revisions usually go on the page it stands on, which LMDB then need not search for. */
-annal_err annal__index_event_put_c(MDB_cursor *revs, MDB_txn *t, const annal__index *idx,
-                                   uint64_t stream_id, uint64_t rev, uint64_t pos, uint64_t loc);
-annal_err annal__index_rev_get(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
-                               uint64_t rev, uint64_t *pos, uint64_t *loc);
+/* Blocks. Revision, category and type entries each describe a *block*: the positions
+ * [first_pos, first_pos + 64) of one batch that belong to one stream (revs, cats) or have
+ * one event type (types), as a mask (bit i: first_pos + i) and the location of the
+ * record at the lowest set bit. The other members are found by walking the log from
+ * there (a batch's records are consecutive in one segment). One entry per up to 64 events
+ * keeps LMDB out of the per-event cost of an append; compaction clears the bits of the
+ * events it erases and moves loc to the first survivor. */
+#define ANNAL__BLOCK     64u
+#define ANNAL__BLOCK_VAL 24u /* encoded: first position (u64 big-endian), location, mask */
+
+typedef struct annal__block {
+    uint64_t first_pos; /* position of bit 0 */
+    uint64_t loc;       /* location of the record at annal__block_first() */
+    uint64_t mask;      /* members; never 0 in the index */
+    uint64_t first_rev; /* revs only: revision of bit 0 (the key) */
+} annal__block;
+
+static inline uint64_t annal__block_first(const annal__block *b) {
+    return b->first_pos + (uint64_t)__builtin_ctzll(b->mask);
+}
+/* One past the highest member's position. */
+static inline uint64_t annal__block_end(const annal__block *b) {
+    return b->first_pos + 64u - (uint64_t)__builtin_clzll(b->mask);
+}
+static inline int annal__block_has(const annal__block *b, uint64_t pos) {
+    return pos >= b->first_pos && pos - b->first_pos < 64 && (b->mask >> (pos - b->first_pos) & 1);
+}
+void annal__block_encode(const annal__block *b, uint8_t out[ANNAL__BLOCK_VAL]);
+annal_err annal__block_decode(const void *p, size_t len, annal__block *b);
+
+/* Put the revision block b (key: stream id, b->first_rev), replacing an entry with the
+ * same key. */
+annal_err annal__index_rev_put(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                               const annal__block *b);
+/* The block holding revision rev of the stream: ANNAL_OK only if rev is a member; its
+ * position is b->first_pos + rev - b->first_rev. */
+annal_err annal__index_rev_block(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                                 uint64_t rev, annal__block *b);
+/* Position-table entry (pos a multiple of ANNAL__POS_STRIDE, above every other). */
+annal_err annal__index_pos_put(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t loc);
 /* Category of a stream name: the bytes before the first '-' (all of it without one). */
 size_t annal__category_len(const char *name, size_t len);
-/* Add (position, location) under name in a category or type table (idx->cats or idx->types). */
-annal_err annal__index_tag_put(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
-                               uint64_t loc);
-/* Add n entries (vals: n values of ANNAL__TAG_VAL bytes in position order) under name with
- * one call: for new events, whose positions are above every entry. */
+/* Add n blocks (vals: n encoded blocks in position order) under name in a category or
+ * type table (idx->cats or idx->types), with one call when they are above every entry. */
 annal_err annal__index_tag_put_many(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
                                     const uint8_t *vals, size_t n);
-/* ANNAL_OK if exactly that entry is present, else ANNAL_ENOTFOUND (or an LMDB error). */
-annal_err annal__index_tag_has(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
-                               uint64_t loc);
-/* Tag entries: value = position big-endian (so duplicates sort by position), location. */
-#define ANNAL__TAG_VAL 16u
+/* Put c (on a category or type table) on the block under name that starts at or below
+ * pos, or else on its first block; v gets the value. 0, or MDB_NOTFOUND when name has
+ * no blocks (an LMDB code). */
+int annal__index_tag_seek(MDB_cursor *c, const char *name, size_t len, uint64_t pos, MDB_val *v);
+/* The block under name holding pos: ANNAL_OK only if pos is a member. */
+annal_err annal__index_tag_block(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
+                                 uint64_t pos, annal__block *b);
+/* Replace the block starting at old->first_pos under name with nb (nb->mask 0: delete). */
+annal_err annal__index_tag_replace(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
+                                   const annal__block *old, const annal__block *nb);
 
 /* Generation of segment no that the index's locations point into (0 if never compacted). */
 annal_err annal__index_gen_get(MDB_txn *t, const annal__index *idx, uint64_t no, uint32_t *gen);
@@ -137,8 +169,8 @@ annal_err annal__index_compacting_put(MDB_txn *t, const annal__index *idx, uint6
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,
                                  uint64_t *loc);
 
-/* Revision entries: key = stream id and revision, both big-endian so that one stream's
- * entries are contiguous and ordered; value = position and location (little-endian). */
+/* Revision entries: key = stream id and the block's first revision, both big-endian so
+ * that one stream's entries are contiguous and ordered; value = the encoded block. */
 #define ANNAL__REV_KEY 16u
 void annal__rev_key(uint8_t out[ANNAL__REV_KEY], uint64_t stream_id, uint64_t rev);
 

@@ -214,6 +214,9 @@ annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir,
     log->io = io;
     log->readonly = readonly;
     pthread_mutex_init(&log->mu, NULL);
+    pthread_mutex_init(&log->grow_mu, NULL);
+    pthread_mutex_init(&log->gmu, NULL);
+    pthread_cond_init(&log->gcv, NULL);
     size_t n = strlen(dir) + 5;
     log->dir = malloc(n);
     if (!log->dir) return ANNAL_ENOMEM;
@@ -272,10 +275,14 @@ done:
 }
 
 void annal__log_close(annal__log *log) {
+    annal__log_stop_grower(log);
     for (size_t i = 0; i < log->nsegs; i++) seg_free(log, log->segs[i]);
     free(log->segs);
     free(log->dir);
     pthread_mutex_destroy(&log->mu);
+    pthread_mutex_destroy(&log->grow_mu);
+    pthread_mutex_destroy(&log->gmu);
+    pthread_cond_destroy(&log->gcv);
     memset(log, 0, sizeof *log);
 }
 
@@ -332,9 +339,11 @@ annal__seg *annal__log_seg_at(annal__log *log, uint64_t loc) {
         uint32_t newer = cur->gen + ((g8 - cur->gen) & 0xffu); /* the only candidate */
         pthread_mutex_unlock(&log->mu);
         if (s || attempt) return s;
-        /* Compacted by the writer since: its new file (or, for a moment, its tmp name). */
+        /* Compacted by the writer since: its new file (or, for a moment, its tmp name;
+         * renamed between the two tries, it is under the new name again). */
         if (annal__log_install(log, no, newer, 0) != ANNAL_OK &&
-            annal__log_install(log, no, newer, 1) != ANNAL_OK)
+            annal__log_install(log, no, newer, 1) != ANNAL_OK &&
+            annal__log_install(log, no, newer, 0) != ANNAL_OK)
             return NULL;
     }
     return NULL;
@@ -394,17 +403,77 @@ int annal__log_add(annal__log *log, uint64_t no, uint64_t first_pos, uint64_t ca
     return 0;
 }
 
-int annal__seg_reserve(annal__log *log, annal__seg *seg, uint64_t end) {
+/* Extend seg to at least end, by step bytes or more. */
+static int seg_extend(annal__log *log, annal__seg *seg, uint64_t end, uint64_t step) {
+    if (end <= __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE)) return 0;
+    pthread_mutex_lock(&log->grow_mu); /* the writer and the grower */
     uint64_t size = __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE);
-    if (end <= size) return 0;
-    uint64_t want = size + GROW_CHUNK;
+    uint64_t want = size + step;
     if (want < end) want = end;
     if (want > seg->cap) want = seg->cap;
-    if (end > want) return -EFBIG;
-    int r = prealloc(log->io, seg->fd, size, want);
-    if (r < 0) return r;
-    __atomic_store_n(&seg->size, want, __ATOMIC_RELEASE);
+    int r = end <= size ? 0 : end > want ? -EFBIG : prealloc(log->io, seg->fd, size, want);
+    if (r == 0 && want > size && end > size) __atomic_store_n(&seg->size, want, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&log->grow_mu);
+    return r;
+}
+
+int annal__seg_reserve(annal__log *log, annal__seg *seg, uint64_t end) {
+    return seg_extend(log, seg, end, GROW_CHUNK);
+}
+
+#define GROW_STEP  (1u << 20)  /* the grower extends by this much at a time */
+#define GROW_AHEAD (16u << 20) /* and keeps this far ahead of the writer */
+
+static void *grower_main(void *arg) {
+    annal__log *log = arg;
+    pthread_mutex_lock(&log->gmu);
+    while (!log->grow_stop) {
+        annal__seg *seg = log->grow_seg;
+        uint64_t to = log->grow_to;
+        if (!seg || to <= __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE)) {
+            pthread_cond_wait(&log->gcv, &log->gmu);
+            continue;
+        }
+        pthread_mutex_unlock(&log->gmu);
+        /* Small steps, each flushed, so an append's fdatasync (the same file) never
+         * waits behind many megabytes of zeros. */
+        uint64_t size = __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE);
+        int r = seg_extend(log, seg, size + 1, GROW_STEP);
+        pthread_mutex_lock(&log->gmu);
+        if (r < 0 && log->grow_seg == seg) log->grow_seg = NULL; /* the writer will see it */
+    }
+    pthread_mutex_unlock(&log->gmu);
+    return NULL;
+}
+
+int annal__log_start_grower(annal__log *log) {
+    if (log->has_grower) return 0;
+    log->grow_stop = 0;
+    int r = pthread_create(&log->grower, NULL, grower_main, log);
+    if (r) return -r;
+    log->has_grower = 1;
     return 0;
+}
+
+void annal__log_grow_hint(annal__log *log, annal__seg *seg, uint64_t end) {
+    if (!log->has_grower) return;
+    end = end + GROW_AHEAD < seg->cap ? end + GROW_AHEAD : seg->cap;
+    if (end <= __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE)) return;
+    pthread_mutex_lock(&log->gmu);
+    log->grow_seg = seg;
+    log->grow_to = end;
+    pthread_cond_signal(&log->gcv);
+    pthread_mutex_unlock(&log->gmu);
+}
+
+void annal__log_stop_grower(annal__log *log) {
+    if (!log->has_grower) return;
+    pthread_mutex_lock(&log->gmu);
+    log->grow_stop = 1;
+    pthread_cond_signal(&log->gcv);
+    pthread_mutex_unlock(&log->gmu);
+    pthread_join(log->grower, NULL);
+    log->has_grower = 0;
 }
 
 annal_err annal__seg_readable(annal__log *log, annal__seg *seg, uint64_t end) {

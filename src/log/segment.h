@@ -31,6 +31,15 @@ typedef struct annal__log {
     annal__seg **segs;  /* segs[i] has number base + i */
     uint64_t base;
     size_t nsegs, capsegs;
+    /* Preallocation ahead of the writer (annal__log_start_grower). grow_mu serializes
+     * every extension of a segment; gmu/gcv carry the writer's hints to the thread. */
+    pthread_mutex_t grow_mu;
+    pthread_mutex_t gmu;
+    pthread_cond_t gcv;
+    pthread_t grower;
+    int has_grower, grow_stop;
+    annal__seg *grow_seg; /* extend this segment ... */
+    uint64_t grow_to;     /* ... to at least this many bytes */
 } annal__log;
 
 /* A location in the log: generation (low 8 bits) << 56 | segment number << 32 | byte
@@ -94,6 +103,14 @@ int annal__log_add(annal__log *log, uint64_t no, uint64_t first_pos, uint64_t ca
  * -errno (ENOSPC) leaves the log unchanged. */
 int annal__seg_reserve(annal__log *log, annal__seg *seg, uint64_t end);
 
+/* A writer's thread that extends the segment being written ahead of the appends, so
+ * that no append waits for preallocation (annal__seg_reserve then finds the bytes
+ * there). Best effort: a failure (a full disk) is left for annal__seg_reserve to meet
+ * and report. 0 or -errno. */
+int annal__log_start_grower(annal__log *log);
+/* Ask the grower to have [0, end) of seg preallocated soon (cheap; no-op without one). */
+void annal__log_grow_hint(annal__log *log, annal__seg *seg, uint64_t end);
+void annal__log_stop_grower(annal__log *log);
 /* Make seg readable up to end: refreshes the known size from the file when needed.
  * ANNAL_ECORRUPT if the file is shorter. */
 annal_err annal__seg_readable(annal__log *log, annal__seg *seg, uint64_t end);

@@ -56,17 +56,39 @@ static int flush(annal_db *db, group *g) {
     if (r < 0) return r;
     db->woff += g->bl;
     g->bl = 0;
+    annal__log_grow_hint(&db->log, db->wseg, db->woff);
     return 0;
 }
 
-/* Decode the record at loc, which may still be in this group's unwritten buffer. */
-static annal_err read_any(annal_db *db, group *g, uint64_t loc, annal_event *ev) {
+/* Decode the record at loc, which may still be in this group's unwritten buffer; *len
+ * (may be NULL) gets its length. */
+static annal_err read_any(annal_db *db, group *g, uint64_t loc, annal_event *ev, uint32_t *len) {
     annal__rec_info info;
     uint64_t off = ANNAL__LOC_OFF(loc);
+    annal_err rc;
     if (ANNAL__LOC_SEG(loc) == db->wseg->no && off >= db->woff && off < db->woff + g->bl)
-        return annal__rec_decode(db->buf + (off - db->woff), (size_t)(db->woff + g->bl - off), ev,
-                                 &info);
-    return annal__log_read_at(&db->log, loc, UINT64_MAX, ev, &info);
+        rc = annal__rec_decode(db->buf + (off - db->woff), (size_t)(db->woff + g->bl - off), ev,
+                               &info);
+    else
+        rc = annal__log_read_at(&db->log, loc, UINT64_MAX, ev, &info);
+    if (len) *len = rc == ANNAL_OK ? info.len : 0;
+    return rc;
+}
+
+/* The event at revision rev of stream sid: its block, then the batch's records from the
+ * block's first member on (the newest may still be in this group's buffer). */
+static annal_err read_rev(annal_db *db, group *g, MDB_txn *t, uint64_t sid, uint64_t rev,
+                          annal_event *ev) {
+    annal__block b;
+    annal_err rc = annal__index_rev_block(t, &db->idx, sid, rev, &b);
+    if (rc != ANNAL_OK) return rc;
+    uint64_t pos = b.first_pos + (rev - b.first_rev), loc = b.loc;
+    for (uint32_t len = 0; rc == ANNAL_OK; loc += len) {
+        rc = read_any(db, g, loc, ev, &len);
+        if (rc == ANNAL_OK && ev->position >= pos)
+            return ev->position == pos ? ANNAL_OK : ANNAL_ECORRUPT;
+    }
+    return rc;
 }
 
 /* Is req a resend of events already stored? ANNAL_ENOTFOUND: no, go on. */
@@ -78,7 +100,8 @@ static annal_err check_idempotent(annal_db *db, group *g, MDB_txn *t, annal__req
     annal_err rc = annal__id_live(db, t, id0, &pos0, &loc0);
     if (rc != ANNAL_OK) return rc;
     annal_event ev;
-    rc = read_any(db, g, loc0, &ev);
+    uint32_t len;
+    rc = read_any(db, g, loc0, &ev, &len);
     if (rc != ANNAL_OK) {
         snprintf(req->msg, sizeof req->msg, "cannot read the event at position %" PRIu64, pos0);
         return rc;
@@ -91,11 +114,12 @@ static annal_err check_idempotent(annal_db *db, group *g, MDB_txn *t, annal__req
                    (req->expected == ANNAL_EXPECT_STREAM_EXISTS && r0 > 0) ||
                    (req->expected >= 0 && r0 == (uint64_t)req->expected + 1);
     int all = same_stream && place_ok && r0 + req->n <= sr->count;
+    /* The original append's events follow the first in the log (a hole, where
+     * compaction erased some, makes it not the same append). */
     for (size_t i = 1; all && i < req->n; i++) {
-        uint64_t p, l;
-        all = annal__index_rev_get(t, &db->idx, sr->id, r0 + i, &p, &l) == ANNAL_OK &&
-              read_any(db, g, l, &ev) == ANNAL_OK &&
-              memcmp(ev.id.bytes, req->ev[i].id.bytes, 16) == 0;
+        loc0 += len;
+        all = read_any(db, g, loc0, &ev, &len) == ANNAL_OK && ev.position == pos0 + i &&
+              ev.revision == r0 + i && memcmp(ev.id.bytes, req->ev[i].id.bytes, 16) == 0;
     }
     if (!all) {
         char ids[37];
@@ -156,10 +180,8 @@ static annal_err soft_delete_data(annal_db *db, group *g, MDB_txn *t, annal__req
     annal_event prev;
     const void *pd = NULL;
     size_t pl = 0;
-    uint64_t p, l;
     if (msr && msr->count > 0) {
-        rc = annal__index_rev_get(t, &db->idx, msr->id, msr->count - 1, &p, &l);
-        if (rc == ANNAL_OK) rc = read_any(db, g, l, &prev);
+        rc = read_rev(db, g, t, msr->id, msr->count - 1, &prev);
         if (rc != ANNAL_OK) return rc;
         pd = prev.data;
         pl = prev.data_len;
@@ -239,8 +261,6 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         h.streams++;
     }
     uint64_t bl = g->bl;
-    MDB_cursor *rcur = NULL;
-    if (req->n > 1 && mdb_cursor_open(t, db->idx.revs, &rcur) != 0) rcur = NULL;
     for (size_t i = 0; i < req->n && req->n > 1; i++) /* one random memory access each */
         annal__ids_prefetch(db->ids, &req->ev[i].id);
     for (size_t i = 0; i < req->n; i++) {
@@ -261,18 +281,16 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
             snprintf(req->msg, sizeof req->msg, "event id %s is already stored%s", ids,
                      dp >= db->head.next_pos ? " (repeated within the append)" : "");
         }
-        if (rc == ANNAL_OK)
-            rc = annal__index_event_put_c(rcur, t, &db->idx, sr.id, ev.revision, ev.position, loc);
+        if (rc == ANNAL_OK && ev.position % ANNAL__POS_STRIDE == 0)
+            rc = annal__index_pos_put(t, &db->idx, ev.position, loc);
         if (rc == ANNAL_OK)
             rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev, loc, &db->tags);
         if (rc != ANNAL_OK) {
-            if (rcur) mdb_cursor_close(rcur);
             db->tags.n = 0;
             return rc;
         }
     }
-    if (rcur) mdb_cursor_close(rcur);
-    rc = annal__tags_put(&db->tags, &db->idx, t, req->stream, req->stream_len);
+    rc = annal__tags_put(&db->tags, &db->idx, t, req->stream, req->stream_len, sr.id, sr.count);
     if (rc != ANNAL_OK) return rc;
     sr.count += req->n;
     sr.last_pos = h.next_pos + req->n - 1;

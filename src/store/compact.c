@@ -222,65 +222,69 @@ static annal_err mdb_fail(annal_db *db, int mrc) {
     return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
 }
 
-/* Delete the (pos, loc) duplicate under name in a tag table. */
-static int tag_del(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
-                   uint64_t loc) {
-    uint8_t b[ANNAL__TAG_VAL];
-    annal__put64be(b, pos);
-    annal__put64(b + 8, loc);
-    MDB_val k = {len, (void *)name}, v = {sizeof b, b};
-    return mdb_del(t, dbi, &k, &v);
+/* Block b after this compaction: members that survive (pl->ev[i] is its first member),
+ * loc moved to the first of them; mask 0 if none does. */
+static annal__block survivors(const plan *pl, size_t i, const annal__block *b) {
+    annal__block nb = *b;
+    nb.mask = 0;
+    uint64_t end = annal__block_end(b);
+    for (size_t j = i; j < pl->n && pl->ev[j].pos < end; j++) {
+        uint64_t bit = pl->ev[j].pos - b->first_pos;
+        if (!(b->mask >> bit & 1) || !pl->ev[j].newloc) continue;
+        if (!nb.mask) nb.loc = pl->ev[j].newloc;
+        nb.mask |= 1ull << bit;
+    }
+    return nb;
 }
 
-/* Move or drop the index entries of pl->ev[from, to). */
+/* Move or drop the index entries of pl->ev[from, to). A block's entry changes once, when
+ * its first member (the event its location names) comes by. */
 static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
     MDB_txn *t;
     int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
     if (mrc) return mdb_fail(db, mrc);
     annal__index *idx = &db->idx;
-    for (size_t i = from; i < to && !mrc; i++) {
+    annal_err rc = ANNAL_OK;
+    for (size_t i = from; i < to && rc == ANNAL_OK; i++) {
         plan_ev *pe = &pl->ev[i];
         annal_event ev;
         annal__rec_info info;
         if (annal__log_read_at(&db->log, pe->oldloc, pe->pos, &ev, &info) != ANNAL_OK) {
-            mrc = MDB_CORRUPTED;
+            rc = ANNAL_ECORRUPT;
             break;
         }
-        uint8_t rk[ANNAL__REV_KEY], vb[16];
-        annal__rev_key(rk, pe->sid, ev.revision);
-        MDB_val k = {sizeof rk, rk}, v = {16, vb};
-        size_t cl = annal__category_len(ev.stream, ev.stream_len);
-        int r1 = tag_del(t, idx->cats, ev.stream, cl, pe->pos, pe->oldloc);
-        int r2 = tag_del(t, idx->types, ev.type, ev.type_len, pe->pos, pe->oldloc);
-        if ((r1 && r1 != MDB_NOTFOUND) || (r2 && r2 != MDB_NOTFOUND)) {
-            mrc = r1 ? r1 : r2;
-            break;
+        annal__block b, nb;
+        rc = annal__index_rev_block(t, idx, pe->sid, ev.revision, &b);
+        if (rc == ANNAL_OK && b.loc == pe->oldloc) {
+            nb = survivors(pl, i, &b);
+            if (nb.mask) {
+                rc = annal__index_rev_put(t, idx, pe->sid, &nb);
+            } else { /* the id index keeps the ids: their lookups find the positions erased */
+                uint8_t rk[ANNAL__REV_KEY];
+                annal__rev_key(rk, pe->sid, b.first_rev);
+                MDB_val k = {sizeof rk, rk};
+                rc = annal__index_err(mdb_del(t, idx->revs, &k, NULL));
+            }
         }
-        MDB_val pk = {8, &pe->pos};
-        if (!pe->newloc) {
-            /* The id index keeps the id: its lookups find the position erased. */
-            int a = mdb_del(t, idx->revs, &k, NULL);
-            int c = pe->pos % ANNAL__POS_STRIDE == 0 ? mdb_del(t, idx->pos, &pk, NULL) : 0;
-            mrc = a && a != MDB_NOTFOUND ? a : c == MDB_NOTFOUND ? 0 : c;
-            continue;
+        const char *names[2] = {ev.stream, ev.type};
+        size_t lens[2] = {annal__category_len(ev.stream, ev.stream_len), ev.type_len};
+        MDB_dbi dbis[2] = {idx->cats, idx->types};
+        for (int j = 0; j < 2 && (rc == ANNAL_OK || rc == ANNAL_ENOTFOUND); j++) {
+            rc = annal__index_tag_block(t, dbis[j], names[j], lens[j], pe->pos, &b);
+            if (rc == ANNAL_OK && b.loc == pe->oldloc) {
+                nb = survivors(pl, i, &b);
+                rc = annal__index_tag_replace(t, dbis[j], names[j], lens[j], &b, &nb);
+            }
         }
-        annal__put64(vb, pe->pos);
-        annal__put64(vb + 8, pe->newloc);
-        mrc = mdb_put(t, idx->revs, &k, &v, 0);
-        if (!mrc && pe->pos % ANNAL__POS_STRIDE == 0) {
-            MDB_val lv = {8, &pe->newloc};
-            mrc = mdb_put(t, idx->pos, &pk, &lv, 0);
-        }
-        if (!mrc)
-            mrc = annal__index_tag_put(t, idx->cats, ev.stream, cl, pe->pos, pe->newloc) ? EIO : 0;
-        if (!mrc)
-            mrc = annal__index_tag_put(t, idx->types, ev.type, ev.type_len, pe->pos, pe->newloc)
-                      ? EIO
-                      : 0;
+        if (rc == ANNAL_ENOTFOUND) rc = ANNAL_OK; /* (a missing entry stays missing) */
+        if (rc != ANNAL_OK || pe->pos % ANNAL__POS_STRIDE != 0) continue;
+        MDB_val pk = {8, &pe->pos}, lv = {8, &pe->newloc};
+        int r = pe->newloc ? mdb_put(t, idx->pos, &pk, &lv, 0) : mdb_del(t, idx->pos, &pk, NULL);
+        rc = r == MDB_NOTFOUND ? ANNAL_OK : annal__index_err(r);
     }
-    if (mrc) {
+    if (rc != ANNAL_OK) {
         mdb_txn_abort(t);
-        return mdb_fail(db, mrc);
+        return annal__fail(db, rc, "index: cannot move the entries of compacted events");
     }
     mrc = mdb_txn_commit(t);
     return mrc ? mdb_fail(db, mrc) : ANNAL_OK;

@@ -52,14 +52,17 @@ typedef struct annal__errslot {
     struct annal__errslot *next;
 } annal__errslot;
 
-/* Category and type entries of one stream's consecutive new events, gathered so that
- * each name gets one LMDB call (a third of a batched append's index time otherwise).
- * Owned by its user, reused; type names must stay valid until annal__tags_put. */
+/* The events of one batch (consecutive positions of one stream), gathered so that
+ * their revision, category and type blocks (index.h) are put once per 64 events and
+ * each name gets one LMDB call. Owned by its user, reused; type names must stay valid
+ * until annal__tags_put. */
 typedef struct annal__tags {
     size_t n, cap;
-    uint8_t *val;      /* 2 * cap values: entries, then room to gather one type's */
-    const char **type; /* per entry */
+    uint64_t *loc;     /* per event */
+    const char **type; /* per event */
     size_t *tlen;
+    uint8_t *out; /* cap encoded blocks: one name's, being gathered */
+    uint64_t first_pos;
 } annal__tags;
 struct annal_db {
     char *dir;
@@ -129,9 +132,10 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
 
 annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_t pos,
                           uint64_t loc);
-/* Put the gathered entries (of events of stream) into t and empty a. */
+/* Put the blocks of the gathered events (of stream, whose id is sid, the first at
+ * revision first_rev) into t and empty a. */
 annal_err annal__tags_put(annal__tags *a, annal__index *idx, MDB_txn *t, const char *stream,
-                          size_t slen);
+                          size_t slen, uint64_t sid, uint64_t first_rev);
 void annal__tags_free(annal__tags *a);
 /* Index what an event implies beyond its own entries (store/meta.c): its category and
  * type entries (into acc, for annal__tags_put), re-creation of a soft-deleted stream, a
@@ -149,6 +153,11 @@ uint64_t annal__first_visible(const annal__stream_rec *sr);
 /* Is the event at rev committed at ts visible now (now_ns) under sr's metadata? */
 int annal__event_visible(const annal__stream_rec *sr, uint64_t rev, int64_t ts, int64_t now_ns);
 
+/* The members of block b that are still in the log, in position order, with their
+ * locations (at most ANNAL__BLOCK). ANNAL_ENOTFOUND: b.loc names a segment generation
+ * that compaction has deleted (fetch b again); ANNAL_ECORRUPT: the log does not match. */
+annal_err annal__block_members(annal_db *db, const annal__block *b, uint64_t *pos, uint64_t *loc,
+                               size_t *n);
 /* Location of the event at pos, found from the position table through t;
  * ANNAL_ENOTFOUND if compaction erased it (or it is not in the log). */
 annal_err annal__locate(annal_db *db, MDB_txn *t, uint64_t pos, uint64_t *loc);

@@ -71,18 +71,20 @@ annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_
                           uint64_t loc) {
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 64;
-        uint8_t *v = realloc(a->val, cap * 2 * ANNAL__TAG_VAL);
-        if (v) a->val = v;
-        const char **ty = v ? realloc(a->type, cap * sizeof *ty) : NULL;
+        uint64_t *l = realloc(a->loc, cap * sizeof *l);
+        if (l) a->loc = l;
+        const char **ty = l ? realloc(a->type, cap * sizeof *ty) : NULL;
         if (ty) a->type = ty;
         size_t *tl = ty ? realloc(a->tlen, cap * sizeof *tl) : NULL;
-        if (!tl) return ANNAL_ENOMEM;
-        a->tlen = tl;
+        if (tl) a->tlen = tl;
+        uint8_t *o = tl ? realloc(a->out, cap * ANNAL__BLOCK_VAL) : NULL;
+        if (!o) return ANNAL_ENOMEM;
+        a->out = o;
         a->cap = cap;
     }
-    uint8_t *v = a->val + a->n * ANNAL__TAG_VAL;
-    annal__put64be(v, pos);
-    annal__put64(v + 8, loc);
+    if (a->n == 0) a->first_pos = pos;
+    if (pos != a->first_pos + a->n) return ANNAL_ECORRUPT; /* a batch is consecutive */
+    a->loc[a->n] = loc;
     a->type[a->n] = type;
     a->tlen[a->n] = tlen;
     a->n++;
@@ -90,30 +92,49 @@ annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_
 }
 
 annal_err annal__tags_put(annal__tags *a, annal__index *idx, MDB_txn *t, const char *stream,
-                          size_t slen) {
-    size_t n = a->n;
+                          size_t slen, uint64_t sid, uint64_t first_rev) {
+    size_t n = a->n, nb = 0;
     a->n = 0;
-    annal_err rc = annal__index_tag_put_many(t, idx->cats, stream,
-                                             annal__category_len(stream, slen), a->val, n);
-    /* Types: one put per distinct type, its entries gathered (in position order) into
-     * the second half of val; type[i] = NULL marks an entry done. */
-    uint8_t *g = a->val + a->cap * ANNAL__TAG_VAL;
+    annal_err rc = ANNAL_OK;
+    /* Revision and category blocks: every 64 events of the batch. */
+    for (size_t i = 0; i < n && rc == ANNAL_OK; i += ANNAL__BLOCK) {
+        size_t m = n - i < ANNAL__BLOCK ? n - i : ANNAL__BLOCK;
+        annal__block b = {a->first_pos + i, a->loc[i], m == 64 ? ~0ull : (1ull << m) - 1,
+                          first_rev + i};
+        rc = annal__index_rev_put(t, idx, sid, &b);
+        annal__block_encode(&b, a->out + nb++ * ANNAL__BLOCK_VAL);
+    }
+    if (rc == ANNAL_OK)
+        rc = annal__index_tag_put_many(t, idx->cats, stream, annal__category_len(stream, slen),
+                                       a->out, nb);
+    /* Type blocks: per distinct type, the same slices with only its events' bits;
+     * type[i] = NULL marks an event done. */
     for (size_t i = 0; i < n && rc == ANNAL_OK; i++) {
         if (!a->type[i]) continue;
         const char *ty = a->type[i];
-        size_t tl = a->tlen[i], k = 0;
-        for (size_t j = i; j < n; j++)
-            if (a->type[j] && a->tlen[j] == tl && memcmp(a->type[j], ty, tl) == 0) {
-                memcpy(g + k++ * ANNAL__TAG_VAL, a->val + j * ANNAL__TAG_VAL, ANNAL__TAG_VAL);
-                a->type[j] = NULL;
+        size_t tl = a->tlen[i];
+        annal__block b = {0};
+        nb = 0;
+        for (size_t j = i; j < n; j++) {
+            if (!a->type[j] || a->tlen[j] != tl || memcmp(a->type[j], ty, tl) != 0) continue;
+            uint64_t start = a->first_pos + j / ANNAL__BLOCK * ANNAL__BLOCK;
+            if (b.mask && b.first_pos != start) {
+                annal__block_encode(&b, a->out + nb++ * ANNAL__BLOCK_VAL);
+                b.mask = 0;
             }
-        rc = annal__index_tag_put_many(t, idx->types, ty, tl, g, k);
+            if (!b.mask) b.first_pos = start, b.loc = a->loc[j];
+            b.mask |= 1ull << (j % ANNAL__BLOCK);
+            a->type[j] = NULL;
+        }
+        annal__block_encode(&b, a->out + nb++ * ANNAL__BLOCK_VAL);
+        rc = annal__index_tag_put_many(t, idx->types, ty, tl, a->out, nb);
     }
     return rc;
 }
 
 void annal__tags_free(annal__tags *a) {
-    free(a->val);
+    free(a->loc);
+    free(a->out);
     free(a->type);
     free(a->tlen);
     memset(a, 0, sizeof *a);

@@ -76,6 +76,86 @@ static annal_err chunk_end(annal_iter *it, MDB_cursor *c, int mrc) {
     return ANNAL_OK;
 }
 
+/* Add the members of block b whose revision (streams: by_rev) or position lies in
+ * [lo, hi] to the chunk, in reading order. */
+static annal_err take_block(annal_iter *it, const annal__block *b, int by_rev, uint64_t lo,
+                            uint64_t hi) {
+    uint64_t pos[ANNAL__BLOCK], loc[ANNAL__BLOCK];
+    size_t m;
+    annal_err rc = annal__block_members(it->db, b, pos, loc, &m);
+    if (rc == ANNAL_ENOTFOUND) return STALE;
+    if (rc != ANNAL_OK)
+        return annal__fail(it->db, rc, "damaged log in the index block at position %" PRIu64,
+                           b->first_pos);
+    for (size_t j = 0; j < m; j++) {
+        size_t k = it->backward ? m - 1 - j : j;
+        uint64_t r = b->first_rev + (pos[k] - b->first_pos), key = by_rev ? r : pos[k];
+        if (key < lo || key > hi) continue;
+        it->pos[it->n] = pos[k];
+        it->loc[it->n] = loc[k];
+        it->rev[it->n++] = r;
+    }
+    return ANNAL_OK;
+}
+
+/* Fill the chunk from the blocks at the cursor on (mrc: the status of getting the
+ * first), in reading order, those in [lo, hi] only: until the name's last block, hi, or
+ * a full chunk. by_rev: c is on the revision table (a key holds stream and revision,
+ * and lo/hi are revisions), else on a category or type table (positions). */
+static annal_err walk_blocks(annal_iter *it, MDB_cursor *c, MDB_val *k, MDB_val *v, int mrc,
+                             int by_rev, uint64_t lo, uint64_t hi) {
+    MDB_cursor_op step = by_rev ? (it->backward ? MDB_PREV : MDB_NEXT)
+                                : (it->backward ? MDB_PREV_DUP : MDB_NEXT_DUP);
+    uint64_t *next = by_rev ? &it->next_rev : &it->next_pos;
+    annal_err rc = ANNAL_OK;
+    int more = 0;
+    it->n = it->i = 0;
+    while (!mrc) {
+        annal__block b;
+        int other = 0; /* the block is another stream's: below it (-1) or above (1) */
+        if (annal__block_decode(v->mv_data, v->mv_size, &b) ||
+            (by_rev && k->mv_size != ANNAL__REV_KEY)) {
+            mrc = MDB_CORRUPTED;
+            break;
+        }
+        b.first_rev = 0;
+        if (by_rev) {
+            uint64_t sid = annal__get64be(k->mv_data);
+            other = sid < it->stream_id ? -1 : sid > it->stream_id;
+            b.first_rev = annal__get64be((const uint8_t *)k->mv_data + 8);
+        }
+        uint64_t start = by_rev ? b.first_rev : b.first_pos;
+        uint64_t end = start + (annal__block_end(&b) - b.first_pos); /* past its last */
+        if (!it->backward && (other < 0 || (!other && end <= lo))) {
+            mrc = mdb_cursor_get(c, k, v, step); /* below the range */
+            continue;
+        }
+        if (other || start > hi || end <= lo) break; /* past it */
+        if (it->n + ANNAL__BLOCK > CHUNK) {
+            more = 1;
+            break;
+        }
+        rc = take_block(it, &b, by_rev, lo, hi);
+        if (rc != ANNAL_OK) break;
+        if (it->backward) {
+            if (start == 0) break;
+            *next = hi = start - 1;
+        } else {
+            *next = lo = end;
+        }
+        mrc = mdb_cursor_get(c, k, v, step);
+    }
+    if (rc != ANNAL_OK) {
+        mdb_cursor_close(c);
+        mdb_txn_reset(it->txn);
+        return rc;
+    }
+    rc = chunk_end(it, c, mrc);
+    if (rc == ANNAL_OK && !more) it->done = 1; /* after this chunk */
+    return rc;
+}
+
+/* The next chunk of a stream: its revision blocks from the one holding next_rev on. */
 static annal_err fetch_stream(annal_iter *it) {
     annal_db *db = it->db;
     annal_err rc = txn_renew(it);
@@ -85,42 +165,16 @@ static annal_err fetch_stream(annal_iter *it) {
     uint8_t key[ANNAL__REV_KEY];
     annal__rev_key(key, it->stream_id, it->next_rev);
     MDB_val k = {sizeof key, key}, v;
+    /* Start at the block at or below next_rev: it may hold next_rev. */
     if (!mrc) mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-    if (it->backward) { /* start at next_rev, or the entry just below it */
-        if (mrc == MDB_NOTFOUND)
-            mrc = mdb_cursor_get(c, &k, &v, MDB_LAST);
-        else if (!mrc && (k.mv_size != sizeof key || memcmp(k.mv_data, key, sizeof key) != 0))
-            mrc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+    if (mrc == MDB_NOTFOUND) {
+        mrc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    } else if (!mrc && (k.mv_size != sizeof key || memcmp(k.mv_data, key, sizeof key) != 0)) {
+        mrc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+        if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
     }
-    it->n = it->i = 0;
-    while (!mrc && it->n < CHUNK) {
-        if (k.mv_size != ANNAL__REV_KEY || v.mv_size != 16) {
-            mrc = MDB_CORRUPTED;
-            break;
-        }
-        if (annal__get64be(k.mv_data) != it->stream_id) break; /* past this stream */
-        uint64_t r = annal__get64be((const uint8_t *)k.mv_data + 8);
-        if (!it->backward && r > it->last_rev) break;
-        if (it->backward && r < it->first) break;
-        it->rev[it->n] = r;
-        it->pos[it->n] = annal__get64(v.mv_data);
-        it->loc[it->n] = annal__get64((const uint8_t *)v.mv_data + 8);
-        it->n++;
-        if (it->backward && r <= it->first) break;
-        mrc = mdb_cursor_get(c, &k, &v, it->backward ? MDB_PREV : MDB_NEXT);
-    }
-    annal_err end = chunk_end(it, c, mrc);
-    if (end != ANNAL_OK || it->n == 0) return end;
-    uint64_t lastr = it->rev[it->n - 1];
-    if (it->backward) {
-        if (lastr <= it->first)
-            it->done = 1; /* after this chunk */
-        else
-            it->next_rev = lastr - 1;
-    } else {
-        it->next_rev = lastr + 1;
-    }
-    return ANNAL_OK;
+    return walk_blocks(it, c, &k, &v, mrc, 1, it->backward ? it->first : it->next_rev,
+                       it->backward ? it->next_rev : it->last_rev);
 }
 
 /* Reverse entries [a, b) of the fetched positions and locations. */
@@ -183,52 +237,16 @@ static annal_err fetch_all_back(annal_iter *it) {
     return ANNAL_OK;
 }
 
-/* Category or type: the next chunk of (position, location) entries under it->stream. */
+/* Category or type: the next chunk of events under it->stream, from its blocks. */
 static annal_err fetch_tag(annal_iter *it) {
     annal_err rc = txn_renew(it);
     if (rc != ANNAL_OK) return rc;
     MDB_cursor *c = NULL;
-    uint8_t want[ANNAL__TAG_VAL] = {0};
-    annal__put64be(want, it->next_pos);
-    MDB_val k = {it->stream_len, it->stream}, v = {sizeof want, want};
+    MDB_val k, v;
     int mrc = mdb_cursor_open(it->txn, it->tag_dbi, &c);
-    if (!mrc) mrc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH_RANGE); /* first >= next_pos */
-    if (it->backward) {
-        if (mrc == MDB_NOTFOUND) { /* every entry is below next_pos, or none exists */
-            k = (MDB_val){it->stream_len, it->stream};
-            mrc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY);
-            if (!mrc) mrc = mdb_cursor_get(c, &k, &v, MDB_LAST_DUP);
-        } else if (!mrc && v.mv_size == ANNAL__TAG_VAL &&
-                   annal__get64be(v.mv_data) != it->next_pos) {
-            mrc = mdb_cursor_get(c, &k, &v, MDB_PREV_DUP);
-        }
-    }
-    it->n = it->i = 0;
-    while (!mrc && it->n < CHUNK) {
-        if (v.mv_size != ANNAL__TAG_VAL) {
-            mrc = MDB_CORRUPTED;
-            break;
-        }
-        uint64_t p = annal__get64be(v.mv_data);
-        if (!it->backward && p >= it->end) break;
-        it->pos[it->n] = p;
-        it->loc[it->n] = annal__get64((const uint8_t *)v.mv_data + 8);
-        it->n++;
-        mrc = mdb_cursor_get(c, &k, &v, it->backward ? MDB_PREV_DUP : MDB_NEXT_DUP);
-    }
-    annal_err end = chunk_end(it, c, mrc);
-    if (end != ANNAL_OK || it->n == 0) return end;
-    uint64_t lastp = it->pos[it->n - 1];
-    if (it->backward) {
-        if (lastp == 0 || it->n < CHUNK)
-            it->done = 1; /* after this chunk */
-        else
-            it->next_pos = lastp - 1;
-    } else {
-        it->next_pos = lastp + 1;
-        if (it->n < CHUNK) it->done = 1;
-    }
-    return ANNAL_OK;
+    if (!mrc) mrc = annal__index_tag_seek(c, it->stream, it->stream_len, it->next_pos, &v);
+    return walk_blocks(it, c, &k, &v, mrc, 0, it->backward ? 0 : it->next_pos,
+                       it->backward ? it->next_pos : it->end - 1);
 }
 
 /* Does the metadata of ev's stream leave it visible? */
@@ -397,12 +415,19 @@ annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t l
         it->next_pos = from < vis ? from : vis - 1;
     } else {
         uint64_t base, loc;
-        rc = annal__index_pos_floor(it->txn, &db->idx, from, &base, &loc);
-        if (rc != ANNAL_OK) {
-            rc = annal__fail(db, ANNAL_ECORRUPT, "index has no entry for position %" PRIu64, from);
-            goto fail;
+        annal__seg *s = NULL;
+        /* A compaction in another process may have replaced the generation the snapshot
+         * names and deleted it since: look again under a newer snapshot. */
+        for (int tries = 0; !s && tries < MAX_REFETCH; tries++) {
+            if (tries && (mdb_txn_reset(it->txn), (rc = txn_renew(it)) != ANNAL_OK)) goto fail;
+            rc = annal__index_pos_floor(it->txn, &db->idx, from, &base, &loc);
+            if (rc != ANNAL_OK) {
+                rc = annal__fail(db, ANNAL_ECORRUPT, "index has no entry for position %" PRIu64,
+                                 from);
+                goto fail;
+            }
+            s = annal__log_seg_at(&db->log, loc);
         }
-        annal__seg *s = annal__log_seg_at(&db->log, loc);
         if (!s) {
             rc = annal__fail(db, ANNAL_ECORRUPT, "missing segment for position %" PRIu64, from);
             goto fail;

@@ -131,6 +131,12 @@ static annal_err load_ids(annal_db *db, MDB_txn *t, uint64_t upto, annal__ids **
     return rc;
 }
 
+/* Did the lookup of a block holding an event fail, or does the block not name the
+ * event's location though it is its first member? */
+static int block_bad(annal_err rc, const annal__block *b, uint64_t pos, uint64_t loc) {
+    return rc != ANNAL_OK || (annal__block_first(b) == pos && b->loc != loc);
+}
+
 /* Compare the index snapshot t (head h, taken before the log was walked) with the log. */
 static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
                         uint64_t log_events) {
@@ -157,14 +163,16 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
         uint64_t bad = 0;
         while (c.pos < h.next_pos && annal__cursor_next(&c, &ev, &info, &loc) == ANNAL_OK) {
             annal__stream_rec sr;
+            annal__block b;
             uint64_t p, l;
             const char *why = NULL;
             if (annal__index_stream_get(t, &db->idx, ev.stream, ev.stream_len, &sr) != ANNAL_OK)
                 why = "stream missing from the index";
             else if (ev.revision >= sr.count)
                 why = "revision beyond the stream's head in the index";
-            else if (annal__index_rev_get(t, &db->idx, sr.id, ev.revision, &p, &l) != ANNAL_OK ||
-                     p != ev.position || l != loc)
+            else if (block_bad(annal__index_rev_block(t, &db->idx, sr.id, ev.revision, &b), &b,
+                               ev.position, loc) ||
+                     b.first_pos + (ev.revision - b.first_rev) != ev.position)
                 why = "revision entry missing or wrong";
             else if (ids && (annal__ids_get(ids, &ev.id, &p, &l) != ANNAL_OK || p != ev.position))
                 why = "event id entry missing or wrong";
@@ -172,12 +180,14 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
                      (annal__index_pos_floor(t, &db->idx, ev.position, &p, &l) != ANNAL_OK ||
                       p != ev.position || l != loc))
                 why = "position entry missing or wrong";
-            else if (annal__index_tag_has(t, db->idx.cats, ev.stream,
-                                          annal__category_len(ev.stream, ev.stream_len),
-                                          ev.position, loc) != ANNAL_OK)
+            else if (block_bad(annal__index_tag_block(t, db->idx.cats, ev.stream,
+                                                      annal__category_len(ev.stream, ev.stream_len),
+                                                      ev.position, &b),
+                               &b, ev.position, loc))
                 why = "category entry missing or wrong";
-            else if (annal__index_tag_has(t, db->idx.types, ev.type, ev.type_len, ev.position,
-                                          loc) != ANNAL_OK)
+            else if (block_bad(annal__index_tag_block(t, db->idx.types, ev.type, ev.type_len,
+                                                      ev.position, &b),
+                               &b, ev.position, loc))
                 why = "event type entry missing or wrong";
             if (why && bad++ < 100)
                 report(v, ANNAL__LOC_SEG(loc), ANNAL__LOC_OFF(loc), ev.position, ev.stream,

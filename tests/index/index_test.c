@@ -51,31 +51,85 @@ static void events_and_lookups(void **state) {
     MDB_txn *t = wtxn();
     annal__stream_rec sr = annal__stream_rec_new(9, 42), got;
     assert_int_equal(annal__index_stream_get(t, &idx, "acct-1", 6, &got), ANNAL_ENOTFOUND);
-    for (uint64_t i = 0; i < 70; i++) {
-        assert_int_equal(
-            annal__index_event_put(t, &idx, sr.id, i, 1000 + i, (1ull << 32) | (64 + 8 * i)),
-            ANNAL_OK);
-        sr.count++;
-        sr.last_pos = 1000 + i;
-    }
+    /* revisions 0..69 at positions 1000..1069: a block of 64 and one of 6 */
+    annal__block b0 = {1000, (1ull << 32) | 64, ~0ull, 0},
+                 b1 = {1064, (1ull << 32) | 4096, 0x3f, 64};
+    assert_int_equal(annal__index_rev_put(t, &idx, sr.id, &b0), ANNAL_OK);
+    assert_int_equal(annal__index_rev_put(t, &idx, sr.id, &b1), ANNAL_OK);
+    for (uint64_t p = 1024; p < 1070; p += ANNAL__POS_STRIDE)
+        assert_int_equal(annal__index_pos_put(t, &idx, p, (1ull << 32) | (64 + 8 * (p - 1000))),
+                         ANNAL_OK);
+    sr.count = 70;
+    sr.last_pos = 1069;
     assert_int_equal(annal__index_stream_put(t, &idx, "acct-1", 6, &sr), ANNAL_OK);
     assert_int_equal(annal__index_stream_get(t, &idx, "acct-1", 6, &got), ANNAL_OK);
     assert_int_equal(got.count, 70);
     assert_int_equal(got.last_pos, 1069);
     assert_int_equal(got.created_ns, 42);
-    /* a revision is indexed once */
-    assert_int_equal(annal__index_event_put(t, &idx, sr.id, 5, 2000, 0), ANNAL_ECORRUPT);
-    uint64_t pos, loc, base;
-    assert_int_equal(annal__index_rev_get(t, &idx, 9, 69, &pos, &loc), ANNAL_OK);
-    assert_int_equal(pos, 1069);
-    assert_int_equal(loc, (1ull << 32) | (64 + 8 * 69));
-    assert_int_equal(annal__index_rev_get(t, &idx, 9, 70, &pos, &loc), ANNAL_ENOTFOUND);
-    assert_int_equal(annal__index_rev_get(t, &idx, 8, 0, &pos, &loc), ANNAL_ENOTFOUND);
+    annal__block b;
+    assert_int_equal(annal__index_rev_block(t, &idx, 9, 63, &b), ANNAL_OK);
+    assert_int_equal(b.first_rev, 0);
+    assert_int_equal(b.first_pos, 1000);
+    assert_int_equal(annal__index_rev_block(t, &idx, 9, 69, &b), ANNAL_OK);
+    assert_int_equal(b.first_rev, 64);
+    assert_int_equal(b.loc, (1ull << 32) | 4096);
+    assert_int_equal(annal__block_end(&b), 1070);
+    assert_int_equal(annal__index_rev_block(t, &idx, 9, 70, &b), ANNAL_ENOTFOUND);
+    assert_int_equal(annal__index_rev_block(t, &idx, 8, 0, &b), ANNAL_ENOTFOUND);
+    assert_int_equal(annal__index_rev_block(t, &idx, 10, 0, &b), ANNAL_ENOTFOUND);
+    /* a cleared bit (an erased event) is not found; the others are */
+    b1.mask = 0x3b;
+    assert_int_equal(annal__index_rev_put(t, &idx, sr.id, &b1), ANNAL_OK);
+    assert_int_equal(annal__index_rev_block(t, &idx, 9, 66, &b), ANNAL_ENOTFOUND);
+    assert_int_equal(annal__index_rev_block(t, &idx, 9, 67, &b), ANNAL_OK);
     /* stride entries exist for positions that are multiples of the stride */
+    uint64_t base, loc;
     assert_int_equal(annal__index_pos_floor(t, &idx, 1030, &base, &loc), ANNAL_OK);
     assert_int_equal(base, 1024);
     assert_int_equal(loc, (1ull << 32) | (64 + 8 * 24));
     assert_int_equal(annal__index_pos_floor(t, &idx, 999, &base, &loc), ANNAL_ENOTFOUND);
+    assert_int_equal(annal__index_pos_put(t, &idx, 1024, 0), ANNAL_ECORRUPT); /* not above */
+    mdb_txn_abort(t);
+}
+
+static void tag_blocks(void **state) {
+    (void)state;
+    MDB_txn *t = wtxn();
+    annal__block bl[3] = {{100, 1, 0x5, 0}, {164, 2, 0x8, 0}, {300, 3, 1ull << 63, 0}};
+    uint8_t vals[3 * ANNAL__BLOCK_VAL];
+    for (int i = 0; i < 3; i++) annal__block_encode(&bl[i], vals + i * ANNAL__BLOCK_VAL);
+    assert_int_equal(annal__index_tag_put_many(t, idx.types, "Paid", 4, vals, 2), ANNAL_OK);
+    assert_int_equal(
+        annal__index_tag_put_many(t, idx.types, "Paid", 4, vals + 2 * ANNAL__BLOCK_VAL, 1),
+        ANNAL_OK);
+    /* out of order: falls back to single puts; a repeated block is a no-op */
+    assert_int_equal(annal__index_tag_put_many(t, idx.types, "Paid", 4, vals, 1), ANNAL_OK);
+    annal__block b;
+    uint64_t members[] = {100, 102, 167, 363},
+             others[] = {99, 101, 103, 164, 166, 168, 300, 362, 364};
+    for (size_t i = 0; i < sizeof members / sizeof members[0]; i++)
+        assert_int_equal(annal__index_tag_block(t, idx.types, "Paid", 4, members[i], &b), ANNAL_OK);
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+        assert_int_equal(annal__index_tag_block(t, idx.types, "Paid", 4, others[i], &b),
+                         ANNAL_ENOTFOUND);
+    assert_int_equal(annal__index_tag_block(t, idx.types, "Pai", 3, 100, &b), ANNAL_ENOTFOUND);
+    assert_int_equal(annal__index_tag_block(t, idx.types, "Paid", 4, 167, &b), ANNAL_OK);
+    assert_int_equal(b.first_pos, 164);
+    assert_int_equal(b.loc, 2);
+    /* replace: move a block, then drop one */
+    annal__block moved = bl[0];
+    moved.mask = 0x4, moved.loc = 7;
+    assert_int_equal(annal__index_tag_replace(t, idx.types, "Paid", 4, &bl[0], &moved), ANNAL_OK);
+    assert_int_equal(annal__index_tag_block(t, idx.types, "Paid", 4, 100, &b), ANNAL_ENOTFOUND);
+    assert_int_equal(annal__index_tag_block(t, idx.types, "Paid", 4, 102, &b), ANNAL_OK);
+    assert_int_equal(b.loc, 7);
+    annal__block none = bl[1];
+    none.mask = 0;
+    assert_int_equal(annal__index_tag_replace(t, idx.types, "Paid", 4, &bl[1], &none), ANNAL_OK);
+    assert_int_equal(annal__index_tag_block(t, idx.types, "Paid", 4, 167, &b), ANNAL_ENOTFOUND);
+    /* replacing a block that is not there is an error */
+    assert_int_equal(annal__index_tag_replace(t, idx.types, "Paid", 4, &bl[1], &none),
+                     ANNAL_ENOTFOUND);
     mdb_txn_abort(t);
 }
 
@@ -104,6 +158,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(head_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(events_and_lookups, setup, teardown),
+        cmocka_unit_test_setup_teardown(tag_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(trust_file, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

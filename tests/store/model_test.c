@@ -26,8 +26,8 @@
 #define NCONC            6  /* extra streams only the concurrent phase uses */
 #define NNAMES           (NSTREAMS + NCONC)
 #define NTYPES           8
-#define MAXB             26 /* events in a batch record (25 allowed + 1 over) */
-#define MAX_BATCH_EVENTS 25
+#define MAXB             151 /* events in a batch record (150 allowed + 1 over) */
+#define MAX_BATCH_EVENTS 150
 #define MAX_EVENT_BYTES  (150u * 1024u)
 #define SEGMENT_BYTES    (256u * 1024u)
 #define HISTORY          1024
@@ -699,7 +699,9 @@ static void do_append(run *R, mbatch *b, uint32_t s, int64_t expected) {
 static void random_batch(run *R, mbatch *b) {
     uint64_t *g = &R->rng;
     b->n = chance(g, 700) ? 1 + (uint32_t)rbelow(g, 4) : 1 + (uint32_t)rbelow(g, 20);
-    int big = chance(g, 15); /* one ~100 KiB event */
+    int large = chance(g, 40); /* spans index blocks (64 events): small payloads */
+    if (large) b->n = 30 + (uint32_t)rbelow(g, MAX_BATCH_EVENTS - 29);
+    int big = !large && chance(g, 15); /* one ~100 KiB event */
     uint32_t big_at = (uint32_t)rbelow(g, b->n);
     if (big && b->n > 10) b->n = 10;
     for (uint32_t i = 0; i < b->n; i++) {
@@ -710,7 +712,7 @@ static void random_batch(run *R, mbatch *b) {
         b->type[i] = (uint32_t)rbelow(g, NTYPES);
         b->dseed[i] = splitmix(g);
         b->mseed[i] = splitmix(g);
-        b->dlen[i] = chance(g, 50) ? 0 : (uint32_t)rbelow(g, 4097);
+        b->dlen[i] = chance(g, 50) ? 0 : (uint32_t)rbelow(g, large ? 257 : 4097);
         if (big && i == big_at) b->dlen[i] = 100 * 1024 + (uint32_t)rbelow(g, 2048);
         b->mlen[i] = chance(g, 500) ? 0 : (uint32_t)rbelow(g, 257);
     }

@@ -501,6 +501,23 @@ static annal_err read_rec(annal__log *log, annal__seg *seg, uint64_t off, annal_
     return annal__rec_decode2(seg->map + off, (size_t)(seg->cap - off), ev, info, check);
 }
 
+annal_err annal__seg_peek(annal__log *log, annal__seg *seg, uint64_t off, uint64_t *pos,
+                          uint64_t *count, uint32_t *len) {
+    if (off + ANNAL__REC_HDR > seg->cap ||
+        annal__seg_readable(log, seg, off + ANNAL__REC_HDR) != ANNAL_OK)
+        return ANNAL_ECORRUPT;
+    const uint8_t *p = seg->map + off;
+    *len = annal__get32(p + 4);
+    *pos = annal__get64(p + 8);
+    uint32_t kind = annal__get32(p + 60);
+    *count = kind == ANNAL__REC_HOLE ? annal__get64(p + 16) : 1;
+    if (*len < ANNAL__REC_HDR || (*len & 7) || off + *len > seg->cap || *count == 0 ||
+        (kind != ANNAL__REC_EVENT && kind != ANNAL__REC_HOLE))
+        return ANNAL_ECORRUPT;
+    if (kind == ANNAL__REC_HOLE) *count |= 1ull << 63;
+    return ANNAL_OK;
+}
+
 annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info *info,
                              uint64_t *loc_out) {
     return annal__cursor_next2(c, ev, info, loc_out, 1);

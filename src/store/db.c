@@ -156,22 +156,27 @@ annal_err annal__locate(annal_db *db, MDB_txn *t, uint64_t pos, uint64_t *loc) {
 annal_err annal__block_members(annal_db *db, const annal__block *b, uint64_t *pos, uint64_t *loc,
                                size_t *n) {
     *n = 0;
+    if (!(b->mask & (b->mask - 1))) { /* one member: the block names it (single appends) */
+        pos[0] = annal__block_first(b);
+        loc[(*n)++] = b->loc;
+        return ANNAL_OK;
+    }
     annal__seg *s = annal__log_seg_at(&db->log, b->loc);
     if (!s) return ANNAL_ENOTFOUND;
-    uint64_t end = annal__block_end(b);
-    annal__cursor c = {&db->log, s, ANNAL__LOC_OFF(b->loc), annal__block_first(b)};
-    while (c.pos < end) {
-        annal_event ev;
-        annal__rec_info info;
-        uint64_t l;
-        /* Readers check each record they return: the walk only needs the framing. */
-        if (annal__cursor_next2(&c, &ev, &info, &l, 0) != ANNAL_OK || c.seg != s)
+    uint64_t end = annal__block_end(b), want = annal__block_first(b), off = ANNAL__LOC_OFF(b->loc);
+    /* The batch's records follow the first member (with holes where compaction erased
+     * some): their framing is enough to find the members. */
+    while (want < end) {
+        uint64_t p, count;
+        uint32_t len;
+        if (annal__seg_peek(&db->log, s, off, &p, &count, &len) != ANNAL_OK || p != want)
             return ANNAL_ECORRUPT;
-        if (ev.position >= end) break; /* stepped over a hole past the block */
-        if (b->mask >> (ev.position - b->first_pos) & 1) {
-            pos[*n] = ev.position;
-            loc[(*n)++] = l;
+        if (count == 1 && (b->mask >> (p - b->first_pos) & 1)) {
+            pos[*n] = p;
+            loc[(*n)++] = ANNAL__SEG_LOC(s, off);
         }
+        want = p + (count & ~(1ull << 63));
+        off += len;
     }
     return ANNAL_OK;
 }

@@ -31,6 +31,7 @@ typedef struct group {
     int written;    /* bytes of this group reached the file: a failure now poisons */
     uint64_t first; /* position of the first record in the buffer (each record says it) */
     int64_t now;
+    int broken; /* an index write failed: txn must not commit */
 } group;
 
 static int buf_reserve(annal_db *db, uint64_t need) {
@@ -196,9 +197,9 @@ static annal_err soft_delete_data(annal_db *db, group *g, MDB_txn *t, annal__req
     return ANNAL_OK;
 }
 
-/* Check and encode one request into the group, its index entries into t (a child
- * transaction of the group's). Returns the request's result code, or a negative errno
- * for an I/O failure that ends the whole group. */
+/* Check and encode one request into the group, its index entries into t (the group's
+ * transaction). Returns the request's result code, or a negative errno for an I/O
+ * failure that ends the whole group; g->broken marks an index failure that does. */
 static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     annal__index_head h = db->head;
     annal__stream_rec sr = annal__stream_rec_new(0, 0);
@@ -263,6 +264,9 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     uint64_t bl = g->bl;
     for (size_t i = 0; i < req->n && req->n > 1; i++) /* one random memory access each */
         annal__ids_prefetch(db->ids, &req->ev[i].id);
+    /* First what may refuse the request (an id already stored), with no index write:
+     * a refused request leaves the group's transaction as it was, so requests need no
+     * nested transaction each (LMDB copies every page a nested one touches). */
     for (size_t i = 0; i < req->n; i++) {
         annal_event_data *in = &req->ev[i];
         if (annal__uuid_is_nil(&in->id)) annal__uuid_v7(&in->id, g->now / 1000000, &db->rng);
@@ -281,21 +285,33 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
             snprintf(req->msg, sizeof req->msg, "event id %s is already stored%s", ids,
                      dp >= db->head.next_pos ? " (repeated within the append)" : "");
         }
-        if (rc == ANNAL_OK && ev.position % ANNAL__POS_STRIDE == 0)
-            rc = annal__index_pos_put(t, &db->idx, ev.position, loc);
-        if (rc == ANNAL_OK)
-            rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev, loc, &db->tags);
+        if (rc == ANNAL_OK) rc = annal__tags_add(&db->tags, ev.type, ev.type_len, ev.position, loc);
         if (rc != ANNAL_OK) {
             db->tags.n = 0;
             return rc;
         }
     }
-    rc = annal__tags_put(&db->tags, &db->idx, t, req->stream, req->stream_len, sr.id, sr.count);
-    if (rc != ANNAL_OK) return rc;
+    /* Then the index entries. A failure now is LMDB's and ends the group. */
+    for (size_t i = 0; i < req->n && rc == ANNAL_OK; i++) {
+        annal_event_data *in = &req->ev[i];
+        annal_event ev = {in->id,           req->stream,  req->stream_len, in->type,
+                          strlen(in->type), in->data,     in->data_len,    in->metadata,
+                          in->metadata_len, sr.count + i, h.next_pos + i,  g->now};
+        if (ev.position % ANNAL__POS_STRIDE == 0)
+            rc = annal__index_pos_put(t, &db->idx, ev.position, db->tags.loc[i]);
+        if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev);
+    }
+    if (rc == ANNAL_OK)
+        rc = annal__tags_put(&db->tags, &db->idx, t, req->stream, req->stream_len, sr.id, sr.count);
+    db->tags.n = 0;
     sr.count += req->n;
     sr.last_pos = h.next_pos + req->n - 1;
-    rc = annal__index_stream_put(t, &db->idx, req->stream, req->stream_len, &sr);
-    if (rc != ANNAL_OK) return rc;
+    if (rc == ANNAL_OK)
+        rc = annal__index_stream_put(t, &db->idx, req->stream, req->stream_len, &sr);
+    if (rc != ANNAL_OK) {
+        g->broken = 1;
+        return rc;
+    }
     h.next_pos += req->n;
     h.last_ns = g->now;
     db->head = h;
@@ -327,29 +343,20 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &g.txn);
     if (mrc) grc = annal__index_err(mrc);
     for (annal__req *r = reqs; r && grc == ANNAL_OK; r = r->next) {
-        MDB_txn *ct = NULL;
-        mrc = mdb_txn_begin(db->idx.env, g.txn, 0, &ct);
-        if (mrc) {
-            grc = annal__index_err(mrc);
-            break;
-        }
-        int rc = add_req(db, &g, ct, r);
+        int rc = add_req(db, &g, g.txn, r);
         if (rc < 0) {
-            mdb_txn_abort(ct);
             annal__ids_truncate(db->ids, db->head.next_pos);
             ioerr = rc;
             what = "log";
             grc = io_err(rc);
             break;
         }
-        r->rc = (annal_err)rc;
-        if (rc == ANNAL_OK) {
-            mrc = mdb_txn_commit(ct);
-            if (mrc) grc = annal__index_err(mrc);
-        } else {
-            mdb_txn_abort(ct);
-            annal__ids_truncate(db->ids, db->head.next_pos); /* its ids, like its entries */
+        if (g.broken) {
+            grc = (annal_err)rc;
+            break;
         }
+        r->rc = (annal_err)rc;
+        if (rc != ANNAL_OK) annal__ids_truncate(db->ids, db->head.next_pos); /* its ids */
     }
     if (grc == ANNAL_OK) {
         ioerr = flush(db, &g);

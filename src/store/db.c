@@ -291,8 +291,8 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                              "position %" PRIu64 " breaks the revisions of its batch", ev.position);
         if (rc == ANNAL_OK && ev.position % ANNAL__POS_STRIDE == 0)
             rc = annal__index_pos_put(t, &db->idx, ev.position, loc);
-        if (rc == ANNAL_OK)
-            rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev, loc, &db->tags);
+        if (rc == ANNAL_OK) rc = annal__tags_add(&db->tags, ev.type, ev.type_len, ev.position, loc);
+        if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev);
         sr.count = ev.revision + 1;
         sr.last_pos = ev.position;
         db->head.last_ns = ev.timestamp_ns;

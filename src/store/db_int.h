@@ -137,14 +137,12 @@ annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_
 annal_err annal__tags_put(annal__tags *a, annal__index *idx, MDB_txn *t, const char *stream,
                           size_t slen, uint64_t sid, uint64_t first_rev);
 void annal__tags_free(annal__tags *a);
-/* Index what an event implies beyond its own entries (store/meta.c): its category and
- * type entries (into acc, for annal__tags_put), re-creation of a soft-deleted stream, a
- * tombstone, and for `$metadata` events the limits of the stream they describe. sr is the
- * event's own stream record (updated in memory; the caller stores it). Used by append and
- * by recovery alike. */
+/* Index what an event implies beyond its own entries (store/meta.c): re-creation of a
+ * soft-deleted stream, a tombstone, and for `$metadata` events the limits of the stream
+ * they describe. sr is the event's own stream record (updated in memory; the caller
+ * stores it). Used by append and by recovery alike. */
 annal_err annal__index_event_effects(annal__index *idx, MDB_txn *t, annal__index_head *h,
-                                     annal__stream_rec *sr, const annal_event *ev, uint64_t loc,
-                                     annal__tags *acc);
+                                     annal__stream_rec *sr, const annal_event *ev);
 /* The metadata document of a soft delete: prev (the stream's current document, may be
  * NULL) with "$tb" = tb and "$deleted": true, as a malloc'd text. NULL when out of memory. */
 char *annal__soft_delete_doc(const void *prev, size_t prev_len, uint64_t tb);

@@ -116,7 +116,8 @@ annal_err annal__tags_put(annal__tags *a, annal__index *idx, MDB_txn *t, const c
         annal__block b = {0};
         nb = 0;
         for (size_t j = i; j < n; j++) {
-            if (!a->type[j] || a->tlen[j] != tl || memcmp(a->type[j], ty, tl) != 0) continue;
+            if (a->type[j] != ty && (!a->type[j] || a->tlen[j] != tl || memcmp(a->type[j], ty, tl)))
+                continue; /* (callers often pass the same string for one type) */
             uint64_t start = a->first_pos + j / ANNAL__BLOCK * ANNAL__BLOCK;
             if (b.mask && b.first_pos != start) {
                 annal__block_encode(&b, a->out + nb++ * ANNAL__BLOCK_VAL);
@@ -141,10 +142,7 @@ void annal__tags_free(annal__tags *a) {
 }
 
 annal_err annal__index_event_effects(annal__index *idx, MDB_txn *t, annal__index_head *h,
-                                     annal__stream_rec *sr, const annal_event *ev, uint64_t loc,
-                                     annal__tags *acc) {
-    annal_err rc = annal__tags_add(acc, ev->type, ev->type_len, ev->position, loc);
-    if (rc != ANNAL_OK) return rc;
+                                     annal__stream_rec *sr, const annal_event *ev) {
     if (sr->flags & ANNAL__SR_DELETED) sr->flags &= ~(uint64_t)ANNAL__SR_DELETED; /* re-created */
     if (strcmp(ev->type, TOMB_TYPE) == 0 && ev->stream[0] != '$') {
         sr->flags |= ANNAL__SR_TOMBSTONE;

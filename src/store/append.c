@@ -4,6 +4,10 @@
  * fdatasync, commits the index, and only then wakes everyone with their own result. */
 #include <errno.h>
 #include <inttypes.h>
+#include <linux/futex.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -410,6 +414,85 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     }
 }
 
+/* ---- waiting and leading ----------------------------------------------------------- */
+
+static void futex_wait(_Atomic uint32_t *w, uint32_t v) {
+    syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, v, NULL, NULL, 0);
+}
+
+/* Until req is done or made the leader; returns which. */
+static uint32_t req_wait(annal__req *req) {
+    uint32_t s;
+    while ((s = atomic_load_explicit(&req->state, memory_order_acquire)) == REQ_QUEUED)
+        futex_wait(&req->state, REQ_QUEUED);
+    return s;
+}
+
+/* Set req's state and wake its thread. req may be gone the moment it is done (its
+ * frame returns): the wake-up then reaches a stale address, which is harmless (a
+ * waiter always rechecks its word). */
+static void req_wake(annal__req *req, uint32_t state) {
+    _Atomic uint32_t *w = &req->state;
+    atomic_store_explicit(w, state, memory_order_release);
+    syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Under wmu, when leading ends: hand over to the head of the queue (woken by the
+ * caller after unlocking), or let go if it is empty or annal_db_sync waits for the
+ * store. Returns the request to wake, or NULL. */
+annal__req *annal__hand_over(annal_db *db) {
+    annal__req *next = NULL;
+    if (db->qhead && !db->sync_waiting)
+        next = db->qhead; /* db->leader stays set: it is next's now */
+    else
+        db->leader = 0;
+    pthread_cond_broadcast(&db->wcv); /* annal_db_sync */
+    return next;
+}
+
+void annal__lead_wake(annal__req *next) {
+    if (next) req_wake(next, REQ_LEAD);
+}
+
+/* The leader: commit the queue in groups. While requests keep queueing up during a
+ * flush, go on leading (a few rounds, so that no caller waits long): handing over to
+ * a sleeping waiter would cost a wake-up before every flush. */
+static void lead_groups(annal_db *db) {
+    pthread_mutex_lock(&db->wmu);
+    for (int round = 0; db->qhead && db->failed == ANNAL_OK && round < LEAD_ROUNDS; round++) {
+        annal__req *first = db->qhead, *last = first;
+        uint64_t bytes = first->bytes; /* take requests up to the group size */
+        while (last->next && bytes + last->next->bytes <= GROUP_BYTES) {
+            last = last->next;
+            bytes += last->bytes;
+        }
+        db->qhead = last->next;
+        if (!db->qhead) db->qtail = NULL;
+        last->next = NULL;
+        pthread_mutex_unlock(&db->wmu);
+        commit_group(db, first);
+        for (annal__req *r = first, *nx; r; r = nx) {
+            nx = r->next;
+            req_wake(r, REQ_DONE);
+        }
+        /* after waking the group, still leading: no group commits meanwhile */
+        if (annal__ids_full(db->ids) && db->failed == ANNAL_OK) annal__flush_ids(db);
+        pthread_mutex_lock(&db->wmu);
+    }
+    if (db->failed != ANNAL_OK) { /* this or an earlier group failed: refuse the rest */
+        for (annal__req *r = db->qhead, *nx; r; r = nx) {
+            nx = r->next;
+            r->rc = ANNAL_EFAILED;
+            snprintf(r->msg, sizeof r->msg, "%s", db->failed_msg);
+            req_wake(r, REQ_DONE);
+        }
+        db->qhead = db->qtail = NULL;
+    }
+    annal__req *next = annal__hand_over(db);
+    pthread_mutex_unlock(&db->wmu);
+    annal__lead_wake(next);
+}
+
 static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_t expected,
                           annal_event_data *ev, size_t n, uint64_t *bytes, int internal) {
     if (!annal__name_ok(stream, slen))
@@ -492,67 +575,16 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
     if (db->qtail)
         db->qtail->next = &req;
     else
-        db->qhead = &req; // cppcheck-suppress autoVariables
-    db->qtail = &req;     // cppcheck-suppress autoVariables
-    /* Waiters sleep on the condition variable of the group they will be committed in
-     * (two, alternating): a finished group wakes its own requests with one broadcast,
-     * not every waiter, and the leader pays one wake-up call per group. */
-    while (!req.done) {
-        if (db->leader || db->qhead != &req) {
-            if (!req.taken) req.gen = db->gen;
-            pthread_cond_wait(&db->gcv[req.gen & 1], &db->wmu);
-            continue;
-        }
-        if (db->failed != ANNAL_OK) { /* a previous leader failed: drain the queue */
-            for (annal__req *r = db->qhead; r; r = r->next) {
-                r->rc = ANNAL_EFAILED;
-                snprintf(r->msg, sizeof r->msg, "%s", db->failed_msg);
-                r->done = 1;
-            }
-            db->qhead = db->qtail = NULL;
-            pthread_cond_broadcast(&db->gcv[0]);
-            pthread_cond_broadcast(&db->gcv[1]);
-            break;
-        }
-        /* Become the leader. While requests keep queueing up during a flush, go on
-         * leading (a few rounds, so that no caller waits long): handing over to a
-         * sleeping waiter would cost a wake-up before every flush. */
-        db->leader = 1;
-        for (int round = 0; db->qhead && db->failed == ANNAL_OK && round < LEAD_ROUNDS; round++) {
-            uint64_t g = db->gen++;
-            int strays = 0; /* members that went to sleep on the other variable */
-            annal__req *first = db->qhead, *last = first;
-            uint64_t bytes = first->bytes; /* take requests up to the group size */
-            while (last->next && bytes + last->next->bytes <= GROUP_BYTES) {
-                last = last->next;
-                bytes += last->bytes;
-            }
-            db->qhead = last->next;
-            if (!db->qhead) db->qtail = NULL;
-            last->next = NULL;
-            for (annal__req *r = first; r; r = r->next) {
-                strays |= (r->gen & 1) != (g & 1);
-                r->taken = 1;
-                r->gen = g;
-            }
-            pthread_mutex_unlock(&db->wmu);
-            commit_group(db, first);
-            pthread_mutex_lock(&db->wmu);
-            for (annal__req *r = first; r; r = r->next) r->done = 1;
-            pthread_cond_broadcast(&db->gcv[g & 1]);
-            if (strays) pthread_cond_broadcast(&db->gcv[(g + 1) & 1]);
-            if (annal__ids_full(db->ids) && db->failed == ANNAL_OK) {
-                /* after waking the group, still leading: no group commits meanwhile */
-                pthread_mutex_unlock(&db->wmu);
-                annal__flush_ids(db);
-                pthread_mutex_lock(&db->wmu);
-            }
-        }
-        db->leader = 0;
-        if (db->qhead) pthread_cond_broadcast(&db->gcv[db->gen & 1]); /* one of them leads */
-        pthread_cond_broadcast(&db->wcv);                             /* annal_db_sync */
-    }
+        db->qhead = &req;   // cppcheck-suppress autoVariables
+    db->qtail = &req;       // cppcheck-suppress autoVariables
+    int lead = !db->leader; /* then the queue was empty: req is its head */
+    db->leader = 1;
     pthread_mutex_unlock(&db->wmu);
+    /* A waiter sleeps on its own request's word, woken when it is done or made the
+     * leader, and returns without taking the mutex again: the 64 members of a group
+     * do not line up for it after each flush. */
+    if (!lead) lead = req_wait(&req) == REQ_LEAD;
+    if (lead) lead_groups(db);
     free(req.owned);
     if (result) *result = req.res;
     if (req.rc != ANNAL_OK)

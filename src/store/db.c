@@ -749,8 +749,6 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
     pthread_mutex_init(&db->wmu, NULL);
     pthread_mutex_init(&db->compact_mu, NULL);
     pthread_cond_init(&db->wcv, NULL);
-    pthread_cond_init(&db->gcv[0], NULL);
-    pthread_cond_init(&db->gcv[1], NULL);
     size_t n = strlen(dir) + 8;
     db->dir = strdup(dir);
     db->index_dir = malloc(n);
@@ -801,7 +799,9 @@ annal_err annal_db_sync(annal_db *db) {
     if (!db) return ANNAL_EINVAL;
     if (db->readonly) return ANNAL_OK;
     pthread_mutex_lock(&db->wmu);
+    db->sync_waiting++; /* the leader lets go instead of handing over */
     while (db->leader) pthread_cond_wait(&db->wcv, &db->wmu);
+    db->sync_waiting--;
     db->leader = 1; /* no group may write while we flush */
     pthread_mutex_unlock(&db->wmu);
     annal_err rc = db->failed;
@@ -820,10 +820,9 @@ annal_err annal_db_sync(annal_db *db) {
         rc = annal__fail(db, ANNAL_EFAILED, "%s", db->failed_msg);
     }
     pthread_mutex_lock(&db->wmu);
-    db->leader = 0;
-    if (db->qhead) pthread_cond_broadcast(&db->gcv[db->gen & 1]); /* appends queued meanwhile */
-    pthread_cond_broadcast(&db->wcv);
+    annal__req *next = annal__hand_over(db); /* appends queued meanwhile */
     pthread_mutex_unlock(&db->wmu);
+    annal__lead_wake(next);
     return rc;
 }
 
@@ -861,8 +860,6 @@ void annal_db_close(annal_db *db) {
     pthread_mutex_destroy(&db->wmu);
     pthread_mutex_destroy(&db->compact_mu);
     pthread_cond_destroy(&db->wcv);
-    pthread_cond_destroy(&db->gcv[0]);
-    pthread_cond_destroy(&db->gcv[1]);
     free(db);
 }
 

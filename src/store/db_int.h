@@ -36,13 +36,12 @@ typedef struct annal__req {
     uint64_t bytes; /* encoded size of all its records */
     annal_append_result res;
     annal_err rc;
-    char *owned;   /* data the leader made for this request (soft delete); freed after */
-    char msg[400]; /* detail for annal_db_errmsg when rc != OK */
-    int done;
-    int taken;    /* in a group being committed (no longer queued) */
-    uint64_t gen; /* the group it expects to be committed in: selects db->gcv */
+    char *owned;            /* data the leader made for this request (soft delete); freed after */
+    char msg[400];          /* detail for annal_db_errmsg when rc != OK */
+    _Atomic uint32_t state; /* REQ_*: set by the leader, waited on by the caller (futex) */
     struct annal__req *next;
 } annal__req;
+enum { REQ_QUEUED, REQ_DONE, REQ_LEAD /* the caller leads now */ };
 
 /* Detail messages, one per thread that saw a failure on this handle. */
 typedef struct annal__errslot {
@@ -82,11 +81,10 @@ struct annal_db {
     /* Writer: requests queue up under wmu; one thread at a time (the leader) takes
      * the whole queue and commits it with one write and one flush. */
     pthread_mutex_t wmu;
-    pthread_cond_t wcv;    /* leader changes, for annal_db_sync */
-    pthread_cond_t gcv[2]; /* appenders of group gen, by gen parity */
-    uint64_t gen;          /* the next group to be formed */
+    pthread_cond_t wcv; /* the leader let go, for annal_db_sync */
     annal__req *qhead, *qtail;
-    int leader;       /* a leader is committing */
+    int leader;       /* a leader is committing (or was just handed the queue) */
+    int sync_waiting; /* annal_db_sync calls waiting for the leader to let go */
     annal_err failed; /* sticky: after a failed write or flush, refuse appends */
     char failed_msg[320];
 
@@ -169,6 +167,10 @@ annal_err annal__id_claim(annal_db *db, MDB_txn *t, const annal_uuid *id, uint64
                           uint64_t loc, uint64_t *dup_pos);
 /* Write db->ids' memtable as a run (between groups, or at close). */
 void annal__flush_ids(annal_db *db);
+/* Under wmu, when leading (or annal_db_sync) ends: the queued request to make the next
+ * leader, to wake with annal__lead_wake after unlocking; NULL if leading stopped. */
+annal__req *annal__hand_over(annal_db *db);
+void annal__lead_wake(annal__req *next);
 /* Open the id index of db's store as t sees it, with the ids of positions below upto
  * that no run covers read from the log into its memtable. */
 annal_err annal__ids_load(annal_db *db, MDB_txn *t, uint64_t upto, annal__ids **out, char *detail,

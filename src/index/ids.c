@@ -392,6 +392,18 @@ annal_err annal__ids_add(annal__ids *ids, const annal_uuid *id, uint64_t pos, ui
     return mem_insert(ids, id->bytes, h, i, pos, loc);
 }
 
+annal_err annal__ids_claim_mem(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
+                               uint64_t *old_pos) {
+    uint64_t h = id_hash(id->bytes);
+    size_t i;
+    const ment *m = mem_find(ids, id->bytes, h, &i);
+    if (m) {
+        *old_pos = m->pos;
+        return ANNAL_EDUPLICATE;
+    }
+    return mem_insert(ids, id->bytes, h, i, pos, loc);
+}
+
 /* Newest run entry for id, newest run first. Under mu while a merger may swap runs. */
 static int runs_find(annal__ids *ids, const uint8_t *id, uint64_t h, uint64_t *pos) {
     if (ids->merger) pthread_mutex_lock(&ids->mu);

@@ -50,6 +50,11 @@ annal_err annal__ids_add(annal__ids *ids, const annal_uuid *id, uint64_t pos, ui
 annal_err annal__ids_claim(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
                            uint64_t *old_pos, uint64_t *old_loc);
 
+/* annal__ids_claim against the memtable only, not the runs (a rebuild, which reads ids
+ * that were unique when appended: checking every run for each was half its time). */
+annal_err annal__ids_claim_mem(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
+                               uint64_t *old_pos);
+
 /* Start loading the memtable slot of id into the cache: claiming a batch's ids after
  * prefetching them all overlaps their cache misses. */
 void annal__ids_prefetch(const annal__ids *ids, const annal_uuid *id);

@@ -59,8 +59,8 @@ typedef struct annal__tags {
     size_t n, cap;
     uint64_t *loc;     /* per event */
     const char **type; /* per event */
-    size_t *tlen;
-    uint8_t *out; /* cap encoded blocks: one name's, being gathered */
+    uint64_t *tkey;    /* per event: hash of its type << 32 | its length */
+    uint8_t *out;      /* cap encoded blocks: one name's, being gathered */
     uint64_t first_pos;
 } annal__tags;
 struct annal_db {

@@ -75,8 +75,8 @@ annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_
         if (l) a->loc = l;
         const char **ty = l ? realloc(a->type, cap * sizeof *ty) : NULL;
         if (ty) a->type = ty;
-        size_t *tl = ty ? realloc(a->tlen, cap * sizeof *tl) : NULL;
-        if (tl) a->tlen = tl;
+        uint64_t *tl = ty ? realloc(a->tkey, cap * sizeof *tl) : NULL;
+        if (tl) a->tkey = tl;
         uint8_t *o = tl ? realloc(a->out, cap * ANNAL__BLOCK_VAL) : NULL;
         if (!o) return ANNAL_ENOMEM;
         a->out = o;
@@ -86,7 +86,9 @@ annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_
     if (pos != a->first_pos + a->n) return ANNAL_ECORRUPT; /* a batch is consecutive */
     a->loc[a->n] = loc;
     a->type[a->n] = type;
-    a->tlen[a->n] = tlen;
+    uint32_t h = 2166136261u; /* FNV-1a: types are grouped by comparing keys first */
+    for (size_t i = 0; i < tlen; i++) h = (h ^ (uint8_t)type[i]) * 16777619u;
+    a->tkey[a->n] = (uint64_t)h << 32 | (uint32_t)tlen;
     a->n++;
     return ANNAL_OK;
 }
@@ -112,11 +114,13 @@ annal_err annal__tags_put(annal__tags *a, annal__index *idx, MDB_txn *t, const c
     for (size_t i = 0; i < n && rc == ANNAL_OK; i++) {
         if (!a->type[i]) continue;
         const char *ty = a->type[i];
-        size_t tl = a->tlen[i];
+        uint64_t key = a->tkey[i];
+        size_t tl = (uint32_t)key;
         annal__block b = {0};
         nb = 0;
         for (size_t j = i; j < n; j++) {
-            if (a->type[j] != ty && (!a->type[j] || a->tlen[j] != tl || memcmp(a->type[j], ty, tl)))
+            if (a->type[j] != ty &&
+                (!a->type[j] || a->tkey[j] != key || memcmp(a->type[j], ty, tl)))
                 continue; /* (callers often pass the same string for one type) */
             uint64_t start = a->first_pos + j / ANNAL__BLOCK * ANNAL__BLOCK;
             if (b.mask && b.first_pos != start) {
@@ -137,7 +141,7 @@ void annal__tags_free(annal__tags *a) {
     free(a->loc);
     free(a->out);
     free(a->type);
-    free(a->tlen);
+    free(a->tkey);
     memset(a, 0, sizeof *a);
 }
 

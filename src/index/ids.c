@@ -700,21 +700,23 @@ static int merge_step(annal__ids *ids) {
  * pages here instead of on the appender's first touch. A page fault costs microseconds
  * in a VM, and the first appends after open touched ~8,000 of them (about a sixth of a
  * batched append's time). Safe while another thread writes there. Best effort. */
-static void prefault(void *p, size_t len) {
+static void prefault(annal__ids *ids, void *p, size_t len) {
 #ifdef MADV_POPULATE_WRITE
     uintptr_t pg = 4096, a = ((uintptr_t)p + pg - 1) & ~(pg - 1),
-              b = ((uintptr_t)p + len) & ~(pg - 1);
+              b = ((uintptr_t)p + len) & ~(pg - 1), step = 2u << 20;
     if (b <= a) return;
-    if (b - a >= (2u << 20)) madvise((void *)a, b - a, MADV_HUGEPAGE);
-    madvise((void *)a, b - a, MADV_POPULATE_WRITE);
+    if (b - a >= step) madvise((void *)a, b - a, MADV_HUGEPAGE);
+    /* 2 MiB at a time: a handle closed soon after opening need not wait for it all */
+    for (uintptr_t c = a; c < b && !ids->stop; c += step)
+        madvise((void *)c, b - c < step ? b - c : step, MADV_POPULATE_WRITE);
 #else
-    (void)p, (void)len;
+    (void)ids, (void)p, (void)len;
 #endif
 }
 
 static void *merger_main(void *arg) {
     annal__ids *ids = arg;
-    for (int i = 0; i < 2; i++) prefault(ids->pf[i], ids->pf_len[i]);
+    for (int i = 0; i < 2; i++) prefault(ids, ids->pf[i], ids->pf_len[i]);
     pthread_mutex_lock(&ids->mu);
     while (!ids->stop) {
         if (merge_step(ids) != 1 && !ids->stop) /* done, or failed: until the next flush */

@@ -421,8 +421,8 @@ int annal__seg_reserve(annal__log *log, annal__seg *seg, uint64_t end) {
     return seg_extend(log, seg, end, GROW_CHUNK);
 }
 
-#define GROW_STEP  (1u << 20)  /* the grower extends by this much at a time */
-#define GROW_AHEAD (16u << 20) /* and keeps this far ahead of the writer */
+#define GROW_STEP  (1u << 20) /* the grower extends by this much at a time */
+#define GROW_AHEAD (4u << 20) /* and keeps this far ahead of the writer */
 
 static void *grower_main(void *arg) {
     annal__log *log = arg;

@@ -734,6 +734,23 @@ static annal_err open_reader(annal_db *db) {
     rc = annal__index_open(&db->idx, db->index_dir, 1, 0, db->opts.index_map_bytes, detail,
                            sizeof detail);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
+    /* An index of another layout would be misread: only a writer rebuilds it. */
+    MDB_txn *t = NULL;
+    annal__index_head h;
+    if ((rc = annal__read_txn(db, &t)) != ANNAL_OK) return rc;
+    rc = annal__index_head_get(t, &db->idx, &h);
+    mdb_txn_abort(t);
+    if (rc != ANNAL_OK && h.version != 0 && h.version != ANNAL__INDEX_VERSION)
+        return annal__fail(db, ANNAL_EVERSION,
+                           "the index of %s has layout %" PRIu64 " (this annal reads %d): open "
+                           "the store for writing once, or run `annal rebuild-index`, to "
+                           "rebuild it",
+                           db->dir, h.version, ANNAL__INDEX_VERSION);
+    if (rc != ANNAL_OK)
+        return annal__fail(db, rc,
+                           "the index head of %s is unreadable: open the store for "
+                           "writing once to rebuild it",
+                           db->dir);
     rc = annal__log_open(&db->log, db->io, db->dir, 1, 0, detail, sizeof detail);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
     return ANNAL_OK;

@@ -392,18 +392,6 @@ annal_err annal__ids_add(annal__ids *ids, const annal_uuid *id, uint64_t pos, ui
     return mem_insert(ids, id->bytes, h, i, pos, loc);
 }
 
-annal_err annal__ids_claim_mem(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
-                               uint64_t *old_pos) {
-    uint64_t h = id_hash(id->bytes);
-    size_t i;
-    const ment *m = mem_find(ids, id->bytes, h, &i);
-    if (m) {
-        *old_pos = m->pos;
-        return ANNAL_EDUPLICATE;
-    }
-    return mem_insert(ids, id->bytes, h, i, pos, loc);
-}
-
 /* Newest run entry for id, newest run first. Under mu while a merger may swap runs. */
 static int runs_find(annal__ids *ids, const uint8_t *id, uint64_t h, uint64_t *pos) {
     if (ids->merger) pthread_mutex_lock(&ids->mu);
@@ -417,8 +405,9 @@ void annal__ids_prefetch(const annal__ids *ids, const annal_uuid *id) {
     if (ids->slot) __builtin_prefetch(&ids->slot[id_hash(id->bytes) & ids->mask]);
 }
 
-annal_err annal__ids_claim(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
-                           uint64_t *old_pos, uint64_t *old_loc) {
+/* Claim id against the memtable, and against the runs too if `runs`. */
+static annal_err claim(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc, int runs,
+                       uint64_t *old_pos, uint64_t *old_loc) {
     uint64_t h = id_hash(id->bytes);
     size_t i;
     const ment *m = mem_find(ids, id->bytes, h, &i);
@@ -427,11 +416,22 @@ annal_err annal__ids_claim(annal__ids *ids, const annal_uuid *id, uint64_t pos, 
         *old_loc = m->loc;
         return ANNAL_EDUPLICATE;
     }
-    if (runs_find(ids, id->bytes, h, old_pos)) {
+    if (runs && runs_find(ids, id->bytes, h, old_pos)) {
         *old_loc = UINT64_MAX;
         return ANNAL_EDUPLICATE;
     }
     return mem_insert(ids, id->bytes, h, i, pos, loc);
+}
+
+annal_err annal__ids_claim(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
+                           uint64_t *old_pos, uint64_t *old_loc) {
+    return claim(ids, id, pos, loc, 1, old_pos, old_loc);
+}
+
+annal_err annal__ids_claim_mem(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
+                               uint64_t *old_pos) {
+    uint64_t old_loc;
+    return claim(ids, id, pos, loc, 0, old_pos, &old_loc);
 }
 
 /* Removing the newest entries first needs no tombstones: no probe sequence of an older

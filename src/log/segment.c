@@ -502,19 +502,19 @@ static annal_err read_rec(annal__log *log, annal__seg *seg, uint64_t off, annal_
 }
 
 annal_err annal__seg_peek(annal__log *log, annal__seg *seg, uint64_t off, uint64_t *pos,
-                          uint64_t *count, uint32_t *len) {
+                          uint64_t *span, uint32_t *len, int *event) {
     if (off + ANNAL__REC_HDR > seg->cap ||
         annal__seg_readable(log, seg, off + ANNAL__REC_HDR) != ANNAL_OK)
         return ANNAL_ECORRUPT;
     const uint8_t *p = seg->map + off;
+    uint32_t kind = annal__get32(p + 60);
     *len = annal__get32(p + 4);
     *pos = annal__get64(p + 8);
-    uint32_t kind = annal__get32(p + 60);
-    *count = kind == ANNAL__REC_HOLE ? annal__get64(p + 16) : 1;
-    if (*len < ANNAL__REC_HDR || (*len & 7) || off + *len > seg->cap || *count == 0 ||
-        (kind != ANNAL__REC_EVENT && kind != ANNAL__REC_HOLE))
+    *event = kind == ANNAL__REC_EVENT;
+    *span = *event ? 1 : annal__get64(p + 16);
+    if (*len < ANNAL__REC_HDR || (*len & 7) || off + *len > seg->cap || *span == 0 ||
+        (!*event && kind != ANNAL__REC_HOLE))
         return ANNAL_ECORRUPT;
-    if (kind == ANNAL__REC_HOLE) *count |= 1ull << 63;
     return ANNAL_OK;
 }
 

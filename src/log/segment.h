@@ -142,11 +142,11 @@ void annal__cursor_settle(annal__cursor *c);
 annal_err annal__cursor_skip(annal__cursor *c);
 
 /* The framing of the record at off in seg, without decoding or checking the rest: its
- * position, length and the positions it stands for (*count: 1 for an event; a hole's
- * count with bit 63 set). For walks that only need to find records; whoever returns an
- * event decodes it in full. ANNAL_ECORRUPT if the framing is not sane. */
+ * position, length, whether it is an event (else a hole) and the positions it stands
+ * for (1, or a hole's count). For walks that only need to find records; whoever
+ * returns an event decodes it in full. ANNAL_ECORRUPT if the framing is not sane. */
 annal_err annal__seg_peek(annal__log *log, annal__seg *seg, uint64_t off, uint64_t *pos,
-                          uint64_t *count, uint32_t *len);
+                          uint64_t *span, uint32_t *len, int *event);
 /* Decode the record at loc and check it carries position pos (UINT64_MAX: any). */
 annal_err annal__log_read_at(annal__log *log, uint64_t loc, uint64_t pos, annal_event *ev,
                              annal__rec_info *info);

@@ -289,9 +289,10 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
             snprintf(req->msg, sizeof req->msg, "event id %s is already stored%s", ids,
                      dp >= db->head.next_pos ? " (repeated within the append)" : "");
         }
-        if (rc == ANNAL_OK) rc = annal__tags_add(&db->tags, ev.type, ev.type_len, ev.position, loc);
+        if (rc == ANNAL_OK)
+            rc = annal__batch_add(&db->batch, ev.type, ev.type_len, ev.position, loc);
         if (rc != ANNAL_OK) {
-            db->tags.n = 0;
+            db->batch.n = 0;
             return rc;
         }
     }
@@ -302,12 +303,13 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
                           strlen(in->type), in->data,     in->data_len,    in->metadata,
                           in->metadata_len, sr.count + i, h.next_pos + i,  g->now};
         if (ev.position % ANNAL__POS_STRIDE == 0)
-            rc = annal__index_pos_put(t, &db->idx, ev.position, db->tags.loc[i]);
+            rc = annal__index_pos_put(t, &db->idx, ev.position, db->batch.loc[i]);
         if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev);
     }
     if (rc == ANNAL_OK)
-        rc = annal__tags_put(&db->tags, &db->idx, t, req->stream, req->stream_len, sr.id, sr.count);
-    db->tags.n = 0;
+        rc = annal__batch_put(&db->batch, &db->idx, t, req->stream, req->stream_len, sr.id,
+                              sr.count);
+    db->batch.n = 0;
     sr.count += req->n;
     sr.last_pos = h.next_pos + req->n - 1;
     if (rc == ANNAL_OK)

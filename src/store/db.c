@@ -167,15 +167,16 @@ annal_err annal__block_members(annal_db *db, const annal__block *b, uint64_t *po
     /* The batch's records follow the first member (with holes where compaction erased
      * some): their framing is enough to find the members. */
     while (want < end) {
-        uint64_t p, count;
+        uint64_t p, span;
         uint32_t len;
-        if (annal__seg_peek(&db->log, s, off, &p, &count, &len) != ANNAL_OK || p != want)
+        int event;
+        if (annal__seg_peek(&db->log, s, off, &p, &span, &len, &event) != ANNAL_OK || p != want)
             return ANNAL_ECORRUPT;
-        if (count == 1 && (b->mask >> (p - b->first_pos) & 1)) {
+        if (event && (b->mask >> (p - b->first_pos) & 1)) {
             pos[*n] = p;
             loc[(*n)++] = ANNAL__SEG_LOC(s, off);
         }
-        want = p + (count & ~(1ull << 63));
+        want = p + span;
         off += len;
     }
     return ANNAL_OK;
@@ -302,18 +303,19 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                              "position %" PRIu64 " breaks the revisions of its batch", ev.position);
         if (rc == ANNAL_OK && ev.position % ANNAL__POS_STRIDE == 0)
             rc = annal__index_pos_put(t, &db->idx, ev.position, loc);
-        if (rc == ANNAL_OK) rc = annal__tags_add(&db->tags, ev.type, ev.type_len, ev.position, loc);
+        if (rc == ANNAL_OK)
+            rc = annal__batch_add(&db->batch, ev.type, ev.type_len, ev.position, loc);
         if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev);
         sr.count = ev.revision + 1;
         sr.last_pos = ev.position;
         db->head.last_ns = ev.timestamp_ns;
         db->head.last_loc = loc;
         if (i == n - 1 && rc == ANNAL_OK)
-            rc = annal__tags_put(&db->tags, &db->idx, t, ev.stream, ev.stream_len, sr.id, rev0);
+            rc = annal__batch_put(&db->batch, &db->idx, t, ev.stream, ev.stream_len, sr.id, rev0);
         if (i == n - 1 && rc == ANNAL_OK)
             rc = annal__index_stream_put(t, &db->idx, ev.stream, ev.stream_len, &sr);
     }
-    db->tags.n = 0;
+    db->batch.n = 0;
     return rc;
 }
 
@@ -873,7 +875,7 @@ void annal_db_close(annal_db *db) {
     }
     annal__notify_close(db);
     annal__ids_close(db->ids);
-    annal__tags_free(&db->tags);
+    annal__batch_free(&db->batch);
     if (db->idx.env) annal__index_close(&db->idx);
     if (db->log.dir) annal__log_close(&db->log);
     if (db->lock_fd >= 0) close(db->lock_fd); /* releases the flock */

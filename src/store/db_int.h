@@ -54,15 +54,15 @@ typedef struct annal__errslot {
 /* The events of one batch (consecutive positions of one stream), gathered so that
  * their revision, category and type blocks (index.h) are put once per 64 events and
  * each name gets one LMDB call. Owned by its user, reused; type names must stay valid
- * until annal__tags_put. */
-typedef struct annal__tags {
+ * until annal__batch_put. */
+typedef struct annal__batch {
     size_t n, cap;
     uint64_t *loc;     /* per event */
     const char **type; /* per event */
     uint64_t *tkey;    /* per event: hash of its type << 32 | its length */
     uint8_t *out;      /* cap encoded blocks: one name's, being gathered */
     uint64_t first_pos;
-} annal__tags;
+} annal__batch;
 struct annal_db {
     char *dir;
     char *index_dir;
@@ -72,8 +72,8 @@ struct annal_db {
     int lock_fd; /* holds the flock that makes this process the only writer */
     annal__log log;
     annal__index idx;
-    annal__ids *ids;  /* writer: event id -> position (leader-only after open) */
-    annal__tags tags; /* leader-only scratch for an append's category/type entries */
+    annal__ids *ids;    /* writer: event id -> position (leader-only after open) */
+    annal__batch batch; /* leader-only scratch: an append's events, for their blocks */
 
     pthread_mutex_t errmu;
     annal__errslot *errs;
@@ -128,13 +128,13 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
                         annal_event_data *events, size_t n, annal_append_result *result,
                         const annal__guard *guard);
 
-annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_t pos,
-                          uint64_t loc);
+annal_err annal__batch_add(annal__batch *a, const char *type, size_t tlen, uint64_t pos,
+                           uint64_t loc);
 /* Put the blocks of the gathered events (of stream, whose id is sid, the first at
  * revision first_rev) into t and empty a. */
-annal_err annal__tags_put(annal__tags *a, annal__index *idx, MDB_txn *t, const char *stream,
-                          size_t slen, uint64_t sid, uint64_t first_rev);
-void annal__tags_free(annal__tags *a);
+annal_err annal__batch_put(annal__batch *a, annal__index *idx, MDB_txn *t, const char *stream,
+                           size_t slen, uint64_t sid, uint64_t first_rev);
+void annal__batch_free(annal__batch *a);
 /* Index what an event implies beyond its own entries (store/meta.c): re-creation of a
  * soft-deleted stream, a tombstone, and for `$metadata` events the limits of the stream
  * they describe. sr is the event's own stream record (updated in memory; the caller

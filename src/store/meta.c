@@ -67,8 +67,8 @@ static annal_err apply_meta(annal__index *idx, MDB_txn *t, annal__index_head *h,
     return annal__index_stream_put(t, idx, name, len, &r);
 }
 
-annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_t pos,
-                          uint64_t loc) {
+annal_err annal__batch_add(annal__batch *a, const char *type, size_t tlen, uint64_t pos,
+                           uint64_t loc) {
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 64;
         uint64_t *l = realloc(a->loc, cap * sizeof *l);
@@ -93,8 +93,8 @@ annal_err annal__tags_add(annal__tags *a, const char *type, size_t tlen, uint64_
     return ANNAL_OK;
 }
 
-annal_err annal__tags_put(annal__tags *a, annal__index *idx, MDB_txn *t, const char *stream,
-                          size_t slen, uint64_t sid, uint64_t first_rev) {
+annal_err annal__batch_put(annal__batch *a, annal__index *idx, MDB_txn *t, const char *stream,
+                           size_t slen, uint64_t sid, uint64_t first_rev) {
     size_t n = a->n, nb = 0;
     a->n = 0;
     annal_err rc = ANNAL_OK;
@@ -137,7 +137,7 @@ annal_err annal__tags_put(annal__tags *a, annal__index *idx, MDB_txn *t, const c
     return rc;
 }
 
-void annal__tags_free(annal__tags *a) {
+void annal__batch_free(annal__batch *a) {
     free(a->loc);
     free(a->out);
     free(a->type);

@@ -178,12 +178,19 @@ static void fill(annal_db *db, size_t rounds) {
     }
 }
 
+/* A new store in a new directory (*dir, caller frees) with `rounds` random batches. */
+static annal_db *new_store(const char *tag, size_t rounds, char **dir) {
+    *dir = tu_tmpdir(tag);
+    memset(&M, 0, sizeof M);
+    annal_db *db = open_store(*dir);
+    fill(db, rounds);
+    return db;
+}
+
 static void test_blocks(void **state) {
     (void)state;
-    char *dir = tu_tmpdir("blocks");
-    memset(&M, 0, sizeof M);
-    annal_db *db = open_store(dir);
-    fill(db, 40);
+    char *dir;
+    annal_db *db = new_store("blocks", 40, &dir);
     check_all(db);
     verify_clean(dir);
 
@@ -225,11 +232,8 @@ static void test_blocks(void **state) {
  * writer; a read-only opener refuses it until then. */
 static void test_older_layout(void **state) {
     (void)state;
-    char *dir = tu_tmpdir("blocks-old");
-    memset(&M, 0, sizeof M);
-    annal_db *db = open_store(dir);
-    fill(db, 10);
-    annal_db_close(db);
+    char *dir;
+    annal_db_close(new_store("blocks-old", 10, &dir));
     char idir[4096];
     snprintf(idir, sizeof idir, "%s/index", dir);
     annal__index idx;
@@ -253,7 +257,7 @@ static void test_older_layout(void **state) {
     o.flags = ANNAL_OPEN_READONLY;
     annal_db *ro = NULL;
     assert_int_equal(annal_db_open(dir, &o, &ro), ANNAL_EVERSION);
-    db = open_store(dir); /* the writer rebuilds it */
+    annal_db *db = open_store(dir); /* the writer rebuilds it */
     check_all(db);
     annal_db_close(db);
     TU_OK(NULL, annal_db_open(dir, &o, &ro)); /* and readers read it again */

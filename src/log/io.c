@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "log/io.h"
@@ -91,9 +92,17 @@ static int px_fault(void *ctx, const char *where) {
     return 0;
 }
 
+static int px_space(void *ctx, int fd, uint64_t *avail) {
+    (void)ctx;
+    struct statvfs st;
+    if (fstatvfs(fd, &st) < 0) return -errno;
+    *avail = (uint64_t)st.f_bavail * st.f_frsize;
+    return 0;
+}
+
 static const annal__io posix_io = {1,        NULL,        px_open,   px_pwrite, px_pread,
                                    px_sync,  px_alloc,    px_size,   px_close,  px_map,
-                                   px_unmap, px_sync_dir, px_unlink, px_fault};
+                                   px_unmap, px_sync_dir, px_unlink, px_fault,  px_space};
 
 const annal__io *annal__io_posix(void) { return &posix_io; }
 

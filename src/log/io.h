@@ -26,6 +26,8 @@ typedef struct annal__io {
     int (*unlink)(void *ctx, const char *path);
     /* Named points where a fault may be injected: "index-commit". 0 = go on. */
     int (*fault)(void *ctx, const char *where);
+    /* Bytes an unprivileged writer may still add to fd's filesystem (fstatvfs). */
+    int (*space)(void *ctx, int fd, uint64_t *avail);
 } annal__io;
 
 /* The real thing: POSIX calls. */

@@ -403,16 +403,25 @@ int annal__log_add(annal__log *log, uint64_t no, uint64_t first_pos, uint64_t ca
     return 0;
 }
 
-/* Extend seg to at least end, by step bytes or more. */
+/* Raise seg->size to at least v (readers, the grower and the writer all move it). */
+static void raise_size(annal__seg *seg, uint64_t v) {
+    uint64_t cur = __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE);
+    while (v > cur && !__atomic_compare_exchange_n(&seg->size, &cur, v, 0, __ATOMIC_ACQ_REL,
+                                                   __ATOMIC_ACQUIRE)) {}
+}
+
+/* Extend seg to at least end, by step bytes or more: zeros from the end of what exists
+ * or was claimed for a write. */
 static int seg_extend(annal__log *log, annal__seg *seg, uint64_t end, uint64_t step) {
     if (end <= __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE)) return 0;
     pthread_mutex_lock(&log->grow_mu); /* the writer and the grower */
     uint64_t size = __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE);
+    if (size < seg->claim) size = seg->claim;
     uint64_t want = size + step;
     if (want < end) want = end;
     if (want > seg->cap) want = seg->cap;
     int r = end <= size ? 0 : end > want ? -EFBIG : prealloc(log->io, seg->fd, size, want);
-    if (r == 0 && want > size && end > size) __atomic_store_n(&seg->size, want, __ATOMIC_RELEASE);
+    if (r == 0 && end > size) raise_size(seg, want);
     pthread_mutex_unlock(&log->grow_mu);
     return r;
 }
@@ -420,6 +429,23 @@ static int seg_extend(annal__log *log, annal__seg *seg, uint64_t end, uint64_t s
 int annal__seg_reserve(annal__log *log, annal__seg *seg, uint64_t end) {
     return seg_extend(log, seg, end, GROW_CHUNK);
 }
+
+#define SPACE_MARGIN (8u << 20) /* left free for the filesystem's own blocks and the index */
+
+int annal__seg_claim(annal__log *log, annal__seg *seg, uint64_t end) {
+    if (end > seg->cap) return -EFBIG;
+    uint64_t size = __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE), avail = 0;
+    if (end <= size) return 0;
+    int r = log->io->space(log->io->ctx, seg->fd, &avail);
+    if (r < 0) return r;
+    if (avail < end - size + SPACE_MARGIN) return -ENOSPC;
+    pthread_mutex_lock(&log->grow_mu); /* the grower may be zeroing: wait for its step */
+    if (end > seg->claim) seg->claim = end;
+    pthread_mutex_unlock(&log->grow_mu);
+    return 0;
+}
+
+void annal__seg_wrote(annal__seg *seg, uint64_t end) { raise_size(seg, end); }
 
 #define GROW_STEP  (1u << 20) /* the grower extends by this much at a time */
 #define GROW_AHEAD (4u << 20) /* and keeps this far ahead of the writer */
@@ -482,7 +508,7 @@ annal_err annal__seg_readable(annal__log *log, annal__seg *seg, uint64_t end) {
     uint64_t size = 0;
     if (log->io->size(log->io->ctx, seg->fd, &size) < 0) return ANNAL_EIO;
     if (size > seg->cap) size = seg->cap;
-    __atomic_store_n(&seg->size, size, __ATOMIC_RELEASE);
+    raise_size(seg, size);
     return end <= size ? ANNAL_OK : ANNAL_ECORRUPT;
 }
 

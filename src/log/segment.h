@@ -19,6 +19,7 @@ typedef struct annal__seg {
     int fd;
     const uint8_t *map; /* read-only mapping, cap bytes (pages past EOF must not be touched) */
     uint64_t size;      /* bytes of file known to exist (atomic; grows) */
+    uint64_t claim;     /* end of the writer's last annal__seg_claim (under grow_mu) */
     struct annal__seg *older; /* generations replaced by compaction, kept mapped until
                                * the log closes so pointers handed out stay valid */
 } annal__seg;
@@ -102,6 +103,15 @@ int annal__log_add(annal__log *log, uint64_t no, uint64_t first_pos, uint64_t ca
 /* Make sure bytes [0, end) of seg exist on disk (preallocation in growing chunks).
  * -errno (ENOSPC) leaves the log unchanged. */
 int annal__seg_reserve(annal__log *log, annal__seg *seg, uint64_t end);
+
+/* Let the writer's next write, up to end, extend seg itself without zeros written first:
+ * a large flush is better off paying for the file's growth once, in its own fdatasync,
+ * than writing every byte twice. Checks that the filesystem has room for the growth
+ * (with a margin), so that a full disk is met here, before anything is written: -ENOSPC
+ * (or another -errno) leaves the log unchanged. Preallocation never zeroes below a
+ * claim. Once the write has landed, annal__seg_wrote says so. */
+int annal__seg_claim(annal__log *log, annal__seg *seg, uint64_t end);
+void annal__seg_wrote(annal__seg *seg, uint64_t end);
 
 /* A writer's thread that extends the segment being written ahead of the appends, so
  * that no append waits for preallocation (annal__seg_reserve then finds the bytes

@@ -15,8 +15,9 @@
 #include "base/base.h"
 #include "store/db_int.h"
 
-#define GROUP_BYTES (4u << 20) /* stop taking requests into a group past this */
-#define LEAD_ROUNDS 4          /* groups one leader commits before handing over */
+#define GROUP_BYTES (4u << 20)  /* stop taking requests into a group past this */
+#define LEAD_ROUNDS 4           /* groups one leader commits before handing over */
+#define BIG_FLUSH   (64u << 10) /* a flush this large extends the file itself (see flush) */
 
 static annal_err io_err(int r) { return r == -ENOSPC || r == -EDQUOT ? ANNAL_ENOSPC : ANNAL_EIO; }
 
@@ -49,10 +50,17 @@ static int buf_reserve(annal_db *db, uint64_t need) {
     return 0;
 }
 
-/* Write the encoded buffer at the tail of the segment and make it durable. */
+/* Write the encoded buffer at the tail of the segment and make it durable. A small
+ * flush goes into space zeroed ahead of it (by the grower), so that its fdatasync has
+ * no file metadata to write; a large one extends the file itself: zeroing first would
+ * make the disk write each of its bytes twice, a cost the single metadata update it
+ * saves does not repay (docs/architecture.md, "Log preallocation"). */
 static int flush(annal_db *db, group *g) {
     if (g->bl == 0) return 0;
-    int r = annal__seg_reserve(&db->log, db->wseg, db->woff + g->bl);
+    int big = g->bl >= BIG_FLUSH;
+    uint64_t end = db->woff + g->bl;
+    int r = big ? annal__seg_claim(&db->log, db->wseg, end)
+                : annal__seg_reserve(&db->log, db->wseg, end);
     if (r < 0) return r;
     g->written = 1;
     r = annal__io_write_all(db->io, db->wseg->fd, db->buf, (size_t)g->bl, db->woff);
@@ -61,7 +69,10 @@ static int flush(annal_db *db, group *g) {
     if (r < 0) return r;
     db->woff += g->bl;
     g->bl = 0;
-    annal__log_grow_hint(&db->log, db->wseg, db->woff);
+    if (big)
+        annal__seg_wrote(db->wseg, end);
+    else
+        annal__log_grow_hint(&db->log, db->wseg, db->woff);
     return 0;
 }
 

@@ -854,6 +854,22 @@ static void test_readonly_handle_follows(void **state) {
     run_cfg(*state, &c);
 }
 
+/* durable appends of 1..40 events of up to 4 KB: flushes small enough for the space
+ * zeroed ahead of the writer and large ones that extend the segment file themselves,
+ * mixed, across segments, with readers (the file may be shorter than the writer's claim
+ * while a large write is under way) and verify beside them */
+static void test_mixed_flush_sizes(void **state) {
+    cfg c = {.writers = 8,
+             .per_writer = 80,
+             .readers = 3,
+             .nshared = 2,
+             .max_batch = 40,
+             .flags = 0,
+             .segment_bytes = 16u << 20, /* its first 8 MiB are zeroed when it is made */
+             .verifier = 1};
+    run_cfg(*state, &c);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--verify-loop") == 0) return verify_loop_main(argv[2]);
     const struct CMUnitTest tests[] = {
@@ -861,6 +877,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_group_commit_durable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batches_atomic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_handle_follows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mixed_flush_sizes, setup, teardown),
     };
     return cmocka_run_group_tests_name("concurrency", tests, NULL, NULL);
 }

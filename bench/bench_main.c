@@ -3,7 +3,7 @@
  *
  *   annal_bench --system S --workload W [--events N] [--streams 10000] [--threads T]
  *               --dir DIR [--pg CONNINFO] [--pg-schema NAME] [--label NAME]
- *               [--seed 42] [--run R] [--passes 5] [--keep] [--auto-id]
+ *               [--seed 42] [--run R] [--passes 5] [--keep] [--auto-id] [--no-sync]
  *
  * Workloads:
  *   append-bK   one writer, K events per append, N events in all, each append to a
@@ -144,7 +144,7 @@ typedef struct opts {
     size_t events;
     unsigned threads;
     uint64_t seed;
-    int run, passes, keep, auto_id;
+    int run, passes, keep, auto_id, no_sync;
 } opts;
 
 static const bench_sys *find_sys(const char *name)
@@ -181,7 +181,7 @@ static int run_append(const opts *o, const bench_sys *sys, unsigned batch, unsig
     if (mkdir_p(o->dir) != 0)
         die("mkdir %s: %s", o->dir, strerror(errno));
     bench_open bo = {.dir = o->dir, .pg = o->pg, .pg_schema = o->pg_schema, .fresh = 1,
-                     .auto_id = o->auto_id};
+                     .auto_id = o->auto_id, .bulk = o->no_sync};
     void *h = sys->open(&bo);
     if (!h)
         die("%s: open failed", sys->name);
@@ -330,8 +330,10 @@ __attribute__((noreturn)) static void usage(void)
     fprintf(stderr,
             "usage: annal_bench --system S --workload W --dir DIR [--events N] [--streams N]\n"
             "       [--threads T] [--pg CONNINFO] [--pg-schema NAME] [--label NAME] [--seed N]\n"
-            "       [--run R] [--passes P] [--keep] [--auto-id]\n"
+            "       [--run R] [--passes P] [--keep] [--auto-id] [--no-sync]\n"
             "--auto-id: annal only, appends all-zero ids so annal generates UUIDv7s\n"
+            "--no-sync: appends are not durable (each system's bulk-load mode): what the\n"
+            "           rest of the work costs without the disk, never a headline figure\n"
             "systems: raw raw-prealloc sqlite postgres"
 #ifdef BENCH_WITH_ANNAL
             " annal"
@@ -376,6 +378,8 @@ int main(int argc, char **argv)
             o.keep = 1;
         else if (strcmp(a, "--auto-id") == 0)
             o.auto_id = 1;
+        else if (strcmp(a, "--no-sync") == 0)
+            o.no_sync = 1;
         else
             usage();
 #undef ARG

@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <linux/futex.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -429,25 +430,49 @@ static void commit_group(annal_db *db, annal__req *reqs) {
 
 /* ---- waiting and leading ----------------------------------------------------------- */
 
-static void futex_wait(_Atomic uint32_t *w, uint32_t v) {
-    syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, v, NULL, NULL, 0);
-}
+#define GROUP_BIT (1u << 31)
 
-/* Until req is done or made the leader; returns which. */
+/* Until req is done or made the leader; returns which. It sleeps on its group's word,
+ * rechecking its state whenever the word moves. */
 static uint32_t req_wait(annal__req *req) {
-    uint32_t s;
-    while ((s = atomic_load_explicit(&req->state, memory_order_acquire)) == REQ_QUEUED)
-        futex_wait(&req->state, REQ_QUEUED);
-    return s;
+    for (;;) {
+        uint32_t v = atomic_load_explicit(req->word, memory_order_acquire);
+        uint32_t s = atomic_load_explicit(&req->state, memory_order_acquire);
+        if (s != REQ_QUEUED) return s;
+        syscall(SYS_futex, req->word, FUTEX_WAIT_BITSET_PRIVATE, v, NULL, NULL,
+                GROUP_BIT | 1u << req->bit);
+    }
 }
 
-/* Set req's state and wake its thread. req may be gone the moment it is done (its
- * frame returns): the wake-up then reaches a stale address, which is harmless (a
- * waiter always rechecks its word). */
+/* Move word w and wake its sleepers with any of these bits. */
+static void word_wake(_Atomic uint32_t *w, uint32_t bits) {
+    atomic_fetch_add_explicit(w, 1, memory_order_release);
+    syscall(SYS_futex, w, FUTEX_WAKE_BITSET_PRIVATE, INT32_MAX, NULL, NULL, bits);
+}
+
+/* Mark every request of a committed group done, then wake them all with one call per
+ * word (one, or two when a group spans an epoch): a wake-up call each cost several
+ * microseconds of the leader's time, 64 of them more than the flush itself. Each
+ * request's frame may be gone once it is marked done, so read it before. */
+static void wake_group(annal__req *first) {
+    _Atomic uint32_t *w[2] = {NULL, NULL};
+    for (annal__req *r = first, *nx; r; r = nx) {
+        nx = r->next;
+        _Atomic uint32_t *rw = r->word;
+        if (w[0] != rw && !w[1] && w[0]) w[1] = rw;
+        if (!w[0]) w[0] = rw;
+        atomic_store_explicit(&r->state, REQ_DONE, memory_order_release);
+    }
+    for (int i = 0; i < 2 && w[i]; i++) word_wake(w[i], GROUP_BIT);
+}
+
+/* Set one request's state and wake it alone (those sharing its bit wake too, and
+ * sleep again). */
 static void req_wake(annal__req *req, uint32_t state) {
-    _Atomic uint32_t *w = &req->state;
-    atomic_store_explicit(w, state, memory_order_release);
-    syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    _Atomic uint32_t *w = req->word;
+    uint32_t bit = 1u << req->bit;
+    atomic_store_explicit(&req->state, state, memory_order_release);
+    word_wake(w, bit);
 }
 
 /* Under wmu, when leading ends: hand over to the head of the queue (woken by the
@@ -482,12 +507,10 @@ static void lead_groups(annal_db *db) {
         db->qhead = last->next;
         if (!db->qhead) db->qtail = NULL;
         last->next = NULL;
+        db->epoch++; /* who queues from now on is in a later group */
         pthread_mutex_unlock(&db->wmu);
         commit_group(db, first);
-        for (annal__req *r = first, *nx; r; r = nx) {
-            nx = r->next;
-            req_wake(r, REQ_DONE);
-        }
+        wake_group(first);
         /* after waking the group, still leading: no group commits meanwhile */
         if (annal__ids_full(db->ids) && db->failed == ANNAL_OK) annal__flush_ids(db);
         pthread_mutex_lock(&db->wmu);
@@ -588,14 +611,16 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
     if (db->qtail)
         db->qtail->next = &req;
     else
-        db->qhead = &req;   // cppcheck-suppress autoVariables
-    db->qtail = &req;       // cppcheck-suppress autoVariables
+        db->qhead = &req; // cppcheck-suppress autoVariables
+    db->qtail = &req;     // cppcheck-suppress autoVariables
+    req.word = &db->wake[db->epoch & 1];
+    req.bit = db->nqueued++ % 31;
     int lead = !db->leader; /* then the queue was empty: req is its head */
     db->leader = 1;
     pthread_mutex_unlock(&db->wmu);
-    /* A waiter sleeps on its own request's word, woken when it is done or made the
-     * leader, and returns without taking the mutex again: the 64 members of a group
-     * do not line up for it after each flush. */
+    /* A waiter sleeps until it is done or made the leader, and returns without taking
+     * the mutex again: the 64 members of a group do not line up for it after each
+     * flush. */
     if (!lead) lead = req_wait(&req) == REQ_LEAD;
     if (lead) lead_groups(db);
     free(req.owned);

@@ -38,7 +38,9 @@ typedef struct annal__req {
     annal_err rc;
     char *owned;            /* data the leader made for this request (soft delete); freed after */
     char msg[400];          /* detail for annal_db_errmsg when rc != OK */
-    _Atomic uint32_t state; /* REQ_*: set by the leader, waited on by the caller (futex) */
+    _Atomic uint32_t state; /* REQ_*: set by the leader, read by the caller */
+    _Atomic uint32_t *word; /* the futex word its caller sleeps on (a db->wake word) */
+    uint32_t bit;           /* its own bit of the futex bitset (the group's is bit 31) */
     struct annal__req *next;
 } annal__req;
 enum { REQ_QUEUED, REQ_DONE, REQ_LEAD /* the caller leads now */ };
@@ -85,6 +87,10 @@ struct annal_db {
     annal__req *qhead, *qtail;
     int leader;       /* a leader is committing (or was just handed the queue) */
     int sync_waiting; /* annal_db_sync calls waiting for the leader to let go */
+    /* Callers sleep on wake[epoch & 1] as of their queueing; each group taken starts a
+     * new epoch, so one wake-up call reaches a whole group and not the next one. */
+    _Atomic uint32_t wake[2];
+    uint32_t epoch, nqueued;
     annal_err failed; /* sticky: after a failed write or flush, refuse appends */
     char failed_msg[320];
 

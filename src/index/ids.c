@@ -66,6 +66,7 @@ struct annal__ids {
     int merger;       /* running */
     int deferred;     /* merges are the merger's, even while it is stopped (closing) */
     int locked;       /* a flush holds mu */
+    int held;         /* the leader holds mu for a batch of lookups (annal__ids_hold) */
     _Atomic int stop; /* asks it to finish (a merge in progress is abandoned) */
     MDB_env *env;
     MDB_dbi meta;
@@ -394,15 +395,32 @@ annal_err annal__ids_add(annal__ids *ids, const annal_uuid *id, uint64_t pos, ui
 
 /* Newest run entry for id, newest run first. Under mu while a merger may swap runs. */
 static int runs_find(annal__ids *ids, const uint8_t *id, uint64_t h, uint64_t *pos) {
-    if (ids->merger) pthread_mutex_lock(&ids->mu);
+    int lock = ids->merger && !ids->held;
+    if (lock) pthread_mutex_lock(&ids->mu);
     int found = 0;
     for (size_t r = ids->nruns; r-- > 0 && !found;) found = run_get(ids->runs[r], id, h, pos);
-    if (ids->merger) pthread_mutex_unlock(&ids->mu);
+    if (lock) pthread_mutex_unlock(&ids->mu);
     return found;
 }
 
+void annal__ids_hold(annal__ids *ids) {
+    if (ids->merger && !ids->held) pthread_mutex_lock(&ids->mu);
+    ids->held = 1;
+}
+
+void annal__ids_release(annal__ids *ids) {
+    if (ids->merger && ids->held) pthread_mutex_unlock(&ids->mu);
+    ids->held = 0;
+}
+
 void annal__ids_prefetch(const annal__ids *ids, const annal_uuid *id) {
-    if (ids->slot) __builtin_prefetch(&ids->slot[id_hash(id->bytes) & ids->mask]);
+    uint64_t h = id_hash(id->bytes);
+    if (ids->slot) __builtin_prefetch(&ids->slot[h & ids->mask]);
+    if (ids->merger && !ids->held) return;  /* the run list may change under us */
+    for (size_t r = 0; r < ids->nruns; r++) /* each run's Bloom block: one cache line */
+        if (ids->runs[r]->count)
+            __builtin_prefetch(bloom_block(ids->runs[r]->map + bloom_off(ids->runs[r]->count),
+                                           ids->runs[r]->blocks, h));
 }
 
 /* Claim id against the memtable, and against the runs too if `runs`. */

@@ -55,9 +55,16 @@ annal_err annal__ids_claim(annal__ids *ids, const annal_uuid *id, uint64_t pos, 
 annal_err annal__ids_claim_mem(annal__ids *ids, const annal_uuid *id, uint64_t pos, uint64_t loc,
                                uint64_t *old_pos);
 
-/* Start loading the memtable slot of id into the cache: claiming a batch's ids after
- * prefetching them all overlaps their cache misses. */
+/* Start loading the memtable slot of id into the cache, and (while held) the Bloom
+ * filter block of each run for it: claiming a batch's ids after prefetching them all
+ * overlaps their cache misses. */
 void annal__ids_prefetch(const annal__ids *ids, const annal_uuid *id);
+
+/* Keep the run list still (from the merger thread) for a batch of claims and lookups
+ * by the calling thread, which would otherwise lock and unlock for each; release
+ * before anything else of ids is called (a flush, a close). */
+void annal__ids_hold(annal__ids *ids);
+void annal__ids_release(annal__ids *ids);
 
 /* Forget the memtable's entries at positions >= pos (added by an append that failed). */
 void annal__ids_truncate(annal__ids *ids, uint64_t pos);

@@ -278,7 +278,8 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         h.streams++;
     }
     uint64_t bl = g->bl;
-    for (size_t i = 0; i < req->n && req->n > 1; i++) /* one random memory access each */
+    annal__ids_hold(db->ids);
+    for (size_t i = 0; i < req->n && req->n > 1; i++) /* a few random memory accesses each */
         annal__ids_prefetch(db->ids, &req->ev[i].id);
     /* First what may refuse the request (an id already stored), with no index write:
      * a refused request leaves the group's transaction as it was, so requests need no
@@ -304,10 +305,12 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         if (rc == ANNAL_OK)
             rc = annal__batch_add(&db->batch, ev.type, ev.type_len, ev.position, loc);
         if (rc != ANNAL_OK) {
+            annal__ids_release(db->ids);
             db->batch.n = 0;
             return rc;
         }
     }
+    annal__ids_release(db->ids);
     /* Then the index entries. A failure now is LMDB's and ends the group. */
     for (size_t i = 0; i < req->n && rc == ANNAL_OK; i++) {
         annal_event_data *in = &req->ev[i];

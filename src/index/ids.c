@@ -6,6 +6,7 @@
  *   64  count entries of 24 bytes, sorted by id: id (16 bytes), position (8)
  *       then, at the next multiple of 64, the Bloom filter: blocks of 512 bits. */
 #include "index/ids.h"
+#include "index/index.h"
 
 #include <dirent.h>
 #include <stddef.h>
@@ -63,12 +64,12 @@ struct annal__ids {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t th;
-    int merger;       /* running */
-    int deferred;     /* merges are the merger's, even while it is stopped (closing) */
-    int locked;       /* a flush holds mu */
-    int held;         /* the leader holds mu for a batch of lookups (annal__ids_hold) */
-    _Atomic int stop; /* asks it to finish (a merge in progress is abandoned) */
-    MDB_env *env;
+    int merger;               /* running */
+    int deferred;             /* merges are the merger's, even while it is stopped (closing) */
+    int locked;               /* a flush holds mu */
+    int held;                 /* the leader holds mu for a batch of lookups (annal__ids_hold) */
+    _Atomic int stop;         /* asks it to finish (a merge in progress is abandoned) */
+    struct annal__index *idx; /* the merger's transactions */
     MDB_dbi meta;
     /* The memtable's memory as the merger found it at start, to fault in (below). */
     void *pf[2];
@@ -687,7 +688,7 @@ static int merge_step(annal__ids *ids) {
     pthread_mutex_unlock(&ids->mu);
     int r = merge(ids, a, b, seq, &m);
     MDB_txn *t = NULL;
-    if (r == 0 && mdb_txn_begin(ids->env, NULL, 0, &t) != 0) t = NULL, r = -EIO;
+    if (r == 0 && annal__txn_begin(ids->idx, 0, &t) != 0) t = NULL, r = -EIO;
     pthread_mutex_lock(&ids->mu); /* after LMDB's writer lock, as every flush takes them */
     run **list = r == 0 ? calloc(ids->nruns, sizeof *list) : NULL;
     if (r == 0 && list) {
@@ -697,9 +698,10 @@ static int merge_step(annal__ids *ids) {
                 list[n++] = m;
             else if (ids->runs[k] != b)
                 list[n++] = ids->runs[k];
-        if (put_list(t, ids->meta, list, n, ids->next, ids->next_seq) == ANNAL_OK &&
-            mdb_txn_commit(t) == 0) {
-            t = NULL;
+        int put = put_list(t, ids->meta, list, n, ids->next, ids->next_seq) == ANNAL_OK;
+        int committed = put && annal__txn_commit(ids->idx, t) == 0;
+        if (put) t = NULL; /* committed, or failed and gone */
+        if (committed) {
             free(ids->runs);
             ids->runs = list;
             ids->nruns = n;
@@ -709,7 +711,7 @@ static int merge_step(annal__ids *ids) {
         }
     }
     free(list);
-    if (t) mdb_txn_abort(t);
+    if (t) annal__txn_abort(ids->idx, t);
     if (m) run_free(m, ids->dir, 1);
     return -1;
 }
@@ -744,9 +746,9 @@ static void *merger_main(void *arg) {
     return NULL;
 }
 
-annal_err annal__ids_start_merger(annal__ids *ids, MDB_env *env, MDB_dbi meta) {
+annal_err annal__ids_start_merger(annal__ids *ids, annal__index *idx, MDB_dbi meta) {
     if (ids->merger) return ANNAL_OK;
-    ids->env = env;
+    ids->idx = idx;
     ids->meta = meta;
     ids->stop = 0;
     ids->merger = 1;

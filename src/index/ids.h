@@ -21,6 +21,7 @@
 #include "annal.h"
 
 typedef struct annal__ids annal__ids;
+struct annal__index;
 
 #define ANNAL__IDS_MEM_DEFAULT (1u << 19) /* memtable entries before a run is written */
 
@@ -91,8 +92,8 @@ int annal__ids_sync(annal__ids *ids);
 /* Merge runs in a thread of their own from now on (a writer, after open): a flush then
  * only writes the memtable's run, and merges, which rewrite up to the whole index,
  * no longer pause appends. The thread commits the new run lists in its own LMDB write
- * transactions on env. Stopped by annal__ids_stop_merger or annal__ids_close. */
-annal_err annal__ids_start_merger(annal__ids *ids, MDB_env *env, MDB_dbi meta);
+ * transactions on idx. Stopped by annal__ids_stop_merger or annal__ids_close. */
+annal_err annal__ids_start_merger(annal__ids *ids, struct annal__index *idx, MDB_dbi meta);
 void annal__ids_stop_merger(annal__ids *ids);
 
 /* Check every run's checksum and order (annal verify). ANNAL_ECORRUPT with detail. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/base.h"
@@ -102,6 +103,11 @@ typedef struct shared_env {
     MDB_env *env;
     MDB_dbi meta, streams, revs, pos, cats, types;
     struct shared_env *next;
+    /* A writer maps the file writable (MDB_WRITEMAP): see annal__index_grow. Every
+     * active transaction of the process holds maplock shared. */
+    pthread_rwlock_t maplock;
+    int writemap;
+    uint64_t cap; /* the most the map may grow to (index_map_bytes) */
 } shared_env;
 static pthread_mutex_t g_envs_mu = PTHREAD_MUTEX_INITIALIZER;
 static shared_env *g_envs;
@@ -122,14 +128,44 @@ int annal__index_in_use(const char *dir) {
     return used;
 }
 
+#define MAP_MIN       (4ull << 20) /* a writer's first map */
+#define MAP_SLACK_MIN (2ull << 20) /* map kept free beyond a transaction's need: */
+#define MAP_SLACK_MAX (64ull << 20)
+
+/* The map a writer starts with: the data file's size (as a writer left it), at least
+ * MAP_MIN, at most cap. 0: the file is larger than cap (then no MDB_WRITEMAP). */
+static uint64_t first_map(const char *dir, uint64_t cap) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    struct stat st;
+    uint64_t size = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+    if (size > cap) return 0;
+    size = (size + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
+    if (size < MAP_MIN) size = MAP_MIN;
+    return size < cap ? size : cap;
+}
+
 static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint64_t mapsize,
-                          char *detail, size_t dlen) {
+                          int try_writemap, int *writemap, char *detail, size_t dlen) {
+    /* A writer maps the file writable where the whole map can be allocated: a write
+     * through the map into a hole of a full filesystem would be a SIGBUS, not an error.
+     * Elsewhere (no fallocate, no room) it maps it as a reader does. */
+    uint64_t start = try_writemap && !readonly ? first_map(dir, mapsize) : 0;
+    *writemap = start > 0;
     int rc = mdb_env_create(&idx->env);
     if (rc == 0) rc = mdb_env_set_maxdbs(idx->env, 8);
-    if (rc == 0) rc = mdb_env_set_mapsize(idx->env, (size_t)mapsize);
+    if (rc == 0) rc = mdb_env_set_mapsize(idx->env, (size_t)(*writemap ? start : mapsize));
     if (rc == 0) rc = mdb_env_set_maxreaders(idx->env, 1024);
-    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (readonly ? MDB_RDONLY : MDB_NOSYNC);
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD |
+                     (readonly ? MDB_RDONLY : MDB_NOSYNC | (*writemap ? MDB_WRITEMAP : 0));
     if (rc == 0) rc = mdb_env_open(idx->env, dir, flags, 0644);
+    int fd = -1;
+    if (rc == 0 && *writemap &&
+        (mdb_env_get_fd(idx->env, &fd) != 0 || posix_fallocate(fd, 0, (off_t)start) != 0)) {
+        mdb_env_close(idx->env); /* (nothing was written through the map) */
+        idx->env = NULL;
+        return open_env(idx, dir, readonly, mapsize, 0, writemap, detail, dlen);
+    }
     if (rc != 0) {
         snprintf(detail, dlen, "cannot open index %s: %s", dir, mdb_strerror(rc));
         return rc == ENOENT ? ANNAL_ENOTFOUND : annal__index_err(rc);
@@ -188,12 +224,23 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
     } else if (e) {
         e->refs++;
     } else {
-        rc = open_env(idx, dir, readonly, mapsize, detail, dlen);
+        int wm = 0;
+        rc = open_env(idx, dir, readonly, mapsize, 1, &wm, detail, dlen);
         e = rc == ANNAL_OK ? calloc(1, sizeof *e) : NULL;
         if (rc == ANNAL_OK && !e) rc = ANNAL_ENOMEM;
         if (rc == ANNAL_OK) {
-            *e = (shared_env){st.st_dev,    st.st_ino, readonly, 1,         idx->env,   idx->meta,
-                              idx->streams, idx->revs, idx->pos, idx->cats, idx->types, g_envs};
+            e->dev = st.st_dev, e->ino = st.st_ino, e->readonly = readonly, e->refs = 1;
+            e->env = idx->env, e->meta = idx->meta, e->streams = idx->streams;
+            e->revs = idx->revs, e->pos = idx->pos, e->cats = idx->cats, e->types = idx->types;
+            e->next = g_envs;
+            /* A grower waiting blocks new transactions: readers cannot starve it. */
+            pthread_rwlockattr_t ra;
+            pthread_rwlockattr_init(&ra);
+            pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+            pthread_rwlock_init(&e->maplock, &ra);
+            pthread_rwlockattr_destroy(&ra);
+            e->writemap = wm;
+            e->cap = mapsize;
             g_envs = e;
         } else if (idx->env) {
             mdb_env_close(idx->env);
@@ -225,6 +272,7 @@ void annal__index_close(annal__index *idx) {
                     break;
                 }
             mdb_env_close(e->env);
+            pthread_rwlock_destroy(&e->maplock);
             free(e);
         }
         pthread_mutex_unlock(&g_envs_mu);
@@ -234,6 +282,90 @@ void annal__index_close(annal__index *idx) {
 }
 
 int annal__index_sync(annal__index *idx) { return mdb_env_sync(idx->env, 1); }
+
+/* ---- transactions and the map ----------------------------------------------------- */
+
+static pthread_rwlock_t *maplock(annal__index *idx) {
+    return &((shared_env *)idx->shared)->maplock;
+}
+
+int annal__txn_begin(annal__index *idx, unsigned flags, MDB_txn **t) {
+    pthread_rwlock_rdlock(maplock(idx));
+    int rc = mdb_txn_begin(idx->env, NULL, flags, t);
+    if (rc) {
+        *t = NULL;
+        pthread_rwlock_unlock(maplock(idx));
+    }
+    return rc;
+}
+
+int annal__txn_renew(annal__index *idx, MDB_txn *t) {
+    pthread_rwlock_rdlock(maplock(idx));
+    int rc = mdb_txn_renew(t);
+    if (rc) pthread_rwlock_unlock(maplock(idx));
+    return rc;
+}
+
+void annal__txn_reset(annal__index *idx, MDB_txn *t) {
+    mdb_txn_reset(t);
+    pthread_rwlock_unlock(maplock(idx));
+}
+
+void annal__txn_abort(annal__index *idx, MDB_txn *t) {
+    mdb_txn_abort(t);
+    pthread_rwlock_unlock(maplock(idx));
+}
+
+int annal__txn_commit(annal__index *idx, MDB_txn *t) {
+    int rc = mdb_txn_commit(t);
+    pthread_rwlock_unlock(maplock(idx));
+    return rc;
+}
+
+void annal__txn_free(MDB_txn *t) { mdb_txn_abort(t); }
+
+uint64_t annal__index_room(annal__index *idx) {
+    MDB_envinfo in;
+    MDB_stat st;
+    if (!((shared_env *)idx->shared)->writemap || mdb_env_info(idx->env, &in) != 0 ||
+        mdb_env_stat(idx->env, &st) != 0)
+        return UINT64_MAX;
+    uint64_t used = ((uint64_t)in.me_last_pgno + 1) * st.ms_psize;
+    return in.me_mapsize > used ? in.me_mapsize - used : 0;
+}
+
+void annal__index_grow(annal__index *idx, uint64_t need) {
+    shared_env *e = idx->shared;
+    if (!e->writemap) return;
+    MDB_envinfo in;
+    MDB_stat st;
+    if (mdb_env_info(idx->env, &in) != 0 || mdb_env_stat(idx->env, &st) != 0) return;
+    /* Keep free a quarter of what is used (between 2 and 64 MiB) beyond need; grow by
+     * twice that, so growing is rare and the file is never much larger than its use. */
+    uint64_t map = in.me_mapsize, used = ((uint64_t)in.me_last_pgno + 1) * st.ms_psize;
+    uint64_t slack = used / 4 < MAP_SLACK_MIN ? MAP_SLACK_MIN : used / 4;
+    if (slack > MAP_SLACK_MAX) slack = MAP_SLACK_MAX;
+    if (map >= used + need + slack) return;
+    int tight = map < used + need + slack / 4; /* must grow now, or appends may fail */
+    uint64_t want = (used + need + 2 * slack + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
+    if (want > e->cap) want = e->cap;
+    if (want <= map) return; /* at the configured most */
+    int fd = -1;
+    if (mdb_env_get_fd(idx->env, &fd) != 0 || posix_fallocate(fd, 0, (off_t)want) != 0) return;
+    /* No transaction of this process may be active while LMDB remaps: wait for those
+     * running to end, unless this thread holds one itself (then the next call grows). */
+    int r = pthread_rwlock_trywrlock(maplock(idx));
+    if (r == EBUSY && tight) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200000000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        r = pthread_rwlock_timedwrlock(maplock(idx), &ts);
+    }
+    if (r != 0) return;
+    mdb_env_set_mapsize(idx->env, (size_t)want); /* (a failure leaves the map as it was) */
+    pthread_rwlock_unlock(maplock(idx));
+}
 
 static MDB_val val(const void *p, size_t n) {
     MDB_val v = {n, (void *)p};

@@ -87,6 +87,32 @@ void annal__index_close(annal__index *idx);
 /* Flush everything to disk (the writer does this at clean close). */
 int annal__index_sync(annal__index *idx);
 
+/* Every LMDB transaction on idx goes through these (they return LMDB's codes). A
+ * writer maps the data file writable (MDB_WRITEMAP: a commit writes no pages, which cut
+ * its cost 4-20x), in a map that must be moved to grow, which LMDB allows only while
+ * no transaction of the process is active: each active one (begun or renewed, not yet
+ * reset, aborted or committed) holds the environment's map lock shared. A reset read
+ * transaction holds nothing; annal__txn_free ends one. */
+int annal__txn_begin(annal__index *idx, unsigned flags, MDB_txn **t);
+int annal__txn_renew(annal__index *idx, MDB_txn *t);
+void annal__txn_reset(annal__index *idx, MDB_txn *t);
+void annal__txn_abort(annal__index *idx, MDB_txn *t);
+int annal__txn_commit(annal__index *idx, MDB_txn *t); /* t is gone either way */
+void annal__txn_free(MDB_txn *t);
+
+/* Make room for about need more bytes of index pages: the writer's map keeps a quarter
+ * of what is used (2 to 64 MiB) free beyond need, growing by twice that (up to
+ * index_map_bytes), the file allocated first so that a write through the map never
+ * meets a full disk. Called with
+ * no transaction of this thread active, between transactions; when others are active
+ * it waits for them only if the map is nearly full. Best effort: where it cannot grow
+ * (the disk, or index_map_bytes), a transaction that runs out of map fails with
+ * MDB_MAP_FULL (ANNAL_ENOSPC) and changes nothing. A read-only environment maps the
+ * most from the start and never grows. */
+void annal__index_grow(annal__index *idx, uint64_t need);
+/* Bytes of map not yet used (UINT64_MAX when the map does not grow). */
+uint64_t annal__index_room(annal__index *idx);
+
 /* The helpers below return ANNAL_OK, ANNAL_ENOTFOUND, or ANNAL_EIO / ANNAL_ENOSPC /
  * ANNAL_ECORRUPT for LMDB failures. */
 annal_err annal__index_err(int mdb_rc);

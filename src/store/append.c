@@ -344,9 +344,9 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
  * larger: the next group tries again. */
 void annal__flush_ids(annal_db *db) {
     MDB_txn *t;
-    if (mdb_txn_begin(db->idx.env, NULL, 0, &t) != 0) return;
+    if (annal__txn_begin(&db->idx, 0, &t) != 0) return;
     annal_err rc = annal__ids_flush(db->ids, t, db->idx.meta, db->head.next_pos);
-    int mrc = rc == ANNAL_OK ? mdb_txn_commit(t) : (mdb_txn_abort(t), -1);
+    int mrc = rc == ANNAL_OK ? annal__txn_commit(&db->idx, t) : (annal__txn_abort(&db->idx, t), -1);
     annal__ids_flush_end(db->ids, mrc == 0);
     if (rc != ANNAL_OK || mrc != 0)
         annal__log_msg(db, ANNAL_LOG_WARN, "cannot write an id index run: %s",
@@ -359,9 +359,14 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     if (g.now < db->head.last_ns) g.now = db->head.last_ns; /* timestamps never go back */
     annal__index_head saved = db->head;
     int ioerr = 0;
-    annal_err grc = ANNAL_OK;
     const char *what = "index";
-    int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &g.txn);
+    /* Room for the group's pages first (a transaction cannot grow the map): its bytes,
+     * and a few pages copied per request (random streams touch a leaf each). */
+    uint64_t need = 64u << 10;
+    for (annal__req *r = reqs; r; r = r->next) need += r->bytes + 3 * 4096;
+    annal__index_grow(&db->idx, need);
+    annal_err grc = ANNAL_OK;
+    int mrc = annal__txn_begin(&db->idx, 0, &g.txn);
     if (mrc) grc = annal__index_err(mrc);
     for (annal__req *r = reqs; r && grc == ANNAL_OK; r = r->next) {
         int rc = add_req(db, &g, g.txn, r);
@@ -392,8 +397,8 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     }
     if (grc == ANNAL_OK) {
         int f = db->io->fault(db->io->ctx, "index-commit");
-        if (f < 0) mdb_txn_abort(g.txn); /* an injected failure of the commit */
-        mrc = f < 0 ? -f : mdb_txn_commit(g.txn);
+        if (f < 0) annal__txn_abort(&db->idx, g.txn); /* an injected failure of the commit */
+        mrc = f < 0 ? -f : annal__txn_commit(&db->idx, g.txn);
         g.txn = NULL;
         if (mrc) {
             grc = annal__index_err(mrc);
@@ -401,7 +406,7 @@ static void commit_group(annal_db *db, annal__req *reqs) {
             g.written = 1; /* the log has events the index lacks: reopen to catch up */
         }
     }
-    if (g.txn) mdb_txn_abort(g.txn);
+    if (g.txn) annal__txn_abort(&db->idx, g.txn);
     if (grc == ANNAL_OK) {
         __atomic_store_n(&db->visible, db->head.next_pos, __ATOMIC_RELEASE);
         annal__notify_publish(db, db->head.next_pos);

@@ -113,10 +113,11 @@ static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t 
     MDB_txn *t = NULL;
     annal_err rc = annal__read_txn(db, &t);
     if (rc != ANNAL_OK) return rc;
+    int live = 1; /* t is active */
     int64_t now = annal__now_ns();
     annal__seg *next = annal__log_seg(&db->log, s->no + 1);
     if (!next) {
-        mdb_txn_abort(t);
+        annal__txn_abort(&db->idx, t);
         return annal__fail(db, ANNAL_EINVAL, "segment %016" PRIx64 " is not sealed", s->no);
     }
     uint64_t end_pos = next->first_pos; /* s holds positions [first_pos, end_pos) */
@@ -141,11 +142,13 @@ static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t 
             break;
         }
         if (ev.stream_len != last_len || memcmp(ev.stream, last_name, ev.stream_len) != 0) {
-            mdb_txn_reset(t);
-            if (mdb_txn_renew(t) != 0) {
+            annal__txn_reset(&db->idx, t); /* a fresh snapshot for each stream */
+            live = 0;
+            if (annal__txn_renew(&db->idx, t) != 0) {
                 rc = ANNAL_EIO;
                 break;
             }
+            live = 1;
             rc = annal__index_stream_get(t, &db->idx, ev.stream, ev.stream_len, &sr);
             if (rc != ANNAL_OK) {
                 rc = annal__fail(db, ANNAL_ECORRUPT,
@@ -166,7 +169,10 @@ static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t 
         else
             pl->kept++;
     }
-    mdb_txn_abort(t);
+    if (live)
+        annal__txn_abort(&db->idx, t);
+    else
+        annal__txn_free(t);
     if (rc != ANNAL_OK) return rc;
     *nothing = pl->erased == 0;
     if (*nothing) return ANNAL_OK;
@@ -241,7 +247,8 @@ static annal__block survivors(const plan *pl, size_t i, const annal__block *b) {
  * its first member (the event its location names) comes by. */
 static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
     MDB_txn *t;
-    int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
+    annal__index_grow(&db->idx, (to - from) * 512); /* (generous) */
+    int mrc = annal__txn_begin(&db->idx, 0, &t);
     if (mrc) return mdb_fail(db, mrc);
     annal__index *idx = &db->idx;
     annal_err rc = ANNAL_OK;
@@ -283,25 +290,25 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
         rc = r == MDB_NOTFOUND ? ANNAL_OK : annal__index_err(r);
     }
     if (rc != ANNAL_OK) {
-        mdb_txn_abort(t);
+        annal__txn_abort(&db->idx, t);
         return annal__fail(db, rc, "index: cannot move the entries of compacted events");
     }
-    mrc = mdb_txn_commit(t);
+    mrc = annal__txn_commit(&db->idx, t);
     return mrc ? mdb_fail(db, mrc) : ANNAL_OK;
 }
 
 /* The marker of step 2 (gen != 0) or its removal with the generation of step 4. */
 static annal_err mark(annal_db *db, uint64_t no, uint32_t gen, int done) {
     MDB_txn *t;
-    int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
+    int mrc = annal__txn_begin(&db->idx, 0, &t);
     if (mrc) return mdb_fail(db, mrc);
     annal_err rc = done ? annal__index_gen_put(t, &db->idx, no, gen) : ANNAL_OK;
     if (rc == ANNAL_OK) rc = annal__index_compacting_put(t, &db->idx, done ? UINT64_MAX : no, gen);
     if (rc != ANNAL_OK) {
-        mdb_txn_abort(t);
+        annal__txn_abort(&db->idx, t);
         return annal__fail(db, rc, "index: cannot record the compaction");
     }
-    mrc = mdb_txn_commit(t);
+    mrc = annal__txn_commit(&db->idx, t);
     if (!mrc) mrc = mdb_env_sync(db->idx.env, 1);
     return mrc ? mdb_fail(db, mrc) : ANNAL_OK;
 }

@@ -90,7 +90,7 @@ int annal__name_ok(const char *s, size_t *len) {
 }
 
 annal_err annal__read_txn(annal_db *db, MDB_txn **t) {
-    int rc = mdb_txn_begin(db->idx.env, NULL, MDB_RDONLY, t);
+    int rc = annal__txn_begin(&db->idx, MDB_RDONLY, t);
     if (rc) return annal__fail(db, annal__index_err(rc), "index: %s", mdb_strerror(rc));
     return ANNAL_OK;
 }
@@ -392,9 +392,21 @@ static annal_err reset_index(annal_db *db, MDB_txn *t) {
     return annal__index_err(rc);
 }
 
+/* Events indexed per transaction: at most this many, and no more than the map has
+ * room for at this many bytes each (generous: entries, and pages split and copied). */
+#define CATCH_UP_CHUNK 50000
+#define CATCH_UP_BYTES 512
+
+static uint64_t catch_up_chunk(annal_db *db) {
+    if (!db->readonly) annal__index_grow(&db->idx, 0);
+    uint64_t n = annal__index_room(&db->idx) / CATCH_UP_BYTES;
+    return n < 1000 ? 1000 : n > CATCH_UP_CHUNK ? CATCH_UP_CHUNK : n;
+}
+
 annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     MDB_txn *t = NULL;
-    int mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t);
+    uint64_t chunk = catch_up_chunk(db);
+    int mrc = annal__txn_begin(&db->idx, 0, &t);
     if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     annal_err rc = annal__index_head_get(t, &db->idx, &db->head);
     int hc = rc == ANNAL_OK ? head_check(db, &db->head) : rc == ANNAL_ECORRUPT ? 0 : 1;
@@ -445,7 +457,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     if (rc == ANNAL_OK) annal__ids_reserve(db->ids);
     /* Merges of id runs go on beside the indexing below (on another core for a rebuild). */
     if (rc == ANNAL_OK && !db->readonly)
-        rc = annal__ids_start_merger(db->ids, db->idx.env, db->idx.meta);
+        rc = annal__ids_start_merger(db->ids, &db->idx, db->idx.meta);
     for (size_t i = 0; i < db->log.nsegs; i++) db->log_compacted |= db->log.segs[i]->gen > 0;
     annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
     if (rc != ANNAL_OK || !first) goto out;
@@ -483,7 +495,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         total += n;
         since += n;
         int full = annal__ids_full(db->ids);
-        if (since >= 200000 || full) { /* bound the transaction's dirty pages */
+        if (since >= chunk || full) { /* bound the transaction's dirty pages */
             since = 0;
             if ((rc = annal__index_head_put(t, &db->idx, &db->head)) != ANNAL_OK) goto out;
             if (full &&
@@ -491,14 +503,15 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                 rc = annal__fail(db, rc, "cannot write an id index run in %s", db->index_dir);
                 goto out;
             }
-            mrc = mdb_txn_commit(t);
+            mrc = annal__txn_commit(&db->idx, t);
             if (full) annal__ids_flush_end(db->ids, mrc == 0);
             if (mrc != 0) {
                 t = NULL;
                 rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
                 goto out;
             }
-            if ((mrc = mdb_txn_begin(db->idx.env, NULL, 0, &t)) != 0) {
+            chunk = catch_up_chunk(db);
+            if ((mrc = annal__txn_begin(&db->idx, 0, &t)) != 0) {
                 t = NULL;
                 rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
                 goto out;
@@ -534,13 +547,13 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     *end_off = c.off;
     rc = annal__index_head_put(t, &db->idx, &db->head);
     if (rc == ANNAL_OK) {
-        mrc = mdb_txn_commit(t);
+        mrc = annal__txn_commit(&db->idx, t);
         t = NULL;
         if (mrc) rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     }
     if (total && db->opts.progress) db->opts.progress(db->opts.progress_ctx, total, total);
 out:
-    if (t) mdb_txn_abort(t);
+    if (t) annal__txn_abort(&db->idx, t);
     return rc;
 }
 
@@ -601,7 +614,7 @@ static annal_err settle_compaction(annal_db *db, int trusted) {
     size_t n;
     if (annal__seg_list(logdir, &f, &n) < 0) return ANNAL_OK; /* a new store */
     MDB_txn *t = NULL;
-    if (trusted && mdb_txn_begin(db->idx.env, NULL, MDB_RDONLY, &t) != 0) t = NULL;
+    if (trusted && annal__txn_begin(&db->idx, MDB_RDONLY, &t) != 0) t = NULL;
     uint64_t mark_no = UINT64_MAX;
     uint32_t mark_gen = 0;
     if (t && annal__index_compacting_get(t, &db->idx, &mark_no, &mark_gen) == ANNAL_OK) {
@@ -647,7 +660,7 @@ static annal_err settle_compaction(annal_db *db, int trusted) {
             rc = annal__fail(db, ANNAL_EIO, "cannot remove %s: %s", path, strerror(errno));
         changed = 1;
     }
-    if (t) mdb_txn_abort(t);
+    if (t) annal__txn_abort(&db->idx, t);
     free(f);
     if (changed) db->io->sync_dir(db->io->ctx, logdir);
     return rc;
@@ -711,7 +724,7 @@ static annal_err open_writer(annal_db *db) {
     if (rc != ANNAL_OK) return rc;
     db->wseg = annal__log_seg(&db->log, seg);
     db->woff = off;
-    rc = annal__ids_start_merger(db->ids, db->idx.env, db->idx.meta);
+    rc = annal__ids_start_merger(db->ids, &db->idx, db->idx.meta);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot start the id index's merger");
     /* Preallocation off the append path. Not with a replaced io table: tests that inject
      * faults count on seeing every operation from the writer, in order. */
@@ -741,7 +754,7 @@ static annal_err open_reader(annal_db *db) {
     annal__index_head h;
     if ((rc = annal__read_txn(db, &t)) != ANNAL_OK) return rc;
     rc = annal__index_head_get(t, &db->idx, &h);
-    mdb_txn_abort(t);
+    annal__txn_abort(&db->idx, t);
     if (rc != ANNAL_OK && h.version != 0 && h.version != ANNAL__INDEX_VERSION)
         return annal__fail(db, ANNAL_EVERSION,
                            "the index of %s has layout %" PRIu64 " (this annal reads %d): open "
@@ -935,7 +948,7 @@ annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
     rc = annal__index_head_get(t, &db->idx, &h);
     MDB_stat ms;
     mdb_env_stat(db->idx.env, &ms);
-    mdb_txn_abort(t);
+    annal__txn_abort(&db->idx, t);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot read the index head");
     out->events = db->readonly ? h.next_pos : annal__visible(db, NULL);
     out->streams = h.streams;

@@ -161,7 +161,7 @@ static int head_past(annal_db *db, uint64_t known, annal_err *err) {
     *err = annal__read_txn(db, &t);
     if (*err != ANNAL_OK) return 0;
     uint64_t v = annal__visible(db, t);
-    mdb_txn_abort(t);
+    annal__txn_abort(&db->idx, t);
     return v > known;
 }
 

@@ -30,6 +30,7 @@ typedef struct vcache_entry {
 
 struct annal_iter {
     annal_db *db;
+    int live; /* txn is active (holds the map lock: annal__txn_begin) */
     int kind, backward, done;
     uint64_t remaining;
     MDB_txn *txn; /* reset between chunks */
@@ -59,17 +60,31 @@ struct annal_iter {
     int refetches; /* in a row, after stale locations */
 };
 
+static void txn_reset(annal_iter *it) {
+    if (it->live) annal__txn_reset(&it->db->idx, it->txn);
+    it->live = 0;
+}
+
 static annal_err txn_renew(annal_iter *it) {
-    int rc = mdb_txn_renew(it->txn);
+    txn_reset(it); /* (after an error left it active) */
+    int rc = annal__txn_renew(&it->db->idx, it->txn);
     if (rc) return annal__fail(it->db, annal__index_err(rc), "index: %s", mdb_strerror(rc));
+    it->live = 1;
     return ANNAL_OK;
+}
+
+/* The iterator's snapshot, active (reset once its setup has read what it needs). */
+static annal_err txn_begin(annal_iter *it) {
+    annal_err rc = annal__read_txn(it->db, &it->txn);
+    it->live = rc == ANNAL_OK;
+    return rc;
 }
 
 /* Close a chunk fetched with cursor c (may be NULL) whose last LMDB result was mrc; with
  * nothing fetched the iterator is done. */
 static annal_err chunk_end(annal_iter *it, MDB_cursor *c, int mrc) {
     if (c) mdb_cursor_close(c);
-    mdb_txn_reset(it->txn);
+    txn_reset(it);
     if (mrc && mrc != MDB_NOTFOUND)
         return annal__fail(it->db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     if (it->n == 0) it->done = 1;
@@ -147,7 +162,7 @@ static annal_err walk_blocks(annal_iter *it, MDB_cursor *c, MDB_val *k, MDB_val 
     }
     if (rc != ANNAL_OK) {
         mdb_cursor_close(c);
-        mdb_txn_reset(it->txn);
+        txn_reset(it);
         return rc;
     }
     rc = chunk_end(it, c, mrc);
@@ -193,7 +208,7 @@ static annal_err fetch_all_back(annal_iter *it) {
     if (rc != ANNAL_OK) return rc;
     uint64_t base, loc;
     rc = annal__index_pos_floor(it->txn, &db->idx, it->next_pos, &base, &loc);
-    mdb_txn_reset(it->txn);
+    txn_reset(it);
     if (rc != ANNAL_OK)
         return annal__fail(db, rc == ANNAL_ENOTFOUND ? ANNAL_ECORRUPT : rc,
                            "index has no entry for position %" PRIu64, it->next_pos);
@@ -267,7 +282,7 @@ static annal_err visible(annal_iter *it, const annal_event *ev, int *ok) {
         annal_err rc = txn_renew(it);
         if (rc != ANNAL_OK) return rc;
         rc = annal__index_stream_get(it->txn, &it->db->idx, ev->stream, ev->stream_len, &e->rec);
-        mdb_txn_reset(it->txn);
+        txn_reset(it);
         if (rc != ANNAL_OK && rc != ANNAL_ENOTFOUND)
             return annal__fail(it->db, rc, "cannot read stream %s from the index", ev->stream);
         e->found = rc == ANNAL_OK;
@@ -368,7 +383,10 @@ static annal_err next_any(annal_iter *it, const annal_event **out) {
 
 void annal_iter_close(annal_iter *it) {
     if (!it) return;
-    if (it->txn) mdb_txn_abort(it->txn);
+    if (it->txn && it->live)
+        annal__txn_abort(&it->db->idx, it->txn);
+    else if (it->txn)
+        annal__txn_free(it->txn);
     free(it->stream);
     free(it->vc);
     free(it);
@@ -403,7 +421,7 @@ annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t l
     if (!it) return ANNAL_ENOMEM;
     /* Load the visible head before the snapshot, so the snapshot covers it. */
     uint64_t vis = db->readonly ? 0 : annal__visible(db, NULL);
-    annal_err rc = annal__read_txn(db, &it->txn);
+    annal_err rc = txn_begin(it);
     if (rc != ANNAL_OK) goto fail;
     if (db->readonly) vis = annal__visible(db, it->txn);
     it->end = vis;
@@ -419,7 +437,7 @@ annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t l
         /* A compaction in another process may have replaced the generation the snapshot
          * names and deleted it since: look again under a newer snapshot. */
         for (int tries = 0; !s && tries < MAX_REFETCH; tries++) {
-            if (tries && (mdb_txn_reset(it->txn), (rc = txn_renew(it)) != ANNAL_OK)) goto fail;
+            if (tries && ((rc = txn_renew(it)) != ANNAL_OK)) goto fail;
             rc = annal__index_pos_floor(it->txn, &db->idx, from, &base, &loc);
             if (rc != ANNAL_OK) {
                 rc = annal__fail(db, ANNAL_ECORRUPT, "index has no entry for position %" PRIu64,
@@ -444,7 +462,7 @@ annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t l
             }
         }
     }
-    mdb_txn_reset(it->txn);
+    txn_reset(it);
     *out = it;
     return ANNAL_OK;
 fail:
@@ -464,11 +482,11 @@ static annal_err read_tag(annal_db *db, MDB_dbi dbi, const char *what, const cha
     it->stream = strdup(name);
     it->stream_len = len;
     uint64_t vis = db->readonly ? 0 : annal__visible(db, NULL);
-    annal_err rc = it->stream ? annal__read_txn(db, &it->txn) : ANNAL_ENOMEM;
+    annal_err rc = it->stream ? txn_begin(it) : ANNAL_ENOMEM;
     if (rc != ANNAL_OK) goto fail;
     if (db->readonly) vis = annal__visible(db, it->txn);
     rc = restrictions(it);
-    mdb_txn_reset(it->txn);
+    txn_reset(it);
     if (rc != ANNAL_OK) goto fail;
     it->end = vis;
     if (vis == 0 || (!it->backward && from >= vis)) {
@@ -522,10 +540,10 @@ annal_err annal_read_stream(annal_db *db, const char *stream, uint64_t from, uns
     if (!it) return ANNAL_ENOMEM;
     it->stream = strdup(stream);
     it->stream_len = len;
-    annal_err rc = it->stream ? annal__read_txn(db, &it->txn) : ANNAL_ENOMEM;
+    annal_err rc = it->stream ? txn_begin(it) : ANNAL_ENOMEM;
     if (rc != ANNAL_OK) goto fail;
     rc = stream_for_read(db, it->txn, stream, len, &it->sr);
-    mdb_txn_reset(it->txn);
+    txn_reset(it);
     if (rc != ANNAL_OK) goto fail;
     it->stream_id = it->sr.id;
     it->last_rev = it->sr.count - 1;
@@ -595,7 +613,7 @@ annal_err annal_stream_head(annal_db *db, const char *stream, uint64_t *revision
     if (rc != ANNAL_OK) return rc;
     annal__stream_rec sr;
     rc = stream_for_read(db, t, stream, len, &sr);
-    mdb_txn_abort(t);
+    annal__txn_abort(&db->idx, t);
     if (rc != ANNAL_OK) return rc;
     *revision = sr.count - 1;
     return ANNAL_OK;
@@ -631,7 +649,7 @@ annal_err annal_streams_open(annal_db *db, const char *after, annal_stream_iter 
         free(it);
         return rc;
     }
-    mdb_txn_reset(it->txn);
+    annal__txn_reset(&db->idx, it->txn);
     *out = it;
     return ANNAL_OK;
 }
@@ -640,7 +658,7 @@ annal_err annal_streams_next(annal_stream_iter *it, const annal_stream_info **in
     if (!it || !info) return ANNAL_EINVAL;
     *info = NULL;
     annal_db *db = it->db;
-    int mrc = mdb_txn_renew(it->txn);
+    int mrc = annal__txn_renew(&db->idx, it->txn);
     if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     MDB_cursor *c = NULL;
     MDB_val k = {it->name_len, it->name}, v;
@@ -683,12 +701,12 @@ annal_err annal_streams_next(annal_stream_iter *it, const annal_stream_info **in
         rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     }
     if (c) mdb_cursor_close(c);
-    mdb_txn_reset(it->txn);
+    annal__txn_reset(&db->idx, it->txn);
     return rc;
 }
 
 void annal_streams_close(annal_stream_iter *it) {
     if (!it) return;
-    if (it->txn) mdb_txn_abort(it->txn);
+    if (it->txn) annal__txn_free(it->txn);
     free(it);
 }

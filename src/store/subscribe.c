@@ -56,7 +56,7 @@ void annal_sub_opts_init(annal_sub_opts *opts) {
 void annal_sub_close(annal_sub *s) {
     if (!s) return;
     annal_iter_close(s->it);
-    if (s->txn) mdb_txn_abort(s->txn);
+    if (s->txn) annal__txn_free(s->txn); /* reset */
     if (s->has_type_re) regfree(&s->type_re);
     if (s->has_stream_re) regfree(&s->stream_re);
     free(s->type_prefix);
@@ -88,7 +88,7 @@ static annal_err look(annal_sub *s, uint64_t *head, annal__stream_rec *sr, int *
         return ANNAL_OK;
     }
     uint64_t vis = db->readonly ? 0 : annal__visible(db, NULL);
-    int mrc = mdb_txn_renew(s->txn);
+    int mrc = annal__txn_renew(&db->idx, s->txn);
     if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
     *head = db->readonly ? annal__visible(db, s->txn) : vis;
     annal_err rc = ANNAL_OK;
@@ -99,7 +99,7 @@ static annal_err look(annal_sub *s, uint64_t *head, annal__stream_rec *sr, int *
         if (rc != ANNAL_OK)
             rc = annal__fail(db, rc, "cannot read stream %s from the index", s->name);
     }
-    mdb_txn_reset(s->txn);
+    annal__txn_reset(&db->idx, s->txn);
     return rc;
 }
 
@@ -149,7 +149,7 @@ annal_err annal_sub_open(annal_db *db, const annal_sub_opts *opts, annal_sub **o
             rc = compile(db, &s->stream_re, &s->has_stream_re, f->stream_regex, "stream");
     }
     if (rc == ANNAL_OK) rc = annal__read_txn(db, &s->txn);
-    if (rc == ANNAL_OK) mdb_txn_reset(s->txn);
+    if (rc == ANNAL_OK) annal__txn_reset(&db->idx, s->txn);
     if (rc == ANNAL_OK && opts->start == ANNAL_SUB_AFTER) {
         s->scanned = s->kind == SUB_STREAM ? 0 : opts->from + 1;
         s->next_rev = s->kind == SUB_STREAM ? opts->from + 1 : 0;

@@ -126,7 +126,7 @@ static annal_err load_ids(annal_db *db, MDB_txn *t, uint64_t upto, annal__ids **
         if (annal__read_txn(db, &t2) != ANNAL_OK) break;
         if (annal__index_head_get(t2, &db->idx, &h2) == ANNAL_OK && h2.next_pos >= upto)
             rc = annal__ids_load(db, t2, h2.next_pos, ids, detail, dlen);
-        mdb_txn_abort(t2);
+        annal__txn_abort(&db->idx, t2);
     }
     return rc;
 }
@@ -245,19 +245,19 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
     if (rc == ANNAL_OK && annal__read_txn(db, &t) != ANNAL_OK) t = NULL;
     if (t && annal__index_head_get(t, &db->idx, &h) != ANNAL_OK) {
         report(&v, 0, 0, UINT64_MAX, NULL, "index head is damaged: run `annal rebuild-index`");
-        mdb_txn_abort(t);
+        annal__txn_abort(&db->idx, t);
         t = NULL;
     }
     uint64_t events = check_log(&log, &v, &o, t ? h.next_pos : 0, writer);
     annal__log_close(&log);
     if (v.canceled) {
-        if (t) mdb_txn_abort(t);
+        if (t) annal__txn_abort(&db->idx, t);
         annal_db_close(db);
         return ANNAL_ECANCELED;
     }
     if (t) {
         check_index(db, &v, t, h, events);
-        mdb_txn_abort(t);
+        annal__txn_abort(&db->idx, t);
     } else if (rc != ANNAL_OK) {
         report(&v, 0, 0, UINT64_MAX, NULL,
                "index cannot be opened (%s): the next writer open or "

@@ -20,12 +20,16 @@ done
 for seed in 1 2 3 4 5; do
   rm -rf "$tmp/d"; cp -r "$tmp/s" "$tmp/d"
   python3 - "$tmp/d/index/data.mdb" "$seed" <<'PY'
-import random, sys
+import random, struct, sys
 p, seed = sys.argv[1], int(sys.argv[2])
 f = bytearray(open(p, 'rb').read())
+# The pages in use end at the newest meta page's last page number (the file of a
+# writer's writable map is allocated further ahead): LMDB's meta follows a 16-byte page
+# header; its last page and transaction id are at bytes 136 and 144 of the page.
+last = max((struct.unpack_from('<QQ', f, m * 4096 + 136) for m in (0, 1)), key=lambda x: x[1])[0]
 random.seed(seed)
 for _ in range(60):  # leave the two meta pages alone: damage the tables
-    pg = random.randrange(2, len(f) // 4096)
+    pg = random.randrange(2, last + 1)
     f[pg * 4096 + random.randrange(0, 4096)] ^= random.randrange(1, 256)
 open(p, 'wb').write(f)
 PY

@@ -334,7 +334,7 @@ uint64_t annal__index_room(annal__index *idx) {
     return in.me_mapsize > used ? in.me_mapsize - used : 0;
 }
 
-void annal__index_grow(annal__index *idx, uint64_t need) {
+void annal__index_grow(annal__index *idx, uint64_t need, int wait) {
     shared_env *e = idx->shared;
     if (!e->writemap) return;
     MDB_envinfo in;
@@ -355,7 +355,7 @@ void annal__index_grow(annal__index *idx, uint64_t need) {
     /* No transaction of this process may be active while LMDB remaps: wait for those
      * running to end, unless this thread holds one itself (then the next call grows). */
     int r = pthread_rwlock_trywrlock(maplock(idx));
-    if (r == EBUSY && tight) {
+    if (r == EBUSY && (tight || wait)) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 200000000;

@@ -105,11 +105,11 @@ void annal__txn_free(MDB_txn *t);
  * index_map_bytes), the file allocated first so that a write through the map never
  * meets a full disk. Called with
  * no transaction of this thread active, between transactions; when others are active
- * it waits for them only if the map is nearly full. Best effort: where it cannot grow
- * (the disk, or index_map_bytes), a transaction that runs out of map fails with
+ * it waits for them (200 ms at most) only if the map is nearly full or `wait`. Best effort: where
+ * it cannot grow (the disk, or index_map_bytes), a transaction that runs out of map fails with
  * MDB_MAP_FULL (ANNAL_ENOSPC) and changes nothing. A read-only environment maps the
  * most from the start and never grows. */
-void annal__index_grow(annal__index *idx, uint64_t need);
+void annal__index_grow(annal__index *idx, uint64_t need, int wait);
 /* Bytes of map not yet used (UINT64_MAX when the map does not grow). */
 uint64_t annal__index_room(annal__index *idx);
 

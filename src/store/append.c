@@ -364,7 +364,7 @@ static void commit_group(annal_db *db, annal__req *reqs) {
      * and a few pages copied per request (random streams touch a leaf each). */
     uint64_t need = 64u << 10;
     for (annal__req *r = reqs; r; r = r->next) need += r->bytes + 3 * 4096;
-    annal__index_grow(&db->idx, need);
+    annal__index_grow(&db->idx, need, 0);
     annal_err grc = ANNAL_OK;
     int mrc = annal__txn_begin(&db->idx, 0, &g.txn);
     if (mrc) grc = annal__index_err(mrc);

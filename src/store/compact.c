@@ -247,7 +247,7 @@ static annal__block survivors(const plan *pl, size_t i, const annal__block *b) {
  * its first member (the event its location names) comes by. */
 static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
     MDB_txn *t;
-    annal__index_grow(&db->idx, (to - from) * 512); /* (generous) */
+    annal__index_grow(&db->idx, (to - from) * 512, 1); /* (generous) */
     int mrc = annal__txn_begin(&db->idx, 0, &t);
     if (mrc) return mdb_fail(db, mrc);
     annal__index *idx = &db->idx;

@@ -392,13 +392,14 @@ static annal_err reset_index(annal_db *db, MDB_txn *t) {
     return annal__index_err(rc);
 }
 
-/* Events indexed per transaction: at most this many, and no more than the map has
- * room for at this many bytes each (generous: entries, and pages split and copied). */
-#define CATCH_UP_CHUNK 50000
-#define CATCH_UP_BYTES 512
+/* Events indexed per transaction: at most this many (fewer transactions copy fewer
+ * pages), and no more than the map has room for at this many bytes each (a guess: a
+ * transaction that finds the map full is redone after it grows). */
+#define CATCH_UP_CHUNK 200000
+#define CATCH_UP_BYTES 16
 
 static uint64_t catch_up_chunk(annal_db *db) {
-    if (!db->readonly) annal__index_grow(&db->idx, 0);
+    if (!db->readonly) annal__index_grow(&db->idx, 0, 1);
     uint64_t n = annal__index_room(&db->idx) / CATCH_UP_BYTES;
     return n < 1000 ? 1000 : n > CATCH_UP_CHUNK ? CATCH_UP_CHUNK : n;
 }
@@ -475,6 +476,9 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     }
     uint64_t total = 0, since = 0;
     int rebuild = db->head.next_pos == 0; /* from position 0, into an empty index */
+    annal__cursor c0 = c;                 /* where the transaction began, to redo it */
+    annal__index_head h0 = db->head;
+    int regrown = 0;
     for (;;) {
         annal__cursor_settle(&c); /* a batch that opens a segment starts there */
         annal__cursor start = c;
@@ -489,6 +493,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         }
         c = start;
         rc = index_batch(db, t, &c, n, rebuild);
+        if (rc == ANNAL_ENOSPC && !db->readonly && regrown < 4) goto map_full;
         if (rc != ANNAL_OK) goto out;
         db->head.next_pos = c.pos;
         db->head.next_loc = ANNAL__LOC(c.seg->no, c.off);
@@ -496,8 +501,10 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         since += n;
         int full = annal__ids_full(db->ids);
         if (since >= chunk || full) { /* bound the transaction's dirty pages */
-            since = 0;
-            if ((rc = annal__index_head_put(t, &db->idx, &db->head)) != ANNAL_OK) goto out;
+            if ((rc = annal__index_head_put(t, &db->idx, &db->head)) == ANNAL_ENOSPC &&
+                !db->readonly && regrown < 4)
+                goto map_full;
+            if (rc != ANNAL_OK) goto out;
             if (full &&
                 (rc = annal__ids_flush(db->ids, t, db->idx.meta, db->head.next_pos)) != ANNAL_OK) {
                 rc = annal__fail(db, rc, "cannot write an id index run in %s", db->index_dir);
@@ -505,11 +512,17 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
             }
             mrc = annal__txn_commit(&db->idx, t);
             if (full) annal__ids_flush_end(db->ids, mrc == 0);
+            if (mrc == MDB_MAP_FULL && !db->readonly && regrown < 4) {
+                t = NULL;
+                goto map_full;
+            }
             if (mrc != 0) {
                 t = NULL;
                 rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
                 goto out;
             }
+            since = 0;
+            c0 = c, h0 = db->head, regrown = 0;
             chunk = catch_up_chunk(db);
             if ((mrc = annal__txn_begin(&db->idx, 0, &t)) != 0) {
                 t = NULL;
@@ -520,6 +533,22 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                 rc = ANNAL_ECANCELED;
                 goto out;
             }
+        }
+        continue;
+    map_full: /* the guess of the room it needed was short: grow, redo the transaction */
+        if (t) annal__txn_abort(&db->idx, t);
+        t = NULL;
+        annal__ids_truncate(db->ids, h0.next_pos);
+        c = c0, db->head = h0, total -= since, since = 0;
+        regrown++;
+        annal__log_msg(db, ANNAL_LOG_INFO,
+                       "the index map filled up while indexing the log: growing it, again");
+        annal__index_grow(&db->idx, (uint64_t)(16u << 20) << (2 * regrown), 1);
+        chunk = catch_up_chunk(db) / 2 + 1;
+        if ((mrc = annal__txn_begin(&db->idx, 0, &t)) != 0) {
+            t = NULL;
+            rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+            goto out;
         }
     }
     if (rc != ANNAL_OK) goto out;

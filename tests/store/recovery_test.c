@@ -577,6 +577,49 @@ static void index_map_full(void **state) {
     free(dir);
 }
 
+static void capture_log(void *ctx, annal_log_level lvl, const char *msg) {
+    (void)lvl;
+    if (strstr(msg, "map filled up")) (*(int *)ctx)++;
+}
+
+/* A rebuild whose first transaction outgrows the index map (a new store's is 4 MiB, and
+ * 60,000 streams need more): the transaction is redone after the map grows, and every
+ * event and stream is indexed. */
+static void rebuild_outgrows_the_map(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("mapgrow");
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE | ANNAL_OPEN_NOSYNC;
+    annal_db *db = NULL;
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    enum { N = 60000 };
+    for (int i = 0; i < N; i++) {
+        char s[32];
+        snprintf(s, sizeof s, "stream-%06d", i);
+        TU_OK(db, tu_append1(db, s, ANNAL_EXPECT_NO_STREAM, "Fill", "{\"k\":1}", NULL));
+    }
+    annal_db_close(db);
+    int regrown = 0;
+    o.flags = 0;
+    o.log = capture_log;
+    o.log_ctx = &regrown;
+    TU_OK(NULL, annal_rebuild_index(dir, &o));
+    assert_true(regrown > 0); /* the path under test was taken */
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    assert_int_equal(count_all(db), N);
+    annal_db_info info;
+    TU_OK(db, annal_db_info_get(db, &info));
+    assert_int_equal(info.streams, N);
+    uint64_t head;
+    TU_OK(db, annal_stream_head(db, "stream-059999", &head));
+    assert_int_equal(head, 0);
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    tu_rmrf(dir);
+    free(dir);
+}
+
 /* An index head of the wrong shape is not trusted: the index is rebuilt from the log. */
 static void malformed_index_head_is_rebuilt(void **state) {
     (void)state;
@@ -649,6 +692,7 @@ int main(void) {
         cmocka_unit_test(out_of_order_torn_flush_is_cut),
         cmocka_unit_test(failed_write_recovers),
         cmocka_unit_test(index_map_full),
+        cmocka_unit_test(rebuild_outgrows_the_map),
         cmocka_unit_test(malformed_index_head_is_rebuilt),
         cmocka_unit_test(failed_sync_of_nosync_handle),
     };

@@ -55,7 +55,7 @@ static int buf_reserve(annal_db *db, uint64_t need) {
  * flush goes into space zeroed ahead of it (by the grower), so that its fdatasync has
  * no file metadata to write; a large one extends the file itself: zeroing first would
  * make the disk write each of its bytes twice, a cost the single metadata update it
- * saves does not repay (docs/architecture.md, "Log preallocation"). */
+ * saves does not repay (docs/architecture.md, "Why segments are zero-filled"). */
 static int flush(annal_db *db, group *g) {
     if (g->bl == 0) return 0;
     int big = g->bl >= BIG_FLUSH;

@@ -466,9 +466,7 @@ static void wake_group(annal__req *first) {
     _Atomic uint32_t *w[2] = {NULL, NULL};
     for (annal__req *r = first, *nx; r; r = nx) {
         nx = r->next;
-        _Atomic uint32_t *rw = r->word;
-        if (w[0] != rw && !w[1] && w[0]) w[1] = rw;
-        if (!w[0]) w[0] = rw;
+        if (r->word != w[0] && r->word != w[1]) w[w[0] != NULL] = r->word;
         atomic_store_explicit(&r->state, REQ_DONE, memory_order_release);
     }
     for (int i = 0; i < 2 && w[i]; i++) word_wake(w[i], GROUP_BIT);

@@ -397,9 +397,11 @@ static annal_err reset_index(annal_db *db, MDB_txn *t) {
  * transaction that finds the map full is redone after it grows). */
 #define CATCH_UP_CHUNK 200000
 #define CATCH_UP_BYTES 16
+#define CATCH_UP_REDO  4 /* times one transaction is redone after growing the map */
 
+/* (Only a writer catches up.) */
 static uint64_t catch_up_chunk(annal_db *db) {
-    if (!db->readonly) annal__index_grow(&db->idx, 0, 1);
+    annal__index_grow(&db->idx, 0, 1);
     uint64_t n = annal__index_room(&db->idx) / CATCH_UP_BYTES;
     return n < 1000 ? 1000 : n > CATCH_UP_CHUNK ? CATCH_UP_CHUNK : n;
 }
@@ -493,7 +495,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         }
         c = start;
         rc = index_batch(db, t, &c, n, rebuild);
-        if (rc == ANNAL_ENOSPC && !db->readonly && regrown < 4) goto map_full;
+        if (rc == ANNAL_ENOSPC && regrown < CATCH_UP_REDO) goto map_full;
         if (rc != ANNAL_OK) goto out;
         db->head.next_pos = c.pos;
         db->head.next_loc = ANNAL__LOC(c.seg->no, c.off);
@@ -501,9 +503,8 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         since += n;
         int full = annal__ids_full(db->ids);
         if (since >= chunk || full) { /* bound the transaction's dirty pages */
-            if ((rc = annal__index_head_put(t, &db->idx, &db->head)) == ANNAL_ENOSPC &&
-                !db->readonly && regrown < 4)
-                goto map_full;
+            rc = annal__index_head_put(t, &db->idx, &db->head);
+            if (rc == ANNAL_ENOSPC && regrown < CATCH_UP_REDO) goto map_full;
             if (rc != ANNAL_OK) goto out;
             if (full &&
                 (rc = annal__ids_flush(db->ids, t, db->idx.meta, db->head.next_pos)) != ANNAL_OK) {
@@ -512,7 +513,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
             }
             mrc = annal__txn_commit(&db->idx, t);
             if (full) annal__ids_flush_end(db->ids, mrc == 0);
-            if (mrc == MDB_MAP_FULL && !db->readonly && regrown < 4) {
+            if (mrc == MDB_MAP_FULL && regrown < CATCH_UP_REDO) {
                 t = NULL;
                 goto map_full;
             }

@@ -16,6 +16,7 @@ done
 scripts/deps.sh
 jobs=$(nproc)
 start=$(date +%s)
+echo "== disk: $(df -h . | tail -1)"
 
 echo "== static checks"
 scripts/lint.sh

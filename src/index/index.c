@@ -108,6 +108,11 @@ typedef struct shared_env {
     pthread_rwlock_t maplock;
     int writemap;
     uint64_t cap; /* the most the map may grow to (index_map_bytes) */
+    /* Under grow_mu: the file's first alloc bytes are allocated; beyond them (after
+     * catch-up, when headroom is set) the map is sparse and never written. */
+    pthread_mutex_t grow_mu;
+    uint64_t alloc;
+    int headroom;
 } shared_env;
 static pthread_mutex_t g_envs_mu = PTHREAD_MUTEX_INITIALIZER;
 static shared_env *g_envs;
@@ -128,26 +133,45 @@ int annal__index_in_use(const char *dir) {
     return used;
 }
 
-#define MAP_MIN       (4ull << 20) /* a writer's first map */
-#define MAP_SLACK_MIN (2ull << 20) /* map kept free beyond a transaction's need: */
-#define MAP_SLACK_MAX (64ull << 20)
+#define MIB           (1ull << 20)
+#define MAP_MIN       (4 * MIB) /* the least a writer allocates */
+#define MAP_SLACK_MIN (2 * MIB) /* allocated beyond a transaction's need: */
+#define MAP_SLACK_MAX (64 * MIB)
+#define MAP_HEAD      (256 * MIB) /* the least map beyond the allocation, after catch-up */
 
-/* The map a writer starts with: the data file's size (as a writer left it), at least
- * MAP_MIN, at most cap. 0: the file is larger than cap (then no MDB_WRITEMAP). */
+static uint64_t round_mib(uint64_t n) { return (n + MIB - 1) & ~(MIB - 1); }
+
+/* Kept allocated beyond a transaction's need: a quarter of what is used, 2 to 64 MiB. */
+static uint64_t slack_of(uint64_t used) {
+    uint64_t s = used / 4;
+    return s < MAP_SLACK_MIN ? MAP_SLACK_MIN : s > MAP_SLACK_MAX ? MAP_SLACK_MAX : s;
+}
+
+/* Bytes of the data file a writer has used (its last page and all below it). */
+static uint64_t used_of(MDB_env *env) {
+    MDB_envinfo in;
+    MDB_stat st;
+    if (mdb_env_info(env, &in) != 0 || mdb_env_stat(env, &st) != 0) return UINT64_MAX;
+    return ((uint64_t)in.me_last_pgno + 1) * st.ms_psize;
+}
+
+/* The map a writer opens with: the data file's size (as the last writer left it), at
+ * least MAP_MIN, at most cap. 0: the file is larger than cap (then no MDB_WRITEMAP). */
 static uint64_t first_map(const char *dir, uint64_t cap) {
     char path[4200];
     snprintf(path, sizeof path, "%s/data.mdb", dir);
     struct stat st;
     uint64_t size = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
     if (size > cap) return 0;
-    size = (size + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
+    size = round_mib(size);
     if (size < MAP_MIN) size = MAP_MIN;
     return size < cap ? size : cap;
 }
 
 static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint64_t mapsize,
-                          int try_writemap, int *writemap, char *detail, size_t dlen) {
-    /* A writer maps the file writable where the whole map can be allocated: a write
+                          int try_writemap, int *writemap, uint64_t *alloc, char *detail,
+                          size_t dlen) {
+    /* A writer maps the file writable where it can allocate what it writes: a write
      * through the map into a hole of a full filesystem would be a SIGBUS, not an error.
      * Elsewhere (no fallocate, no room) it maps it as a reader does. */
     uint64_t start = try_writemap && !readonly ? first_map(dir, mapsize) : 0;
@@ -159,12 +183,22 @@ static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint
     unsigned flags = MDB_NOTLS | MDB_NORDAHEAD |
                      (readonly ? MDB_RDONLY : MDB_NOSYNC | (*writemap ? MDB_WRITEMAP : 0));
     if (rc == 0) rc = mdb_env_open(idx->env, dir, flags, 0644);
-    int fd = -1;
-    if (rc == 0 && *writemap &&
-        (mdb_env_get_fd(idx->env, &fd) != 0 || posix_fallocate(fd, 0, (off_t)start) != 0)) {
-        mdb_env_close(idx->env); /* (nothing was written through the map) */
-        idx->env = NULL;
-        return open_env(idx, dir, readonly, mapsize, 0, writemap, detail, dlen);
+    if (rc == 0 && *writemap) {
+        /* Allocate what is used and some slack, and map just that until catch-up is
+         * done (annal__index_headroom): the file may be larger, sparse beyond. */
+        uint64_t used = used_of(idx->env);
+        uint64_t a = used == UINT64_MAX ? 0 : round_mib(used + slack_of(used));
+        if (a < MAP_MIN) a = MAP_MIN;
+        if (a > mapsize) a = mapsize;
+        int fd = -1;
+        if (a < used || mdb_env_get_fd(idx->env, &fd) != 0 ||
+            posix_fallocate(fd, 0, (off_t)a) != 0 ||
+            mdb_env_set_mapsize(idx->env, (size_t)a) != 0) {
+            mdb_env_close(idx->env); /* (nothing was written through the map) */
+            idx->env = NULL;
+            return open_env(idx, dir, readonly, mapsize, 0, writemap, alloc, detail, dlen);
+        }
+        *alloc = a;
     }
     if (rc != 0) {
         snprintf(detail, dlen, "cannot open index %s: %s", dir, mdb_strerror(rc));
@@ -225,7 +259,8 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
         e->refs++;
     } else {
         int wm = 0;
-        rc = open_env(idx, dir, readonly, mapsize, 1, &wm, detail, dlen);
+        uint64_t alloc = 0;
+        rc = open_env(idx, dir, readonly, mapsize, 1, &wm, &alloc, detail, dlen);
         e = rc == ANNAL_OK ? calloc(1, sizeof *e) : NULL;
         if (rc == ANNAL_OK && !e) rc = ANNAL_ENOMEM;
         if (rc == ANNAL_OK) {
@@ -241,6 +276,8 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
             pthread_rwlockattr_destroy(&ra);
             e->writemap = wm;
             e->cap = mapsize;
+            pthread_mutex_init(&e->grow_mu, NULL);
+            e->alloc = alloc;
             g_envs = e;
         } else if (idx->env) {
             mdb_env_close(idx->env);
@@ -273,6 +310,7 @@ void annal__index_close(annal__index *idx) {
                 }
             mdb_env_close(e->env);
             pthread_rwlock_destroy(&e->maplock);
+            pthread_mutex_destroy(&e->grow_mu);
             free(e);
         }
         pthread_mutex_unlock(&g_envs_mu);
@@ -325,46 +363,81 @@ int annal__txn_commit(annal__index *idx, MDB_txn *t) {
 void annal__txn_free(MDB_txn *t) { mdb_txn_abort(t); }
 
 uint64_t annal__index_room(annal__index *idx) {
-    MDB_envinfo in;
-    MDB_stat st;
-    if (!((shared_env *)idx->shared)->writemap || mdb_env_info(idx->env, &in) != 0 ||
-        mdb_env_stat(idx->env, &st) != 0)
-        return UINT64_MAX;
-    uint64_t used = ((uint64_t)in.me_last_pgno + 1) * st.ms_psize;
-    return in.me_mapsize > used ? in.me_mapsize - used : 0;
+    shared_env *e = idx->shared;
+    if (!e->writemap) return UINT64_MAX;
+    pthread_mutex_lock(&e->grow_mu);
+    uint64_t used = used_of(idx->env), a = e->alloc;
+    pthread_mutex_unlock(&e->grow_mu);
+    return a > used ? a - used : 0;
 }
 
-void annal__index_grow(annal__index *idx, uint64_t need, int wait) {
+uint64_t annal__index_need(annal__index *idx, uint64_t events, uint64_t bytes) {
+    /* Per event, at worst a leaf copied in each table it has entries of (those of
+     * streams and revisions are random), one of them split: 6 pages. But no transaction
+     * copies more pages than there are, and it adds no more than its entries. */
+    uint64_t used = idx->shared && ((shared_env *)idx->shared)->writemap ? used_of(idx->env) : 0;
+    uint64_t copied = events * 6 * 4096, all = used + events * 256 + 2 * bytes;
+    return (256u << 10) + 2 * bytes + (copied < all ? copied : all);
+}
+
+annal_err annal__index_grow(annal__index *idx, uint64_t need, int wait) {
     shared_env *e = idx->shared;
-    if (!e->writemap) return;
+    if (!e->writemap) return ANNAL_OK;
+    pthread_mutex_lock(&e->grow_mu);
     MDB_envinfo in;
-    MDB_stat st;
-    if (mdb_env_info(idx->env, &in) != 0 || mdb_env_stat(idx->env, &st) != 0) return;
-    /* Keep free a quarter of what is used (between 2 and 64 MiB) beyond need; grow by
-     * twice that, so growing is rare and the file is never much larger than its use. */
-    uint64_t map = in.me_mapsize, used = ((uint64_t)in.me_last_pgno + 1) * st.ms_psize;
-    uint64_t slack = used / 4 < MAP_SLACK_MIN ? MAP_SLACK_MIN : used / 4;
-    if (slack > MAP_SLACK_MAX) slack = MAP_SLACK_MAX;
-    if (map >= used + need + slack) return;
-    int tight = map < used + need + slack / 4; /* must grow now, or appends may fail */
-    uint64_t want = (used + need + 2 * slack + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
-    if (want > e->cap) want = e->cap;
-    if (want <= map) return; /* at the configured most */
-    int fd = -1;
-    if (mdb_env_get_fd(idx->env, &fd) != 0 || posix_fallocate(fd, 0, (off_t)want) != 0) return;
-    /* No transaction of this process may be active while LMDB remaps: wait for those
-     * running to end, unless this thread holds one itself (then the next call grows). */
-    int r = pthread_rwlock_trywrlock(maplock(idx));
-    if (r == EBUSY && (tight || wait)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200000000;
-        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-        r = pthread_rwlock_timedwrlock(maplock(idx), &ts);
+    uint64_t used = used_of(idx->env);
+    if (used == UINT64_MAX || mdb_env_info(idx->env, &in) != 0) {
+        pthread_mutex_unlock(&e->grow_mu);
+        return ANNAL_EIO;
     }
-    if (r != 0) return;
-    mdb_env_set_mapsize(idx->env, (size_t)want); /* (a failure leaves the map as it was) */
-    pthread_rwlock_unlock(maplock(idx));
+    uint64_t map = in.me_mapsize, slack = slack_of(used), must = used + need;
+    /* The allocation first (no transaction need stop for it): need and the slack
+     * beyond, growing by twice the slack so that this is rare. */
+    int fd = -1, r = 0;
+    if (e->alloc < must + slack) {
+        uint64_t want = round_mib(must + 2 * slack);
+        if (want > e->cap) want = e->cap;
+        if (want > e->alloc && (r = mdb_env_get_fd(idx->env, &fd)) == 0 &&
+            (r = posix_fallocate(fd, (off_t)e->alloc, (off_t)(want - e->alloc))) == 0)
+            e->alloc = want;
+    }
+    /* Then the map: the allocation while catching up (a transaction that outgrows its
+     * guess fails with MDB_MAP_FULL and is redone); after, a sparse headroom as large
+     * as the allocation (256 MiB at least), so that a long read in this process, which
+     * stops the map from moving, rarely keeps it from growing. */
+    uint64_t head = !e->headroom ? 0 : e->alloc > MAP_HEAD ? e->alloc : MAP_HEAD;
+    uint64_t target = round_mib(e->alloc + head), low = e->alloc + head / 2;
+    if (target > e->cap) target = e->cap;
+    if (map < low && target > map) {
+        /* No transaction of this process may be active while LMDB remaps: wait for those
+         * running to end (200 ms at most) if the map is nearly full or `wait`. */
+        int tight = map < must + slack / 4;
+        r = pthread_rwlock_trywrlock(maplock(idx));
+        if (r == EBUSY && (tight || wait)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 200000000;
+            if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+            r = pthread_rwlock_timedwrlock(maplock(idx), &ts);
+        }
+        if (r == 0) {
+            if (mdb_env_set_mapsize(idx->env, (size_t)target) == 0) map = target;
+            pthread_rwlock_unlock(maplock(idx));
+        }
+    }
+    /* A transaction may write up to need past what is used: that must be allocated,
+     * unless all of the map is (then LMDB stops it with MDB_MAP_FULL). */
+    annal_err rc = e->alloc >= must || e->alloc >= map ? ANNAL_OK : ANNAL_ENOSPC;
+    pthread_mutex_unlock(&e->grow_mu);
+    return rc;
+}
+
+void annal__index_headroom(annal__index *idx) {
+    shared_env *e = idx->shared;
+    pthread_mutex_lock(&e->grow_mu);
+    e->headroom = 1;
+    pthread_mutex_unlock(&e->grow_mu);
+    (void)annal__index_grow(idx, 0, 1);
 }
 
 static MDB_val val(const void *p, size_t n) {

@@ -100,17 +100,26 @@ void annal__txn_abort(annal__index *idx, MDB_txn *t);
 int annal__txn_commit(annal__index *idx, MDB_txn *t); /* t is gone either way */
 void annal__txn_free(MDB_txn *t);
 
-/* Make room for about need more bytes of index pages: the writer's map keeps a quarter
- * of what is used (2 to 64 MiB) free beyond need, growing by twice that (up to
- * index_map_bytes), the file allocated first so that a write through the map never
- * meets a full disk. Called with
- * no transaction of this thread active, between transactions; when others are active
- * it waits for them (200 ms at most) only if the map is nearly full or `wait`. Best effort: where
- * it cannot grow (the disk, or index_map_bytes), a transaction that runs out of map fails with
- * MDB_MAP_FULL (ANNAL_ENOSPC) and changes nothing. A read-only environment maps the
- * most from the start and never grows. */
-void annal__index_grow(annal__index *idx, uint64_t need, int wait);
-/* Bytes of map not yet used (UINT64_MAX when the map does not grow). */
+/* Make room for a transaction that may write up to need bytes of index pages beyond
+ * those used. A writer maps the file writable (MDB_WRITEMAP); what a transaction may
+ * write must be allocated first: a write through the map into a hole of a full disk
+ * would be a SIGBUS, not an error. So the file is allocated up to need and a slack of a
+ * quarter of what is used (2 to 64 MiB) beyond it, growing by twice that. The map
+ * covers just the allocation while the writer catches up at open (a transaction that
+ * outgrows its guess fails with MDB_MAP_FULL and changes nothing); after
+ * annal__index_headroom, a sparse map as large again (256 MiB at least) lies beyond
+ * it, so that allocating never has to wait for transactions. Moving the map does:
+ * for those of this process to end, 200 ms at most, and only when the map is nearly
+ * full or `wait`. Call with no transaction of this thread active. ANNAL_ENOSPC: need
+ * could not be allocated (the disk, or index_map_bytes); ANNAL_OK otherwise. A
+ * read-only environment maps the most from the start and never grows. */
+annal_err annal__index_grow(annal__index *idx, uint64_t need, int wait);
+/* A bound on the bytes of new pages a transaction indexing these events (whose log
+ * records take bytes) may write. */
+uint64_t annal__index_need(annal__index *idx, uint64_t events, uint64_t bytes);
+/* Catch-up is done: from now on the map keeps a sparse headroom (see above). */
+void annal__index_headroom(annal__index *idx);
+/* Bytes allocated and not yet used (UINT64_MAX when the map does not grow). */
 uint64_t annal__index_room(annal__index *idx);
 
 /* The helpers below return ANNAL_OK, ANNAL_ENOTFOUND, or ANNAL_EIO / ANNAL_ENOSPC /

@@ -360,13 +360,11 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     annal__index_head saved = db->head;
     int ioerr = 0;
     const char *what = "index";
-    /* Room for the group's pages first (a transaction cannot grow the map): its bytes,
-     * and a few pages copied per request (random streams touch a leaf each). */
-    uint64_t need = 64u << 10;
-    for (annal__req *r = reqs; r; r = r->next) need += r->bytes + 3 * 4096;
-    annal__index_grow(&db->idx, need, 0);
-    annal_err grc = ANNAL_OK;
-    int mrc = annal__txn_begin(&db->idx, 0, &g.txn);
+    /* Room for the group's pages first: a transaction cannot grow the map. */
+    uint64_t events = 0, bytes = 0;
+    for (annal__req *r = reqs; r; r = r->next) events += r->n, bytes += r->bytes;
+    annal_err grc = annal__index_grow(&db->idx, annal__index_need(&db->idx, events, bytes), 0);
+    int mrc = grc == ANNAL_OK ? annal__txn_begin(&db->idx, 0, &g.txn) : 0;
     if (mrc) grc = annal__index_err(mrc);
     for (annal__req *r = reqs; r && grc == ANNAL_OK; r = r->next) {
         int rc = add_req(db, &g, g.txn, r);

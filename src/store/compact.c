@@ -247,7 +247,10 @@ static annal__block survivors(const plan *pl, size_t i, const annal__block *b) {
  * its first member (the event its location names) comes by. */
 static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
     MDB_txn *t;
-    annal__index_grow(&db->idx, (to - from) * 512, 1); /* (generous) */
+    /* Each event's entries may touch a few leaves of their own */
+    annal_err grc = annal__index_grow(&db->idx, annal__index_need(&db->idx, to - from, 0), 1);
+    if (grc != ANNAL_OK)
+        return annal__fail(db, grc, "no room for the index: %s", annal_strerror(grc));
     int mrc = annal__txn_begin(&db->idx, 0, &t);
     if (mrc) return mdb_fail(db, mrc);
     annal__index *idx = &db->idx;

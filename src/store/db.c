@@ -401,7 +401,7 @@ static annal_err reset_index(annal_db *db, MDB_txn *t) {
 
 /* (Only a writer catches up.) */
 static uint64_t catch_up_chunk(annal_db *db) {
-    annal__index_grow(&db->idx, 0, 1);
+    (void)annal__index_grow(&db->idx, 0, 1); /* (the map is all allocated: see index.h) */
     uint64_t n = annal__index_room(&db->idx) / CATCH_UP_BYTES;
     return n < 1000 ? 1000 : n > CATCH_UP_CHUNK ? CATCH_UP_CHUNK : n;
 }
@@ -544,7 +544,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         regrown++;
         annal__log_msg(db, ANNAL_LOG_INFO,
                        "the index map filled up while indexing the log: growing it, again");
-        annal__index_grow(&db->idx, (uint64_t)(16u << 20) << (2 * regrown), 1);
+        (void)annal__index_grow(&db->idx, (uint64_t)(16u << 20) << (2 * regrown), 1);
         chunk = catch_up_chunk(db) / 2 + 1;
         if ((mrc = annal__txn_begin(&db->idx, 0, &t)) != 0) {
             t = NULL;
@@ -752,6 +752,7 @@ static annal_err open_writer(annal_db *db) {
     uint64_t seg = 0, off = 0;
     rc = annal__catch_up(db, &seg, &off);
     if (rc != ANNAL_OK) return rc;
+    annal__index_headroom(&db->idx);
     db->wseg = annal__log_seg(&db->log, seg);
     db->woff = off;
     rc = annal__ids_start_merger(db->ids, &db->idx, db->idx.meta);

@@ -1,8 +1,11 @@
 /* Unit tests of the LMDB index layer (src/index/index.c): head, stream records, event
  * entries with duplicate-id detection, revision and position lookups, the trust file. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "index/index.h"
@@ -154,12 +157,80 @@ static void trust_file(void **state) {
     assert_true(strlen(boot) > 8); /* this machine has a boot id */
 }
 
+/* A read transaction of this process held for long (verify walks the whole log inside
+ * one) keeps LMDB from moving the map. The writer must go on regardless, and whatever
+ * a transaction may write must be allocated before it begins. */
+static atomic_int reader_state; /* 1: holding its transaction; 2: told to end it */
+
+static void *long_reader(void *p) {
+    (void)p;
+    MDB_txn *t;
+    assert_int_equal(annal__txn_begin(&idx, MDB_RDONLY, &t), 0);
+    reader_state = 1;
+    while (reader_state == 1) usleep(1000);
+    annal__txn_abort(&idx, t);
+    return NULL;
+}
+
+static uint64_t used_bytes(void) {
+    MDB_envinfo in;
+    MDB_stat st;
+    assert_int_equal(mdb_env_info(idx.env, &in), 0);
+    assert_int_equal(mdb_env_stat(idx.env, &st), 0);
+    return ((uint64_t)in.me_last_pgno + 1) * st.ms_psize;
+}
+
+static void grows_beside_long_read(void **state) {
+    (void)state;
+    annal__index_headroom(&idx);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    pthread_t th;
+    reader_state = 0;
+    assert_int_equal(pthread_create(&th, NULL, long_reader, NULL), 0);
+    while (reader_state != 1) usleep(1000);
+    /* The reader pins every page: each transaction adds its copies to the file. */
+    uint64_t start = used_bytes(), n = 0, txns = 0;
+    while (used_bytes() < start + (24u << 20)) {
+        uint64_t need = annal__index_need(&idx, 500, 500 * 40);
+        assert_int_equal(annal__index_grow(&idx, need, 0), ANNAL_OK);
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        assert_true((uint64_t)st.st_blocks * 512 >= used_bytes() + need); /* allocated */
+        MDB_txn *t;
+        assert_int_equal(annal__txn_begin(&idx, 0, &t), 0);
+        for (int i = 0; i < 500; i++, n++) {
+            char name[32];
+            int len = snprintf(name, sizeof name, "s-%016llx",
+                               (unsigned long long)(n * 0x9e3779b97f4a7c15ull));
+            annal__stream_rec sr = annal__stream_rec_new(n, 1);
+            assert_int_equal(annal__index_stream_put(t, &idx, name, (size_t)len, &sr), ANNAL_OK);
+        }
+        assert_int_equal(annal__txn_commit(&idx, t), 0);
+        txns++;
+    }
+    reader_state = 2;
+    pthread_join(th, NULL);
+    printf("beside a long read: %llu transactions, index %llu -> %llu MiB\n",
+           (unsigned long long)txns, (unsigned long long)(start >> 20),
+           (unsigned long long)(used_bytes() >> 20));
+    MDB_txn *t; /* what was written is there */
+    assert_int_equal(annal__txn_begin(&idx, MDB_RDONLY, &t), 0);
+    annal__stream_rec got;
+    char name[32];
+    int len = snprintf(name, sizeof name, "s-%016llx",
+                       (unsigned long long)((n - 1) * 0x9e3779b97f4a7c15ull));
+    assert_int_equal(annal__index_stream_get(t, &idx, name, (size_t)len, &got), ANNAL_OK);
+    annal__txn_abort(&idx, t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(head_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(events_and_lookups, setup, teardown),
         cmocka_unit_test_setup_teardown(tag_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(trust_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(grows_beside_long_read, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -134,14 +134,14 @@ int annal__index_in_use(const char *dir) {
 }
 
 #define MIB           (1ull << 20)
-#define MAP_MIN       (4 * MIB) /* the least a writer allocates */
-#define MAP_SLACK_MIN (2 * MIB) /* allocated beyond a transaction's need: */
+#define MAP_MIN       (1 * MIB) /* the least a writer allocates */
+#define MAP_SLACK_MIN (1 * MIB) /* allocated beyond a transaction's need: */
 #define MAP_SLACK_MAX (64 * MIB)
 #define MAP_HEAD      (256 * MIB) /* the least map beyond the allocation, after catch-up */
 
 static uint64_t round_mib(uint64_t n) { return (n + MIB - 1) & ~(MIB - 1); }
 
-/* Kept allocated beyond a transaction's need: a quarter of what is used, 2 to 64 MiB. */
+/* Kept allocated beyond a transaction's need: a quarter of what is used, 1 to 64 MiB. */
 static uint64_t slack_of(uint64_t used) {
     uint64_t s = used / 4;
     return s < MAP_SLACK_MIN ? MAP_SLACK_MIN : s > MAP_SLACK_MAX ? MAP_SLACK_MAX : s;

@@ -104,7 +104,7 @@ void annal__txn_free(MDB_txn *t);
  * those used. A writer maps the file writable (MDB_WRITEMAP); what a transaction may
  * write must be allocated first: a write through the map into a hole of a full disk
  * would be a SIGBUS, not an error. So the file is allocated up to need and a slack of a
- * quarter of what is used (2 to 64 MiB) beyond it, growing by twice that. The map
+ * quarter of what is used (1 to 64 MiB) beyond it, growing by twice that. The map
  * covers just the allocation while the writer catches up at open (a transaction that
  * outgrows its guess fails with MDB_MAP_FULL and changes nothing); after
  * annal__index_headroom, a sparse map as large again (256 MiB at least) lies beyond

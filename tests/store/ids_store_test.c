@@ -965,6 +965,7 @@ static void test_verify_beside_writer(void **state) {
     annal_db_close(db);
     assert_int_equal(bad, 0);
     TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    tu_rmrf(dir);
     free(dir);
 }
 

@@ -236,6 +236,27 @@ static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint
     return ANNAL_OK;
 }
 
+/* Map just the allocation again, as at open (read-only handles of this process kept
+ * the environment of a closed writer, and a writer catches up first). 0, or -1 when
+ * neither that nor allocating all of the map could be done. */
+static int unsparse(shared_env *e) {
+    int rc = 0;
+    pthread_mutex_lock(&e->grow_mu);
+    e->headroom = 0;
+    pthread_rwlock_wrlock(&e->maplock); /* (their transactions are short) */
+    if (mdb_env_set_mapsize(e->env, (size_t)e->alloc) != 0) {
+        MDB_envinfo in;
+        int fd = -1;
+        rc = -1;
+        if (mdb_env_info(e->env, &in) == 0 && mdb_env_get_fd(e->env, &fd) == 0 &&
+            posix_fallocate(fd, 0, (off_t)in.me_mapsize) == 0)
+            e->alloc = in.me_mapsize, rc = 0;
+    }
+    pthread_rwlock_unlock(&e->maplock);
+    pthread_mutex_unlock(&e->grow_mu);
+    return rc;
+}
+
 annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, int create,
                             uint64_t mapsize, char *detail, size_t dlen) {
     memset(idx, 0, sizeof *idx);
@@ -257,6 +278,11 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
         rc = ANNAL_EBUSY;
     } else if (e) {
         e->refs++;
+        if (!readonly && e->writemap && unsparse(e) != 0) {
+            e->refs--;
+            snprintf(detail, dlen, "cannot allocate the index map in %s", dir);
+            rc = ANNAL_ENOSPC;
+        }
     } else {
         int wm = 0;
         uint64_t alloc = 0;

@@ -224,6 +224,27 @@ static void grows_beside_long_read(void **state) {
     annal__txn_abort(&idx, t);
 }
 
+/* A writer that opens an environment kept by read-only handles of the process (its
+ * writer closed) catches up with all of its map allocated, as at a first open. */
+static void writer_again_unsparse(void **state) {
+    (void)state;
+    annal__index_headroom(&idx);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_true((uint64_t)st.st_blocks * 512 < (uint64_t)st.st_size); /* sparse beyond */
+    annal__index ro, w2;
+    char detail[256];
+    assert_int_equal(annal__index_open(&ro, dir, 1, 0, 64 << 20, detail, sizeof detail), ANNAL_OK);
+    annal__index_close(&idx);
+    assert_int_equal(annal__index_open(&w2, dir, 0, 0, 64 << 20, detail, sizeof detail), ANNAL_OK);
+    assert_int_equal(stat(path, &st), 0);
+    assert_true((uint64_t)st.st_blocks * 512 >= (uint64_t)st.st_size); /* all allocated */
+    annal__index_close(&ro);
+    idx = w2; /* (teardown closes it) */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(head_round_trip, setup, teardown),
@@ -231,6 +252,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(tag_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(trust_file, setup, teardown),
         cmocka_unit_test_setup_teardown(grows_beside_long_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(writer_again_unsparse, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

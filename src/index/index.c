@@ -397,6 +397,10 @@ uint64_t annal__index_room(annal__index *idx) {
     return a > used ? a - used : 0;
 }
 
+int annal__index_writemap(const annal__index *idx) {
+    return ((const shared_env *)idx->shared)->writemap;
+}
+
 uint64_t annal__index_need(annal__index *idx, uint64_t events, uint64_t bytes) {
     /* Per event, at worst a leaf copied in each table it has entries of (those of
      * streams and revisions are random), one of them split: 6 pages. But no transaction

@@ -114,6 +114,8 @@ void annal__txn_free(MDB_txn *t);
  * could not be allocated (the disk, or index_map_bytes); ANNAL_OK otherwise. A
  * read-only environment maps the most from the start and never grows. */
 annal_err annal__index_grow(annal__index *idx, uint64_t need, int wait);
+/* Does this environment map the file writable (a writer where fallocate works)? */
+int annal__index_writemap(const annal__index *idx);
 /* A bound on the bytes of new pages a transaction indexing these events (whose log
  * records take bytes) may write. */
 uint64_t annal__index_need(annal__index *idx, uint64_t events, uint64_t bytes);

@@ -24,7 +24,9 @@
 #include "base/base.h"
 #include "store/db_int.h"
 
-#define TXN_EVENTS 8192 /* index entries moved per transaction */
+/* Events whose index entries are moved per transaction: the pages a transaction may
+ * copy are allocated first (annal__index_need: 24 KiB an event), so not too many. */
+#define TXN_EVENTS 2048
 #define WBUF       (1u << 20)
 
 typedef struct plan_ev {
@@ -247,7 +249,6 @@ static annal__block survivors(const plan *pl, size_t i, const annal__block *b) {
  * its first member (the event its location names) comes by. */
 static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
     MDB_txn *t;
-    /* Each event's entries may touch a few leaves of their own */
     annal_err grc = annal__index_grow(&db->idx, annal__index_need(&db->idx, to - from, 0), 1);
     if (grc != ANNAL_OK)
         return annal__fail(db, grc, "no room for the index: %s", annal_strerror(grc));

@@ -210,7 +210,9 @@ static void test_compact_basic(void **state) {
     assert_true(st.segments_total >= 4);
     assert_true(st.events_erased > 100);
     assert_true(st.bytes_reclaimed > 0);
-    assert_true(i1.disk_bytes < i0.disk_bytes);
+    /* The log shrank. (The index file may have grown: what a transaction may write is
+     * allocated first, and a compaction moves many entries.) */
+    assert_true(i1.disk_bytes - i1.index_bytes < i0.disk_bytes - i0.index_bytes);
     snapshot(db, &after, 0);
     ASSERT_SAME(&before, &after);
     check_other_reads(db, &after);

@@ -871,6 +871,89 @@ static void test_mixed_flush_sizes(void **state) {
     run_cfg(*state, &c);
 }
 
+/* Appends beside an annal_verify of this process that holds its index snapshot for long
+ * (its progress callback waits mid-walk): the snapshot keeps LMDB from reusing pages, so
+ * each commit adds its copies to the index file, and keeps the map from moving. Appends
+ * must go on regardless (in session 5 they failed once the map's slack was used up). */
+typedef struct lv_ctx {
+    annal_db *db;
+    atomic_int stop, failed, waited;
+    annal_err rc;
+    char msg[256];
+    uint64_t appends, grown;
+} lv_ctx;
+
+static void *lv_writer(void *p) {
+    lv_ctx *c = p;
+    annal_event_data ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = "T", ev.data = "{}", ev.data_len = 2;
+    for (uint64_t i = 0; !c->stop; i++) {
+        char stream[32]; /* random streams: each commit copies leaves of its own */
+        snprintf(stream, sizeof stream, "lv-%" PRIu64, (i * 2654435761u) % 100003);
+        memset(&ev.id, 0, sizeof ev.id); /* a new id (an append fills it in) */
+        annal_err rc = annal_append(c->db, stream, ANNAL_EXPECT_ANY, &ev, 1, NULL);
+        if (rc != ANNAL_OK) {
+            c->rc = rc;
+            snprintf(c->msg, sizeof c->msg, "%s", annal_db_errmsg(c->db));
+            c->failed = 1;
+            break;
+        }
+        c->appends = i + 1;
+    }
+    return NULL;
+}
+
+static int lv_progress(void *ctx, uint64_t done, uint64_t total) {
+    lv_ctx *c = ctx;
+    (void)done;
+    if (total || c->waited) return 0; /* the first call in the middle of the walk */
+    c->waited = 1;
+    annal_db_info i0, i;
+    TU_OK(c->db, annal_db_info_get(c->db, &i0));
+    i = i0;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, lv_writer, c), 0);
+    for (int k = 0; k < 3000 && !c->failed && i.index_bytes < i0.index_bytes + (24u << 20); k++) {
+        usleep(10000);
+        TU_OK(c->db, annal_db_info_get(c->db, &i));
+    }
+    c->stop = 1;
+    pthread_join(th, NULL);
+    c->grown = i.index_bytes - i0.index_bytes;
+    return 0;
+}
+
+static void test_appends_beside_long_verify(void **state) {
+    const char *dir = *state;
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE | ANNAL_OPEN_NOSYNC;
+    lv_ctx c;
+    memset(&c, 0, sizeof c);
+    TU_OK(NULL, annal_db_open(dir, &o, &c.db));
+    static annal_event_data ev[1000];
+    for (int i = 0; i < 1000; i++) ev[i].type = "Fill", ev[i].data = "{}", ev[i].data_len = 2;
+    for (int b = 0; b < 120; b++) { /* verify's progress callback runs every 100,000 events */
+        for (int i = 0; i < 1000; i++) memset(&ev[i].id, 0, sizeof ev[i].id); /* new ids */
+        TU_OK(c.db, annal_append(c.db, "fill", ANNAL_EXPECT_ANY, ev, 1000, NULL));
+    }
+    annal_db_opts vo;
+    annal_db_opts_init(&vo);
+    vo.progress = lv_progress;
+    vo.progress_ctx = &c;
+    annal_err vr = annal_verify(dir, &vo, NULL, NULL);
+    printf("beside a verify holding its snapshot: %" PRIu64 " appends, index +%" PRIu64
+           " MiB%s%s\n",
+           c.appends, c.grown >> 20, c.failed ? ", failed: " : "", c.failed ? c.msg : "");
+    assert_true(c.waited);
+    assert_false(c.failed);
+    assert_true(c.grown >= (24u << 20));
+    assert_int_equal(vr, ANNAL_OK);
+    annal_db_close(c.db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--verify-loop") == 0) return verify_loop_main(argv[2]);
     const struct CMUnitTest tests[] = {
@@ -879,6 +962,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_batches_atomic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_handle_follows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mixed_flush_sizes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_appends_beside_long_verify, setup, teardown),
     };
     return cmocka_run_group_tests_name("concurrency", tests, NULL, NULL);
 }

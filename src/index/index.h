@@ -116,8 +116,8 @@ void annal__txn_free(MDB_txn *t);
 annal_err annal__index_grow(annal__index *idx, uint64_t need, int wait);
 /* Does this environment map the file writable (a writer where fallocate works)? */
 int annal__index_writemap(const annal__index *idx);
-/* A bound on the bytes of new pages a transaction indexing these events (whose log
- * records take bytes) may write. */
+/* A bound on the bytes of new pages a transaction indexing these events (whose index
+ * entries take at most bytes) may write. */
 uint64_t annal__index_need(annal__index *idx, uint64_t events, uint64_t bytes);
 /* Catch-up is done: from now on the map keeps a sparse headroom (see above). */
 void annal__index_headroom(annal__index *idx);

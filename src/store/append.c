@@ -360,9 +360,11 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     annal__index_head saved = db->head;
     int ioerr = 0;
     const char *what = "index";
-    /* Room for the group's pages first: a transaction cannot grow the map. */
+    /* Room for the group's pages first: a transaction cannot grow the map. Its entries
+     * hold names and numbers, not the events' data. */
     uint64_t events = 0, bytes = 0;
-    for (annal__req *r = reqs; r; r = r->next) events += r->n, bytes += r->bytes;
+    for (annal__req *r = reqs; r; r = r->next)
+        events += r->n, bytes += r->n * (r->stream_len + ANNAL_MAX_NAME + 64);
     annal_err grc = annal__index_grow(&db->idx, annal__index_need(&db->idx, events, bytes), 0);
     int mrc = grc == ANNAL_OK ? annal__txn_begin(&db->idx, 0, &g.txn) : 0;
     if (mrc) grc = annal__index_err(mrc);

@@ -801,6 +801,31 @@ static void test_expected_revision(void **state) {
 /* n = 0: the header neither forbids nor defines it. Accept either documented reading --
  * a no-op success (count 0, nothing written) or ANNAL_EINVAL -- but require that it is
  * consistent and that a successful empty append still checks the expected revision. */
+/* The index holds names and numbers, not the events' data: 48 MiB of payloads leave
+ * its file small (what it allocates ahead follows its entries). */
+static void test_big_payloads_small_index(void **state) {
+    char *dir = subdir(state, "db");
+    annal_db *db = must_open(dir, ANNAL_OPEN_CREATE | ANNAL_OPEN_NOSYNC);
+    char *big = xmalloc(1u << 20);
+    memset(big, 'x', 1u << 20);
+    big[0] = big[(1u << 20) - 1] = '"'; /* a JSON string */
+    annal_event_data ev[16];
+    memset(ev, 0, sizeof ev);
+    for (int i = 0; i < 16; i++) ev[i].type = "Big", ev[i].data = big, ev[i].data_len = 1u << 20;
+    for (int b = 0; b < 3; b++) {
+        for (int i = 0; i < 16; i++) memset(&ev[i].id, 0, sizeof ev[i].id);
+        TU_OK(db, annal_append(db, "big", ANNAL_EXPECT_ANY, ev, 16, NULL));
+    }
+    annal_db_info info;
+    TU_OK(db, annal_db_info_get(db, &info));
+    assert_int_equal(info.events, 48);
+    assert_true(info.disk_bytes > (48u << 20));
+    assert_true(info.index_bytes < (8u << 20));
+    annal_db_close(db);
+    free(big);
+    free(dir);
+}
+
 static void test_empty_append(void **state) {
     world w = {0};
     annal_db *db = must_open(*state, ANNAL_OPEN_CREATE);
@@ -2096,6 +2121,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_append_read_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expected_revision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_append, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_big_payloads_small_index, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_in_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation, setup, teardown),

@@ -5,7 +5,8 @@
  * given room again the store reopens with exactly the acknowledged events, verify finds
  * nothing, and appends work again. Once with appends small enough to go into space the
  * grower zeroed ahead, once with appends that extend the segment file themselves
- * (annal__seg_claim). Needs root to mount (exit 77: skipped otherwise). */
+ * (annal__seg_claim). And an index opened with no room to allocate its file. Needs root
+ * to mount (exit 77: skipped otherwise). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "index/index.h"
 #include "testutil.h"
 
 #define SKIP 77
@@ -134,6 +136,37 @@ static void test_full_disk_large_appends(void **state) {
     full_disk("large", 250, 64u << 20);
 }
 
+/* No room to allocate the index's file when a writer opens it: it maps the file as
+ * readers do (LMDB then writes pages with pwrite) and works; with room again, the next
+ * open maps it writable. */
+static void test_index_open_without_room(void **state) {
+    (void)state;
+    char dir[4200], cmd[4300], detail[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'/*", g_mnt);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(mount("tmpfs", g_mnt, "tmpfs", MS_REMOUNT, "size=512k"), 0);
+    snprintf(dir, sizeof dir, "%s/index", g_mnt);
+    annal__index idx;
+    assert_int_equal(annal__index_open(&idx, dir, 0, 1, 64u << 20, detail, sizeof detail),
+                     ANNAL_OK);
+    assert_false(annal__index_writemap(&idx)); /* 1 MiB could not be allocated */
+    MDB_txn *t;
+    assert_int_equal(annal__index_grow(&idx, 1u << 20, 1), ANNAL_OK); /* (nothing to do) */
+    assert_int_equal(annal__txn_begin(&idx, 0, &t), 0);
+    annal__stream_rec sr = annal__stream_rec_new(7, 1), got;
+    assert_int_equal(annal__index_stream_put(t, &idx, "s-1", 3, &sr), ANNAL_OK);
+    assert_int_equal(annal__txn_commit(&idx, t), 0);
+    annal__index_close(&idx);
+    assert_int_equal(mount("tmpfs", g_mnt, "tmpfs", MS_REMOUNT, "size=96m"), 0);
+    assert_int_equal(annal__index_open(&idx, dir, 0, 0, 64u << 20, detail, sizeof detail),
+                     ANNAL_OK);
+    assert_true(annal__index_writemap(&idx));
+    assert_int_equal(annal__txn_begin(&idx, MDB_RDONLY, &t), 0);
+    assert_int_equal(annal__index_stream_get(t, &idx, "s-1", 3, &got), ANNAL_OK);
+    annal__txn_abort(&idx, t);
+    annal__index_close(&idx);
+}
+
 int main(void) {
     const char *base = getenv("ANNAL_TEST_TMP");
     snprintf(g_mnt, sizeof g_mnt, "%s/fullfs-XXXXXX", base && *base ? base : "/tmp");
@@ -159,6 +192,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_disk_small_appends),
         cmocka_unit_test(test_full_disk_large_appends),
+        cmocka_unit_test(test_index_open_without_room),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     umount2(g_mnt, MNT_DETACH);

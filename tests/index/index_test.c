@@ -209,13 +209,14 @@ static void grows_beside_long_read(void **state) {
     assert_int_equal(pthread_create(&th, NULL, long_reader, NULL), 0);
     while (reader_state != 1) usleep(1000);
     /* The reader pins every page: each transaction adds its copies to the file. */
-    uint64_t start = used_bytes(), n = 0, txns = 0;
+    uint64_t start = used_bytes(), n = 0, txns = 0, most = 0;
     while (used_bytes() < start + (24u << 20)) {
         uint64_t need = annal__index_need(&idx, 500, 500 * 40);
         assert_int_equal(annal__index_grow(&idx, need, 0), ANNAL_OK);
         struct stat st;
         assert_int_equal(stat(path, &st), 0);
-        assert_true((uint64_t)st.st_blocks * 512 >= used_bytes() + need); /* allocated */
+        uint64_t before = used_bytes();
+        assert_true((uint64_t)st.st_blocks * 512 >= before + need); /* allocated */
         MDB_txn *t;
         assert_int_equal(annal__txn_begin(&idx, 0, &t), 0);
         for (int i = 0; i < 500; i++, n++) {
@@ -226,13 +227,19 @@ static void grows_beside_long_read(void **state) {
             assert_int_equal(annal__index_stream_put(t, &idx, name, (size_t)len, &sr), ANNAL_OK);
         }
         assert_int_equal(annal__txn_commit(&idx, t), 0);
+        /* the bound held: every page copied is new here, as the reader keeps the old */
+        uint64_t grew = used_bytes() - before;
+        assert_true(grew <= need);
+        if (grew > most) most = grew;
         txns++;
     }
     reader_state = 2;
     pthread_join(th, NULL);
-    printf("beside a long read: %llu transactions, index %llu -> %llu MiB\n",
-           (unsigned long long)txns, (unsigned long long)(start >> 20),
-           (unsigned long long)(used_bytes() >> 20));
+    printf("beside a long read: %llu transactions (at most %llu KiB each, bound %llu KiB), "
+           "index %llu -> %llu MiB\n",
+           (unsigned long long)txns, (unsigned long long)(most >> 10),
+           (unsigned long long)(annal__index_need(&idx, 500, 500 * 40) >> 10),
+           (unsigned long long)(start >> 20), (unsigned long long)(used_bytes() >> 20));
     MDB_txn *t; /* what was written is there */
     assert_int_equal(annal__txn_begin(&idx, MDB_RDONLY, &t), 0);
     annal__stream_rec got;

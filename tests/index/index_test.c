@@ -14,10 +14,12 @@
 
 static annal__index idx;
 static char *dir;
+static char data_mdb[4200]; /* dir's LMDB data file */
 
 static int setup(void **state) {
     (void)state;
     dir = tu_tmpdir("index");
+    snprintf(data_mdb, sizeof data_mdb, "%s/data.mdb", dir);
     char detail[256];
     return annal__index_open(&idx, dir, 0, 1, 64 << 20, detail, sizeof detail) == ANNAL_OK ? 0 : -1;
 }
@@ -202,8 +204,6 @@ static void grows_beside_long_read(void **state) {
     (void)state;
     if (!writable_map()) return;
     annal__index_headroom(&idx);
-    char path[4200];
-    snprintf(path, sizeof path, "%s/data.mdb", dir);
     pthread_t th;
     reader_state = 0;
     assert_int_equal(pthread_create(&th, NULL, long_reader, NULL), 0);
@@ -214,7 +214,7 @@ static void grows_beside_long_read(void **state) {
         uint64_t need = annal__index_need(&idx, 500, 500 * 40);
         assert_int_equal(annal__index_grow(&idx, need, 0), ANNAL_OK);
         struct stat st;
-        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(stat(data_mdb, &st), 0);
         uint64_t before = used_bytes();
         assert_true((uint64_t)st.st_blocks * 512 >= before + need); /* allocated */
         MDB_txn *t;
@@ -256,17 +256,15 @@ static void writer_again_unsparse(void **state) {
     (void)state;
     if (!writable_map()) return;
     annal__index_headroom(&idx);
-    char path[4200];
-    snprintf(path, sizeof path, "%s/data.mdb", dir);
     struct stat st;
-    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(stat(data_mdb, &st), 0);
     assert_true((uint64_t)st.st_blocks * 512 < (uint64_t)st.st_size); /* sparse beyond */
     annal__index ro, w2;
     char detail[256];
     assert_int_equal(annal__index_open(&ro, dir, 1, 0, 64 << 20, detail, sizeof detail), ANNAL_OK);
     annal__index_close(&idx);
     assert_int_equal(annal__index_open(&w2, dir, 0, 0, 64 << 20, detail, sizeof detail), ANNAL_OK);
-    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(stat(data_mdb, &st), 0);
     assert_true((uint64_t)st.st_blocks * 512 >= (uint64_t)st.st_size); /* all allocated */
     annal__index_close(&ro);
     idx = w2; /* (teardown closes it) */

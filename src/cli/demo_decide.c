@@ -5,6 +5,7 @@
  */
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -110,28 +111,79 @@ static void *race(void *p) {
     return NULL;
 }
 
-/* Run commands at once from n threads; print each outcome. Returns how many succeeded,
- * or -1 on a store error. */
+/* Where an outcome stands in the stream's history: an append at its first revision, a
+ * rejection just after the last event its final decision saw. The threads finish in any
+ * order; printed in this order, the lines tell what happened. */
+static int64_t commit_key(const racer *r) {
+    return r->res.rejected ? r->res.state_revision * 2 + 1
+                           : (int64_t)r->res.append.first_revision * 2;
+}
+
+static int by_commit(const void *a, const void *b) {
+    int64_t ka = commit_key(*(racer *const *)a), kb = commit_key(*(racer *const *)b);
+    return (ka > kb) - (ka < kb);
+}
+
+static void print_outcome(const racer *r, const char *what) {
+    const char *s = r->res.attempts == 1 ? "" : "s";
+    if (!r->res.rejected) {
+        printf("    %-9s %s: done at revision %" PRIu64 " after %u attempt%s\n", r->user, what,
+               r->res.append.first_revision, r->res.attempts, s);
+    } else if (r->res.state_revision < 0) {
+        printf("    %-9s %s: rejected (%s) on an empty stream after %u attempt%s\n", r->user, what,
+               r->res.message, r->res.attempts, s);
+    } else {
+        printf("    %-9s %s: rejected (%s) seeing revision %" PRId64 " after %u attempt%s\n",
+               r->user, what, r->res.message, r->res.state_revision, r->res.attempts, s);
+    }
+}
+
+/* Run commands at once from n threads; print each outcome in commit order. Returns how
+ * many succeeded, or -1 on a store error. */
 static int run_all(racer *r, int n, const char *what) {
     pthread_t t[16];
+    racer *order[16];
     for (int i = 0; i < n; i++) pthread_create(&t[i], NULL, race, &r[i]);
     for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
-    int ok = 0;
     for (int i = 0; i < n; i++) {
         if (r[i].rc != ANNAL_OK) {
             cli_error("demo", "%s: %s (%s)", what, annal_errname(r[i].rc), r[i].res.message);
             return -1;
         }
-        if (r[i].res.rejected)
-            printf("    %-8s %s: rejected (%s) after %u attempt%s\n", r[i].user, what,
-                   r[i].res.message, r[i].res.attempts, r[i].res.attempts == 1 ? "" : "s");
-        else
-            printf("    %-8s %s: done at revision %" PRIu64 " after %u attempt%s\n", r[i].user,
-                   what, r[i].res.append.first_revision, r[i].res.attempts,
-                   r[i].res.attempts == 1 ? "" : "s");
-        ok += !r[i].res.rejected;
+        order[i] = &r[i];
+    }
+    qsort(order, (size_t)n, sizeof order[0], by_commit);
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        print_outcome(order[i], what);
+        ok += !order[i]->res.rejected;
     }
     return ok;
+}
+
+/* The race's summary, from what the loser actually did: a loser whose first decision
+ * conflicted decided again on the new balance; one that read the new balance at once
+ * was refused without a retry. */
+static void print_race_summary(const racer *r, int n, int ok) {
+    printf("  -> %d of %d succeeded", ok, n);
+    for (int i = 0; i < n; i++) {
+        if (!r[i].res.rejected) continue;
+        if (r[i].res.attempts > 1)
+            printf("; %s's first decision conflicted with the winner's append, so it decided "
+                   "again on the new balance and was refused",
+                   r[i].user);
+        else
+            printf("; %s read the balance after the winner's withdrawal and was refused at its "
+                   "first attempt",
+                   r[i].user);
+    }
+    printf(".\n");
+}
+
+static unsigned total_attempts(const racer *r, int n) {
+    unsigned a = 0;
+    for (int i = 0; i < n; i++) a += r[i].res.attempts;
+    return a;
 }
 
 static int one(annal_handler *h, const char *stream, const void *cmd, const char *user,
@@ -167,7 +219,7 @@ int cli_demo_decide(annal_db *db, const char *suffix) {
         if (ok < 0)
             rc = CLI_EXIT_STORE;
         else
-            printf("  -> %d of 2 succeeded: the loser decided again on the new balance.\n", ok);
+            print_race_summary(r, 2, ok);
     }
     void *st = NULL;
     annal_state_info info;
@@ -189,7 +241,8 @@ int cli_demo_decide(annal_db *db, const char *suffix) {
         if (ok < 0)
             rc = CLI_EXIT_STORE;
         else
-            printf("  -> %d shipped, %d refused: never oversold.\n", ok, 5 - ok);
+            printf("  -> %d shipped, %d refused: never oversold (%u attempts in all).\n", ok,
+                   5 - ok, total_attempts(r, 5));
     }
     annal_handler_close(bank);
     annal_handler_close(shop);

@@ -194,12 +194,35 @@ static void append_nothing(srv_call *c, const append_req *a) {
         reply_wrong_expected(c, a->expected, actual);
 }
 
+/* Clients set stream metadata by appending one `$metadata` event to `$$<stream>`. */
+static int is_metadata(const append_req *a) {
+    return strncmp(a->stream, "$$", 2) == 0 && a->stream[2] && a->n == 1 &&
+           strcmp(a->events[0].type, "$metadata") == 0;
+}
+
+static void append_metadata(srv_call *c, const append_req *a) {
+    const char *stream = a->stream + 2;
+    annal_append_result res;
+    memset(&res, 0, sizeof res);
+    annal_err r =
+        annal_stream_meta_set(c->srv->db, stream, a->expected, (const char *)a->events[0].data,
+                              a->events[0].data_len, &res);
+    if (r == ANNAL_OK)
+        reply_success(c, res.revision, 1, res.first_position + res.count - 1);
+    else if (r == ANNAL_ECONFLICT)
+        reply_wrong_expected(c, a->expected, res.revision);
+    else
+        rpc_fail_store(c, r, stream);
+}
+
 void rpc_streams_append(srv_call *c) {
     append_req a;
     memset(&a, 0, sizeof a);
     if (receive(c, &a) == 0) {
         if (a.n == 0) {
             append_nothing(c, &a);
+        } else if (is_metadata(&a)) {
+            append_metadata(c, &a);
         } else {
             annal_append_result res;
             annal_err r = annal_append(c->srv->db, a.stream, a.expected, a.events, a.n, &res);

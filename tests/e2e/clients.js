@@ -127,6 +127,18 @@ check("tombstone a stream", async () => {
   await rejects(client.appendToStream(s, lib.jsonEvent({ type: "B", data: {} })), "stream-deleted");
 });
 
+check("stream metadata: set, get, and max count applied to reads", async () => {
+  const s = name("meta");
+  await client.appendToStream(s, [1, 2, 3].map((n) => lib.jsonEvent({ type: "T", data: { n } })));
+  await client.setStreamMetadata(s, { maxCount: 2, custom: "kept" });
+  const got = await client.getStreamMetadata(s);
+  assert.equal(got.metadata.maxCount, 2);
+  assert.equal(got.metadata.custom, "kept");
+  assert.equal(typeof got.metastreamRevision, "bigint"); // 6.x reports a position here
+  const evs = await collect(client.readStream(s));
+  assert.deepEqual(evs.map((e) => e.event.data.n), [2, 3]);
+});
+
 // Resolves with the first n events a subscription delivers (or rejects after 15 s).
 function take(sub, n) {
   return new Promise((resolve, reject) => {

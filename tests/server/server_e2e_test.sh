@@ -14,7 +14,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 # The clients, installed once per lock file.
 node_dir="$ANNAL_BUILD/e2e-node"
 mkdir -p "$node_dir"
-cp "$ANNAL_SRC"/tests/e2e/{package.json,package-lock.json,clients.js} "$node_dir/"
+cp "$ANNAL_SRC"/tests/e2e/{package.json,package-lock.json,clients.js,raw.js} "$node_dir/"
 if ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-lock" 2>/dev/null; then
     (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) || fail "npm ci"
     cp "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-lock"
@@ -48,6 +48,7 @@ echo "server on port $port"
 for client in eventstore kurrent; do
     timeout 120 node "$node_dir/clients.js" "$client" "$port" || fail "$client client checks"
 done
+timeout 120 node "$node_dir/raw.js" "$ANNAL_SRC/src/server/proto" "$port" || fail "raw gRPC checks"
 
 # A subscription open at SIGTERM is ended with UNAVAILABLE, and the server exits 0 well
 # within its 10 s grace period.

@@ -141,6 +141,11 @@ void rpc_features_methods(srv_call *c);
 void rpc_gossip_read(srv_call *c);
 /* subscribe.c: Read with subscription options. */
 void rpc_subscribe(srv_call *c, const EventStore__Client__Streams__ReadReq__Options *o);
+/* A request's filter as annal's (prefixes as one regex in buf, REGEX_MAX bytes), and the
+ * checkpoint interval it asks for. 0, or -1 if it cannot be expressed. */
+#define REGEX_MAX 4096
+int sub_make_filter(const EventStore__Client__Streams__ReadReq__Options__FilterOptions *f,
+                    annal_filter *out, char *buf, uint32_t *every);
 
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);

@@ -4,6 +4,7 @@
  * codes the official clients dispatch on.
  */
 #include <inttypes.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,8 +54,48 @@ static int uuid_as_string(const ReadOptions *o) {
                EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__UUIDOPTION__CONTENT_STRING;
 }
 
-/* Send every event of it (closed here), then OK. */
-static void send_events(srv_call *c, annal_iter *it, int uuid_string, const char *stream) {
+/* A filter of a $all read (subscriptions filter in the store instead). */
+typedef struct read_filter {
+    int on; /* 0: none; 1: on event types; 2: on stream names */
+    const char *prefix;
+    regex_t re;
+    int has_re;
+} read_filter;
+
+static int filter_init(read_filter *f, const ReadOptions *o, char *buf) {
+    memset(f, 0, sizeof *f);
+    if (o->filter_option_case !=
+            EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__FILTER_OPTION_FILTER ||
+        !o->filter)
+        return 0;
+    annal_filter af;
+    uint32_t every;
+    if (sub_make_filter(o->filter, &af, buf, &every) != 0) return -1;
+    f->on = af.type_prefix || af.type_regex ? 1 : 2;
+    f->prefix = f->on == 1 ? af.type_prefix : af.stream_prefix;
+    const char *re = f->on == 1 ? af.type_regex : af.stream_regex;
+    if (re) {
+        if (regcomp(&f->re, re, REG_EXTENDED | REG_NOSUB) != 0) return -1;
+        f->has_re = 1;
+    }
+    return 0;
+}
+
+static int filter_match(const read_filter *f, const annal_event *ev) {
+    if (!f->on) return 1;
+    const char *s = f->on == 1 ? ev->type : ev->stream;
+    if (f->prefix && strncmp(s, f->prefix, strlen(f->prefix)) != 0) return 0;
+    return !f->has_re || regexec(&f->re, s, 0, NULL, 0) == 0;
+}
+
+static void filter_free(read_filter *f) {
+    if (f->has_re) regfree(&f->re);
+}
+
+/* Send at most count events of it that pass filter (NULL: all; it is closed here), then
+ * OK. */
+static void send_events(srv_call *c, annal_iter *it, int uuid_string, const char *stream,
+                        const read_filter *filter, uint64_t count) {
     cv_event_msg *m = malloc(sizeof *m);
     if (!m) {
         annal_iter_close(it);
@@ -62,16 +103,20 @@ static void send_events(srv_call *c, annal_iter *it, int uuid_string, const char
         return;
     }
     const annal_event *ev;
-    annal_err r;
-    while ((r = annal_iter_next(it, &ev)) == ANNAL_OK) {
+    annal_err r = ANNAL_END;
+    uint64_t sent = 0;
+    int gone = 0;
+    while (sent < count && (r = annal_iter_next(it, &ev)) == ANNAL_OK) {
+        if (filter && !filter_match(filter, ev)) continue;
+        sent++;
         cv_read_event(ev, uuid_string, m);
-        if (call_send(c, &m->resp.base) != 0) break; /* the client went away */
+        if ((gone = call_send(c, &m->resp.base) != 0)) break;
     }
     free(m);
     annal_iter_close(it);
-    if (r == ANNAL_OK)
+    if (gone)
         call_finish(c, GRPC_STATUS_CANCELLED, "client went away", NULL, 0);
-    else if (r == ANNAL_END)
+    else if (r == ANNAL_OK || r == ANNAL_END) /* OK: count reached */
         call_reply(c, NULL);
     else
         rpc_fail_store(c, r, stream);
@@ -116,7 +161,7 @@ static void read_stream(srv_call *c, const ReadOptions *o, uint64_t count, unsig
         call_reply(c, NULL);
         return;
     }
-    send_events(c, it, uuid_as_string(o), name);
+    send_events(c, it, uuid_as_string(o), name, NULL, count);
 }
 
 static void read_all(srv_call *c, const ReadOptions *o, uint64_t count, unsigned flags) {
@@ -148,10 +193,21 @@ static void read_all(srv_call *c, const ReadOptions *o, uint64_t count, unsigned
         call_reply(c, NULL);
         return;
     }
+    char *buf = malloc(REGEX_MAX);
+    read_filter filter;
+    if (!buf || filter_init(&filter, o, buf) != 0) {
+        free(buf);
+        return bad_request(c, "a filter needs a valid POSIX extended regex or prefixes");
+    }
     annal_iter *it = NULL;
-    annal_err r = annal_read_all(c->srv->db, from, flags, count, &it);
-    if (r != ANNAL_OK) return rpc_fail_store(c, r, "$all");
-    send_events(c, it, uuid_as_string(o), "$all");
+    /* A filtered read counts the events it returns, not those it passes over. */
+    annal_err r = annal_read_all(c->srv->db, from, flags, filter.on ? 0 : count, &it);
+    if (r == ANNAL_OK)
+        send_events(c, it, uuid_as_string(o), "$all", &filter, count);
+    else
+        rpc_fail_store(c, r, "$all");
+    filter_free(&filter);
+    free(buf);
 }
 
 void rpc_streams_read(srv_call *c) {

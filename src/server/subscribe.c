@@ -14,8 +14,6 @@
 typedef EventStore__Client__Streams__ReadReq__Options ReadOptions;
 typedef EventStore__Client__Streams__ReadReq__Options__FilterOptions FilterOptions;
 
-#define REGEX_MAX 4096
-
 /* Prefixes as one POSIX extended regex `^(p1|p2|...)`, special characters escaped. */
 static int prefixes_regex(char *const *prefixes, size_t n, char *out, size_t size) {
     size_t len = 0;
@@ -54,7 +52,7 @@ set_expression(const EventStore__Client__Streams__ReadReq__Options__FilterOption
     return 0;
 }
 
-static int make_filter(const FilterOptions *f, annal_filter *out, char *buf, uint32_t *every) {
+int sub_make_filter(const FilterOptions *f, annal_filter *out, char *buf, uint32_t *every) {
     memset(out, 0, sizeof *out);
     int r = 0;
     if (f->filter_case ==
@@ -245,7 +243,7 @@ void rpc_subscribe(srv_call *c, const ReadOptions *o) {
         o->filter) {
         regex = malloc(REGEX_MAX);
         if (!regex || !is_all ||
-            make_filter(o->filter, &filter, regex, &so.checkpoint_every) != 0) {
+            sub_make_filter(o->filter, &filter, regex, &so.checkpoint_every) != 0) {
             free(regex);
             return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT,
                                "filters apply to $all only, with a regex or prefixes", NULL, 0);

@@ -110,6 +110,28 @@ check("Delete with a wrong expected revision: the trailers", async () => {
   assert.equal(err.metadata.get("actual-version")[0], "0");
 });
 
+check("a filtered $all read counts the events it returns", async () => {
+  const p = `flt${crypto.randomUUID().slice(0, 8)}`;
+  for (const s of [`${p}-a`, `x${p}`, `${p}-b`, `${p}-c`])
+    await append([{ options: { stream_identifier: sid(s), any: {} } }, event("T", 1)]);
+  const got = await new Promise((resolve, reject) => {
+    const out = [];
+    const call = streams.Read({
+      options: {
+        all: { start: {} },
+        read_direction: "Forwards",
+        count: "2",
+        filter: { stream_identifier: { prefix: [p] }, count: {}, checkpointIntervalMultiplier: 1 },
+        uuid_option: { string: {} },
+      },
+    });
+    call.on("data", (r) => out.push(r.event.event.stream_identifier.stream_name.toString()));
+    call.on("end", () => resolve(out));
+    call.on("error", reject);
+  });
+  assert.deepEqual(got, [`${p}-a`, `${p}-b`]);
+});
+
 (async () => {
   for (const [n, fn] of checks) {
     try {

@@ -3,11 +3,15 @@
 # Usage: scripts/deps.sh [extra-package ...]   (as root, or with sudo available)
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liblmdb-dev libjansson-dev libcmocka-dev
-      python3 cppcheck clang-format liblua5.4-dev libsqlite3-dev libpq-dev postgresql "$@")
+      python3 cppcheck clang-format liblua5.4-dev libsqlite3-dev libpq-dev postgresql
+      libgrpc-dev protobuf-c-compiler libprotobuf-c-dev "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The server's e2e test runs the official Node.js clients: Debian's nodejs and npm, unless
+# a node with its own npm (e.g. NodeSource's, which conflicts with Debian's npm) is there.
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}" >&2
   SUDO=""

@@ -28,6 +28,7 @@ static const struct {
     {"subscribe", cli_cmd_subscribe, "follow a stream or $all live (JSON lines, like tail -f)"},
     {"projection", cli_cmd_projection, "add, run, rebuild and operate projections (read models)"},
     {"query", cli_cmd_query, "run SQL against a projection's read model"},
+    {"serve", cli_cmd_serve, "serve the store over KurrentDB's gRPC protocol"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

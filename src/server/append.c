@@ -1,0 +1,324 @@
+/*
+ * append.c -- Streams.Append (options first, then the proposed events, then half-close),
+ * Streams.Delete and Streams.Tombstone. A wrong expected revision of an append is a
+ * response field; of a delete, an error status with `wrong-expected-version` trailers.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server_int.h"
+
+typedef EventStore__Client__Streams__AppendReq AppendReq;
+typedef EventStore__Client__Streams__AppendReq__ProposedMessage Proposed;
+
+/* The expected revision of one of the three request option messages (same layout). */
+#define EXPECTED(o, PREFIX)                                                                        \
+    ((o)->expected_stream_revision_case == PREFIX##_REVISION        ? (int64_t)(o)->revision       \
+     : (o)->expected_stream_revision_case == PREFIX##_NO_STREAM     ? ANNAL_EXPECT_NO_STREAM       \
+     : (o)->expected_stream_revision_case == PREFIX##_STREAM_EXISTS ? ANNAL_EXPECT_STREAM_EXISTS   \
+                                                                    : ANNAL_EXPECT_ANY)
+
+typedef struct append_req {
+    char stream[ANNAL_MAX_NAME + 1];
+    int64_t expected;
+    ProtobufCMessage **msgs; /* the proposed messages, owned */
+    annal_event_data *events;
+    size_t n, cap;
+    uint64_t bytes;
+} append_req;
+
+static void append_req_free(append_req *a) {
+    for (size_t i = 0; i < a->n; i++) protobuf_c_message_free_unpacked(a->msgs[i], NULL);
+    free(a->msgs);
+    free(a->events);
+}
+
+static const char *md_get(const Proposed *p, const char *key) {
+    for (size_t i = 0; i < p->n_metadata; i++)
+        if (strcmp(p->metadata[i]->key, key) == 0) return p->metadata[i]->value;
+    return NULL;
+}
+
+/* Take one proposed message (owned by a on success). NULL or an error text. */
+static const char *add_event(append_req *a, ProtobufCMessage *msg, uint64_t max_bytes) {
+    const Proposed *p = ((AppendReq *)msg)->proposed_message;
+    if (!p) return "an AppendReq after the options must be a proposed message";
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 16;
+        ProtobufCMessage **m = realloc(a->msgs, cap * sizeof *m);
+        if (!m) return "out of memory";
+        a->msgs = m;
+        annal_event_data *e = realloc(a->events, cap * sizeof *e);
+        if (!e) return "out of memory";
+        a->events = e;
+        a->cap = cap;
+    }
+    annal_event_data *ev = &a->events[a->n];
+    memset(ev, 0, sizeof *ev);
+    if (cv_uuid_in(p->id, &ev->id) != 0) return "an event id is not a UUID";
+    ev->type = md_get(p, "type");
+    if (!ev->type || !*ev->type) return "an event has no type";
+    ev->data = p->data.data;
+    ev->data_len = p->data.len;
+    ev->metadata = p->custom_metadata.data;
+    ev->metadata_len = p->custom_metadata.len;
+    a->bytes += p->data.len + p->custom_metadata.len;
+    a->msgs[a->n++] = msg;
+    if (a->bytes > max_bytes) return "";
+    return NULL;
+}
+
+/* Receive the options and the events. 0, or -1 with the call finished. */
+static int receive(srv_call *c, append_req *a) {
+    ProtobufCMessage *msg;
+    int bad;
+    int got = call_recv(c, &event_store__client__streams__append_req__descriptor, &msg, &bad);
+    if (got != 1) {
+        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, bad ? "undecodable AppendReq" : "no options",
+                    NULL, 0);
+        return -1;
+    }
+    const EventStore__Client__Streams__AppendReq__Options *o = ((AppendReq *)msg)->options;
+    if (!o || cv_stream_name(o->stream_identifier, a->stream) != 0) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT,
+                    "the first AppendReq must be options naming a stream of 1 to 255 bytes", NULL,
+                    0);
+        return -1;
+    }
+    a->expected =
+        EXPECTED(o, EVENT_STORE__CLIENT__STREAMS__APPEND_REQ__OPTIONS__EXPECTED_STREAM_REVISION);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    while ((got = call_recv(c, &event_store__client__streams__append_req__descriptor, &msg,
+                            &bad)) == 1) {
+        const char *err = add_event(a, msg, c->srv->max_append_bytes);
+        if (err && !*err) {
+            rpc_fail_store(c, ANNAL_ETOOBIG, a->stream);
+            return -1;
+        }
+        if (err) {
+            if (a->n == 0 || a->msgs[a->n - 1] != msg) protobuf_c_message_free_unpacked(msg, NULL);
+            call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, err, NULL, 0);
+            return -1;
+        }
+    }
+    if (got < 0) {
+        call_finish(c, bad ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_CANCELLED,
+                    bad ? "undecodable AppendReq" : "the client went away", NULL, 0);
+        return -1;
+    }
+    return 0;
+}
+
+static void reply_success(srv_call *c, int64_t revision, int has_position, uint64_t position) {
+    EventStore__Client__Streams__AppendResp resp = EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__INIT;
+    EventStore__Client__Streams__AppendResp__Success ok =
+        EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__SUCCESS__INIT;
+    EventStore__Client__Streams__AppendResp__Position pos =
+        EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__POSITION__INIT;
+    EventStore__Client__Empty empty = EVENT_STORE__CLIENT__EMPTY__INIT;
+    if (revision >= 0) {
+        ok.current_revision_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__SUCCESS__CURRENT_REVISION_OPTION_CURRENT_REVISION;
+        ok.current_revision = (uint64_t)revision;
+    } else {
+        ok.current_revision_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__SUCCESS__CURRENT_REVISION_OPTION_NO_STREAM;
+        ok.no_stream = &empty;
+    }
+    if (has_position) {
+        pos.commit_position = pos.prepare_position = position;
+        ok.position_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__SUCCESS__POSITION_OPTION_POSITION;
+        ok.position = &pos;
+    } else {
+        ok.position_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__SUCCESS__POSITION_OPTION_NO_POSITION;
+        ok.no_position = &empty;
+    }
+    resp.result_case = EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__RESULT_SUCCESS;
+    resp.success = &ok;
+    call_reply(c, &resp.base);
+}
+
+static void reply_wrong_expected(srv_call *c, int64_t expected, int64_t actual) {
+    EventStore__Client__Streams__AppendResp resp = EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__INIT;
+    EventStore__Client__Streams__AppendResp__WrongExpectedVersion w =
+        EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__WRONG_EXPECTED_VERSION__INIT;
+    EventStore__Client__Empty empty = EVENT_STORE__CLIENT__EMPTY__INIT;
+    if (actual >= 0) {
+        w.current_revision_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__WRONG_EXPECTED_VERSION__CURRENT_REVISION_OPTION_CURRENT_REVISION;
+        w.current_revision = (uint64_t)actual;
+    } else {
+        w.current_revision_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__WRONG_EXPECTED_VERSION__CURRENT_REVISION_OPTION_CURRENT_NO_STREAM;
+        w.current_no_stream = &empty;
+    }
+    if (expected >= 0) {
+        w.expected_revision_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__WRONG_EXPECTED_VERSION__EXPECTED_REVISION_OPTION_EXPECTED_REVISION;
+        w.expected_revision = (uint64_t)expected;
+    } else if (expected == ANNAL_EXPECT_NO_STREAM) {
+        w.expected_revision_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__WRONG_EXPECTED_VERSION__EXPECTED_REVISION_OPTION_EXPECTED_NO_STREAM;
+        w.expected_no_stream = &empty;
+    } else if (expected == ANNAL_EXPECT_STREAM_EXISTS) {
+        w.expected_revision_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__WRONG_EXPECTED_VERSION__EXPECTED_REVISION_OPTION_EXPECTED_STREAM_EXISTS;
+        w.expected_stream_exists = &empty;
+    } else {
+        w.expected_revision_option_case =
+            EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__WRONG_EXPECTED_VERSION__EXPECTED_REVISION_OPTION_EXPECTED_ANY;
+        w.expected_any = &empty;
+    }
+    resp.result_case = EVENT_STORE__CLIENT__STREAMS__APPEND_RESP__RESULT_WRONG_EXPECTED_VERSION;
+    resp.wrong_expected_version = &w;
+    call_reply(c, &resp.base);
+}
+
+/* An append of no events checks the expected revision and writes nothing. */
+static void append_nothing(srv_call *c, const append_req *a) {
+    uint64_t head;
+    annal_err r = annal_stream_head(c->srv->db, a->stream, &head);
+    if (r != ANNAL_OK && r != ANNAL_ENOTFOUND) return rpc_fail_store(c, r, a->stream);
+    int64_t actual = r == ANNAL_OK ? (int64_t)head : -1;
+    int ok = a->expected == ANNAL_EXPECT_ANY ||
+             (a->expected == ANNAL_EXPECT_NO_STREAM && actual < 0) ||
+             (a->expected == ANNAL_EXPECT_STREAM_EXISTS && actual >= 0) || a->expected == actual;
+    if (ok)
+        reply_success(c, actual, 0, 0);
+    else
+        reply_wrong_expected(c, a->expected, actual);
+}
+
+/* Clients set stream metadata by appending one `$metadata` event to `$$<stream>`. */
+static int is_metadata(const append_req *a) {
+    return strncmp(a->stream, "$$", 2) == 0 && a->stream[2] && a->n == 1 &&
+           strcmp(a->events[0].type, "$metadata") == 0;
+}
+
+static void append_metadata(srv_call *c, const append_req *a) {
+    const char *stream = a->stream + 2;
+    annal_append_result res;
+    memset(&res, 0, sizeof res);
+    annal_err r =
+        annal_stream_meta_set(c->srv->db, stream, a->expected, (const char *)a->events[0].data,
+                              a->events[0].data_len, &res);
+    if (r == ANNAL_OK)
+        reply_success(c, res.revision, 1, res.first_position + res.count - 1);
+    else if (r == ANNAL_ECONFLICT)
+        reply_wrong_expected(c, a->expected, res.revision);
+    else
+        rpc_fail_store(c, r, stream);
+}
+
+void rpc_streams_append(srv_call *c) {
+    append_req a;
+    memset(&a, 0, sizeof a);
+    if (receive(c, &a) == 0) {
+        if (a.n == 0) {
+            append_nothing(c, &a);
+        } else if (is_metadata(&a)) {
+            append_metadata(c, &a);
+        } else {
+            annal_append_result res;
+            annal_err r = annal_append(c->srv->db, a.stream, a.expected, a.events, a.n, &res);
+            if (r == ANNAL_OK)
+                reply_success(c, res.revision, 1, res.first_position + res.count - 1);
+            else if (r == ANNAL_ECONFLICT)
+                reply_wrong_expected(c, a.expected, res.revision);
+            else
+                rpc_fail_store(c, r, a.stream);
+        }
+    }
+    append_req_free(&a);
+}
+
+/* ---- Delete and Tombstone */
+static void fail_wrong_expected(srv_call *c, const char *stream, int64_t expected, int64_t actual) {
+    char exp[24], act[24];
+    cv_expected_text(expected, exp, sizeof exp);
+    snprintf(act, sizeof act, "%" PRId64, actual);
+    srv_kv kv[] = {{"exception", "wrong-expected-version"},
+                   {"stream-name", stream},
+                   {"expected-version", exp},
+                   {"actual-version", act}};
+    /* No actual version means the stream does not exist. */
+    call_finish(c, GRPC_STATUS_FAILED_PRECONDITION, "Wrong expected version.", kv,
+                actual >= 0 ? 4 : 3);
+}
+
+/* Delete stream; reply with the fields of msg (DeleteResp and TombstoneResp are alike). */
+static void delete_stream(srv_call *c, const char *stream, int64_t expected, unsigned flags) {
+    annal_append_result res;
+    memset(&res, 0, sizeof res);
+    res.revision = -1;
+    annal_err r = annal_stream_delete(c->srv->db, stream, expected, flags, &res);
+    /* KurrentDB deletes a stream that is not there when nothing else was expected. */
+    if (r == ANNAL_ENOTFOUND &&
+        (expected == ANNAL_EXPECT_ANY || expected == ANNAL_EXPECT_NO_STREAM) &&
+        !(flags & ANNAL_DELETE_HARD)) {
+        r = ANNAL_OK;
+        res.count = 0;
+    }
+    if (r == ANNAL_ENOTFOUND) return fail_wrong_expected(c, stream, expected, -1);
+    if (r == ANNAL_ECONFLICT) return fail_wrong_expected(c, stream, expected, res.revision);
+    if (r != ANNAL_OK) return rpc_fail_store(c, r, stream);
+    /* Both responses: field 1 a position, field 2 no position. */
+    EventStore__Client__Streams__DeleteResp resp = EVENT_STORE__CLIENT__STREAMS__DELETE_RESP__INIT;
+    EventStore__Client__Streams__DeleteResp__Position pos =
+        EVENT_STORE__CLIENT__STREAMS__DELETE_RESP__POSITION__INIT;
+    EventStore__Client__Empty empty = EVENT_STORE__CLIENT__EMPTY__INIT;
+    if (res.count > 0) {
+        pos.commit_position = pos.prepare_position = res.first_position;
+        resp.position_option_case =
+            EVENT_STORE__CLIENT__STREAMS__DELETE_RESP__POSITION_OPTION_POSITION;
+        resp.position = &pos;
+    } else {
+        resp.position_option_case =
+            EVENT_STORE__CLIENT__STREAMS__DELETE_RESP__POSITION_OPTION_NO_POSITION;
+        resp.no_position = &empty;
+    }
+    call_reply(c, &resp.base);
+}
+
+void rpc_streams_delete(srv_call *c) {
+    ProtobufCMessage *msg;
+    int bad;
+    if (call_recv(c, &event_store__client__streams__delete_req__descriptor, &msg, &bad) != 1)
+        return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "no DeleteReq", NULL, 0);
+    const EventStore__Client__Streams__DeleteReq__Options *o =
+        ((EventStore__Client__Streams__DeleteReq *)msg)->options;
+    char name[ANNAL_MAX_NAME + 1];
+    if (!o || cv_stream_name(o->stream_identifier, name) != 0)
+        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "a stream name is required", NULL, 0);
+    else
+        delete_stream(
+            c, name,
+            EXPECTED(o,
+                     EVENT_STORE__CLIENT__STREAMS__DELETE_REQ__OPTIONS__EXPECTED_STREAM_REVISION),
+            0);
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+void rpc_streams_tombstone(srv_call *c) {
+    ProtobufCMessage *msg;
+    int bad;
+    if (call_recv(c, &event_store__client__streams__tombstone_req__descriptor, &msg, &bad) != 1)
+        return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "no TombstoneReq", NULL, 0);
+    const EventStore__Client__Streams__TombstoneReq__Options *o =
+        ((EventStore__Client__Streams__TombstoneReq *)msg)->options;
+    char name[ANNAL_MAX_NAME + 1];
+    if (!o || cv_stream_name(o->stream_identifier, name) != 0)
+        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "a stream name is required", NULL, 0);
+    else
+        delete_stream(
+            c, name,
+            EXPECTED(
+                o, EVENT_STORE__CLIENT__STREAMS__TOMBSTONE_REQ__OPTIONS__EXPECTED_STREAM_REVISION),
+            ANNAL_DELETE_HARD);
+    protobuf_c_message_free_unpacked(msg, NULL);
+}

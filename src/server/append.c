@@ -41,7 +41,21 @@ static const char *md_get(const Proposed *p, const char *key) {
     return NULL;
 }
 
-/* Take one proposed message (owned by a on success). NULL or an error text. */
+const char *srv_event_in(const EventStore__Client__UUID *id, const char *type,
+                         ProtobufCBinaryData data, ProtobufCBinaryData meta, annal_event_data *ev) {
+    memset(ev, 0, sizeof *ev);
+    if (cv_uuid_in(id, &ev->id) != 0) return "an event id is not a UUID";
+    if (!type || !*type) return "an event has no type";
+    ev->type = type;
+    ev->data = data.data;
+    ev->data_len = data.len;
+    ev->metadata = meta.data;
+    ev->metadata_len = meta.len;
+    return NULL;
+}
+
+/* Take one proposed message (owned by a on success). NULL or an error text; "" when the
+ * append grew over max_bytes. */
 static const char *add_event(append_req *a, ProtobufCMessage *msg, uint64_t max_bytes) {
     const Proposed *p = ((AppendReq *)msg)->proposed_message;
     if (!p) return "an AppendReq after the options must be a proposed message";
@@ -55,15 +69,9 @@ static const char *add_event(append_req *a, ProtobufCMessage *msg, uint64_t max_
         a->events = e;
         a->cap = cap;
     }
-    annal_event_data *ev = &a->events[a->n];
-    memset(ev, 0, sizeof *ev);
-    if (cv_uuid_in(p->id, &ev->id) != 0) return "an event id is not a UUID";
-    ev->type = md_get(p, "type");
-    if (!ev->type || !*ev->type) return "an event has no type";
-    ev->data = p->data.data;
-    ev->data_len = p->data.len;
-    ev->metadata = p->custom_metadata.data;
-    ev->metadata_len = p->custom_metadata.len;
+    const char *err =
+        srv_event_in(p->id, md_get(p, "type"), p->data, p->custom_metadata, &a->events[a->n]);
+    if (err) return err;
     a->bytes += p->data.len + p->custom_metadata.len;
     a->msgs[a->n++] = msg;
     if (a->bytes > max_bytes) return "";
@@ -179,60 +187,57 @@ static void reply_wrong_expected(srv_call *c, int64_t expected, int64_t actual) 
     call_reply(c, &resp.base);
 }
 
-/* An append of no events checks the expected revision and writes nothing. */
-static void append_nothing(srv_call *c, const append_req *a) {
-    uint64_t head;
-    annal_err r = annal_stream_head(c->srv->db, a->stream, &head);
-    if (r != ANNAL_OK && r != ANNAL_ENOTFOUND) return rpc_fail_store(c, r, a->stream);
-    int64_t actual = r == ANNAL_OK ? (int64_t)head : -1;
-    int ok = a->expected == ANNAL_EXPECT_ANY ||
-             (a->expected == ANNAL_EXPECT_NO_STREAM && actual < 0) ||
-             (a->expected == ANNAL_EXPECT_STREAM_EXISTS && actual >= 0) || a->expected == actual;
-    if (ok)
-        reply_success(c, actual, 0, 0);
-    else
-        reply_wrong_expected(c, a->expected, actual);
-}
-
 /* Clients set stream metadata by appending one `$metadata` event to `$$<stream>`. */
-static int is_metadata(const append_req *a) {
-    return strncmp(a->stream, "$$", 2) == 0 && a->stream[2] && a->n == 1 &&
-           strcmp(a->events[0].type, "$metadata") == 0;
+static int is_metadata(const char *stream, const annal_event_data *ev, size_t n) {
+    return strncmp(stream, "$$", 2) == 0 && stream[2] && n == 1 &&
+           strcmp(ev[0].type, "$metadata") == 0;
 }
 
-static void append_metadata(srv_call *c, const append_req *a) {
-    const char *stream = a->stream + 2;
+annal_err srv_append(annal_server *srv, const char *stream, int64_t expected, annal_event_data *ev,
+                     size_t n, srv_append_out *out) {
+    memset(out, 0, sizeof *out);
+    out->revision = -1;
     annal_append_result res;
     memset(&res, 0, sizeof res);
-    annal_err r =
-        annal_stream_meta_set(c->srv->db, stream, a->expected, (const char *)a->events[0].data,
-                              a->events[0].data_len, &res);
-    if (r == ANNAL_OK)
-        reply_success(c, res.revision, 1, res.first_position + res.count - 1);
-    else if (r == ANNAL_ECONFLICT)
-        reply_wrong_expected(c, a->expected, res.revision);
+    res.revision = -1;
+    annal_err r;
+    if (n == 0) {
+        /* An append of no events checks the expected revision and writes nothing. */
+        uint64_t head;
+        r = annal_stream_head(srv->db, stream, &head);
+        if (r != ANNAL_OK && r != ANNAL_ENOTFOUND) return r;
+        int64_t actual = r == ANNAL_OK ? (int64_t)head : -1;
+        out->revision = actual;
+        int ok = expected == ANNAL_EXPECT_ANY ||
+                 (expected == ANNAL_EXPECT_NO_STREAM && actual < 0) ||
+                 (expected == ANNAL_EXPECT_STREAM_EXISTS && actual >= 0) || expected == actual;
+        return ok ? ANNAL_OK : ANNAL_ECONFLICT;
+    }
+    if (is_metadata(stream, ev, n))
+        r = annal_stream_meta_set(srv->db, stream + 2, expected, (const char *)ev[0].data,
+                                  ev[0].data_len, &res);
     else
-        rpc_fail_store(c, r, stream);
+        r = annal_append(srv->db, stream, expected, ev, n, &res);
+    if (r == ANNAL_OK || r == ANNAL_ECONFLICT) out->revision = res.revision;
+    if (r == ANNAL_OK) {
+        out->has_position = 1;
+        out->position = res.first_position + res.count - 1;
+    }
+    return r;
 }
 
 void rpc_streams_append(srv_call *c) {
     append_req a;
     memset(&a, 0, sizeof a);
     if (receive(c, &a) == 0) {
-        if (a.n == 0) {
-            append_nothing(c, &a);
-        } else if (is_metadata(&a)) {
-            append_metadata(c, &a);
-        } else {
-            annal_append_result res;
-            annal_err r = annal_append(c->srv->db, a.stream, a.expected, a.events, a.n, &res);
-            if (r == ANNAL_OK)
-                reply_success(c, res.revision, 1, res.first_position + res.count - 1);
-            else if (r == ANNAL_ECONFLICT)
-                reply_wrong_expected(c, a.expected, res.revision);
-            else
-                rpc_fail_store(c, r, a.stream);
-        }
+        srv_append_out out;
+        annal_err r = srv_append(c->srv, a.stream, a.expected, a.events, a.n, &out);
+        if (r == ANNAL_OK)
+            reply_success(c, out.revision, out.has_position, out.position);
+        else if (r == ANNAL_ECONFLICT)
+            reply_wrong_expected(c, a.expected, out.revision);
+        else
+            rpc_fail_store(c, r, is_metadata(a.stream, a.events, a.n) ? a.stream + 2 : a.stream);
     }
     append_req_free(&a);
 }

@@ -20,6 +20,7 @@ static const struct {
     {"event_store.client.streams.streams", "append"},
     {"event_store.client.streams.streams", "delete"},
     {"event_store.client.streams.streams", "tombstone"},
+    {"event_store.client.streams.streams", "batchappend"},
     {"event_store.client.server_features.serverfeatures", "getsupportedmethods"},
     {"event_store.client.gossip.gossip", "read"},
 };

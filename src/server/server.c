@@ -61,6 +61,7 @@ static const struct {
     {"/event_store.client.streams.Streams/Append", rpc_streams_append},
     {"/event_store.client.streams.Streams/Delete", rpc_streams_delete},
     {"/event_store.client.streams.Streams/Tombstone", rpc_streams_tombstone},
+    {"/event_store.client.streams.Streams/BatchAppend", rpc_streams_batch_append},
     {"/event_store.client.server_features.ServerFeatures/GetSupportedMethods",
      rpc_features_methods},
     {"/event_store.client.gossip.Gossip/Read", rpc_gossip_read},
@@ -407,8 +408,14 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     srv_log(srv, ANNAL_LOG_INFO, "stopping: no new calls; ending subscriptions");
     pthread_mutex_lock(&srv->mu);
     srv->stopping = 1;
-    for (srv_call *c = srv->calls; c; c = c->next)
+    for (srv_call *c = srv->calls; c; c = c->next) {
         if (c->sub) annal_sub_cancel(c->sub);
+        /* Clients keep a BatchAppend call open for good: end it (appends under way finish
+         * in the store; the client sees UNAVAILABLE and resends with the same ids). */
+        if (c->cancel_at_stop)
+            (void)grpc_call_cancel_with_status(c->call, GRPC_STATUS_UNAVAILABLE,
+                                               "Server is shutting down.", NULL);
+    }
     pthread_mutex_unlock(&srv->mu);
     grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);
     pthread_mutex_lock(&srv->mu);

@@ -61,7 +61,8 @@ struct srv_call {
     int cancelled;  /* ... and said the call was cancelled */
     annal_sub *sub; /* a subscription to cancel at stop (guarded by srv->mu) */
     srv_call *prev, *next;
-    char tag_op, tag_close, tag_drain; /* addresses are the tags */
+    int cancel_at_stop; /* a long-lived call (BatchAppend) to cancel at stop (srv->mu) */
+    char tag_op, tag_send, tag_close, tag_drain; /* addresses are the tags */
 };
 
 /* One trailing metadata pair of an error status. */
@@ -146,6 +147,29 @@ void rpc_subscribe(srv_call *c, const EventStore__Client__Streams__ReadReq__Opti
 #define REGEX_MAX 4096
 int sub_make_filter(const EventStore__Client__Streams__ReadReq__Options__FilterOptions *f,
                     annal_filter *out, char *buf, uint32_t *every);
+
+/* ---- append.c, shared by Append and BatchAppend */
+/* A proposed event as annal's (borrowing type, data and metadata). NULL or an error. */
+const char *srv_event_in(const EventStore__Client__UUID *id, const char *type,
+                         ProtobufCBinaryData data, ProtobufCBinaryData meta, annal_event_data *ev);
+typedef struct srv_append_out {
+    int64_t revision; /* ANNAL_OK: the stream's revision (-1: none); ECONFLICT: the actual one */
+    int has_position;
+    uint64_t position; /* of the last event written */
+} srv_append_out;
+/* Append ev[0..n) (none: check expected only; one `$metadata` event to `$$s`: set s's
+ * metadata). ANNAL_OK, ANNAL_ECONFLICT or the store's error. */
+annal_err srv_append(annal_server *srv, const char *stream, int64_t expected, annal_event_data *ev,
+                     size_t n, srv_append_out *out);
+void rpc_streams_batch_append(srv_call *c);
+/* batch.c: a BatchAppendReq's options as annal's (received_ns: when they arrived, for a
+ * relative deadline), and a whole request's validation as the server does it (the fuzz
+ * target's entry). NULL or an error ("" for over max_bytes). */
+const char *srv_batch_options(const EventStore__Client__Streams__BatchAppendReq__Options *o,
+                              int64_t received_ns, char *stream, int64_t *expected,
+                              int64_t *deadline_ns);
+const char *srv_batch_check(const EventStore__Client__Streams__BatchAppendReq *req,
+                            uint64_t max_bytes);
 
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);

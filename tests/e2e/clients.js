@@ -139,6 +139,39 @@ check("stream metadata: set, get, and max count applied to reads", async () => {
   assert.deepEqual(evs.map((e) => e.event.data.n), [2, 3]);
 });
 
+// Appends go through BatchAppend (the server lists it): many at once share one call.
+check("64 concurrent appends, one of them racing for a new stream", async () => {
+  const race = name("race");
+  const rs = await Promise.allSettled(
+    Array.from({ length: 64 }, (_, i) =>
+      client.appendToStream(i % 2 ? name(`c${i}`) : race, lib.jsonEvent({ type: "C", data: { i } }),
+        expect(i % 2 ? lib.ANY : lib.NO_STREAM)))
+  );
+  const ok = rs.filter((r) => r.status === "fulfilled").length;
+  const wrong = rs.filter((r) => r.status === "rejected" && r.reason.type === "wrong-expected-version");
+  assert.equal(ok, 33, "32 own streams and one winner of the race");
+  assert.equal(wrong.length, 31);
+  assert.equal((await collect(client.readStream(race))).length, 1);
+});
+
+check("an append over the client's 3 MiB batch size arrives whole (several requests)", async () => {
+  const s = name("chunked");
+  const events = Array.from({ length: 5 }, (_, i) =>
+    lib.binaryEvent({ type: "Big", data: Buffer.alloc(1 << 20, i) }));
+  const r = await client.appendToStream(s, events, expect(lib.NO_STREAM));
+  assert.equal(r.nextExpectedRevision, 4n);
+  const evs = await collect(client.readStream(s));
+  assert.deepEqual(evs.map((e) => e.event.data[0]), [0, 1, 2, 3, 4]);
+});
+
+check("an append over 16 MiB: maximum-append-size-exceeded", async () => {
+  const s = name("toobig");
+  const events = Array.from({ length: 17 }, () =>
+    lib.binaryEvent({ type: "Big", data: Buffer.alloc(1 << 20, 1) }));
+  await rejects(client.appendToStream(s, events), "maximum-append-size-exceeded");
+  await rejects(collect(client.readStream(s)), "stream-not-found");
+});
+
 // Resolves with the first n events a subscription delivers (or rejects after 15 s).
 function take(sub, n) {
   return new Promise((resolve, reject) => {
@@ -200,9 +233,11 @@ check("subscribe to $all from the end with an event-type regex", async () => {
   await sub.unsubscribe();
 });
 
-// "hold": subscribe to $all and stay until the server ends the subscription (at its
+// "hold": append, subscribe to $all and stay until the server ends the subscription (at its
 // stop), then report how it ended: clients retry on UNAVAILABLE.
 async function hold() {
+  // An append first leaves the client's BatchAppend call open: the stop must end it too.
+  await client.appendToStream(name("hold"), lib.jsonEvent({ type: "H", data: {} }));
   const sub = client.subscribeToAll({ fromPosition: lib.END });
   sub.on("confirmation", () => console.log("subscribed"));
   sub.on("data", () => {});
@@ -211,7 +246,8 @@ async function hold() {
     sub.on("end", () => resolve(null));
   });
   console.log(`ended: ${err ? err.type || err.code : "end"}`);
-  process.exit(0);
+  // Stay connected (the test ends us): the server must not wait for this process to go.
+  setTimeout(() => process.exit(0), 30000);
 }
 
 (async () => {

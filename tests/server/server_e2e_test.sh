@@ -33,7 +33,8 @@ trap cleanup EXIT
 if "$ANNAL" --data "$work/store" serve 2>"$work/refuse.err"; then fail "served without TLS or --insecure"; fi
 grep -q -- "--insecure" "$work/refuse.err" || fail "the refusal does not say how: $(cat "$work/refuse.err")"
 
-"$ANNAL" --data "$work/store" serve --insecure --listen 127.0.0.1:0 2>"$work/server.log" &
+"$ANNAL" --data "$work/store" serve --insecure --listen 127.0.0.1:0 --log-level debug \
+    2>"$work/server.log" &
 server_pid=$!
 port=""
 for _ in $(seq 100); do
@@ -48,10 +49,15 @@ echo "server on port $port"
 for client in eventstore kurrent; do
     timeout 120 node "$node_dir/clients.js" "$client" "$port" || fail "$client client checks"
 done
+# Both clients append through BatchAppend once the server lists it (a line per call).
+batch_calls=$(grep -c 'call /event_store.client.streams.Streams/BatchAppend' "$work/server.log" || true)
+append_calls=$(grep -c 'call /event_store.client.streams.Streams/Append' "$work/server.log" || true)
+[ "$batch_calls" -ge 2 ] && [ "$append_calls" -eq 0 ] ||
+    fail "clients did not append through BatchAppend ($batch_calls BatchAppend, $append_calls Append calls)"
 timeout 120 node "$node_dir/raw.js" "$ANNAL_SRC/src/server/proto" "$port" || fail "raw gRPC checks"
 
-# A subscription open at SIGTERM is ended with UNAVAILABLE, and the server exits 0 well
-# within its 10 s grace period.
+# A subscription (and the client's BatchAppend call) open at SIGTERM is ended with
+# UNAVAILABLE, and the server exits 0 well within its 10 s grace period.
 timeout 60 node "$node_dir/clients.js" eventstore "$port" hold >"$work/hold.out" 2>&1 &
 hold_pid=$!
 for _ in $(seq 100); do
@@ -68,6 +74,8 @@ took=$(($(date +%s) - start))
 [ "$rc" -eq 0 ] || fail "server exited $rc after SIGTERM: $(tail -5 "$work/server.log")"
 [ "$took" -lt 5 ] || fail "server took $took s to stop"
 grep -q "store closed" "$work/server.log" || fail "no clean close in the log"
-wait "$hold_pid" || true
+for _ in $(seq 50); do grep -q "ended:" "$work/hold.out" && break; sleep 0.1; done
+kill "$hold_pid" 2>/dev/null || true
+wait "$hold_pid" 2>/dev/null || true
 grep -q "ended: unavailable" "$work/hold.out" || fail "subscription did not end UNAVAILABLE: $(cat "$work/hold.out")"
 echo "ok: both clients, SIGTERM with a subscription open ($took s)"

@@ -169,7 +169,9 @@ typedef struct detail {
     const ProtobufCMessage *msg;
 } detail;
 
-static void send_resp(batch_call *bc, const batch *b, BatchResp *resp) {
+static void send_resp(batch_call *bc, const batch *b, const BatchResp *result) {
+    BatchResp r = *result; /* the result, plus what every answer carries */
+    BatchResp *resp = &r;
     cv_uuid_buf corr;
     cv_uuid_out(&b->corr, b->corr_string, &corr);
     resp->correlation_id = &corr.msg;

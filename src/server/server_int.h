@@ -85,7 +85,7 @@ int call_watch_close(srv_call *c);
 /* 1 if the client went away or cancelled (checked without waiting). */
 int call_gone(srv_call *c);
 /* Receive one message into *out (free with protobuf_c_message_free_unpacked).
- * 1: a message; 0: the client half-closed; -1: failed or undecodable (*bad set to 1 when
+ * 1: a message; 0: the client half-closed; -1: failed, cancelled or undecodable (*bad set to 1 when
  * the bytes were not a valid message). */
 int call_recv(srv_call *c, const ProtobufCMessageDescriptor *d, ProtobufCMessage **out, int *bad);
 /* Send one message (with the initial metadata, the first time). 0 or -1 (client gone). */
@@ -140,11 +140,33 @@ void rpc_streams_delete(srv_call *c);
 void rpc_streams_tombstone(srv_call *c);
 void rpc_features_methods(srv_call *c);
 void rpc_gossip_read(srv_call *c);
+/* A Read request decoded (streams.c), without a live call. */
+#define REGEX_MAX 4096
+typedef struct srv_read_plan {
+    int subscribe, is_all, uuid_string;
+    char name[ANNAL_MAX_NAME + 1]; /* the stream, or "$all" */
+    unsigned flags;                /* ANNAL_READ_BACKWARD */
+    uint64_t count;                /* UINT64_MAX: no limit */
+    uint64_t from;                 /* reads: where to start */
+    int nothing, at_end;           /* reads that return nothing */
+    int start;                     /* subscriptions: ANNAL_SUB_* and from */
+    uint64_t start_from;
+    int has_filter; /* $all only; prefixes become one regex in regex */
+    annal_filter filter;
+    uint32_t every; /* checkpoint interval */
+    char regex[REGEX_MAX];
+} srv_read_plan;
+/* NULL, or why the request is invalid (INVALID_ARGUMENT). */
+const char *srv_read_parse(const EventStore__Client__Streams__ReadReq__Options *o,
+                           srv_read_plan *p);
+/* All a Read handler checks before touching the store (the fuzz target's entry). */
+const char *srv_read_check(const EventStore__Client__Streams__ReadReq *req);
 /* subscribe.c: Read with subscription options. */
-void rpc_subscribe(srv_call *c, const EventStore__Client__Streams__ReadReq__Options *o);
+void rpc_subscribe(srv_call *c, const srv_read_plan *p);
+void sub_set_start(const EventStore__Client__Streams__ReadReq__Options *o, int *start,
+                   uint64_t *from);
 /* A request's filter as annal's (prefixes as one regex in buf, REGEX_MAX bytes), and the
  * checkpoint interval it asks for. 0, or -1 if it cannot be expressed. */
-#define REGEX_MAX 4096
 int sub_make_filter(const EventStore__Client__Streams__ReadReq__Options__FilterOptions *f,
                     annal_filter *out, char *buf, uint32_t *every);
 
@@ -162,6 +184,14 @@ typedef struct srv_append_out {
 annal_err srv_append(annal_server *srv, const char *stream, int64_t expected, annal_event_data *ev,
                      size_t n, srv_append_out *out);
 void rpc_streams_batch_append(srv_call *c);
+/* Request decoding without a live call (the fuzz targets' entries). NULL or an error. */
+const char *srv_options_in(const EventStore__Client__StreamIdentifier *sid, int kase,
+                           uint64_t revision, char *stream, int64_t *expected);
+const char *srv_append_check(const EventStore__Client__Streams__AppendReq *req, int first);
+const char *srv_delete_parse(const EventStore__Client__Streams__DeleteReq *req, char *stream,
+                             int64_t *expected);
+const char *srv_tombstone_parse(const EventStore__Client__Streams__TombstoneReq *req, char *stream,
+                                int64_t *expected);
 /* batch.c: a BatchAppendReq's options as annal's (received_ns: when they arrived, for a
  * relative deadline), and a whole request's validation as the server does it (the fuzz
  * target's entry). NULL or an error ("" for over max_bytes). */

@@ -84,6 +84,14 @@ check("Append without options first is INVALID_ARGUMENT", async () => {
   assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
 });
 
+check("Append with the options twice is INVALID_ARGUMENT (and the server lives)", async () => {
+  const o = { options: { stream_identifier: sid(`twice-${crypto.randomUUID()}`), any: {} } };
+  const [err] = await append([o, o]);
+  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  const r = await unary(features, "GetSupportedMethods", {});
+  assert.ok(r.methods.length > 0);
+});
+
 check("an append over 16 MiB: maximum-append-size-exceeded", async () => {
   const s = `big-${crypto.randomUUID()}`;
   const [err] = await append([{ options: { stream_identifier: sid(s), any: {} } },

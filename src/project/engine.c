@@ -893,6 +893,18 @@ annal_err annal_proj_exec(annal_proj_tx *tx, const char *sql, const annal_proj_v
     return exec_q(tx->p, sql, params, (int)n, rows, ctx);
 }
 
+annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
+                                   const annal_proj_value *params, int n, annal_proj_row_fn rows,
+                                   void *ctx) {
+    annal_proj *p = tx->p;
+    pj_prep *pp;
+    annal_err rc = annal__pj_target_prepare(p->t, sql, n, &pp);
+    if (rc != ANNAL_OK) return tgt_fail(p, rc, "preparing");
+    rc = annal__pj_target_run(p->t, pp, params, n, rows, ctx);
+    if (rc != ANNAL_OK && rc != ANNAL_ECANCELED) return tgt_fail(p, rc, "SQL");
+    return rc;
+}
+
 const char *annal__pj_tx_errmsg(annal_proj_tx *tx) { return tx->p->err; }
 pj_tkind annal__pj_tx_kind(annal_proj_tx *tx) { return tx->p->kind; }
 

@@ -215,6 +215,7 @@ static int l_sql(lua_State *L) {
     need_tx(L, l, "sql");
     size_t len;
     const char *q = luaL_checklstring(L, 1, &len);
+    if (strlen(q) != len) return luaL_error(L, "sql(): the text holds a NUL byte");
     int n = lua_gettop(L) - 1;
     if (n > 64) return luaL_error(L, "sql(): at most 64 parameters");
     annal_proj_value v[64];
@@ -230,9 +231,10 @@ static int l_sql(lua_State *L) {
     }
     lua_newtable(L);
     rows_ctx r = {L, 0};
-    annal_err rc =
-        annal_proj_exec(l->tx, annal__pj_tx_kind(l->tx) == PJ_T_PG ? st.sql_pg : st.sql_sqlite, v,
-                        (size_t)n, lua_row, &r);
+    /* st is already in the target's dialect: annal_proj_exec would translate it again
+     * and turn ?1 into ?11, binding NULLs */
+    annal_err rc = annal__pj_tx_exec_native(
+        l->tx, annal__pj_tx_kind(l->tx) == PJ_T_PG ? st.sql_pg : st.sql_sqlite, v, n, lua_row, &r);
     annal__pj_stmt_free(&st);
     if (rc != ANNAL_OK) {
         if (rc == ANNAL_EIO || rc == ANNAL_ENOMEM) l->infra = rc;

@@ -168,6 +168,10 @@ int annal__pj_lua_value(pj_lua *l, const char *key, annal_proj_value *v);
 /* ---- Engine services for lua.c. */
 annal_err annal__pj_state_get(annal_proj_tx *tx, const char *key, char **json);
 annal_err annal__pj_state_set(annal_proj_tx *tx, const char *key, const char *json);
+/* Run sql already written in the target's dialect (?N or $N) with n params. */
+annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
+                                   const annal_proj_value *params, int n, annal_proj_row_fn rows,
+                                   void *ctx);
 const char *annal__pj_tx_errmsg(annal_proj_tx *tx);
 pj_tkind annal__pj_tx_kind(annal_proj_tx *tx);
 

@@ -117,7 +117,14 @@ typedef struct annal_proj_opts {
     /* Problems that fail nothing (a reconnect, a failed event). msg valid during the call. */
     void (*log)(void *ctx, annal_log_level level, const char *msg);
     void *log_ctx;
+    /* Longest a run of the file's Lua code may take: the chunk at open, each handler call
+     * (its sql() included). Past it the code is stopped and the event fails with the
+     * file's line ("file:line: Lua ran longer than its budget of N ms"). Default
+     * ANNAL_PROJ_LUA_BUDGET_MS; 0 also means the default. */
+    uint32_t lua_budget_ms;
 } annal_proj_opts;
+
+#define ANNAL_PROJ_LUA_BUDGET_MS 5000
 
 ANNAL_API void annal_proj_opts_init(annal_proj_opts *o); /* defaults; call before setting */
 
@@ -149,7 +156,11 @@ ANNAL_API annal_err annal_proj_step(annal_proj *p, uint64_t *applied);
  * target or store (after retrying a lost connection) or ANNAL_EBUSY when once is set and
  * the projection is paused or failed. */
 ANNAL_API annal_err annal_proj_run(annal_proj *p, int once);
-ANNAL_API void annal_proj_cancel(annal_proj *p); /* any thread */
+/* Stop p: annal_proj_run returns ANNAL_ECANCELED at the end of the current batch, and Lua
+ * code running meanwhile is interrupted (its batch rolled back, nothing marked failed),
+ * so a step then returns ANNAL_ECANCELED. For good: Lua code of p stays interrupted.
+ * Any thread, and async-signal-safe (a SIGTERM handler may call it). */
+ANNAL_API void annal_proj_cancel(annal_proj *p);
 
 /* ------------------------------------------------------------------------------------
  * Operating a projection through its target, from any process (the state row is the

@@ -87,6 +87,7 @@ struct annal_proj {
     void *ctx;
     pj_lua *lua;
     uint32_t batch;
+    uint32_t lua_budget_ms;
     void (*log)(void *ctx, annal_log_level level, const char *msg);
     void *log_ctx;
     pj_prep ***preps; /* per def handler, per statement */
@@ -136,6 +137,7 @@ static void plog(annal_proj *p, annal_log_level lv, const char *fmt, ...) {
 void annal_proj_opts_init(annal_proj_opts *o) {
     memset(o, 0, sizeof *o);
     o->batch_events = DEFAULT_BATCH;
+    o->lua_budget_ms = ANNAL_PROJ_LUA_BUDGET_MS;
 }
 
 const char *annal_proj_errmsg(const annal_proj *p) { return p ? p->err : "no projection"; }
@@ -487,13 +489,14 @@ annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const ch
     p->batch = d && d->batch ? d->batch : o->batch_events ? o->batch_events : DEFAULT_BATCH;
     p->log = o->log;
     p->log_ctx = o->log_ctx;
+    p->lua_budget_ms = o->lua_budget_ms ? o->lua_budget_ms : ANNAL_PROJ_LUA_BUDGET_MS;
     memcpy(p->status, "running", 8);
     atomic_init(&p->cancel, 0);
     clock_gettime(CLOCK_MONOTONIC, &p->rate_t0);
     annal_err rc = ANNAL_OK;
     if (!p->source || !p->target || (kind == PJ_T_PG && !p->schema)) rc = ANNAL_ENOMEM;
     if (rc == ANNAL_OK && d && d->lua)
-        rc = annal__pj_lua_open(d, p, &p->lua, p->err, sizeof p->err);
+        rc = annal__pj_lua_open(d, p, p->lua_budget_ms, &p->lua, p->err, sizeof p->err);
     if (rc == ANNAL_OK && kind != PJ_T_MEMORY) rc = connect_target(p, 1);
     if (rc != ANNAL_OK) {
         annal__pj_fmt(err, err_size, "%s", p->err[0] ? p->err : annal_strerror(rc));
@@ -524,6 +527,8 @@ void annal_proj_close(annal_proj *p) {
 void annal_proj_cancel(annal_proj *p) {
     if (p) atomic_store(&p->cancel, 1);
 }
+
+int annal__pj_canceled(const annal_proj *p) { return atomic_load(&p->cancel) != 0; }
 
 /* ---------------------------------------------------------------- applying */
 
@@ -682,7 +687,8 @@ static void describe(const annal_event *ev, char *out, size_t n) {
 }
 
 static int is_event_failure(annal_err rc) {
-    return rc != ANNAL_EIO && rc != ANNAL_ENOMEM && rc != ANNAL_EFAILED;
+    /* a cancel interrupts the batch (rolled back): the event did not fail */
+    return rc != ANNAL_EIO && rc != ANNAL_ENOMEM && rc != ANNAL_EFAILED && rc != ANNAL_ECANCELED;
 }
 
 typedef struct batch_out {

@@ -333,15 +333,17 @@ static int cmd_status(cli_global *g, args *a, int list) {
         annal_proj_status s;
         char err[1024];
         annal_err st = annal_proj_status_get(r.target, r.name, &s, err, sizeof err);
+        const char *state = annal_proj_state_name(s.state);
         if (st == ANNAL_ENOTFOUND) {
             memset(&s, 0, sizeof s);
-            snprintf(s.state, sizeof s.state, "new");
+            state = "new";
         } else if (st != ANNAL_OK) {
             memset(&s, 0, sizeof s);
-            snprintf(s.state, sizeof s.state, "unknown");
+            state = "unknown";
             snprintf(s.error, sizeof s.error, "%.500s", err);
         }
-        if (strcmp(s.state, "failed") == 0) any_failed = 1;
+        int failed = st == ANNAL_OK && s.state == ANNAL_PROJ_FAILED;
+        if (failed) any_failed = 1;
         uint64_t lag = info.events > s.position ? info.events - s.position : 0;
         int64_t lag_ns = lag && s.last_event_ns ? info.last_ns - s.last_event_ns : 0;
         if (lag && !s.last_event_ns && info.last_ns) lag_ns = now_ns - info.last_ns;
@@ -357,7 +359,14 @@ static int cmd_status(cli_global *g, args *a, int list) {
             cli_buf_adds(&b, ",\"target\":");
             cli_json_add_string(&b, r.target, strlen(r.target));
             cli_buf_adds(&b, ",\"state\":");
-            cli_json_add_string(&b, s.state, strlen(s.state));
+            cli_json_add_string(&b, state, strlen(state));
+            if (s.projector_pid) { /* the last projector, live or not (state says) */
+                cli_buf_addf(
+                    &b, ",\"projector_pid\":%lld,\"projector_host\":", (long long)s.projector_pid);
+                cli_json_add_string(&b, s.projector_host, strlen(s.projector_host));
+                cli_buf_addf(&b, ",\"heartbeat_ms_ago\":%lld",
+                             (long long)((now_ns - s.heartbeat_ns) / 1000000));
+            }
             cli_buf_addf(&b,
                          ",\"position\":%llu,\"events\":%llu,\"lag_events\":%llu,"
                          "\"lag_ms\":%lld,\"events_per_s\":%.1f,\"head\":%llu",
@@ -381,17 +390,16 @@ static int cmd_status(cli_global *g, args *a, int list) {
             fmt_dur(lag_ns, lt, sizeof lt);
             snprintf(rt, sizeof rt, "%.0f", rate);
             char errtxt[1024];
-            if (s.error[0] && strcmp(s.state, "failed") == 0)
+            if (s.error[0] && failed)
                 snprintf(errtxt, sizeof errtxt, "at %llu (%s): %s",
                          (unsigned long long)s.error_position, s.error_event, s.error);
             else
                 snprintf(errtxt, sizeof errtxt, "%s", s.error);
             if (list) {
-                const char *cells[] = {r.name, annal_proj_def_source(r.def), r.target, s.state,
-                                       pos};
+                const char *cells[] = {r.name, annal_proj_def_source(r.def), r.target, state, pos};
                 cli_table_row(&t, cells);
             } else {
-                const char *cells[] = {r.name, s.state, pos, lg, lt, rt, errtxt};
+                const char *cells[] = {r.name, state, pos, lg, lt, rt, errtxt};
                 cli_table_row(&t, cells);
             }
         }

@@ -124,6 +124,10 @@ struct annal_proj {
     size_t nskips;
     char err[1024];
     atomic_int cancel;
+    /* Tests only (annal__pj_set_fault): non-zero from fault() fails the step there, as a
+     * crash at that point would, to reach windows no kill lands in reliably. */
+    int (*fault)(void *ctx, const char *where);
+    void *fault_ctx;
 };
 
 static int64_t now_ns(void) {
@@ -242,7 +246,16 @@ static annal_err exec_q(annal_proj *p, const char *sql, const annal_proj_value *
     return rc;
 }
 
+void annal__pj_set_fault(annal_proj *p, int (*fault)(void *ctx, const char *where), void *ctx) {
+    p->fault = fault;
+    p->fault_ctx = ctx;
+}
+
 static annal_err state_write(annal_proj *p) {
+    if (p->fault && p->fault(p->fault_ctx, "checkpoint")) {
+        annal__pj_fmt(p->err, sizeof p->err, "fault injected before the checkpoint");
+        return ANNAL_EIO;
+    }
     annal_proj_value v[7] = {v_int((int64_t)p->position),
                              v_int((int64_t)p->revision),
                              v_int((int64_t)p->events),

@@ -175,6 +175,9 @@ annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
                                    void *ctx);
 const char *annal__pj_tx_errmsg(annal_proj_tx *tx);
 int annal__pj_canceled(const annal_proj *p); /* annal_proj_cancel was called */
+/* Tests only: fault(ctx, where) is asked at each fault point ("checkpoint": before the
+ * checkpoint is written in a batch's transaction); non-zero fails the step there. */
+void annal__pj_set_fault(annal_proj *p, int (*fault)(void *ctx, const char *where), void *ctx);
 pj_tkind annal__pj_tx_kind(annal_proj_tx *tx);
 
 #endif

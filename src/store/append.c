@@ -586,9 +586,13 @@ static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_
     return ANNAL_OK;
 }
 
-annal_err annal_append(annal_db *db, const char *stream, int64_t expected, annal_event_data *events,
-                       size_t n, annal_append_result *result) {
-    return annal__append(db, stream, expected, events, n, result, NULL);
+annal_err annal_append_sized(annal_db *db, const char *stream, int64_t expected,
+                             annal_event_data *events, size_t n, annal_append_result *result,
+                             size_t result_size) {
+    annal_append_result r = {0};
+    annal_err rc = annal__append(db, stream, expected, events, n, result ? &r : NULL, NULL);
+    annal__out_copy(result, result_size, &r, sizeof r); /* never past the caller's size */
+    return rc;
 }
 
 annal_err annal__append(annal_db *db, const char *stream, int64_t expected,

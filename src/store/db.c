@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,14 +24,29 @@
 #define DEF_MAX_EVENTS 100000u
 #define DEF_MAP        (1ull << 40)
 
-void annal_db_opts_init(annal_db_opts *o) {
+static void opts_defaults(annal_db_opts *o) {
     memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
     o->segment_bytes = DEF_SEGMENT;
     o->max_event_bytes = DEF_MAX_EVENT;
     o->max_batch_bytes = DEF_MAX_BATCH;
     o->max_batch_events = DEF_MAX_EVENTS;
     o->index_map_bytes = DEF_MAP;
     o->id_cache_events = ANNAL__IDS_MEM_DEFAULT;
+}
+
+void annal_db_opts_init_sized(annal_db_opts *o, size_t size) {
+    annal_db_opts d;
+    opts_defaults(&d);
+    annal__opts_out(o, size, &d, sizeof d);
+}
+
+annal_err annal__db_opts_in(const annal_db_opts *in, annal_db_opts *out) {
+    opts_defaults(out);
+    if (!in) return ANNAL_OK;
+    return annal__opts_in(out, sizeof *out, in, offsetof(annal_db_opts, flags) + sizeof in->flags)
+               ? ANNAL_OK
+               : ANNAL_EINVAL;
 }
 
 /* ---- error detail ---------------------------------------------------------------- */
@@ -808,11 +824,7 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
     if (!dir || !out) return ANNAL_EINVAL;
     *out = NULL;
     annal_db_opts o;
-    if (opts)
-        o = *opts;
-    else
-        annal_db_opts_init(&o);
-    if (check_opts(&o) != ANNAL_OK) return ANNAL_EINVAL;
+    if (annal__db_opts_in(opts, &o) != ANNAL_OK || check_opts(&o) != ANNAL_OK) return ANNAL_EINVAL;
     annal_db *db = calloc(1, sizeof *db);
     if (!db) return ANNAL_ENOMEM;
     db->opts = o;
@@ -945,10 +957,7 @@ annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     snprintf(logdir, sizeof logdir, "%s/log", dir);
     if (stat(logdir, &st) < 0 || !S_ISDIR(st.st_mode)) return ANNAL_ENOTFOUND;
     annal_db_opts o;
-    if (opts)
-        o = *opts;
-    else
-        annal_db_opts_init(&o);
+    if (annal__db_opts_in(opts, &o) != ANNAL_OK) return ANNAL_EINVAL;
     o.flags &= ~(ANNAL_OPEN_READONLY | ANNAL_OPEN_CREATE);
     /* Hold the writer lock while the index files are removed, then let a normal open
      * index the whole log. */
@@ -969,8 +978,7 @@ annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     return rc;
 }
 
-annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
-    if (!db || !out) return ANNAL_EINVAL;
+static annal_err info_get(annal_db *db, annal_db_info *out) {
     memset(out, 0, sizeof *out);
     MDB_txn *t;
     annal_err rc = annal__read_txn(db, &t);
@@ -1017,4 +1025,12 @@ annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
     if (d) closedir(d);
     out->disk_bytes += out->index_bytes;
     return ANNAL_OK;
+}
+
+annal_err annal_db_info_get_sized(annal_db *db, annal_db_info *out, size_t out_size) {
+    if (!db || !out) return ANNAL_EINVAL;
+    annal_db_info full;
+    annal_err rc = info_get(db, &full);
+    if (rc == ANNAL_OK) annal__out_copy(out, out_size, &full, sizeof full);
+    return rc;
 }

@@ -207,8 +207,8 @@ static annal_err meta_write(annal_db *db, const char *mname, int64_t expected, j
     return rc;
 }
 
-annal_err annal_stream_meta_set(annal_db *db, const char *stream, int64_t expected,
-                                const char *json, size_t json_len, annal_append_result *result) {
+static annal_err meta_set(annal_db *db, const char *stream, int64_t expected, const char *json,
+                          size_t json_len, annal_append_result *result) {
     if (!db || !stream || (!json && json_len)) return ANNAL_EINVAL;
     char mname[ANNAL_MAX_NAME + 3];
     size_t mlen;
@@ -287,8 +287,8 @@ annal_err annal_stream_meta_get(annal_db *db, const char *stream, char **json, i
     return ANNAL_OK;
 }
 
-annal_err annal_stream_delete(annal_db *db, const char *stream, int64_t expected, unsigned flags,
-                              annal_append_result *result) {
+static annal_err stream_delete(annal_db *db, const char *stream, int64_t expected, unsigned flags,
+                               annal_append_result *result) {
     if (!db || !stream || (flags & ~ANNAL_DELETE_HARD)) return ANNAL_EINVAL;
     char mname[ANNAL_MAX_NAME + 3];
     size_t mlen;
@@ -327,4 +327,23 @@ char *annal__soft_delete_doc(const void *prev, size_t prev_len, uint64_t tb) {
     }
     json_decref(doc);
     return text;
+}
+
+/* The public entry points write at most the caller's sizeof(annal_append_result). */
+annal_err annal_stream_meta_set_sized(annal_db *db, const char *stream, int64_t expected,
+                                      const char *json, size_t json_len,
+                                      annal_append_result *result, size_t result_size) {
+    annal_append_result r = {0};
+    annal_err rc = meta_set(db, stream, expected, json, json_len, result ? &r : NULL);
+    annal__out_copy(result, result_size, &r, sizeof r);
+    return rc;
+}
+
+annal_err annal_stream_delete_sized(annal_db *db, const char *stream, int64_t expected,
+                                    unsigned flags, annal_append_result *result,
+                                    size_t result_size) {
+    annal_append_result r = {0};
+    annal_err rc = stream_delete(db, stream, expected, flags, result ? &r : NULL);
+    annal__out_copy(result, result_size, &r, sizeof r);
+    return rc;
 }

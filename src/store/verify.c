@@ -214,10 +214,7 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
                        void *ctx) {
     if (!dir) return ANNAL_EINVAL;
     annal_db_opts o;
-    if (opts)
-        o = *opts;
-    else
-        annal_db_opts_init(&o);
+    if (annal__db_opts_in(opts, &o) != ANNAL_OK) return ANNAL_EINVAL;
     vctx v = {found, ctx, 0, 0};
     annal__log log;
     char detail[512] = "";

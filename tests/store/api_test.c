@@ -2107,6 +2107,166 @@ static void test_progress_and_cancel(void **state) {
     assert_int_equal(annal_verify(*state, NULL, NULL, NULL), ANNAL_OK);
 }
 
+/* ------------------------------------------------------------------------------------
+ * ABI growth (annal.h's promise): a program compiled against an older, smaller struct
+ * gets a library that neither reads nor writes past it. The "older" layouts below are
+ * prefixes of today's structs, each followed by guard bytes the library must not touch;
+ * they are filled with 0xff, which read as options would fail the open (an event limit
+ * over 1 GiB) and written would show. */
+#define GUARD 0xffu
+typedef struct old_db_opts { /* a prefix of annal_db_opts */
+    size_t struct_size;
+    unsigned flags;
+    uint64_t segment_bytes;
+} old_db_opts;
+typedef struct old_result { /* a prefix of annal_append_result */
+    uint64_t first_revision;
+} old_result;
+typedef struct old_info { /* a prefix of annal_db_info */
+    uint64_t events;
+} old_info;
+typedef struct old_stats { /* a prefix of annal_compact_stats */
+    uint64_t segments_total;
+} old_stats;
+typedef struct old_sub_opts { /* a prefix of annal_sub_opts */
+    size_t struct_size;
+    const char *stream;
+} old_sub_opts;
+typedef struct old_item { /* a prefix of annal_sub_item */
+    annal_sub_kind kind;
+} old_item;
+typedef struct old_handler_opts { /* a prefix of annal_handler_opts */
+    size_t struct_size;
+    void *ctx;
+} old_handler_opts;
+
+static int guard_intact(const unsigned char *g, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (g[i] != GUARD) return 0;
+    return 1;
+}
+
+static void test_abi_smaller_structs(void **state) {
+    annal_db_opts now;
+    annal_db_opts_init(&now);
+    assert_int_equal(now.struct_size, sizeof now);
+
+    struct {
+        old_db_opts o;
+        unsigned char guard[128];
+    } go;
+    memset(&go, GUARD, sizeof go);
+    annal_db_opts_init_sized((annal_db_opts *)&go.o, sizeof go.o);
+    assert_true(guard_intact(go.guard, sizeof go.guard));
+    assert_int_equal(go.o.struct_size, sizeof go.o);
+    assert_int_equal(go.o.flags, 0);
+    assert_int_equal(go.o.segment_bytes, now.segment_bytes);
+    go.o.flags = ANNAL_OPEN_CREATE;
+    go.o.segment_bytes = 64 * 1024;
+    annal_db *db = NULL;
+    /* Fields past struct_size take their defaults: the guard is never read. */
+    assert_int_equal(annal_db_open(*state, (const annal_db_opts *)&go.o, &db), ANNAL_OK);
+
+    annal_event_data ev = {.type = "T", .data = "{}", .data_len = 2};
+    struct {
+        old_result r;
+        unsigned char guard[64];
+    } gr;
+    memset(&gr, GUARD, sizeof gr);
+    TU_OK(db, annal_append_sized(db, "s", ANNAL_EXPECT_ANY, &ev, 1, (annal_append_result *)&gr.r,
+                                 sizeof gr.r));
+    assert_int_equal(gr.r.first_revision, 0);
+    assert_true(guard_intact(gr.guard, sizeof gr.guard));
+    memset(&gr, GUARD, sizeof gr);
+    TU_OK(db, annal_stream_meta_set_sized(db, "s", ANNAL_EXPECT_ANY, "{}", 2,
+                                          (annal_append_result *)&gr.r, sizeof gr.r));
+    assert_true(guard_intact(gr.guard, sizeof gr.guard));
+    memset(&gr, GUARD, sizeof gr);
+    TU_OK(db, annal_stream_delete_sized(db, "s", ANNAL_EXPECT_ANY, 0, (annal_append_result *)&gr.r,
+                                        sizeof gr.r));
+    assert_true(guard_intact(gr.guard, sizeof gr.guard));
+    TU_OK(db, annal_append_sized(db, "s", ANNAL_EXPECT_ANY, &ev, 1, NULL, sizeof gr.r));
+
+    struct {
+        old_info i;
+        unsigned char guard[128];
+    } gi;
+    memset(&gi, GUARD, sizeof gi);
+    TU_OK(db, annal_db_info_get_sized(db, (annal_db_info *)&gi.i, sizeof gi.i));
+    annal_db_info full;
+    TU_OK(db, annal_db_info_get(db, &full));
+    assert_true(full.events >= 2);
+    assert_int_equal(gi.i.events, full.events);
+    assert_true(guard_intact(gi.guard, sizeof gi.guard));
+
+    struct {
+        old_stats st;
+        unsigned char guard[64];
+    } gs;
+    memset(&gs, GUARD, sizeof gs);
+    TU_OK(db, annal_compact_sized(db, 0, (annal_compact_stats *)&gs.st, sizeof gs.st));
+    assert_true(gs.st.segments_total < 16);
+    assert_true(guard_intact(gs.guard, sizeof gs.guard));
+
+    struct {
+        old_sub_opts o;
+        unsigned char guard[64];
+    } gso;
+    memset(&gso, GUARD, sizeof gso);
+    annal_sub_opts_init_sized((annal_sub_opts *)&gso.o, sizeof gso.o);
+    assert_true(guard_intact(gso.guard, sizeof gso.guard));
+    assert_int_equal(gso.o.struct_size, sizeof gso.o);
+    assert_null(gso.o.stream);
+    gso.o.stream = "s";
+    annal_sub *sub = NULL;
+    /* start, from and filter lie past struct_size: from the start, no filter */
+    TU_OK(db, annal_sub_open(db, (const annal_sub_opts *)&gso.o, &sub));
+    struct {
+        old_item it;
+        unsigned char guard[64];
+    } git;
+    memset(&git, GUARD, sizeof git);
+    TU_OK(db, annal_sub_next_sized(sub, 0, (annal_sub_item *)&git.it, sizeof git.it));
+    assert_true(git.it.kind == ANNAL_SUB_EVENT || git.it.kind == ANNAL_SUB_CHECKPOINT);
+    assert_true(guard_intact(git.guard, sizeof git.guard));
+    annal_sub_close(sub);
+    annal_db_close(db);
+
+    struct {
+        old_handler_opts o;
+        unsigned char guard[64];
+    } gh;
+    memset(&gh, GUARD, sizeof gh);
+    annal_handler_opts_init_sized((annal_handler_opts *)&gh.o, sizeof gh.o);
+    assert_true(guard_intact(gh.guard, sizeof gh.guard));
+    assert_int_equal(gh.o.struct_size, sizeof gh.o);
+    assert_null(gh.o.ctx);
+}
+
+/* A newer program's bigger struct: the tail this library does not know is zeroed by
+ * init and ignored by open; an uninitialized struct (struct_size 0) is refused. */
+static void test_abi_bigger_and_uninitialized(void **state) {
+    struct {
+        annal_db_opts o;
+        unsigned char newer[32];
+    } big;
+    memset(&big, GUARD, sizeof big);
+    annal_db_opts_init_sized(&big.o, sizeof big);
+    assert_int_equal(big.o.struct_size, sizeof big);
+    for (size_t i = 0; i < sizeof big.newer; i++) assert_int_equal(big.newer[i], 0);
+    big.o.flags = ANNAL_OPEN_CREATE;
+    memset(big.newer, 7, sizeof big.newer);
+    annal_db *db = NULL;
+    assert_int_equal(annal_db_open(*state, &big.o, &db), ANNAL_OK);
+    annal_db_close(db);
+
+    annal_db_opts zero;
+    memset(&zero, 0, sizeof zero);
+    zero.flags = ANNAL_OPEN_CREATE;
+    assert_int_equal(annal_db_open(*state, &zero, &db), ANNAL_EINVAL);
+    assert_null(db);
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "--child") == 0) return child_main(argv[2], argv[3]);
     const char *seed = getenv("ANNAL_API_SEED");
@@ -2141,6 +2301,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_nosync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rebuild_and_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_progress_and_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abi_smaller_structs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abi_bigger_and_uninitialized, setup, teardown),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }

@@ -183,7 +183,15 @@ typedef struct annal_event_data {
     size_t metadata_len;
 } annal_event_data;
 
-#define ANNAL_MAX_NAME 255 /* bytes in a stream name or an event type */
+/* Name limits. ANNAL_MAX_NAME bounds every name the store keeps (event types, and
+ * streams, the system ones included; the on-disk format, docs/format.md). A stream name
+ * given to a writing call (append, metadata, delete, handlers) is shorter, so that every
+ * system stream derived from it fits: `$$<stream>` (its metadata, +2 bytes) and, with
+ * one more name of at most 63 bytes (a subscription group, a projection), names such as
+ * `$persistentsubscription-<stream>::<group>-checkpoint` (+37 + group). Streams written
+ * with longer names by older versions stay readable but take no new writes. */
+#define ANNAL_MAX_NAME        255 /* bytes in an event type or any stored stream name */
+#define ANNAL_MAX_STREAM_NAME 150 /* bytes in a stream name a caller writes to */
 
 /* Expected revision of an append: an exact revision (>= 0), or one of these. */
 #define ANNAL_EXPECT_ANY           ((int64_t)-2) /* no check */
@@ -200,7 +208,7 @@ typedef struct annal_append_result {
                               * was written and the fields describe the original */
 } annal_append_result;
 
-/* Append n events to stream (borrowed, NUL-terminated UTF-8, 1..ANNAL_MAX_NAME bytes,
+/* Append n events to stream (borrowed, NUL-terminated UTF-8, 1..ANNAL_MAX_STREAM_NAME bytes,
  * not starting with '$') atomically: all or none, in consecutive revisions, in
  * consecutive positions. Returns only once the events are durable on disk (unless
  * ANNAL_OPEN_NOSYNC). result may be NULL.

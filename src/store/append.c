@@ -542,6 +542,9 @@ static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_
                            ANNAL_MAX_NAME);
     if (stream[0] == '$' && !internal)
         return annal__fail(db, ANNAL_EINVAL, "stream names starting with '$' are reserved");
+    if (!internal && !annal__stream_name_ok(stream, slen))
+        return annal__fail(db, ANNAL_EINVAL, "invalid stream name: %zu bytes; the limit is %d",
+                           *slen, ANNAL_MAX_STREAM_NAME);
     if (expected < 0 && expected != ANNAL_EXPECT_ANY && expected != ANNAL_EXPECT_NO_STREAM &&
         expected != ANNAL_EXPECT_STREAM_EXISTS)
         return annal__fail(db, ANNAL_EINVAL, "invalid expected revision %" PRId64, expected);

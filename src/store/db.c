@@ -105,6 +105,15 @@ int annal__name_ok(const char *s, size_t *len) {
     return 1;
 }
 
+/* A user stream a caller may write to: short enough for the system streams derived
+ * from its name (annal.h, ANNAL_MAX_STREAM_NAME). */
+int annal__stream_name_ok(const char *s, size_t *len) {
+    size_t n;
+    if (!annal__name_ok(s, &n) || s[0] == '$' || n > ANNAL_MAX_STREAM_NAME) return 0;
+    *len = n;
+    return 1;
+}
+
 annal_err annal__read_txn(annal_db *db, MDB_txn **t) {
     int rc = annal__txn_begin(&db->idx, MDB_RDONLY, t);
     if (rc) return annal__fail(db, annal__index_err(rc), "index: %s", mdb_strerror(rc));

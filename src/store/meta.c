@@ -181,11 +181,11 @@ int annal__event_visible(const annal__stream_rec *sr, uint64_t rev, int64_t ts, 
 
 static annal_err meta_name(annal_db *db, const char *stream, char *out, size_t *len) {
     size_t n;
-    if (!annal__name_ok(stream, &n) || stream[0] == '$' || n + 2 > ANNAL_MAX_NAME)
+    if (!annal__stream_name_ok(stream, &n))
         return annal__fail(db, ANNAL_EINVAL,
                            "invalid stream name: must be 1..%d bytes of UTF-8, not starting "
                            "with '$'",
-                           ANNAL_MAX_NAME - 2);
+                           ANNAL_MAX_STREAM_NAME);
     out[0] = out[1] = '$';
     memcpy(out + 2, stream, n + 1);
     *len = n + 2;

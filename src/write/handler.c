@@ -59,7 +59,7 @@ static int stream_ok(const char *s) {
     if (!s) return 0;
     size_t n = strnlen(s, ANNAL_MAX_NAME + 1);
     /* '$' names are the store's ($all): their revisions are not a stream's. */
-    return n >= 1 && n <= ANNAL_MAX_NAME && s[0] != '$';
+    return n >= 1 && n <= ANNAL_MAX_STREAM_NAME && s[0] != '$';
 }
 
 /* ------------------------------------------------------------------------------------

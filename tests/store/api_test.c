@@ -1087,6 +1087,13 @@ static void test_validation(void **state) {
     memset(utf255, 'u', ANNAL_MAX_NAME - 2);
     memcpy(utf255 + ANNAL_MAX_NAME - 2, "\xc3\xa9", 3);
     assert_int_equal(strlen(utf255), ANNAL_MAX_NAME);
+    /* stream names have their own, smaller limit (room for the system streams derived
+     * from them): the longest, plain and ending in a 2-byte character */
+    char smax[ANNAL_MAX_STREAM_NAME + 1], utfmax[ANNAL_MAX_STREAM_NAME + 1];
+    memset(smax, 's', ANNAL_MAX_STREAM_NAME);
+    smax[ANNAL_MAX_STREAM_NAME] = 0;
+    memset(utfmax, 'u', ANNAL_MAX_STREAM_NAME - 2);
+    memcpy(utfmax + ANNAL_MAX_STREAM_NAME - 2, "\xc3\xa9", 3);
     static const char *const bad_names[] = {
         "",
         "$all",
@@ -1145,9 +1152,9 @@ static void test_validation(void **state) {
     assert_int_equal(w_append(db, &w, "ok", ANNAL_EXPECT_ANY, &e, 1, &res), ANNAL_EINVAL);
     /* the limits themselves and valid UTF-8 are fine */
     e = ed("T", "v", 1, NULL, 0);
-    TU_OK(db, w_append(db, &w, name255, ANNAL_EXPECT_NO_STREAM, &e, 1, &res));
+    TU_OK(db, w_append(db, &w, smax, ANNAL_EXPECT_NO_STREAM, &e, 1, &res));
     e = ed("T", "v", 1, NULL, 0);
-    TU_OK(db, w_append(db, &w, utf255, ANNAL_EXPECT_NO_STREAM, &e, 1, &res));
+    TU_OK(db, w_append(db, &w, utfmax, ANNAL_EXPECT_NO_STREAM, &e, 1, &res));
     e = ed(name255, "v", 1, NULL, 0);
     TU_OK(db, w_append(db, &w, "ok", ANNAL_EXPECT_ANY, &e, 1, &res));
     e = ed("$type.may-start-with-dollar", "v", 1, NULL, 0);
@@ -2267,6 +2274,47 @@ static void test_abi_bigger_and_uninitialized(void **state) {
     assert_null(db);
 }
 
+/* Item 12: every legal stream name can be given metadata and deleted -- the system
+ * stream `$$<name>` derived from it fits -- and one byte more is refused as invalid by
+ * every call that takes a stream name to write. */
+static void test_stream_name_limit(void **state) {
+    annal_db *db = must_open(*state, ANNAL_OPEN_CREATE);
+    char name[ANNAL_MAX_STREAM_NAME + 2];
+    memset(name, 'n', sizeof name - 1);
+    name[ANNAL_MAX_STREAM_NAME] = 0; /* the longest legal name */
+    assert_true(ANNAL_MAX_STREAM_NAME + 2 <= ANNAL_MAX_NAME);
+    annal_event_data e = {.type = "T", .data = "{}", .data_len = 2};
+    TU_OK(db, annal_append(db, name, ANNAL_EXPECT_NO_STREAM, &e, 1, NULL));
+    TU_OK(db, annal_stream_meta_set(db, name, ANNAL_EXPECT_ANY, "{\"k\":1}", 7, NULL));
+    char *json = NULL;
+    int64_t mrev = -2;
+    TU_OK(db, annal_stream_meta_get(db, name, &json, &mrev));
+    assert_non_null(strstr(json, "\"k\""));
+    assert_int_equal(mrev, 0);
+    annal_free(json);
+    TU_OK(db, annal_stream_delete(db, name, 0, 0, NULL));
+    annal_iter *it = NULL;
+    assert_int_equal(annal_read_stream(db, name, 0, 0, 0, &it), ANNAL_ENOTFOUND);
+    memset(&e.id, 0, sizeof e.id); /* a new event, not a retry of the first */
+    TU_OK(db, annal_append(db, name, ANNAL_EXPECT_ANY, &e, 1, NULL)); /* re-created */
+    TU_OK(db, annal_stream_delete(db, name, ANNAL_EXPECT_ANY, ANNAL_DELETE_HARD, NULL));
+    assert_int_equal(annal_read_stream(db, name, 0, 0, 0, &it), ANNAL_EDELETED);
+
+    memset(name, 'm', sizeof name - 1); /* one byte over */
+    name[ANNAL_MAX_STREAM_NAME + 1] = 0;
+    memset(&e.id, 0, sizeof e.id);
+    assert_int_equal(annal_append(db, name, ANNAL_EXPECT_ANY, &e, 1, NULL), ANNAL_EINVAL);
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", ANNAL_MAX_STREAM_NAME);
+    assert_non_null(strstr(annal_db_errmsg(db), limit)); /* says what the limit is */
+    assert_int_equal(annal_stream_meta_set(db, name, ANNAL_EXPECT_ANY, "{}", 2, NULL),
+                     ANNAL_EINVAL);
+    assert_non_null(strstr(annal_db_errmsg(db), limit));
+    assert_int_equal(annal_stream_delete(db, name, ANNAL_EXPECT_ANY, 0, NULL), ANNAL_EINVAL);
+    assert_non_null(strstr(annal_db_errmsg(db), limit));
+    annal_db_close(db);
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "--child") == 0) return child_main(argv[2], argv[3]);
     const char *seed = getenv("ANNAL_API_SEED");
@@ -2303,6 +2351,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_progress_and_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abi_smaller_structs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abi_bigger_and_uninitialized, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_name_limit, setup, teardown),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }

@@ -81,6 +81,7 @@ typedef enum annal_err {
     ANNAL_ECANCELED,  /* a progress callback asked to stop, or a wait was canceled */
     ANNAL_EDELETED,   /* the stream was hard-deleted (tombstoned): never written again */
     ANNAL_ETIMEDOUT,  /* a wait ended before anything happened: not a failure */
+    ANNAL_EPERM,      /* the operating system denied access to the store's files */
     ANNAL_ERR_COUNT   /* number of codes; not an error */
 } annal_err;
 

@@ -29,6 +29,7 @@ annal_err annal__index_err(int rc) {
     case MDB_BAD_TXN: return ANNAL_ECORRUPT;
     case MDB_VERSION_MISMATCH: return ANNAL_EVERSION;
     case EACCES:
+    case EPERM: return ANNAL_EPERM;
     case EROFS: return ANNAL_EREADONLY;
     default: return ANNAL_EIO;
     }

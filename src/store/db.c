@@ -622,7 +622,9 @@ static annal_err lock_dir(const char *dir, int *fd, char *msg, size_t len) {
     *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (*fd < 0) {
         snprintf(msg, len, "cannot open %s: %s", path, strerror(errno));
-        return errno == EACCES || errno == EROFS ? ANNAL_EREADONLY : ANNAL_EIO;
+        return errno == EACCES || errno == EPERM ? ANNAL_EPERM
+               : errno == EROFS                  ? ANNAL_EREADONLY
+                                                 : ANNAL_EIO;
     }
     if (flock(*fd, LOCK_EX | LOCK_NB) < 0) {
         char pid[32] = {0};
@@ -827,6 +829,63 @@ static annal_err open_reader(annal_db *db) {
     return ANNAL_OK;
 }
 
+/* A failed system call on the store's directory, with the code its errno deserves. */
+static annal_err fail_errno(annal_db *db, int e, const char *what, const char *path) {
+    annal_err code = e == EACCES || e == EPERM ? ANNAL_EPERM
+                     : e == ENOTDIR            ? ANNAL_EINVAL
+                     : e == ENOSPC             ? ANNAL_ENOSPC
+                     : e == EROFS              ? ANNAL_EREADONLY
+                     : e == ENOENT             ? ANNAL_ENOTFOUND
+                                               : ANNAL_EIO;
+    return annal__fail(db, code, "cannot %s %s: %s", what, path, strerror(e));
+}
+
+/* 1 if dir/name exists, 0 if not, else -errno. */
+static int has_entry(const char *dir, const char *name) {
+    char path[4096 + 16];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (stat(path, &st) == 0) return 1;
+    return errno == ENOENT ? 0 : -errno;
+}
+
+/* May db->dir be opened as a store? A missing directory is made with ANNAL_OPEN_CREATE
+ * (writers only). An existing one must hold a store (its log/ or index/: a writer
+ * rebuilds a deleted index) or, to become one, be empty but for a lock file left by an
+ * interrupted creation: pointed at a directory of other files (ANNAL_DATA=/), a writer
+ * refuses rather than adding a store to it. */
+static annal_err probe_dir(annal_db *db, unsigned flags) {
+    int create = (flags & ANNAL_OPEN_CREATE) && !db->readonly;
+    struct stat st;
+    if (stat(db->dir, &st) < 0) {
+        int e = errno;
+        if (e == ENOENT && !create)
+            return annal__fail(db, ANNAL_ENOTFOUND, "no store in %s", db->dir);
+        if (e != ENOENT) return fail_errno(db, e, "access", db->dir);
+        return mkdir(db->dir, 0755) == 0 ? ANNAL_OK : fail_errno(db, errno, "create", db->dir);
+    }
+    if (!S_ISDIR(st.st_mode))
+        return annal__fail(db, ANNAL_EINVAL, "%s is not a directory", db->dir);
+    int idx = has_entry(db->dir, "index"), log = idx < 0 ? 0 : has_entry(db->dir, "log");
+    if (idx < 0 || log < 0) return fail_errno(db, idx < 0 ? -idx : -log, "access", db->dir);
+    if (idx || (log && !db->readonly)) return ANNAL_OK;
+    if (!create) return annal__fail(db, ANNAL_ENOTFOUND, "no store in %s", db->dir);
+    DIR *d = opendir(db->dir);
+    if (!d) return fail_errno(db, errno, "read", db->dir);
+    const char *other = NULL;
+    for (struct dirent *e; !other && (e = readdir(d)) != NULL;)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, "lock"))
+            other = e->d_name;
+    annal_err rc = ANNAL_OK;
+    if (other)
+        rc = annal__fail(db, ANNAL_EINVAL,
+                         "%s is not empty (it holds %s) and is not a store: refusing to make it "
+                         "one; use a new or empty directory",
+                         db->dir, other);
+    closedir(d);
+    return rc;
+}
+
 /* Shared by annal_db_open and the tests, which pass a fault-injecting io table. */
 annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
                             annal_db **out) {
@@ -853,22 +912,8 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
         return ANNAL_ENOMEM;
     }
     snprintf(db->index_dir, n, "%s/index", dir);
-    annal_err rc;
-    struct stat st;
-    if (stat(dir, &st) < 0) {
-        if (errno != ENOENT || !(o.flags & ANNAL_OPEN_CREATE) || db->readonly ||
-            mkdir(dir, 0755) < 0) {
-            rc = errno == ENOENT ? ANNAL_ENOTFOUND : ANNAL_EIO;
-            goto fail;
-        }
-    } else if (!S_ISDIR(st.st_mode)) {
-        rc = ANNAL_EINVAL;
-        goto fail;
-    }
-    if (!(o.flags & ANNAL_OPEN_CREATE) && stat(db->index_dir, &st) < 0) {
-        rc = ANNAL_ENOTFOUND;
-        goto fail;
-    }
+    annal_err rc = probe_dir(db, o.flags);
+    if (rc != ANNAL_OK) goto fail;
     rc = db->readonly ? open_reader(db) : open_writer(db);
     if (rc != ANNAL_OK) goto fail;
     annal__notify_open(db); /* failure only degrades waits to short sleeps */

@@ -304,6 +304,10 @@ typedef struct annal_db_info {
     uint64_t index_bytes; /* bytes of the index files */
     int64_t last_ns;      /* timestamp of the last event, 0 if none */
     int readonly;         /* 1 if opened read-only */
+    /* Of the above, the store's own: streams whose names start with '$' (the metadata
+     * streams `$$<stream>`) and their events. events - system_events are the users'. */
+    uint64_t system_streams;
+    uint64_t system_events;
 } annal_db_info;
 ANNAL_API annal_err annal_db_info_get_sized(annal_db *db, annal_db_info *out, size_t out_size);
 #define annal_db_info_get(db, out) annal_db_info_get_sized((db), (out), sizeof(annal_db_info))

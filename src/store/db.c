@@ -1039,6 +1039,8 @@ static annal_err info_get(annal_db *db, annal_db_info *out) {
     if (rc != ANNAL_OK) return rc;
     annal__index_head h;
     rc = annal__index_head_get(t, &db->idx, &h);
+    if (rc == ANNAL_OK)
+        rc = annal__index_system_streams(t, &db->idx, &out->system_streams, &out->system_events);
     MDB_stat ms;
     mdb_env_stat(db->idx.env, &ms);
     annal__txn_abort(&db->idx, t);

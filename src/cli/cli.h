@@ -30,7 +30,10 @@ typedef struct cli_global {
     const char *data_dir; /* --data DIR, else $ANNAL_DATA, else ./data */
     int stderr_tty;       /* progress is shown by default only on a terminal */
     int stdout_tty;       /* tables fit the terminal width only on a terminal */
+    uint64_t wait_ms;     /* --wait MS: how long a writer waits for another one to finish */
 } cli_global;
+
+#define CLI_WAIT_DEFAULT_MS 5000 /* like sqlite3's busy timeout, but on by default */
 
 /* Sub-commands: argv[0] is the command name. Each returns an exit code. */
 typedef int (*cli_cmd_fn)(cli_global *g, int argc, char **argv);
@@ -112,6 +115,8 @@ void cli_db_opts(annal_db_opts *o, unsigned flags, cli_progress *progress);
 /* Open g->data_dir; on failure report it and return the exit code, else 0. */
 int cli_open(cli_global *g, const char *cmd, unsigned flags, cli_progress *progress,
              annal_db **out);
+/* annal_db_open, waiting up to g->wait_ms while another process writes (ANNAL_EBUSY). */
+annal_err cli_open_waiting(cli_global *g, const annal_db_opts *o, annal_db **out);
 /* Text of the last error the library logged (for failures without a handle), or "". */
 const char *cli_last_logged_error(void);
 

@@ -46,6 +46,8 @@ static void usage(FILE *out) {
     fputs("\n"
           "Options:\n"
           "  --data DIR     the store directory (default: $ANNAL_DATA, else ./data)\n"
+          "  --wait MS      how long a writing command waits while another process writes\n"
+          "                 (default 5000; 0: fail at once)\n"
           "  --help, -h     this help; `annal <command> --help` for one command\n"
           "  --version      print the version\n"
           "\n"
@@ -72,6 +74,7 @@ int main(int argc, char **argv) {
     g.data_dir = env && *env ? env : "./data";
     g.stderr_tty = isatty(STDERR_FILENO);
     g.stdout_tty = isatty(STDOUT_FILENO);
+    g.wait_ms = CLI_WAIT_DEFAULT_MS;
 
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
@@ -90,6 +93,10 @@ int main(int argc, char **argv) {
             g.data_dir = argv[++i];
         } else if (strncmp(a, "--data=", 7) == 0 && a[7]) {
             g.data_dir = a + 7;
+        } else if (strcmp(a, "--wait") == 0 || strncmp(a, "--wait=", 7) == 0) {
+            const char *v = a[6] == '=' ? a + 7 : i + 1 < argc ? argv[++i] : NULL;
+            if (cli_parse_u64(v, &g.wait_ms) != 0)
+                return cli_usage_error(NULL, "--wait needs a number of milliseconds");
         } else if (strcmp(a, "--") == 0) {
             i++;
             break;

@@ -721,6 +721,27 @@ ANNAL_API annal_err annal_state_load_sized(annal_handler *h, const char *stream,
 /* Release a state from annal_state_load() (calls the decider's release). NULL no-op. */
 ANNAL_API void annal_state_free(annal_handler *h, void *state);
 
+/* ------------------------------------------------------------------------------------
+ * Statistics for monitoring (src/store/stats.c): the store's counts and what its group
+ * commit has done since this handle opened. Cheap (no I/O beyond annal_db_info_get's);
+ * any thread. Averages are the totals divided by their counts. */
+typedef struct annal_db_stats {
+    annal_db_info info;         /* counts, as annal_db_info_get */
+    uint64_t groups;            /* group commits (one write and one flush each) */
+    uint64_t group_appends;     /* appends committed in them (annal_append calls and such) */
+    uint64_t group_appends_max; /* most appends in one group */
+    uint64_t group_events;      /* events committed in them */
+    uint64_t group_events_max;  /* most events in one group */
+    uint64_t flushes;           /* fdatasync calls of the log (none with ANNAL_OPEN_NOSYNC) */
+    uint64_t flush_ns_total;    /* time spent in them, ns */
+    uint64_t flush_ns_max;      /* the longest, ns */
+    uint64_t flush_ns_last;     /* the latest, ns */
+} annal_db_stats;
+/* Fill *out (zero counters for a read-only handle). ANNAL_OK or annal_db_info_get's
+ * errors. */
+ANNAL_API annal_err annal_db_stats_get_sized(annal_db *db, annal_db_stats *out, size_t out_size);
+#define annal_db_stats_get(db, out) annal_db_stats_get_sized((db), (out), sizeof(annal_db_stats))
+
 #ifdef __cplusplus
 }
 #endif

@@ -65,8 +65,11 @@ static int flush(annal_db *db, group *g) {
     if (r < 0) return r;
     g->written = 1;
     r = annal__io_write_all(db->io, db->wseg->fd, db->buf, (size_t)g->bl, db->woff);
-    if (r == 0 && !(db->opts.flags & ANNAL_OPEN_NOSYNC))
+    if (r == 0 && !(db->opts.flags & ANNAL_OPEN_NOSYNC)) {
+        int64_t t0 = annal__now_ns();
         r = db->io->sync(db->io->ctx, db->wseg->fd);
+        annal__counters_flush(&db->ctr, annal__now_ns() - t0);
+    }
     if (r < 0) return r;
     db->woff += g->bl;
     g->bl = 0;
@@ -410,6 +413,9 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     if (grc == ANNAL_OK) {
         __atomic_store_n(&db->visible, db->head.next_pos, __ATOMIC_RELEASE);
         annal__notify_publish(db, db->head.next_pos);
+        uint64_t nreqs = 0;
+        for (annal__req *r = reqs; r; r = r->next) nreqs++;
+        annal__counters_group(&db->ctr, nreqs, db->head.next_pos - saved.next_pos);
     } else {
         db->head = saved;
         annal__ids_truncate(db->ids, saved.next_pos);

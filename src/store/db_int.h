@@ -65,6 +65,13 @@ typedef struct annal__batch {
     uint8_t *out;      /* cap encoded blocks: one name's, being gathered */
     uint64_t first_pos;
 } annal__batch;
+/* Counters for annal_db_stats_get (stats.c): written by the leader, read by anyone, all
+ * with __atomic builtins (relaxed: figures, not synchronisation). */
+typedef struct annal__counters {
+    uint64_t groups, group_reqs, group_reqs_max, group_events, group_events_max;
+    uint64_t flushes, flush_ns_total, flush_ns_max, flush_ns_last;
+} annal__counters;
+
 struct annal_db {
     char *dir;
     char *index_dir;
@@ -107,7 +114,12 @@ struct annal_db {
     pthread_mutex_t compact_mu;   /* one annal_compact at a time */
     int rebuild_index;            /* open: the index must be rebuilt from the log */
     int log_compacted;            /* recovery: some segment is a compacted generation */
+    annal__counters ctr;          /* for annal_db_stats_get (stats.c) */
 };
+
+/* stats.c: count a flush that took ns, and a committed group. Leader only. */
+void annal__counters_flush(annal__counters *c, int64_t ns);
+void annal__counters_group(annal__counters *c, uint64_t reqs, uint64_t events);
 
 /* annal_db_open with another file-operation table (tests inject faults with it). */
 annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,

@@ -31,6 +31,11 @@ typedef struct annal_server_opts {
      * the server's threads. */
     void (*log)(void *ctx, annal_log_level level, const char *msg);
     void *log_ctx;
+    /* Operations.Shutdown: called (from a server thread, after the reply) to have the
+     * embedder stop the server. NULL: the process gets SIGTERM, which `annal serve`
+     * handles as a graceful stop. */
+    void (*on_shutdown)(void *ctx);
+    void *shutdown_ctx;
 } annal_server_opts;
 
 /* Fill *opts with defaults. Always call before setting fields. */

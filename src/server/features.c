@@ -23,6 +23,10 @@ static const struct {
     {"event_store.client.streams.streams", "batchappend"},
     {"event_store.client.server_features.serverfeatures", "getsupportedmethods"},
     {"event_store.client.gossip.gossip", "read"},
+    {"event_store.client.operations.operations", "startscavenge"},
+    {"event_store.client.operations.operations", "stopscavenge"},
+    {"event_store.client.operations.operations", "shutdown"},
+    {"event_store.client.monitoring.monitoring", "stats"},
 };
 #define NSUPPORTED (sizeof supported / sizeof supported[0])
 

@@ -65,6 +65,10 @@ static const struct {
     {"/event_store.client.server_features.ServerFeatures/GetSupportedMethods",
      rpc_features_methods},
     {"/event_store.client.gossip.Gossip/Read", rpc_gossip_read},
+    {"/event_store.client.operations.Operations/StartScavenge", rpc_ops_start_scavenge},
+    {"/event_store.client.operations.Operations/StopScavenge", rpc_ops_stop_scavenge},
+    {"/event_store.client.operations.Operations/Shutdown", rpc_ops_shutdown},
+    {"/event_store.client.monitoring.Monitoring/Stats", rpc_monitoring_stats},
 };
 
 static void run_call(srv_call *c) {
@@ -288,7 +292,7 @@ static grpc_server *make_server(void) {
     return grpc_server_create(&ca, NULL);
 }
 
-static void random_id(annal_uuid *id) {
+void srv_random_id(annal_uuid *id) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)(uintptr_t)id;
@@ -354,7 +358,10 @@ annal_err annal_server_start(annal_db *db, const annal_server_opts *opts, annal_
     srv->max_append_bytes = opts->max_append_bytes ? opts->max_append_bytes : (16u << 20);
     pthread_mutex_init(&srv->mu, NULL);
     pthread_cond_init(&srv->cv, NULL);
-    random_id(&srv->instance_id);
+    srv_random_id(&srv->instance_id);
+    srv->started_ns = (int64_t)time(NULL) * 1000000000;
+    srv->on_shutdown = opts->on_shutdown;
+    srv->shutdown_ctx = opts->shutdown_ctx;
     if (!opts->insecure && (!opts->cert_file || !opts->key_file)) {
         srv_log(srv, ANNAL_LOG_ERROR, "neither TLS (certificate and key) nor insecure chosen");
         pthread_mutex_destroy(&srv->mu);
@@ -429,6 +436,7 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     pthread_mutex_lock(&srv->mu);
     while (srv->active > 0) pthread_cond_wait(&srv->cv, &srv->mu);
     pthread_mutex_unlock(&srv->mu);
+    ops_join(srv); /* a scavenge under way finishes (it cannot be interrupted from here) */
     srv_log(srv, ANNAL_LOG_INFO, "stopped");
     destroy(srv);
 }

@@ -46,6 +46,20 @@ struct annal_server {
     unsigned active;   /* call threads running */
     srv_call *calls;   /* running calls, for cancelling subscriptions at stop */
     char shutdown_tag; /* its address is the tag */
+
+    /* Operations (ops.c): one scavenge (annal_compact) at a time, on its own thread. */
+    void (*on_shutdown)(void *ctx);
+    void *shutdown_ctx;
+    int64_t started_ns;
+    struct {
+        int running, ever; /* running now; a thread to join */
+        pthread_t thread;
+        char id[37];      /* of the latest scavenge */
+        int stop_asked;   /* StopScavenge came while it ran */
+        annal_err result; /* of the latest finished one */
+        annal_compact_stats stats;
+        int64_t started_ns, ended_ns;
+    } scavenge; /* guarded by mu */
 };
 
 /* One call, from the slot that waits for it to its thread's end. */
@@ -78,6 +92,7 @@ void srv_log(annal_server *srv, annal_log_level level, const char *fmt, ...)
  * server is stopping (nothing registered). */
 int srv_call_set_sub(srv_call *c, annal_sub *sub);
 int srv_stopping(annal_server *srv);
+void srv_random_id(annal_uuid *id); /* a version-4 UUID, not for secrets */
 
 /* ---- call.c: synchronous operations on the calling thread. */
 /* Start watching for the call's close (cancellation) from the first moment. */
@@ -140,6 +155,16 @@ void rpc_streams_delete(srv_call *c);
 void rpc_streams_tombstone(srv_call *c);
 void rpc_features_methods(srv_call *c);
 void rpc_gossip_read(srv_call *c);
+/* ops.c: Operations and Monitoring. */
+void rpc_ops_start_scavenge(srv_call *c);
+void rpc_ops_stop_scavenge(srv_call *c);
+void rpc_ops_shutdown(srv_call *c);
+void rpc_monitoring_stats(srv_call *c);
+/* Wait for a scavenge still running (at stop). */
+void ops_join(annal_server *srv);
+/* The Monitoring figures as key/value text pairs (at most max; returns how many), without
+ * a live call. vals holds max buffers of 32 bytes. */
+size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[32], size_t max);
 /* A Read request decoded (streams.c), without a live call. */
 #define REGEX_MAX 4096
 typedef struct srv_read_plan {

@@ -8,7 +8,8 @@ const grpc = require("@grpc/grpc-js");
 const loader = require("@grpc/proto-loader");
 
 const [protoDir, port] = process.argv.slice(2);
-const def = loader.loadSync(["streams.proto", "serverfeatures.proto", "gossip.proto"], {
+const def = loader.loadSync(["streams.proto", "serverfeatures.proto", "gossip.proto",
+  "operations.proto", "monitoring.proto"], {
   includeDirs: [protoDir],
   keepCase: true,
   enums: String,
@@ -23,6 +24,8 @@ const opts = { "grpc.max_send_message_length": 20 << 20 };
 const features = new pkg.server_features.ServerFeatures(addr, creds);
 const gossip = new pkg.gossip.Gossip(addr, creds);
 const streams = new pkg.streams.Streams(addr, creds, opts);
+const operations = new pkg.operations.Operations(addr, creds);
+const monitoring = new pkg.monitoring.Monitoring(addr, creds);
 const unary = (c, m, req) =>
   new Promise((res, rej) => c[m](req, (err, r) => (err ? rej(err) : res(r))));
 const sid = (s) => ({ stream_name: Buffer.from(s) });
@@ -52,6 +55,10 @@ check("GetSupportedMethods lists exactly what is served", async () => {
   const got = r.methods.map((m) => `${m.service_name}/${m.method_name}`).sort();
   assert.deepEqual(got, [
     "event_store.client.gossip.gossip/read",
+    "event_store.client.monitoring.monitoring/stats",
+    "event_store.client.operations.operations/shutdown",
+    "event_store.client.operations.operations/startscavenge",
+    "event_store.client.operations.operations/stopscavenge",
     "event_store.client.server_features.serverfeatures/getsupportedmethods",
     "event_store.client.streams.streams/append",
     "event_store.client.streams.streams/batchappend",
@@ -293,7 +300,91 @@ check("BatchAppend: over 16 MiB is MaximumAppendSizeExceeded; an unfinished batc
   assert.equal(await readStream(u), null, "nothing of the unfinished batch");
 });
 
+// ---- Operations and Monitoring
+const statsOnce = async () => {
+  const got = await new Promise((resolve, reject) => {
+    const out = [];
+    const call = monitoring.Stats({ use_metadata: false, refresh_time_period_in_ms: "0" });
+    call.on("data", (r) => out.push(r.stats));
+    call.on("end", () => resolve(out));
+    call.on("error", reject);
+  });
+  assert.equal(got.length, 1, "one response when no refresh period is asked");
+  return got[0];
+};
+const headPosition = () => new Promise((resolve, reject) => {
+  let pos = -1;
+  const call = streams.Read({ options: { all: { end: {} }, read_direction: "Backwards", count: "1",
+    no_filter: {}, uuid_option: { string: {} } } });
+  call.on("data", (r) => { if (r.event) pos = Number(r.event.event.commit_position); });
+  call.on("end", () => resolve(pos));
+  call.on("error", reject);
+});
+
+check("Monitoring.Stats once: counts agree with $all, flushes and groups were timed", async () => {
+  await append([{ options: { stream_identifier: sid(`st-${crypto.randomUUID()}`), any: {} } }, event("T", 1)]);
+  const st = await statsOnce();
+  assert.equal(Number(st["annal-events"]), (await headPosition()) + 1);
+  assert.ok(Number(st["annal-groups"]) >= 1);
+  assert.ok(Number(st["annal-flushes"]) >= 1);
+  assert.ok(Number(st["es-writer-meanFlushDelayMs"]) > 0);
+  assert.ok(Number(st["es-writer-maxFlushDelayMs"]) >= Number(st["es-writer-lastFlushDelayMs"]));
+  assert.ok(Number(st["annal-group-meanAppends"]) >= 1);
+  assert.match(st["proc-id"], /^[1-9][0-9]*$/);
+  assert.ok(Number(st["proc-mem"]) > 0 && Number(st["proc-threadsCount"]) > 0);
+  assert.ok(Number(st["annal-calls"]) >= 1, "this call counts");
+});
+
+check("Monitoring.Stats every 200 ms follows appends until cancelled", async () => {
+  const seen = [];
+  const call = monitoring.Stats({ use_metadata: false, refresh_time_period_in_ms: "200" });
+  await new Promise((resolve, reject) => {
+    call.on("data", async (r) => {
+      seen.push(Number(r.stats["annal-events"]));
+      if (seen.length === 1)
+        await append([{ options: { stream_identifier: sid(`st2-${crypto.randomUUID()}`), any: {} } },
+          event("T", 1), event("T", 1)]);
+      if (seen.length === 4) resolve();
+    });
+    call.on("error", (e) => (e.code === grpc.status.CANCELLED ? resolve() : reject(e)));
+  });
+  call.cancel();
+  assert.equal(seen[3], seen[0] + 2, `events seen: ${seen}`);
+});
+
+check("Operations: StartScavenge runs annal_compact once at a time; StopScavenge by id", async () => {
+  const rs = await Promise.all([1, 2, 3].map(() => unary(operations, "StartScavenge",
+    { options: { thread_count: 1, start_from_chunk: 0 } })));
+  const started = rs.filter((r) => r.scavenge_result === "Started").map((r) => r.scavenge_id);
+  assert.ok(started.length >= 1);
+  assert.equal(new Set(started).size, started.length, "each start a new id");
+  for (const r of rs) {
+    assert.match(r.scavenge_id, /^[0-9a-f-]{36}$/);
+    if (r.scavenge_result === "InProgress") assert.ok(started.includes(r.scavenge_id), "InProgress names the running one");
+  }
+  const last = started[started.length - 1];
+  let st;
+  for (let i = 0; i < 100; i++) {
+    st = await statsOnce();
+    if (st["annal-scavenge-state"] !== "running") break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(st["annal-scavenge-state"], "done");
+  const stop = await unary(operations, "StopScavenge", { options: { scavenge_id: last } });
+  assert.equal(stop.scavenge_result, "Stopped");
+  assert.equal(stop.scavenge_id, last);
+  const err = await unary(operations, "StopScavenge", { options: { scavenge_id: crypto.randomUUID() } })
+    .then(() => null, (e) => e);
+  assert.equal(err.code, grpc.status.NOT_FOUND);
+  assert.equal(err.metadata.get("exception")[0], "scavenge-not-found");
+});
+
 (async () => {
+  if (process.argv[4] === "shutdown") {
+    await unary(operations, "Shutdown", {});
+    console.log("shutdown asked");
+    process.exit(0);
+  }
   for (const [n, fn] of checks) {
     try {
       await fn();

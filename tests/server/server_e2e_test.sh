@@ -80,3 +80,24 @@ kill "$hold_pid" 2>/dev/null || true
 wait "$hold_pid" 2>/dev/null || true
 grep -q "ended: unavailable" "$work/hold.out" || fail "subscription did not end UNAVAILABLE: $(cat "$work/hold.out")"
 echo "ok: both clients, SIGTERM with a subscription open ($took s)"
+
+# Operations.Shutdown: the server (started again on the same store) stops as on SIGTERM.
+"$ANNAL" --data "$work/store" serve --insecure --listen 127.0.0.1:0 2>"$work/server2.log" &
+server_pid=$!
+port=""
+for _ in $(seq 100); do
+    port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/server2.log")
+    [ -n "$port" ] && break
+    sleep 0.1
+done
+[ -n "$port" ] || fail "the second server did not report its port"
+timeout 30 node "$node_dir/raw.js" "$ANNAL_SRC/src/server/proto" "$port" shutdown >/dev/null ||
+    fail "Shutdown call"
+rc=0
+timeout 10 tail --pid="$server_pid" -f /dev/null || fail "server still running after Shutdown"
+wait "$server_pid" || rc=$?
+server_pid=""
+[ "$rc" -eq 0 ] || fail "server exited $rc after Shutdown: $(tail -5 "$work/server2.log")"
+grep -q "shutdown asked by a client" "$work/server2.log" || fail "no Shutdown in the log"
+grep -q "store closed" "$work/server2.log" || fail "no clean close after Shutdown"
+echo "ok: Operations.Shutdown stops the server cleanly"

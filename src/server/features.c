@@ -27,6 +27,9 @@ static const struct {
     {"event_store.client.operations.operations", "stopscavenge"},
     {"event_store.client.operations.operations", "shutdown"},
     {"event_store.client.monitoring.monitoring", "stats"},
+    {"event_store.client.projections.projections", "enable"},
+    {"event_store.client.projections.projections", "statistics"},
+    {"event_store.client.projections.projections", "state"},
 };
 #define NSUPPORTED (sizeof supported / sizeof supported[0])
 

@@ -170,7 +170,7 @@ static long proc_field(const char *name) {
     return v;
 }
 
-size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[32], size_t max) {
+size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[40], size_t max) {
     annal_db_stats st;
     memset(&st, 0, sizeof st);
     (void)annal_db_stats_get(srv->db, &st);
@@ -184,6 +184,8 @@ size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[32], size_t 
     annal_compact_stats cs = srv->scavenge.stats;
     annal_err scav_result = srv->scavenge.result;
     int scav_any = srv->scavenge.id[0] != 0;
+    char scav_id[37];
+    memcpy(scav_id, srv->scavenge.id, sizeof scav_id);
     pthread_mutex_unlock(&srv->mu);
     size_t n = 0;
 #define PUT(k, ...)                                                                                \
@@ -226,6 +228,7 @@ size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[32], size_t 
         : !scav_any               ? "none"
         : scav_result == ANNAL_OK ? "done"
                                   : "failed");
+    PUT("annal-scavenge-id", "%s", scav_id);
     PUT("annal-scavenge-eventsErased", "%" PRIu64, cs.events_erased);
     PUT("annal-scavenge-bytesReclaimed", "%" PRIu64, cs.bytes_reclaimed);
 #undef PUT
@@ -236,7 +239,7 @@ size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[32], size_t 
 
 static int send_stats(srv_call *c) {
     const char *keys[NSTATS];
-    char vals[NSTATS][32];
+    char vals[NSTATS][40];
     size_t n = ops_stats(c->srv, keys, vals, NSTATS);
     EventStore__Client__Monitoring__StatsResp resp =
         EVENT_STORE__CLIENT__MONITORING__STATS_RESP__INIT;

@@ -69,6 +69,9 @@ static const struct {
     {"/event_store.client.operations.Operations/StopScavenge", rpc_ops_stop_scavenge},
     {"/event_store.client.operations.Operations/Shutdown", rpc_ops_shutdown},
     {"/event_store.client.monitoring.Monitoring/Stats", rpc_monitoring_stats},
+    {"/event_store.client.projections.Projections/Enable", rpc_projections_enable},
+    {"/event_store.client.projections.Projections/Statistics", rpc_projections_statistics},
+    {"/event_store.client.projections.Projections/State", rpc_projections_state},
 };
 
 static void run_call(srv_call *c) {
@@ -110,6 +113,7 @@ static void call_free(srv_call *c) {
 static void *call_thread(void *arg) {
     srv_call *c = arg;
     annal_server *srv = c->srv;
+    (void)pthread_setname_np(pthread_self(), "annal-call"); /* tests count these */
     run_call(c);
     pthread_mutex_lock(&srv->mu);
     if (c->prev)

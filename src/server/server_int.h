@@ -132,10 +132,8 @@ int cv_is_json(const void *data, size_t len);
 /* The expected revision text KurrentDB writes in error trailers. */
 void cv_expected_text(int64_t expected, char *buf, size_t size);
 
-/* Storage for one ReadResp carrying an event, filled by cv_read_event. */
-typedef struct cv_event_msg {
-    EventStore__Client__Streams__ReadResp resp;
-    EventStore__Client__Streams__ReadResp__ReadEvent read;
+/* Storage for one RecordedEvent (borrowing the event's data until sent). */
+typedef struct cv_rec {
     EventStore__Client__Streams__ReadResp__ReadEvent__RecordedEvent rec;
     EventStore__Client__StreamIdentifier sid;
     EventStore__Client__Streams__ReadResp__ReadEvent__RecordedEvent__MetadataEntry md[3];
@@ -143,10 +141,43 @@ typedef struct cv_event_msg {
     cv_uuid_buf id;
     char created[24];
     char type[ANNAL_MAX_NAME + 1];
-    char stream[ANNAL_MAX_NAME + 1];
+} cv_rec;
+
+/* Storage for one ReadResp carrying an event, and maybe the link it was reached by. */
+typedef struct cv_event_msg {
+    EventStore__Client__Streams__ReadResp resp;
+    EventStore__Client__Streams__ReadResp__ReadEvent read;
+    cv_rec event, link;
 } cv_event_msg;
 /* Make m a ReadResp for ev (borrowed: m points into it until sent). */
 void cv_read_event(const annal_event *ev, int uuid_string, cv_event_msg *m);
+/* ... for ev reached through the link event link: the client gets both (resolveLinkTos). */
+void cv_read_resolved(const annal_event *ev, const annal_event *link, int uuid_string,
+                      cv_event_msg *m);
+
+/* ---- links.c: `$ce-<category>` and `$et-<type>` as KurrentDB's link streams (events of
+ * type `$>` whose data is `revision@stream`, numbered 0, 1, ... in the link stream), and
+ * links resolved when the client asks (resolveLinkTos), its own appended links too. */
+#define SRV_LINK_TYPE "$>"
+typedef struct srv_links {
+    annal_db *db;
+    int numbered;     /* events of a $ce-/$et- read become links numbered from next */
+    int resolve;      /* resolveLinkTos */
+    int backward;     /* numbers go down */
+    uint64_t next;    /* link revision of the next event */
+    const char *name; /* the link stream (borrowed) */
+    annal_iter *held; /* a resolved event's read, open until the next one */
+    annal_event link; /* a made link */
+    char data[24 + ANNAL_MAX_NAME + 2];
+} srv_links;
+/* 1 if name is `$ce-<x>` or `$et-<x>`. */
+int links_is_stream(const char *name);
+/* Fill m for ev as the client asked (a made link, a resolved link, or ev itself). */
+void links_emit(srv_links *l, const annal_event *ev, int uuid_string, cv_event_msg *m);
+void links_done(srv_links *l);
+/* Position in $all of the link stream's event number idx (forward scan), and how many it
+ * has (all of them when idx is UINT64_MAX). ANNAL_ENOTFOUND when idx is past the end. */
+annal_err links_seek(annal_db *db, const char *name, uint64_t idx, uint64_t *pos, uint64_t *count);
 
 /* ---- handlers: each ends its call (call_finish or call_reply). */
 void rpc_streams_read(srv_call *c);
@@ -160,15 +191,19 @@ void rpc_ops_start_scavenge(srv_call *c);
 void rpc_ops_stop_scavenge(srv_call *c);
 void rpc_ops_shutdown(srv_call *c);
 void rpc_monitoring_stats(srv_call *c);
+/* projections.c: the system projections, reported running. */
+void rpc_projections_enable(srv_call *c);
+void rpc_projections_statistics(srv_call *c);
+void rpc_projections_state(srv_call *c);
 /* Wait for a scavenge still running (at stop). */
 void ops_join(annal_server *srv);
 /* The Monitoring figures as key/value text pairs (at most max; returns how many), without
- * a live call. vals holds max buffers of 32 bytes. */
-size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[32], size_t max);
+ * a live call. vals holds max buffers of 40 bytes. */
+size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[40], size_t max);
 /* A Read request decoded (streams.c), without a live call. */
 #define REGEX_MAX 4096
 typedef struct srv_read_plan {
-    int subscribe, is_all, uuid_string;
+    int subscribe, is_all, uuid_string, resolve;
     char name[ANNAL_MAX_NAME + 1]; /* the stream, or "$all" */
     unsigned flags;                /* ANNAL_READ_BACKWARD */
     uint64_t count;                /* UINT64_MAX: no limit */

@@ -87,6 +87,7 @@ const char *srv_read_parse(const ReadOptions *o, srv_read_plan *p) {
         o->uuid_option &&
         o->uuid_option->content_case ==
             EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__UUIDOPTION__CONTENT_STRING;
+    p->resolve = o->resolve_links;
     p->subscribe = o->count_option_case ==
                    EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__COUNT_OPTION_SUBSCRIPTION;
     p->flags = o->read_direction ==
@@ -174,7 +175,7 @@ const char *srv_read_check(const EventStore__Client__Streams__ReadReq *req) {
 /* Send at most count events of it that pass filter (NULL: all; it is closed here), then
  * OK. */
 static void send_events(srv_call *c, annal_iter *it, int uuid_string, const char *stream,
-                        const read_filter *filter, uint64_t count) {
+                        const read_filter *filter, uint64_t count, srv_links *links) {
     cv_event_msg *m = malloc(sizeof *m);
     if (!m) {
         annal_iter_close(it);
@@ -188,10 +189,11 @@ static void send_events(srv_call *c, annal_iter *it, int uuid_string, const char
     while (sent < count && (r = annal_iter_next(it, &ev)) == ANNAL_OK) {
         if (filter && !filter_match(filter, ev)) continue;
         sent++;
-        cv_read_event(ev, uuid_string, m);
+        links_emit(links, ev, uuid_string, m);
         if ((gone = call_send(c, &m->resp.base) != 0)) break;
     }
     free(m);
+    if (links) links_done(links);
     annal_iter_close(it);
     if (gone)
         call_finish(c, GRPC_STATUS_CANCELLED, "client went away", NULL, 0);
@@ -213,8 +215,33 @@ static void stream_not_found(srv_call *c, const EventStore__Client__StreamIdenti
     call_reply(c, &resp.base);
 }
 
+/* A read of `$ce-x` or `$et-x` as a link stream: link numbers are found by counting. */
+static void read_links(srv_call *c, const srv_read_plan *p,
+                       const EventStore__Client__StreamIdentifier *sid) {
+    srv_links l = {.db = c->srv->db, .numbered = 1, .resolve = p->resolve, .name = p->name};
+    l.backward = (p->flags & ANNAL_READ_BACKWARD) != 0;
+    uint64_t pos, n;
+    annal_err r = links_seek(c->srv->db, p->name, UINT64_MAX, &pos, &n);
+    if (r != ANNAL_OK) return rpc_fail_store(c, r, p->name);
+    if (n == 0) return stream_not_found(c, sid); /* as a link stream never written */
+    uint64_t from = p->from;
+    if (from == ANNAL_FROM_END || (l.backward && from >= n)) from = n - 1;
+    if (p->at_end || from >= n || p->count == 0) {
+        call_reply(c, NULL);
+        return;
+    }
+    r = links_seek(c->srv->db, p->name, from, &pos, &n);
+    if (r != ANNAL_OK) return rpc_fail_store(c, r, p->name);
+    l.next = from;
+    annal_iter *it = NULL;
+    r = annal_read_stream(c->srv->db, p->name, pos, p->flags, p->count, &it);
+    if (r != ANNAL_OK) return rpc_fail_store(c, r, p->name);
+    send_events(c, it, p->uuid_string, p->name, NULL, p->count, &l);
+}
+
 static void read_stream(srv_call *c, const srv_read_plan *p,
                         const EventStore__Client__StreamIdentifier *sid) {
+    if (links_is_stream(p->name)) return read_links(c, p, sid);
     annal_iter *it = NULL;
     annal_err r =
         annal_read_stream(c->srv->db, p->name, p->at_end ? 0 : p->from, p->flags, p->count, &it);
@@ -225,7 +252,8 @@ static void read_stream(srv_call *c, const srv_read_plan *p,
         call_reply(c, NULL);
         return;
     }
-    send_events(c, it, p->uuid_string, p->name, NULL, p->count);
+    srv_links l = {.db = c->srv->db, .resolve = p->resolve};
+    send_events(c, it, p->uuid_string, p->name, NULL, p->count, &l);
 }
 
 static void read_all(srv_call *c, const srv_read_plan *p) {
@@ -239,8 +267,9 @@ static void read_all(srv_call *c, const srv_read_plan *p) {
     annal_iter *it = NULL;
     /* A filtered read counts the events it returns, not those it passes over. */
     annal_err r = annal_read_all(c->srv->db, p->from, p->flags, filter.on ? 0 : p->count, &it);
+    srv_links l = {.db = c->srv->db, .resolve = p->resolve};
     if (r == ANNAL_OK)
-        send_events(c, it, p->uuid_string, "$all", &filter, p->count);
+        send_events(c, it, p->uuid_string, "$all", &filter, p->count, &l);
     else
         rpc_fail_store(c, r, "$all");
     filter_free(&filter);

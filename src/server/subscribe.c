@@ -183,7 +183,8 @@ void sub_set_start(const ReadOptions *o, int *start, uint64_t *from) {
 }
 
 /* Deliver items until the client leaves, the store fails or the server stops. */
-static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const char *name) {
+static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const char *name,
+                 srv_links *links, uint64_t min_next) {
     cv_event_msg *m = malloc(sizeof *m);
     if (!m) return call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
     int has_last = 0;
@@ -206,9 +207,15 @@ static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const
         }
         switch (item.kind) {
         case ANNAL_SUB_EVENT:
-            cv_read_event(item.event, uuid_string, m);
+            if (links->numbered && links->next < min_next) { /* at or before the start */
+                links->next++;
+                break;
+            }
             has_last = 1;
-            last = is_all ? item.event->position : item.event->revision;
+            last = is_all            ? item.event->position
+                   : links->numbered ? links->next
+                                     : item.event->revision;
+            links_emit(links, item.event, uuid_string, m);
             sent = call_send(c, &m->resp.base);
             break;
         case ANNAL_SUB_CAUGHT_UP:
@@ -236,13 +243,37 @@ void rpc_subscribe(srv_call *c, const srv_read_plan *p) {
         so.filter = &p->filter;
         so.checkpoint_every = p->every;
     }
+    srv_links links = {.db = c->srv->db, .resolve = p->resolve, .name = p->name};
+    uint64_t min_next = 0;
+    if (links_is_stream(p->name)) {
+        /* Link numbers count the category's events: find where the client starts. */
+        links.numbered = 1;
+        uint64_t pos, n;
+        annal_err lr = links_seek(c->srv->db, p->name, UINT64_MAX, &pos, &n);
+        if (lr != ANNAL_OK) return rpc_fail_store(c, lr, p->name);
+        if (p->start == ANNAL_SUB_AFTER && p->start_from + 1 < n) {
+            /* History from link number start_from + 1 on. */
+            lr = links_seek(c->srv->db, p->name, p->start_from, &pos, &n);
+            if (lr != ANNAL_OK) return rpc_fail_store(c, lr, p->name);
+            so.from = pos; /* ANNAL_SUB_AFTER already; a position for $ce-/$et- */
+            links.next = p->start_from + 1;
+        } else if (p->start != ANNAL_SUB_START && n > 0) {
+            so.start = ANNAL_SUB_AFTER;
+            so.from = pos; /* after the last event there is now */
+            links.next = n;
+            if (p->start == ANNAL_SUB_AFTER) min_next = p->start_from + 1;
+        } else if (p->start == ANNAL_SUB_AFTER) {
+            so.start = ANNAL_SUB_START; /* none yet: number them from 0, skip to the start */
+            min_next = p->start_from + 1;
+        }
+    }
     annal_sub *sub = NULL;
     annal_err r = annal_sub_open(c->srv->db, &so, &sub);
     if (r != ANNAL_OK) return rpc_fail_store(c, r, p->name);
     if (srv_call_set_sub(c, sub) != 0)
         call_finish(c, GRPC_STATUS_UNAVAILABLE, "Server is shutting down.", NULL, 0);
     else if (send_confirmation(c) == 0)
-        pump(c, sub, p->is_all, p->uuid_string, p->name);
+        pump(c, sub, p->is_all, p->uuid_string, p->name, &links, min_next);
     (void)srv_call_set_sub(c, NULL);
     annal_sub_close(sub);
     if (!c->finished) call_finish(c, GRPC_STATUS_CANCELLED, "the client went away", NULL, 0);

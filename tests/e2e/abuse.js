@@ -57,10 +57,10 @@ async function alive() {
   assert.equal(err, null, "the server still answers");
   assert.ok(T("event_store.client.server_features.SupportedMethods").decode(r).methods.length > 0);
 }
-// The server's own threads (named after the program; gRPC's pools name theirs and grow
-// and shrink on their own): call threads left behind would show here.
+// The server's call threads (named annal-call; gRPC's pools and the store's own threads
+// come and go on their own): a call left behind would show here.
 const threads = () => fs.readdirSync(`/proc/${pid}/task`)
-  .filter((t) => { try { return fs.readFileSync(`/proc/${pid}/task/${t}/comm`, "utf8").trim() === "annal"; } catch { return false; } })
+  .filter((t) => { try { return fs.readFileSync(`/proc/${pid}/task/${t}/comm`, "utf8").trim() === "annal-call"; } catch { return false; } })
   .length;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function threadsBackTo(base, what) {

@@ -172,6 +172,42 @@ check("an append over 16 MiB: maximum-append-size-exceeded", async () => {
   await rejects(collect(client.readStream(s)), "stream-not-found");
 });
 
+// $ce-/$et- read as KurrentDB's link streams; resolveLinkTos gives the event and its link.
+const cat = `lnk${run.replace(/-/g, "")}${flavour}`;
+check("$ce- and $et- read as link streams, resolved on request", async () => {
+  const type = `Lt${cat}`;
+  await client.appendToStream(`${cat}-a`, [1, 2].map((n) => lib.jsonEvent({ type, data: { n } })));
+  await client.appendToStream(`${cat}-b`, lib.jsonEvent({ type: "Other", data: { n: 3 } }));
+  const links = await collect(client.readStream(`$ce-${cat}`));
+  assert.deepEqual(links.map((e) => e.event.type), ["$>", "$>", "$>"]);
+  assert.deepEqual(links.map((e) => e.event.revision), [0n, 1n, 2n]);
+  assert.deepEqual(links.map((e) => e.event.streamId), [`$ce-${cat}`, `$ce-${cat}`, `$ce-${cat}`]);
+  assert.deepEqual(links.map((e) => Buffer.from(e.event.data).toString()), [`0@${cat}-a`, `1@${cat}-a`, `0@${cat}-b`]);
+  const res = await collect(client.readStream(`$ce-${cat}`, { resolveLinkTos: true }));
+  assert.deepEqual(res.map((e) => e.event.data.n), [1, 2, 3]);
+  assert.deepEqual(res.map((e) => e.event.streamId), [`${cat}-a`, `${cat}-a`, `${cat}-b`]);
+  assert.deepEqual(res.map((e) => e.link.revision), [0n, 1n, 2n]);
+  assert.equal(res[2].link.type, "$>");
+  const back = await collect(client.readStream(`$ce-${cat}`, { direction: lib.BACKWARDS, fromRevision: lib.END, maxCount: 2 }));
+  assert.deepEqual(back.map((e) => e.event.revision), [2n, 1n]);
+  const from1 = await collect(client.readStream(`$ce-${cat}`, { fromRevision: 1n, resolveLinkTos: true }));
+  assert.deepEqual(from1.map((e) => e.event.data.n), [2, 3]);
+  const et = await collect(client.readStream(`$et-${type}`, { resolveLinkTos: true }));
+  assert.deepEqual(et.map((e) => [e.event.data.n, e.link.revision]), [[1, 0n], [2, 1n]]);
+  await rejects(collect(client.readStream(`$ce-none${cat}`)), "stream-not-found");
+});
+
+check("a link appended by the client resolves too", async () => {
+  const s = name("mylinks");
+  await client.appendToStream(s, lib.binaryEvent({ type: "$>", data: Buffer.from(`1@${cat}-a`) }));
+  const [plain] = await collect(client.readStream(s));
+  assert.equal(plain.event.type, "$>");
+  const [r] = await collect(client.readStream(s, { resolveLinkTos: true }));
+  assert.equal(r.event.streamId, `${cat}-a`);
+  assert.equal(r.event.data.n, 2);
+  assert.equal(r.link.streamId, s);
+});
+
 // Resolves with the first n events a subscription delivers (or rejects after 15 s).
 function take(sub, n) {
   return new Promise((resolve, reject) => {
@@ -181,7 +217,7 @@ function take(sub, n) {
       got.push(e);
       if (got.length === n) {
         clearTimeout(timer);
-        resolve(got);
+        resolve(got.slice(0, n)); // more may follow before the caller runs
       }
     });
     sub.on("error", (err) => {
@@ -231,6 +267,29 @@ check("subscribe to $all from the end with an event-type regex", async () => {
   const [e] = await got;
   assert.equal(e.event.type, type);
   await sub.unsubscribe();
+});
+
+check("a subscription to $ce- from a link number, resolved", async () => {
+  const sub = client.subscribeToStream(`$ce-${cat}`, { fromRevision: 0n, resolveLinkTos: true });
+  const got = take(sub, 3);
+  await new Promise((r) => setTimeout(r, 300));
+  await client.appendToStream(`${cat}-c`, [4, 5].map((n) => lib.jsonEvent({ type: "T", data: { n } })));
+  const evs = await got;
+  // After link 0: history from link 1, then the new events live.
+  assert.deepEqual(evs.map((e) => [e.event.data.n, e.link.revision]), [[2, 1n], [3, 2n], [4, 3n]]);
+  await sub.unsubscribe();
+});
+
+check("the system projections enable and report running", async () => {
+  for (const p of ["$by_category", "$by_event_type", "$stream_by_category", "$streams"]) {
+    await client.enableProjection(p);
+    const st = await client.getProjectionStatus(p);
+    assert.equal(st.name, p);
+    assert.equal(st.projectionStatus, "Running");
+    assert.deepEqual(await client.getProjectionState(p), {});
+  }
+  await assert.rejects(client.getProjectionStatus(`nope-${run}`));
+  await assert.rejects(client.enableProjection(`nope-${run}`));
 });
 
 // "hold": append, subscribe to $all and stay until the server ends the subscription (at its

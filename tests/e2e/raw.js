@@ -59,6 +59,9 @@ check("GetSupportedMethods lists exactly what is served", async () => {
     "event_store.client.operations.operations/shutdown",
     "event_store.client.operations.operations/startscavenge",
     "event_store.client.operations.operations/stopscavenge",
+    "event_store.client.projections.projections/enable",
+    "event_store.client.projections.projections/state",
+    "event_store.client.projections.projections/statistics",
     "event_store.client.server_features.serverfeatures/getsupportedmethods",
     "event_store.client.streams.streams/append",
     "event_store.client.streams.streams/batchappend",
@@ -362,7 +365,6 @@ check("Operations: StartScavenge runs annal_compact once at a time; StopScavenge
     assert.match(r.scavenge_id, /^[0-9a-f-]{36}$/);
     if (r.scavenge_result === "InProgress") assert.ok(started.includes(r.scavenge_id), "InProgress names the running one");
   }
-  const last = started[started.length - 1];
   let st;
   for (let i = 0; i < 100; i++) {
     st = await statsOnce();
@@ -370,6 +372,8 @@ check("Operations: StartScavenge runs annal_compact once at a time; StopScavenge
     await new Promise((r) => setTimeout(r, 100));
   }
   assert.equal(st["annal-scavenge-state"], "done");
+  const last = st["annal-scavenge-id"];
+  assert.ok(started.includes(last), "the latest scavenge is one that started");
   const stop = await unary(operations, "StopScavenge", { options: { scavenge_id: last } });
   assert.equal(stop.scavenge_result, "Stopped");
   assert.equal(stop.scavenge_id, last);

@@ -14,7 +14,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 # The clients, installed once per lock file.
 node_dir="$ANNAL_BUILD/e2e-node"
 mkdir -p "$node_dir"
-cp "$ANNAL_SRC"/tests/e2e/{package.json,package-lock.json,clients.js,raw.js,abuse.js} "$node_dir/"
+cp "$ANNAL_SRC"/tests/e2e/{package.json,package-lock.json,clients.js,raw.js,abuse.js,scale.js} "$node_dir/"
 if ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-lock" 2>/dev/null; then
     (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) || fail "npm ci"
     cp "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-lock"
@@ -56,6 +56,8 @@ append_calls=$(grep -c 'call /event_store.client.streams.Streams/Append' "$work/
     fail "clients did not append through BatchAppend ($batch_calls BatchAppend, $append_calls Append calls)"
 timeout 120 node "$node_dir/raw.js" "$ANNAL_SRC/src/server/proto" "$port" || fail "raw gRPC checks"
 timeout 180 node "$node_dir/abuse.js" "$ANNAL_SRC/src/server/proto" "$port" "$server_pid" || fail "bad input checks"
+# 1,000 subscriptions, a 16 MiB event; with ANNAL_LONG=1 also a subscription idle 90 s.
+timeout 300 node "$node_dir/scale.js" "$ANNAL_SRC/src/server/proto" "$port" || fail "scale checks"
 
 # A subscription (and the client's BatchAppend call) open at SIGTERM is ended with
 # UNAVAILABLE, and the server exits 0 well within its 10 s grace period.

@@ -85,6 +85,7 @@ void rpc_ops_start_scavenge(srv_call *c) {
     if (srv->scavenge.ever) pthread_join(srv->scavenge.thread, NULL); /* the finished one */
     srv->scavenge.ever = 0;
     annal_uuid u;
+    memset(&u, 0, sizeof u);
     srv_random_id(&u);
     annal_uuid_format(&u, srv->scavenge.id);
     srv->scavenge.running = 1;

@@ -8,8 +8,9 @@ const protobuf = require("protobufjs");
 const [protoDir, out] = process.argv.slice(2);
 const root = new protobuf.Root();
 root.resolvePath = (_origin, target) => path.join(protoDir, target);
-root.loadSync(["streams.proto"], { keepCase: true });
-const T = (n) => root.lookupType(`event_store.client.streams.${n}`);
+root.loadSync(["streams.proto", "operations.proto", "monitoring.proto", "projections.proto"],
+  { keepCase: true });
+const T = (n) => root.lookupType(n.includes(".") ? n : `event_store.client.streams.${n}`);
 const sid = (s) => ({ stream_name: Buffer.from(s) });
 const uuid = { string: "4b2c1c0e-5a54-4b8e-9d2f-1f1b8f0d2a11" };
 const structured = { structured: { most_significant_bits: "123456789", least_significant_bits: "-42" } };
@@ -41,3 +42,11 @@ batch("exists", { correlation_id: uuid, options: { stream_identifier: sid("s"), 
 write("srv_delete", "delete", "DeleteReq", { options: { stream_identifier: sid("orders-1"), revision: 3 } });
 write("srv_delete", "tombstone", "TombstoneReq", { options: { stream_identifier: sid("orders-1"), no_stream: {} } });
 write("srv_delete", "exists", "DeleteReq", { options: { stream_identifier: sid("x"), stream_exists: {} } });
+const misc = (name, type, o) => write("srv_misc", name, type, o);
+misc("start-scavenge", "event_store.client.operations.StartScavengeReq", { options: { thread_count: 2, start_from_chunk: 0 } });
+misc("stop-scavenge", "event_store.client.operations.StopScavengeReq", { options: { scavenge_id: "4b2c1c0e-5a54-4b8e-9d2f-1f1b8f0d2a11" } });
+misc("stats", "event_store.client.monitoring.StatsReq", { use_metadata: true, refresh_time_period_in_ms: 1000 });
+misc("statistics-name", "event_store.client.projections.StatisticsReq", { options: { name: "$by_category" } });
+misc("statistics-all", "event_store.client.projections.StatisticsReq", { options: { all: {} } });
+misc("enable", "event_store.client.projections.EnableReq", { options: { name: "$streams" } });
+misc("state", "event_store.client.projections.StateReq", { options: { name: "$by_event_type", partition: "p" } });

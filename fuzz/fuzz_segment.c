@@ -37,7 +37,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     annal_db_opts o;
     annal_db_opts_init(&o);
     o.segment_bytes = 64 << 10;
-    o.index_map_bytes = 64 << 20;
+    o.index_map_bytes = 4 << 20;
+    /* a small id memtable: the default one is tens of MiB, zeroed on every open */
+    o.id_cache_events = 1024;
     annal_db *db = NULL;
     if (annal_db_open(dir, &o, &db) == ANNAL_OK) {
         annal_iter *it;

@@ -39,10 +39,11 @@ if [ "$quick" -eq 0 ]; then
      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
      ctest --output-on-failure -j"$jobs" --timeout 1800 -E '^install_test$')
 fi
-if [ "$long" -eq 1 ]; then
+if [ "$long" -eq 1 ]; then  # both run, then either fails the suite
   echo "== mutation sample (scripts/mutate.sh)"
-  scripts/mutate.sh
+  mrc=0; scripts/mutate.sh || mrc=$?
   echo "== fuzzing (scripts/fuzz.sh, 30 s a target)"
-  scripts/fuzz.sh --seconds 30
+  frc=0; scripts/fuzz.sh --seconds 30 || frc=$?
+  [ "$mrc" -eq 0 ] && [ "$frc" -eq 0 ] || { echo "== mutants survived or fuzzers found" >&2; exit 1; }
 fi
 echo "== all tests passed in $(( $(date +%s) - start ))s"

@@ -104,6 +104,7 @@ typedef struct cli_progress {
     int shown;
     uint64_t done, total;
     struct timespec start, last;
+    const char *unit; /* what done and total count; NULL: "events" */
 } cli_progress;
 
 void cli_progress_init(cli_progress *p, const char *label, int enabled);

@@ -241,6 +241,7 @@ int cli_cmd_compact(cli_global *g, int argc, char **argv) {
     annal_db *db;
     int rc = cli_open(g, "compact", 0, &prog, &db);
     if (rc) return rc;
+    prog.unit = "segments"; /* opening counted events; annal_compact reports segments */
     annal_compact_stats st;
     memset(&st, 0, sizeof st);
     annal_err e = seal ? annal_seal(db) : ANNAL_OK;

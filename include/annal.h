@@ -721,6 +721,17 @@ ANNAL_API annal_err annal_state_load_sized(annal_handler *h, const char *stream,
 /* Release a state from annal_state_load() (calls the decider's release). NULL no-op. */
 ANNAL_API void annal_state_free(annal_handler *h, void *state);
 
+/* ---- Sealing (src/store/seal.c) ---- */
+/* Seal the segment being appended to, if it holds any event, and go on in a new one,
+ * opened by one small event (type "$SegmentSealed", in the system stream "$seals").
+ * Compaction only rewrites sealed segments, so this lets a small store erase its
+ * deleted events now rather than once the active segment fills. Durable on return;
+ * appends from other threads wait meanwhile. A no-op when the active segment holds
+ * nothing, or only the marker of the previous seal.
+ * Errors: ANNAL_EINVAL (db NULL), ANNAL_EREADONLY, ANNAL_EFAILED (an earlier write
+ * failed), ANNAL_EIO, ANNAL_ENOSPC. */
+ANNAL_API annal_err annal_seal(annal_db *db);
+
 #ifdef __cplusplus
 }
 #endif

@@ -53,6 +53,7 @@ int cli_cmd_subscribe(cli_global *g, int argc, char **argv);
 int cli_cmd_projection(cli_global *g, int argc, char **argv);
 int cli_cmd_query(cli_global *g, int argc, char **argv);
 int cli_cmd_serve(cli_global *g, int argc, char **argv);
+int cli_cmd_completion(cli_global *g, int argc, char **argv);
 
 /* ---- Option parsing: GNU style, options and operands in any order, "--" ends options,
  * "--name=value" or "--name value". --data DIR is accepted by every command. */
@@ -104,6 +105,7 @@ typedef struct cli_progress {
     int shown;
     uint64_t done, total;
     struct timespec start, last;
+    const char *unit; /* what done and total count; NULL: "events" */
 } cli_progress;
 
 void cli_progress_init(cli_progress *p, const char *label, int enabled);

@@ -421,6 +421,15 @@ static int head_check(annal_db *db, const annal__index_head *h) {
     return ends_at(db, s, off + info.len, h);
 }
 
+/* Record the generation of every compacted segment in t (a rebuilt index names them). */
+static annal_err put_gens(annal_db *db, MDB_txn *t) {
+    annal_err rc = ANNAL_OK;
+    for (size_t i = 0; rc == ANNAL_OK && i < db->log.nsegs; i++)
+        if (db->log.segs[i]->gen)
+            rc = annal__index_gen_put(t, &db->idx, db->log.segs[i]->no, db->log.segs[i]->gen);
+    return rc;
+}
+
 static annal_err reset_index(annal_db *db, MDB_txn *t) {
     int rc = 0;
     MDB_dbi dbis[] = {db->idx.meta, db->idx.streams, db->idx.revs,
@@ -482,6 +491,10 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
             annal__ids_clean(db->ids);
         }
     }
+    /* The reset lives in the transaction until its first commit: a redo of that
+     * transaction (the map filled up) must reset again, or it would index the log from
+     * position 0 over the old entries (the id runs are gone already). */
+    int reset_pending = 0;
     if (rc == ANNAL_OK && hc == 0) {
         annal__log_msg(db, ANNAL_LOG_WARN, "index does not match the log: rebuilding it");
         rc = reset_index(db, t);
@@ -492,9 +505,8 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                                  detail, sizeof detail);
             if (rc != ANNAL_OK) rc = annal__fail(db, rc, "%s", detail);
         }
-        for (size_t i = 0; rc == ANNAL_OK && i < db->log.nsegs; i++)
-            if (db->log.segs[i]->gen)
-                rc = annal__index_gen_put(t, &db->idx, db->log.segs[i]->no, db->log.segs[i]->gen);
+        if (rc == ANNAL_OK) rc = put_gens(db, t);
+        reset_pending = 1;
     }
     /* The memtable at its full size from the start: growing it rehashes and copies on
      * the append path. Untouched pages cost nothing (calloc'd and malloc'd maps). */
@@ -568,6 +580,7 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                 goto out;
             }
             since = 0;
+            reset_pending = 0;
             c0 = c, h0 = db->head, regrown = 0;
             chunk = catch_up_chunk(db);
             if ((mrc = annal__txn_begin(&db->idx, 0, &t)) != 0) {
@@ -595,6 +608,12 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
             t = NULL;
             rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
             goto out;
+        }
+        if (reset_pending) { /* the aborted transaction held the reset: again */
+            rc = reset_index(db, t);
+            if (rc == ANNAL_OK) rc = put_gens(db, t);
+            if (rc != ANNAL_OK) goto out;
+            db->head = h0;
         }
     }
     if (rc != ANNAL_OK) goto out;

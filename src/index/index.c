@@ -751,3 +751,19 @@ annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t p
     mdb_cursor_close(c);
     return annal__index_err(rc);
 }
+
+int annal__index_behind(MDB_txn *t, const annal__index *idx) {
+    MDB_val k = val("behind", 6), v;
+    return mdb_get(t, idx->meta, &k, &v) == 0;
+}
+
+annal_err annal__index_behind_put(MDB_txn *t, const annal__index *idx, int on) {
+    MDB_val k = val("behind", 6);
+    if (!on) {
+        int rc = mdb_del(t, idx->meta, &k, NULL);
+        return rc == MDB_NOTFOUND ? ANNAL_OK : annal__index_err(rc);
+    }
+    uint8_t b = 1;
+    MDB_val v = val(&b, 1);
+    return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
+}

@@ -529,6 +529,13 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         c.off = ANNAL__LOC_OFF(db->head.next_loc);
         c.pos = db->head.next_pos;
     }
+    /* Until the last transaction, what is committed is behind the log: say so, for
+     * read-only handles (in every transaction, so that an interruption leaves it). */
+    rc = annal__index_behind_put(t, &db->idx, 1);
+    if (rc != ANNAL_OK) {
+        rc = annal__fail(db, rc, "cannot mark the index as catching up");
+        goto out;
+    }
     uint64_t total = 0, since = 0;
     int rebuild = db->head.next_pos == 0; /* from position 0, into an empty index */
     annal__cursor c0 = c;                 /* where the transaction began, to redo it */
@@ -588,6 +595,10 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                 rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
                 goto out;
             }
+            if (db->io->fault(db->io->ctx, "catch-up-commit") != 0) { /* tests */
+                rc = annal__fail(db, ANNAL_EIO, "catch-up stopped by a fault");
+                goto out;
+            }
             if (db->opts.progress && db->opts.progress(db->opts.progress_ctx, total, 0)) {
                 rc = ANNAL_ECANCELED;
                 goto out;
@@ -609,12 +620,14 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
             rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
             goto out;
         }
+        rc = ANNAL_OK;       /* (the map-full failure being redone) */
         if (reset_pending) { /* the aborted transaction held the reset: again */
             rc = reset_index(db, t);
             if (rc == ANNAL_OK) rc = put_gens(db, t);
-            if (rc != ANNAL_OK) goto out;
             db->head = h0;
         }
+        if (rc == ANNAL_OK) rc = annal__index_behind_put(t, &db->idx, 1);
+        if (rc != ANNAL_OK) goto out;
     }
     if (rc != ANNAL_OK) goto out;
     /* The cursor stops at the end of whole batches. What follows in the last segment
@@ -639,7 +652,8 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     }
     *end_seg = c.seg->no;
     *end_off = c.off;
-    rc = annal__index_head_put(t, &db->idx, &db->head);
+    rc = annal__index_behind_put(t, &db->idx, 0); /* caught up, in the same commit */
+    if (rc == ANNAL_OK) rc = annal__index_head_put(t, &db->idx, &db->head);
     if (rc == ANNAL_OK) {
         mrc = annal__txn_commit(&db->idx, t);
         t = NULL;
@@ -956,6 +970,16 @@ static annal_err open_reader(annal_db *db) {
         return annal__fail(db, rc,
                            "the index head of %s is unreadable: open the store for "
                            "writing once to rebuild it",
+                           db->dir);
+    /* Never serve an index that is behind the log as if it were the whole store. */
+    if ((rc = annal__read_txn(db, &t)) != ANNAL_OK) return rc;
+    int behind = annal__index_behind(t, &db->idx);
+    annal__txn_abort(&db->idx, t);
+    if (behind)
+        return annal__fail(db, ANNAL_EBUSY,
+                           "the index of %s is being rebuilt from the log (or that was "
+                           "interrupted): wait for the writer, or open the store for writing "
+                           "once to finish it",
                            db->dir);
     rc = annal__log_open(&db->log, db->io, db->dir, 1, 0, detail, sizeof detail);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);

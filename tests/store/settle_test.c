@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "log/record.h"
@@ -135,10 +136,73 @@ static void missing_run_after_compaction(void **state) {
     free(dir);
 }
 
+/* A child rebuilding the index dies after its first committed transaction (or a
+ * writer catching up a long tail): read-only handles must not serve the part indexed so
+ * far as the whole store, verify must say so, and the next writer finishes the job. */
+static int die_at_commit(void *ctx, const char *where) {
+    (void)ctx;
+    if (strcmp(where, "catch-up-commit") == 0) _exit(7);
+    return 0;
+}
+
+static void interrupted_rebuild_is_not_served(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("halfidx");
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE | ANNAL_OPEN_NOSYNC;
+    o.id_cache_events = 512; /* a commit per 512 events while rebuilding */
+    annal_db *db = NULL;
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    enum { N = 5000 };
+    for (int i = 0; i < N; i++) {
+        char s[32];
+        snprintf(s, sizeof s, "s-%d", i % 50);
+        TU_OK(db, tu_append1(db, s, ANNAL_EXPECT_ANY, "Fill", "{}", NULL));
+    }
+    annal_db_close(db);
+    o.flags = 0;
+    char idir[4096];
+    snprintf(idir, sizeof idir, "%s/index", dir);
+    tu_rmrf(idir);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        static annal__io io;
+        io = *annal__io_posix();
+        io.fault = die_at_commit;
+        annal_db_opts co = o;
+        co.flags = ANNAL_OPEN_CREATE;
+        annal_db *cdb = NULL;
+        (void)annal__db_open_io(dir, &co, &io, &cdb);
+        _exit(1); /* the rebuild did not commit part way */
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 7);
+
+    annal_db_opts ro = o;
+    ro.flags = ANNAL_OPEN_READONLY;
+    TU_EXPECT(NULL, annal_db_open(dir, &ro, &db), ANNAL_EBUSY);
+    TU_EXPECT(NULL, annal_verify(dir, NULL, NULL, NULL), ANNAL_ECORRUPT);
+
+    TU_OK(NULL, annal_db_open(dir, &o, &db)); /* a writer finishes it */
+    assert_int_equal(count_all(db), N);
+    annal_db_close(db);
+    TU_OK(NULL, annal_db_open(dir, &ro, &db));
+    assert_int_equal(count_all(db), N);
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(rebuild_redo_over_full_index),
         cmocka_unit_test(missing_run_after_compaction),
+        cmocka_unit_test(interrupted_rebuild_is_not_served),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

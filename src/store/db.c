@@ -751,26 +751,39 @@ static annal_err check_acknowledged(annal_db *db, uint64_t mark) {
 
 /* ---- open / close ---------------------------------------------------------------- */
 
-/* Take the writer lock of the store in dir: *fd holds the flock (and our pid, a hint for
- * the EBUSY message of the next would-be writer). msg gets the reason of a failure. */
-static annal_err lock_dir(const char *dir, int *fd, char *msg, size_t len) {
+/* Take the writer lock of the store in dir. fd[1] holds a flock on the directory itself,
+ * which deleting or replacing a file cannot take away; fd[0] one on DIR/lock, as older
+ * versions take it, and our pid (a hint for the EBUSY message of the next would-be
+ * writer). msg gets the reason of a failure; on failure both fds are closed. */
+static annal_err lock_dir(const char *dir, int fd[2], char *msg, size_t len) {
     char path[4096];
     snprintf(path, sizeof path, "%s/lock", dir);
-    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (*fd < 0) {
+    fd[1] = -1;
+    fd[0] = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd[0] < 0) {
         snprintf(msg, len, "cannot open %s: %s", path, strerror(errno));
         return errno == EACCES || errno == EROFS ? ANNAL_EREADONLY : ANNAL_EIO;
     }
-    if (flock(*fd, LOCK_EX | LOCK_NB) < 0) {
+    fd[1] = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd[1] < 0) {
+        snprintf(msg, len, "cannot open %s: %s", dir, strerror(errno));
+        close(fd[0]);
+        fd[0] = -1;
+        return ANNAL_EIO;
+    }
+    if (flock(fd[1], LOCK_EX | LOCK_NB) < 0 || flock(fd[0], LOCK_EX | LOCK_NB) < 0) {
         char pid[32] = {0};
-        ssize_t n = pread(*fd, pid, sizeof pid - 1, 0);
+        ssize_t n = pread(fd[0], pid, sizeof pid - 1, 0);
         if (n > 0) pid[strcspn(pid, "\n")] = 0;
         snprintf(msg, len, "%s is open for writing by process %s", dir, n > 0 ? pid : "?");
+        close(fd[0]);
+        close(fd[1]);
+        fd[0] = fd[1] = -1;
         return ANNAL_EBUSY;
     }
     char pid[32];
     int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(*fd, 0) == 0 && pwrite(*fd, pid, (size_t)n, 0) != n) {
+    if (ftruncate(fd[0], 0) == 0 && pwrite(fd[0], pid, (size_t)n, 0) != n) {
         /* the pid is only a hint */
     }
     return ANNAL_OK;
@@ -778,7 +791,7 @@ static annal_err lock_dir(const char *dir, int *fd, char *msg, size_t len) {
 
 static annal_err take_lock(annal_db *db) {
     char msg[4200];
-    annal_err rc = lock_dir(db->dir, &db->lock_fd, msg, sizeof msg);
+    annal_err rc = lock_dir(db->dir, db->lock_fd, msg, sizeof msg);
     return rc == ANNAL_OK ? rc : annal__fail(db, rc, "%s", msg);
 }
 
@@ -1002,7 +1015,7 @@ static annal_err db_open(const char *dir, const annal_db_opts *opts, const annal
     if (!db) return ANNAL_ENOMEM;
     db->opts = o;
     db->io = io;
-    db->lock_fd = -1;
+    db->lock_fd[0] = db->lock_fd[1] = -1;
     db->acked.fd = -1;
     db->accept_loss = accept_loss;
     db->readonly = (o.flags & ANNAL_OPEN_READONLY) != 0;
@@ -1150,7 +1163,8 @@ void annal_db_close(annal_db *db) {
     annal__batch_free(&db->batch);
     if (db->idx.env) annal__index_close(&db->idx);
     if (db->log.dir) annal__log_close(&db->log);
-    if (db->lock_fd >= 0) close(db->lock_fd); /* releases the flock */
+    for (int i = 0; i < 2; i++)
+        if (db->lock_fd[i] >= 0) close(db->lock_fd[i]); /* releases the flocks */
     while (db->errs) {
         annal__errslot *s = db->errs;
         db->errs = s->next;
@@ -1180,14 +1194,15 @@ annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     o.flags &= ~(ANNAL_OPEN_READONLY | ANNAL_OPEN_CREATE);
     /* Hold the writer lock while the index files are removed, then let a normal open
      * index the whole log. */
-    int fd = -1;
+    int fd[2] = {-1, -1};
     char msg[4200];
-    annal_err rc = lock_dir(dir, &fd, msg, sizeof msg);
+    annal_err rc = lock_dir(dir, fd, msg, sizeof msg);
     char idir[4096];
     snprintf(idir, sizeof idir, "%s/index", dir);
     if (rc == ANNAL_OK && annal__index_in_use(idir)) rc = ANNAL_EBUSY; /* a handle here */
     if (rc == ANNAL_OK && annal__index_remove(idir) < 0) rc = ANNAL_EIO;
-    if (fd >= 0) close(fd);
+    for (int i = 0; i < 2; i++)
+        if (fd[i] >= 0) close(fd[i]);
     if (rc != ANNAL_OK) return rc;
     /* A race with another writer opening between the two steps is harmless: it would
      * rebuild the index itself, and our open then waits for nothing but fails EBUSY. */

@@ -84,7 +84,7 @@ struct annal_db {
     annal_db_opts opts;
     const annal__io *io;
     int readonly;
-    int lock_fd; /* holds the flock that makes this process the only writer */
+    int lock_fd[2]; /* the flocks that make this process the only writer: DIR/lock, DIR */
     annal__log log;
     annal__index idx;
     annal__ids *ids;    /* writer: event id -> position (leader-only after open) */

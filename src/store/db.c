@@ -1142,10 +1142,11 @@ void annal_db_close(annal_db *db) {
     if (!db->readonly && db->wseg && (db->opts.flags & ANNAL_OPEN_NOSYNC))
         annal_db_sync(db); /* a non-durable handle becomes durable at close */
     if (db->ids) annal__ids_stop_merger(db->ids); /* before the run list is touched */
-    if (!db->readonly && db->wseg) { /* the thread stops first: the last mark is ours */
-        annal__acked_close(&db->acked);
+    /* The thread stops first: the last mark is ours. (A NOSYNC handle's visible events
+     * are durable only if annal_db_sync, above, succeeded: it wrote the mark then.) */
+    annal__acked_close(&db->acked);
+    if (!db->readonly && db->wseg && !(db->opts.flags & ANNAL_OPEN_NOSYNC))
         (void)annal__acked_write(&db->acked, __atomic_load_n(&db->visible, __ATOMIC_ACQUIRE));
-    }
     annal__acked_release(&db->acked);
     int clean = !db->readonly && db->idx.env && db->failed == ANNAL_OK;
     /* A big memtable is written out so that the next open need not reread its events

@@ -3,6 +3,7 @@
  * might have survived it: the writer refuses to open, naming the missing positions, and
  * nothing is changed; `annal recover --accept-loss` records them as a hole, so that no
  * acknowledged position is given to another event; verify and reads accept the hole. */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +224,37 @@ static void accept_loss_on_sound_store(void **state) {
     free(dir);
 }
 
+/* The mark never claims what was not flushed: a NOSYNC handle whose flush failed writes
+ * no mark for its unflushed appends at close (a reboot could drop them, and the next
+ * open would then refuse a sound log). */
+static int fail_sync(void *ctx, int fd) {
+    (void)ctx, (void)fd;
+    return -EIO;
+}
+
+static void mark_is_never_ahead_of_flushes(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("marknosync");
+    static annal__io io;
+    io = *annal__io_posix();
+    annal_db_opts o = opts(ANNAL_OPEN_CREATE | ANNAL_OPEN_NOSYNC);
+    annal_db *db = NULL;
+    TU_OK(NULL, annal__db_open_io(dir, &o, &io, &db));
+    for (int i = 0; i < 5; i++) TU_OK(db, tu_append1(db, "s", ANNAL_EXPECT_ANY, "T", "{}", NULL));
+    TU_OK(db, annal_db_sync(db)); /* 5 flushed */
+    io.sync = fail_sync;
+    for (int i = 0; i < 7; i++) TU_OK(db, tu_append1(db, "s", ANNAL_EXPECT_ANY, "T", "{}", NULL));
+    TU_EXPECT(db, annal_db_sync(db), ANNAL_EIO);
+    annal_db_close(db);
+    annal__acked a;
+    uint64_t mark = 99;
+    TU_OK(NULL, annal__acked_open(&a, dir, &mark));
+    annal__acked_release(&a);
+    assert_int_equal(mark, 5);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(zeroed_tail),
@@ -233,6 +265,7 @@ int main(void) {
         cmocka_unit_test(zeroed_and_truncated_no_index),
         cmocka_unit_test(missing_mark_is_created),
         cmocka_unit_test(accept_loss_on_sound_store),
+        cmocka_unit_test(mark_is_never_ahead_of_flushes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -392,6 +392,11 @@ static int hole_ends(annal_db *db, annal__seg *s, uint64_t off, uint64_t from,
                      const annal__index_head *h) {
     annal_event ev;
     annal__rec_info info;
+    annal__seg *n = annal__log_seg(&db->log, s->no + 1);
+    if (n && n->first_pos == from && /* s ends here: the hole opens the next segment */
+        (off + ANNAL__REC_HDR > s->cap || annal__seg_readable(&db->log, s, off + 8) != ANNAL_OK ||
+         annal__get64(s->map + off) == 0))
+        s = n, off = ANNAL__SEG_HDR;
     if (off + ANNAL__REC_HDR > s->cap ||
         annal__seg_readable(&db->log, s, off + ANNAL__REC_HDR) != ANNAL_OK ||
         annal__rec_decode(s->map + off, ANNAL__REC_HDR, &ev, &info) != ANNAL_OK ||

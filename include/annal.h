@@ -5,6 +5,9 @@
  * Model: a store (annal_db) is a directory holding an append-only log of immutable
  * events, grouped in streams. Every event has a revision in its stream (0, 1, 2, ...)
  * and a position in the global order `$all` (0, 1, 2, ... in commit order, no gaps).
+ * Positions are never reused. Gaps appear only where events were erased (compaction) or
+ * where an operator accepted the loss of a log's lost tail (annal_recover_accept_loss):
+ * those positions stay a recorded hole and are never given to another event.
  *
  * Conventions used below:
  *   - Every function that can fail returns annal_err; ANNAL_OK (0) is success.
@@ -476,6 +479,15 @@ ANNAL_API annal_err annal_verify(const char *dir, const annal_db_opts *opts, ann
 /* Throw away the index and rebuild it from the log. Needs the write lock (ANNAL_EBUSY
  * if another process has the store open for writing). */
 ANNAL_API annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts);
+
+/* Accept that the log lost its tail. A writer open fails with ANNAL_ECORRUPT when
+ * positions that were acknowledged are missing from the end of the log (the disk lost
+ * or zeroed its last blocks, a segment was truncated). This records those positions as
+ * lost — a hole in `$all`, never given to another event — rebuilds the index and leaves
+ * the store writable. *lost_from and *lost_count (either may be NULL) get the range, a
+ * count of 0 when nothing was missing. Needs the write lock (ANNAL_EBUSY otherwise). */
+ANNAL_API annal_err annal_recover_accept_loss(const char *dir, const annal_db_opts *opts,
+                                              uint64_t *lost_from, uint64_t *lost_count);
 
 /* Compaction progress: segments done of total, bytes reclaimed so far. */
 typedef struct annal_compact_stats {

@@ -43,6 +43,7 @@ int cli_cmd_streams(cli_global *g, int argc, char **argv);
 int cli_cmd_info(cli_global *g, int argc, char **argv);
 int cli_cmd_verify(cli_global *g, int argc, char **argv);
 int cli_cmd_rebuild_index(cli_global *g, int argc, char **argv);
+int cli_cmd_recover(cli_global *g, int argc, char **argv);
 int cli_cmd_export(cli_global *g, int argc, char **argv);
 int cli_cmd_import(cli_global *g, int argc, char **argv);
 int cli_cmd_demo(cli_global *g, int argc, char **argv);

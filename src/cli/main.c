@@ -19,6 +19,7 @@ static const struct {
     {"info", cli_cmd_info, "counts and sizes of the store"},
     {"verify", cli_cmd_verify, "check every record and the index; exit 4 on damage"},
     {"rebuild-index", cli_cmd_rebuild_index, "throw the index away and rebuild it from the log"},
+    {"recover", cli_cmd_recover, "accept the loss of a log's lost tail (--accept-loss)"},
     {"export", cli_cmd_export, "write events as JSON lines"},
     {"import", cli_cmd_import, "append events from JSON lines (idempotent)"},
     {"demo", cli_cmd_demo, "play a short order story and show its history and state"},

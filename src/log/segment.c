@@ -568,8 +568,10 @@ annal_err annal__cursor_next2(annal__cursor *c, annal_event *ev, annal__rec_info
         if (info->kind == ANNAL__REC_HOLE) {
             /* Erased events: step over them. A cursor may start inside one (a position
              * lookup lands on the nearest entry at or below). */
-            if (c->seg->gen == 0 || ev->position > c->pos || ev->position + ev->revision <= c->pos)
-                return ANNAL_ECORRUPT; /* only compaction writes holes */
+            /* (Compaction writes holes, and `annal recover --accept-loss` one over a lost
+             * tail, in a segment of any generation.) */
+            if (ev->position > c->pos || ev->position + ev->revision <= c->pos)
+                return ANNAL_ECORRUPT;
             c->pos = ev->position + ev->revision;
             c->off += info->len;
             continue;

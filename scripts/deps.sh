@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config liblmdb-dev libjansson-dev libcmocka-dev
       python3 cppcheck clang-format liblua5.4-dev libsqlite3-dev libpq-dev postgresql
       libgrpc-dev protobuf-c-compiler libprotobuf-c-dev "$@")
+pkgs+=(libyaml-dev libssl-dev) # annal serve --config (libyaml), annal cert (OpenSSL)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -30,6 +30,8 @@ typedef struct cli_global {
     const char *data_dir; /* --data DIR, else $ANNAL_DATA, else ./data */
     int stderr_tty;       /* progress is shown by default only on a terminal */
     int stdout_tty;       /* tables fit the terminal width only on a terminal */
+    int data_dir_flag;    /* data_dir came from --data (not $ANNAL_DATA or the default) */
+    char *const *env;     /* the environment, for settings read by commands (config.c) */
 } cli_global;
 
 /* Sub-commands: argv[0] is the command name. Each returns an exit code. */

@@ -72,6 +72,7 @@ int main(int argc, char **argv) {
     g.data_dir = env && *env ? env : "./data";
     g.stderr_tty = isatty(STDERR_FILENO);
     g.stdout_tty = isatty(STDOUT_FILENO);
+    g.env = environ;
 
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
@@ -88,8 +89,10 @@ int main(int argc, char **argv) {
             if (i + 1 >= argc || !argv[i + 1][0])
                 return cli_usage_error(NULL, "--data needs a directory");
             g.data_dir = argv[++i];
+            g.data_dir_flag = 1;
         } else if (strncmp(a, "--data=", 7) == 0 && a[7]) {
             g.data_dir = a + 7;
+            g.data_dir_flag = 1;
         } else if (strcmp(a, "--") == 0) {
             i++;
             break;

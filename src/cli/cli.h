@@ -52,6 +52,7 @@ int cli_cmd_subscribe(cli_global *g, int argc, char **argv);
 int cli_cmd_projection(cli_global *g, int argc, char **argv);
 int cli_cmd_query(cli_global *g, int argc, char **argv);
 int cli_cmd_serve(cli_global *g, int argc, char **argv);
+int cli_cmd_cert(cli_global *g, int argc, char **argv);
 
 /* ---- Option parsing: GNU style, options and operands in any order, "--" ends options,
  * "--name=value" or "--name value". --data DIR is accepted by every command. */

@@ -29,6 +29,7 @@ static const struct {
     {"projection", cli_cmd_projection, "add, run, rebuild and operate projections (read models)"},
     {"query", cli_cmd_query, "run SQL against a projection's read model"},
     {"serve", cli_cmd_serve, "serve the store over KurrentDB's gRPC protocol"},
+    {"cert", cli_cmd_cert, "make a development CA and node/user TLS certificates"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "route.h"
 
 static const char usage[] =
     "usage: annal [--data DIR] append STREAM TYPE DATA [options]\n"
@@ -112,8 +113,17 @@ int cli_cmd_append(cli_global *g, int argc, char **argv) {
     ev.metadata = metadata;
     ev.metadata_len = metadata ? strlen(metadata) : 0;
 
+    /* While a server owns the store, the append goes through it. */
+    annal_remote *srv;
+    int rc = cli_route(g, "append", &srv);
+    if (rc) return rc;
+    if (srv) {
+        rc = cli_remote_append(srv, stream, expected, &ev);
+        annal_remote_close(srv);
+        return rc;
+    }
     annal_db *db;
-    int rc = cli_open(g, "append", ANNAL_OPEN_CREATE, NULL, &db);
+    rc = cli_open(g, "append", ANNAL_OPEN_CREATE, NULL, &db);
     if (rc) return rc;
 
     annal_append_result res;

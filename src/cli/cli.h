@@ -32,6 +32,7 @@ typedef struct cli_global {
     int stdout_tty;       /* tables fit the terminal width only on a terminal */
     int data_dir_flag;    /* data_dir came from --data (not $ANNAL_DATA or the default) */
     char *const *env;     /* the environment, for settings read by commands (config.c) */
+    const char *server;   /* --server URL or $ANNAL_SERVER: write through it (route.c) */
 } cli_global;
 
 /* Sub-commands: argv[0] is the command name. Each returns an exit code. */

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "route.h"
 
 static const struct {
     const char *name;
@@ -20,7 +21,7 @@ static const struct {
     {"verify", cli_cmd_verify, "check every record and the index; exit 4 on damage"},
     {"rebuild-index", cli_cmd_rebuild_index, "throw the index away and rebuild it from the log"},
     {"export", cli_cmd_export, "write events as JSON lines"},
-    {"import", cli_cmd_import, "append events from JSON lines (idempotent)"},
+    {"import", cli_cmd_import_routed, "append events from JSON lines (idempotent)"},
     {"demo", cli_cmd_demo, "play a short order story and show its history and state"},
     {"meta", cli_cmd_meta, "show or set a stream's metadata (max count, max age, truncate)"},
     {"delete", cli_cmd_delete, "delete a stream (soft), or tombstone it with --hard"},
@@ -47,6 +48,9 @@ static void usage(FILE *out) {
     fputs("\n"
           "Options:\n"
           "  --data DIR     the store directory (default: $ANNAL_DATA, else ./data)\n"
+          "  --server URL   write through a server: kurrentdb://HOST:PORT[?tls=false] or\n"
+          "                 esdb://... (also $ANNAL_SERVER); writes go through a local\n"
+          "                 `annal serve` by itself while it owns the store\n"
           "  --help, -h     this help; `annal <command> --help` for one command\n"
           "  --version      print the version\n"
           "\n"
@@ -74,6 +78,8 @@ int main(int argc, char **argv) {
     g.stderr_tty = isatty(STDERR_FILENO);
     g.stdout_tty = isatty(STDOUT_FILENO);
     g.env = environ;
+    const char *srv_env = getenv("ANNAL_SERVER");
+    g.server = srv_env && *srv_env ? srv_env : NULL;
 
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
@@ -94,6 +100,12 @@ int main(int argc, char **argv) {
         } else if (strncmp(a, "--data=", 7) == 0 && a[7]) {
             g.data_dir = a + 7;
             g.data_dir_flag = 1;
+        } else if (strcmp(a, "--server") == 0) {
+            if (i + 1 >= argc || !argv[i + 1][0])
+                return cli_usage_error(NULL, "--server needs kurrentdb://HOST:PORT");
+            g.server = argv[++i];
+        } else if (strncmp(a, "--server=", 9) == 0 && a[9]) {
+            g.server = a + 9;
         } else if (strcmp(a, "--") == 0) {
             i++;
             break;

@@ -9,12 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "annal_server.h"
 #include "cli.h"
 #include "config.h"
+#include "route.h"
 
 static const char usage[] =
     "usage: annal [--data DIR] serve (--insecure | --cert FILE --key FILE) [options]\n"
@@ -216,7 +218,27 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
     rc = cli_open(g, "serve", ANNAL_OPEN_CREATE, NULL, &db);
     annal_server *srv = NULL;
     annal_err e = ANNAL_OK;
+    /* The command line writes through this socket while the server owns the store. Made
+     * with umask 077, so only the store's owner (the admin) can connect. */
+    char sock[4096];
+    int nsock = snprintf(sock, sizeof sock, "%s/%s", g->data_dir, CLI_SOCKET_NAME);
+    if (nsock >= (int)sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        log_line(NULL, ANNAL_LOG_WARN,
+                 "store path too long for a Unix socket: `annal` commands cannot write while "
+                 "this server runs (use --server)");
+    } else {
+        so.local_socket = sock;
+    }
+    mode_t old_mask = umask(077);
     if (!rc) e = annal_server_start(db, &so, &srv);
+    umask(old_mask);
+    if (!rc && e == ANNAL_OK && so.local_socket) {
+        (void)chmod(sock, 0600);
+        char msg[4200];
+        snprintf(msg, sizeof msg, "local socket unix:%s (mode 0600: the CLI writes through it)",
+                 sock);
+        log_info(msg);
+    }
     if (ca_tmp[0]) unlink(ca_tmp);
     cli_config_free(&cfg);
     if (rc) return rc;
@@ -231,6 +253,7 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
     snprintf(msg, sizeof msg, "got %s, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     log_line(NULL, ANNAL_LOG_INFO, msg);
     annal_server_stop(srv, grace);
+    if (so.local_socket) unlink(sock);
     annal_db_close(db);
     log_line(NULL, ANNAL_LOG_INFO, "store closed");
     return CLI_EXIT_OK;

@@ -182,13 +182,13 @@ int cli_remote_meta(annal_remote *r, const char *stream, const char *json, const
             rc = CLI_EXIT_STORE;
             goto done;
         }
-        json = doc;
     }
+    const char *body = doc ? doc : json;
     annal_event_data ev;
     memset(&ev, 0, sizeof ev);
     ev.type = "$metadata";
-    ev.data = json;
-    ev.data_len = strlen(json);
+    ev.data = body;
+    ev.data_len = body ? strlen(body) : 0;
     annal_append_result res;
     e = annal_remote_append(r, mstream, expected, &ev, 1, &res);
     free(doc);

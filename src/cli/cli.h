@@ -33,6 +33,12 @@ typedef struct cli_global {
     int data_dir_flag;    /* data_dir came from --data (not $ANNAL_DATA or the default) */
     char *const *env;     /* the environment, for settings read by commands (config.c) */
     const char *server;   /* --server URL or $ANNAL_SERVER: write through it (route.c) */
+    /* Set by route.c's wrapper of `import` when a server owns the store: its appends go
+     * through remote (import.c is also built into the fuzz target, without the client). */
+    void *remote;
+    annal_err (*remote_append)(void *remote, const char *stream, int64_t expected,
+                               annal_event_data *evs, size_t n, annal_append_result *res);
+    const char *(*remote_errmsg)(void *remote);
 } cli_global;
 
 /* Sub-commands: argv[0] is the command name. Each returns an exit code. */

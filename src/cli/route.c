@@ -72,12 +72,27 @@ int cli_route_refuse(cli_global *g, const char *cmd) {
     return CLI_EXIT_STORE;
 }
 
+static annal_err import_append(void *remote, const char *stream, int64_t expected,
+                               annal_event_data *evs, size_t n, annal_append_result *res) {
+    return annal_remote_append(remote, stream, expected, evs, n, res);
+}
+
+static const char *import_errmsg(void *remote) { return annal_remote_errmsg(remote); }
+
 int cli_cmd_import_routed(cli_global *g, int argc, char **argv) {
     int help = 0;
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) help = 1;
-    int rc = help ? 0 : cli_route_refuse(g, "import");
-    return rc ? rc : cli_cmd_import(g, argc, argv);
+    annal_remote *r = NULL;
+    int rc = help ? 0 : cli_route(g, "import", &r);
+    if (rc) return rc;
+    g->remote = r;
+    g->remote_append = import_append;
+    g->remote_errmsg = import_errmsg;
+    rc = cli_cmd_import(g, argc, argv);
+    g->remote = NULL;
+    annal_remote_close(r);
+    return rc;
 }
 
 /* A failed remote call as the direct command reports a failed store call. */

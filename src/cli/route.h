@@ -19,8 +19,8 @@ int cli_route(cli_global *g, const char *cmd, annal_remote **out);
  * named), else the reason reported and an exit code. */
 int cli_route_refuse(cli_global *g, const char *cmd);
 
-/* `annal import`, refused while a server owns the store (import.c is also built into the
- * fuzz target, which has no client: the check lives here). */
+/* `annal import`, through the server that owns the store if one does (import.c is also
+ * built into the fuzz target, which has no client: the routing lives here). */
 int cli_cmd_import_routed(cli_global *g, int argc, char **argv);
 
 /* The writing commands through a server, printing as their direct versions do. */

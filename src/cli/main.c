@@ -80,6 +80,7 @@ int main(int argc, char **argv) {
     g.env = environ;
     const char *srv_env = getenv("ANNAL_SERVER");
     g.server = srv_env && *srv_env ? srv_env : NULL;
+    int server_flag = 0;
 
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
@@ -104,8 +105,10 @@ int main(int argc, char **argv) {
             if (i + 1 >= argc || !argv[i + 1][0])
                 return cli_usage_error(NULL, "--server needs kurrentdb://HOST:PORT");
             g.server = argv[++i];
+            server_flag = 1;
         } else if (strncmp(a, "--server=", 9) == 0 && a[9]) {
             g.server = a + 9;
+            server_flag = 1;
         } else if (strcmp(a, "--") == 0) {
             i++;
             break;
@@ -129,5 +132,17 @@ int main(int argc, char **argv) {
     }
     int c = find_command(name);
     if (c < 0) return cli_usage_error(NULL, "unknown command '%s'", name);
+    /* Only these reach a server by its address: asked of any other command, --server would
+     * silently mean the local store. ANNAL_SERVER, set for a shell, just does not apply. */
+    static const char *const remote_ok[] = {"append", "import", "delete", "meta"};
+    int routed = 0;
+    for (size_t k = 0; k < sizeof remote_ok / sizeof remote_ok[0]; k++)
+        routed |= strcmp(name, remote_ok[k]) == 0;
+    if (server_flag && !routed)
+        return cli_usage_error(NULL,
+                               "--server works with append, import, delete and meta; '%s' "
+                               "works on a local store (--data)",
+                               name);
+    if (!routed) g.server = NULL;
     return commands[c].fn(&g, argc - i, argv + i);
 }

@@ -12,6 +12,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
@@ -468,6 +470,13 @@ static void uuid_v7(annal_uuid *id) {
     id->bytes[8] = (uint8_t)((id->bytes[8] & 0x3f) | 0x80);
 }
 
+static int is_json(const void *data, size_t len) {
+    if (!len) return 0;
+    json_t *j = json_loadb(data, len, JSON_DECODE_ANY, NULL);
+    json_decref(j);
+    return j != NULL;
+}
+
 static int zero_id(const annal_uuid *id) {
     for (int i = 0; i < 16; i++)
         if (id->bytes[i]) return 0;
@@ -541,8 +550,10 @@ annal_err annal_remote_append(annal_remote *r, const char *stream, int64_t expec
         md[i][0].key = "type";
         md[i][0].value = (char *)evs[i].type;
         md[i][1].key = "content-type";
-        /* The server keeps bytes as bytes; KurrentDB marks JSON for its projections. */
-        md[i][1].value = "application/octet-stream";
+        /* annal reads data back as JSON when it parses as JSON; say the same to KurrentDB,
+         * whose projections (and $metadata events) need JSON marked as JSON. */
+        md[i][1].value =
+            is_json(evs[i].data, evs[i].data_len) ? "application/json" : "application/octet-stream";
         pm[i].n_metadata = 2;
         pm[i].metadata = mdp[i];
         pm[i].data.data = (uint8_t *)evs[i].data;

@@ -72,6 +72,12 @@ grep -q "metadata of orders is at revision 0" "$work/meta.out" || fail "meta: $(
 "$ANNAL" --data "$store" meta orders | grep -q '"\$maxCount":10' || fail "meta read directly"
 [ "$("$ANNAL" --data "$store" read --json orders | wc -l)" -eq 2 ] || fail "direct read sees two events"
 "$ANNAL" --data "$store" append doomed T x >/dev/null
+rc=0
+"$ANNAL" --data "$store" delete doomed --expect 5 2>"$work/dconf.err" >/dev/null || rc=$?
+[ "$rc" -eq 3 ] || fail "delete at a wrong revision through the server: exit $rc ($(cat "$work/dconf.err"))"
+rc=0
+"$ANNAL" --data "$store" append '$system' T x 2>"$work/sys.err" >/dev/null || rc=$?
+[ "$rc" -eq 1 ] || fail "append to a \$ stream through the server: exit $rc ($(cat "$work/sys.err"))"
 "$ANNAL" --data "$store" delete doomed | grep -q "deleted doomed" || fail "delete through the server"
 "$ANNAL" --data "$store" append tomb T x >/dev/null
 "$ANNAL" --data "$store" delete tomb --hard | grep -q "tombstoned tomb" || fail "tombstone through the server"

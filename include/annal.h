@@ -32,13 +32,28 @@ extern "C" {
 #define ANNAL_API
 #endif
 
-/* Version. ABI promise: within one MAJOR version, functions are only added and structs
- * only grow at their end behind an explicit options-init function; a changed meaning
- * gets a new name. The on-disk format has its own version (docs/format.md). */
+/* Version. ABI promise: within one MAJOR version, functions are only added and a changed
+ * meaning gets a new name. Structs grow only at their end, and the library never reads
+ * or writes a byte of caller memory past the size the caller was compiled with:
+ *   - Option structs (annal_db_opts, annal_sub_opts, annal_handler_opts) start with
+ *     `struct_size`, which their init macro sets to the caller's sizeof. The library reads
+ *     only the fields inside struct_size and uses defaults for the rest; a struct_size
+ *     too small to hold the first field is ANNAL_EINVAL. Always init before setting fields.
+ *   - Result structs the caller provides (annal_append_result, annal_db_info,
+ *     annal_compact_stats, annal_sub_item, annal_command_result, annal_state_info) are
+ *     filled through macros that pass sizeof(the type in the caller's header): the
+ *     library writes at most that many bytes. annal_append_result is also embedded in
+ *     annal_command_result, so it is frozen: new outputs go at the end of the outer one.
+ *   - The macros keep the source API (annal_db_opts_init, annal_append, ...); the
+ *     *_sized functions behind them are the ABI. Call the macros.
+ *   - Structs passed in arrays or only read (annal_uuid, annal_event_data, annal_filter,
+ *     annal_command_meta) are frozen. Structs the library owns and hands out by pointer
+ *     (annal_event, annal_stream_info, annal_damage, annal_sub_item.event) may grow.
+ * The on-disk format has its own version (docs/format.md). */
 #define ANNAL_VERSION_MAJOR  0
-#define ANNAL_VERSION_MINOR  1
+#define ANNAL_VERSION_MINOR  2
 #define ANNAL_VERSION_PATCH  0
-#define ANNAL_VERSION_STRING "0.1.0"
+#define ANNAL_VERSION_STRING "0.2.0"
 #define ANNAL_VERSION_NUMBER                                                                       \
     (ANNAL_VERSION_MAJOR * 1000000 + ANNAL_VERSION_MINOR * 1000 + ANNAL_VERSION_PATCH)
 ANNAL_API int annal_version_number(void);         /* ANNAL_VERSION_NUMBER of the library */
@@ -66,6 +81,7 @@ typedef enum annal_err {
     ANNAL_ECANCELED,  /* a progress callback asked to stop, or a wait was canceled */
     ANNAL_EDELETED,   /* the stream was hard-deleted (tombstoned): never written again */
     ANNAL_ETIMEDOUT,  /* a wait ended before anything happened: not a failure */
+    ANNAL_EPERM,      /* the operating system denied access to the store's files */
     ANNAL_ERR_COUNT   /* number of codes; not an error */
 } annal_err;
 
@@ -98,6 +114,7 @@ typedef enum annal_log_level { ANNAL_LOG_ERROR, ANNAL_LOG_WARN, ANNAL_LOG_INFO }
 typedef int (*annal_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 
 typedef struct annal_db_opts {
+    size_t struct_size;        /* set by annal_db_opts_init: see the ABI promise above */
     unsigned flags;            /* ANNAL_OPEN_* */
     uint64_t segment_bytes;    /* log segment size; default 256 MiB (fixed at creation) */
     uint64_t max_event_bytes;  /* max data + metadata of one event; default 32 MiB */
@@ -116,8 +133,10 @@ typedef struct annal_db_opts {
     void *progress_ctx;
 } annal_db_opts;
 
-/* Fill *opts with defaults. Always call before setting fields. */
-ANNAL_API void annal_db_opts_init(annal_db_opts *opts);
+/* Fill *opts with defaults. Always call before setting fields. The macro passes the
+ * caller's sizeof; the function writes only that many bytes. */
+ANNAL_API void annal_db_opts_init_sized(annal_db_opts *opts, size_t struct_size);
+#define annal_db_opts_init(opts) annal_db_opts_init_sized((opts), sizeof *(opts))
 
 /* Open the store in directory dir (borrowed). opts may be NULL (defaults, no CREATE).
  * On success *out is a new handle the caller closes with annal_db_close().
@@ -165,7 +184,15 @@ typedef struct annal_event_data {
     size_t metadata_len;
 } annal_event_data;
 
-#define ANNAL_MAX_NAME 255 /* bytes in a stream name or an event type */
+/* Name limits. ANNAL_MAX_NAME bounds every name the store keeps (event types, and
+ * streams, the system ones included; the on-disk format, docs/format.md). A stream name
+ * given to a writing call (append, metadata, delete, handlers) is shorter, so that every
+ * system stream derived from it fits: `$$<stream>` (its metadata, +2 bytes) and, with
+ * one more name of at most 63 bytes (a subscription group, a projection), names such as
+ * `$persistentsubscription-<stream>::<group>-checkpoint` (+37 + group). Streams written
+ * with longer names by older versions stay readable but take no new writes. */
+#define ANNAL_MAX_NAME        255 /* bytes in an event type or any stored stream name */
+#define ANNAL_MAX_STREAM_NAME 150 /* bytes in a stream name a caller writes to */
 
 /* Expected revision of an append: an exact revision (>= 0), or one of these. */
 #define ANNAL_EXPECT_ANY           ((int64_t)-2) /* no check */
@@ -182,7 +209,7 @@ typedef struct annal_append_result {
                               * was written and the fields describe the original */
 } annal_append_result;
 
-/* Append n events to stream (borrowed, NUL-terminated UTF-8, 1..ANNAL_MAX_NAME bytes,
+/* Append n events to stream (borrowed, NUL-terminated UTF-8, 1..ANNAL_MAX_STREAM_NAME bytes,
  * not starting with '$') atomically: all or none, in consecutive revisions, in
  * consecutive positions. Returns only once the events are durable on disk (unless
  * ANNAL_OPEN_NOSYNC). result may be NULL.
@@ -200,8 +227,12 @@ typedef struct annal_append_result {
  * ANNAL_EIO, ANNAL_EFAILED. On any error nothing from this call is visible. After
  * ANNAL_EIO from a flush the handle refuses appends with ANNAL_EFAILED until reopened:
  * such an append may or may not be present after recovery, never partly. */
-ANNAL_API annal_err annal_append(annal_db *db, const char *stream, int64_t expected,
-                                 annal_event_data *events, size_t n, annal_append_result *result);
+ANNAL_API annal_err annal_append_sized(annal_db *db, const char *stream, int64_t expected,
+                                       annal_event_data *events, size_t n,
+                                       annal_append_result *result, size_t result_size);
+#define annal_append(db, stream, expected, events, n, result)                                      \
+    annal_append_sized((db), (stream), (expected), (events), (n), (result),                        \
+                       sizeof(annal_append_result))
 
 /* ------------------------------------------------------------------------------------
  * Reading. Reads never wait for appends and appends never wait for reads. A read sees
@@ -273,8 +304,13 @@ typedef struct annal_db_info {
     uint64_t index_bytes; /* bytes of the index files */
     int64_t last_ns;      /* timestamp of the last event, 0 if none */
     int readonly;         /* 1 if opened read-only */
+    /* Of the above, the store's own: streams whose names start with '$' (the metadata
+     * streams `$$<stream>`) and their events. events - system_events are the users'. */
+    uint64_t system_streams;
+    uint64_t system_events;
 } annal_db_info;
-ANNAL_API annal_err annal_db_info_get(annal_db *db, annal_db_info *out);
+ANNAL_API annal_err annal_db_info_get_sized(annal_db *db, annal_db_info *out, size_t out_size);
+#define annal_db_info_get(db, out) annal_db_info_get_sized((db), (out), sizeof(annal_db_info))
 
 /* ------------------------------------------------------------------------------------
  * Categories and event types. A stream `order-123` belongs to category `order` (the text
@@ -306,9 +342,12 @@ ANNAL_API annal_err annal_read_type(annal_db *db, const char *type, uint64_t fro
  * in annal_append (revisions are the metadata stream's). The stream need not exist.
  * Errors: those of annal_append; ANNAL_EINVAL (not a JSON object, a recognized member
  * with a negative or non-integer value); ANNAL_EDELETED for a tombstoned stream. */
-ANNAL_API annal_err annal_stream_meta_set(annal_db *db, const char *stream, int64_t expected,
-                                          const char *json, size_t json_len,
-                                          annal_append_result *result);
+ANNAL_API annal_err annal_stream_meta_set_sized(annal_db *db, const char *stream, int64_t expected,
+                                                const char *json, size_t json_len,
+                                                annal_append_result *result, size_t result_size);
+#define annal_stream_meta_set(db, stream, expected, json, json_len, result)                        \
+    annal_stream_meta_set_sized((db), (stream), (expected), (json), (json_len), (result),          \
+                                sizeof(annal_append_result))
 
 /* stream's current metadata as a NUL-terminated JSON object text in *json (caller frees)
  * and the metadata stream's revision in *revision (may be NULL; -1 when never set, then
@@ -325,8 +364,12 @@ ANNAL_API annal_err annal_stream_meta_get(annal_db *db, const char *stream, char
  * appended to it; from then on reads and appends fail with ANNAL_EDELETED.
  * result (may be NULL) describes the event written. Errors: those of annal_append,
  * ANNAL_ENOTFOUND (no such stream), ANNAL_EDELETED (already tombstoned). */
-ANNAL_API annal_err annal_stream_delete(annal_db *db, const char *stream, int64_t expected,
-                                        unsigned flags, annal_append_result *result);
+ANNAL_API annal_err annal_stream_delete_sized(annal_db *db, const char *stream, int64_t expected,
+                                              unsigned flags, annal_append_result *result,
+                                              size_t result_size);
+#define annal_stream_delete(db, stream, expected, flags, result)                                   \
+    annal_stream_delete_sized((db), (stream), (expected), (flags), (result),                       \
+                              sizeof(annal_append_result))
 
 /* ------------------------------------------------------------------------------------
  * Subscriptions: catch-up then live, over one stream, $all, a category (`$ce-<cat>`) or
@@ -353,6 +396,7 @@ typedef struct annal_filter {
 #define ANNAL_SUB_END   2 /* only events appended after the subscription opened */
 
 typedef struct annal_sub_opts {
+    size_t struct_size;         /* set by annal_sub_opts_init: see the ABI promise */
     const char *stream;         /* borrowed during open: NULL or "$all", "$ce-<category>",
                                  * "$et-<type>", or a stream name */
     int start;                  /* ANNAL_SUB_START, ANNAL_SUB_AFTER or ANNAL_SUB_END */
@@ -366,7 +410,9 @@ typedef struct annal_sub_opts {
     uint64_t behind_threshold;
 } annal_sub_opts;
 
-ANNAL_API void annal_sub_opts_init(annal_sub_opts *opts); /* defaults: $all from the start */
+/* defaults: $all from the start */
+ANNAL_API void annal_sub_opts_init_sized(annal_sub_opts *opts, size_t struct_size);
+#define annal_sub_opts_init(opts) annal_sub_opts_init_sized((opts), sizeof *(opts))
 
 typedef enum annal_sub_kind {
     ANNAL_SUB_EVENT,       /* item->event is the next event */
@@ -393,7 +439,10 @@ ANNAL_API annal_err annal_sub_open(annal_db *db, const annal_sub_opts *opts, ann
 /* The next item, waiting up to timeout_ms for one (-1: forever, 0: do not wait).
  * ANNAL_ETIMEDOUT when none came in time; ANNAL_ECANCELED after annal_sub_cancel;
  * ANNAL_EDELETED when a subscribed stream is tombstoned; read errors otherwise. */
-ANNAL_API annal_err annal_sub_next(annal_sub *s, int timeout_ms, annal_sub_item *item);
+ANNAL_API annal_err annal_sub_next_sized(annal_sub *s, int timeout_ms, annal_sub_item *item,
+                                         size_t item_size);
+#define annal_sub_next(s, timeout_ms, item)                                                        \
+    annal_sub_next_sized((s), (timeout_ms), (item), sizeof(annal_sub_item))
 
 /* Make a waiting or future annal_sub_next return ANNAL_ECANCELED. Any thread. */
 ANNAL_API void annal_sub_cancel(annal_sub *s);
@@ -442,7 +491,10 @@ typedef struct annal_compact_stats {
  * opts->progress of db is called per segment. Killed at any point, the store reopens
  * with every visible event intact. Errors: ANNAL_EREADONLY, ANNAL_EIO, ANNAL_ENOSPC,
  * ANNAL_ECANCELED, ANNAL_ECORRUPT. */
-ANNAL_API annal_err annal_compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats *stats);
+ANNAL_API annal_err annal_compact_sized(annal_db *db, uint64_t bytes_per_s,
+                                        annal_compact_stats *stats, size_t stats_size);
+#define annal_compact(db, bytes_per_s, stats)                                                      \
+    annal_compact_sized((db), (bytes_per_s), (stats), sizeof(annal_compact_stats))
 
 /* ---- Command side (src/write/) ---- */
 /* ------------------------------------------------------------------------------------
@@ -573,6 +625,7 @@ typedef struct annal_decider {
 typedef struct annal_handler annal_handler; /* opaque; may be used from many threads */
 
 typedef struct annal_handler_opts {
+    size_t struct_size;   /* set by annal_handler_opts_init: see the ABI promise */
     void *ctx;            /* passed to every decider and log callback; may be NULL */
     unsigned max_retries; /* decisions again after a conflict; default 10 */
     /* Directory for snapshots (borrowed during open; created if missing, one level).
@@ -591,7 +644,8 @@ typedef struct annal_handler_opts {
 } annal_handler_opts;
 
 /* Fill *opts with defaults. Always call before setting fields. */
-ANNAL_API void annal_handler_opts_init(annal_handler_opts *opts);
+ANNAL_API void annal_handler_opts_init_sized(annal_handler_opts *opts, size_t struct_size);
+#define annal_handler_opts_init(opts) annal_handler_opts_init_sized((opts), sizeof *(opts))
 
 /* A handler in *out for decider (read during the call) on db (borrowed: db must outlive
  * the handler). opts may be NULL (defaults). The caller frees it with
@@ -632,8 +686,11 @@ typedef struct annal_command_result {
  * Errors: ANNAL_ECONFLICT (still conflicting after max_retries), ANNAL_EINVAL (bad
  * stream, invalid meta or event metadata), any error of annal_append or
  * annal_read_stream, or an error returned by evolve or decide. result->message says more. */
-ANNAL_API annal_err annal_handle(annal_handler *h, const char *stream, const void *command,
-                                 const annal_command_meta *meta, annal_command_result *result);
+ANNAL_API annal_err annal_handle_sized(annal_handler *h, const char *stream, const void *command,
+                                       const annal_command_meta *meta, annal_command_result *result,
+                                       size_t result_size);
+#define annal_handle(h, stream, command, meta, result)                                             \
+    annal_handle_sized((h), (stream), (command), (meta), (result), sizeof(annal_command_result))
 
 /* ---- Time travel */
 #define ANNAL_REVISION_LATEST UINT64_MAX /* no revision bound */
@@ -654,8 +711,12 @@ typedef struct annal_state_info {
  * with annal_state_free(). info may be NULL. Writes no snapshot.
  * Errors: ANNAL_EINVAL, ANNAL_ENOMEM, errors of annal_read_stream and iteration, or an
  * error returned by init or evolve. */
-ANNAL_API annal_err annal_state_load(annal_handler *h, const char *stream, uint64_t revision,
-                                     int64_t until_ns, void **state, annal_state_info *info);
+ANNAL_API annal_err annal_state_load_sized(annal_handler *h, const char *stream, uint64_t revision,
+                                           int64_t until_ns, void **state, annal_state_info *info,
+                                           size_t info_size);
+#define annal_state_load(h, stream, revision, until_ns, state, info)                               \
+    annal_state_load_sized((h), (stream), (revision), (until_ns), (state), (info),                 \
+                           sizeof(annal_state_info))
 
 /* Release a state from annal_state_load() (calls the decider's release). NULL no-op. */
 ANNAL_API void annal_state_free(annal_handler *h, void *state);

@@ -117,7 +117,14 @@ typedef struct annal_proj_opts {
     /* Problems that fail nothing (a reconnect, a failed event). msg valid during the call. */
     void (*log)(void *ctx, annal_log_level level, const char *msg);
     void *log_ctx;
+    /* Longest a run of the file's Lua code may take: the chunk at open, each handler call
+     * (its sql() included). Past it the code is stopped and the event fails with the
+     * file's line ("file:line: Lua ran longer than its budget of N ms"). Default
+     * ANNAL_PROJ_LUA_BUDGET_MS; 0 also means the default. */
+    uint32_t lua_budget_ms;
 } annal_proj_opts;
+
+#define ANNAL_PROJ_LUA_BUDGET_MS 5000
 
 ANNAL_API void annal_proj_opts_init(annal_proj_opts *o); /* defaults; call before setting */
 
@@ -149,15 +156,36 @@ ANNAL_API annal_err annal_proj_step(annal_proj *p, uint64_t *applied);
  * target or store (after retrying a lost connection) or ANNAL_EBUSY when once is set and
  * the projection is paused or failed. */
 ANNAL_API annal_err annal_proj_run(annal_proj *p, int once);
-ANNAL_API void annal_proj_cancel(annal_proj *p); /* any thread */
+/* Stop p: annal_proj_run returns ANNAL_ECANCELED at the end of the current batch, and Lua
+ * code running meanwhile is interrupted (its batch rolled back, nothing marked failed),
+ * so a step then returns ANNAL_ECANCELED. For good: Lua code of p stays interrupted.
+ * Any thread, and async-signal-safe (a SIGTERM handler may call it). */
+ANNAL_API void annal_proj_cancel(annal_proj *p);
 
 /* ------------------------------------------------------------------------------------
  * Operating a projection through its target, from any process (the state row is the
  * channel: a running projector reads it at every batch).
  */
+typedef enum annal_proj_state {
+    ANNAL_PROJ_RUNNING, /* applying: a live projector holds it (see projector_pid) */
+    ANNAL_PROJ_STOPPED, /* would run, but no live projector holds it */
+    ANNAL_PROJ_PAUSED,  /* an operator paused it */
+    ANNAL_PROJ_FAILED,  /* stopped at a failed event (error, error_position, error_event) */
+    ANNAL_PROJ_REPLACED /* a rebuild replaced this read model */
+} annal_proj_state;
+
+/* "running", "stopped", "paused", "failed", "replaced"; "unknown" for other values.
+ * Static text. */
+ANNAL_API const char *annal_proj_state_name(annal_proj_state s);
+
+/* A projector is live while it writes its heartbeat (every second; at every batch that
+ * takes longer, at the next) and, on the same host, its process exists. A projector that
+ * closes its handle says so at once; one killed is seen stopped after at most this. */
+#define ANNAL_PROJ_HEARTBEAT_STALE_MS 10000
+
 typedef struct annal_proj_status {
     char name[64];
-    char state[16];          /* "running", "paused", "failed", "replaced" */
+    annal_proj_state state;
     uint64_t position;       /* every event before this $all position is applied or passed */
     uint64_t revision;       /* the same as a revision, for a one-stream source */
     uint64_t events;         /* events applied so far */
@@ -167,6 +195,12 @@ typedef struct annal_proj_status {
     char error[512];         /* the failed event's error, "" when none */
     uint64_t error_position; /* the failed event's position */
     char error_event[384];   /* "stream@revision Type id" of the failed event */
+    /* The projector that last held it (0 / "" / 0 when none ever did or it closed): its
+     * process id, host name and last heartbeat (Unix time, ns). Kept when it died, for
+     * the operator; state says whether it is live. */
+    int64_t projector_pid;
+    char projector_host[64];
+    int64_t heartbeat_ns;
 } annal_proj_status;
 
 /* Status of projection name (borrowed) in target (borrowed). ANNAL_ENOTFOUND if the target

@@ -43,6 +43,31 @@ static inline uint64_t annal__get64be(const uint8_t *p) {
 /* CRC32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2. crc starts at 0. */
 uint32_t annal__crc32c(uint32_t crc, const void *buf, size_t len);
 
+/* Growable structs across the ABI (annal.h's promise): the caller's struct may be smaller
+ * or larger than this library's. annal__opts_out writes defaults (full, this library's
+ * layout) into the caller's dst_size bytes, recording dst_size in its first field,
+ * struct_size; bytes past this library's layout are zeroed. annal__opts_in reads the
+ * caller's struct into full (already holding defaults): only the bytes within its
+ * struct_size; 0 when struct_size does not cover min_size bytes (not initialized).
+ * annal__out_copy fills a caller's result of dst_size bytes, never past it. */
+static inline void annal__opts_out(void *dst, size_t dst_size, void *full, size_t full_size) {
+    if (!dst || dst_size < sizeof(size_t)) return;
+    memcpy(full, &dst_size, sizeof dst_size);
+    memcpy(dst, full, dst_size < full_size ? dst_size : full_size);
+    if (dst_size > full_size) memset((char *)dst + full_size, 0, dst_size - full_size);
+}
+static inline int annal__opts_in(void *full, size_t full_size, const void *in, size_t min_size) {
+    size_t n;
+    memcpy(&n, in, sizeof n);
+    if (n < min_size) return 0;
+    memcpy(full, in, n < full_size ? n : full_size);
+    memcpy(full, &full_size, sizeof full_size);
+    return 1;
+}
+static inline void annal__out_copy(void *dst, size_t dst_size, const void *src, size_t src_size) {
+    if (dst) memcpy(dst, src, dst_size < src_size ? dst_size : src_size);
+}
+
 /* 1 if s[0..len) is valid UTF-8 without NUL bytes. */
 int annal__utf8_valid(const char *s, size_t len);
 

@@ -28,6 +28,7 @@ const char *annal_strerror(annal_err e) {
     case ANNAL_ECANCELED: return "canceled";
     case ANNAL_EDELETED: return "stream deleted";
     case ANNAL_ETIMEDOUT: return "timed out";
+    case ANNAL_EPERM: return "permission denied";
     case ANNAL_ERR_COUNT: break;
     }
     return "unknown error";
@@ -53,6 +54,7 @@ const char *annal_errname(annal_err e) {
     case ANNAL_ECANCELED: return "ANNAL_ECANCELED";
     case ANNAL_EDELETED: return "ANNAL_EDELETED";
     case ANNAL_ETIMEDOUT: return "ANNAL_ETIMEDOUT";
+    case ANNAL_EPERM: return "ANNAL_EPERM";
     case ANNAL_ERR_COUNT: break;
     }
     return "ANNAL_E?";

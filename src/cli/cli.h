@@ -39,7 +39,10 @@ typedef struct cli_global {
     annal_err (*remote_append)(void *remote, const char *stream, int64_t expected,
                                annal_event_data *evs, size_t n, annal_append_result *res);
     const char *(*remote_errmsg)(void *remote);
+    uint64_t wait_ms; /* --wait MS: how long a writer waits for another one to finish */
 } cli_global;
+
+#define CLI_WAIT_DEFAULT_MS 5000 /* like sqlite3's busy timeout, but on by default */
 
 /* Sub-commands: argv[0] is the command name. Each returns an exit code. */
 typedef int (*cli_cmd_fn)(cli_global *g, int argc, char **argv);
@@ -122,6 +125,8 @@ void cli_db_opts(annal_db_opts *o, unsigned flags, cli_progress *progress);
 /* Open g->data_dir; on failure report it and return the exit code, else 0. */
 int cli_open(cli_global *g, const char *cmd, unsigned flags, cli_progress *progress,
              annal_db **out);
+/* annal_db_open, waiting up to g->wait_ms while another process writes (ANNAL_EBUSY). */
+annal_err cli_open_waiting(cli_global *g, const annal_db_opts *o, annal_db **out);
 /* Text of the last error the library logged (for failures without a handle), or "". */
 const char *cli_last_logged_error(void);
 

@@ -8,22 +8,26 @@
 #include "cli.h"
 
 static const char usage[] =
-    "usage: annal [--data DIR] info [--json]\n"
+    "usage: annal [--data DIR] info [--all] [--json]\n"
     "\n"
     "Show the number of events and streams, the log segments and bytes used, and the\n"
-    "time of the last event.\n"
+    "time of the last event. Events and streams are the users': the store's own system\n"
+    "streams ($$<stream> metadata) and their events are left out unless --all.\n"
     "\n"
     "Options:\n"
-    "  --json   one JSON object: dir, events, streams, segments, log_bytes, index_bytes,\n"
-    "           disk_bytes, last_event (null when empty)\n"
+    "  --all    count system streams and events too (and show how many)\n"
+    "  --json   one JSON object: dir, events, streams, system_events, system_streams,\n"
+    "           segments, log_bytes, index_bytes, disk_bytes, last_event (null when\n"
+    "           empty)\n"
     "\n"
     "Exit codes: 0 ok, 1 usage, 2 no store, 5 store error.\n";
 
-enum { OPT_JSON };
-static const cli_option options[] = {{"json", 0, OPT_JSON}, {NULL, 0, 0}};
+enum { OPT_JSON, OPT_ALL };
+static const cli_option options[] = {
+    {"json", 0, OPT_JSON}, {"all", 0, OPT_ALL}, {"system", 0, OPT_ALL}, {NULL, 0, 0}};
 
 int cli_cmd_info(cli_global *g, int argc, char **argv) {
-    int json = 0;
+    int json = 0, all = 0;
     cli_args a;
     cli_args_init(&a, g, argc, argv);
     const char *v;
@@ -35,6 +39,7 @@ int cli_cmd_info(cli_global *g, int argc, char **argv) {
             return cli_finish_output("info", stdout, "standard output", CLI_EXIT_OK);
         case CLI_ARG_OPERAND: return cli_usage_error("info", "unexpected argument '%s'", v);
         case OPT_JSON: json = 1; break;
+        case OPT_ALL: all = 1; break;
         }
     }
 
@@ -50,6 +55,10 @@ int cli_cmd_info(cli_global *g, int argc, char **argv) {
         return rc;
     }
     annal_db_close(db);
+    if (!all) { /* the users' streams and events only */
+        info.events -= info.system_events < info.events ? info.system_events : info.events;
+        info.streams -= info.system_streams < info.streams ? info.system_streams : info.streams;
+    }
 
     char last[CLI_TIME_LEN];
     if (json) {
@@ -57,11 +66,14 @@ int cli_cmd_info(cli_global *g, int argc, char **argv) {
         cli_buf_adds(&b, "{\"dir\":");
         cli_json_add_string(&b, g->data_dir, strlen(g->data_dir));
         cli_buf_addf(&b,
-                     ",\"events\":%llu,\"streams\":%llu,\"segments\":%llu,\"log_bytes\":%llu,"
+                     ",\"events\":%llu,\"streams\":%llu,\"system_events\":%llu,"
+                     "\"system_streams\":%llu,\"segments\":%llu,\"log_bytes\":%llu,"
                      "\"index_bytes\":%llu,\"disk_bytes\":%llu,\"last_event\":",
                      (unsigned long long)info.events, (unsigned long long)info.streams,
-                     (unsigned long long)info.segments, (unsigned long long)info.log_bytes,
-                     (unsigned long long)info.index_bytes, (unsigned long long)info.disk_bytes);
+                     (unsigned long long)info.system_events,
+                     (unsigned long long)info.system_streams, (unsigned long long)info.segments,
+                     (unsigned long long)info.log_bytes, (unsigned long long)info.index_bytes,
+                     (unsigned long long)info.disk_bytes);
         if (info.events) {
             cli_time_rfc3339(info.last_ns, last);
             cli_buf_addf(&b, "\"%s\"}\n", last);
@@ -75,17 +87,25 @@ int cli_cmd_info(cli_global *g, int argc, char **argv) {
             cli_time_rfc3339(info.last_ns, last);
         else
             snprintf(last, sizeof last, "-");
+        char sys_ev[48] = "", sys_st[48] = "";
+        if (all) {
+            snprintf(sys_ev, sizeof sys_ev, " (%llu in system streams)",
+                     (unsigned long long)info.system_events);
+            snprintf(sys_st, sizeof sys_st, " (%llu system)",
+                     (unsigned long long)info.system_streams);
+        }
         printf("store        %s\n"
-               "events       %llu\n"
-               "streams      %llu\n"
+               "events       %llu%s\n"
+               "streams      %llu%s\n"
                "segments     %llu\n"
                "log bytes    %llu\n"
                "index bytes  %llu\n"
                "disk bytes   %llu\n"
                "last event   %s\n",
-               g->data_dir, (unsigned long long)info.events, (unsigned long long)info.streams,
-               (unsigned long long)info.segments, (unsigned long long)info.log_bytes,
-               (unsigned long long)info.index_bytes, (unsigned long long)info.disk_bytes, last);
+               g->data_dir, (unsigned long long)info.events, sys_ev,
+               (unsigned long long)info.streams, sys_st, (unsigned long long)info.segments,
+               (unsigned long long)info.log_bytes, (unsigned long long)info.index_bytes,
+               (unsigned long long)info.disk_bytes, last);
     }
     return cli_finish_output("info", stdout, "standard output", CLI_EXIT_OK);
 }

@@ -51,6 +51,8 @@ static void usage(FILE *out) {
           "  --server URL   write through a server: kurrentdb://HOST:PORT[?tls=false] or\n"
           "                 esdb://... (also $ANNAL_SERVER); writes go through a local\n"
           "                 `annal serve` by itself while it owns the store\n"
+          "  --wait MS      how long a writing command waits while another process writes\n"
+          "                 (default 5000; 0: fail at once)\n"
           "  --help, -h     this help; `annal <command> --help` for one command\n"
           "  --version      print the version\n"
           "\n"
@@ -81,6 +83,7 @@ int main(int argc, char **argv) {
     const char *srv_env = getenv("ANNAL_SERVER");
     g.server = srv_env && *srv_env ? srv_env : NULL;
     int server_flag = 0;
+    g.wait_ms = CLI_WAIT_DEFAULT_MS;
 
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
@@ -109,6 +112,10 @@ int main(int argc, char **argv) {
         } else if (strncmp(a, "--server=", 9) == 0 && a[9]) {
             g.server = a + 9;
             server_flag = 1;
+        } else if (strcmp(a, "--wait") == 0 || strncmp(a, "--wait=", 7) == 0) {
+            const char *v = a[6] == '=' ? a + 7 : i + 1 < argc ? argv[++i] : NULL;
+            if (cli_parse_u64(v, &g.wait_ms) != 0)
+                return cli_usage_error(NULL, "--wait needs a number of milliseconds");
         } else if (strcmp(a, "--") == 0) {
             i++;
             break;

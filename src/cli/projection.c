@@ -43,17 +43,20 @@ static const char usage[] =
     "  remove NAME [--drop]\n"
     "                      unregister; --drop also deletes a SQLite read model's file\n"
     "\n"
+    "Options of add, run and rebuild: --lua-budget MS, the longest a run of the file's Lua\n"
+    "code may take (each handler call; default 5000): past it the event fails.\n"
+    "\n"
     "Targets: sqlite:PATH (relative paths are in DIR), postgresql:CONNINFO; by default\n"
     "sqlite:DIR/projections/NAME.db.\n"
     "\n"
     "Exit codes: 0 ok, 1 usage or bad projection file, 2 not found, 5 failure;\n"
     "status exits 6 when a projection has failed; wait exits 7 on timeout.\n";
 
-enum { OPT_NAME, OPT_TARGET, OPT_REPLACE, OPT_JSON, OPT_ONCE, OPT_TIMEOUT, OPT_DROP };
-static const cli_option options[] = {{"name", 1, OPT_NAME},       {"target", 1, OPT_TARGET},
-                                     {"replace", 0, OPT_REPLACE}, {"json", 0, OPT_JSON},
-                                     {"once", 0, OPT_ONCE},       {"timeout", 1, OPT_TIMEOUT},
-                                     {"drop", 0, OPT_DROP},       {NULL, 0, 0}};
+enum { OPT_NAME, OPT_TARGET, OPT_REPLACE, OPT_JSON, OPT_ONCE, OPT_TIMEOUT, OPT_DROP, OPT_LUA };
+static const cli_option options[] = {
+    {"name", 1, OPT_NAME}, {"target", 1, OPT_TARGET},  {"replace", 0, OPT_REPLACE},
+    {"json", 0, OPT_JSON}, {"once", 0, OPT_ONCE},      {"timeout", 1, OPT_TIMEOUT},
+    {"drop", 0, OPT_DROP}, {"lua-budget", 1, OPT_LUA}, {NULL, 0, 0}};
 
 #define CMD          "projection"
 #define MAX_OPERANDS 64
@@ -65,6 +68,7 @@ typedef struct args {
     int replace, json, once, drop;
     uint64_t timeout_ms;
     int has_timeout;
+    uint32_t lua_budget_ms; /* 0: the library's default */
 } args;
 
 /* A registered projection. */
@@ -223,6 +227,7 @@ static int cmd_add(cli_global *g, args *a) {
         o.def = def;
         o.name = name;
         o.target = "sqlite::memory:";
+        o.lua_budget_ms = a->lua_budget_ms;
         annal_proj *p = NULL;
         rc = annal_proj_open(db, &o, &p, err, sizeof err);
         annal_proj_close(p);
@@ -329,15 +334,17 @@ static int cmd_status(cli_global *g, args *a, int list) {
         annal_proj_status s;
         char err[1024];
         annal_err st = annal_proj_status_get(r.target, r.name, &s, err, sizeof err);
+        const char *state = annal_proj_state_name(s.state);
         if (st == ANNAL_ENOTFOUND) {
             memset(&s, 0, sizeof s);
-            snprintf(s.state, sizeof s.state, "new");
+            state = "new";
         } else if (st != ANNAL_OK) {
             memset(&s, 0, sizeof s);
-            snprintf(s.state, sizeof s.state, "unknown");
+            state = "unknown";
             snprintf(s.error, sizeof s.error, "%.500s", err);
         }
-        if (strcmp(s.state, "failed") == 0) any_failed = 1;
+        int failed = st == ANNAL_OK && s.state == ANNAL_PROJ_FAILED;
+        if (failed) any_failed = 1;
         uint64_t lag = info.events > s.position ? info.events - s.position : 0;
         int64_t lag_ns = lag && s.last_event_ns ? info.last_ns - s.last_event_ns : 0;
         if (lag && !s.last_event_ns && info.last_ns) lag_ns = now_ns - info.last_ns;
@@ -353,7 +360,14 @@ static int cmd_status(cli_global *g, args *a, int list) {
             cli_buf_adds(&b, ",\"target\":");
             cli_json_add_string(&b, r.target, strlen(r.target));
             cli_buf_adds(&b, ",\"state\":");
-            cli_json_add_string(&b, s.state, strlen(s.state));
+            cli_json_add_string(&b, state, strlen(state));
+            if (s.projector_pid) { /* the last projector, live or not (state says) */
+                cli_buf_addf(
+                    &b, ",\"projector_pid\":%lld,\"projector_host\":", (long long)s.projector_pid);
+                cli_json_add_string(&b, s.projector_host, strlen(s.projector_host));
+                cli_buf_addf(&b, ",\"heartbeat_ms_ago\":%lld",
+                             (long long)((now_ns - s.heartbeat_ns) / 1000000));
+            }
             cli_buf_addf(&b,
                          ",\"position\":%llu,\"events\":%llu,\"lag_events\":%llu,"
                          "\"lag_ms\":%lld,\"events_per_s\":%.1f,\"head\":%llu",
@@ -377,17 +391,16 @@ static int cmd_status(cli_global *g, args *a, int list) {
             fmt_dur(lag_ns, lt, sizeof lt);
             snprintf(rt, sizeof rt, "%.0f", rate);
             char errtxt[1024];
-            if (s.error[0] && strcmp(s.state, "failed") == 0)
+            if (s.error[0] && failed)
                 snprintf(errtxt, sizeof errtxt, "at %llu (%s): %s",
                          (unsigned long long)s.error_position, s.error_event, s.error);
             else
                 snprintf(errtxt, sizeof errtxt, "%s", s.error);
             if (list) {
-                const char *cells[] = {r.name, annal_proj_def_source(r.def), r.target, s.state,
-                                       pos};
+                const char *cells[] = {r.name, annal_proj_def_source(r.def), r.target, state, pos};
                 cli_table_row(&t, cells);
             } else {
-                const char *cells[] = {r.name, s.state, pos, lg, lt, rt, errtxt};
+                const char *cells[] = {r.name, state, pos, lg, lt, rt, errtxt};
                 cli_table_row(&t, cells);
             }
         }
@@ -402,9 +415,14 @@ static int cmd_status(cli_global *g, args *a, int list) {
 /* ---------------------------------------------------------------- run */
 
 static volatile sig_atomic_t stop_flag;
+/* The projections being run: a signal cancels them, which interrupts Lua code in the
+ * middle of a batch (rolled back), so a handler that loops cannot hold off SIGTERM. */
+static annal_proj *volatile *run_ps;
+static volatile size_t run_n;
 static void on_signal(int sig) {
     (void)sig;
     stop_flag = 1;
+    for (size_t i = 0; run_ps && i < run_n; i++) annal_proj_cancel(run_ps[i]);
 }
 
 static void sleep_ms(int ms) {
@@ -448,6 +466,7 @@ static int cmd_run(cli_global *g, args *a) {
         o.name = regs[i].name;
         o.target = regs[i].target;
         o.log = plog;
+        o.lua_budget_ms = a->lua_budget_ms;
         char err[1024];
         annal_err e = annal_proj_open(db, &o, &ps[i], err, sizeof err);
         if (e != ANNAL_OK) {
@@ -455,6 +474,8 @@ static int cmd_run(cli_global *g, args *a) {
             rc = cli_exit_code(e);
         }
     }
+    run_ps = ps;
+    run_n = n;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -476,6 +497,8 @@ static int cmd_run(cli_global *g, args *a) {
                 blocked++;
             } else if (e == ANNAL_END) {
                 ended++;
+            } else if (e == ANNAL_ECANCELED && stop_flag) {
+                break; /* interrupted by a signal: its batch was rolled back */
             } else {
                 if (a->once || e == ANNAL_ENOTFOUND) {
                     cli_error(CMD, "%s: %s", regs[i].name, annal_proj_errmsg(ps[i]));
@@ -508,6 +531,8 @@ static int cmd_run(cli_global *g, args *a) {
         sleep_ms(idle_ms);
         if (idle_ms < 50) idle_ms *= 2;
     }
+    run_n = 0; /* the handles go: a later signal must not reach them */
+    run_ps = NULL;
     for (size_t i = 0; i < n; i++) {
         annal_proj_close(ps[i]);
         reg_free(&regs[i]);
@@ -538,6 +563,7 @@ static int cmd_rebuild(cli_global *g, args *a) {
         o.name = r.name;
         o.target = r.target;
         o.log = plog;
+        o.lua_budget_ms = a->lua_budget_ms;
         cli_progress pr;
         cli_progress_init(&pr, "rebuilding", g->stderr_tty);
         char err[1024];
@@ -661,6 +687,13 @@ int cli_cmd_projection(cli_global *g, int argc, char **argv) {
                 return cli_usage_error(CMD, "--timeout needs milliseconds");
             a.has_timeout = 1;
             break;
+        case OPT_LUA: {
+            uint64_t ms;
+            if (cli_parse_u64(v, &ms) != 0 || ms == 0 || ms > 86400000)
+                return cli_usage_error(CMD, "--lua-budget needs milliseconds (1..86400000)");
+            a.lua_budget_ms = (uint32_t)ms;
+            break;
+        }
         }
     }
     if (a.n == 0) return cli_usage_error(CMD, "no action given");

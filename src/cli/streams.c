@@ -8,22 +8,26 @@
 #include "cli.h"
 
 static const char usage[] =
-    "usage: annal [--data DIR] streams [--json]\n"
+    "usage: annal [--data DIR] streams [--all] [--json]\n"
     "\n"
     "List the streams in name order with their last revision (events - 1), the position\n"
-    "of their last event and the time of their first event.\n"
+    "of their last event and the time of their first event. The store's own system\n"
+    "streams (names starting with '$', such as $$<stream> holding metadata) are listed\n"
+    "only with --all.\n"
     "\n"
     "Options:\n"
+    "  --all    list system streams too (--system is the same)\n"
     "  --json   one JSON object per line: stream, events, last_revision, last_position,\n"
     "           created\n"
     "\n"
     "Exit codes: 0 ok, 1 usage, 2 no store, 5 store error.\n";
 
-enum { OPT_JSON };
-static const cli_option options[] = {{"json", 0, OPT_JSON}, {NULL, 0, 0}};
+enum { OPT_JSON, OPT_ALL };
+static const cli_option options[] = {
+    {"json", 0, OPT_JSON}, {"all", 0, OPT_ALL}, {"system", 0, OPT_ALL}, {NULL, 0, 0}};
 
 int cli_cmd_streams(cli_global *g, int argc, char **argv) {
-    int json = 0;
+    int json = 0, all = 0;
     cli_args a;
     cli_args_init(&a, g, argc, argv);
     const char *v;
@@ -35,6 +39,7 @@ int cli_cmd_streams(cli_global *g, int argc, char **argv) {
             return cli_finish_output("streams", stdout, "standard output", CLI_EXIT_OK);
         case CLI_ARG_OPERAND: return cli_usage_error("streams", "unexpected argument '%s'", v);
         case OPT_JSON: json = 1; break;
+        case OPT_ALL: all = 1; break;
         }
     }
 
@@ -56,6 +61,7 @@ int cli_cmd_streams(cli_global *g, int argc, char **argv) {
     cli_buf line = {0};
     const annal_stream_info *si;
     while ((e = annal_streams_next(it, &si)) == ANNAL_OK) {
+        if (!all && si->name[0] == '$') continue; /* the store's own */
         char created[CLI_TIME_LEN];
         if (json) {
             cli_time_rfc3339(si->created_ns, created);

@@ -137,9 +137,10 @@ int cli_args_next(cli_args *a, const cli_option *opts, const char **value) {
         const char *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         if (nlen == 4 && strncmp(name, "help", 4) == 0) return CLI_ARG_HELP;
-        static const cli_option data_opt = {"data", 1, -100};
+        static const cli_option data_opt = {"data", 1, -100}, wait_opt = {"wait", 1, -101};
         const cli_option *o = NULL;
         if (nlen == 4 && strncmp(name, "data", 4) == 0) o = &data_opt;
+        if (nlen == 4 && strncmp(name, "wait", 4) == 0) o = &wait_opt;
         for (const cli_option *p = opts; !o && p && p->name; p++)
             if (strlen(p->name) == nlen && strncmp(p->name, name, nlen) == 0) o = p;
         if (!o)
@@ -158,6 +159,12 @@ int cli_args_next(cli_args *a, const cli_option *opts, const char **value) {
             /* Accepted after the command too, for convenience; same meaning as before it. */
             if (!**value) return cli_usage_error(a->cmd, "--data needs a directory"), CLI_ARG_ERROR;
             a->g->data_dir = *value;
+            continue;
+        }
+        if (o == &wait_opt) {
+            if (cli_parse_u64(*value, &a->g->wait_ms) != 0)
+                return cli_usage_error(a->cmd, "--wait needs a number of milliseconds"),
+                       CLI_ARG_ERROR;
             continue;
         }
         return o->id;
@@ -203,6 +210,31 @@ void cli_db_opts(annal_db_opts *o, unsigned flags, cli_progress *progress) {
     }
 }
 
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Open; while another process holds the writer lock (ANNAL_EBUSY), try again until
+ * g->wait_ms have passed, as sqlite3's busy timeout does: parallel `annal append`s then
+ * take turns instead of failing. Short sleeps first (an append holds the lock for
+ * milliseconds), growing to 50 ms, with jitter so that waiters do not move in step. */
+annal_err cli_open_waiting(cli_global *g, const annal_db_opts *o, annal_db **out) {
+    uint64_t deadline = now_ms() + g->wait_ms;
+    unsigned sleep_us = 1000, seed = (unsigned)getpid();
+    for (;;) {
+        last_logged[0] = '\0';
+        annal_err rc = annal_db_open(g->data_dir, o, out);
+        if (rc != ANNAL_EBUSY || (o->flags & ANNAL_OPEN_READONLY) || now_ms() >= deadline)
+            return rc;
+        seed = seed * 1103515245u + 12345u;
+        struct timespec ts = {0, (long)(sleep_us + (seed >> 8) % sleep_us) * 1000};
+        nanosleep(&ts, NULL);
+        if (sleep_us < 50000) sleep_us *= 2;
+    }
+}
+
 int cli_open(cli_global *g, const char *cmd, unsigned flags, cli_progress *progress,
              annal_db **out) {
     /* Opening may catch the index up with a long log: show it like any long operation.
@@ -215,8 +247,7 @@ int cli_open(cli_global *g, const char *cmd, unsigned flags, cli_progress *progr
     annal_db_opts o;
     cli_db_opts(&o, flags, progress);
     *out = NULL;
-    last_logged[0] = '\0';
-    annal_err rc = annal_db_open(g->data_dir, &o, out);
+    annal_err rc = cli_open_waiting(g, &o, out);
     cli_progress_end(progress);
     if (rc == ANNAL_OK) return 0;
     *out = NULL;

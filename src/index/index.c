@@ -29,6 +29,7 @@ annal_err annal__index_err(int rc) {
     case MDB_BAD_TXN: return ANNAL_ECORRUPT;
     case MDB_VERSION_MISMATCH: return ANNAL_EVERSION;
     case EACCES:
+    case EPERM: return ANNAL_EPERM;
     case EROFS: return ANNAL_EREADONLY;
     default: return ANNAL_EIO;
     }
@@ -750,4 +751,30 @@ annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t p
     }
     mdb_cursor_close(c);
     return annal__index_err(rc);
+}
+
+/* Streams whose names start with '$' (the store's own, such as the metadata streams
+ * `$$<stream>`) that have events, and those events: names sort bytewise, so they are
+ * one range of the streams table. */
+annal_err annal__index_system_streams(MDB_txn *t, const annal__index *idx, uint64_t *streams,
+                                      uint64_t *events) {
+    *streams = *events = 0;
+    MDB_cursor *c = NULL;
+    int rc = mdb_cursor_open(t, idx->streams, &c);
+    if (rc) return annal__index_err(rc);
+    static const char dollar = '$';
+    MDB_val k = val(&dollar, 1), v;
+    annal_err err = ANNAL_OK;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+         !rc && k.mv_size > 0 && *(const char *)k.mv_data == '$';
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        annal__stream_rec r;
+        err = annal__stream_rec_decode(v.mv_data, v.mv_size, &r);
+        if (err != ANNAL_OK) break;
+        *streams += r.count > 0;
+        *events += r.count;
+    }
+    mdb_cursor_close(c);
+    if (err == ANNAL_OK && rc && rc != MDB_NOTFOUND) err = annal__index_err(rc);
+    return err;
 }

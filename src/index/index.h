@@ -133,6 +133,9 @@ annal_err annal__index_stream_get(MDB_txn *t, const annal__index *idx, const cha
                                   annal__stream_rec *rec);
 annal_err annal__index_stream_put(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
                                   const annal__stream_rec *rec);
+/* The system streams ('$' names) with events, and their events. */
+annal_err annal__index_system_streams(MDB_txn *t, const annal__index *idx, uint64_t *streams,
+                                      uint64_t *events);
 /* Blocks. Revision, category and type entries each describe a *block*: the positions
  * [first_pos, first_pos + 64) of one batch that belong to one stream (revs, cats) or have
  * one event type (types), as a mask (bit i: first_pos + i) and the location of the

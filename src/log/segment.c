@@ -61,7 +61,7 @@ static annal_err seg_load_gen(annal__log *log, uint64_t no, uint32_t gen, int tm
     if (fd < 0) {
         if (fd == -ENOENT) return ANNAL_ENOTFOUND;
         snprintf(detail, dlen, "cannot open %s: %s", path, strerror(-fd));
-        return ANNAL_EIO;
+        return fd == -EACCES || fd == -EPERM ? ANNAL_EPERM : ANNAL_EIO;
     }
     uint8_t hb[ANNAL__SEG_HDR];
     annal__seg_hdr h;
@@ -228,7 +228,10 @@ annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir,
     int lr = annal__seg_list(log->dir, &files, &nfiles);
     if (lr < 0) {
         snprintf(detail, dlen, "cannot open %s: %s", log->dir, strerror(-lr));
-        return lr == -ENOENT ? ANNAL_ENOTFOUND : lr == -ENOMEM ? ANNAL_ENOMEM : ANNAL_EIO;
+        return lr == -ENOENT                   ? ANNAL_ENOTFOUND
+               : lr == -ENOMEM                 ? ANNAL_ENOMEM
+               : lr == -EACCES || lr == -EPERM ? ANNAL_EPERM
+                                               : ANNAL_EIO;
     }
     /* One entry per number: its newest generation (the list is sorted, tmp names last). */
     size_t cnt = 0;

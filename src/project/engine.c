@@ -5,6 +5,7 @@
  * read at the start of every batch, under the batch's write lock.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,10 @@ static const char state_ddl[] = "CREATE TABLE IF NOT EXISTS annal_projections ("
                                 " PRIMARY KEY (projection, key));"
                                 "CREATE TABLE IF NOT EXISTS annal_skipped ("
                                 " projection TEXT NOT NULL, position BIGINT NOT NULL, event TEXT,"
-                                " PRIMARY KEY (projection, position))";
+                                " PRIMARY KEY (projection, position));"
+                                "CREATE TABLE IF NOT EXISTS annal_projectors ("
+                                " name TEXT PRIMARY KEY, pid BIGINT NOT NULL, host TEXT NOT NULL,"
+                                " heartbeat_ns BIGINT NOT NULL)";
 /* Events an operator skipped stay skipped: a rebuild copies this list into its shadow. */
 static const char sql_skips[] = "SELECT position FROM annal_skipped WHERE projection = ? "
                                 "ORDER BY position";
@@ -59,6 +63,15 @@ static const char sql_new[] =
     "INSERT INTO annal_projections (name, source, updated_ns) VALUES (?, ?, ?)";
 static const char sql_state_get[] =
     "SELECT value FROM annal_state WHERE projection = ? AND key = ?";
+/* Liveness: a table of its own (not columns of annal_projections), so that targets made
+ * before it need no migration and a heartbeat never waits on a batch's row lock. */
+static const char sql_hb[] =
+    "INSERT INTO annal_projectors (name, pid, host, heartbeat_ns) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
+    "heartbeat_ns = excluded.heartbeat_ns";
+static const char sql_hb_del[] =
+    "DELETE FROM annal_projectors WHERE name = ? AND pid = ? AND host = ?";
+#define HB_EVERY_NS 1000000000LL
 static const char sql_state_put[] =
     "INSERT INTO annal_state (projection, key, value) VALUES (?, ?, ?) "
     "ON CONFLICT (projection, key) DO UPDATE SET value = excluded.value";
@@ -87,6 +100,7 @@ struct annal_proj {
     void *ctx;
     pj_lua *lua;
     uint32_t batch;
+    uint32_t lua_budget_ms;
     void (*log)(void *ctx, annal_log_level level, const char *msg);
     void *log_ctx;
     pj_prep ***preps; /* per def handler, per statement */
@@ -95,6 +109,7 @@ struct annal_proj {
     int64_t last_ns;
     char status[16];
     int new_target; /* the state row was created by this open */
+    int64_t hb_ns;  /* when this handle last wrote its heartbeat; 0: not since connecting */
     /* events/s over windows of at least a second */
     double rate;
     struct timespec rate_t0;
@@ -109,6 +124,10 @@ struct annal_proj {
     size_t nskips;
     char err[1024];
     atomic_int cancel;
+    /* Tests only (annal__pj_set_fault): non-zero from fault() fails the step there, as a
+     * crash at that point would, to reach windows no kill lands in reliably. */
+    int (*fault)(void *ctx, const char *where);
+    void *fault_ctx;
 };
 
 static int64_t now_ns(void) {
@@ -136,6 +155,7 @@ static void plog(annal_proj *p, annal_log_level lv, const char *fmt, ...) {
 void annal_proj_opts_init(annal_proj_opts *o) {
     memset(o, 0, sizeof *o);
     o->batch_events = DEFAULT_BATCH;
+    o->lua_budget_ms = ANNAL_PROJ_LUA_BUDGET_MS;
 }
 
 const char *annal_proj_errmsg(const annal_proj *p) { return p ? p->err : "no projection"; }
@@ -226,7 +246,16 @@ static annal_err exec_q(annal_proj *p, const char *sql, const annal_proj_value *
     return rc;
 }
 
+void annal__pj_set_fault(annal_proj *p, int (*fault)(void *ctx, const char *where), void *ctx) {
+    p->fault = fault;
+    p->fault_ctx = ctx;
+}
+
 static annal_err state_write(annal_proj *p) {
+    if (p->fault && p->fault(p->fault_ctx, "checkpoint")) {
+        annal__pj_fmt(p->err, sizeof p->err, "fault injected before the checkpoint");
+        return ANNAL_EIO;
+    }
     annal_proj_value v[7] = {v_int((int64_t)p->position),
                              v_int((int64_t)p->revision),
                              v_int((int64_t)p->events),
@@ -407,8 +436,43 @@ static annal_err connect_target(annal_proj *p, int create) {
     }
     rc = annal__pj_target_commit(p->t);
     if (rc != ANNAL_OK) return tgt_fail(p, rc, "committing");
+    p->hb_ns = 0; /* a new connection (or model, after a rebuild): beat at the next step */
     if (p->def) rc = prepare_def(p);
     return rc;
+}
+
+static void host_name(char *out, size_t n) {
+    if (gethostname(out, n) != 0) out[0] = '\0';
+    out[n - 1] = '\0';
+}
+
+/* Say this process holds the projection: in a transaction of its own, at most once a
+ * second (force: now). A failure is left to the batch that follows, which meets it too. */
+static void heartbeat(annal_proj *p, int force) {
+    int64_t now = now_ns();
+    if (!p->t || (!force && p->hb_ns && now - p->hb_ns < HB_EVERY_NS)) return;
+    char host[64];
+    host_name(host, sizeof host);
+    annal_proj_value v[4] = {v_str(p->name), v_int((int64_t)getpid()), v_str(host), v_int(now)};
+    annal_err rc = annal__pj_target_begin(p->t);
+    if (rc == ANNAL_OK) rc = exec_q(p, sql_hb, v, 4, NULL, NULL);
+    if (rc == ANNAL_OK) rc = annal__pj_target_commit(p->t);
+    if (rc != ANNAL_OK) {
+        annal__pj_target_rollback(p->t);
+        p->err[0] = '\0';
+        return;
+    }
+    p->hb_ns = now;
+}
+
+/* A clean close says at once that nobody holds the projection any more. */
+static void heartbeat_clear(annal_proj *p) {
+    if (!p->t || !p->hb_ns) return;
+    char host[64];
+    host_name(host, sizeof host);
+    annal_proj_value v[3] = {v_str(p->name), v_int((int64_t)getpid()), v_str(host)};
+    (void)exec_q(p, sql_hb_del, v, 3, NULL, NULL);
+    p->hb_ns = 0;
 }
 
 static void disconnect(annal_proj *p) {
@@ -487,13 +551,14 @@ annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const ch
     p->batch = d && d->batch ? d->batch : o->batch_events ? o->batch_events : DEFAULT_BATCH;
     p->log = o->log;
     p->log_ctx = o->log_ctx;
+    p->lua_budget_ms = o->lua_budget_ms ? o->lua_budget_ms : ANNAL_PROJ_LUA_BUDGET_MS;
     memcpy(p->status, "running", 8);
     atomic_init(&p->cancel, 0);
     clock_gettime(CLOCK_MONOTONIC, &p->rate_t0);
     annal_err rc = ANNAL_OK;
     if (!p->source || !p->target || (kind == PJ_T_PG && !p->schema)) rc = ANNAL_ENOMEM;
     if (rc == ANNAL_OK && d && d->lua)
-        rc = annal__pj_lua_open(d, p, &p->lua, p->err, sizeof p->err);
+        rc = annal__pj_lua_open(d, p, p->lua_budget_ms, &p->lua, p->err, sizeof p->err);
     if (rc == ANNAL_OK && kind != PJ_T_MEMORY) rc = connect_target(p, 1);
     if (rc != ANNAL_OK) {
         annal__pj_fmt(err, err_size, "%s", p->err[0] ? p->err : annal_strerror(rc));
@@ -501,6 +566,7 @@ annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const ch
         return rc;
     }
     p->rate_ev0 = p->events;
+    if (kind != PJ_T_MEMORY) heartbeat(p, 1);
     *out = p;
     return ANNAL_OK;
 }
@@ -512,6 +578,7 @@ annal_err annal_proj_open(annal_db *db, const annal_proj_opts *o, annal_proj **o
 
 void annal_proj_close(annal_proj *p) {
     if (!p) return;
+    heartbeat_clear(p);
     disconnect(p);
     annal__pj_lua_close(p->lua);
     free(p->skips);
@@ -524,6 +591,8 @@ void annal_proj_close(annal_proj *p) {
 void annal_proj_cancel(annal_proj *p) {
     if (p) atomic_store(&p->cancel, 1);
 }
+
+int annal__pj_canceled(const annal_proj *p) { return atomic_load(&p->cancel) != 0; }
 
 /* ---------------------------------------------------------------- applying */
 
@@ -682,7 +751,8 @@ static void describe(const annal_event *ev, char *out, size_t n) {
 }
 
 static int is_event_failure(annal_err rc) {
-    return rc != ANNAL_EIO && rc != ANNAL_ENOMEM && rc != ANNAL_EFAILED;
+    /* a cancel interrupts the batch (rolled back): the event did not fail */
+    return rc != ANNAL_EIO && rc != ANNAL_ENOMEM && rc != ANNAL_EFAILED && rc != ANNAL_ECANCELED;
 }
 
 typedef struct batch_out {
@@ -781,6 +851,7 @@ annal_err annal_proj_step(annal_proj *p, uint64_t *applied) {
     if (applied) *applied = 0;
     if (p->kind == PJ_T_MEMORY) return step_memory(p, applied);
     int tries = 0;
+    heartbeat(p, 0);
 again:;
     annal_err rc = annal__pj_target_begin(p->t);
     int found = 0;
@@ -893,6 +964,18 @@ annal_err annal_proj_exec(annal_proj_tx *tx, const char *sql, const annal_proj_v
     return exec_q(tx->p, sql, params, (int)n, rows, ctx);
 }
 
+annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
+                                   const annal_proj_value *params, int n, annal_proj_row_fn rows,
+                                   void *ctx) {
+    annal_proj *p = tx->p;
+    pj_prep *pp;
+    annal_err rc = annal__pj_target_prepare(p->t, sql, n, &pp);
+    if (rc != ANNAL_OK) return tgt_fail(p, rc, "preparing");
+    rc = annal__pj_target_run(p->t, pp, params, n, rows, ctx);
+    if (rc != ANNAL_OK && rc != ANNAL_ECANCELED) return tgt_fail(p, rc, "SQL");
+    return rc;
+}
+
 const char *annal__pj_tx_errmsg(annal_proj_tx *tx) { return tx->p->err; }
 pj_tkind annal__pj_tx_kind(annal_proj_tx *tx) { return tx->p->kind; }
 
@@ -995,6 +1078,31 @@ typedef struct st_row {
     int found;
 } st_row;
 
+const char *annal_proj_state_name(annal_proj_state s) {
+    switch (s) {
+    case ANNAL_PROJ_RUNNING: return "running";
+    case ANNAL_PROJ_STOPPED: return "stopped";
+    case ANNAL_PROJ_PAUSED: return "paused";
+    case ANNAL_PROJ_FAILED: return "failed";
+    case ANNAL_PROJ_REPLACED: return "replaced";
+    }
+    return "unknown";
+}
+
+/* The state row's status (what operators set); liveness is added by status_get. */
+static annal_proj_state state_of(const annal_proj_value *v) {
+    static const struct {
+        const char *text;
+        annal_proj_state state;
+    } m[] = {{"running", ANNAL_PROJ_RUNNING},
+             {"paused", ANNAL_PROJ_PAUSED},
+             {"failed", ANNAL_PROJ_FAILED},
+             {"replaced", ANNAL_PROJ_REPLACED}};
+    for (size_t i = 0; v->kind == ANNAL_PROJ_TEXT && i < sizeof m / sizeof m[0]; i++)
+        if (v->len == strlen(m[i].text) && memcmp(v->s, m[i].text, v->len) == 0) return m[i].state;
+    return ANNAL_PROJ_FAILED; /* written by a newer version: not something to run */
+}
+
 static void copy_text(char *dst, size_t n, const annal_proj_value *v) {
     if (v->kind == ANNAL_PROJ_TEXT)
         annal__pj_fmt(dst, n, "%.*s", (int)v->len, v->s);
@@ -1015,7 +1123,7 @@ static int status_row(void *ctx, int n, const char *const *names, const annal_pr
     s->last_event_ns = v[4].i;
     s->updated_ns = v[5].i;
     s->rate = v[6].kind == ANNAL_PROJ_REAL ? v[6].d : (double)v[6].i;
-    copy_text(s->state, sizeof s->state, &v[7]);
+    s->state = state_of(&v[7]);
     copy_text(s->error, sizeof s->error, &v[8]);
     s->error_position = v[9].kind == ANNAL_PROJ_INT ? (uint64_t)v[9].i : 0;
     copy_text(s->error_event, sizeof s->error_event, &v[10]);
@@ -1047,12 +1155,45 @@ static annal_err status_on(pj_target *t, const char *name, annal_proj_status *ou
     return ANNAL_OK;
 }
 
+static int projector_row(void *ctx, int n, const char *const *names, const annal_proj_value *v) {
+    annal_proj_status *s = ctx;
+    (void)names;
+    if (n < 3) return 1;
+    s->projector_pid = v[0].kind == ANNAL_PROJ_INT ? v[0].i : 0;
+    copy_text(s->projector_host, sizeof s->projector_host, &v[1]);
+    s->heartbeat_ns = v[2].kind == ANNAL_PROJ_INT ? v[2].i : 0;
+    return 1;
+}
+
+/* Is the projector recorded in s alive? Its heartbeat is recent and, on this host, its
+ * process exists (a projector killed a moment ago is not running). */
+static int projector_live(const annal_proj_status *s) {
+    if (!s->projector_pid || !s->heartbeat_ns) return 0;
+    if (now_ns() - s->heartbeat_ns > (int64_t)ANNAL_PROJ_HEARTBEAT_STALE_MS * 1000000) return 0;
+    char host[64];
+    host_name(host, sizeof host);
+    if (strcmp(host, s->projector_host) != 0) return 1;
+    return kill((pid_t)s->projector_pid, 0) == 0 || errno == EPERM;
+}
+
 annal_err annal_proj_status_get(const char *target, const char *name, annal_proj_status *out,
                                 char *err, size_t err_size) {
     pj_target *t;
     annal_err rc = open_plain(target, name, &t, err, err_size);
     if (rc != ANNAL_OK) return rc;
     rc = status_on(t, name, out, err, err_size);
+    if (rc == ANNAL_OK) {
+        /* A target no projector of this version opened has no such table: no projector. */
+        annal_proj_value nm = v_str(name);
+        (void)annal__pj_target_exec(
+            t,
+            annal__pj_target_kindof(t) == PJ_T_PG
+                ? "SELECT pid, host, heartbeat_ns FROM annal_projectors WHERE name = $1"
+                : "SELECT pid, host, heartbeat_ns FROM annal_projectors WHERE name = ?1",
+            &nm, 1, projector_row, out);
+        if (out->state == ANNAL_PROJ_RUNNING && !projector_live(out))
+            out->state = ANNAL_PROJ_STOPPED;
+    }
     annal__pj_target_close(t);
     return rc;
 }
@@ -1072,24 +1213,26 @@ annal_err annal_proj_control(const char *target, const char *name, annal_proj_cm
     if (rc == ANNAL_OK) {
         switch (cmd) {
         case ANNAL_PROJ_PAUSE:
-            if (strcmp(s.state, "running") != 0) {
-                annal__pj_fmt(err, err_size, "projection %s is %s, not running", name, s.state);
+            if (s.state != ANNAL_PROJ_RUNNING) {
+                annal__pj_fmt(err, err_size, "projection %s is %s, not running", name,
+                              annal_proj_state_name(s.state));
                 rc = ANNAL_EINVAL;
             }
             sql = "UPDATE annal_projections SET status = 'paused' WHERE name = ?";
             break;
         case ANNAL_PROJ_RESUME:
-            if (strcmp(s.state, "paused") != 0) {
-                annal__pj_fmt(err, err_size, "projection %s is %s, not paused", name, s.state);
+            if (s.state != ANNAL_PROJ_PAUSED) {
+                annal__pj_fmt(err, err_size, "projection %s is %s, not paused", name,
+                              annal_proj_state_name(s.state));
                 rc = ANNAL_EINVAL;
             }
             sql = "UPDATE annal_projections SET status = 'running' WHERE name = ?";
             break;
         case ANNAL_PROJ_RETRY:
         case ANNAL_PROJ_SKIP:
-            if (strcmp(s.state, "failed") != 0) {
+            if (s.state != ANNAL_PROJ_FAILED) {
                 annal__pj_fmt(err, err_size, "projection %s is %s, it has no failed event", name,
-                              s.state);
+                              annal_proj_state_name(s.state));
                 rc = ANNAL_EINVAL;
             }
             if (cmd == ANNAL_PROJ_RETRY) {
@@ -1167,7 +1310,7 @@ annal_err annal_proj_wait(const char *target, const char *name, uint64_t positio
         rc = status_on(t, name, &s, err, err_size);
         if (rc != ANNAL_OK) break;
         if (s.position > position) break;
-        if (strcmp(s.state, "failed") == 0) {
+        if (s.state == ANNAL_PROJ_FAILED) {
             annal__pj_fmt(err, err_size, "projection %s failed at position %llu: %s", name,
                           (unsigned long long)s.error_position, s.error);
             rc = ANNAL_EBUSY;

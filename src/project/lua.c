@@ -3,10 +3,17 @@
  * gets the event as a table and may run SQL in the batch's transaction (sql), keep
  * per-partition state in the target (state_get/state_set), append events (emit), and
  * return values for the SQL of its [on] section (:v.name) or false to skip that SQL.
- * One lua_State per projection; no io/os libraries; nothing global in C.
+ * One lua_State per projection; nothing global in C.
+ *
+ * The file may come from anyone who can register a projection (later: over the network),
+ * so the state is a sandbox: text chunks only (Lua 5.4 does not verify bytecode), no
+ * files, processes, debug library or modules, and every run of Lua code (the chunk at
+ * open, each handler call) has a time budget enforced by a count hook, which also stops
+ * it when the projection is cancelled. Parsing a file only compiles the chunk.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 #include <lauxlib.h>
@@ -22,7 +29,17 @@ struct pj_lua {
     int ret_ref;       /* the table the last handler returned, or LUA_NOREF */
     annal_err infra;   /* a database or store failure inside the call */
     const char *fname;
+    uint32_t budget_ms;       /* per run of Lua code */
+    struct timespec deadline; /* CLOCK_MONOTONIC */
+    int stopped;              /* STOP_*: why the hook interrupted the run */
+    char stop_msg[320];       /* "file:line: why", from where it first stopped */
 };
+
+enum { STOP_NONE, STOP_BUDGET, STOP_CANCEL };
+
+/* Instructions between two looks at the clock: cheap next to them, and a few
+ * microseconds of work at most, so the budget is kept to well under a millisecond. */
+#define HOOK_EVERY 10000
 
 static pj_lua *self(lua_State *L) { return *(pj_lua **)lua_getextraspace(L); }
 
@@ -215,6 +232,7 @@ static int l_sql(lua_State *L) {
     need_tx(L, l, "sql");
     size_t len;
     const char *q = luaL_checklstring(L, 1, &len);
+    if (strlen(q) != len) return luaL_error(L, "sql(): the text holds a NUL byte");
     int n = lua_gettop(L) - 1;
     if (n > 64) return luaL_error(L, "sql(): at most 64 parameters");
     annal_proj_value v[64];
@@ -230,9 +248,10 @@ static int l_sql(lua_State *L) {
     }
     lua_newtable(L);
     rows_ctx r = {L, 0};
-    annal_err rc =
-        annal_proj_exec(l->tx, annal__pj_tx_kind(l->tx) == PJ_T_PG ? st.sql_pg : st.sql_sqlite, v,
-                        (size_t)n, lua_row, &r);
+    /* st is already in the target's dialect: annal_proj_exec would translate it again
+     * and turn ?1 into ?11, binding NULLs */
+    annal_err rc = annal__pj_tx_exec_native(
+        l->tx, annal__pj_tx_kind(l->tx) == PJ_T_PG ? st.sql_pg : st.sql_sqlite, v, n, lua_row, &r);
     annal__pj_stmt_free(&st);
     if (rc != ANNAL_OK) {
         if (rc == ANNAL_EIO || rc == ANNAL_ENOMEM) l->infra = rc;
@@ -305,7 +324,66 @@ static int l_json(lua_State *L) {
     return 1;
 }
 
+/* ---------------------------------------------------------------- budget */
+
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+    pj_lua *l = self(L);
+    if (l->stopped == STOP_NONE) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (l->p && annal__pj_canceled(l->p))
+            l->stopped = STOP_CANCEL;
+        else if (now.tv_sec > l->deadline.tv_sec ||
+                 (now.tv_sec == l->deadline.tv_sec && now.tv_nsec >= l->deadline.tv_nsec))
+            l->stopped = STOP_BUDGET;
+        else
+            return;
+        lua_getinfo(L, "Sl", ar);
+        if (l->stopped == STOP_CANCEL)
+            annal__pj_fmt(l->stop_msg, sizeof l->stop_msg,
+                          "%s:%d: interrupted: the projection is stopping", ar->short_src,
+                          ar->currentline);
+        else
+            annal__pj_fmt(l->stop_msg, sizeof l->stop_msg,
+                          "%s:%d: Lua ran longer than its budget of %u ms", ar->short_src,
+                          ar->currentline, (unsigned)l->budget_ms);
+        /* From now on at every instruction: a pcall in the handler that catches this
+         * error gets back control for one instruction only. */
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    }
+    lua_pushstring(L, l->stop_msg);
+    lua_error(L);
+}
+
+static void budget_start(pj_lua *l) {
+    clock_gettime(CLOCK_MONOTONIC, &l->deadline);
+    l->deadline.tv_sec += (time_t)(l->budget_ms / 1000);
+    l->deadline.tv_nsec += (long)(l->budget_ms % 1000) * 1000000L;
+    if (l->deadline.tv_nsec >= 1000000000L) {
+        l->deadline.tv_sec++;
+        l->deadline.tv_nsec -= 1000000000L;
+    }
+    l->stopped = STOP_NONE;
+    lua_sethook(l->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+static void budget_end(pj_lua *l) { lua_sethook(l->L, NULL, 0, 0); }
+
 /* ---------------------------------------------------------------- states */
+
+/* load() for text only: binary chunks are unverified bytecode that can crash the process. */
+static int l_load(lua_State *L) {
+    luaL_checkany(L, 1);
+    int env = lua_gettop(L) >= 4; /* env given (even nil) is not env absent */
+    lua_settop(L, 4);             /* absent arguments are nils, below what is pushed next */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushliteral(L, "t");
+    if (env) lua_pushvalue(L, 4);
+    lua_call(L, env ? 4 : 3, LUA_MULTRET);
+    return lua_gettop(L) - 4;
+}
 
 static lua_State *new_state(pj_lua *l) {
     lua_State *L = luaL_newstate();
@@ -319,11 +397,21 @@ static lua_State *new_state(pj_lua *l) {
         luaL_requiref(L, r->name, r->func, 1);
         lua_pop(L, 1);
     }
-    /* no files: a projection reads events, not the projector's disk */
+    /* No files, processes, modules or debug library (most are never opened; cleared
+     * anyway, so that opening one later is a visible change here), no bytecode. */
+    static const char *const gone[] = {"dofile", "loadfile", "require",        "package", "os",
+                                       "io",     "debug",    "collectgarbage", NULL};
+    for (const char *const *g = gone; *g; g++) {
+        lua_pushnil(L);
+        lua_setglobal(L, *g);
+    }
+    lua_getglobal(L, LUA_STRLIBNAME);
     lua_pushnil(L);
-    lua_setglobal(L, "dofile");
-    lua_pushnil(L);
-    lua_setglobal(L, "loadfile");
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+    lua_getglobal(L, "load");
+    lua_pushcclosure(L, l_load, 1);
+    lua_setglobal(L, "load");
     static const luaL_Reg fns[] = {
         {"sql", l_sql},   {"emit", l_emit}, {"state_get", l_state_get}, {"state_set", l_state_set},
         {"json", l_json}, {NULL, NULL}};
@@ -336,12 +424,25 @@ static lua_State *new_state(pj_lua *l) {
     return L;
 }
 
-static int load_chunk(pj_lua *l, const annal_proj_def *d, char *msg, size_t msg_n) {
+static int compile_chunk(pj_lua *l, const annal_proj_def *d, char *msg, size_t msg_n) {
     char chunk[300];
     annal__pj_fmt(chunk, sizeof chunk, "@%s", d->filename);
+    if (luaL_loadbufferx(l->L, d->lua, d->lua_len, chunk, "t") != LUA_OK) {
+        annal__pj_fmt(msg, msg_n, "%s", lua_tostring(l->L, -1));
+        lua_pop(l->L, 1);
+        return -1;
+    }
+    return 0;
+}
+
+/* Compile and run the chunk (defining the handlers), within the budget. */
+static int load_chunk(pj_lua *l, const annal_proj_def *d, char *msg, size_t msg_n) {
     lua_State *L = l->L;
-    if (luaL_loadbuffer(L, d->lua, d->lua_len, chunk) != LUA_OK ||
-        lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    if (compile_chunk(l, d, msg, msg_n) != 0) return -1;
+    budget_start(l);
+    int rc = lua_pcall(L, 0, 0, 0);
+    budget_end(l);
+    if (rc != LUA_OK) {
         annal__pj_fmt(msg, msg_n, "%s", lua_tostring(L, -1));
         lua_pop(L, 1);
         return -1;
@@ -377,17 +478,19 @@ int annal__pj_lua_check(const annal_proj_def *d, char *msg, size_t msg_n) {
         annal__pj_fmt(msg, msg_n, "out of memory");
         return -1;
     }
-    int rc = load_chunk(&l, d, msg, msg_n);
+    /* compiled, not run: running it is the projector's business, under its budget */
+    int rc = compile_chunk(&l, d, msg, msg_n);
     lua_close(l.L);
     return rc;
 }
 
-annal_err annal__pj_lua_open(const annal_proj_def *d, annal_proj *p, pj_lua **out, char *err,
-                             size_t err_n) {
+annal_err annal__pj_lua_open(const annal_proj_def *d, annal_proj *p, uint32_t budget_ms,
+                             pj_lua **out, char *err, size_t err_n) {
     *out = NULL;
     pj_lua *l = calloc(1, sizeof *l);
     if (!l) return ANNAL_ENOMEM;
     l->p = p;
+    l->budget_ms = budget_ms;
     l->ret_ref = LUA_NOREF;
     l->fname = d->filename;
     l->L = new_state(l);
@@ -396,8 +499,9 @@ annal_err annal__pj_lua_open(const annal_proj_def *d, annal_proj *p, pj_lua **ou
         return ANNAL_ENOMEM;
     }
     if (load_chunk(l, d, err, err_n) != 0) {
+        annal_err rc = l->stopped == STOP_CANCEL ? ANNAL_ECANCELED : ANNAL_EINVAL;
         annal__pj_lua_close(l);
-        return ANNAL_EINVAL;
+        return rc;
     }
     *out = l;
     return ANNAL_OK;
@@ -463,13 +567,20 @@ annal_err annal__pj_lua_call(pj_lua *l, const char *type, annal_proj_tx *tx, con
     lua_setfield(L, -2, "metadata");
     l->tx = tx;
     l->infra = ANNAL_OK;
+    budget_start(l);
     int rc = lua_pcall(L, 1, 1, 0);
+    budget_end(l);
     l->tx = NULL;
-    if (rc != LUA_OK) {
+    if (l->stopped != STOP_NONE) { /* the hook's word, even if Lua caught it and went on */
+        annal__pj_fmt(err, err_n, "%s", l->stop_msg);
+        lua_pop(L, 1);
+    } else if (rc != LUA_OK) {
         annal__pj_fmt(err, err_n, "%s", lua_tostring(L, -1));
         lua_pop(L, 1);
-        return l->infra != ANNAL_OK ? l->infra : ANNAL_EINVAL;
     }
+    if (l->stopped == STOP_CANCEL) return ANNAL_ECANCELED;
+    if (l->stopped == STOP_BUDGET) return ANNAL_ETIMEDOUT;
+    if (rc != LUA_OK) return l->infra != ANNAL_OK ? l->infra : ANNAL_EINVAL;
     if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) *skip_sql = 1;
     if (lua_istable(L, -1)) {
         l->ret_ref = luaL_ref(L, LUA_REGISTRYINDEX);

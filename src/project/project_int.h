@@ -154,9 +154,10 @@ annal_err annal__pj_pg_open(const char *conninfo, const char *schema, pj_target 
 typedef struct pj_lua pj_lua;
 /* Compile-check only (def.c): 0 ok, else msg "file:line: ...". */
 int annal__pj_lua_check(const annal_proj_def *d, char *msg, size_t msg_n);
-/* A state for running the file's handlers in projection p. */
-annal_err annal__pj_lua_open(const annal_proj_def *d, annal_proj *p, pj_lua **out, char *err,
-                             size_t err_n);
+/* A state for running the file's handlers in projection p; every run of Lua code (the
+ * chunk now, each call later) is stopped after budget_ms, or when p is cancelled. */
+annal_err annal__pj_lua_open(const annal_proj_def *d, annal_proj *p, uint32_t budget_ms,
+                             pj_lua **out, char *err, size_t err_n);
 void annal__pj_lua_close(pj_lua *l);
 int annal__pj_lua_has(pj_lua *l, const char *type);
 /* Run on[type](e). *skip_sql set when it returned false; the values it returned are then
@@ -168,7 +169,15 @@ int annal__pj_lua_value(pj_lua *l, const char *key, annal_proj_value *v);
 /* ---- Engine services for lua.c. */
 annal_err annal__pj_state_get(annal_proj_tx *tx, const char *key, char **json);
 annal_err annal__pj_state_set(annal_proj_tx *tx, const char *key, const char *json);
+/* Run sql already written in the target's dialect (?N or $N) with n params. */
+annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
+                                   const annal_proj_value *params, int n, annal_proj_row_fn rows,
+                                   void *ctx);
 const char *annal__pj_tx_errmsg(annal_proj_tx *tx);
+int annal__pj_canceled(const annal_proj *p); /* annal_proj_cancel was called */
+/* Tests only: fault(ctx, where) is asked at each fault point ("checkpoint": before the
+ * checkpoint is written in a batch's transaction); non-zero fails the step there. */
+void annal__pj_set_fault(annal_proj *p, int (*fault)(void *ctx, const char *where), void *ctx);
 pj_tkind annal__pj_tx_kind(annal_proj_tx *tx);
 
 #endif

@@ -542,6 +542,9 @@ static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_
                            ANNAL_MAX_NAME);
     if (stream[0] == '$' && !internal)
         return annal__fail(db, ANNAL_EINVAL, "stream names starting with '$' are reserved");
+    if (!internal && !annal__stream_name_ok(stream, slen))
+        return annal__fail(db, ANNAL_EINVAL, "invalid stream name: %zu bytes; the limit is %d",
+                           *slen, ANNAL_MAX_STREAM_NAME);
     if (expected < 0 && expected != ANNAL_EXPECT_ANY && expected != ANNAL_EXPECT_NO_STREAM &&
         expected != ANNAL_EXPECT_STREAM_EXISTS)
         return annal__fail(db, ANNAL_EINVAL, "invalid expected revision %" PRId64, expected);
@@ -586,9 +589,13 @@ static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_
     return ANNAL_OK;
 }
 
-annal_err annal_append(annal_db *db, const char *stream, int64_t expected, annal_event_data *events,
-                       size_t n, annal_append_result *result) {
-    return annal__append(db, stream, expected, events, n, result, NULL);
+annal_err annal_append_sized(annal_db *db, const char *stream, int64_t expected,
+                             annal_event_data *events, size_t n, annal_append_result *result,
+                             size_t result_size) {
+    annal_append_result r = {0};
+    annal_err rc = annal__append(db, stream, expected, events, n, result ? &r : NULL, NULL);
+    annal__out_copy(result, result_size, &r, sizeof r); /* never past the caller's size */
+    return rc;
 }
 
 annal_err annal__append(annal_db *db, const char *stream, int64_t expected,

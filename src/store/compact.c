@@ -384,7 +384,7 @@ static annal_err compact_segment(annal_db *db, annal__seg *s, uint64_t bytes_per
     return ANNAL_OK;
 }
 
-annal_err annal_compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats *stats) {
+static annal_err compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats *stats) {
     if (!db) return ANNAL_EINVAL;
     if (db->readonly) return annal__fail(db, ANNAL_EREADONLY, "the store is open read-only");
     if (stats) memset(stats, 0, sizeof *stats);
@@ -410,5 +410,13 @@ annal_err annal_compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats 
             rc = annal__fail(db, ANNAL_ECANCELED, "compaction canceled");
     }
     pthread_mutex_unlock(&db->compact_mu);
+    return rc;
+}
+
+annal_err annal_compact_sized(annal_db *db, uint64_t bytes_per_s, annal_compact_stats *stats,
+                              size_t stats_size) {
+    annal_compact_stats st = {0};
+    annal_err rc = compact(db, bytes_per_s, stats ? &st : NULL);
+    annal__out_copy(stats, stats_size, &st, sizeof st); /* never past the caller's size */
     return rc;
 }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,14 +24,29 @@
 #define DEF_MAX_EVENTS 100000u
 #define DEF_MAP        (1ull << 40)
 
-void annal_db_opts_init(annal_db_opts *o) {
+static void opts_defaults(annal_db_opts *o) {
     memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
     o->segment_bytes = DEF_SEGMENT;
     o->max_event_bytes = DEF_MAX_EVENT;
     o->max_batch_bytes = DEF_MAX_BATCH;
     o->max_batch_events = DEF_MAX_EVENTS;
     o->index_map_bytes = DEF_MAP;
     o->id_cache_events = ANNAL__IDS_MEM_DEFAULT;
+}
+
+void annal_db_opts_init_sized(annal_db_opts *o, size_t size) {
+    annal_db_opts d;
+    opts_defaults(&d);
+    annal__opts_out(o, size, &d, sizeof d);
+}
+
+annal_err annal__db_opts_in(const annal_db_opts *in, annal_db_opts *out) {
+    opts_defaults(out);
+    if (!in) return ANNAL_OK;
+    return annal__opts_in(out, sizeof *out, in, offsetof(annal_db_opts, flags) + sizeof in->flags)
+               ? ANNAL_OK
+               : ANNAL_EINVAL;
 }
 
 /* ---- error detail ---------------------------------------------------------------- */
@@ -85,6 +101,15 @@ int annal__name_ok(const char *s, size_t *len) {
     if (!s) return 0;
     size_t n = strnlen(s, ANNAL_MAX_NAME + 1);
     if (n == 0 || n > ANNAL_MAX_NAME || !annal__utf8_valid(s, n)) return 0;
+    *len = n;
+    return 1;
+}
+
+/* A user stream a caller may write to: short enough for the system streams derived
+ * from its name (annal.h, ANNAL_MAX_STREAM_NAME). */
+int annal__stream_name_ok(const char *s, size_t *len) {
+    size_t n;
+    if (!annal__name_ok(s, &n) || s[0] == '$' || n > ANNAL_MAX_STREAM_NAME) return 0;
     *len = n;
     return 1;
 }
@@ -597,7 +622,9 @@ static annal_err lock_dir(const char *dir, int *fd, char *msg, size_t len) {
     *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (*fd < 0) {
         snprintf(msg, len, "cannot open %s: %s", path, strerror(errno));
-        return errno == EACCES || errno == EROFS ? ANNAL_EREADONLY : ANNAL_EIO;
+        return errno == EACCES || errno == EPERM ? ANNAL_EPERM
+               : errno == EROFS                  ? ANNAL_EREADONLY
+                                                 : ANNAL_EIO;
     }
     if (flock(*fd, LOCK_EX | LOCK_NB) < 0) {
         char pid[32] = {0};
@@ -802,17 +829,70 @@ static annal_err open_reader(annal_db *db) {
     return ANNAL_OK;
 }
 
+/* A failed system call on the store's directory, with the code its errno deserves. */
+static annal_err fail_errno(annal_db *db, int e, const char *what, const char *path) {
+    annal_err code = e == EACCES || e == EPERM ? ANNAL_EPERM
+                     : e == ENOTDIR            ? ANNAL_EINVAL
+                     : e == ENOSPC             ? ANNAL_ENOSPC
+                     : e == EROFS              ? ANNAL_EREADONLY
+                     : e == ENOENT             ? ANNAL_ENOTFOUND
+                                               : ANNAL_EIO;
+    return annal__fail(db, code, "cannot %s %s: %s", what, path, strerror(e));
+}
+
+/* 1 if dir/name exists, 0 if not, else -errno. */
+static int has_entry(const char *dir, const char *name) {
+    char path[4096 + 16];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (stat(path, &st) == 0) return 1;
+    return errno == ENOENT ? 0 : -errno;
+}
+
+/* May db->dir be opened as a store? A missing directory is made with ANNAL_OPEN_CREATE
+ * (writers only). An existing one must hold a store (its log/ or index/: a writer
+ * rebuilds a deleted index) or, to become one, be empty but for a lock file left by an
+ * interrupted creation: pointed at a directory of other files (ANNAL_DATA=/), a writer
+ * refuses rather than adding a store to it. */
+static annal_err probe_dir(annal_db *db, unsigned flags) {
+    int create = (flags & ANNAL_OPEN_CREATE) && !db->readonly;
+    struct stat st;
+    if (stat(db->dir, &st) < 0) {
+        int e = errno;
+        if (e == ENOENT && !create)
+            return annal__fail(db, ANNAL_ENOTFOUND, "no store in %s", db->dir);
+        if (e != ENOENT) return fail_errno(db, e, "access", db->dir);
+        return mkdir(db->dir, 0755) == 0 ? ANNAL_OK : fail_errno(db, errno, "create", db->dir);
+    }
+    if (!S_ISDIR(st.st_mode))
+        return annal__fail(db, ANNAL_EINVAL, "%s is not a directory", db->dir);
+    int idx = has_entry(db->dir, "index"), log = idx < 0 ? 0 : has_entry(db->dir, "log");
+    if (idx < 0 || log < 0) return fail_errno(db, idx < 0 ? -idx : -log, "access", db->dir);
+    if (idx || (log && !db->readonly)) return ANNAL_OK;
+    if (!create) return annal__fail(db, ANNAL_ENOTFOUND, "no store in %s", db->dir);
+    DIR *d = opendir(db->dir);
+    if (!d) return fail_errno(db, errno, "read", db->dir);
+    const char *other = NULL;
+    for (struct dirent *e; !other && (e = readdir(d)) != NULL;)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, "lock"))
+            other = e->d_name;
+    annal_err rc = ANNAL_OK;
+    if (other)
+        rc = annal__fail(db, ANNAL_EINVAL,
+                         "%s is not empty (it holds %s) and is not a store: refusing to make it "
+                         "one; use a new or empty directory",
+                         db->dir, other);
+    closedir(d);
+    return rc;
+}
+
 /* Shared by annal_db_open and the tests, which pass a fault-injecting io table. */
 annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
                             annal_db **out) {
     if (!dir || !out) return ANNAL_EINVAL;
     *out = NULL;
     annal_db_opts o;
-    if (opts)
-        o = *opts;
-    else
-        annal_db_opts_init(&o);
-    if (check_opts(&o) != ANNAL_OK) return ANNAL_EINVAL;
+    if (annal__db_opts_in(opts, &o) != ANNAL_OK || check_opts(&o) != ANNAL_OK) return ANNAL_EINVAL;
     annal_db *db = calloc(1, sizeof *db);
     if (!db) return ANNAL_ENOMEM;
     db->opts = o;
@@ -832,22 +912,8 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
         return ANNAL_ENOMEM;
     }
     snprintf(db->index_dir, n, "%s/index", dir);
-    annal_err rc;
-    struct stat st;
-    if (stat(dir, &st) < 0) {
-        if (errno != ENOENT || !(o.flags & ANNAL_OPEN_CREATE) || db->readonly ||
-            mkdir(dir, 0755) < 0) {
-            rc = errno == ENOENT ? ANNAL_ENOTFOUND : ANNAL_EIO;
-            goto fail;
-        }
-    } else if (!S_ISDIR(st.st_mode)) {
-        rc = ANNAL_EINVAL;
-        goto fail;
-    }
-    if (!(o.flags & ANNAL_OPEN_CREATE) && stat(db->index_dir, &st) < 0) {
-        rc = ANNAL_ENOTFOUND;
-        goto fail;
-    }
+    annal_err rc = probe_dir(db, o.flags);
+    if (rc != ANNAL_OK) goto fail;
     rc = db->readonly ? open_reader(db) : open_writer(db);
     if (rc != ANNAL_OK) goto fail;
     annal__notify_open(db); /* failure only degrades waits to short sleeps */
@@ -945,10 +1011,7 @@ annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     snprintf(logdir, sizeof logdir, "%s/log", dir);
     if (stat(logdir, &st) < 0 || !S_ISDIR(st.st_mode)) return ANNAL_ENOTFOUND;
     annal_db_opts o;
-    if (opts)
-        o = *opts;
-    else
-        annal_db_opts_init(&o);
+    if (annal__db_opts_in(opts, &o) != ANNAL_OK) return ANNAL_EINVAL;
     o.flags &= ~(ANNAL_OPEN_READONLY | ANNAL_OPEN_CREATE);
     /* Hold the writer lock while the index files are removed, then let a normal open
      * index the whole log. */
@@ -969,14 +1032,15 @@ annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     return rc;
 }
 
-annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
-    if (!db || !out) return ANNAL_EINVAL;
+static annal_err info_get(annal_db *db, annal_db_info *out) {
     memset(out, 0, sizeof *out);
     MDB_txn *t;
     annal_err rc = annal__read_txn(db, &t);
     if (rc != ANNAL_OK) return rc;
     annal__index_head h;
     rc = annal__index_head_get(t, &db->idx, &h);
+    if (rc == ANNAL_OK)
+        rc = annal__index_system_streams(t, &db->idx, &out->system_streams, &out->system_events);
     MDB_stat ms;
     mdb_env_stat(db->idx.env, &ms);
     annal__txn_abort(&db->idx, t);
@@ -1017,4 +1081,12 @@ annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
     if (d) closedir(d);
     out->disk_bytes += out->index_bytes;
     return ANNAL_OK;
+}
+
+annal_err annal_db_info_get_sized(annal_db *db, annal_db_info *out, size_t out_size) {
+    if (!db || !out) return ANNAL_EINVAL;
+    annal_db_info full;
+    annal_err rc = info_get(db, &full);
+    if (rc == ANNAL_OK) annal__out_copy(out, out_size, &full, sizeof full);
+    return rc;
 }

@@ -121,6 +121,10 @@ void annal__log_msg(annal_db *db, annal_log_level lvl, const char *fmt, ...)
 
 /* Check a stream name or type name (1..ANNAL_MAX_NAME bytes of UTF-8). */
 int annal__name_ok(const char *s, size_t *len);
+/* ... and a stream name a caller writes to: not '$', 1..ANNAL_MAX_STREAM_NAME bytes. */
+int annal__stream_name_ok(const char *s, size_t *len);
+/* The caller's options (may be NULL) as a full struct: see annal.h's ABI promise. */
+annal_err annal__db_opts_in(const annal_db_opts *in, annal_db_opts *out);
 
 /* Open a read transaction (MDB_NOTLS: any thread may use it). */
 annal_err annal__read_txn(annal_db *db, MDB_txn **t);

@@ -181,11 +181,11 @@ int annal__event_visible(const annal__stream_rec *sr, uint64_t rev, int64_t ts, 
 
 static annal_err meta_name(annal_db *db, const char *stream, char *out, size_t *len) {
     size_t n;
-    if (!annal__name_ok(stream, &n) || stream[0] == '$' || n + 2 > ANNAL_MAX_NAME)
+    if (!annal__stream_name_ok(stream, &n))
         return annal__fail(db, ANNAL_EINVAL,
                            "invalid stream name: must be 1..%d bytes of UTF-8, not starting "
                            "with '$'",
-                           ANNAL_MAX_NAME - 2);
+                           ANNAL_MAX_STREAM_NAME);
     out[0] = out[1] = '$';
     memcpy(out + 2, stream, n + 1);
     *len = n + 2;
@@ -207,8 +207,8 @@ static annal_err meta_write(annal_db *db, const char *mname, int64_t expected, j
     return rc;
 }
 
-annal_err annal_stream_meta_set(annal_db *db, const char *stream, int64_t expected,
-                                const char *json, size_t json_len, annal_append_result *result) {
+static annal_err meta_set(annal_db *db, const char *stream, int64_t expected, const char *json,
+                          size_t json_len, annal_append_result *result) {
     if (!db || !stream || (!json && json_len)) return ANNAL_EINVAL;
     char mname[ANNAL_MAX_NAME + 3];
     size_t mlen;
@@ -287,8 +287,8 @@ annal_err annal_stream_meta_get(annal_db *db, const char *stream, char **json, i
     return ANNAL_OK;
 }
 
-annal_err annal_stream_delete(annal_db *db, const char *stream, int64_t expected, unsigned flags,
-                              annal_append_result *result) {
+static annal_err stream_delete(annal_db *db, const char *stream, int64_t expected, unsigned flags,
+                               annal_append_result *result) {
     if (!db || !stream || (flags & ~ANNAL_DELETE_HARD)) return ANNAL_EINVAL;
     char mname[ANNAL_MAX_NAME + 3];
     size_t mlen;
@@ -327,4 +327,23 @@ char *annal__soft_delete_doc(const void *prev, size_t prev_len, uint64_t tb) {
     }
     json_decref(doc);
     return text;
+}
+
+/* The public entry points write at most the caller's sizeof(annal_append_result). */
+annal_err annal_stream_meta_set_sized(annal_db *db, const char *stream, int64_t expected,
+                                      const char *json, size_t json_len,
+                                      annal_append_result *result, size_t result_size) {
+    annal_append_result r = {0};
+    annal_err rc = meta_set(db, stream, expected, json, json_len, result ? &r : NULL);
+    annal__out_copy(result, result_size, &r, sizeof r);
+    return rc;
+}
+
+annal_err annal_stream_delete_sized(annal_db *db, const char *stream, int64_t expected,
+                                    unsigned flags, annal_append_result *result,
+                                    size_t result_size) {
+    annal_append_result r = {0};
+    annal_err rc = stream_delete(db, stream, expected, flags, result ? &r : NULL);
+    annal__out_copy(result, result_size, &r, sizeof r);
+    return rc;
 }

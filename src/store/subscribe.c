@@ -5,10 +5,12 @@
  * slow one costs the store no memory and never slows appenders. */
 #include <inttypes.h>
 #include <regex.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "base/base.h"
 #include "store/db_int.h"
 
 /* Events per iterator: bounds the time between head checks (fell-behind, cancel) and
@@ -45,12 +47,18 @@ struct annal_sub {
     int pending_caught_up; /* CHECKPOINT returned; CAUGHT_UP comes next */
 };
 
-void annal_sub_opts_init(annal_sub_opts *opts) {
-    if (!opts) return;
+static void opts_defaults(annal_sub_opts *opts) {
     memset(opts, 0, sizeof *opts);
+    opts->struct_size = sizeof *opts;
     opts->start = ANNAL_SUB_START;
     opts->checkpoint_every = DEFAULT_CHECKPOINT_EVERY;
     opts->behind_threshold = DEFAULT_BEHIND;
+}
+
+void annal_sub_opts_init_sized(annal_sub_opts *opts, size_t size) {
+    annal_sub_opts d;
+    opts_defaults(&d);
+    annal__opts_out(opts, size, &d, sizeof d);
 }
 
 void annal_sub_close(annal_sub *s) {
@@ -103,9 +111,15 @@ static annal_err look(annal_sub *s, uint64_t *head, annal__stream_rec *sr, int *
     return rc;
 }
 
-annal_err annal_sub_open(annal_db *db, const annal_sub_opts *opts, annal_sub **out) {
-    if (!db || !opts || !out) return ANNAL_EINVAL;
+annal_err annal_sub_open(annal_db *db, const annal_sub_opts *caller, annal_sub **out) {
+    if (!db || !caller || !out) return ANNAL_EINVAL;
     *out = NULL;
+    annal_sub_opts full; /* only the fields inside the caller's struct_size: see annal.h */
+    opts_defaults(&full);
+    if (!annal__opts_in(&full, sizeof full, caller,
+                        offsetof(annal_sub_opts, stream) + sizeof caller->stream))
+        return annal__fail(db, ANNAL_EINVAL, "subscription options not initialized");
+    const annal_sub_opts *opts = &full;
     if (opts->start != ANNAL_SUB_START && opts->start != ANNAL_SUB_AFTER &&
         opts->start != ANNAL_SUB_END)
         return annal__fail(db, ANNAL_EINVAL, "unknown subscription start %d", opts->start);
@@ -212,8 +226,7 @@ static int64_t mono_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-annal_err annal_sub_next(annal_sub *s, int timeout_ms, annal_sub_item *item) {
-    if (!s || !item) return ANNAL_EINVAL;
+static annal_err sub_next(annal_sub *s, int timeout_ms, annal_sub_item *item) {
     memset(item, 0, sizeof *item);
     annal_db *db = s->db;
     int64_t deadline = timeout_ms < 0 ? -1 : mono_ms() + timeout_ms;
@@ -321,4 +334,13 @@ void annal_sub_cancel(annal_sub *s) {
     if (!s) return;
     __atomic_store_n(&s->cancel, 1, __ATOMIC_SEQ_CST);
     annal__notify_kick(s->db);
+}
+
+annal_err annal_sub_next_sized(annal_sub *s, int timeout_ms, annal_sub_item *item,
+                               size_t item_size) {
+    if (!s || !item) return ANNAL_EINVAL;
+    annal_sub_item it;
+    annal_err rc = sub_next(s, timeout_ms, &it);
+    annal__out_copy(item, item_size, &it, sizeof it); /* never past the caller's size */
+    return rc;
 }

@@ -214,10 +214,7 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
                        void *ctx) {
     if (!dir) return ANNAL_EINVAL;
     annal_db_opts o;
-    if (opts)
-        o = *opts;
-    else
-        annal_db_opts_init(&o);
+    if (annal__db_opts_in(opts, &o) != ANNAL_OK) return ANNAL_EINVAL;
     vctx v = {found, ctx, 0, 0};
     annal__log log;
     char detail[512] = "";
@@ -227,7 +224,11 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
         return ANNAL_ENOTFOUND;
     }
     if (rc != ANNAL_OK) {
-        report(&v, 0, 0, UINT64_MAX, NULL, "%s", detail);
+        /* Only what the files say is damage; a file we may not open says nothing. */
+        if (rc == ANNAL_ECORRUPT || rc == ANNAL_EVERSION)
+            report(&v, 0, 0, UINT64_MAX, NULL, "%s", detail);
+        else if (o.log)
+            o.log(o.log_ctx, ANNAL_LOG_ERROR, detail);
         annal__log_close(&log);
         return rc == ANNAL_ECORRUPT || rc == ANNAL_EVERSION ? ANNAL_ECORRUPT : rc;
     }
@@ -242,6 +243,11 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
     memset(&h, 0, sizeof h);
     int writer = writer_active(dir);
     rc = annal_db_open(dir, &ro, &db);
+    if (rc == ANNAL_EPERM) { /* not damage: this user cannot open the index (its detail
+                              * went to o.log) */
+        annal__log_close(&log);
+        return rc;
+    }
     if (rc == ANNAL_OK && annal__read_txn(db, &t) != ANNAL_OK) t = NULL;
     if (t && annal__index_head_get(t, &db->idx, &h) != ANNAL_OK) {
         report(&v, 0, 0, UINT64_MAX, NULL, "index head is damaged: run `annal rebuild-index`");

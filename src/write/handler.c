@@ -8,11 +8,13 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/base.h"
 #include "write.h"
 
 struct annal_handler {
@@ -57,17 +59,23 @@ static int stream_ok(const char *s) {
     if (!s) return 0;
     size_t n = strnlen(s, ANNAL_MAX_NAME + 1);
     /* '$' names are the store's ($all): their revisions are not a stream's. */
-    return n >= 1 && n <= ANNAL_MAX_NAME && s[0] != '$';
+    return n >= 1 && n <= ANNAL_MAX_STREAM_NAME && s[0] != '$';
 }
 
 /* ------------------------------------------------------------------------------------
  * Opening */
 
-void annal_handler_opts_init(annal_handler_opts *opts) {
-    if (!opts) return;
+static void opts_defaults(annal_handler_opts *opts) {
     memset(opts, 0, sizeof *opts);
+    opts->struct_size = sizeof *opts;
     opts->max_retries = 10;
     opts->snapshot_every = 100;
+}
+
+void annal_handler_opts_init_sized(annal_handler_opts *opts, size_t size) {
+    annal_handler_opts d;
+    opts_defaults(&d);
+    annal__opts_out(opts, size, &d, sizeof d);
 }
 
 static annal_err make_dir(const char *dir) {
@@ -81,11 +89,12 @@ annal_err annal_handler_open(annal_db *db, const annal_decider *decider,
                              const annal_handler_opts *opts, annal_handler **out) {
     if (!out) return ANNAL_EINVAL;
     *out = NULL;
-    annal_handler_opts defaults;
-    if (!opts) {
-        annal_handler_opts_init(&defaults);
-        opts = &defaults;
-    }
+    annal_handler_opts full; /* only the fields inside the caller's struct_size: see annal.h */
+    opts_defaults(&full);
+    if (opts && !annal__opts_in(&full, sizeof full, opts,
+                                offsetof(annal_handler_opts, ctx) + sizeof opts->ctx))
+        return ANNAL_EINVAL;
+    opts = &full;
     if (!db || !decider || decider->version < 1 || decider->version > ANNAL_DECIDER_VERSION ||
         !decider->evolve || !decider->decide || decider->state_size == 0 || !decider->name ||
         !!decider->snapshot_encode != !!decider->snapshot_decode)
@@ -368,8 +377,8 @@ static annal_err prepare(const annal_handler *h, const annal__write_cmeta *cm, a
     return ANNAL_OK;
 }
 
-annal_err annal_handle(annal_handler *h, const char *stream, const void *command,
-                       const annal_command_meta *meta, annal_command_result *result) {
+static annal_err handle(annal_handler *h, const char *stream, const void *command,
+                        const annal_command_meta *meta, annal_command_result *result) {
     annal_command_result local = {.rejected = 0};
     annal_command_result *res = result ? result : &local;
     memset(res, 0, sizeof *res);
@@ -437,8 +446,8 @@ annal_err annal_handle(annal_handler *h, const char *stream, const void *command
 /* ------------------------------------------------------------------------------------
  * Time travel */
 
-annal_err annal_state_load(annal_handler *h, const char *stream, uint64_t revision,
-                           int64_t until_ns, void **state, annal_state_info *info) {
+static annal_err state_load(annal_handler *h, const char *stream, uint64_t revision,
+                            int64_t until_ns, void **state, annal_state_info *info) {
     if (!state) return ANNAL_EINVAL;
     *state = NULL;
     if (!h || !stream_ok(stream)) return ANNAL_EINVAL;
@@ -466,4 +475,23 @@ annal_err annal_state_load(annal_handler *h, const char *stream, uint64_t revisi
 
 void annal_state_free(annal_handler *h, void *state) {
     if (h) state_drop(h, state);
+}
+
+/* The public entry points write at most the caller's sizeof of their result. */
+annal_err annal_handle_sized(annal_handler *h, const char *stream, const void *command,
+                             const annal_command_meta *meta, annal_command_result *result,
+                             size_t result_size) {
+    annal_command_result r;
+    annal_err rc = handle(h, stream, command, meta, &r);
+    annal__out_copy(result, result_size, &r, sizeof r);
+    return rc;
+}
+
+annal_err annal_state_load_sized(annal_handler *h, const char *stream, uint64_t revision,
+                                 int64_t until_ns, void **state, annal_state_info *info,
+                                 size_t info_size) {
+    annal_state_info i = {0};
+    annal_err rc = state_load(h, stream, revision, until_ns, state, info ? &i : NULL);
+    annal__out_copy(info, info_size, &i, sizeof i);
+    return rc;
 }

@@ -123,10 +123,14 @@ annal_err annal__write_snap_read(const char *dir, const char *decider, const cha
         got += (size_t)r;
     }
     size_t dlen = strlen(decider), slen = strlen(stream);
+    size_t body = size - HDR_BYTES - 4; /* bytes for the names and the state */
     uint64_t state_len = get64(img + 64);
+    /* The names must fit before the state length is derived from them: a file naming more
+     * than it holds would make the subtraction wrap and the compares read past img. */
     if (memcmp(img, MAGIC, 8) != 0 ||
         get32(img + size - 4) != annal__write_crc32c(0, img, size - 4) || get32(img + 12) != dlen ||
-        get32(img + 16) != slen || state_len != (uint64_t)size - HDR_BYTES - 4 - dlen - slen ||
+        get32(img + 16) != slen || dlen > body || slen > body - dlen ||
+        state_len != (uint64_t)(body - dlen - slen) ||
         memcmp(img + HDR_BYTES, decider, dlen) != 0 ||
         memcmp(img + HDR_BYTES + dlen, stream, slen) != 0) {
         rc = ANNAL_ECORRUPT;

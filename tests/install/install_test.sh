@@ -13,6 +13,8 @@ base="${ANNAL_TEST_TMP:-/tmp}"
 mkdir -p "$base"
 tmp="$(mktemp -d "$base/install-XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
+# Installed programs must run as installed: nothing here may help the loader.
+unset LD_LIBRARY_PATH
 
 pass=0
 fail=0
@@ -178,7 +180,7 @@ if command -v c++ >/dev/null 2>&1; then
         >"$tmp/consumer.cc"
     # shellcheck disable=SC2086
     if c++ -Wall -Wextra -Werror $san $cflags -o "$tmp/consumer_cxx" "$tmp/consumer.cc" $libs >"$tmp/cxx.log" 2>&1 &&
-        LD_LIBRARY_PATH="$pc_libdir" "$tmp/consumer_cxx"; then
+        "$tmp/consumer_cxx"; then
         ok "header usable from C++"
     else
         cat "$tmp/cxx.log" >&2
@@ -186,8 +188,8 @@ if command -v c++ >/dev/null 2>&1; then
     fi
 fi
 
-# It must load the installed library, not the one in the build tree.
-export LD_LIBRARY_PATH="$pc_libdir"
+# It must load the installed library, not the one in the build tree, with no
+# LD_LIBRARY_PATH (the rpath pkg-config gave it).
 loaded="$(ldd "$tmp/consumer" | awk '/libannal\.so/ {print $3}')"
 if [ -n "$loaded" ] && [ "$(real "$loaded")" = "$(real "$so")" ]; then
     ok "consumer loads $loaded"
@@ -225,11 +227,24 @@ fi
 # The installed command runs against the installed library.
 cli="$prefix/bin/annal"
 if [ -x "$cli" ]; then
-    if cli_out="$(LD_LIBRARY_PATH="$pc_libdir" "$cli" --version 2>&1)" &&
+    if cli_out="$("$cli" --version 2>&1)" &&
         printf '%s\n' "$cli_out" | grep -qF "$want_version"; then
         ok "installed annal --version: $cli_out"
     else
         bad "installed annal --version failed or lacks $want_version: $cli_out"
+    fi
+    for lib in libannal.so libannal_project.so; do
+        at="$(ldd "$cli" | awk -v l="$lib" 'index($1, l) == 1 {print $3}')"
+        case "$(real "$at")" in
+        "$(real "$prefix")"/*) ok "installed annal loads $lib from the prefix" ;;
+        *) bad "installed annal resolves $lib to '$at', not under $prefix" ;;
+        esac
+    done
+    if "$cli" --data "$tmp/clistore" append s T '{"n":1}' >/dev/null 2>"$tmp/cli.err" &&
+        "$cli" --data "$tmp/clistore" read s --json 2>>"$tmp/cli.err" | grep -q '"n":1'; then
+        ok "installed annal appends and reads"
+    else
+        bad "installed annal cannot append and read: $(cat "$tmp/cli.err")"
     fi
 else
     bad "no executable $cli"

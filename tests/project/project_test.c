@@ -7,6 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
 
 #include "annal_project.h"
 #include "project_int.h"
@@ -56,7 +61,7 @@ static void test_parse(void **state) {
     parse_bad("source $all\n[on A]\nSELECT 1;\n\n  SELECT :data.a..b\n", "t.proj:5:");
     parse_bad("source $all\nbatch 0\n[on A]\nSELECT 1\n", "t.proj:2: batch");
     parse_bad("source $all\n[lua]\nx = = 1\n", "t.proj:3:");
-    parse_bad("source $all\n[lua]\nerror('boom')\n", "t.proj:3: boom");
+    /* the chunk is only compiled at parse time: its errors at run come at open (lua_test) */
     parse_bad("source $all\n", "no handlers");
     parse_bad("projection a/b\nsource $all\n[on A]\nSELECT 1\n", "t.proj:1: bad projection name");
     parse_bad("source $all\ntarget mysql:x\n[on A]\nSELECT 1\n", "t.proj:2: bad target");
@@ -216,7 +221,7 @@ static void test_c_sqlite(void **state) {
     annal_proj_status st;
     char err[512];
     assert_int_equal(annal_proj_status_get(target, "counts", &st, err, sizeof err), ANNAL_OK);
-    assert_string_equal(st.state, "failed");
+    assert_int_equal(st.state, ANNAL_PROJ_FAILED);
     assert_int_equal(st.position, 7);
     assert_int_equal(st.error_position, 7);
     assert_non_null(strstr(st.error_event, "s-1@2 Bad "));
@@ -352,10 +357,141 @@ static void test_lua(void **state) {
     assert_int_equal(q1(target, "SELECT big FROM bal WHERE id = '2'"), 0);
     annal_proj_status st;
     assert_int_equal(annal_proj_status_get(target, "lua", &st, err, sizeof err), ANNAL_OK);
-    assert_string_equal(st.state, "failed");
+    assert_int_equal(st.state, ANNAL_PROJ_FAILED);
     assert_int_equal(st.error_position, 3);
     annal_proj_close(p);
     annal_proj_def_free(d);
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* ---- exactly once across a crash between the read model's changes and the checkpoint */
+
+typedef struct fault_at {
+    int n;    /* checkpoints seen */
+    int fail; /* fail the fail-th one (1-based) */
+} fault_at;
+
+static int fail_nth(void *ctx, const char *where) {
+    fault_at *f = ctx;
+    return strcmp(where, "checkpoint") == 0 && ++f->n == f->fail;
+}
+
+static void test_checkpoint_with_changes(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("proj-fault");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    for (int i = 0; i < 10; i++)
+        TU_OK(db, tu_append1(db, "s-1", ANNAL_EXPECT_ANY, "Ok", "{}", NULL));
+    char target[512];
+    snprintf(target, sizeof target, "sqlite:%s/f.db", dir);
+    for (int fail = 1; fail <= 4; fail++) {
+        char drop[64];
+        annal_proj_control(target, "counts", ANNAL_PROJ_FORGET, drop, sizeof drop);
+        annal_proj_query(target, NULL, "DROP TABLE IF EXISTS counts", NULL, NULL, drop,
+                         sizeof drop);
+        cproj c = {NULL, 0, 0};
+        annal_proj *p = open_c(db, target, &c, "$all"); /* batches of 3 */
+        fault_at f = {0, fail};
+        annal__pj_set_fault(p, fail_nth, &f);
+        assert_int_equal(annal_proj_run(p, 1), ANNAL_EIO); /* the "crash" */
+        annal_proj_close(p);
+        /* restart: goes on from the last checkpoint; every event applied exactly once */
+        p = open_c(db, target, &c, "$all");
+        assert_int_equal(annal_proj_run(p, 1), ANNAL_OK);
+        annal_proj_close(p);
+        assert_int_equal(q1(target, "SELECT sum(n) FROM counts"), 10);
+        annal_proj_status st;
+        char err[256];
+        assert_int_equal(annal_proj_status_get(target, "counts", &st, err, sizeof err), ANNAL_OK);
+        assert_int_equal(st.events, 10);
+        assert_int_equal(st.position, 10);
+    }
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* ---- liveness: status says running only while a live projector holds the projection */
+
+static void sql_on(const char *dir, const char *sql) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/live.db", dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) print_error("%s: %s\n", sql, msg);
+    assert_int_equal(rc, SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static annal_proj_state state_now(const char *target, annal_proj_status *st) {
+    char err[512];
+    assert_int_equal(annal_proj_status_get(target, "counts", st, err, sizeof err), ANNAL_OK);
+    return st->state;
+}
+
+static void test_liveness(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("proj-live");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    TU_OK(db, tu_append1(db, "s-1", ANNAL_EXPECT_ANY, "Ok", "{}", NULL));
+    char target[512];
+    snprintf(target, sizeof target, "sqlite:%s/live.db", dir);
+    cproj c = {NULL, 0, 0};
+    annal_proj_status st;
+    annal_proj *p = open_c(db, target, &c, "$all");
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_RUNNING);
+    assert_int_equal(st.projector_pid, getpid());
+    assert_true(st.projector_host[0] != '\0');
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+    assert_true(now_ns - st.heartbeat_ns < 5000000000LL);
+    assert_int_equal(annal_proj_run(p, 1), ANNAL_OK);
+    annal_proj_close(p); /* a clean close: stopped at once */
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_STOPPED);
+    assert_int_equal(st.projector_pid, 0);
+
+    p = open_c(db, target, &c, "$all");
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_RUNNING);
+    /* the recorded projector's process is gone (killed): stopped, its pid still shown */
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) _exit(0);
+    assert_int_equal(waitpid(child, NULL, 0), child);
+    char sql[256];
+    snprintf(sql, sizeof sql, "UPDATE annal_projectors SET pid = %d", (int)child);
+    sql_on(dir, sql);
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_STOPPED);
+    assert_int_equal(st.projector_pid, child);
+    /* on another host only the heartbeat tells: fresh is running, stale is stopped */
+    sql_on(dir, "UPDATE annal_projectors SET host = 'elsewhere.example'");
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_RUNNING);
+    snprintf(sql, sizeof sql, "UPDATE annal_projectors SET heartbeat_ns = %lld",
+             (long long)(now_ns - (int64_t)(ANNAL_PROJ_HEARTBEAT_STALE_MS + 1000) * 1000000));
+    sql_on(dir, sql);
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_STOPPED);
+    /* a live projector beats again within a second or so, even with nothing to apply */
+    usleep(1100 * 1000);
+    assert_int_equal(annal_proj_step(p, NULL), ANNAL_END);
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_RUNNING);
+    assert_int_equal(st.projector_pid, getpid());
+    /* paused and failed are the operator's business: shown with or without a projector */
+    char err[256];
+    assert_int_equal(annal_proj_control(target, "counts", ANNAL_PROJ_PAUSE, err, sizeof err),
+                     ANNAL_OK);
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_PAUSED);
+    annal_proj_close(p);
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_PAUSED);
+    assert_string_equal(annal_proj_state_name(ANNAL_PROJ_RUNNING), "running");
+    assert_string_equal(annal_proj_state_name(ANNAL_PROJ_STOPPED), "stopped");
+    assert_string_equal(annal_proj_state_name(ANNAL_PROJ_PAUSED), "paused");
+    assert_string_equal(annal_proj_state_name(ANNAL_PROJ_FAILED), "failed");
+    assert_string_equal(annal_proj_state_name(ANNAL_PROJ_REPLACED), "replaced");
+    assert_string_equal(annal_proj_state_name((annal_proj_state)99), "unknown");
     annal_db_close(db);
     tu_rmrf(dir);
     free(dir);
@@ -370,6 +506,8 @@ int main(void) {
         cmocka_unit_test(test_c_stream_source_and_emit),
         cmocka_unit_test(test_memory),
         cmocka_unit_test(test_lua),
+        cmocka_unit_test(test_liveness),
+        cmocka_unit_test(test_checkpoint_with_changes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

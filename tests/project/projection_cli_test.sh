@@ -65,7 +65,8 @@ expect_grep "query (json)" '^\{"id":"1","total":50\}$' "$tmp/q.json"
 a query orders 'SELECT nope FROM orders' >"$tmp/out" 2>&1
 expect_eq "query with a SQL error exits 1" "$?" "1"
 a projection status --json >"$tmp/st.json"
-expect_grep "status: position past the head, no lag" '"state":"running","position":4,"events":3,"lag_events":0' "$tmp/st.json"
+# run --once has exited: nobody applies events, and status says so (not "running")
+expect_grep "status: stopped, position past the head, no lag" '"state":"stopped","position":4,"events":3,"lag_events":0' "$tmp/st.json"
 
 # ---- read your writes: wait for a position
 a projection wait orders 3 --timeout 1000 && ok "wait for an applied position" || bad "wait for an applied position"
@@ -118,6 +119,8 @@ expect_eq "running projector paused" "$(a query orders "SELECT count(*) FROM ord
 a projection resume orders >/dev/null
 pos=$(a info --json | sed -n 's/.*"events":\([0-9]*\).*/\1/p')
 a projection wait orders $((pos - 1)) --timeout 10000 && ok "running projector resumed" || bad "resume of a running projector"
+a projection status orders --json >"$tmp/st.json"
+expect_grep "status: running, held by the projector's process" "\"state\":\"running\",.*\"projector_pid\":$runner," "$tmp/st.json"
 
 # ---- rebuild into a shadow while the projector runs, appends go on and queries answer
 for i in $(seq 0 9); do a append "order-r$i" OrderPlaced '{"customer":"r"}' >/dev/null; done
@@ -132,8 +135,12 @@ wait $querier
 if [ -s "$tmp/qerr" ]; then bad "queries failed during the rebuild: $(wc -l <"$tmp/qerr")"; else ok "queries answered throughout the rebuild"; fi
 pos=$(a info --json | sed -n 's/.*"events":\([0-9]*\).*/\1/p')
 a projection wait orders $((pos - 1)) --timeout 20000 || bad "projector continues on the rebuilt model"
+a projection status orders --json >"$tmp/st.json"
+expect_grep "status: still running after the rebuild" "\"state\":\"running\",.*\"projector_pid\":$runner," "$tmp/st.json"
 kill "$runner"
 wait "$runner" 2>/dev/null
+a projection status orders --json >"$tmp/st.json"
+expect_grep "status: stopped once the projector has exited" '"state":"stopped"' "$tmp/st.json"
 [ -L "$tmp/store/projections/orders.db" ] && ok "the read model is now a link to its generation" || bad "no link after rebuild"
 expect_eq "the skipped event stays skipped in the rebuilt model" \
     "$(a query orders "SELECT count(*) FROM orders WHERE id = '3'" --tsv | tail -n 1)" "0"

@@ -31,7 +31,7 @@ for p in customer_overview daily_revenue; do
 done
 a projection run --once 2>"$tmp/err" || bad "run: $(cat "$tmp/err")"
 a projection status --json >"$tmp/st.json"
-expect_grep "customer_overview caught up" '"name":"customer_overview".*"state":"running","position":3000,.*"lag_events":0' "$tmp/st.json"
+expect_grep "customer_overview caught up" '"name":"customer_overview".*"state":"stopped","position":3000,.*"lag_events":0' "$tmp/st.json"
 # The same figures computed by psql from the events themselves (loaded as a table).
 psql_q "CREATE TABLE public.ev (line jsonb)" >/dev/null
 while IFS= read -r l; do printf '%s\n' "$l"; done <"$tmp/events.jsonl" |

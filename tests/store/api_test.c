@@ -491,7 +491,8 @@ static void test_error_names(void **state) {
                ERRNAME(ANNAL_ECORRUPT),   ERRNAME(ANNAL_ENOTFOUND), ERRNAME(ANNAL_ECONFLICT),
                ERRNAME(ANNAL_EDUPLICATE), ERRNAME(ANNAL_ETOOBIG),   ERRNAME(ANNAL_EBUSY),
                ERRNAME(ANNAL_EREADONLY),  ERRNAME(ANNAL_EFAILED),   ERRNAME(ANNAL_EVERSION),
-               ERRNAME(ANNAL_ECANCELED),  ERRNAME(ANNAL_EDELETED),  ERRNAME(ANNAL_ETIMEDOUT)};
+               ERRNAME(ANNAL_ECANCELED),  ERRNAME(ANNAL_EDELETED),  ERRNAME(ANNAL_ETIMEDOUT),
+               ERRNAME(ANNAL_EPERM)};
     assert_int_equal(ARRAY_LEN(all), ANNAL_ERR_COUNT); /* the table above is complete */
     for (int c = 0; c < ANNAL_ERR_COUNT; c++) {
         const char *name = annal_errname((annal_err)c);
@@ -1087,6 +1088,13 @@ static void test_validation(void **state) {
     memset(utf255, 'u', ANNAL_MAX_NAME - 2);
     memcpy(utf255 + ANNAL_MAX_NAME - 2, "\xc3\xa9", 3);
     assert_int_equal(strlen(utf255), ANNAL_MAX_NAME);
+    /* stream names have their own, smaller limit (room for the system streams derived
+     * from them): the longest, plain and ending in a 2-byte character */
+    char smax[ANNAL_MAX_STREAM_NAME + 1], utfmax[ANNAL_MAX_STREAM_NAME + 1];
+    memset(smax, 's', ANNAL_MAX_STREAM_NAME);
+    smax[ANNAL_MAX_STREAM_NAME] = 0;
+    memset(utfmax, 'u', ANNAL_MAX_STREAM_NAME - 2);
+    memcpy(utfmax + ANNAL_MAX_STREAM_NAME - 2, "\xc3\xa9", 3);
     static const char *const bad_names[] = {
         "",
         "$all",
@@ -1145,9 +1153,9 @@ static void test_validation(void **state) {
     assert_int_equal(w_append(db, &w, "ok", ANNAL_EXPECT_ANY, &e, 1, &res), ANNAL_EINVAL);
     /* the limits themselves and valid UTF-8 are fine */
     e = ed("T", "v", 1, NULL, 0);
-    TU_OK(db, w_append(db, &w, name255, ANNAL_EXPECT_NO_STREAM, &e, 1, &res));
+    TU_OK(db, w_append(db, &w, smax, ANNAL_EXPECT_NO_STREAM, &e, 1, &res));
     e = ed("T", "v", 1, NULL, 0);
-    TU_OK(db, w_append(db, &w, utf255, ANNAL_EXPECT_NO_STREAM, &e, 1, &res));
+    TU_OK(db, w_append(db, &w, utfmax, ANNAL_EXPECT_NO_STREAM, &e, 1, &res));
     e = ed(name255, "v", 1, NULL, 0);
     TU_OK(db, w_append(db, &w, "ok", ANNAL_EXPECT_ANY, &e, 1, &res));
     e = ed("$type.may-start-with-dollar", "v", 1, NULL, 0);
@@ -2107,6 +2115,207 @@ static void test_progress_and_cancel(void **state) {
     assert_int_equal(annal_verify(*state, NULL, NULL, NULL), ANNAL_OK);
 }
 
+/* ------------------------------------------------------------------------------------
+ * ABI growth (annal.h's promise): a program compiled against an older, smaller struct
+ * gets a library that neither reads nor writes past it. The "older" layouts below are
+ * prefixes of today's structs, each followed by guard bytes the library must not touch;
+ * they are filled with 0xff, which read as options would fail the open (an event limit
+ * over 1 GiB) and written would show. */
+#define GUARD 0xffu
+typedef struct old_db_opts { /* a prefix of annal_db_opts */
+    size_t struct_size;
+    unsigned flags;
+    uint64_t segment_bytes;
+} old_db_opts;
+typedef struct old_result { /* a prefix of annal_append_result */
+    uint64_t first_revision;
+} old_result;
+typedef struct old_info { /* a prefix of annal_db_info */
+    uint64_t events;
+} old_info;
+typedef struct old_stats { /* a prefix of annal_compact_stats */
+    uint64_t segments_total;
+} old_stats;
+typedef struct old_sub_opts { /* a prefix of annal_sub_opts */
+    size_t struct_size;
+    const char *stream;
+} old_sub_opts;
+typedef struct old_item { /* a prefix of annal_sub_item */
+    annal_sub_kind kind;
+} old_item;
+typedef struct old_handler_opts { /* a prefix of annal_handler_opts */
+    size_t struct_size;
+    void *ctx;
+} old_handler_opts;
+
+static int guard_intact(const unsigned char *g, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (g[i] != GUARD) return 0;
+    return 1;
+}
+
+static void test_abi_smaller_structs(void **state) {
+    annal_db_opts now;
+    annal_db_opts_init(&now);
+    assert_int_equal(now.struct_size, sizeof now);
+
+    struct {
+        old_db_opts o;
+        unsigned char guard[128];
+    } go;
+    memset(&go, GUARD, sizeof go);
+    annal_db_opts_init_sized((annal_db_opts *)&go.o, sizeof go.o);
+    assert_true(guard_intact(go.guard, sizeof go.guard));
+    assert_int_equal(go.o.struct_size, sizeof go.o);
+    assert_int_equal(go.o.flags, 0);
+    assert_int_equal(go.o.segment_bytes, now.segment_bytes);
+    go.o.flags = ANNAL_OPEN_CREATE;
+    go.o.segment_bytes = 64 * 1024;
+    annal_db *db = NULL;
+    /* Fields past struct_size take their defaults: the guard is never read. */
+    assert_int_equal(annal_db_open(*state, (const annal_db_opts *)&go.o, &db), ANNAL_OK);
+
+    annal_event_data ev = {.type = "T", .data = "{}", .data_len = 2};
+    struct {
+        old_result r;
+        unsigned char guard[64];
+    } gr;
+    memset(&gr, GUARD, sizeof gr);
+    TU_OK(db, annal_append_sized(db, "s", ANNAL_EXPECT_ANY, &ev, 1, (annal_append_result *)&gr.r,
+                                 sizeof gr.r));
+    assert_int_equal(gr.r.first_revision, 0);
+    assert_true(guard_intact(gr.guard, sizeof gr.guard));
+    memset(&gr, GUARD, sizeof gr);
+    TU_OK(db, annal_stream_meta_set_sized(db, "s", ANNAL_EXPECT_ANY, "{}", 2,
+                                          (annal_append_result *)&gr.r, sizeof gr.r));
+    assert_true(guard_intact(gr.guard, sizeof gr.guard));
+    memset(&gr, GUARD, sizeof gr);
+    TU_OK(db, annal_stream_delete_sized(db, "s", ANNAL_EXPECT_ANY, 0, (annal_append_result *)&gr.r,
+                                        sizeof gr.r));
+    assert_true(guard_intact(gr.guard, sizeof gr.guard));
+    TU_OK(db, annal_append_sized(db, "s", ANNAL_EXPECT_ANY, &ev, 1, NULL, sizeof gr.r));
+
+    struct {
+        old_info i;
+        unsigned char guard[128];
+    } gi;
+    memset(&gi, GUARD, sizeof gi);
+    TU_OK(db, annal_db_info_get_sized(db, (annal_db_info *)&gi.i, sizeof gi.i));
+    annal_db_info full;
+    TU_OK(db, annal_db_info_get(db, &full));
+    assert_true(full.events >= 2);
+    assert_int_equal(gi.i.events, full.events);
+    assert_true(guard_intact(gi.guard, sizeof gi.guard));
+
+    struct {
+        old_stats st;
+        unsigned char guard[64];
+    } gs;
+    memset(&gs, GUARD, sizeof gs);
+    TU_OK(db, annal_compact_sized(db, 0, (annal_compact_stats *)&gs.st, sizeof gs.st));
+    assert_true(gs.st.segments_total < 16);
+    assert_true(guard_intact(gs.guard, sizeof gs.guard));
+
+    struct {
+        old_sub_opts o;
+        unsigned char guard[64];
+    } gso;
+    memset(&gso, GUARD, sizeof gso);
+    annal_sub_opts_init_sized((annal_sub_opts *)&gso.o, sizeof gso.o);
+    assert_true(guard_intact(gso.guard, sizeof gso.guard));
+    assert_int_equal(gso.o.struct_size, sizeof gso.o);
+    assert_null(gso.o.stream);
+    gso.o.stream = "s";
+    annal_sub *sub = NULL;
+    /* start, from and filter lie past struct_size: from the start, no filter */
+    TU_OK(db, annal_sub_open(db, (const annal_sub_opts *)&gso.o, &sub));
+    struct {
+        old_item it;
+        unsigned char guard[64];
+    } git;
+    memset(&git, GUARD, sizeof git);
+    TU_OK(db, annal_sub_next_sized(sub, 0, (annal_sub_item *)&git.it, sizeof git.it));
+    assert_true(git.it.kind == ANNAL_SUB_EVENT || git.it.kind == ANNAL_SUB_CHECKPOINT);
+    assert_true(guard_intact(git.guard, sizeof git.guard));
+    annal_sub_close(sub);
+    annal_db_close(db);
+
+    struct {
+        old_handler_opts o;
+        unsigned char guard[64];
+    } gh;
+    memset(&gh, GUARD, sizeof gh);
+    annal_handler_opts_init_sized((annal_handler_opts *)&gh.o, sizeof gh.o);
+    assert_true(guard_intact(gh.guard, sizeof gh.guard));
+    assert_int_equal(gh.o.struct_size, sizeof gh.o);
+    assert_null(gh.o.ctx);
+}
+
+/* A newer program's bigger struct: the tail this library does not know is zeroed by
+ * init and ignored by open; an uninitialized struct (struct_size 0) is refused. */
+static void test_abi_bigger_and_uninitialized(void **state) {
+    struct {
+        annal_db_opts o;
+        unsigned char newer[32];
+    } big;
+    memset(&big, GUARD, sizeof big);
+    annal_db_opts_init_sized(&big.o, sizeof big);
+    assert_int_equal(big.o.struct_size, sizeof big);
+    for (size_t i = 0; i < sizeof big.newer; i++) assert_int_equal(big.newer[i], 0);
+    big.o.flags = ANNAL_OPEN_CREATE;
+    memset(big.newer, 7, sizeof big.newer);
+    annal_db *db = NULL;
+    assert_int_equal(annal_db_open(*state, &big.o, &db), ANNAL_OK);
+    annal_db_close(db);
+
+    annal_db_opts zero;
+    memset(&zero, 0, sizeof zero);
+    zero.flags = ANNAL_OPEN_CREATE;
+    assert_int_equal(annal_db_open(*state, &zero, &db), ANNAL_EINVAL);
+    assert_null(db);
+}
+
+/* Item 12: every legal stream name can be given metadata and deleted -- the system
+ * stream `$$<name>` derived from it fits -- and one byte more is refused as invalid by
+ * every call that takes a stream name to write. */
+static void test_stream_name_limit(void **state) {
+    annal_db *db = must_open(*state, ANNAL_OPEN_CREATE);
+    char name[ANNAL_MAX_STREAM_NAME + 2];
+    memset(name, 'n', sizeof name - 1);
+    name[ANNAL_MAX_STREAM_NAME] = 0; /* the longest legal name */
+    assert_true(ANNAL_MAX_STREAM_NAME + 2 <= ANNAL_MAX_NAME);
+    annal_event_data e = {.type = "T", .data = "{}", .data_len = 2};
+    TU_OK(db, annal_append(db, name, ANNAL_EXPECT_NO_STREAM, &e, 1, NULL));
+    TU_OK(db, annal_stream_meta_set(db, name, ANNAL_EXPECT_ANY, "{\"k\":1}", 7, NULL));
+    char *json = NULL;
+    int64_t mrev = -2;
+    TU_OK(db, annal_stream_meta_get(db, name, &json, &mrev));
+    assert_non_null(strstr(json, "\"k\""));
+    assert_int_equal(mrev, 0);
+    annal_free(json);
+    TU_OK(db, annal_stream_delete(db, name, 0, 0, NULL));
+    annal_iter *it = NULL;
+    assert_int_equal(annal_read_stream(db, name, 0, 0, 0, &it), ANNAL_ENOTFOUND);
+    memset(&e.id, 0, sizeof e.id); /* a new event, not a retry of the first */
+    TU_OK(db, annal_append(db, name, ANNAL_EXPECT_ANY, &e, 1, NULL)); /* re-created */
+    TU_OK(db, annal_stream_delete(db, name, ANNAL_EXPECT_ANY, ANNAL_DELETE_HARD, NULL));
+    assert_int_equal(annal_read_stream(db, name, 0, 0, 0, &it), ANNAL_EDELETED);
+
+    memset(name, 'm', sizeof name - 1); /* one byte over */
+    name[ANNAL_MAX_STREAM_NAME + 1] = 0;
+    memset(&e.id, 0, sizeof e.id);
+    assert_int_equal(annal_append(db, name, ANNAL_EXPECT_ANY, &e, 1, NULL), ANNAL_EINVAL);
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", ANNAL_MAX_STREAM_NAME);
+    assert_non_null(strstr(annal_db_errmsg(db), limit)); /* says what the limit is */
+    assert_int_equal(annal_stream_meta_set(db, name, ANNAL_EXPECT_ANY, "{}", 2, NULL),
+                     ANNAL_EINVAL);
+    assert_non_null(strstr(annal_db_errmsg(db), limit));
+    assert_int_equal(annal_stream_delete(db, name, ANNAL_EXPECT_ANY, 0, NULL), ANNAL_EINVAL);
+    assert_non_null(strstr(annal_db_errmsg(db), limit));
+    annal_db_close(db);
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "--child") == 0) return child_main(argv[2], argv[3]);
     const char *seed = getenv("ANNAL_API_SEED");
@@ -2141,6 +2350,9 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_nosync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rebuild_and_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_progress_and_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abi_smaller_structs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abi_bigger_and_uninitialized, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_name_limit, setup, teardown),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }

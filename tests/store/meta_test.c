@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "store/db_int.h"
 #include "testutil.h"
 
 #define NSTREAMS 40
@@ -495,12 +496,40 @@ static void test_deletes_race_appends(void **state) {
     TU_OK(NULL, annal_verify(f->dir, NULL, NULL, NULL));
 }
 
+/* $maxAge is in seconds: an event 1.5 s old is visible under $maxAge 5 and hidden under
+ * $maxAge 1 (read as milliseconds, both would hide it); and the rule itself at exact ages. */
+static void test_max_age_seconds(void **state) {
+    fixture *f = *state;
+    annal_db *db = f->db;
+    append_n(db, "aged-1", 2);
+    usleep(1500 * 1000);
+    char revs[64];
+    TU_OK(db, mset(db, "aged-1", ANNAL_EXPECT_ANY, "{\"$maxAge\":5}", NULL));
+    stream_revs(db, "aged-1", 0, revs, sizeof revs);
+    assert_string_equal(revs, "0,1");
+    TU_OK(db, mset(db, "aged-1", ANNAL_EXPECT_ANY, "{\"$maxAge\":1}", NULL));
+    stream_revs(db, "aged-1", 0, revs, sizeof revs);
+    assert_string_equal(revs, "");
+
+    annal__stream_rec sr = annal__stream_rec_new(1, 0);
+    sr.count = 1;
+    int64_t now = 1000000000000000000LL, s = 1000000000LL;
+    sr.max_age = 5;
+    assert_true(annal__event_visible(&sr, 0, now - 2 * s, now));
+    assert_true(annal__event_visible(&sr, 0, now - 5 * s, now)); /* exactly the age: kept */
+    assert_false(annal__event_visible(&sr, 0, now - 5 * s - 1, now));
+    sr.max_age = 1;
+    assert_false(annal__event_visible(&sr, 0, now - 2 * s, now));
+    assert_true(annal__event_visible(&sr, 0, now - s / 2, now));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_category_and_type_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metadata_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deletes_race_appends, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_age_seconds, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,6 +32,7 @@ typedef struct add_cmd {
     annal_db *interfere;          /* append to stream from inside decide, once */
     const char *interfere_stream; /* that stream */
     int interfered;               /* set after it did */
+    int interfere_times;          /* > 0: interfere in this many decides, not once */
 } add_cmd;
 
 typedef struct ctx {
@@ -68,8 +69,9 @@ static annal_err c_decide(void *c, const void *state, const void *command, annal
     (void)c;
     const counter *s = state;
     add_cmd *cmd = (add_cmd *)command;
-    if (cmd->interfere && !cmd->interfered) {
-        cmd->interfered = 1;
+    if (cmd->interfere &&
+        (cmd->interfere_times > 0 ? cmd->interfered < cmd->interfere_times : !cmd->interfered)) {
+        cmd->interfered++;
         annal_err rc = tu_append1(cmd->interfere, cmd->interfere_stream, ANNAL_EXPECT_ANY, "Added",
                                   "1000", NULL);
         if (rc != ANNAL_OK) return rc;
@@ -388,6 +390,49 @@ static void test_conflict_retry(void **state) {
     add_cmd c4 = {.amount = 1, .limit = 10, .interfere = f->db, .interfere_stream = "r-2"};
     assert_int_equal(annal_handle(h, "r-2", &c4, NULL, &r), ANNAL_ECONFLICT);
     assert_int_equal(r.append.revision, 0);
+    annal_handler_close(h);
+}
+
+/* Exactly max_retries conflicts in a row are retried through; one more is returned, after
+ * max_retries + 1 decisions. */
+static void test_conflict_retry_count(void **state) {
+    fx *f = *state;
+    annal_decider d = counter_decider(0);
+    for (unsigned max = 1; max <= 4; max += 3) {
+        annal_handler_opts o;
+        annal_handler_opts_init(&o);
+        o.max_retries = max;
+        annal_handler *h;
+        TU_OK(f->db, annal_handler_open(f->db, &d, &o, &h));
+        annal_command_result r;
+        add_cmd c = {.amount = 1,
+                     .limit = 1000000,
+                     .interfere = f->db,
+                     .interfere_stream = "k-1",
+                     .interfere_times = (int)max};
+        TU_OK(f->db, annal_handle(h, "k-1", &c, NULL, &r));
+        assert_int_equal(c.interfered, max);
+        assert_int_equal(r.attempts, max + 1);
+        add_cmd c2 = {.amount = 1,
+                      .limit = 1000000,
+                      .interfere = f->db,
+                      .interfere_stream = "k-1",
+                      .interfere_times = (int)max + 1};
+        assert_int_equal(annal_handle(h, "k-1", &c2, NULL, &r), ANNAL_ECONFLICT);
+        assert_int_equal(c2.interfered, max + 1);
+        assert_int_equal(r.attempts, max + 1);
+        annal_handler_close(h);
+    }
+    /* the default: 10 */
+    annal_handler *h = open_handler(f->db, &d, NULL, NULL, 0);
+    annal_command_result r;
+    add_cmd c = {.amount = 1,
+                 .limit = 1000000,
+                 .interfere = f->db,
+                 .interfere_stream = "k-2",
+                 .interfere_times = 10};
+    TU_OK(f->db, annal_handle(h, "k-2", &c, NULL, &r));
+    assert_int_equal(r.attempts, 11);
     annal_handler_close(h);
 }
 
@@ -897,6 +942,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_decide_reject_noop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_command_metadata, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conflict_retry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conflict_retry_count, setup, teardown),
         cmocka_unit_test_setup_teardown(test_evolve_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_time_travel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshots, setup, teardown),

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "route.h"
 
 static const char usage[] =
     "usage: annal [--data DIR] append STREAM TYPE DATA [options]\n"
@@ -244,6 +245,18 @@ int cli_cmd_append(cli_global *g, int argc, char **argv) {
         return rc;
     }
 
+    /* While a server owns the store, the append goes through it. */
+    annal_remote *srv;
+    rc = cli_route(g, "append", &srv);
+    if (!rc && srv) {
+        rc = cli_remote_append(srv, stream, expected, &ev);
+        annal_remote_close(srv);
+    }
+    if (rc || srv) {
+        cli_buf_free(&data);
+        cli_buf_free(&meta);
+        return rc;
+    }
     annal_db *db;
     rc = cli_open(g, "append", ANNAL_OPEN_CREATE, NULL, &db);
     if (rc) {

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "route.h"
 
 static int parse_expected(const char *cmd, const char *v, int64_t *out) {
     uint64_t n;
@@ -90,8 +91,17 @@ int cli_cmd_meta(cli_global *g, int argc, char **argv) {
     int setting = json || lim[0] || lim[1] || lim[2];
     if (json && (lim[0] || lim[1] || lim[2]))
         return cli_usage_error("meta", "give either a JSON document or the limit options");
+    /* Writes go through a server that owns the store; reads stay direct when local. */
+    annal_remote *srv = NULL;
+    int rc = setting || g->server ? cli_route(g, "meta", &srv) : 0;
+    if (rc) return rc;
+    if (srv) {
+        rc = cli_remote_meta(srv, stream, json, lim, expected);
+        annal_remote_close(srv);
+        return rc;
+    }
     annal_db *db;
-    int rc = cli_open(g, "meta", setting ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
+    rc = cli_open(g, "meta", setting ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
     if (rc) return rc;
     char *cur = NULL;
     int64_t rev = -1;
@@ -178,8 +188,16 @@ int cli_cmd_delete(cli_global *g, int argc, char **argv) {
         }
     }
     if (!stream) return cli_usage_error("delete", "a stream name is needed");
+    annal_remote *srv;
+    int rc = cli_route(g, "delete", &srv);
+    if (rc) return rc;
+    if (srv) {
+        rc = cli_remote_delete(srv, stream, expected, hard);
+        annal_remote_close(srv);
+        return rc;
+    }
     annal_db *db;
-    int rc = cli_open(g, "delete", 0, NULL, &db);
+    rc = cli_open(g, "delete", 0, NULL, &db);
     if (rc) return rc;
     annal_append_result res;
     annal_err e = annal_stream_delete(db, stream, expected, hard ? ANNAL_DELETE_HARD : 0, &res);
@@ -239,7 +257,8 @@ int cli_cmd_compact(cli_global *g, int argc, char **argv) {
     cli_progress prog;
     cli_progress_init(&prog, "compact", progress_opt ? 2 : g->stderr_tty);
     annal_db *db;
-    int rc = cli_open(g, "compact", 0, &prog, &db);
+    int rc = cli_route_refuse(g, "compact");
+    if (!rc) rc = cli_open(g, "compact", 0, &prog, &db);
     if (rc) return rc;
     prog.unit = "segments"; /* opening counted events; annal_compact reports segments */
     annal_compact_stats st;

@@ -16,6 +16,7 @@
 
 #include "annal_project.h"
 #include "cli.h"
+#include "route.h"
 
 static const char usage[] =
     "usage: annal [--data DIR] projection <action> [args]\n"
@@ -467,6 +468,7 @@ static int cmd_run(cli_global *g, args *a) {
     }
     annal_db *db = NULL;
     /* Read-only unless a projection appends events: the application stays the writer. */
+    if (!rc && emits) rc = cli_route_refuse(g, CMD); /* emitting needs the writer */
     if (!rc) rc = cli_open(g, CMD, emits ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
     annal_proj **ps = cli_xrealloc(NULL, n * sizeof *ps);
     memset(ps, 0, n * sizeof *ps);
@@ -564,7 +566,9 @@ static int cmd_rebuild(cli_global *g, args *a) {
     int rc = reg_load(g, a->operands[0], &r);
     if (rc) return rc;
     annal_db *db = NULL;
-    rc = cli_open(g, CMD, annal_proj_def_emits(r.def) ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
+    if (annal_proj_def_emits(r.def)) rc = cli_route_refuse(g, CMD);
+    if (!rc)
+        rc = cli_open(g, CMD, annal_proj_def_emits(r.def) ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
     if (!rc) {
         annal_proj_opts o;
         annal_proj_opts_init(&o);

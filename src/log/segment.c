@@ -349,6 +349,25 @@ annal__seg *annal__log_seg_at(annal__log *log, uint64_t loc) {
     return NULL;
 }
 
+annal__seg *annal__log_seg_for(annal__log *log, uint64_t pos) {
+    pthread_mutex_lock(&log->mu);
+    size_t lo = 0, hi = log->nsegs; /* lo: the first segment starting above pos */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (log->segs[mid]->first_pos <= pos)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    annal__seg *s = lo ? log->segs[lo - 1] : NULL;
+    int last = lo == log->nsegs;
+    pthread_mutex_unlock(&log->mu);
+    /* A reader in another process may not know the writer's newest segments yet. */
+    for (annal__seg *n; s && last && log->readonly; s = n)
+        if (!(n = annal__log_seg(log, s->no + 1)) || n->first_pos > pos) break;
+    return s;
+}
+
 annal__seg *annal__log_last(annal__log *log) {
     pthread_mutex_lock(&log->mu);
     annal__seg *s = log->nsegs ? log->segs[log->nsegs - 1] : NULL;
@@ -577,6 +596,41 @@ annal_err annal__cursor_next2(annal__cursor *c, annal_event *ev, annal__rec_info
         c->pos++;
         return ANNAL_OK;
     }
+}
+
+annal_err annal__cursor_seek(annal__cursor *c, uint64_t pos) {
+    while (c->pos < pos) {
+        annal_event ev;
+        annal__rec_info info;
+        annal_err rc = read_rec(c->log, c->seg, c->off, &ev, &info, 1);
+        if (rc == ANNAL_END) {
+            annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);
+            if (!next) return ANNAL_END;
+            if (next->first_pos != c->pos) return ANNAL_ECORRUPT;
+            c->seg = next;
+            c->off = ANNAL__SEG_HDR;
+            continue;
+        }
+        if (rc == ANNAL_OK && info.kind == ANNAL__REC_HOLE) {
+            if (c->seg->gen == 0 || ev.position > c->pos || ev.position + ev.revision <= c->pos)
+                return ANNAL_ECORRUPT;
+            if (ev.position + ev.revision > pos) { /* pos was erased: stand on the hole */
+                c->pos = pos;
+                return ANNAL_OK;
+            }
+            c->pos = ev.position + ev.revision;
+            c->off += info.len;
+            continue;
+        }
+        if (rc == ANNAL_OK && ev.position != c->pos) rc = ANNAL_ECORRUPT;
+        if (rc == ANNAL_OK) {
+            c->off += info.len;
+            c->pos++;
+        } else if (rc != ANNAL_ECORRUPT || annal__cursor_skip(c) != ANNAL_OK) {
+            return rc; /* (a damaged record below pos is passed over when framing allows) */
+        }
+    }
+    return ANNAL_OK;
 }
 
 void annal__cursor_settle(annal__cursor *c) {

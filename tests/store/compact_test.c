@@ -508,12 +508,88 @@ static void test_compaction_disk_full(void **state) {
     free(dir);
 }
 
+/* ---- reads that start inside a run of erased events (issue 14.1) ---- */
+
+/* The first event at or after `from` through $all (position, or UINT64_MAX at the end). */
+static uint64_t first_from(annal_db *db, uint64_t from) {
+    annal_iter *it;
+    const annal_event *ev;
+    TU_OK(db, annal_read_all(db, from, 0, 1, &it));
+    annal_err rc = annal_iter_next(it, &ev);
+    uint64_t p = rc == ANNAL_OK ? ev->position : UINT64_MAX;
+    if (rc != ANNAL_END) TU_OK(db, rc);
+    annal_iter_close(it);
+    return p;
+}
+
+/* The first event a subscription to $all after `after` delivers. */
+static uint64_t sub_first(annal_db *db, uint64_t after) {
+    annal_sub_opts so;
+    annal_sub_opts_init(&so);
+    so.start = ANNAL_SUB_AFTER;
+    so.from = after;
+    annal_sub *sub;
+    TU_OK(db, annal_sub_open(db, &so, &sub));
+    annal_sub_item item;
+    uint64_t p = UINT64_MAX;
+    for (;;) {
+        TU_OK(db, annal_sub_next(sub, 0, &item));
+        if (item.kind == ANNAL_SUB_EVENT) p = item.event->position;
+        if (item.kind == ANNAL_SUB_EVENT || item.kind == ANNAL_SUB_CAUGHT_UP) break;
+    }
+    annal_sub_close(sub);
+    return p;
+}
+
+static void test_reads_from_inside_holes(void **state) {
+    (void)state;
+    /* gone_first: the log starts with erased events (no position entry is left below). */
+    for (int gone_first = 0; gone_first < 2; gone_first++) {
+        char *dir = tu_tmpdir("compact-holes");
+        annal_db *db = open_seg(dir, NULL);
+        for (int r = 0; r < 4; r++) {
+            if (gone_first) add(db, "gone-1", 150, NULL);
+            add(db, "keep-1", 35, NULL);
+            if (!gone_first) add(db, "gone-1", 150, NULL);
+        }
+        add(db, "keep-1", 300, NULL); /* seal the segments holding them */
+        TU_OK(db, annal_stream_delete(db, "gone-1", ANNAL_EXPECT_ANY, 0, NULL));
+        annal_compact_stats st;
+        TU_OK(db, annal_compact(db, 0, &st));
+        assert_true(st.events_erased >= 300);
+        vset all = {0};
+        snapshot(db, &all, 0);
+        annal_db_info info;
+        TU_OK(db, annal_db_info_get(db, &info));
+        size_t k = 0; /* all.v[k]: the first survivor at or after p */
+        for (uint64_t p = 0; p < info.events; p++) {
+            while (k < all.n && all.v[k].pos < p) k++;
+            uint64_t want = k < all.n ? all.v[k].pos : UINT64_MAX;
+            uint64_t got = first_from(db, p);
+            if (got != want)
+                fail_msg("$all from %llu: first event %llu, want %llu", (unsigned long long)p,
+                         (unsigned long long)got, (unsigned long long)want);
+            if (p > 0 && (got = sub_first(db, p - 1)) != want)
+                fail_msg("subscription after %llu: first event %llu, want %llu",
+                         (unsigned long long)(p - 1), (unsigned long long)got,
+                         (unsigned long long)want);
+        }
+        check_other_reads(db, &all);
+        free(all.v);
+        annal_db_close(db);
+        TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+        tu_rmrf(dir);
+        free(dir);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_compact_basic),
         cmocka_unit_test(test_reads_race_compaction),
         cmocka_unit_test(test_compaction_killed),
         cmocka_unit_test(test_compaction_disk_full),
+        cmocka_unit_test(test_reads_from_inside_holes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

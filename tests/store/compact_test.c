@@ -583,6 +583,65 @@ static void test_reads_from_inside_holes(void **state) {
     }
 }
 
+/* ---- a compacted segment that ends with a hole on a page boundary ---- */
+
+/* Segment 0: one kept event with data_len bytes of data, then single "gone" events up to
+ * the end; segment 1: a batch of kept events first. Gone deleted and compacted: segment
+ * 0's new file ends with the hole record. Returns that file's size. */
+static uint64_t hole_at_end(const char *dir, size_t data_len) {
+    annal_db *db = open_seg(dir, NULL);
+    char *d = malloc(data_len + 1);
+    memset(d, 'x', data_len);
+    d[data_len] = 0;
+    TU_OK(db, tu_append1(db, "keep-1", ANNAL_EXPECT_ANY, "K", d, NULL));
+    free(d);
+    uint64_t per = 0;
+    for (;;) {
+        uint64_t before = db->woff;
+        if (per && db->woff + 2 * per > db->wseg->cap) break; /* the next might not fit */
+        TU_OK(db, tu_append1(db, "gone-1", ANNAL_EXPECT_ANY, "G", "{}", NULL));
+        per = db->woff - before;
+    }
+    assert_int_equal(db->wseg->no, 0);
+    annal_event_data ev[5];
+    memset(ev, 0, sizeof ev);
+    for (int i = 0; i < 5; i++) ev[i].type = "K", ev[i].data = "{}", ev[i].data_len = 2;
+    TU_OK(db, annal_append(db, "keep-1", ANNAL_EXPECT_ANY, ev, 5, NULL));
+    assert_int_equal(db->wseg->no, 1);
+    add(db, "keep-2", 400, NULL); /* seal segment 1 */
+    TU_OK(db, annal_stream_delete(db, "gone-1", ANNAL_EXPECT_ANY, 0, NULL));
+    annal_compact_stats st;
+    TU_OK(db, annal_compact(db, 0, &st));
+    assert_true(st.events_erased > 10);
+    annal_db_close(db);
+    char p[4096];
+    snprintf(p, sizeof p, "%s/log/%016x.%08x.seg", dir, 0u, 1u);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    return (uint64_t)sb.st_size;
+}
+
+static void test_rebuild_hole_at_page_end(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("compact-pageend");
+    uint64_t f0 = hole_at_end(dir, 100);
+    tu_rmrf(dir);
+    /* The same with the kept event longer by what brings the file to a page boundary:
+     * the next record's header lies past the end of the file. */
+    size_t more = (size_t)((4096 - f0 % 4096) % 4096);
+    uint64_t f1 = hole_at_end(dir, 100 + more);
+    assert_int_equal(f1 % 4096, 0);
+    TU_OK(NULL, annal_rebuild_index(dir, NULL)); /* (was SIGBUS reading past the file) */
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    annal_db *db = open_seg(dir, NULL);
+    uint64_t head;
+    TU_OK(db, annal_stream_head(db, "keep-1", &head));
+    assert_int_equal(head, 5);
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_compact_basic),
@@ -590,6 +649,7 @@ int main(void) {
         cmocka_unit_test(test_compaction_killed),
         cmocka_unit_test(test_compaction_disk_full),
         cmocka_unit_test(test_reads_from_inside_holes),
+        cmocka_unit_test(test_rebuild_hole_at_page_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

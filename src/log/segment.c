@@ -248,6 +248,10 @@ annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir,
         }
         annal__seg *s = NULL;
         rc = seg_load_gen(log, files[i].no, files[i].gen, 0, &s, detail, dlen);
+        /* Gone since the listing: a compaction (of another process) put a newer
+         * generation in its place and deleted it. Open the newest there is now. */
+        for (int tries = 0; rc == ANNAL_ENOTFOUND && tries < 8; tries++)
+            rc = seg_load_gen(log, files[i].no, newest_gen(log, files[i].no), 0, &s, detail, dlen);
         if (rc == ANNAL_ECORRUPT && i == cnt - 1 && !readonly) {
             /* A torn header can only come from a crash while the segment was being
              * created, before anything in it was acknowledged. */

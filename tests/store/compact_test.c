@@ -3,6 +3,7 @@
  * racing compaction see the same events; a compaction killed at each of its steps, or at
  * random moments, leaves a store that reopens whole. */
 #include <dirent.h>
+#include <inttypes.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -642,6 +643,88 @@ static void test_rebuild_hole_at_page_end(void **state) {
     free(dir);
 }
 
+/* ---- read-only opens while compaction replaces segments (issue 14.5) ---- */
+
+/* A reader process: open read-only, read, close, until stop_fd has something to read;
+ * exits with the number of failures (at most 100). */
+static void ro_opener(const char *dir, int stop_fd) {
+    int bad = 0, opens = 0;
+    for (;;) {
+        fd_set fs;
+        FD_ZERO(&fs);
+        FD_SET(stop_fd, &fs);
+        struct timeval tv = {0, 0};
+        if (select(stop_fd + 1, &fs, NULL, NULL, &tv) > 0) break;
+        annal_db_opts o;
+        annal_db_opts_init(&o);
+        o.flags = ANNAL_OPEN_READONLY;
+        annal_db *ro = NULL;
+        annal_err rc = annal_db_open(dir, &o, &ro);
+        annal_iter *it = NULL;
+        const annal_event *ev;
+        if (rc == ANNAL_OK) rc = annal_read_all(ro, 0, 0, 50, &it);
+        while (rc == ANNAL_OK && (rc = annal_iter_next(it, &ev)) == ANNAL_OK) {}
+        if (rc != ANNAL_END && bad++ < 5)
+            fprintf(stderr, "read-only open %d: %s: %s\n", opens, annal_errname(rc),
+                    ro ? annal_db_errmsg(ro) : "");
+        annal_iter_close(it);
+        annal_db_close(ro);
+        opens++;
+    }
+    printf("%d read-only opens, %d failed\n", opens, bad);
+    fflush(stdout);
+    _exit(bad > 100 ? 100 : bad);
+}
+
+static void test_readonly_opens_during_compaction(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("compact-ro");
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE;
+    o.segment_bytes = SEG_BYTES;
+    annal_db *db = NULL;
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    /* Streams t-0..t-N spread over every segment: deleting one gives compaction every
+     * segment to replace. */
+    int nt = getenv("ANNAL_LONG") ? 40 : 12;
+    char s[32];
+    for (int i = 0; i < 3000; i++) {
+        snprintf(s, sizeof s, "t-%d", i / 3 % nt);
+        TU_OK(db, tu_append1(db, i % 3 ? "keep-1" : s, ANNAL_EXPECT_ANY, "E",
+                             "{\"pad\":\"0123456789012345678901234567890123456789\"}", NULL));
+    }
+    annal_db_close(db); /* (a child must not inherit an open index environment) */
+    int stop[2];
+    assert_int_equal(pipe(stop), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(stop[1]);
+        ro_opener(dir, stop[0]);
+    }
+    close(stop[0]);
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    annal_compact_stats st;
+    uint64_t replaced = 0;
+    for (int r = 0; r < nt; r++) {
+        snprintf(s, sizeof s, "t-%d", r);
+        TU_OK(db, annal_stream_delete(db, s, ANNAL_EXPECT_ANY, 0, NULL));
+        TU_OK(db, annal_compact(db, 0, &st));
+        replaced += st.segments_done;
+    }
+    assert_int_equal(write(stop[1], "x", 1), 1);
+    close(stop[1]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    printf("%" PRIu64 " segments replaced\n", replaced);
+    annal_db_close(db);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_compact_basic),
@@ -650,6 +733,7 @@ int main(void) {
         cmocka_unit_test(test_compaction_disk_full),
         cmocka_unit_test(test_reads_from_inside_holes),
         cmocka_unit_test(test_rebuild_hole_at_page_end),
+        cmocka_unit_test(test_readonly_opens_during_compaction),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

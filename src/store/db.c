@@ -1004,8 +1004,9 @@ annal_err annal_db_info_get(annal_db *db, annal_db_info *out) {
     pthread_mutex_lock(&db->log.mu);
     out->segments = db->log.nsegs;
     for (size_t i = 0; i < db->log.nsegs; i++) {
-        uint64_t sz = 0;
-        db->io->size(db->io->ctx, db->log.segs[i]->fd, &sz);
+        annal__seg *sp = db->log.segs[i];
+        uint64_t sz = __atomic_load_n(&sp->size, __ATOMIC_ACQUIRE); /* sealed: final */
+        if (sp->fd >= 0) db->io->size(db->io->ctx, sp->fd, &sz);
         out->disk_bytes += sz;
     }
     pthread_mutex_unlock(&db->log.mu);

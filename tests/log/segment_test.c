@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "log/record.h"
@@ -116,10 +118,81 @@ static void test_segments_not_contiguous(void **state) {
     }
 }
 
+/* Read $all to its end in a fresh handle (flags: 0 or ANNAL_OPEN_READONLY); the events
+ * read, or -1 with the error printed. */
+static long read_everything(const char *dir, unsigned flags) {
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = flags;
+    o.segment_bytes = SEG_BYTES;
+    annal_db *db = NULL;
+    annal_iter *it = NULL;
+    const annal_event *ev;
+    long n = 0;
+    annal_err rc = annal_db_open(dir, &o, &db);
+    if (rc == ANNAL_OK) rc = annal_read_all(db, 0, 0, 0, &it);
+    while (rc == ANNAL_OK && (rc = annal_iter_next(it, &ev)) == ANNAL_OK) n++;
+    if (rc == ANNAL_END && !(flags & ANNAL_OPEN_READONLY)) {
+        annal_event_data e;
+        memset(&e, 0, sizeof e);
+        e.type = "After";
+        rc = annal_append(db, "s-2", ANNAL_EXPECT_ANY, &e, 1, NULL);
+        if (rc == ANNAL_OK) rc = ANNAL_END;
+    }
+    if (rc != ANNAL_END)
+        fprintf(stderr, "%s: %s (%s)\n", flags ? "read-only" : "writer", annal_errname(rc),
+                db ? annal_db_errmsg(db) : "open failed");
+    annal_iter_close(it);
+    annal_db_close(db);
+    return rc == ANNAL_END ? n : -1;
+}
+
+/* 220 segments under `ulimit -n 64` (issue 14.11): sealed segments hold no descriptor. */
+static void test_many_segments_few_fds(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("segment-fds");
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE;
+    o.segment_bytes = SEG_BYTES;
+    annal_db *db = NULL;
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    char data[512];
+    snprintf(data, sizeof data, "{\"pad\":\"%0480d\"}", 0);
+    annal_event_data ev[20];
+    memset(ev, 0, sizeof ev);
+    for (int i = 0; i < 20; i++) ev[i].type = "E", ev[i].data = data, ev[i].data_len = strlen(data);
+    annal_db_info info;
+    long total = 0;
+    do {
+        for (int i = 0; i < 20; i++) memset(&ev[i].id, 0, sizeof ev[i].id); /* new ids */
+        TU_OK(db, annal_append(db, "s-1", ANNAL_EXPECT_ANY, ev, 20, NULL));
+        total += 20;
+        TU_OK(db, annal_db_info_get(db, &info));
+    } while (info.segments < 220);
+    annal_db_close(db);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl = {64, 64};
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(3);
+        if (read_everything(dir, 0) != total) _exit(1);
+        if (read_everything(dir, ANNAL_OPEN_READONLY) != total + 1) _exit(2);
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sealed_header_damage_is_kept),
         cmocka_unit_test(test_segments_not_contiguous),
+        cmocka_unit_test(test_many_segments_few_fds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -301,11 +301,16 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
     annal_err rc = ANNAL_OK;
     uint64_t rev0 = 0;
     /* Each id claim is a random memory access: start them all first. (scan_batch checked
-     * the batch: n consecutive records of this segment.) */
-    for (uint32_t i = 0, off = (uint32_t)c->off; i < n && n > 1; i++) {
-        const uint8_t *p = c->seg->map + off;
-        annal__ids_prefetch(db->ids, (const annal_uuid *)(p + 32));
-        off += annal__get32(p + 4);
+     * the batch: n consecutive records, but the cursor may first step over a hole, even
+     * into the next segment, and a compacted file ends soon after its last record: stop
+     * at anything that is not an event.) */
+    uint64_t off = c->off, pp, span;
+    uint32_t len;
+    int event;
+    for (uint32_t i = 0; i < n && n > 1; i++, off += len) {
+        if (annal__seg_peek(&db->log, c->seg, off, &pp, &span, &len, &event) != ANNAL_OK || !event)
+            break;
+        annal__ids_prefetch(db->ids, (const annal_uuid *)(c->seg->map + off + 32));
     }
     for (uint32_t i = 0; i < n && rc == ANNAL_OK; i++) {
         rc = annal__cursor_next2(c, &ev, &info, &loc, 0); /* scan_batch checked them */
@@ -1309,8 +1314,9 @@ static annal_err info_get(annal_db *db, annal_db_info *out) {
     pthread_mutex_lock(&db->log.mu);
     out->segments = db->log.nsegs;
     for (size_t i = 0; i < db->log.nsegs; i++) {
-        uint64_t sz = 0;
-        db->io->size(db->io->ctx, db->log.segs[i]->fd, &sz);
+        annal__seg *sp = db->log.segs[i];
+        uint64_t sz = __atomic_load_n(&sp->size, __ATOMIC_ACQUIRE); /* sealed: final */
+        if (sp->fd >= 0) db->io->size(db->io->ctx, sp->fd, &sz);
         out->disk_bytes += sz;
     }
     pthread_mutex_unlock(&db->log.mu);

@@ -23,7 +23,9 @@ static annal_db_opts small_opts(unsigned flags) {
     annal_db_opts_init(&o);
     o.flags = flags;
     o.segment_bytes = 64 << 10;
-    o.index_map_bytes = 64 << 20;
+    o.index_map_bytes = 1 << 20;
+    /* a small id memtable: the default one is tens of MiB, zeroed on every open */
+    o.id_cache_events = 1024;
     return o;
 }
 
@@ -49,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     snprintf(idir, sizeof idir, "%s/index", dir);
     annal__index idx;
     char detail[256];
-    if (annal__index_open(&idx, idir, 0, 0, 64 << 20, detail, sizeof detail) != ANNAL_OK) abort();
+    if (annal__index_open(&idx, idir, 0, 0, 1 << 20, detail, sizeof detail) != ANNAL_OK) abort();
     MDB_txn *t;
     if (mdb_txn_begin(idx.env, NULL, 0, &t) == 0) {
         size_t h = size < 48 ? size : 48, r = size - h < 32 ? size - h : 32;

@@ -5,6 +5,9 @@
  * Model: a store (annal_db) is a directory holding an append-only log of immutable
  * events, grouped in streams. Every event has a revision in its stream (0, 1, 2, ...)
  * and a position in the global order `$all` (0, 1, 2, ... in commit order, no gaps).
+ * Positions are never reused. Gaps appear only where events were erased (compaction) or
+ * where an operator accepted the loss of a log's lost tail (annal_recover_accept_loss):
+ * those positions stay a recorded hole and are never given to another event.
  *
  * Conventions used below:
  *   - Every function that can fail returns annal_err; ANNAL_OK (0) is success.
@@ -477,6 +480,15 @@ ANNAL_API annal_err annal_verify(const char *dir, const annal_db_opts *opts, ann
  * if another process has the store open for writing). */
 ANNAL_API annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts);
 
+/* Accept that the log lost its tail. A writer open fails with ANNAL_ECORRUPT when
+ * positions that were acknowledged are missing from the end of the log (the disk lost
+ * or zeroed its last blocks, a segment was truncated). This records those positions as
+ * lost — a hole in `$all`, never given to another event — rebuilds the index and leaves
+ * the store writable. *lost_from and *lost_count (either may be NULL) get the range, a
+ * count of 0 when nothing was missing. Needs the write lock (ANNAL_EBUSY otherwise). */
+ANNAL_API annal_err annal_recover_accept_loss(const char *dir, const annal_db_opts *opts,
+                                              uint64_t *lost_from, uint64_t *lost_count);
+
 /* Compaction progress: segments done of total, bytes reclaimed so far. */
 typedef struct annal_compact_stats {
     uint64_t segments_total, segments_done;
@@ -721,6 +733,16 @@ ANNAL_API annal_err annal_state_load_sized(annal_handler *h, const char *stream,
 /* Release a state from annal_state_load() (calls the decider's release). NULL no-op. */
 ANNAL_API void annal_state_free(annal_handler *h, void *state);
 
+/* ---- Sealing (src/store/seal.c) ---- */
+/* Seal the segment being appended to, if it holds any event, and go on in a new one,
+ * opened by one small event (type "$SegmentSealed", in the system stream "$seals").
+ * Compaction only rewrites sealed segments, so this lets a small store erase its
+ * deleted events now rather than once the active segment fills. Durable on return;
+ * appends from other threads wait meanwhile. A no-op when the active segment holds
+ * nothing, or only the marker of the previous seal.
+ * Errors: ANNAL_EINVAL (db NULL), ANNAL_EREADONLY, ANNAL_EFAILED (an earlier write
+ * failed), ANNAL_EIO, ANNAL_ENOSPC. */
+ANNAL_API annal_err annal_seal(annal_db *db);
 /* ------------------------------------------------------------------------------------
  * Statistics for monitoring (src/store/stats.c): the store's counts and what its group
  * commit has done since this handle opened. Cheap (no I/O beyond annal_db_info_get's);

@@ -31,6 +31,10 @@ typedef struct annal_server_opts {
      * the server's threads. */
     void (*log)(void *ctx, annal_log_level level, const char *msg);
     void *log_ctx;
+    /* Also listen on this Unix socket path (borrowed during start), plain HTTP/2 whatever
+     * the TCP side uses: it is trusted by its file permissions, which the caller sets (the
+     * CLI writes through it as the admin). NULL: none. */
+    const char *local_socket;
     /* Operations.Shutdown: called (from a server thread, after the reply) to have the
      * embedder stop the server. NULL: the process gets SIGTERM, which `annal serve`
      * handles as a graceful stop. */

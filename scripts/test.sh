@@ -2,14 +2,16 @@
 # The whole test suite: install what is missing, then build and test twice — a normal
 # build with -Werror, and an AddressSanitizer + UndefinedBehaviorSanitizer build — and
 # run the static checks (cppcheck, clang-format, banned functions).
-# Options: --quick (skip the sanitizer pass), --long (long variants of randomized tests).
+# Options: --quick (skip the sanitizer pass), --long (long variants of randomized tests,
+# then the mutation sample, scripts/mutate.sh, and 30 s of each fuzzer, scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
+long=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    --long) export ANNAL_LONG=1 ANNAL_MODEL_OPS=100000 ;;
+    --long) long=1; export ANNAL_LONG=1 ANNAL_MODEL_OPS=100000 ;;
     *) echo "usage: scripts/test.sh [--quick] [--long]" >&2; exit 1 ;;
   esac
 done
@@ -36,5 +38,12 @@ if [ "$quick" -eq 0 ]; then
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
      ctest --output-on-failure -j"$jobs" --timeout 1800 -E '^install_test$')
+fi
+if [ "$long" -eq 1 ]; then  # both run, then either fails the suite
+  echo "== mutation sample (scripts/mutate.sh)"
+  mrc=0; scripts/mutate.sh || mrc=$?
+  echo "== fuzzing (scripts/fuzz.sh, 30 s a target)"
+  frc=0; scripts/fuzz.sh --seconds 30 || frc=$?
+  [ "$mrc" -eq 0 ] && [ "$frc" -eq 0 ] || { echo "== mutants survived or fuzzers found" >&2; exit 1; }
 fi
 echo "== all tests passed in $(( $(date +%s) - start ))s"

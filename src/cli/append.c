@@ -3,33 +3,155 @@
  * missing, and print the stored event as one JSON line (the shape of `read --json`).
  * Conflicts are explained in the user's terms: what revision was expected, what there is.
  */
+#include <errno.h>
 #include <string.h>
 
 #include "cli.h"
+#include "route.h"
 
 static const char usage[] =
     "usage: annal [--data DIR] append STREAM TYPE DATA [options]\n"
+    "       annal [--data DIR] append STREAM TYPE --data-file FILE [options]\n"
     "\n"
     "Append one event to STREAM (the store is created if missing) and print it as one\n"
-    "JSON line, as `annal read --json` does. DATA is stored as given (bytes).\n"
+    "JSON line, as `annal read --json` does. DATA is stored as given (bytes); DATA -\n"
+    "reads it from standard input. Data that starts like JSON ({ or [) but does not\n"
+    "parse is stored as text with a warning on stderr (an error with --json).\n"
     "\n"
     "Options:\n"
+    "  --data-file FILE       read the data from FILE, byte for byte (- : standard\n"
+    "                         input), up to the event size limit (32 MiB with the\n"
+    "                         metadata)\n"
+    "  --json                 the data (and metadata) must be valid JSON: exit 1 and\n"
+    "                         append nothing otherwise\n"
     "  --expected-revision R  N, any (default), no_stream or stream_exists; the append\n"
     "                         fails with exit 3 and writes nothing unless it holds\n"
     "  --id UUID              event id (default: a new UUIDv7); appending the same id\n"
     "                         again returns the original event and writes nothing\n"
-    "  --metadata TEXT        metadata, usually a JSON object (stored as given)\n"
+    "  --metadata TEXT        metadata, a JSON object by the store's convention (stored\n"
+    "                         as given): broken JSON is an error, text a warning\n"
+    "  --metadata-file FILE   read the metadata from FILE (- : standard input)\n"
     "\n"
     "Exit codes: 0 ok, 1 usage or invalid input, 3 conflict or id already used,\n"
     "5 store error.\n";
 
-enum { OPT_EXPECTED, OPT_ID, OPT_METADATA };
+enum { OPT_EXPECTED, OPT_ID, OPT_METADATA, OPT_DATA_FILE, OPT_METADATA_FILE, OPT_JSON };
 static const cli_option options[] = {
     {"expected-revision", 1, OPT_EXPECTED},
     {"id", 1, OPT_ID},
     {"metadata", 1, OPT_METADATA},
+    {"data-file", 1, OPT_DATA_FILE},
+    {"metadata-file", 1, OPT_METADATA_FILE},
+    {"json", 0, OPT_JSON},
     {NULL, 0, 0},
 };
+
+/* ---- Loading data and metadata (from the command line, a file or standard input). */
+
+/* Read all of path ("-": standard input) into b, refusing more than limit bytes: the
+ * store would refuse the event anyway, and reading on would only fill memory. Returns
+ * 0, or an exit code after reporting. */
+static int load_file(const char *path, const char *what, uint64_t limit, cli_buf *b) {
+    int is_stdin = strcmp(path, "-") == 0;
+    FILE *f = is_stdin ? stdin : fopen(path, "rb");
+    if (!f) {
+        cli_error("append", "cannot open %s file %s: %s", what, path, strerror(errno));
+        return CLI_EXIT_USAGE;
+    }
+    int rc = 0;
+    char chunk[65536];
+    for (;;) {
+        size_t n = fread(chunk, 1, sizeof chunk, f);
+        if (n > 0 && (uint64_t)b->len + n > limit) {
+            cli_error("append", "%s from %s is over the store's event size limit of %llu bytes",
+                      what, is_stdin ? "standard input" : path, (unsigned long long)limit);
+            rc = CLI_EXIT_USAGE;
+            break;
+        }
+        cli_buf_add(b, chunk, n);
+        if (n < sizeof chunk) {
+            if (ferror(f)) {
+                cli_error("append", "cannot read %s from %s: %s", what,
+                          is_stdin ? "standard input" : path, strerror(errno));
+                rc = CLI_EXIT_USAGE;
+            }
+            break;
+        }
+    }
+    if (!is_stdin) fclose(f);
+    return rc;
+}
+
+/* Does s start like JSON, an object or an array after blanks? Such text that does not
+ * parse is almost surely a mistake (a cut-off paste, shell quoting), not text. */
+static int looks_like_json(const char *s, size_t n) {
+    size_t i = 0;
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+    return i < n && (s[i] == '{' || s[i] == '[');
+}
+
+/* Check one field against the JSON rules (docs/cli.md, append): returns 0 to go on, or
+ * an exit code after reporting. Data: broken JSON warns, --json refuses anything that
+ * is not JSON. Metadata is JSON by the store's convention (handlers read "$schema" and
+ * correlation ids from it): broken JSON is refused, plain text warns unless --json. */
+static int check_json(const char *what, const char *s, size_t n, int strict, int is_meta) {
+    json_error_t err;
+    json_t *j = json_loadb(s, n, CLI_JSON_FLAGS, &err);
+    if (j) {
+        json_decref(j);
+        return 0;
+    }
+    int broken = looks_like_json(s, n);
+    if (strict || (is_meta && broken)) {
+        if (broken)
+            cli_error("append", "%s is not valid JSON: %s (line %d, column %d); nothing appended",
+                      what, err.text, err.line, err.column);
+        else
+            cli_error("append", "%s is not JSON (--json); nothing appended", what);
+        return CLI_EXIT_USAGE;
+    }
+    if (broken)
+        cli_error("append",
+                  "warning: %s starts like JSON but is not valid JSON: %s (line %d, column %d); "
+                  "storing it as text (--json makes this an error)",
+                  what, err.text, err.line, err.column);
+    else if (is_meta)
+        cli_error("append", "warning: metadata is not JSON; storing it as text");
+    return 0;
+}
+
+/* Fill ev's data and metadata from the operand or files; both buffers live until the
+ * append is done. Returns 0 or an exit code after reporting. */
+static int load_event(annal_event_data *ev, const char *data_arg, const char *data_file,
+                      const char *meta_arg, const char *meta_file, int strict, cli_buf *data,
+                      cli_buf *meta) {
+    annal_db_opts o;
+    annal_db_opts_init(&o); /* the limit the store will apply to this event */
+    uint64_t limit = o.max_event_bytes;
+    int rc = 0;
+    if (data_file || strcmp(data_arg, "-") == 0)
+        rc = load_file(data_file ? data_file : "-", "data", limit, data);
+    else
+        cli_buf_add(data, data_arg, strlen(data_arg));
+    if (!rc && meta_file) {
+        if (strcmp(meta_file, "-") == 0 &&
+            (!data_file ? strcmp(data_arg, "-") == 0 : strcmp(data_file, "-") == 0)) {
+            cli_error("append", "data and metadata cannot both come from standard input");
+            return CLI_EXIT_USAGE;
+        }
+        rc = load_file(meta_file, "metadata", limit - data->len, meta);
+    } else if (!rc && meta_arg) {
+        cli_buf_add(meta, meta_arg, strlen(meta_arg));
+    }
+    if (!rc) rc = check_json("data", data->p ? data->p : "", data->len, strict, 0);
+    if (!rc && (meta_file || meta_arg))
+        rc = check_json("metadata", meta->p ? meta->p : "", meta->len, strict, 1);
+    ev->data = data->p;
+    ev->data_len = data->len;
+    ev->metadata = meta_file || meta_arg ? (meta->p ? meta->p : "") : NULL;
+    ev->metadata_len = meta->len;
+    return rc;
+}
 
 static int parse_expected(const char *s, int64_t *out) {
     uint64_t n;
@@ -66,7 +188,8 @@ int cli_cmd_append(cli_global *g, int argc, char **argv) {
     const char *operands[3] = {NULL, NULL, NULL};
     int nops = 0;
     int64_t expected = ANNAL_EXPECT_ANY;
-    const char *metadata = NULL;
+    const char *metadata = NULL, *data_file = NULL, *meta_file = NULL;
+    int strict = 0;
     annal_event_data ev;
     memset(&ev, 0, sizeof ev);
 
@@ -98,23 +221,49 @@ int cli_cmd_append(cli_global *g, int argc, char **argv) {
                                        v);
             break;
         case OPT_METADATA: metadata = v; break;
+        case OPT_DATA_FILE: data_file = v; break;
+        case OPT_METADATA_FILE: meta_file = v; break;
+        case OPT_JSON: strict = 1; break;
         }
     }
-    if (nops < 3)
+    if (nops < (data_file ? 2 : 3))
         return cli_usage_error("append", "missing %s",
                                nops == 0   ? "STREAM, TYPE and DATA"
                                : nops == 1 ? "TYPE and DATA"
-                                           : "DATA");
+                                           : "DATA (or --data-file FILE)");
+    if (data_file && nops == 3)
+        return cli_usage_error("append", "give DATA or --data-file, not both");
+    if (metadata && meta_file)
+        return cli_usage_error("append", "give --metadata or --metadata-file, not both");
     const char *stream = operands[0];
     ev.type = operands[1];
-    ev.data = operands[2];
-    ev.data_len = strlen(operands[2]);
-    ev.metadata = metadata;
-    ev.metadata_len = metadata ? strlen(metadata) : 0;
+    cli_buf data = {0}, meta = {0};
+    int rc = load_event(&ev, operands[2], data_file, metadata, meta_file, strict, &data, &meta);
+    if (rc) {
+        cli_buf_free(&data);
+        cli_buf_free(&meta);
+        return rc;
+    }
 
+    /* While a server owns the store, the append goes through it. */
+    annal_remote *srv;
+    rc = cli_route(g, "append", &srv);
+    if (!rc && srv) {
+        rc = cli_remote_append(srv, stream, expected, &ev);
+        annal_remote_close(srv);
+    }
+    if (rc || srv) {
+        cli_buf_free(&data);
+        cli_buf_free(&meta);
+        return rc;
+    }
     annal_db *db;
-    int rc = cli_open(g, "append", ANNAL_OPEN_CREATE, NULL, &db);
-    if (rc) return rc;
+    rc = cli_open(g, "append", ANNAL_OPEN_CREATE, NULL, &db);
+    if (rc) {
+        cli_buf_free(&data);
+        cli_buf_free(&meta);
+        return rc;
+    }
 
     annal_append_result res;
     memset(&res, 0, sizeof res);
@@ -142,5 +291,7 @@ int cli_cmd_append(cli_global *g, int argc, char **argv) {
         }
     }
     annal_db_close(db);
+    cli_buf_free(&data);
+    cli_buf_free(&meta);
     return cli_finish_output("append", stdout, "standard output", rc);
 }

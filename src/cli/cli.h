@@ -30,7 +30,16 @@ typedef struct cli_global {
     const char *data_dir; /* --data DIR, else $ANNAL_DATA, else ./data */
     int stderr_tty;       /* progress is shown by default only on a terminal */
     int stdout_tty;       /* tables fit the terminal width only on a terminal */
-    uint64_t wait_ms;     /* --wait MS: how long a writer waits for another one to finish */
+    int data_dir_flag;    /* data_dir came from --data (not $ANNAL_DATA or the default) */
+    char *const *env;     /* the environment, for settings read by commands (config.c) */
+    const char *server;   /* --server URL or $ANNAL_SERVER: write through it (route.c) */
+    /* Set by route.c's wrapper of `import` when a server owns the store: its appends go
+     * through remote (import.c is also built into the fuzz target, without the client). */
+    void *remote;
+    annal_err (*remote_append)(void *remote, const char *stream, int64_t expected,
+                               annal_event_data *evs, size_t n, annal_append_result *res);
+    const char *(*remote_errmsg)(void *remote);
+    uint64_t wait_ms; /* --wait MS: how long a writer waits for another one to finish */
 } cli_global;
 
 #define CLI_WAIT_DEFAULT_MS 5000 /* like sqlite3's busy timeout, but on by default */
@@ -43,6 +52,7 @@ int cli_cmd_streams(cli_global *g, int argc, char **argv);
 int cli_cmd_info(cli_global *g, int argc, char **argv);
 int cli_cmd_verify(cli_global *g, int argc, char **argv);
 int cli_cmd_rebuild_index(cli_global *g, int argc, char **argv);
+int cli_cmd_recover(cli_global *g, int argc, char **argv);
 int cli_cmd_export(cli_global *g, int argc, char **argv);
 int cli_cmd_import(cli_global *g, int argc, char **argv);
 int cli_cmd_demo(cli_global *g, int argc, char **argv);
@@ -53,6 +63,8 @@ int cli_cmd_subscribe(cli_global *g, int argc, char **argv);
 int cli_cmd_projection(cli_global *g, int argc, char **argv);
 int cli_cmd_query(cli_global *g, int argc, char **argv);
 int cli_cmd_serve(cli_global *g, int argc, char **argv);
+int cli_cmd_completion(cli_global *g, int argc, char **argv);
+int cli_cmd_cert(cli_global *g, int argc, char **argv);
 
 /* ---- Option parsing: GNU style, options and operands in any order, "--" ends options,
  * "--name=value" or "--name value". --data DIR is accepted by every command. */
@@ -104,6 +116,7 @@ typedef struct cli_progress {
     int shown;
     uint64_t done, total;
     struct timespec start, last;
+    const char *unit; /* what done and total count; NULL: "events" */
 } cli_progress;
 
 void cli_progress_init(cli_progress *p, const char *label, int enabled);

@@ -142,7 +142,7 @@ static void print_outcome(const racer *r, const char *what) {
  * many succeeded, or -1 on a store error. */
 static int run_all(racer *r, int n, const char *what) {
     pthread_t t[16];
-    racer *order[16];
+    racer *order[16] = {0};
     for (int i = 0; i < n; i++) pthread_create(&t[i], NULL, race, &r[i]);
     for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
     for (int i = 0; i < n; i++) {

@@ -53,6 +53,7 @@ typedef struct line_event {
 
 typedef struct importer {
     annal_db *db;
+    cli_global *g;   /* g->remote: append through a server instead of db */
     const char *src; /* file name for messages */
     /* The batch being collected: events of one stream at consecutive revisions (or all
      * without revision). */
@@ -215,7 +216,9 @@ static int append_range(importer *im, size_t from, size_t n, annal_append_result
                         annal_err *err) {
     int64_t expected = expected_for(im->exact, im->first_rev + from);
     memset(res, 0, sizeof *res);
-    *err = annal_append(im->db, im->stream, expected, im->evs + from, n, res);
+    *err = im->g && im->g->remote
+               ? im->g->remote_append(im->g->remote, im->stream, expected, im->evs + from, n, res)
+               : annal_append(im->db, im->stream, expected, im->evs + from, n, res);
     if (*err == ANNAL_OK) {
         if (res->idempotent)
             im->present += n;
@@ -244,6 +247,11 @@ static int append_range(importer *im, size_t from, size_t n, annal_append_result
             cli_error("import", "%s: expected revision %lld but stream %s %s", where,
                       (long long)expected, im->stream, at);
         return CLI_EXIT_CONFLICT;
+    }
+    if (im->g && im->g->remote) {
+        cli_error("import", "%s: cannot append to stream %s: %s", where, im->stream,
+                  im->g->remote_errmsg(im->g->remote));
+        return cli_exit_code(*err);
     }
     return cli_fail("import", im->db, *err, "%s: cannot append to stream %s", where, im->stream);
 }
@@ -385,11 +393,13 @@ int cli_cmd_import(cli_global *g, int argc, char **argv) {
     importer im;
     memset(&im, 0, sizeof im);
     im.src = src;
+    im.g = g;
     cli_progress_init(&im.prog, "import", progress_opt ? 2 : g->stderr_tty);
     /* Durable by default: "imported" must mean on disk, and the library has no call to
      * make NOSYNC appends durable afterwards. --no-sync is for loads one can redo. */
-    int rc =
-        cli_open(g, "import", ANNAL_OPEN_CREATE | (nosync ? ANNAL_OPEN_NOSYNC : 0), NULL, &im.db);
+    int rc = g->remote ? 0
+                       : cli_open(g, "import", ANNAL_OPEN_CREATE | (nosync ? ANNAL_OPEN_NOSYNC : 0),
+                                  NULL, &im.db);
     if (!rc) {
         rc = run(&im, in);
         batch_clear(&im);
@@ -402,7 +412,11 @@ int cli_cmd_import(cli_global *g, int argc, char **argv) {
         free(im.lines);
     }
     if (in != stdin) fclose(in);
-    if (!rc)
+    if (!rc && g->remote) /* the protocol does not say which appends were already there */
+        printf("imported %llu events from %s through the server (appended or already "
+               "present)\n",
+               (unsigned long long)(im.appended + im.present), src);
+    else if (!rc)
         printf("imported %llu events from %s: %llu appended, %llu already present\n",
                (unsigned long long)(im.appended + im.present), src, (unsigned long long)im.appended,
                (unsigned long long)im.present);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "route.h"
 
 static int parse_expected(const char *cmd, const char *v, int64_t *out) {
     uint64_t n;
@@ -90,8 +91,17 @@ int cli_cmd_meta(cli_global *g, int argc, char **argv) {
     int setting = json || lim[0] || lim[1] || lim[2];
     if (json && (lim[0] || lim[1] || lim[2]))
         return cli_usage_error("meta", "give either a JSON document or the limit options");
+    /* Writes go through a server that owns the store; reads stay direct when local. */
+    annal_remote *srv = NULL;
+    int rc = setting || g->server ? cli_route(g, "meta", &srv) : 0;
+    if (rc) return rc;
+    if (srv) {
+        rc = cli_remote_meta(srv, stream, json, lim, expected);
+        annal_remote_close(srv);
+        return rc;
+    }
     annal_db *db;
-    int rc = cli_open(g, "meta", setting ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
+    rc = cli_open(g, "meta", setting ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
     if (rc) return rc;
     char *cur = NULL;
     int64_t rev = -1;
@@ -178,8 +188,16 @@ int cli_cmd_delete(cli_global *g, int argc, char **argv) {
         }
     }
     if (!stream) return cli_usage_error("delete", "a stream name is needed");
+    annal_remote *srv;
+    int rc = cli_route(g, "delete", &srv);
+    if (rc) return rc;
+    if (srv) {
+        rc = cli_remote_delete(srv, stream, expected, hard);
+        annal_remote_close(srv);
+        return rc;
+    }
     annal_db *db;
-    int rc = cli_open(g, "delete", 0, NULL, &db);
+    rc = cli_open(g, "delete", 0, NULL, &db);
     if (rc) return rc;
     annal_append_result res;
     annal_err e = annal_stream_delete(db, stream, expected, hard ? ANNAL_DELETE_HARD : 0, &res);
@@ -193,26 +211,30 @@ int cli_cmd_delete(cli_global *g, int argc, char **argv) {
 
 /* ---- annal compact ---- */
 static const char compact_usage[] =
-    "usage: annal [--data DIR] compact [--rate MB_PER_S] [--progress]\n"
+    "usage: annal [--data DIR] compact [--seal] [--rate MB_PER_S] [--progress]\n"
     "\n"
     "Erase from disk the events that deletes, truncation and max count or age have\n"
     "hidden, rewriting sealed log segments; positions of the other events never change.\n"
+    "The segment being appended to (256 MiB) is sealed only once it is full, so on a\n"
+    "small store deleted events stay on disk until then, or until compact --seal.\n"
     "Runs while the store is in use by this process only (it needs the write lock).\n"
     "A compaction killed at any point leaves the store whole; run it again to finish.\n"
     "\n"
     "Options:\n"
+    "  --seal       seal the segment being appended to first (new events go to a new\n"
+    "               segment), so that its deleted events are erased now too\n"
     "  --rate N     write at most N MB/s (default: no limit)\n"
     "  --progress   show progress on stderr even when it is not a terminal\n"
     "\n"
     "Exit codes: 0 ok, 1 usage, 2 no store, 4 damage found, 5 store error or busy.\n";
 
-enum { C_RATE, C_PROGRESS };
+enum { C_RATE, C_PROGRESS, C_SEAL };
 static const cli_option compact_opts[] = {
-    {"rate", 1, C_RATE}, {"progress", 0, C_PROGRESS}, {NULL, 0, 0}};
+    {"rate", 1, C_RATE}, {"progress", 0, C_PROGRESS}, {"seal", 0, C_SEAL}, {NULL, 0, 0}};
 
 int cli_cmd_compact(cli_global *g, int argc, char **argv) {
     uint64_t rate = 0;
-    int progress_opt = 0;
+    int progress_opt = 0, seal = 0;
     cli_args a;
     cli_args_init(&a, g, argc, argv);
     const char *v;
@@ -229,24 +251,34 @@ int cli_cmd_compact(cli_global *g, int argc, char **argv) {
             rate <<= 20;
             break;
         case C_PROGRESS: progress_opt = 1; break;
+        case C_SEAL: seal = 1; break;
         }
     }
     cli_progress prog;
     cli_progress_init(&prog, "compact", progress_opt ? 2 : g->stderr_tty);
     annal_db *db;
-    int rc = cli_open(g, "compact", 0, &prog, &db);
+    int rc = cli_route_refuse(g, "compact");
+    if (!rc) rc = cli_open(g, "compact", 0, &prog, &db);
     if (rc) return rc;
+    prog.unit = "segments"; /* opening counted events; annal_compact reports segments */
     annal_compact_stats st;
-    annal_err e = annal_compact(db, rate, &st);
+    memset(&st, 0, sizeof st);
+    annal_err e = seal ? annal_seal(db) : ANNAL_OK;
+    if (e == ANNAL_OK) e = annal_compact(db, rate, &st);
     cli_progress_end(&prog);
-    if (e == ANNAL_OK)
+    if (e == ANNAL_OK) {
         printf("compacted %s: %llu of %llu sealed segments examined, %llu events erased, "
                "%llu KiB freed\n",
                g->data_dir, (unsigned long long)st.segments_done,
                (unsigned long long)st.segments_total, (unsigned long long)st.events_erased,
                (unsigned long long)(st.bytes_reclaimed >> 10));
-    else
-        rc = cli_fail("compact", db, e, "compaction of %s failed", g->data_dir);
+        if (!seal)
+            printf("note: the segment being appended to is not compacted: its deleted events "
+                   "are erased once it is sealed (when full); 'annal compact --seal' seals "
+                   "it now\n");
+    } else
+        rc = cli_fail("compact", db, e, "%s of %s failed",
+                      seal ? "sealing or compaction" : "compaction", g->data_dir);
     annal_db_close(db);
     return rc ? rc : cli_finish_output("compact", stdout, "standard output", CLI_EXIT_OK);
 }

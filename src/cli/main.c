@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "route.h"
 
 static const struct {
     const char *name;
@@ -19,8 +20,9 @@ static const struct {
     {"info", cli_cmd_info, "counts and sizes of the store"},
     {"verify", cli_cmd_verify, "check every record and the index; exit 4 on damage"},
     {"rebuild-index", cli_cmd_rebuild_index, "throw the index away and rebuild it from the log"},
+    {"recover", cli_cmd_recover, "accept the loss of a log's lost tail (--accept-loss)"},
     {"export", cli_cmd_export, "write events as JSON lines"},
-    {"import", cli_cmd_import, "append events from JSON lines (idempotent)"},
+    {"import", cli_cmd_import_routed, "append events from JSON lines (idempotent)"},
     {"demo", cli_cmd_demo, "play a short order story and show its history and state"},
     {"meta", cli_cmd_meta, "show or set a stream's metadata (max count, max age, truncate)"},
     {"delete", cli_cmd_delete, "delete a stream (soft), or tombstone it with --hard"},
@@ -29,6 +31,8 @@ static const struct {
     {"projection", cli_cmd_projection, "add, run, rebuild and operate projections (read models)"},
     {"query", cli_cmd_query, "run SQL against a projection's read model"},
     {"serve", cli_cmd_serve, "serve the store over KurrentDB's gRPC protocol"},
+    {"completion", cli_cmd_completion, "print a bash completion script (sub-commands, streams)"},
+    {"cert", cli_cmd_cert, "make a development CA and node/user TLS certificates"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -46,6 +50,9 @@ static void usage(FILE *out) {
     fputs("\n"
           "Options:\n"
           "  --data DIR     the store directory (default: $ANNAL_DATA, else ./data)\n"
+          "  --server URL   write through a server: kurrentdb://HOST:PORT[?tls=false] or\n"
+          "                 esdb://... (also $ANNAL_SERVER); writes go through a local\n"
+          "                 `annal serve` by itself while it owns the store\n"
           "  --wait MS      how long a writing command waits while another process writes\n"
           "                 (default 5000; 0: fail at once)\n"
           "  --help, -h     this help; `annal <command> --help` for one command\n"
@@ -74,6 +81,10 @@ int main(int argc, char **argv) {
     g.data_dir = env && *env ? env : "./data";
     g.stderr_tty = isatty(STDERR_FILENO);
     g.stdout_tty = isatty(STDOUT_FILENO);
+    g.env = environ;
+    const char *srv_env = getenv("ANNAL_SERVER");
+    g.server = srv_env && *srv_env ? srv_env : NULL;
+    int server_flag = 0;
     g.wait_ms = CLI_WAIT_DEFAULT_MS;
 
     int i = 1;
@@ -91,8 +102,18 @@ int main(int argc, char **argv) {
             if (i + 1 >= argc || !argv[i + 1][0])
                 return cli_usage_error(NULL, "--data needs a directory");
             g.data_dir = argv[++i];
+            g.data_dir_flag = 1;
         } else if (strncmp(a, "--data=", 7) == 0 && a[7]) {
             g.data_dir = a + 7;
+            g.data_dir_flag = 1;
+        } else if (strcmp(a, "--server") == 0) {
+            if (i + 1 >= argc || !argv[i + 1][0])
+                return cli_usage_error(NULL, "--server needs kurrentdb://HOST:PORT");
+            g.server = argv[++i];
+            server_flag = 1;
+        } else if (strncmp(a, "--server=", 9) == 0 && a[9]) {
+            g.server = a + 9;
+            server_flag = 1;
         } else if (strcmp(a, "--wait") == 0 || strncmp(a, "--wait=", 7) == 0) {
             const char *v = a[6] == '=' ? a + 7 : i + 1 < argc ? argv[++i] : NULL;
             if (cli_parse_u64(v, &g.wait_ms) != 0)
@@ -120,5 +141,17 @@ int main(int argc, char **argv) {
     }
     int c = find_command(name);
     if (c < 0) return cli_usage_error(NULL, "unknown command '%s'", name);
+    /* Only these reach a server by its address: asked of any other command, --server would
+     * silently mean the local store. ANNAL_SERVER, set for a shell, just does not apply. */
+    static const char *const remote_ok[] = {"append", "import", "delete", "meta"};
+    int routed = 0;
+    for (size_t k = 0; k < sizeof remote_ok / sizeof remote_ok[0]; k++)
+        routed |= strcmp(name, remote_ok[k]) == 0;
+    if (server_flag && !routed)
+        return cli_usage_error(NULL,
+                               "--server works with append, import, delete and meta; '%s' "
+                               "works on a local store (--data)",
+                               name);
+    if (!routed) g.server = NULL;
     return commands[c].fn(&g, argc - i, argv + i);
 }

@@ -16,6 +16,7 @@
 
 #include "annal_project.h"
 #include "cli.h"
+#include "route.h"
 
 static const char usage[] =
     "usage: annal [--data DIR] projection <action> [args]\n"
@@ -32,8 +33,10 @@ static const char usage[] =
     "  run [NAME...] [--once]\n"
     "                      apply events to every (or each named) projection, following new\n"
     "                      events until interrupted; --once stops when all have caught up\n"
-    "  rebuild NAME        rebuild from history into a shadow that replaces the read model\n"
-    "                      when caught up (queries and a running projector go on)\n"
+    "  rebuild NAME [--progress]\n"
+    "                      rebuild from history into a shadow that replaces the read model\n"
+    "                      when caught up (queries and a running projector go on);\n"
+    "                      progress on stderr on a terminal, or with --progress\n"
     "  pause NAME | resume NAME\n"
     "  retry NAME          apply the failed event again\n"
     "  skip NAME           pass over the failed event\n"
@@ -51,11 +54,22 @@ static const char usage[] =
     "Exit codes: 0 ok, 1 usage or bad projection file, 2 not found, 5 failure;\n"
     "status exits 6 when a projection has failed; wait exits 7 on timeout.\n";
 
-enum { OPT_NAME, OPT_TARGET, OPT_REPLACE, OPT_JSON, OPT_ONCE, OPT_TIMEOUT, OPT_DROP, OPT_LUA };
-static const cli_option options[] = {
-    {"name", 1, OPT_NAME}, {"target", 1, OPT_TARGET},  {"replace", 0, OPT_REPLACE},
-    {"json", 0, OPT_JSON}, {"once", 0, OPT_ONCE},      {"timeout", 1, OPT_TIMEOUT},
-    {"drop", 0, OPT_DROP}, {"lua-budget", 1, OPT_LUA}, {NULL, 0, 0}};
+enum {
+    OPT_NAME,
+    OPT_TARGET,
+    OPT_REPLACE,
+    OPT_JSON,
+    OPT_ONCE,
+    OPT_TIMEOUT,
+    OPT_DROP,
+    OPT_LUA,
+    OPT_PROGRESS
+};
+static const cli_option options[] = {{"name", 1, OPT_NAME},         {"target", 1, OPT_TARGET},
+                                     {"replace", 0, OPT_REPLACE},   {"json", 0, OPT_JSON},
+                                     {"once", 0, OPT_ONCE},         {"timeout", 1, OPT_TIMEOUT},
+                                     {"drop", 0, OPT_DROP},         {"lua-budget", 1, OPT_LUA},
+                                     {"progress", 0, OPT_PROGRESS}, {NULL, 0, 0}};
 
 #define CMD          "projection"
 #define MAX_OPERANDS 64
@@ -64,7 +78,7 @@ typedef struct args {
     const char *operands[MAX_OPERANDS];
     int n;
     const char *name, *target;
-    int replace, json, once, drop;
+    int replace, json, once, drop, progress;
     uint64_t timeout_ms;
     int has_timeout;
     uint32_t lua_budget_ms; /* 0: the library's default */
@@ -454,6 +468,7 @@ static int cmd_run(cli_global *g, args *a) {
     }
     annal_db *db = NULL;
     /* Read-only unless a projection appends events: the application stays the writer. */
+    if (!rc && emits) rc = cli_route_refuse(g, CMD); /* emitting needs the writer */
     if (!rc) rc = cli_open(g, CMD, emits ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
     annal_proj **ps = cli_xrealloc(NULL, n * sizeof *ps);
     memset(ps, 0, n * sizeof *ps);
@@ -551,7 +566,9 @@ static int cmd_rebuild(cli_global *g, args *a) {
     int rc = reg_load(g, a->operands[0], &r);
     if (rc) return rc;
     annal_db *db = NULL;
-    rc = cli_open(g, CMD, annal_proj_def_emits(r.def) ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
+    if (annal_proj_def_emits(r.def)) rc = cli_route_refuse(g, CMD);
+    if (!rc)
+        rc = cli_open(g, CMD, annal_proj_def_emits(r.def) ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
     if (!rc) {
         annal_proj_opts o;
         annal_proj_opts_init(&o);
@@ -561,7 +578,7 @@ static int cmd_rebuild(cli_global *g, args *a) {
         o.log = plog;
         o.lua_budget_ms = a->lua_budget_ms;
         cli_progress pr;
-        cli_progress_init(&pr, "rebuilding", g->stderr_tty);
+        cli_progress_init(&pr, "rebuilding", a->progress ? 2 : g->stderr_tty);
         char err[1024];
         annal_err e = annal_proj_rebuild(db, &o, cli_progress_cb, &pr, err, sizeof err);
         cli_progress_end(&pr);
@@ -678,6 +695,7 @@ int cli_cmd_projection(cli_global *g, int argc, char **argv) {
         case OPT_JSON: a.json = 1; break;
         case OPT_ONCE: a.once = 1; break;
         case OPT_DROP: a.drop = 1; break;
+        case OPT_PROGRESS: a.progress = 1; break;
         case OPT_TIMEOUT:
             if (cli_parse_u64(v, &a.timeout_ms) != 0)
                 return cli_usage_error(CMD, "--timeout needs milliseconds");

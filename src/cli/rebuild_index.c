@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "route.h"
 
 static const char usage[] =
     "usage: annal [--data DIR] rebuild-index [--progress]\n"
@@ -39,6 +40,9 @@ int cli_cmd_rebuild_index(cli_global *g, int argc, char **argv) {
         }
     }
 
+    /* The index is the server's while it runs: it would find the lock held anyway. */
+    int busy = cli_route_refuse(g, "rebuild-index");
+    if (busy) return busy;
     cli_progress prog;
     cli_progress_init(&prog, "rebuild-index", progress_opt ? 2 : g->stderr_tty);
     annal_db_opts opts;

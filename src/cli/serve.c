@@ -1,14 +1,22 @@
 /*
  * serve.c -- `annal serve`: the store as a server that KurrentDB's gRPC clients use
- * unchanged. A thin wrapper over annal_server.h: options, logging to stderr, and a
- * graceful stop on SIGTERM or SIGINT.
+ * unchanged. A thin wrapper over annal_server.h: settings (flags, environment, YAML file:
+ * config.c), logging to stderr, and a graceful stop on SIGTERM or SIGINT.
  */
+#include <dirent.h>
+#include <errno.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "annal_server.h"
 #include "cli.h"
+#include "config.h"
+#include "route.h"
 
 static const char usage[] =
     "usage: annal [--data DIR] serve (--insecure | --cert FILE --key FILE) [options]\n"
@@ -17,25 +25,24 @@ static const char usage[] =
     "KurrentDB/EventStoreDB clients connect with kurrentdb://HOST:PORT (add ?tls=false\n"
     "with --insecure). Creates the store if missing. Stops gracefully on SIGTERM/SIGINT.\n"
     "\n"
-    "Options:\n"
+    "Options (each also an environment variable ANNAL_<NAME> and a key of the --config\n"
+    "file; flags > environment > file > defaults):\n"
+    "  --config FILE        YAML file of settings (also ANNAL_CONFIG)\n"
     "  --listen HOST:PORT   where to listen (default 127.0.0.1:2113, KurrentDB's port;\n"
     "                       port 0 picks a free one, printed at start)\n"
+    "  --node-ip HOST       the host part alone (KurrentDB's NodeIp)\n"
+    "  --node-port PORT     the port alone (KurrentDB's NodePort)\n"
     "  --insecure           plain HTTP/2 without TLS (and, later, without authentication)\n"
-    "  --cert FILE          PEM certificate chain for TLS\n"
-    "  --key FILE           PEM private key for TLS\n"
-    "  --ca FILE            PEM CA bundle to verify client certificates with\n"
+    "  --cert FILE          PEM certificate chain for TLS (CertificateFile)\n"
+    "  --key FILE           PEM private key for TLS (CertificatePrivateKeyFile)\n"
+    "  --ca FILE|DIR        PEM CA certificates to verify client certificates with\n"
+    "                       (TrustedRootCertificatesPath; a directory: its .crt/.pem files)\n"
     "  --log-level L        error, warn, info (default) or debug (a line per call)\n"
     "  --grace-ms N         how long to wait for calls at stop (default 10000)\n"
+    "KurrentDB's names work too: KURRENTDB_NODE_PORT=2113, EVENTSTORE_INSECURE=true,\n"
+    "NodePort: 2113 in the file. `annal cert` makes development certificates.\n"
     "\n"
-    "Exit codes: 0 stopped cleanly, 1 usage, 5 store or server error.\n";
-
-enum { OPT_LISTEN, OPT_INSECURE, OPT_CERT, OPT_KEY, OPT_CA, OPT_LOG_LEVEL, OPT_GRACE };
-static const cli_option options[] = {
-    {"listen", 1, OPT_LISTEN},  {"insecure", 0, OPT_INSECURE},
-    {"cert", 1, OPT_CERT},      {"key", 1, OPT_KEY},
-    {"ca", 1, OPT_CA},          {"log-level", 1, OPT_LOG_LEVEL},
-    {"grace-ms", 1, OPT_GRACE}, {NULL, 0, 0},
-};
+    "Exit codes: 0 stopped cleanly, 1 usage or bad setting, 5 store or server error.\n";
 
 static void log_line(void *ctx, annal_log_level level, const char *msg) {
     (void)ctx;
@@ -47,64 +54,159 @@ static void log_line(void *ctx, annal_log_level level, const char *msg) {
     fprintf(stderr, "%s annal serve %s: %s\n", when, names[level <= 3 ? level : 3], msg);
 }
 
-static int parse_level(const char *v, annal_log_level *out) {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++)
-        if (strcmp(v, names[i]) == 0) {
-            *out = (annal_log_level)i;
-            return 0;
-        }
-    return -1;
-}
+static void log_info(const char *line) { log_line(NULL, ANNAL_LOG_INFO, line); }
 
-static int parse_args(cli_global *g, int argc, char **argv, annal_server_opts *so, int *grace,
+/* Flags into c; *config_path set by --config; *help by --help. */
+static int parse_args(cli_global *g, int argc, char **argv, cli_config *c, const char **config_path,
                       int *help) {
     cli_args a;
     cli_args_init(&a, g, argc, argv);
     const char *v;
-    for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
-        uint64_t n;
-        switch (o) {
-        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
-        case CLI_ARG_HELP: *help = 1; return 0;
-        case CLI_ARG_OPERAND: return cli_usage_error("serve", "unexpected argument '%s'", v);
-        case OPT_LISTEN: so->listen = v; break;
-        case OPT_INSECURE: so->insecure = 1; break;
-        case OPT_CERT: so->cert_file = v; break;
-        case OPT_KEY: so->key_file = v; break;
-        case OPT_CA: so->ca_file = v; break;
-        case OPT_LOG_LEVEL:
-            if (parse_level(v, &so->log_level) != 0)
-                return cli_usage_error("serve", "bad --log-level '%s': error, warn, info or debug",
-                                       v);
-            break;
-        case OPT_GRACE:
-            if (cli_parse_u64(v, &n) != 0 || n > 3600000)
-                return cli_usage_error("serve", "bad --grace-ms '%s'", v);
-            *grace = (int)n;
-            break;
+    const char *data_before = g->data_dir;
+    for (int o; (o = cli_args_next(&a, cli_config_flags(), &v)) != CLI_ARG_END;) {
+        if (o == CLI_ARG_ERROR) return CLI_EXIT_USAGE;
+        if (o == CLI_ARG_HELP) {
+            *help = 1;
+            return 0;
         }
+        if (o == CLI_ARG_OPERAND) return cli_usage_error("serve", "unexpected argument '%s'", v);
+        if (o == CFG_NSETTINGS) {
+            *config_path = v;
+            continue;
+        }
+        /* The flag as typed, for messages: "--node-port", not its value. */
+        const char *typed = argv[a.i - 1];
+        if (!cli_config_is_switch(o) && !(strncmp(typed, "--", 2) == 0 && strchr(typed, '=')))
+            typed = argv[a.i - 2];
+        char origin[96];
+        snprintf(origin, sizeof origin, "%.*s", (int)strcspn(typed, "="), typed);
+        int rc = cli_config_set(c, "serve", o, cli_config_is_switch(o) ? "true" : v, CFG_SRC_FLAG,
+                                origin);
+        if (rc) return rc;
     }
-    if (!so->insecure && (!so->cert_file || !so->key_file))
-        return cli_usage_error("serve",
-                               "refusing to serve without TLS or --insecure: pass --cert FILE "
-                               "--key FILE for TLS, or --insecure for plain HTTP/2 (no TLS)");
-    if (so->insecure && (so->cert_file || so->key_file))
-        return cli_usage_error("serve", "--insecure and --cert/--key exclude each other");
+    if (g->data_dir_flag || g->data_dir != data_before) {
+        int rc = cli_config_set(c, "serve", CFG_DATA, g->data_dir, CFG_SRC_FLAG, "--data");
+        if (rc) return rc;
+    }
     return 0;
 }
 
-int cli_cmd_serve(cli_global *g, int argc, char **argv) {
-    annal_server_opts so;
-    annal_server_opts_init(&so);
-    so.log = log_line;
-    int grace = 10000, help = 0;
-    int rc = parse_args(g, argc, argv, &so, &grace, &help);
+/* KurrentDB's TrustedRootCertificatesPath is a directory: gRPC wants one PEM bundle, so
+ * the directory's .crt and .pem files are joined into a private temporary file, which is
+ * removed once the server has read it. */
+static int ca_bundle(const char *path, char *tmp, size_t tmp_size, const char **out) {
+    struct stat st;
+    *out = path;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return 0;
+    DIR *d = opendir(path);
+    if (!d) {
+        cli_error("serve", "cannot read CA directory %s: %s", path, strerror(errno));
+        return CLI_EXIT_USAGE;
+    }
+    snprintf(tmp, tmp_size, "/tmp/annal-ca.XXXXXX");
+    int fd = mkstemp(tmp);
+    FILE *bundle = fd >= 0 ? fdopen(fd, "w") : NULL;
+    int n = 0;
+    for (struct dirent *e; bundle && (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        if (len < 5 || (strcmp(e->d_name + len - 4, ".crt") && strcmp(e->d_name + len - 4, ".pem")))
+            continue;
+        char file[4096];
+        snprintf(file, sizeof file, "%s/%s", path, e->d_name);
+        FILE *f = fopen(file, "rb");
+        if (!f) continue;
+        char buf[8192];
+        for (size_t got; (got = fread(buf, 1, sizeof buf, f)) > 0;) fwrite(buf, 1, got, bundle);
+        fputc('\n', bundle);
+        fclose(f);
+        n++;
+    }
+    closedir(d);
+    if (!bundle || fclose(bundle) != 0 || n == 0) {
+        if (fd >= 0) unlink(tmp);
+        cli_error("serve", "no CA certificates (.crt or .pem files) in %s", path);
+        return CLI_EXIT_USAGE;
+    }
+    *out = tmp;
+    return 0;
+}
+
+/* The listen address from listen, node-ip and node-port: each half from the strongest
+ * source that sets it (node-ip/node-port over listen from the same source). */
+static void resolve_listen(const cli_config *c, char *buf, size_t size) {
+    const char *l = cli_config_get(c, CFG_LISTEN);
+    const char *colon = l ? strrchr(l, ':') : NULL;
+    char host[256] = "127.0.0.1", port[8] = "2113";
+    if (colon) {
+        snprintf(host, sizeof host, "%.*s", (int)(colon - l), l);
+        snprintf(port, sizeof port, "%s", colon + 1);
+    }
+    cli_cfg_source ls = l ? c->v[CFG_LISTEN].source : CFG_SRC_DEFAULT;
+    if (cli_config_get(c, CFG_NODE_IP) && (!l || c->v[CFG_NODE_IP].source >= ls))
+        snprintf(host, sizeof host, "%s", cli_config_get(c, CFG_NODE_IP));
+    if (cli_config_get(c, CFG_NODE_PORT) && (!l || c->v[CFG_NODE_PORT].source >= ls))
+        snprintf(port, sizeof port, "%s", cli_config_get(c, CFG_NODE_PORT));
+    snprintf(buf, size, "%s:%s", host, port);
+}
+
+static int load(cli_global *g, int argc, char **argv, cli_config *c, int *help) {
+    const char *path = NULL;
+    int rc = parse_args(g, argc, argv, c, &path, help);
+    if (rc || *help) return rc;
+    rc = cli_config_env(c, "serve", g->env);
     if (rc) return rc;
-    if (help) {
+    if (!path) path = cli_config_env_path(g->env);
+    if (path) rc = cli_config_file(c, "serve", path);
+    return rc;
+}
+
+int cli_cmd_serve(cli_global *g, int argc, char **argv) {
+    cli_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    int help = 0;
+    int rc = load(g, argc, argv, &cfg, &help);
+    if (rc || help) {
+        cli_config_free(&cfg);
+        if (rc) return rc;
         fputs(usage, stdout);
         return cli_finish_output("serve", stdout, "standard output", CLI_EXIT_OK);
     }
+    annal_server_opts so;
+    annal_server_opts_init(&so);
+    so.log = log_line;
+    char listen[300], ca_tmp[4096] = "";
+    resolve_listen(&cfg, listen, sizeof listen);
+    so.listen = listen;
+    so.insecure = cli_config_bool(&cfg, CFG_INSECURE);
+    so.cert_file = cli_config_get(&cfg, CFG_CERT);
+    so.key_file = cli_config_get(&cfg, CFG_KEY);
+    if (cli_config_get(&cfg, CFG_LOG_LEVEL))
+        so.log_level = (annal_log_level)cli_config_log_level(cli_config_get(&cfg, CFG_LOG_LEVEL));
+    int grace = 10000;
+    uint64_t ms;
+    if (cli_config_get(&cfg, CFG_GRACE_MS) &&
+        cli_parse_u64(cli_config_get(&cfg, CFG_GRACE_MS), &ms) == 0)
+        grace = (int)ms; /* checked to be at most an hour where it was set */
+    if (cli_config_get(&cfg, CFG_DATA)) g->data_dir = cli_config_get(&cfg, CFG_DATA);
+
+    if (!so.insecure && (!so.cert_file || !so.key_file))
+        rc = cli_usage_error("serve",
+                             "refusing to serve without TLS or --insecure: pass --cert FILE "
+                             "--key FILE for TLS, or --insecure for plain HTTP/2 (no TLS)");
+    else if (so.insecure && (so.cert_file || so.key_file))
+        rc = cli_usage_error("serve", "--insecure and --cert/--key exclude each other");
+    if (!rc && cli_config_get(&cfg, CFG_CA))
+        rc = ca_bundle(cli_config_get(&cfg, CFG_CA), ca_tmp, sizeof ca_tmp, &so.ca_file);
+    if (rc) {
+        cli_config_free(&cfg);
+        return rc;
+    }
+    cli_config_describe(&cfg, log_info);
+    if (cli_config_get(&cfg, CFG_ADMIN_PASSWORD) || cli_config_get(&cfg, CFG_OPS_PASSWORD))
+        log_line(NULL, ANNAL_LOG_WARN,
+                 "config: default passwords have no effect yet: annal serve has no users, every "
+                 "call acts as an admin (docs/server.md)");
+
     /* Signals go to sigwait below, not to gRPC's threads (they inherit this mask). */
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -114,9 +216,32 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
 
     annal_db *db;
     rc = cli_open(g, "serve", ANNAL_OPEN_CREATE, NULL, &db);
+    annal_server *srv = NULL;
+    annal_err e = ANNAL_OK;
+    /* The command line writes through this socket while the server owns the store. Made
+     * with umask 077, so only the store's owner (the admin) can connect. */
+    char sock[4096];
+    int nsock = snprintf(sock, sizeof sock, "%s/%s", g->data_dir, CLI_SOCKET_NAME);
+    if (nsock >= (int)sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        log_line(NULL, ANNAL_LOG_WARN,
+                 "store path too long for a Unix socket: `annal` commands cannot write while "
+                 "this server runs (use --server)");
+    } else {
+        so.local_socket = sock;
+    }
+    mode_t old_mask = umask(077);
+    if (!rc) e = annal_server_start(db, &so, &srv);
+    umask(old_mask);
+    if (!rc && e == ANNAL_OK && so.local_socket) {
+        (void)chmod(sock, 0600);
+        char msg[4200];
+        snprintf(msg, sizeof msg, "local socket unix:%s (mode 0600: the CLI writes through it)",
+                 sock);
+        log_info(msg);
+    }
+    if (ca_tmp[0]) unlink(ca_tmp);
+    cli_config_free(&cfg);
     if (rc) return rc;
-    annal_server *srv;
-    annal_err e = annal_server_start(db, &so, &srv);
     if (e != ANNAL_OK) {
         annal_db_close(db);
         cli_error("serve", "cannot start the server: %s", annal_strerror(e));
@@ -128,6 +253,7 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
     snprintf(msg, sizeof msg, "got %s, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     log_line(NULL, ANNAL_LOG_INFO, msg);
     annal_server_stop(srv, grace);
+    if (so.local_socket) unlink(sock);
     annal_db_close(db);
     log_line(NULL, ANNAL_LOG_INFO, "store closed");
     return CLI_EXIT_OK;

@@ -272,12 +272,48 @@ void cli_progress_init(cli_progress *p, const char *label, int enabled) {
     p->last = p->start;
 }
 
-static void progress_draw(cli_progress *p) {
-    if (p->total > 0 && p->done <= p->total)
-        fprintf(stderr, "\r%s: %llu/%llu events (%u%%)  ", p->label, (unsigned long long)p->done,
-                (unsigned long long)p->total, (unsigned)(p->done * 100.0 / (double)p->total));
+/* "12.3k" for rates and counts read at a glance. */
+static void short_num(double v, char *out, size_t len) {
+    if (v >= 1e6)
+        snprintf(out, len, "%.1fM", v / 1e6);
+    else if (v >= 1e4)
+        snprintf(out, len, "%.1fk", v / 1e3);
     else
-        fprintf(stderr, "\r%s: %llu events  ", p->label, (unsigned long long)p->done);
+        snprintf(out, len, "%.0f", v);
+}
+
+/* One line, redrawn in place: done/total, percent, rate and time left (when the total
+ * is known), e.g. "verify: 1200/5000 events (24%), 3.1k events/s, 2s left". */
+static void progress_draw(cli_progress *p) {
+    const char *unit = p->unit ? p->unit : "events";
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double secs = seconds_between(&p->start, &now);
+    double rate = secs > 0 ? (double)p->done / secs : 0;
+    char line[256], rs[32];
+    int n;
+    if (p->total > 0 && p->done <= p->total)
+        n = snprintf(line, sizeof line, "%s: %llu/%llu %s (%u%%)", p->label,
+                     (unsigned long long)p->done, (unsigned long long)p->total, unit,
+                     (unsigned)(p->done * 100.0 / (double)p->total));
+    else
+        n = snprintf(line, sizeof line, "%s: %llu %s", p->label, (unsigned long long)p->done, unit);
+    if (n > 0 && (size_t)n < sizeof line && rate > 0) {
+        short_num(rate, rs, sizeof rs);
+        n += snprintf(line + n, sizeof line - (size_t)n, ", %s %s/s", rs, unit);
+        if (p->total > p->done && (size_t)n < sizeof line) {
+            double left = (double)(p->total - p->done) / rate;
+            if (left < 60)
+                snprintf(line + n, sizeof line - (size_t)n, ", %.0fs left", left + 0.5);
+            else if (left < 3600)
+                snprintf(line + n, sizeof line - (size_t)n, ", %.0fm%02.0fs left", left / 60,
+                         (double)((long)left % 60));
+            else
+                snprintf(line + n, sizeof line - (size_t)n, ", %.1fh left", left / 3600);
+        }
+    }
+    /* \033[K clears what a longer previous line left, on a terminal only. */
+    fprintf(stderr, "\r%s%s", line, isatty(STDERR_FILENO) ? "\033[K" : "  ");
     p->shown = 1;
 }
 

@@ -780,3 +780,19 @@ annal_err annal__index_system_streams(MDB_txn *t, const annal__index *idx, uint6
     if (err == ANNAL_OK && rc && rc != MDB_NOTFOUND) err = annal__index_err(rc);
     return err;
 }
+
+int annal__index_behind(MDB_txn *t, const annal__index *idx) {
+    MDB_val k = val("behind", 6), v;
+    return mdb_get(t, idx->meta, &k, &v) == 0;
+}
+
+annal_err annal__index_behind_put(MDB_txn *t, const annal__index *idx, int on) {
+    MDB_val k = val("behind", 6);
+    if (!on) {
+        int rc = mdb_del(t, idx->meta, &k, NULL);
+        return rc == MDB_NOTFOUND ? ANNAL_OK : annal__index_err(rc);
+    }
+    uint8_t b = 1;
+    MDB_val v = val(&b, 1);
+    return annal__index_err(mdb_put(t, idx->meta, &k, &v, 0));
+}

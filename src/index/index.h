@@ -199,6 +199,11 @@ annal_err annal__index_gen_put(MDB_txn *t, const annal__index *idx, uint64_t no,
 
 /* The marker of a compaction whose index update is under way (segment no to generation
  * gen); ANNAL_ENOTFOUND if none. _put with no = UINT64_MAX removes it. */
+/* The "behind" mark: set by a writer while it indexes the log (catch-up, rebuild) in
+ * more than one transaction, cleared by the transaction that finishes; an index that
+ * carries it is behind its log, and read-only handles refuse it. put: on = 0 clears. */
+int annal__index_behind(MDB_txn *t, const annal__index *idx);
+annal_err annal__index_behind_put(MDB_txn *t, const annal__index *idx, int on);
 annal_err annal__index_compacting_get(MDB_txn *t, const annal__index *idx, uint64_t *no,
                                       uint32_t *gen);
 annal_err annal__index_compacting_put(MDB_txn *t, const annal__index *idx, uint64_t no,

@@ -323,6 +323,17 @@ static annal_err bind_and_start(annal_server *srv, const annal_server_opts *o) {
         return ANNAL_EINVAL;
     }
     srv->port = port;
+    if (o->local_socket) {
+        char addr[4096 + 8];
+        snprintf(addr, sizeof addr, "unix:%s", o->local_socket);
+        grpc_server_credentials *local = grpc_insecure_server_credentials_create();
+        int ok = grpc_server_add_http2_port(srv->server, addr, local) > 0;
+        grpc_server_credentials_release(local);
+        if (!ok) {
+            srv_log(srv, ANNAL_LOG_ERROR, "cannot listen on %s", addr);
+            return ANNAL_EINVAL;
+        }
+    }
     grpc_server_start(srv->server);
     pthread_mutex_lock(&srv->mu);
     for (int i = 0; i < SRV_PENDING_CALLS; i++) request_call(srv);

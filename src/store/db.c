@@ -149,6 +149,25 @@ static annal_err scan_batch(annal__cursor *c, uint32_t *n) {
     return ANNAL_OK;
 }
 
+/* Step the cursor over hole records (erased or lost positions), so that a hole is
+ * never taken for the start of a torn batch that follows it and cut away with it. */
+static void skip_holes(annal__cursor *c) {
+    for (;;) {
+        annal__cursor_settle(c);
+        annal_event ev;
+        annal__rec_info info;
+        const annal__seg *s = c->seg;
+        if (c->off + ANNAL__REC_HDR > s->cap ||
+            annal__seg_readable(c->log, c->seg, c->off + ANNAL__REC_HDR) != ANNAL_OK ||
+            annal__rec_decode(s->map + c->off, ANNAL__REC_HDR, &ev, &info) != ANNAL_OK ||
+            info.kind != ANNAL__REC_HOLE || ev.position > c->pos ||
+            ev.position + ev.revision <= c->pos)
+            return;
+        c->pos = ev.position + ev.revision;
+        c->off += info.len;
+    }
+}
+
 /* Put c at the nearest position-table entry at or below pos (the start of the log if
  * compaction erased every entry below). */
 static annal_err seek(annal_db *db, MDB_txn *t, uint64_t pos, annal__cursor *c) {
@@ -282,11 +301,16 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
     annal_err rc = ANNAL_OK;
     uint64_t rev0 = 0;
     /* Each id claim is a random memory access: start them all first. (scan_batch checked
-     * the batch: n consecutive records of this segment.) */
-    for (uint32_t i = 0, off = (uint32_t)c->off; i < n && n > 1; i++) {
-        const uint8_t *p = c->seg->map + off;
-        annal__ids_prefetch(db->ids, (const annal_uuid *)(p + 32));
-        off += annal__get32(p + 4);
+     * the batch: n consecutive records, but the cursor may first step over a hole, even
+     * into the next segment, and a compacted file ends soon after its last record: stop
+     * at anything that is not an event.) */
+    uint64_t off = c->off, pp, span;
+    uint32_t len;
+    int event;
+    for (uint32_t i = 0; i < n && n > 1; i++, off += len) {
+        if (annal__seg_peek(&db->log, c->seg, off, &pp, &span, &len, &event) != ANNAL_OK || !event)
+            break;
+        annal__ids_prefetch(db->ids, (const annal_uuid *)(c->seg->map + off + 32));
     }
     for (uint32_t i = 0; i < n && rc == ANNAL_OK; i++) {
         rc = annal__cursor_next2(c, &ev, &info, &loc, 0); /* scan_batch checked them */
@@ -385,8 +409,37 @@ static int zero_tail(annal_db *db, annal__seg *s, uint64_t from, uint64_t to) {
 /* Does the index describe this log? Its head names the last indexed record and where
  * the next one goes. 1: yes. 0: no (restored from elsewhere, log replaced or truncated):
  * rebuild it. ANNAL_ECORRUPT (negative): the last acknowledged record is damaged. */
+/* Does the log's next record go at h->next_loc, given that the last one ends at off of s? */
+static int ends_at(annal_db *db, annal__seg *s, uint64_t off, const annal__index_head *h) {
+    if (ANNAL__LOC(s->no, off) == h->next_loc) return 1;
+    annal__seg *n = annal__log_seg(&db->log, s->no + 1); /* next record opens a segment */
+    return n && ANNAL__LOC(n->no, ANNAL__SEG_HDR) == h->next_loc;
+}
+
+/* Is the record at off of s a hole from position from up to h->next_pos, the last
+ * record of the log? (A lost tail the operator accepted: `annal recover`.) */
+static int hole_ends(annal_db *db, annal__seg *s, uint64_t off, uint64_t from,
+                     const annal__index_head *h) {
+    annal_event ev;
+    annal__rec_info info;
+    annal__seg *n = annal__log_seg(&db->log, s->no + 1);
+    if (n && n->first_pos == from && /* s ends here: the hole opens the next segment */
+        (off + ANNAL__REC_HDR > s->cap || annal__seg_readable(&db->log, s, off + 8) != ANNAL_OK ||
+         annal__get64(s->map + off) == 0))
+        s = n, off = ANNAL__SEG_HDR;
+    if (off + ANNAL__REC_HDR > s->cap ||
+        annal__seg_readable(&db->log, s, off + ANNAL__REC_HDR) != ANNAL_OK ||
+        annal__rec_decode(s->map + off, ANNAL__REC_HDR, &ev, &info) != ANNAL_OK ||
+        info.kind != ANNAL__REC_HOLE || ev.position != from ||
+        ev.position + ev.revision != h->next_pos)
+        return 0;
+    return ends_at(db, s, off + info.len, h);
+}
+
 static int head_check(annal_db *db, const annal__index_head *h) {
     if (h->next_pos == 0) return h->next_loc == 0;
+    if (ANNAL__LOC_OFF(h->last_loc) < ANNAL__SEG_HDR) /* no event: a hole from the start */
+        return db->log.nsegs > 0 && hole_ends(db, db->log.segs[0], ANNAL__SEG_HDR, 0, h);
     annal__seg *s = annal__log_seg(&db->log, ANNAL__LOC_SEG(h->last_loc));
     if (!s) return 0;
     annal_event ev;
@@ -399,10 +452,17 @@ static int head_check(annal_db *db, const annal__index_head *h) {
         uint32_t len = annal__get32(s->map + off + 4);
         return len == 0 && annal__get32(s->map + off) == 0 ? 0 : -1;
     }
-    if (ev.position != h->next_pos - 1) return 0;
-    if (ANNAL__LOC(s->no, off + info.len) == h->next_loc) return 1;
-    annal__seg *n = annal__log_seg(&db->log, s->no + 1); /* next record opens a segment */
-    return n && ANNAL__LOC(n->no, ANNAL__SEG_HDR) == h->next_loc;
+    if (ev.position != h->next_pos - 1) return hole_ends(db, s, off + info.len, ev.position + 1, h);
+    return ends_at(db, s, off + info.len, h);
+}
+
+/* Record the generation of every compacted segment in t (a rebuilt index names them). */
+static annal_err put_gens(annal_db *db, MDB_txn *t) {
+    annal_err rc = ANNAL_OK;
+    for (size_t i = 0; rc == ANNAL_OK && i < db->log.nsegs; i++)
+        if (db->log.segs[i]->gen)
+            rc = annal__index_gen_put(t, &db->idx, db->log.segs[i]->no, db->log.segs[i]->gen);
+    return rc;
 }
 
 static annal_err reset_index(annal_db *db, MDB_txn *t) {
@@ -466,6 +526,10 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
             annal__ids_clean(db->ids);
         }
     }
+    /* The reset lives in the transaction until its first commit: a redo of that
+     * transaction (the map filled up) must reset again, or it would index the log from
+     * position 0 over the old entries (the id runs are gone already). */
+    int reset_pending = 0;
     if (rc == ANNAL_OK && hc == 0) {
         annal__log_msg(db, ANNAL_LOG_WARN, "index does not match the log: rebuilding it");
         rc = reset_index(db, t);
@@ -476,9 +540,8 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                                  detail, sizeof detail);
             if (rc != ANNAL_OK) rc = annal__fail(db, rc, "%s", detail);
         }
-        for (size_t i = 0; rc == ANNAL_OK && i < db->log.nsegs; i++)
-            if (db->log.segs[i]->gen)
-                rc = annal__index_gen_put(t, &db->idx, db->log.segs[i]->no, db->log.segs[i]->gen);
+        if (rc == ANNAL_OK) rc = put_gens(db, t);
+        reset_pending = 1;
     }
     /* The memtable at its full size from the start: growing it rehashes and copies on
      * the append path. Untouched pages cost nothing (calloc'd and malloc'd maps). */
@@ -501,13 +564,24 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
         c.off = ANNAL__LOC_OFF(db->head.next_loc);
         c.pos = db->head.next_pos;
     }
+    /* Until the last transaction, what is committed is behind the log: say so, for
+     * read-only handles (in every transaction, so that an interruption leaves it). */
+    rc = annal__index_behind_put(t, &db->idx, 1);
+    if (rc != ANNAL_OK) {
+        rc = annal__fail(db, rc, "cannot mark the index as catching up");
+        goto out;
+    }
     uint64_t total = 0, since = 0;
     int rebuild = db->head.next_pos == 0; /* from position 0, into an empty index */
     annal__cursor c0 = c;                 /* where the transaction began, to redo it */
     annal__index_head h0 = db->head;
     int regrown = 0;
     for (;;) {
-        annal__cursor_settle(&c); /* a batch that opens a segment starts there */
+        skip_holes(&c);                  /* and a batch that opens a segment starts there */
+        if (c.pos > db->head.next_pos) { /* the log may end in a hole */
+            db->head.next_pos = c.pos;
+            db->head.next_loc = ANNAL__LOC(c.seg->no, c.off);
+        }
         annal__cursor start = c;
         uint32_t n = 0;
         annal_err s = scan_batch(&c, &n);
@@ -548,11 +622,16 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
                 goto out;
             }
             since = 0;
+            reset_pending = 0;
             c0 = c, h0 = db->head, regrown = 0;
             chunk = catch_up_chunk(db);
             if ((mrc = annal__txn_begin(&db->idx, 0, &t)) != 0) {
                 t = NULL;
                 rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+                goto out;
+            }
+            if (db->io->fault(db->io->ctx, "catch-up-commit") != 0) { /* tests */
+                rc = annal__fail(db, ANNAL_EIO, "catch-up stopped by a fault");
                 goto out;
             }
             if (db->opts.progress && db->opts.progress(db->opts.progress_ctx, total, 0)) {
@@ -576,6 +655,14 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
             rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
             goto out;
         }
+        rc = ANNAL_OK;       /* (the map-full failure being redone) */
+        if (reset_pending) { /* the aborted transaction held the reset: again */
+            rc = reset_index(db, t);
+            if (rc == ANNAL_OK) rc = put_gens(db, t);
+            db->head = h0;
+        }
+        if (rc == ANNAL_OK) rc = annal__index_behind_put(t, &db->idx, 1);
+        if (rc != ANNAL_OK) goto out;
     }
     if (rc != ANNAL_OK) goto out;
     /* The cursor stops at the end of whole batches. What follows in the last segment
@@ -600,7 +687,8 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     }
     *end_seg = c.seg->no;
     *end_off = c.off;
-    rc = annal__index_head_put(t, &db->idx, &db->head);
+    rc = annal__index_behind_put(t, &db->idx, 0); /* caught up, in the same commit */
+    if (rc == ANNAL_OK) rc = annal__index_head_put(t, &db->idx, &db->head);
     if (rc == ANNAL_OK) {
         mrc = annal__txn_commit(&db->idx, t);
         t = NULL;
@@ -612,30 +700,127 @@ out:
     return rc;
 }
 
+/* ---- the acknowledged mark ------------------------------------------------------- */
+
+/* Walk whole batches from c to where they end. 1 if what stops the walk is damage with
+ * later flushes after it (catch-up reports that), 0 at a clean end or a torn tail. */
+static int walk_batches(annal_db *db, annal__cursor *c) {
+    for (;;) {
+        skip_holes(c);
+        annal__cursor start = *c;
+        uint32_t n;
+        annal_err s = scan_batch(c, &n);
+        if (s == ANNAL_OK) continue;
+        if (s != ANNAL_END) *c = start;
+        annal__seg *last = annal__log_last(&db->log);
+        return c->seg != last || later_flush_after(last, c->off, c->pos);
+    }
+}
+
+/* Write a hole for positions [from, to) at the cursor (the end of the log), so that
+ * they are never given to other events; the index is then rebuilt over it. */
+static annal_err write_loss(annal_db *db, annal__cursor *c, uint64_t from, uint64_t to) {
+    annal__seg *s = c->seg;
+    uint64_t off = c->off;
+    int r = zero_tail(db, s, off, s->cap);         /* the torn rest of the last flush, if any */
+    if (r == 0 && off + ANNAL__REC_HDR > s->cap) { /* no room: a segment of its own */
+        r = annal__log_add(&db->log, s->no + 1, from, s->cap, &s);
+        off = ANNAL__SEG_HDR;
+    }
+    uint8_t rec[ANNAL__REC_HDR];
+    annal__hole_encode(from, to - from, rec);
+    if (r == 0) r = annal__seg_reserve(&db->log, s, off + ANNAL__REC_HDR);
+    if (r == 0) r = annal__io_write_all(db->io, s->fd, rec, sizeof rec, off);
+    if (r == 0) r = db->io->sync(db->io->ctx, s->fd);
+    if (r < 0)
+        return annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
+                           "cannot record the lost positions: %s", strerror(-r));
+    annal__log_msg(db, ANNAL_LOG_WARN,
+                   "positions %" PRIu64 " to %" PRIu64 " recorded as lost (a hole in $all)", from,
+                   to - 1);
+    db->lost_from = from;
+    db->lost_to = to;
+    db->rebuild_index = 1;
+    return ANNAL_OK;
+}
+
+/* Before anything is indexed or cut: does the log still hold every position that was
+ * acknowledged? The evidence is DIR/acked (mark) and a trusted index's head; a log that
+ * ends below either lost its tail (the disk dropped or zeroed blocks, a segment was
+ * truncated). Refuse to open, so that no lost position is given to a new event; with
+ * accept_loss, record the lost range as a hole instead. */
+static annal_err check_acknowledged(annal_db *db, uint64_t mark) {
+    annal__seg *last = annal__log_last(&db->log);
+    if (!last) return ANNAL_OK;
+    uint64_t claim = mark;
+    annal__cursor c = {&db->log, last, ANNAL__SEG_HDR, last->first_pos};
+    MDB_txn *t = NULL;
+    annal__index_head h;
+    if (annal__txn_begin(&db->idx, MDB_RDONLY, &t) == 0 &&
+        annal__index_head_get(t, &db->idx, &h) == ANNAL_OK && h.next_pos > 0 &&
+        h.version == ANNAL__INDEX_VERSION) {
+        int hc = head_check(db, &h);
+        if (hc < 0) { /* the last acknowledged event is damaged: catch-up says so */
+            annal__txn_abort(&db->idx, t);
+            return ANNAL_OK;
+        }
+        annal__seg *hs = hc ? annal__log_seg(&db->log, ANNAL__LOC_SEG(h.next_loc)) : NULL;
+        if (hs) /* the log holds the index's head: walk on from there */
+            c = (annal__cursor){&db->log, hs, ANNAL__LOC_OFF(h.next_loc), h.next_pos};
+        else if (h.next_pos > claim)
+            claim = h.next_pos;
+    }
+    if (t) annal__txn_abort(&db->idx, t);
+    if (c.pos >= claim) return ANNAL_OK;       /* no need to walk */
+    if (walk_batches(db, &c)) return ANNAL_OK; /* damage, not a lost tail: catch-up's */
+    if (c.pos >= claim) return ANNAL_OK;
+    if (db->accept_loss) return write_loss(db, &c, c.pos, claim);
+    return annal__fail(db, ANNAL_ECORRUPT,
+                       "positions %" PRIu64 " to %" PRIu64
+                       " were acknowledged but are missing from the log (its tail was lost "
+                       "or cut short, segment %016" PRIx64 " from offset %" PRIu64
+                       "); nothing was changed. Restore the log from a backup, or run "
+                       "`annal recover --accept-loss` to record them as lost",
+                       c.pos, claim - 1, c.seg->no, c.off);
+}
+
 /* ---- open / close ---------------------------------------------------------------- */
 
-/* Take the writer lock of the store in dir: *fd holds the flock (and our pid, a hint for
- * the EBUSY message of the next would-be writer). msg gets the reason of a failure. */
-static annal_err lock_dir(const char *dir, int *fd, char *msg, size_t len) {
+/* Take the writer lock of the store in dir. fd[1] holds a flock on the directory itself,
+ * which deleting or replacing a file cannot take away; fd[0] one on DIR/lock, as older
+ * versions take it, and our pid (a hint for the EBUSY message of the next would-be
+ * writer). msg gets the reason of a failure; on failure both fds are closed. */
+static annal_err lock_dir(const char *dir, int fd[2], char *msg, size_t len) {
     char path[4096];
     snprintf(path, sizeof path, "%s/lock", dir);
-    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (*fd < 0) {
+    fd[1] = -1;
+    fd[0] = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd[0] < 0) {
         snprintf(msg, len, "cannot open %s: %s", path, strerror(errno));
         return errno == EACCES || errno == EPERM ? ANNAL_EPERM
                : errno == EROFS                  ? ANNAL_EREADONLY
                                                  : ANNAL_EIO;
     }
-    if (flock(*fd, LOCK_EX | LOCK_NB) < 0) {
+    fd[1] = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd[1] < 0) {
+        snprintf(msg, len, "cannot open %s: %s", dir, strerror(errno));
+        close(fd[0]);
+        fd[0] = -1;
+        return ANNAL_EIO;
+    }
+    if (flock(fd[1], LOCK_EX | LOCK_NB) < 0 || flock(fd[0], LOCK_EX | LOCK_NB) < 0) {
         char pid[32] = {0};
-        ssize_t n = pread(*fd, pid, sizeof pid - 1, 0);
+        ssize_t n = pread(fd[0], pid, sizeof pid - 1, 0);
         if (n > 0) pid[strcspn(pid, "\n")] = 0;
         snprintf(msg, len, "%s is open for writing by process %s", dir, n > 0 ? pid : "?");
+        close(fd[0]);
+        close(fd[1]);
+        fd[0] = fd[1] = -1;
         return ANNAL_EBUSY;
     }
     char pid[32];
     int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(*fd, 0) == 0 && pwrite(*fd, pid, (size_t)n, 0) != n) {
+    if (ftruncate(fd[0], 0) == 0 && pwrite(fd[0], pid, (size_t)n, 0) != n) {
         /* the pid is only a hint */
     }
     return ANNAL_OK;
@@ -643,7 +828,7 @@ static annal_err lock_dir(const char *dir, int *fd, char *msg, size_t len) {
 
 static annal_err take_lock(annal_db *db) {
     char msg[4200];
-    annal_err rc = lock_dir(db->dir, &db->lock_fd, msg, sizeof msg);
+    annal_err rc = lock_dir(db->dir, db->lock_fd, msg, sizeof msg);
     return rc == ANNAL_OK ? rc : annal__fail(db, rc, "%s", msg);
 }
 
@@ -726,6 +911,10 @@ static annal_err settle_compaction(annal_db *db, int trusted) {
 static annal_err open_writer(annal_db *db) {
     annal_err rc = take_lock(db);
     if (rc != ANNAL_OK) return rc;
+    uint64_t mark = 0;
+    rc = annal__acked_open(&db->acked, db->dir, &mark);
+    if (rc != ANNAL_OK)
+        return annal__fail(db, rc, "cannot open %s/acked: %s", db->dir, strerror(errno));
     int in_use = annal__index_in_use(db->index_dir);
     if (in_use == 1)
         return annal__fail(db, ANNAL_EBUSY,
@@ -767,6 +956,8 @@ static annal_err open_writer(annal_db *db) {
     if (rc != ANNAL_OK) return rc;
     rc = annal__log_open(&db->log, db->io, db->dir, 0, 1, detail, sizeof detail);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
+    rc = check_acknowledged(db, mark);
+    if (rc != ANNAL_OK) return rc;
     if (db->log.nsegs > 0) /* the segment size is fixed when the store is created */
         db->opts.segment_bytes = db->log.segs[db->log.nsegs - 1]->cap;
     if (db->log.nsegs == 0) {
@@ -790,6 +981,12 @@ static annal_err open_writer(annal_db *db) {
         return annal__fail(db, ANNAL_ENOMEM, "cannot start the log's preallocation thread");
     annal__log_grow_hint(&db->log, db->wseg, db->woff);
     __atomic_store_n(&db->visible, db->head.next_pos, __ATOMIC_RELEASE);
+    /* The log as recovered is durable (catch-up read it back; a torn tail was cut and
+     * flushed): it is the mark to compare against from now on. */
+    if (db->head.next_pos > mark && (r = annal__acked_write(&db->acked, db->head.next_pos)) < 0)
+        return annal__fail(db, ANNAL_EIO, "cannot write %s/acked: %s", db->dir, strerror(-r));
+    if (!(db->opts.flags & ANNAL_OPEN_NOSYNC) && annal__acked_start(db) < 0)
+        return annal__fail(db, ANNAL_ENOMEM, "cannot start the acknowledged-mark thread");
     return ANNAL_OK;
 }
 
@@ -823,6 +1020,16 @@ static annal_err open_reader(annal_db *db) {
         return annal__fail(db, rc,
                            "the index head of %s is unreadable: open the store for "
                            "writing once to rebuild it",
+                           db->dir);
+    /* Never serve an index that is behind the log as if it were the whole store. */
+    if ((rc = annal__read_txn(db, &t)) != ANNAL_OK) return rc;
+    int behind = annal__index_behind(t, &db->idx);
+    annal__txn_abort(&db->idx, t);
+    if (behind)
+        return annal__fail(db, ANNAL_EBUSY,
+                           "the index of %s is being rebuilt from the log (or that was "
+                           "interrupted): wait for the writer, or open the store for writing "
+                           "once to finish it",
                            db->dir);
     rc = annal__log_open(&db->log, db->io, db->dir, 1, 0, detail, sizeof detail);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", detail);
@@ -886,9 +1093,10 @@ static annal_err probe_dir(annal_db *db, unsigned flags) {
     return rc;
 }
 
-/* Shared by annal_db_open and the tests, which pass a fault-injecting io table. */
-annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
-                            annal_db **out) {
+/* Shared by annal_db_open, annal_recover_accept_loss and the tests, which pass a
+ * fault-injecting io table. */
+static annal_err db_open(const char *dir, const annal_db_opts *opts, const annal__io *io,
+                         int accept_loss, annal_db **out) {
     if (!dir || !out) return ANNAL_EINVAL;
     *out = NULL;
     annal_db_opts o;
@@ -897,7 +1105,9 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
     if (!db) return ANNAL_ENOMEM;
     db->opts = o;
     db->io = io;
-    db->lock_fd = -1;
+    db->lock_fd[0] = db->lock_fd[1] = -1;
+    db->acked.fd = -1;
+    db->accept_loss = accept_loss;
     db->readonly = (o.flags & ANNAL_OPEN_READONLY) != 0;
     db->rng = annal__rng_seed();
     pthread_mutex_init(&db->errmu, NULL);
@@ -932,8 +1142,39 @@ fail:
     return rc;
 }
 
+annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
+                            annal_db **out) {
+    return db_open(dir, opts, io, 0, out);
+}
+
 annal_err annal_db_open(const char *dir, const annal_db_opts *opts, annal_db **out) {
-    return annal__db_open_io(dir, opts, annal__io_posix(), out);
+    return db_open(dir, opts, annal__io_posix(), 0, out);
+}
+
+annal_err annal__recover_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
+                            uint64_t *lost_from, uint64_t *lost_count) {
+    if (!dir) return ANNAL_EINVAL;
+    if (lost_from) *lost_from = 0;
+    if (lost_count) *lost_count = 0;
+    annal_db_opts o;
+    if (annal__db_opts_in(opts, &o) != ANNAL_OK) return ANNAL_EINVAL;
+    struct stat st;
+    char logdir[4096];
+    snprintf(logdir, sizeof logdir, "%s/log", dir);
+    if (stat(logdir, &st) < 0 || !S_ISDIR(st.st_mode)) return ANNAL_ENOTFOUND;
+    o.flags &= ~ANNAL_OPEN_READONLY;
+    o.flags |= ANNAL_OPEN_CREATE; /* (of the index, when it was lost too) */
+    annal_db *db = NULL;
+    annal_err rc = db_open(dir, &o, io, 1, &db);
+    if (rc == ANNAL_OK && lost_from) *lost_from = db->lost_from;
+    if (rc == ANNAL_OK && lost_count) *lost_count = db->lost_to - db->lost_from;
+    annal_db_close(db);
+    return rc;
+}
+
+annal_err annal_recover_accept_loss(const char *dir, const annal_db_opts *opts, uint64_t *lost_from,
+                                    uint64_t *lost_count) {
+    return annal__recover_io(dir, opts, annal__io_posix(), lost_from, lost_count);
 }
 
 annal_err annal_db_sync(annal_db *db) {
@@ -957,6 +1198,8 @@ annal_err annal_db_sync(annal_db *db) {
         } else if (annal__index_sync(&db->idx) != 0) {
             rc = annal__fail(db, ANNAL_EIO, "index flush failed");
         }
+        if (r == 0) /* what a NOSYNC handle appended is acknowledged now */
+            (void)annal__acked_write(&db->acked, __atomic_load_n(&db->visible, __ATOMIC_ACQUIRE));
     } else {
         rc = annal__fail(db, ANNAL_EFAILED, "%s", db->failed_msg);
     }
@@ -972,6 +1215,12 @@ void annal_db_close(annal_db *db) {
     if (!db->readonly && db->wseg && (db->opts.flags & ANNAL_OPEN_NOSYNC))
         annal_db_sync(db); /* a non-durable handle becomes durable at close */
     if (db->ids) annal__ids_stop_merger(db->ids); /* before the run list is touched */
+    /* The thread stops first: the last mark is ours. (A NOSYNC handle's visible events
+     * are durable only if annal_db_sync, above, succeeded: it wrote the mark then.) */
+    annal__acked_close(&db->acked);
+    if (!db->readonly && db->wseg && !(db->opts.flags & ANNAL_OPEN_NOSYNC))
+        (void)annal__acked_write(&db->acked, __atomic_load_n(&db->visible, __ATOMIC_ACQUIRE));
+    annal__acked_release(&db->acked);
     int clean = !db->readonly && db->idx.env && db->failed == ANNAL_OK;
     /* A big memtable is written out so that the next open need not reread its events
      * from the log; a small one is cheaper to reread than a run per open/close cycle. */
@@ -988,7 +1237,8 @@ void annal_db_close(annal_db *db) {
     annal__batch_free(&db->batch);
     if (db->idx.env) annal__index_close(&db->idx);
     if (db->log.dir) annal__log_close(&db->log);
-    if (db->lock_fd >= 0) close(db->lock_fd); /* releases the flock */
+    for (int i = 0; i < 2; i++)
+        if (db->lock_fd[i] >= 0) close(db->lock_fd[i]); /* releases the flocks */
     while (db->errs) {
         annal__errslot *s = db->errs;
         db->errs = s->next;
@@ -1015,14 +1265,15 @@ annal_err annal_rebuild_index(const char *dir, const annal_db_opts *opts) {
     o.flags &= ~(ANNAL_OPEN_READONLY | ANNAL_OPEN_CREATE);
     /* Hold the writer lock while the index files are removed, then let a normal open
      * index the whole log. */
-    int fd = -1;
+    int fd[2] = {-1, -1};
     char msg[4200];
-    annal_err rc = lock_dir(dir, &fd, msg, sizeof msg);
+    annal_err rc = lock_dir(dir, fd, msg, sizeof msg);
     char idir[4096];
     snprintf(idir, sizeof idir, "%s/index", dir);
     if (rc == ANNAL_OK && annal__index_in_use(idir)) rc = ANNAL_EBUSY; /* a handle here */
     if (rc == ANNAL_OK && annal__index_remove(idir) < 0) rc = ANNAL_EIO;
-    if (fd >= 0) close(fd);
+    for (int i = 0; i < 2; i++)
+        if (fd[i] >= 0) close(fd[i]);
     if (rc != ANNAL_OK) return rc;
     /* A race with another writer opening between the two steps is harmless: it would
      * rebuild the index itself, and our open then waits for nothing but fails EBUSY. */
@@ -1063,8 +1314,9 @@ static annal_err info_get(annal_db *db, annal_db_info *out) {
     pthread_mutex_lock(&db->log.mu);
     out->segments = db->log.nsegs;
     for (size_t i = 0; i < db->log.nsegs; i++) {
-        uint64_t sz = 0;
-        db->io->size(db->io->ctx, db->log.segs[i]->fd, &sz);
+        annal__seg *sp = db->log.segs[i];
+        uint64_t sz = __atomic_load_n(&sp->size, __ATOMIC_ACQUIRE); /* sealed: final */
+        if (sp->fd >= 0) db->io->size(db->io->ctx, sp->fd, &sz);
         out->disk_bytes += sz;
     }
     pthread_mutex_unlock(&db->log.mu);

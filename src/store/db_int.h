@@ -65,6 +65,18 @@ typedef struct annal__batch {
     uint8_t *out;      /* cap encoded blocks: one name's, being gathered */
     uint64_t first_pos;
 } annal__batch;
+/* DIR/acked (store/acked.c): how far the log was acknowledged, flushed off the append
+ * path. */
+typedef struct annal__acked {
+    int fd;
+    int opened, inited, running, stop;
+    uint64_t seq;        /* of the newest valid slot */
+    uint64_t written;    /* the mark on disk */
+    pthread_mutex_t wmu; /* one write at a time */
+    pthread_mutex_t mu;  /* the thread's sleep */
+    pthread_cond_t cv;
+    pthread_t thread;
+} annal__acked;
 /* Counters for annal_db_stats_get (stats.c): written by the leader, read by anyone, all
  * with __atomic builtins (relaxed: figures, not synchronisation). */
 typedef struct annal__counters {
@@ -78,7 +90,7 @@ struct annal_db {
     annal_db_opts opts;
     const annal__io *io;
     int readonly;
-    int lock_fd; /* holds the flock that makes this process the only writer */
+    int lock_fd[2]; /* the flocks that make this process the only writer: DIR/lock, DIR */
     annal__log log;
     annal__index idx;
     annal__ids *ids;    /* writer: event id -> position (leader-only after open) */
@@ -114,8 +126,22 @@ struct annal_db {
     pthread_mutex_t compact_mu;   /* one annal_compact at a time */
     int rebuild_index;            /* open: the index must be rebuilt from the log */
     int log_compacted;            /* recovery: some segment is a compacted generation */
+    annal__acked acked;           /* writer: the acknowledged mark (store/acked.c) */
+    int accept_loss;              /* open: record a lost tail as a hole instead of failing */
+    uint64_t lost_from, lost_to;  /* open: the positions it recorded as lost */
     annal__counters ctr;          /* for annal_db_stats_get (stats.c) */
 };
+
+/* Open (creating when missing) DIR/acked; *mark: the newest valid mark, 0 if none. */
+annal_err annal__acked_open(annal__acked *a, const char *dir, uint64_t *mark);
+/* Record that positions below pos were acknowledged (flushed). 0 or -errno. */
+int annal__acked_write(annal__acked *a, uint64_t pos);
+/* Start the thread that writes db->visible as the mark, coalesced. 0 or -errno. */
+int annal__acked_start(annal_db *db);
+/* Stop the thread (the file stays open for a last annal__acked_write). */
+void annal__acked_close(annal__acked *a);
+/* Stop the thread and close the file. */
+void annal__acked_release(annal__acked *a);
 
 /* stats.c: count a flush that took ns, and a committed group. Leader only. */
 void annal__counters_flush(annal__counters *c, int64_t ns);
@@ -124,6 +150,9 @@ void annal__counters_group(annal__counters *c, uint64_t reqs, uint64_t events);
 /* annal_db_open with another file-operation table (tests inject faults with it). */
 annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
                             annal_db **out);
+/* annal_recover_accept_loss with another file-operation table. */
+annal_err annal__recover_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
+                            uint64_t *lost_from, uint64_t *lost_count);
 
 /* Record detail for the calling thread and return code. */
 annal_err annal__fail(annal_db *db, annal_err code, const char *fmt, ...)

@@ -256,4 +256,26 @@ if command -v nm >/dev/null; then
     if [ -z "$other" ]; then ok "installed library exports only annal_ symbols"; else bad "unprefixed exports: $other"; fi
 fi
 
+
+# The man page and the bash completion (made at build time from the help texts).
+man1="$(find "$prefix" -path '*/man1/annal.1' | head -n 1)"
+if [ -n "$man1" ] && grep -q '^\.TH ANNAL 1' "$man1"; then
+    ok "man page installed in ${man1#"$prefix"/}"
+    if command -v man >/dev/null; then
+        if MANPATH="$prefix/share/man" man -w annal 2>/dev/null | grep -q "^$prefix/"; then
+            ok "man annal finds it with MANPATH=$prefix/share/man"
+        else
+            bad "man annal does not find the installed page"
+        fi
+    fi
+else
+    bad "no man1/annal.1 under $prefix"
+fi
+if [ -f "$prefix/share/bash-completion/completions/annal" ] &&
+    grep -q 'complete -F _annal annal' "$prefix/share/bash-completion/completions/annal"; then
+    ok "bash completion installed"
+else
+    bad "no share/bash-completion/completions/annal under $prefix"
+fi
+
 finish

@@ -1,0 +1,34 @@
+/*
+ * route.h -- how the writing commands reach the store: directly, or through a running
+ * `annal serve` (its Unix socket in the store directory, found when the store's writer is
+ * a server) or the server named by --server. The command line keeps working while a
+ * server owns the store.
+ */
+#ifndef ANNAL_CLI_ROUTE_H
+#define ANNAL_CLI_ROUTE_H
+
+#include "cli.h"
+#include "remote.h"
+
+#define CLI_SOCKET_NAME "annal.sock" /* in the store directory; mode 0600 */
+
+/* For a writing command: *out NULL means open the store directly; else the server to
+ * write through (close with annal_remote_close). 0, or an exit code after reporting. */
+int cli_route(cli_global *g, const char *cmd, annal_remote **out);
+/* For commands that cannot go through a server yet: 0 when no server runs (or is
+ * named), else the reason reported and an exit code. */
+int cli_route_refuse(cli_global *g, const char *cmd);
+
+/* `annal import`, through the server that owns the store if one does (import.c is also
+ * built into the fuzz target, which has no client: the routing lives here). */
+int cli_cmd_import_routed(cli_global *g, int argc, char **argv);
+
+/* The writing commands through a server, printing as their direct versions do. */
+int cli_remote_append(annal_remote *r, const char *stream, int64_t expected, annal_event_data *ev);
+int cli_remote_delete(annal_remote *r, const char *stream, int64_t expected, int hard);
+/* Show (json NULL and no limits) or set a stream's metadata: lim are $maxCount, $maxAge,
+ * $tb as decimal text or NULL. */
+int cli_remote_meta(annal_remote *r, const char *stream, const char *json, const char *const lim[3],
+                    int64_t expected);
+
+#endif

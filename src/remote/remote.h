@@ -1,0 +1,44 @@
+/*
+ * remote.h -- the interface of annal's gRPC client: the writes and reads of annal.h, sent
+ * to a server that speaks KurrentDB's protocol (annal serve, or KurrentDB itself) over
+ * gRPC core's client API and the same protos as the server. The CLI uses it to write
+ * through a running server; errors come back as annal_err, as from a local store.
+ */
+#ifndef ANNAL_REMOTE_H
+#define ANNAL_REMOTE_H
+
+#include "annal.h"
+
+typedef struct annal_remote annal_remote; /* one channel to one server */
+
+/* Connect to target: "unix:/path/annal.sock" (plain HTTP/2 over a Unix socket), or a
+ * connection string "kurrentdb://[user:pass@]host[:port][?tls=false&tlsCAFile=PATH]" (also
+ * esdb://; TLS is on unless tls=false; the port defaults to 2113). Nothing is sent until
+ * the first call. Errors: ANNAL_EINVAL (bad target, the message in err), ANNAL_EIO (the CA
+ * file cannot be read), ANNAL_ENOMEM. */
+annal_err annal_remote_open(const char *target, annal_remote **out, char *err, size_t errlen);
+void annal_remote_close(annal_remote *r); /* NULL is a no-op */
+/* Detail of the last failure on r ("" if none). Valid until the next call on r. */
+const char *annal_remote_errmsg(const annal_remote *r);
+
+/* Ask the server what it serves, waiting at most timeout_ms: ANNAL_OK if it answered. */
+annal_err annal_remote_ping(annal_remote *r, int timeout_ms);
+
+/* annal_append over the wire: events without an id get a UUIDv7 made here (written back
+ * into evs, so a retry resends the same ids and the server deduplicates). On
+ * ANNAL_ECONFLICT res->revision is the stream's actual revision (-1: no stream). Other
+ * errors: ANNAL_EDELETED, ANNAL_ETOOBIG, ANNAL_EINVAL, ANNAL_EIO (server unreachable or
+ * failing: the detail in annal_remote_errmsg). */
+annal_err annal_remote_append(annal_remote *r, const char *stream, int64_t expected,
+                              annal_event_data *evs, size_t n, annal_append_result *res);
+/* Soft delete, or tombstone with hard. ANNAL_ECONFLICT as above. */
+annal_err annal_remote_delete(annal_remote *r, const char *stream, int64_t expected, int hard);
+
+/* Read up to max events of stream from revision from (-1: the start, or the end when
+ * backwards). *out holds *n events, freed with annal_remote_events_free. A missing stream
+ * reads as no events with ANNAL_ENOTFOUND. */
+annal_err annal_remote_read(annal_remote *r, const char *stream, int64_t from, int backwards,
+                            size_t max, annal_event **out, size_t *n);
+void annal_remote_events_free(annal_event *evs, size_t n);
+
+#endif

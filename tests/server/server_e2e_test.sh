@@ -33,6 +33,10 @@ trap cleanup EXIT
 if "$ANNAL" --data "$work/store" serve 2>"$work/refuse.err"; then fail "served without TLS or --insecure"; fi
 grep -q -- "--insecure" "$work/refuse.err" || fail "the refusal does not say how: $(cat "$work/refuse.err")"
 
+# The logs exist before the servers start: the shell opens a background job's redirection
+# in the child, so reading it at once could find no file (and stop this script).
+: >"$work/server.log"
+: >"$work/server2.log"
 "$ANNAL" --data "$work/store" serve --insecure --listen 127.0.0.1:0 --log-level debug \
     2>"$work/server.log" &
 server_pid=$!

@@ -136,6 +136,10 @@ void annal__acked_close(annal__acked *a);
 /* Stop the thread and close the file. */
 void annal__acked_release(annal__acked *a);
 
+/* store/backup.c: 1 if dir is a backup or restore that did not finish (annal_db_open
+ * refuses it), else 0. */
+int annal__backup_incomplete(const char *dir);
+
 /* annal_db_open with another file-operation table (tests inject faults with it). */
 annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
                             annal_db **out);

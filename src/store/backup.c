@@ -342,25 +342,27 @@ static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
         b->res.segments_copied++;
         return ANNAL_OK;
     }
-    uint64_t have = UINT64_MAX; /* bytes DEST already holds of this generation */
+    uint64_t have = 0; /* bytes DEST already holds of this generation */
+    int found = 0;
     for (size_t i = 0; i < b->nhave; i++) {
         if (b->have[i].no != s->no || b->have[i].tmp) continue;
         if (b->have[i].gen == s->gen) {
             struct stat st;
             have = stat(dst, &st) == 0 ? (uint64_t)st.st_size : 0;
+            found = 1;
             b->have[i].tmp = 2; /* kept */
         } else {
             b->rm_index = 1; /* compaction made another generation since */
         }
     }
-    if (have == end) return ANNAL_OK; /* a sealed segment copied before */
-    if (have > end) { /* more than P: a copy interrupted later than this one ends */
+    if (found && have == end) return ANNAL_OK; /* a sealed segment copied before */
+    if (found && have > end) { /* more than P: a copy interrupted later than this one ends */
         if (truncate(dst, (off_t)end) < 0)
             return annal__fail(b->db, err_of(-errno), "cannot truncate %s: %s", dst, strerror(errno));
         b->rm_index = 1;
         return ANNAL_OK;
     }
-    if (have == UINT64_MAX && sealed && (b->o.flags & ANNAL_BACKUP_LINK)) {
+    if (!found && sealed && (b->o.flags & ANNAL_BACKUP_LINK)) {
         annal__seg_path(&b->db->log, s->no, s->gen, 0, src, sizeof src);
         if (link(src, dst) == 0) {
             b->res.segments_copied++;
@@ -370,7 +372,7 @@ static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
     }
     int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) return annal__fail(b->db, err_of(-errno), "cannot create %s: %s", dst, strerror(errno));
-    uint64_t from = have == UINT64_MAX ? 0 : have;
+    uint64_t from = have;
     int r = copy_range(s->fd, fd, from, end, &b->res.bytes_copied);
     if (r == 0 && fdatasync(fd) < 0) r = -errno;
     close(fd);

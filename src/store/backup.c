@@ -27,6 +27,8 @@
 #define FLAG_NAME     "backup-incomplete"
 #define MANIFEST_NAME "backup"
 #define COPY_CHUNK    (1u << 20)
+#define ANNAL_EAGAIN_INTERNAL ((annal_err)-1) /* backup(): start over from a new head */
+#define BACKUP_TRIES 8
 
 /* Detail for a caller's buffer (cut short when it does not fit). */
 __attribute__((format(printf, 3, 4))) static void say(char *msg, size_t len, const char *fmt, ...) {
@@ -172,9 +174,10 @@ static int copy_range(int src, int dst, uint64_t from, uint64_t to, uint64_t *co
                 *copied += (uint64_t)n;
                 continue;
             }
-            if (n == 0) return -EIO; /* the source is shorter than it said */
-            if (errno == EINTR) continue;
-            if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
+            /* 0: some filesystems copy nothing rather than fail; the buffered copy
+             * below tells a short file from that. */
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
                 r = -errno;
                 break;
             }
@@ -399,6 +402,13 @@ static annal_err backup(bk *b) {
     annal_db *db = b->db;
     /* P: the committed index head. Its bytes are in the log (written before it was
      * committed); segments after its segment are not copied. */
+    /* The generation of the head's segment: its offset is in that generation's
+     * layout. The head's segment is active when the head is read, so it is the one
+     * known before (or, if it is newer, generation 0); compaction may rewrite it once
+     * sealed, before it is copied: this handle keeps that generation readable. */
+    annal__seg *pre = annal__log_last(&db->log);
+    uint64_t pre_no = pre ? pre->no : UINT64_MAX;
+    uint32_t pre_gen = pre ? pre->gen : 0;
     MDB_txn *t;
     annal_err rc = annal__read_txn(db, &t);
     if (rc != ANNAL_OK) return rc;
@@ -442,6 +452,10 @@ static annal_err backup(bk *b) {
     }
     for (uint64_t no = base; no <= last; no++) {
         annal__seg *s = annal__log_seg(&db->log, no);
+        if (s && no == last && s->gen != (no == pre_no ? pre_gen : 0))
+            s = annal__log_seg_at(&db->log, ANNAL__LOCG(no == pre_no ? pre_gen : 0, no, 0));
+        if (!s && no == last) /* compacted and gone before this handle saw it: again */
+            return ANNAL_EAGAIN_INTERNAL;
         if (!s) return annal__fail(db, ANNAL_ECORRUPT, "segment %016" PRIx64 " is missing", no);
         uint64_t end = last_off;
         if (no < last) { /* sealed: the whole file */
@@ -511,7 +525,16 @@ annal_err annal_backup_sized(annal_db *db, const char *dest, const annal_backup_
     } else {
         snprintf(b.logdir, sizeof b.logdir, "log");
     }
-    annal_err rc = backup(&b);
+    annal_err rc = ANNAL_EAGAIN_INTERNAL;
+    for (int i = 0; i < BACKUP_TRIES && rc == ANNAL_EAGAIN_INTERNAL; i++) {
+        free(b.have);
+        b.have = NULL;
+        b.nhave = 0;
+        memset(&b.res, 0, sizeof b.res);
+        rc = backup(&b);
+    }
+    if (rc == ANNAL_EAGAIN_INTERNAL)
+        rc = annal__fail(db, ANNAL_EBUSY, "compaction kept replacing the last segment: try again");
     free(b.have);
     annal__out_copy(res, res_size, &b.res, sizeof b.res);
     return rc;

@@ -766,12 +766,12 @@ ANNAL_API void annal_backup_opts_init_sized(annal_backup_opts *opts, size_t stru
 #define annal_backup_opts_init(opts) annal_backup_opts_init_sized((opts), sizeof *(opts))
 
 typedef struct annal_backup_result {
-    uint64_t next_position;  /* P: the backup holds every event below it, none after */
-    uint64_t segments;       /* segments in the backup */
+    uint64_t next_position;   /* P: the backup holds every event below it, none after */
+    uint64_t segments;        /* segments in the backup */
     uint64_t segments_copied; /* of which copied or linked now (the rest were there) */
-    uint64_t bytes_copied;   /* log bytes copied now */
-    uint64_t bytes_linked;   /* log bytes hard-linked now (ANNAL_BACKUP_LINK) */
-    int incremental;         /* dest held an earlier backup: only what changed was copied */
+    uint64_t bytes_copied;    /* log bytes copied now */
+    uint64_t bytes_linked;    /* log bytes hard-linked now (ANNAL_BACKUP_LINK) */
+    int incremental;          /* dest held an earlier backup: only what changed was copied */
 } annal_backup_result;
 
 /* Back up the store open as db (a writer or a read-only handle; appends, reads and
@@ -813,8 +813,8 @@ typedef struct annal_restore_result {
  * end. Errors: ANNAL_ENOTFOUND (src is no backup), ANNAL_ECORRUPT (incomplete or
  * damaged backup), ANNAL_EINVAL (dir not empty), ANNAL_ENOSPC, ANNAL_EIO. */
 ANNAL_API annal_err annal_restore_sized(const char *src, const char *dir,
-                                        const annal_restore_opts *opts,
-                                        annal_restore_result *res, size_t res_size);
+                                        const annal_restore_opts *opts, annal_restore_result *res,
+                                        size_t res_size);
 #define annal_restore(src, dir, opts, res)                                                         \
     annal_restore_sized((src), (dir), (opts), (res), sizeof(annal_restore_result))
 

@@ -80,7 +80,8 @@ static int copy_file(const char *from, const char *to) {
 static int sqlite_copy(const char *from, const char *to) {
     sqlite3 *src = NULL, *dst = NULL;
     int rc = sqlite3_open_v2(from, &src, SQLITE_OPEN_READONLY, NULL);
-    if (rc == SQLITE_OK) rc = sqlite3_open_v2(to, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_open_v2(to, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(src, 5000);
         sqlite3_backup *b = sqlite3_backup_init(dst, "main", src, "main");
@@ -95,7 +96,8 @@ static int sqlite_copy(const char *from, const char *to) {
         }
     }
     if (rc != SQLITE_OK)
-        cli_error("backup", "projection %s: %s", from, dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
+        cli_error("backup", "projection %s: %s", from,
+                  dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
     sqlite3_close(src);
     sqlite3_close(dst);
     return rc == SQLITE_OK ? 0 : -1;
@@ -157,7 +159,8 @@ int cli_cmd_backup(cli_global *g, int argc, char **argv) {
         case OPT_PROJ: with_proj = 1; break;
         }
     }
-    if (!dest) return cli_usage_error("backup", "missing DEST (a directory, or - for a tar stream)");
+    if (!dest)
+        return cli_usage_error("backup", "missing DEST (a directory, or - for a tar stream)");
     int stream = !strcmp(dest, "-");
     if (stream && with_proj)
         return cli_usage_error("backup", "--with-projections needs a directory DEST");

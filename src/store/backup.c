@@ -24,11 +24,11 @@
 #include "base/base.h"
 #include "store/db_int.h"
 
-#define FLAG_NAME     "backup-incomplete"
-#define MANIFEST_NAME "backup"
-#define COPY_CHUNK    (1u << 20)
+#define FLAG_NAME             "backup-incomplete"
+#define MANIFEST_NAME         "backup"
+#define COPY_CHUNK            (1u << 20)
 #define ANNAL_EAGAIN_INTERNAL ((annal_err)-1) /* backup(): start over from a new head */
-#define BACKUP_TRIES 8
+#define BACKUP_TRIES          8
 
 /* Detail for a caller's buffer (cut short when it does not fit). */
 __attribute__((format(printf, 3, 4))) static void say(char *msg, size_t len, const char *fmt, ...) {
@@ -152,7 +152,7 @@ annal_err annal_backup_check(const char *dir, uint64_t *next_position) {
 /* ---- copying ------------------------------------------------------------------------ */
 
 static annal_err err_of(int r) {
-    return r == -ENOSPC || r == -EDQUOT ? ANNAL_ENOSPC
+    return r == -ENOSPC || r == -EDQUOT  ? ANNAL_ENOSPC
            : r == -EACCES || r == -EPERM ? ANNAL_EPERM
            : r == -EROFS                 ? ANNAL_EREADONLY
                                          : ANNAL_EIO;
@@ -177,7 +177,8 @@ static int copy_range(int src, int dst, uint64_t from, uint64_t to, uint64_t *co
             /* 0: some filesystems copy nothing rather than fail; the buffered copy
              * below tells a short file from that. */
             if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
+            if (n < 0 && errno != EXDEV && errno != EINVAL && errno != ENOSYS &&
+                errno != EOPNOTSUPP) {
                 r = -errno;
                 break;
             }
@@ -201,7 +202,9 @@ typedef struct tar {
     void *ctx;
 } tar;
 
-static int tar_put(tar *t, const void *p, size_t n) { return t->write(t->ctx, p, n) < 0 ? -EIO : 0; }
+static int tar_put(tar *t, const void *p, size_t n) {
+    return t->write(t->ctx, p, n) < 0 ? -EIO : 0;
+}
 
 /* n as width octal digits and a NUL (ustar numbers; ours fit: segments < 8 GiB). */
 static void octal(uint8_t *p, int width, uint64_t n) {
@@ -308,7 +311,7 @@ static annal_err index_copy(const char *dir, int rm_index, char *msg, size_t len
     annal_err rc = annal__db_open_io(dir, &o, copy_io(), &db);
     if (rc != ANNAL_OK)
         say(msg, len, "cannot index the copy in %s: %s", dir,
-                 db ? annal_db_errmsg(db) : annal_strerror(rc));
+            db ? annal_db_errmsg(db) : annal_strerror(rc));
     annal_db_close(db);
     return rc;
 }
@@ -341,7 +344,8 @@ static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
     b->res.segments++;
     if (b->t.write) {
         int r = tar_file(&b->t, name, s->fd, end, b->now / 1000000000, &b->res.bytes_copied);
-        if (r < 0) return annal__fail(b->db, err_of(r), "cannot write the tar stream: %s", strerror(-r));
+        if (r < 0)
+            return annal__fail(b->db, err_of(r), "cannot write the tar stream: %s", strerror(-r));
         b->res.segments_copied++;
         return ANNAL_OK;
     }
@@ -361,7 +365,8 @@ static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
     if (found && have == end) return ANNAL_OK; /* a sealed segment copied before */
     if (found && have > end) { /* more than P: a copy interrupted later than this one ends */
         if (truncate(dst, (off_t)end) < 0)
-            return annal__fail(b->db, err_of(-errno), "cannot truncate %s: %s", dst, strerror(errno));
+            return annal__fail(b->db, err_of(-errno), "cannot truncate %s: %s", dst,
+                               strerror(errno));
         b->rm_index = 1;
         return ANNAL_OK;
     }
@@ -374,7 +379,8 @@ static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
         } /* another filesystem, or the generation was replaced meanwhile: copy it */
     }
     int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) return annal__fail(b->db, err_of(-errno), "cannot create %s: %s", dst, strerror(errno));
+    if (fd < 0)
+        return annal__fail(b->db, err_of(-errno), "cannot create %s: %s", dst, strerror(errno));
     uint64_t from = have;
     int r = copy_range(s->fd, fd, from, end, &b->res.bytes_copied);
     if (r == 0 && fdatasync(fd) < 0) r = -errno;
@@ -466,7 +472,8 @@ static annal_err backup(bk *b) {
         }
         rc = copy_seg(b, s, end, no < last);
         if (rc != ANNAL_OK) return rc;
-        if (db->opts.progress && db->opts.progress(db->opts.progress_ctx, no - base + 1, last - base + 1))
+        if (db->opts.progress &&
+            db->opts.progress(db->opts.progress_ctx, no - base + 1, last - base + 1))
             return annal__fail(db, ANNAL_ECANCELED, "backup canceled");
     }
     char text[512];
@@ -502,7 +509,8 @@ annal_err annal_backup_sized(annal_db *db, const char *dest, const annal_backup_
     b.db = db;
     b.dest = dest;
     backup_opts_defaults(&b.o);
-    if (opts && !annal__opts_in(&b.o, sizeof b.o, opts, offsetof(annal_backup_opts, flags) + sizeof opts->flags))
+    if (opts && !annal__opts_in(&b.o, sizeof b.o, opts,
+                                offsetof(annal_backup_opts, flags) + sizeof opts->flags))
         return ANNAL_EINVAL;
     if (b.o.flags & ~(ANNAL_BACKUP_LINK | ANNAL_BACKUP_NO_INDEX)) return ANNAL_EINVAL;
     if (!dest == !b.o.write) return annal__fail(db, ANNAL_EINVAL, "give either DEST or a stream");
@@ -514,13 +522,15 @@ annal_err annal_backup_sized(annal_db *db, const char *dest, const annal_backup_
             return annal__fail(db, err_of(-errno), "cannot create %s: %s", dest, strerror(errno));
         snprintf(b.logdir, sizeof b.logdir, "%s/log", dest);
         struct stat a, c;
-        if (stat(dest, &a) == 0 && stat(db->dir, &c) == 0 && a.st_ino == c.st_ino && a.st_dev == c.st_dev)
+        if (stat(dest, &a) == 0 && stat(db->dir, &c) == 0 && a.st_ino == c.st_ino &&
+            a.st_dev == c.st_dev)
             return annal__fail(db, ANNAL_EINVAL, "the backup cannot go into the store itself");
         char probe[4200];
         snprintf(probe, sizeof probe, "%s/lock", dest);
         struct stat ls;
         manifest old;
-        if (stat(probe, &ls) == 0 && manifest_read(dest, &old) < 0 && flag_read(dest, &old.token) == 0)
+        if (stat(probe, &ls) == 0 && manifest_read(dest, &old) < 0 &&
+            flag_read(dest, &old.token) == 0)
             return annal__fail(db, ANNAL_EINVAL, "%s is a store, not a backup", dest);
     } else {
         snprintf(b.logdir, sizeof b.logdir, "log");
@@ -549,9 +559,8 @@ typedef struct cut {
 
 /* Walk the records of the backup's segments from the start for the first batch that
  * begins after to_pos or after to_ns (records in log order; timestamps never go back). */
-static annal_err find_cut(const char *logdir, const annal__seg_file *f, size_t n,
-                          const manifest *m, uint64_t to_pos, int64_t to_ns, cut *c, char *msg,
-                          size_t len) {
+static annal_err find_cut(const char *logdir, const annal__seg_file *f, size_t n, const manifest *m,
+                          uint64_t to_pos, int64_t to_ns, cut *c, char *msg, size_t len) {
     annal__log names = {.dir = (char *)logdir};
     *c = (cut){m->last_seg, m->last_off, m->next_pos};
     for (size_t i = 0; i < n; i++) {
@@ -692,7 +701,8 @@ annal_err annal_restore_sized(const char *src, const char *dir, const annal_rest
     annal_err rc = ANNAL_OK;
     if (!src || !dir) rc = ANNAL_EINVAL;
     if (rc == ANNAL_OK && opts &&
-        !annal__opts_in(&o, sizeof o, opts, offsetof(annal_restore_opts, to_position) + sizeof o.to_position))
+        !annal__opts_in(&o, sizeof o, opts,
+                        offsetof(annal_restore_opts, to_position) + sizeof o.to_position))
         rc = ANNAL_EINVAL;
     if (rc == ANNAL_OK) rc = restore(src, dir, &o, &full);
     annal__out_copy(res, res_size, &full, sizeof full);

@@ -95,7 +95,8 @@ static uint64_t compare_ids(annal_db *src, const char *copy, uint64_t next, posi
     posid *ids = NULL;
     while ((rc = annal_iter_next(it, &e)) == ANNAL_OK) {
         assert_true(e->position < next);
-        while (src_rc == ANNAL_OK && (!s || s->position < e->position)) src_rc = annal_iter_next(si, &s);
+        while (src_rc == ANNAL_OK && (!s || s->position < e->position))
+            src_rc = annal_iter_next(si, &s);
         if (src_rc == ANNAL_OK && s->position == e->position) {
             assert_memory_equal(&s->id, &e->id, sizeof s->id);
             assert_string_equal(s->stream, e->stream);
@@ -145,7 +146,8 @@ static uint64_t acked_mark(const char *dir) {
         uint8_t s[28];
         if (pread(fd, s, 28, i ? 4096 : 0) != 28 || memcmp(s, "ANNALACK", 8) != 0) continue;
         if (annal__get32(s + 24) != annal__crc32c(0, s, 24)) continue;
-        if (annal__get64(s + 8) >= best_seq) best_seq = annal__get64(s + 8), mark = annal__get64(s + 16);
+        if (annal__get64(s + 8) >= best_seq)
+            best_seq = annal__get64(s + 8), mark = annal__get64(s + 16);
     }
     close(fd);
     return mark;
@@ -176,14 +178,16 @@ static void *appender(void *arg) {
         size_t n = 1 + annal__rng_next(&rng) % 40;
         annal_event_data ev[40];
         char data[300];
-        int len = snprintf(data, sizeof data, "{\"r\":%llu}", (unsigned long long)annal__rng_next(&rng));
+        int len =
+            snprintf(data, sizeof data, "{\"r\":%llu}", (unsigned long long)annal__rng_next(&rng));
         for (size_t i = 0; i < n; i++) {
             memset(&ev[i], 0, sizeof ev[i]);
             ev[i].type = "Tick";
             ev[i].data = data;
             ev[i].data_len = (size_t)len;
         }
-        snprintf(stream, sizeof stream, "keep-%llu", (unsigned long long)(annal__rng_next(&rng) % 50));
+        snprintf(stream, sizeof stream, "keep-%llu",
+                 (unsigned long long)(annal__rng_next(&rng) % 50));
         annal_append_result res;
         annal_err rc = annal_append(sh->db, stream, ANNAL_EXPECT_ANY, ev, n, &res);
         if (rc != ANNAL_OK) fail_msg("append: %s", annal_strerror(rc));
@@ -210,7 +214,8 @@ static void *compactor(void *arg) {
         TU_OK(sh->db, annal_stream_delete(sh->db, stream, ANNAL_EXPECT_ANY, 0, NULL));
         TU_OK(sh->db, annal_seal(sh->db));
         annal_err rc = annal_compact(sh->db, 0, NULL);
-        if (rc != ANNAL_OK) fail_msg("compact: %s: %s", annal_strerror(rc), annal_db_errmsg(sh->db));
+        if (rc != ANNAL_OK)
+            fail_msg("compact: %s: %s", annal_strerror(rc), annal_db_errmsg(sh->db));
         sh->compactions++;
     }
     return NULL;
@@ -255,10 +260,14 @@ static void test_backup_online(void **state) {
             size_t lo = 0, hi = held; /* ids are in position order */
             while (lo < hi) {
                 size_t mid = (lo + hi) / 2;
-                if (ids[mid].pos < snap[i].pos) lo = mid + 1; else hi = mid;
+                if (ids[mid].pos < snap[i].pos)
+                    lo = mid + 1;
+                else
+                    hi = mid;
             }
             if (lo == held || ids[lo].pos != snap[i].pos)
-                fail_msg("acknowledged event at %llu is not in the backup", (unsigned long long)snap[i].pos);
+                fail_msg("acknowledged event at %llu is not in the backup",
+                         (unsigned long long)snap[i].pos);
             assert_memory_equal(&ids[lo].id, &snap[i].id, sizeof snap[i].id);
         }
         free(ids);

@@ -119,7 +119,7 @@ static int flag_read(const char *dir, uint64_t *token) {
 int annal__backup_incomplete(const char *dir) {
     uint64_t token;
     int f = flag_read(dir, &token);
-    if (f <= 0) return f < 0 && f != -ENOTDIR ? 1 : 0;
+    if (f <= 0) return 0; /* none, or unreadable: the open itself reports EACCES and such */
     manifest m;
     /* The flag of a backup that completed (a tar stream extracted: its manifest came
      * last and names the same token) is harmless; any other flag means unfinished. */

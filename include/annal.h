@@ -764,6 +764,80 @@ typedef struct annal_db_stats {
 ANNAL_API annal_err annal_db_stats_get_sized(annal_db *db, annal_db_stats *out, size_t out_size);
 #define annal_db_stats_get(db, out) annal_db_stats_get_sized((db), (out), sizeof(annal_db_stats))
 
+/* ---- Backup and restore (src/store/backup.c, docs/operations.md) ---- */
+/* A backup is a directory that holds the log of a store as of one position P (every
+ * event below P, none at or after it), indexed, plus a marker DIR/backup written last.
+ * It opens read-only as a store and passes annal_verify; annal_restore makes a writable
+ * store of it (or of a point before P). A backup or restore that was interrupted is
+ * refused by annal_db_open (ANNAL_ECORRUPT) and by annal_restore. */
+#define ANNAL_BACKUP_LINK     1u /* hard-link sealed segments (same filesystem) */
+#define ANNAL_BACKUP_NO_INDEX 2u /* leave the index out: rebuilt by the first writer open */
+
+typedef struct annal_backup_opts {
+    size_t struct_size; /* set by annal_backup_opts_init: see the ABI promise */
+    unsigned flags;     /* ANNAL_BACKUP_* */
+    /* A stream instead of a directory (dest NULL): the backup as a POSIX tar archive
+     * (index left out, the marker its last member), passed to write in pieces; write
+     * returns < 0 to stop the backup (ANNAL_EIO). */
+    int (*write)(void *ctx, const void *buf, size_t len);
+    void *write_ctx;
+} annal_backup_opts;
+ANNAL_API void annal_backup_opts_init_sized(annal_backup_opts *opts, size_t struct_size);
+#define annal_backup_opts_init(opts) annal_backup_opts_init_sized((opts), sizeof *(opts))
+
+typedef struct annal_backup_result {
+    uint64_t next_position;   /* P: the backup holds every event below it, none after */
+    uint64_t segments;        /* segments in the backup */
+    uint64_t segments_copied; /* of which copied or linked now (the rest were there) */
+    uint64_t bytes_copied;    /* log bytes copied now */
+    uint64_t bytes_linked;    /* log bytes hard-linked now (ANNAL_BACKUP_LINK) */
+    int incremental;          /* dest held an earlier backup: only what changed was copied */
+} annal_backup_result;
+
+/* Back up the store open as db (a writer or a read-only handle; appends, reads and
+ * compaction go on) into the directory dest (created if missing). When dest holds an
+ * earlier backup of the same store, only what changed is copied: new segments, the tail
+ * of the last one, and segments compaction has rewritten since. opts may be NULL; res
+ * (may be NULL) gets P and what was copied. Durable on return. Killed or failed part
+ * way, dest does not look like a complete backup. opts->progress of db is called per
+ * segment. Errors: ANNAL_EINVAL (dest is the store, or a store, or holds a backup at a
+ * later position), ANNAL_ENOSPC, ANNAL_EIO, ANNAL_EPERM, ANNAL_ECANCELED, and
+ * ANNAL_ECORRUPT (a segment is missing). Detail: annal_db_errmsg(db). */
+ANNAL_API annal_err annal_backup_sized(annal_db *db, const char *dest,
+                                       const annal_backup_opts *opts, annal_backup_result *res,
+                                       size_t res_size);
+#define annal_backup(db, dest, opts, res)                                                          \
+    annal_backup_sized((db), (dest), (opts), (res), sizeof(annal_backup_result))
+
+/* Is dir a complete backup? ANNAL_OK and *next_position (may be NULL) its P;
+ * ANNAL_ENOTFOUND (no marker), ANNAL_ECORRUPT (interrupted or damaged marker). */
+ANNAL_API annal_err annal_backup_check(const char *dir, uint64_t *next_position);
+
+typedef struct annal_restore_opts {
+    size_t struct_size;   /* set by annal_restore_opts_init */
+    uint64_t to_position; /* keep events at positions <= this only (default UINT64_MAX) */
+    int64_t to_time_ns;   /* keep events committed at or before this only (INT64_MAX) */
+} annal_restore_opts;
+ANNAL_API void annal_restore_opts_init_sized(annal_restore_opts *opts, size_t struct_size);
+#define annal_restore_opts_init(opts) annal_restore_opts_init_sized((opts), sizeof *(opts))
+
+typedef struct annal_restore_result {
+    uint64_t next_position;        /* the restored store holds positions below this */
+    uint64_t backup_next_position; /* P of the backup */
+    char message[512];             /* detail when the restore failed */
+} annal_restore_result;
+
+/* Make a writable store in dir (new or empty) from the complete backup in src. A batch
+ * (one append) is kept whole or not at all: the store ends before the first batch that
+ * has an event past to_position or to_time_ns. The store's acknowledged mark is its
+ * end. Errors: ANNAL_ENOTFOUND (src is no backup), ANNAL_ECORRUPT (incomplete or
+ * damaged backup), ANNAL_EINVAL (dir not empty), ANNAL_ENOSPC, ANNAL_EIO. */
+ANNAL_API annal_err annal_restore_sized(const char *src, const char *dir,
+                                        const annal_restore_opts *opts, annal_restore_result *res,
+                                        size_t res_size);
+#define annal_restore(src, dir, opts, res)                                                         \
+    annal_restore_sized((src), (dir), (opts), (res), sizeof(annal_restore_result))
+
 #ifdef __cplusplus
 }
 #endif

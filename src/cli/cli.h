@@ -65,6 +65,8 @@ int cli_cmd_query(cli_global *g, int argc, char **argv);
 int cli_cmd_serve(cli_global *g, int argc, char **argv);
 int cli_cmd_completion(cli_global *g, int argc, char **argv);
 int cli_cmd_cert(cli_global *g, int argc, char **argv);
+int cli_cmd_backup(cli_global *g, int argc, char **argv);  /* backup.c */
+int cli_cmd_restore(cli_global *g, int argc, char **argv); /* backup.c */
 
 /* ---- Option parsing: GNU style, options and operands in any order, "--" ends options,
  * "--name=value" or "--name value". --data DIR is accepted by every command. */

@@ -1148,6 +1148,17 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
 }
 
 annal_err annal_db_open(const char *dir, const annal_db_opts *opts, annal_db **out) {
+    if (dir && out && annal__backup_incomplete(dir)) { /* a copy cut short (store/backup.c) */
+        *out = NULL;
+        if (opts && opts->struct_size >= offsetof(annal_db_opts, log_ctx) + sizeof(void *) &&
+            opts->log) {
+            char m[4200];
+            snprintf(m, sizeof m, "%s is a backup or restore that did not finish: not a store",
+                     dir);
+            opts->log(opts->log_ctx, ANNAL_LOG_ERROR, m);
+        }
+        return ANNAL_ECORRUPT;
+    }
     return db_open(dir, opts, annal__io_posix(), 0, out);
 }
 

@@ -146,6 +146,9 @@ void annal__acked_release(annal__acked *a);
 /* stats.c: count a flush that took ns, and a committed group. Leader only. */
 void annal__counters_flush(annal__counters *c, int64_t ns);
 void annal__counters_group(annal__counters *c, uint64_t reqs, uint64_t events);
+/* store/backup.c: 1 if dir is a backup or restore that did not finish (annal_db_open
+ * refuses it), else 0. */
+int annal__backup_incomplete(const char *dir);
 
 /* annal_db_open with another file-operation table (tests inject faults with it). */
 annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,

@@ -65,6 +65,8 @@ int cli_cmd_query(cli_global *g, int argc, char **argv);
 int cli_cmd_serve(cli_global *g, int argc, char **argv);
 int cli_cmd_completion(cli_global *g, int argc, char **argv);
 int cli_cmd_cert(cli_global *g, int argc, char **argv);
+/* `annal append --batch FILE` (batch.c): FILE's events atomically across streams. */
+int cli_append_batch(cli_global *g, const char *path);
 
 /* ---- Option parsing: GNU style, options and operands in any order, "--" ends options,
  * "--name=value" or "--name value". --data DIR is accepted by every command. */

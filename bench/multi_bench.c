@@ -38,7 +38,7 @@ int main(int argc, char **argv) {
         if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc)
             dir = argv[++i];
         else if (strcmp(argv[i], "--appends") == 0 && i + 1 < argc)
-            appends = atol(argv[++i]);
+            appends = strtol(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--nosync") == 0)
             flags |= ANNAL_OPEN_NOSYNC;
         else {

@@ -744,7 +744,6 @@ ANNAL_API void annal_state_free(annal_handler *h, void *state);
  * failed), ANNAL_EIO, ANNAL_ENOSPC. */
 ANNAL_API annal_err annal_seal(annal_db *db);
 
-
 /* ---- Atomic appends across streams (src/store/multi.c) ---- */
 /* One part of annal_append_multi: events for one stream with its expected revision. All
  * pointers are borrowed for the call. Passed in arrays, so frozen. */

@@ -319,7 +319,7 @@ static void test_model(void **state) {
     const char *s = getenv("MULTI_SEED");
     if (s) seed = strtoull(s, NULL, 10);
     long ops = getenv("ANNAL_LONG") ? 50000 : 10000;
-    if (getenv("MULTI_OPS")) ops = atol(getenv("MULTI_OPS"));
+    if (getenv("MULTI_OPS")) ops = strtol(getenv("MULTI_OPS"), NULL, 10);
     printf("multi model: seed %" PRIu64 ", %ld appends\n", seed, ops);
     srand((unsigned)seed);
     char *dir = tu_tmpdir("multi-model");

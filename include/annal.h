@@ -838,6 +838,83 @@ ANNAL_API annal_err annal_restore_sized(const char *src, const char *dir,
 #define annal_restore(src, dir, opts, res)                                                         \
     annal_restore_sized((src), (dir), (opts), (res), sizeof(annal_restore_result))
 
+/* ---- Atomic appends across streams (src/store/multi.c) ---- */
+/* One part of annal_append_multi: events for one stream with its expected revision. All
+ * pointers are borrowed for the call. Passed in arrays, so frozen. */
+typedef struct annal_stream_append {
+    const char *stream;       /* as in annal_append: a user stream, not starting with '$' */
+    int64_t expected;         /* an exact revision or ANNAL_EXPECT_* */
+    annal_event_data *events; /* in/out as in annal_append (zero ids are filled in) */
+    size_t n;                 /* may be 0: the part is then only a check, in its turn */
+} annal_stream_append;
+
+/* A condition on a stream the call writes nothing to (a consistency check). Frozen. */
+typedef struct annal_stream_check {
+    const char *stream; /* borrowed for the call; any stored stream name */
+    int64_t expected;   /* an exact revision or ANNAL_EXPECT_*; ANY checks only that the
+                         * stream is not tombstoned */
+} annal_stream_check;
+
+/* One stream that failed its condition. Frozen (the caller provides an array). */
+typedef struct annal_stream_conflict {
+    const char *stream; /* borrowed from the request's part or check */
+    size_t index;       /* the part (< nparts), or nparts + the check's index */
+    int64_t expected;   /* what was expected */
+    int64_t actual;     /* the stream's revision when checked: -1 no stream (or deleted) */
+    annal_err reason;   /* ANNAL_ECONFLICT, or ANNAL_EDELETED for a tombstoned stream */
+} annal_stream_conflict;
+
+typedef struct annal_multi_result {
+    /* In: arrays the caller provides (either may be NULL). parts gets one entry per part
+     * (the annal_append_result that part would have had alone, idempotent included);
+     * conflicts gets at most max_conflicts entries. */
+    annal_append_result *parts;
+    annal_stream_conflict *conflicts;
+    size_t max_conflicts;
+    /* Out. */
+    uint64_t first_position; /* of the first event appended (or found, when idempotent) */
+    uint64_t count;          /* events appended in all (or found) */
+    size_t nconflicts;       /* streams that failed their condition (all of them, even
+                              * beyond max_conflicts), in the order of parts then checks */
+    int idempotent;          /* 1: the whole set had already been appended; the fields
+                              * describe the original append */
+} annal_multi_result;
+
+/* Append the events of nparts parts to their streams and check nchecks more streams,
+ * atomically: all or nothing, durable on return (unless ANNAL_OPEN_NOSYNC), and in one
+ * place of the global order: consecutive positions in the order of parts (and of the
+ * events within each), so the set is one batch of the log. Readers, subscribers and
+ * recovery see all of it or none of it, never a part.
+ *
+ * Conditions: each part's expected revision is checked against its stream as the parts
+ * before it in the same call leave it (a stream may appear in several parts: the second
+ * sees the revision the first wrote); each check against the store before the call. If
+ * any fails, nothing is written, the call returns ANNAL_ECONFLICT (or ANNAL_EDELETED when
+ * every failure is a tombstoned stream) and res->conflicts names every stream that
+ * failed, with its actual revision.
+ *
+ * Idempotence, across the whole set: if the first event (of the first part with events)
+ * has an id already stored and the whole set matches what was stored there (the same
+ * streams in the same order, every id, consecutive positions, first revisions allowed by
+ * each part's expected revision as in annal_append), the call succeeds with
+ * res->idempotent = 1 and the original positions and revisions; checks are not
+ * evaluated again. Any other reuse of a stored id fails with ANNAL_EDUPLICATE.
+ *
+ * Limits: the events of all parts together count as one append (max_batch_events,
+ * max_batch_bytes, one segment); nparts + nchecks <= max_batch_events; at least one part.
+ * res may be NULL; its in-fields are read only within res_size.
+ * Errors: ANNAL_ECONFLICT, ANNAL_EDELETED, ANNAL_EDUPLICATE, ANNAL_EINVAL (a bad part or
+ * check: annal_db_errmsg names it), ANNAL_ETOOBIG, ANNAL_EREADONLY, ANNAL_ENOSPC,
+ * ANNAL_EIO, ANNAL_EFAILED, as annal_append. On any error nothing from this call is
+ * visible (after ANNAL_EIO, as annal_append says: all of it or none after recovery). */
+ANNAL_API annal_err annal_append_multi_sized(annal_db *db, const annal_stream_append *parts,
+                                             size_t nparts, const annal_stream_check *checks,
+                                             size_t nchecks, annal_multi_result *res,
+                                             size_t res_size);
+#define annal_append_multi(db, parts, nparts, checks, nchecks, res)                                \
+    annal_append_multi_sized((db), (parts), (nparts), (checks), (nchecks), (res),                  \
+                             sizeof(annal_multi_result))
+
 #ifdef __cplusplus
 }
 #endif

@@ -312,10 +312,32 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
             break;
         annal__ids_prefetch(db->ids, (const annal_uuid *)(c->seg->map + off + 32));
     }
+    /* A batch of annal_append_multi (its records flagged) holds runs of several
+     * streams: each run is indexed as a batch of its own. */
+    const char *run_stream = NULL;
+    size_t run_len = 0;
+    uint32_t run_first = 0;
     for (uint32_t i = 0; i < n && rc == ANNAL_OK; i++) {
         rc = annal__cursor_next2(c, &ev, &info, &loc, 0); /* scan_batch checked them */
         if (rc != ANNAL_OK) break;
-        if (i == 0) {
+        int next_run =
+            i > 0 && (ev.stream_len != run_len || memcmp(ev.stream, run_stream, run_len));
+        if (next_run && !info.multi) {
+            rc = annal__fail(db, ANNAL_ECORRUPT,
+                             "position %" PRIu64 " changes stream within a one-stream batch",
+                             ev.position);
+            break;
+        }
+        if (next_run) { /* close the previous run */
+            rc = annal__batch_put(&db->batch, &db->idx, t, run_stream, run_len, sr.id, rev0);
+            db->batch.n = 0;
+            if (rc == ANNAL_OK) rc = annal__index_stream_put(t, &db->idx, run_stream, run_len, &sr);
+            if (rc != ANNAL_OK) break;
+        }
+        if (i == 0 || next_run) {
+            run_stream = ev.stream;
+            run_len = ev.stream_len;
+            run_first = i;
             rc = annal__index_stream_get(t, &db->idx, ev.stream, ev.stream_len, &sr);
             if (rc == ANNAL_ENOTFOUND) {
                 sr = annal__stream_rec_new(db->head.next_stream_id++, ev.timestamp_ns);
@@ -346,8 +368,8 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                              "event id at position %" PRIu64
                              " appears twice in the log (also at %" PRIu64 ")",
                              ev.position, dp);
-        if (i == 0) rev0 = ev.revision;
-        if (rc == ANNAL_OK && ev.revision != rev0 + i)
+        if (i == run_first) rev0 = ev.revision;
+        if (rc == ANNAL_OK && ev.revision != rev0 + (i - run_first))
             rc = annal__fail(db, ANNAL_ECORRUPT,
                              "position %" PRIu64 " breaks the revisions of its batch", ev.position);
         if (rc == ANNAL_OK && ev.position % ANNAL__POS_STRIDE == 0)

@@ -158,17 +158,27 @@ static annal_err err_of(int r) {
                                          : ANNAL_EIO;
 }
 
-/* Copy [from, to) of src into dst at the same offsets: in the kernel (copy_file_range,
- * which reflinks where the filesystem can) or through a buffer. 0 or -errno. */
-static int copy_range(int src, int dst, uint64_t from, uint64_t to, uint64_t *copied) {
-    int kernel = 1;
+/* Bytes [off, off + n) of segment s into buf: from its file, or, for a sealed segment
+ * whose descriptor was let go once it was mapped (compaction may since have replaced its
+ * file), from its mapping, which stays valid until the log closes. */
+static int seg_read(const annal__seg *s, uint8_t *buf, size_t n, uint64_t off) {
+    if (s->fd >= 0) return annal__io_read_all(annal__io_posix(), s->fd, buf, n, off);
+    memcpy(buf, s->map + off, n);
+    return 0;
+}
+
+/* Copy [from, to) of segment s into dst at the same offsets: in the kernel
+ * (copy_file_range, which reflinks where the filesystem can), from its mapping when it
+ * has no descriptor, or through a buffer. 0 or -errno. */
+static int copy_range(const annal__seg *s, int dst, uint64_t from, uint64_t to, uint64_t *copied) {
+    int kernel = s->fd >= 0;
     uint8_t *buf = NULL;
     int r = 0;
     while (from < to && r == 0) {
         size_t want = to - from > (64u << 20) ? (64u << 20) : (size_t)(to - from);
         if (kernel) {
             loff_t in = (loff_t)from, out = (loff_t)from;
-            ssize_t n = copy_file_range(src, &in, dst, &out, want, 0);
+            ssize_t n = copy_file_range(s->fd, &in, dst, &out, want, 0);
             if (n > 0) {
                 from += (uint64_t)n;
                 *copied += (uint64_t)n;
@@ -184,10 +194,14 @@ static int copy_range(int src, int dst, uint64_t from, uint64_t to, uint64_t *co
             }
             kernel = 0;
         }
-        if (!buf && !(buf = malloc(COPY_CHUNK))) return -ENOMEM;
         size_t n = want > COPY_CHUNK ? COPY_CHUNK : want;
-        r = annal__io_read_all(annal__io_posix(), src, buf, n, from);
-        if (r == 0) r = annal__io_write_all(annal__io_posix(), dst, buf, n, from);
+        if (s->fd < 0) {
+            r = annal__io_write_all(annal__io_posix(), dst, s->map + from, n, from);
+        } else {
+            if (!buf && !(buf = malloc(COPY_CHUNK))) return -ENOMEM;
+            r = seg_read(s, buf, n, from);
+            if (r == 0) r = annal__io_write_all(annal__io_posix(), dst, buf, n, from);
+        }
         from += n;
         *copied += n;
     }
@@ -243,14 +257,14 @@ static int tar_text(tar *t, const char *name, const char *text, int64_t mtime) {
     return r == 0 ? tar_pad(t, n) : r;
 }
 
-static int tar_file(tar *t, const char *name, int fd, uint64_t size, int64_t mtime,
+static int tar_file(tar *t, const char *name, const annal__seg *seg, uint64_t size, int64_t mtime,
                     uint64_t *copied) {
     int r = tar_header(t, name, size, 0, mtime);
     uint8_t *buf = r == 0 ? malloc(COPY_CHUNK) : NULL;
     if (r == 0 && !buf) r = -ENOMEM;
     for (uint64_t off = 0; r == 0 && off < size;) {
         size_t n = size - off > COPY_CHUNK ? COPY_CHUNK : (size_t)(size - off);
-        r = annal__io_read_all(annal__io_posix(), fd, buf, n, off);
+        r = seg_read(seg, buf, n, off);
         if (r == 0) r = tar_put(t, buf, n);
         off += n;
         *copied += n;
@@ -343,7 +357,7 @@ static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
     snprintf(name, sizeof name, "log/%s", strrchr(dst, '/') + 1);
     b->res.segments++;
     if (b->t.write) {
-        int r = tar_file(&b->t, name, s->fd, end, b->now / 1000000000, &b->res.bytes_copied);
+        int r = tar_file(&b->t, name, s, end, b->now / 1000000000, &b->res.bytes_copied);
         if (r < 0)
             return annal__fail(b->db, err_of(r), "cannot write the tar stream: %s", strerror(-r));
         b->res.segments_copied++;
@@ -382,7 +396,7 @@ static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
     if (fd < 0)
         return annal__fail(b->db, err_of(-errno), "cannot create %s: %s", dst, strerror(errno));
     uint64_t from = have;
-    int r = copy_range(s->fd, fd, from, end, &b->res.bytes_copied);
+    int r = copy_range(s, fd, from, end, &b->res.bytes_copied);
     if (r == 0 && fdatasync(fd) < 0) r = -errno;
     close(fd);
     if (r < 0) return annal__fail(b->db, err_of(r), "cannot copy %s: %s", dst, strerror(-r));
@@ -464,9 +478,9 @@ static annal_err backup(bk *b) {
             return ANNAL_EAGAIN_INTERNAL;
         if (!s) return annal__fail(db, ANNAL_ECORRUPT, "segment %016" PRIx64 " is missing", no);
         uint64_t end = last_off;
-        if (no < last) { /* sealed: the whole file */
-            uint64_t sz = 0;
-            if (db->io->size(db->io->ctx, s->fd, &sz) < 0)
+        if (no < last) {                                               /* sealed: the whole file */
+            uint64_t sz = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE); /* final once sealed */
+            if (s->fd >= 0 && db->io->size(db->io->ctx, s->fd, &sz) < 0)
                 return annal__fail(db, ANNAL_EIO, "cannot stat segment %016" PRIx64, no);
             end = sz;
         }
@@ -669,7 +683,8 @@ static annal_err restore(const char *src, const char *dir, const annal_restore_o
         r = in < 0 || out < 0 || fstat(in, &st) < 0 ? -errno : 0;
         uint64_t end = (uint64_t)st.st_size, copied = 0;
         if (f[i].no == c.seg && end > c.off) end = c.off;
-        if (r == 0) r = copy_range(in, out, 0, end, &copied);
+        annal__seg file = {.fd = in}; /* a file of a backup: copied through its descriptor */
+        if (r == 0) r = copy_range(&file, out, 0, end, &copied);
         if (r == 0 && fdatasync(out) < 0) r = -errno;
         if (in >= 0) close(in);
         if (out >= 0) close(out);

@@ -340,8 +340,10 @@ static void batch_run(batch *b) {
 static void *batch_worker(void *arg) {
     batch *b = arg;
     batch_call *bc = b->bc;
+    srv_call *c = bc->c;
     batch_run(b);
     batch_free(b);
+    srv_batch_end(c);
     pthread_mutex_lock(&bc->mu);
     bc->inflight--;
     pthread_cond_broadcast(&bc->cv);
@@ -349,8 +351,19 @@ static void *batch_worker(void *arg) {
     return NULL;
 }
 
+static void send_stopping(batch_call *bc, const batch *b) {
+    EventStore__Client__Unknown m = EVENT_STORE__CLIENT__UNKNOWN__INIT;
+    send_error(bc, b, CODE_UNAVAILABLE, "Server is shutting down.",
+               (detail){"event_store.client.Unknown", &m.base});
+}
+
 /* Hand a finished batch to a worker (waiting while BATCH_INFLIGHT run). */
 static void batch_start(batch_call *bc, batch *b) {
+    if (!srv_batch_begin(bc->c)) { /* stopping: nothing new is appended */
+        send_stopping(bc, b);
+        batch_free(b);
+        return;
+    }
     pthread_mutex_lock(&bc->mu);
     while (bc->inflight >= BATCH_INFLIGHT) pthread_cond_wait(&bc->cv, &bc->mu);
     bc->inflight++;

@@ -36,6 +36,26 @@ void annal_server_opts_init(annal_server_opts *opts) {
 
 int annal_server_port(const annal_server *srv) { return srv->port; }
 
+/* The status a BatchAppend call gets at stop: clients resend on UNAVAILABLE. */
+static void end_batch_call(srv_call *c) {
+    (void)grpc_call_cancel_with_status(c->call, GRPC_STATUS_UNAVAILABLE, "Server is shutting down.",
+                                       NULL);
+}
+
+int srv_batch_begin(srv_call *c) {
+    pthread_mutex_lock(&c->srv->mu);
+    int ok = !c->srv->stopping;
+    c->batches += ok;
+    pthread_mutex_unlock(&c->srv->mu);
+    return ok;
+}
+
+void srv_batch_end(srv_call *c) {
+    pthread_mutex_lock(&c->srv->mu);
+    if (--c->batches == 0 && c->srv->stopping && c->cancel_at_stop) end_batch_call(c);
+    pthread_mutex_unlock(&c->srv->mu);
+}
+
 int srv_stopping(annal_server *srv) {
     pthread_mutex_lock(&srv->mu);
     int s = srv->stopping;
@@ -432,11 +452,10 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     srv->stopping = 1;
     for (srv_call *c = srv->calls; c; c = c->next) {
         if (c->sub) annal_sub_cancel(c->sub);
-        /* Clients keep a BatchAppend call open for good: end it (appends under way finish
-         * in the store; the client sees UNAVAILABLE and resends with the same ids). */
-        if (c->cancel_at_stop)
-            (void)grpc_call_cancel_with_status(c->call, GRPC_STATUS_UNAVAILABLE,
-                                               "Server is shutting down.", NULL);
+        /* Clients keep a BatchAppend call open for good: end it with UNAVAILABLE (the
+         * client resends with the same ids), but only once the appends under way have
+         * been answered, or their clients would count stored events as failed. */
+        if (c->cancel_at_stop && c->batches == 0) end_batch_call(c);
     }
     pthread_mutex_unlock(&srv->mu);
     grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);

@@ -75,7 +75,8 @@ struct srv_call {
     int cancelled;  /* ... and said the call was cancelled */
     annal_sub *sub; /* a subscription to cancel at stop (guarded by srv->mu) */
     srv_call *prev, *next;
-    int cancel_at_stop; /* a long-lived call (BatchAppend) to cancel at stop (srv->mu) */
+    int cancel_at_stop; /* a long-lived call (BatchAppend) to end at stop (srv->mu) */
+    unsigned batches;   /* its appends under way (srv->mu): stop ends the call after them */
     char tag_op, tag_send, tag_close, tag_drain; /* addresses are the tags */
 };
 
@@ -92,6 +93,10 @@ void srv_log(annal_server *srv, annal_log_level level, const char *fmt, ...)
  * server is stopping (nothing registered). */
 int srv_call_set_sub(srv_call *c, annal_sub *sub);
 int srv_stopping(annal_server *srv);
+/* A BatchAppend append of c begins (0: the server is stopping, do not start it) or ends
+ * (the last one at stop ends the call with UNAVAILABLE, after its answer was sent). */
+int srv_batch_begin(srv_call *c);
+void srv_batch_end(srv_call *c);
 void srv_random_id(annal_uuid *id); /* a version-4 UUID, not for secrets */
 
 /* ---- call.c: synchronous operations on the calling thread. */

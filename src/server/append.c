@@ -207,6 +207,7 @@ static void append_metadata(srv_call *c, const append_req *a) {
     annal_err r =
         annal_stream_meta_set(c->srv->db, stream, a->expected, (const char *)a->events[0].data,
                               a->events[0].data_len, &res);
+    if (r == ANNAL_OK) sec_written(c, a->stream); /* security: ACLs may have changed */
     if (r == ANNAL_OK)
         reply_success(c, res.revision, 1, res.first_position + res.count - 1);
     else if (r == ANNAL_ECONFLICT)
@@ -218,14 +219,14 @@ static void append_metadata(srv_call *c, const append_req *a) {
 void rpc_streams_append(srv_call *c) {
     append_req a;
     memset(&a, 0, sizeof a);
-    if (receive(c, &a) == 0) {
+    if (receive(c, &a) == 0 && sec_check(c, a.stream, SEC_WRITE) == 0) { /* security */
         if (a.n == 0) {
             append_nothing(c, &a);
         } else if (is_metadata(&a)) {
             append_metadata(c, &a);
         } else {
             annal_append_result res;
-            annal_err r = annal_append(c->srv->db, a.stream, a.expected, a.events, a.n, &res);
+            annal_err r = sec_append(c, a.stream, a.expected, a.events, a.n, &res); /* security */
             if (r == ANNAL_OK)
                 reply_success(c, res.revision, 1, res.first_position + res.count - 1);
             else if (r == ANNAL_ECONFLICT)
@@ -253,6 +254,7 @@ static void fail_wrong_expected(srv_call *c, const char *stream, int64_t expecte
 
 /* Delete stream; reply with the fields of msg (DeleteResp and TombstoneResp are alike). */
 static void delete_stream(srv_call *c, const char *stream, int64_t expected, unsigned flags) {
+    if (sec_check(c, stream, SEC_DELETE) != 0) return; /* security */
     annal_append_result res;
     memset(&res, 0, sizeof res);
     res.revision = -1;

@@ -19,6 +19,8 @@
 #include "shared.pb-c.h"
 #include "streams.pb-c.h"
 
+#include "sec.h" /* security: users, ACLs, TLS reload (docs/security.md) */
+
 #define SRV_MAX_MESSAGE   (17u << 20) /* largest message in either direction, as clients do */
 #define SRV_PENDING_CALLS 8           /* grpc_server_request_call slots kept outstanding */
 #define SRV_POLL_MS       500         /* how often a waiting subscription checks its call */
@@ -46,6 +48,8 @@ struct annal_server {
     unsigned active;   /* call threads running */
     srv_call *calls;   /* running calls, for cancelling subscriptions at stop */
     char shutdown_tag; /* its address is the tag */
+    sec_state *sec;    /* security: users, credentials, ACL state (auth.c, acl.c) */
+    sec_tls *tls;      /* security: reloadable certificates (tls.c); NULL if insecure */
 };
 
 /* One call, from the slot that waits for it to its thread's end. */
@@ -61,6 +65,7 @@ struct srv_call {
     int cancelled;  /* ... and said the call was cancelled */
     annal_sub *sub; /* a subscription to cancel at stop (guarded by srv->mu) */
     srv_call *prev, *next;
+    sec_who who; /* security: who the call acts for (auth.c) */
     char tag_op, tag_close, tag_drain; /* addresses are the tags */
 };
 

@@ -108,6 +108,7 @@ static void send_events(srv_call *c, annal_iter *it, int uuid_string, const char
     int gone = 0;
     while (sent < count && (r = annal_iter_next(it, &ev)) == ANNAL_OK) {
         if (filter && !filter_match(filter, ev)) continue;
+        if (!sec_readable(c, ev)) continue; /* security: each event's stream ACL */
         sent++;
         cv_read_event(ev, uuid_string, m);
         if ((gone = call_send(c, &m->resp.base) != 0)) break;
@@ -139,6 +140,7 @@ static void read_stream(srv_call *c, const ReadOptions *o, uint64_t count, unsig
     char name[ANNAL_MAX_NAME + 1];
     if (!so || cv_stream_name(so->stream_identifier, name) != 0)
         return bad_request(c, "a stream name of 1 to 255 bytes is required");
+    if (sec_check(c, name, SEC_READ) != 0) return; /* security */
     uint64_t from = 0;
     int backward = flags & ANNAL_READ_BACKWARD;
     int at_end = 0;
@@ -169,6 +171,7 @@ static void read_all(srv_call *c, const ReadOptions *o, uint64_t count, unsigned
     int backward = flags & ANNAL_READ_BACKWARD;
     uint64_t from = backward ? ANNAL_FROM_END : 0;
     int nothing = count == 0;
+    if (sec_check(c, "$all", SEC_READ) != 0) return; /* security */
     if (ao &&
         ao->all_option_case ==
             EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__ALL_OPTIONS__ALL_OPTION_POSITION) {

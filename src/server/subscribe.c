@@ -206,6 +206,10 @@ static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const
         }
         switch (item.kind) {
         case ANNAL_SUB_EVENT:
+            if (!sec_readable(c, item.event)) { /* security: each event's stream ACL */
+                if (!is_all) sec_deny(c, "read", name), sent = -1;
+                break;
+            }
             cv_read_event(item.event, uuid_string, m);
             has_last = 1;
             last = is_all ? item.event->position : item.event->revision;
@@ -234,6 +238,7 @@ void rpc_subscribe(srv_call *c, const ReadOptions *o) {
         o->stream_option_case == EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__STREAM_OPTION_ALL;
     if (!is_all && (!o->stream || cv_stream_name(o->stream->stream_identifier, name) != 0))
         return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "a stream name is required", NULL, 0);
+    if (sec_check(c, name, SEC_READ) != 0) return; /* security */
     so.stream = name;
     set_start(o, &so);
     annal_filter filter;

@@ -110,7 +110,9 @@ static annal_err load(sec_tls *t) {
     } else {
         grpc_ssl_pem_key_cert_pair pair = {key, cert};
         grpc_ssl_server_certificate_config *cfg =
-            grpc_ssl_server_certificate_config_create(ca, &pair, 1);
+            /* gRPC 1.51's reloading path insists on roots even when no client certificate
+             * is requested: then the server's own chain stands in, never consulted. */
+            grpc_ssl_server_certificate_config_create(ca ? ca : cert, &pair, 1);
         if (!cfg) {
             r = ANNAL_EINVAL;
         } else {

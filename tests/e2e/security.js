@@ -82,7 +82,7 @@ async function main() {
   // --- admin and anonymous
   await client.appendToStream(pub, [ev("Pub", { n: 0 })], { credentials: ADMIN });
   assert.equal((await readAll(pub, ADMIN)).length, 1);
-  ok("admin (changeit from the environment) appends and reads");
+  ok("admin (its password from the environment) appends and reads");
   await denied("anonymous append", client.appendToStream(pub, [ev("Pub", {})]), true);
   await denied("anonymous read", readAll(pub, undefined), true);
   ok("anonymous calls refused (UNAUTHENTICATED)");
@@ -231,6 +231,22 @@ async function main() {
   await certClient.dispose();
   await nobodyClient.dispose();
   ok("client certificates: the CN acts as that user; unknown users refused");
+
+  // --- operations (scavenge, shutdown) are for $ops and $admins: checked before the method
+  const raw = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(fs.readFileSync(caFile)));
+  const call = (p, who) =>
+    new Promise((res) => raw.makeUnaryRequest(p, (x) => x, (x) => x, Buffer.alloc(0), md(who), (err) => res(err ? err.code : 0)));
+  const OPS = { username: "ops", password: "ops-Secret-9" };
+  const shutdown = "/event_store.client.operations.Operations/Shutdown";
+  assert.equal(await call(shutdown, ALICE), grpc.status.PERMISSION_DENIED);
+  // (StopScavenge, harmless, where the Operations service exists: past the check either way.)
+  const stop = "/event_store.client.operations.Operations/StopScavenge";
+  assert.equal(await call(stop, ALICE), grpc.status.PERMISSION_DENIED);
+  const opsCode = await call(stop, OPS);
+  assert.ok(![grpc.status.PERMISSION_DENIED, grpc.status.UNAUTHENTICATED].includes(opsCode), `ops: ${opsCode}`);
+  raw.close();
+  assert.equal((await readAll(pub, OPS)).length, 2);
+  ok("operations: refused to a user, let through for ops (password from KURRENTDB_DEFAULT_OPS_PASSWORD)");
 
   // --- deleted users
   await unary("Delete", { options: { login_name: "bob" } }, ADMIN);

@@ -65,6 +65,7 @@ int cli_cmd_query(cli_global *g, int argc, char **argv);
 int cli_cmd_serve(cli_global *g, int argc, char **argv);
 int cli_cmd_completion(cli_global *g, int argc, char **argv);
 int cli_cmd_cert(cli_global *g, int argc, char **argv);
+int cli_cmd_user(cli_global *g, int argc, char **argv); /* user.c (docs/security.md) */
 
 /* ---- Option parsing: GNU style, options and operands in any order, "--" ends options,
  * "--name=value" or "--name value". --data DIR is accepted by every command. */

@@ -33,6 +33,7 @@ static const struct {
     {"serve", cli_cmd_serve, "serve the store over KurrentDB's gRPC protocol"},
     {"completion", cli_cmd_completion, "print a bash completion script (sub-commands, streams)"},
     {"cert", cli_cmd_cert, "make a development CA and node/user TLS certificates"},
+    {"user", cli_cmd_user, "add, list and change the users of a secure server"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -22,6 +22,15 @@ static const struct {
     {"event_store.client.streams.streams", "tombstone"},
     {"event_store.client.server_features.serverfeatures", "getsupportedmethods"},
     {"event_store.client.gossip.gossip", "read"},
+    /* security: the Users service (users_rpc.c) */
+    {"event_store.client.users.users", "create"},
+    {"event_store.client.users.users", "update"},
+    {"event_store.client.users.users", "delete"},
+    {"event_store.client.users.users", "disable"},
+    {"event_store.client.users.users", "enable"},
+    {"event_store.client.users.users", "details"},
+    {"event_store.client.users.users", "changepassword"},
+    {"event_store.client.users.users", "resetpassword"},
 };
 #define NSUPPORTED (sizeof supported / sizeof supported[0])
 

@@ -95,7 +95,7 @@ typedef struct annal_user_change {
  * with '$'). Errors: ANNAL_EINVAL, ANNAL_ENOTFOUND, ANNAL_ECONFLICT, the store's. */
 annal_err annal_user_put(annal_db *db, const char *name, const annal_user_change *change);
 annal_err annal_user_get(annal_db *db, const char *name, annal_user *out); /* ANNAL_ENOTFOUND */
-annal_err annal_user_remove(annal_db *db, const char *name);             /* ANNAL_ENOTFOUND */
+annal_err annal_user_remove(annal_db *db, const char *name);               /* ANNAL_ENOTFOUND */
 /* Every user, in order of creation: *out (free with annal_user_list_free) holds *n. */
 annal_err annal_user_list(annal_db *db, annal_user **out, size_t *n);
 void annal_user_list_free(annal_user *list);

@@ -248,9 +248,9 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
         log_info(msg);
     }
     /* security: a CA directory's bundle stays until exit, rebuilt at each SIGHUP. */
-    char *ca_dir = ca_tmp[0] ? cli_xstrndup(cli_config_get(&cfg, CFG_CA),
-                                            strlen(cli_config_get(&cfg, CFG_CA)))
-                             : NULL;
+    char *ca_dir =
+        ca_tmp[0] ? cli_xstrndup(cli_config_get(&cfg, CFG_CA), strlen(cli_config_get(&cfg, CFG_CA)))
+                  : NULL;
     cli_config_free(&cfg);
     if (rc || e != ANNAL_OK) {
         if (ca_tmp[0]) unlink(ca_tmp);

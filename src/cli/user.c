@@ -39,10 +39,8 @@ static const char usage[] =
     "Exit codes: 0 ok, 1 usage, 2 no such user or store, 3 the user exists, 5 store error.\n";
 
 enum { OPT_FULL, OPT_GROUPS, OPT_JSON };
-static const cli_option options[] = {{"full-name", 1, OPT_FULL},
-                                     {"groups", 1, OPT_GROUPS},
-                                     {"json", 0, OPT_JSON},
-                                     {NULL, 0, 0}};
+static const cli_option options[] = {
+    {"full-name", 1, OPT_FULL}, {"groups", 1, OPT_GROUPS}, {"json", 0, OPT_JSON}, {NULL, 0, 0}};
 
 /* One line of standard input (without echo on a terminal) into buf. 0, or -1. */
 static int read_password(const char *name, char *buf, size_t size) {
@@ -66,10 +64,10 @@ static int read_password(const char *name, char *buf, size_t size) {
 }
 
 static int exit_for(annal_err e) {
-    return e == ANNAL_ENOTFOUND    ? CLI_EXIT_NOTFOUND
-           : e == ANNAL_ECONFLICT  ? CLI_EXIT_CONFLICT
-           : e == ANNAL_EINVAL     ? CLI_EXIT_USAGE
-                                   : CLI_EXIT_STORE;
+    return e == ANNAL_ENOTFOUND   ? CLI_EXIT_NOTFOUND
+           : e == ANNAL_ECONFLICT ? CLI_EXIT_CONFLICT
+           : e == ANNAL_EINVAL    ? CLI_EXIT_USAGE
+                                  : CLI_EXIT_STORE;
 }
 
 static void print_user(const annal_user *u, int json) {
@@ -118,9 +116,8 @@ static int on_details(void *ctx, const uint8_t *p, size_t n) {
     return 0;
 }
 
-static annal_err via_server(annal_remote *r, const char *sub, const char *name,
-                            const char *full, const char *groups, const char *password,
-                            int json) {
+static annal_err via_server(annal_remote *r, const char *sub, const char *name, const char *full,
+                            const char *groups, const char *password, int json) {
     char *gl[64];
     char gbuf[512];
     size_t ng = 0;
@@ -237,7 +234,8 @@ int cli_cmd_user(cli_global *g, int argc, char **argv) {
     for (size_t i = 0; sub && i < sizeof subs / sizeof subs[0]; i++) known |= !strcmp(sub, subs[i]);
     if (!known) return cli_usage_error("user", "want add, passwd, list, disable, enable or remove");
     int is_list = strcmp(sub, "list") == 0;
-    if (is_list != !name) return cli_usage_error("user", is_list ? "list takes no name" : "want a user name");
+    if (is_list != !name)
+        return cli_usage_error("user", is_list ? "list takes no name" : "want a user name");
 
     char password[1024] = "";
     int needs_password = !strcmp(sub, "add") || !strcmp(sub, "passwd");
@@ -258,11 +256,11 @@ int cli_cmd_user(cli_global *g, int argc, char **argv) {
             e = direct(db, sub, name, full, groups, password, json);
             if (e != ANNAL_OK)
                 cli_error("user", "%s %s: %s", sub, name ? name : "",
-                          e == ANNAL_ENOTFOUND    ? "no such user"
-                          : e == ANNAL_ECONFLICT  ? "the user exists already"
-                          : e == ANNAL_EINVAL     ? "bad name (1 to 64 bytes, no spaces, ':', ',' "
-                                                    "or '/', not starting with '$') or value"
-                                                  : annal_strerror(e));
+                          e == ANNAL_ENOTFOUND   ? "no such user"
+                          : e == ANNAL_ECONFLICT ? "the user exists already"
+                          : e == ANNAL_EINVAL    ? "bad name (1 to 64 bytes, no spaces, ':', ',' "
+                                                   "or '/', not starting with '$') or value"
+                                                 : annal_strerror(e));
             annal_db_close(db);
         }
     }

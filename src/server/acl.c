@@ -31,9 +31,7 @@ struct sec_acl_cache {
     } slot[CACHE_SLOTS];
 };
 
-uint64_t acl_generation(annal_server *srv) {
-    return atomic_load(&srv->sec->acl_gen);
-}
+uint64_t acl_generation(annal_server *srv) { return atomic_load(&srv->sec->acl_gen); }
 
 /* The newest `$settings` document (a new reference), NULL if none. */
 static json_t *settings(annal_server *srv) {

@@ -86,8 +86,8 @@ void sec_user_changed(annal_server *srv, const char *name, const sec_user *u) {
 /* Create the built-in user name if missing, or give it its first password. Without a
  * password it is created disabled (there is no well-known password), unless create_bare
  * is 0: then nothing is written. A password that was set is never replaced here. */
-static annal_err builtin(annal_server *srv, const char *name, const char *groups,
-                         const char *full, const char *password, int create_bare) {
+static annal_err builtin(annal_server *srv, const char *name, const char *groups, const char *full,
+                         const char *password, int create_bare) {
     sec_user u;
     annal_err r = users_read(srv->db, name, &u);
     int created = r == ANNAL_ENOTFOUND;
@@ -121,12 +121,11 @@ annal_err sec_start(annal_server *srv, const annal_server_opts *o) {
     pthread_mutex_init(&s->settings_mu, NULL);
     if (getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key) return ANNAL_EIO;
     if (s->insecure) return ANNAL_OK; /* nothing is checked, nothing is written */
-    annal_err r =
-        builtin(srv, "admin", "$admins", "Administrator", o->default_admin_password, 0);
+    annal_err r = builtin(srv, "admin", "$admins", "Administrator", o->default_admin_password, 0);
     if (r == ANNAL_OK) r = builtin(srv, "ops", "$ops", "Operations", o->default_ops_password, 1);
     if (r != ANNAL_OK) {
-        srv_log(srv, ANNAL_LOG_ERROR, "cannot set up the built-in users: %s: %s",
-                annal_strerror(r), annal_db_errmsg(srv->db));
+        srv_log(srv, ANNAL_LOG_ERROR, "cannot set up the built-in users: %s: %s", annal_strerror(r),
+                annal_db_errmsg(srv->db));
         return r;
     }
     r = users_all(srv->db, &s->users, &s->nusers);
@@ -209,8 +208,9 @@ static void login_failed(annal_server *srv, const char *user, const char *addr, 
         wait[i] = ms;
     }
     pthread_mutex_unlock(&s->fail_mu);
-    sec_audit(srv, "failed login as '%s' from %s: %s; next attempt in %lld ms (user), %lld ms "
-                   "(address)",
+    sec_audit(srv,
+              "failed login as '%s' from %s: %s; next attempt in %lld ms (user), %lld ms "
+              "(address)",
               user, addr, why, (long long)wait[0], (long long)wait[1]);
 }
 
@@ -282,8 +282,8 @@ static int login(srv_call *c, const char *name, const char *password) {
     sec_who *w = &c->who;
     int64_t left = locked_out(s, name, w->peer);
     if (left > 0) {
-        sec_audit(srv, "login as '%s' from %s refused: locked out for %lld ms after failures",
-                  name, w->peer, (long long)left);
+        sec_audit(srv, "login as '%s' from %s refused: locked out for %lld ms after failures", name,
+                  w->peer, (long long)left);
         refuse(c, "too many failed logins: try again later");
         return -1;
     }

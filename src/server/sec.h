@@ -26,13 +26,13 @@ typedef struct sec_acl_cache sec_acl_cache;
 
 /* Who a call acts for; filled by sec_authenticate before its handler runs. */
 typedef struct sec_who {
-    int authenticated;              /* 0: anonymous */
-    int admin;                      /* $admins (or insecure, or the local socket) */
-    int ops;                        /* $ops */
-    char name[SEC_NAME_MAX + 1];    /* "" when anonymous */
-    char groups[SEC_GROUPS_MAX];    /* comma-separated roles */
-    char peer[96];                  /* the client's address, for the audit log */
-    sec_acl_cache *cache;           /* per-call ACL answers (acl.c) */
+    int authenticated;           /* 0: anonymous */
+    int admin;                   /* $admins (or insecure, or the local socket) */
+    int ops;                     /* $ops */
+    char name[SEC_NAME_MAX + 1]; /* "" when anonymous */
+    char groups[SEC_GROUPS_MAX]; /* comma-separated roles */
+    char peer[96];               /* the client's address, for the audit log */
+    sec_acl_cache *cache;        /* per-call ACL answers (acl.c) */
 } sec_who;
 
 /* What an ACL grants, as KurrentDB's `$acl` keys. */

@@ -65,7 +65,7 @@ struct srv_call {
     int cancelled;  /* ... and said the call was cancelled */
     annal_sub *sub; /* a subscription to cancel at stop (guarded by srv->mu) */
     srv_call *prev, *next;
-    sec_who who; /* security: who the call acts for (auth.c) */
+    sec_who who;                       /* security: who the call acts for (auth.c) */
     char tag_op, tag_close, tag_drain; /* addresses are the tags */
 };
 

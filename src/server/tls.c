@@ -181,7 +181,8 @@ annal_err annal_server_reload_tls(annal_server *srv) {
     if (!srv || !srv->tls) return ANNAL_EINVAL;
     annal_err r = load(srv->tls);
     if (r == ANNAL_OK)
-        srv_log(srv, ANNAL_LOG_INFO, "TLS: certificates reloaded from %s (new connections use them)",
+        srv_log(srv, ANNAL_LOG_INFO,
+                "TLS: certificates reloaded from %s (new connections use them)",
                 srv->tls->cert_path);
     else
         srv_log(srv, ANNAL_LOG_WARN, "TLS: reload failed; the previous certificates stay in use");

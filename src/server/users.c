@@ -53,8 +53,9 @@ annal_err users_hash(const char *password, char *hash) {
     if (getrandom(salt, sizeof salt, 0) != (ssize_t)sizeof salt) return ANNAL_EIO;
     int r = argon2id_hash_encoded(HASH_T_COST, HASH_M_KIB, HASH_LANES, password, strlen(password),
                                   salt, sizeof salt, HASH_BYTES, hash, SEC_HASH_MAX);
-    return r == ARGON2_OK ? ANNAL_OK : r == ARGON2_MEMORY_ALLOCATION_ERROR ? ANNAL_ENOMEM
-                                                                           : ANNAL_EINVAL;
+    return r == ARGON2_OK                        ? ANNAL_OK
+           : r == ARGON2_MEMORY_ALLOCATION_ERROR ? ANNAL_ENOMEM
+                                                 : ANNAL_EINVAL;
 }
 
 int users_verify(const char *hash, const char *password) {

@@ -102,7 +102,8 @@ void rpc_users_create(srv_call *c) {
             snprintf(u.full_name, sizeof u.full_name, "%s", o->full_name ? o->full_name : "");
             join_groups(o->groups, o->n_groups, u.groups, sizeof u.groups);
             r = users_hash(o->password, u.hash);
-            EventStore__Client__Users__CreateResp resp = EVENT_STORE__CLIENT__USERS__CREATE_RESP__INIT;
+            EventStore__Client__Users__CreateResp resp =
+                EVENT_STORE__CLIENT__USERS__CREATE_RESP__INIT;
             if (r != ANNAL_OK)
                 fail(c, r);
             else
@@ -129,7 +130,8 @@ void rpc_users_update(srv_call *c) {
             snprintf(u.full_name, sizeof u.full_name, "%s", o->full_name ? o->full_name : "");
             join_groups(o->groups, o->n_groups, u.groups, sizeof u.groups);
             annal_err r = o->password && *o->password ? users_hash(o->password, u.hash) : ANNAL_OK;
-            EventStore__Client__Users__UpdateResp resp = EVENT_STORE__CLIENT__USERS__UPDATE_RESP__INIT;
+            EventStore__Client__Users__UpdateResp resp =
+                EVENT_STORE__CLIENT__USERS__UPDATE_RESP__INIT;
             if (r != ANNAL_OK)
                 fail(c, r);
             else
@@ -163,7 +165,8 @@ static void simple_change(srv_call *c, const ProtobufCMessageDescriptor *d, int 
             } else {
                 u.disabled = what == DO_DISABLE;
             }
-            EventStore__Client__Users__DeleteResp resp = EVENT_STORE__CLIENT__USERS__DELETE_RESP__INIT;
+            EventStore__Client__Users__DeleteResp resp =
+                EVENT_STORE__CLIENT__USERS__DELETE_RESP__INIT;
             commit(c, &u, 0, names[what], &resp.base);
         }
         OPENSSL_cleanse(&u, sizeof u);
@@ -191,8 +194,7 @@ static int send_details(srv_call *c, const sec_user *u) {
     char groups[SEC_GROUPS_MAX], *gp[64];
     snprintf(groups, sizeof groups, "%s", u->groups);
     size_t ng = 0;
-    for (char *p = groups, *save = NULL, *tok; ng < 64 && (tok = strtok_r(p, ",", &save));
-         p = NULL)
+    for (char *p = groups, *save = NULL, *tok; ng < 64 && (tok = strtok_r(p, ",", &save)); p = NULL)
         gp[ng++] = tok;
     d.login_name = (char *)u->name;
     d.full_name = (char *)u->full_name;

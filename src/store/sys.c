@@ -11,8 +11,8 @@
 #include "store/db_int.h"
 
 annal_err annal_append_system_sized(annal_db *db, const char *stream, int64_t expected,
-                                    annal_event_data *events, size_t n,
-                                    annal_append_result *result, size_t result_size) {
+                                    annal_event_data *events, size_t n, annal_append_result *result,
+                                    size_t result_size) {
     if (!db || !stream) return ANNAL_EINVAL;
     if (stream[0] != '$')
         return annal_append_sized(db, stream, expected, events, n, result, result_size);
@@ -28,9 +28,8 @@ annal_err annal_append_system_sized(annal_db *db, const char *stream, int64_t ex
                            "`$ce-`, `$et-`, `$seals` are not appended to)",
                            stream);
     for (size_t i = 0; i < n && events; i++)
-        if (events[i].type &&
-            (strcmp(events[i].type, "$streamDeleted") == 0 ||
-             strcmp(events[i].type, "$metadata") == 0))
+        if (events[i].type && (strcmp(events[i].type, "$streamDeleted") == 0 ||
+                               strcmp(events[i].type, "$metadata") == 0))
             return annal__fail(db, ANNAL_EINVAL,
                                "event %zu: type %s is reserved for the store (use "
                                "annal_stream_delete / annal_stream_meta_set)",

@@ -144,13 +144,13 @@ int main(int argc, char **argv) {
     if (c < 0) return cli_usage_error(NULL, "unknown command '%s'", name);
     /* Only these reach a server by its address: asked of any other command, --server would
      * silently mean the local store. ANNAL_SERVER, set for a shell, just does not apply. */
-    static const char *const remote_ok[] = {"append", "import", "delete", "meta"};
+    static const char *const remote_ok[] = {"append", "import", "delete", "meta", "user"};
     int routed = 0;
     for (size_t k = 0; k < sizeof remote_ok / sizeof remote_ok[0]; k++)
         routed |= strcmp(name, remote_ok[k]) == 0;
     if (server_flag && !routed)
         return cli_usage_error(NULL,
-                               "--server works with append, import, delete and meta; '%s' "
+                               "--server works with append, import, delete, meta and user; '%s' "
                                "works on a local store (--data)",
                                name);
     if (!routed) g.server = NULL;

@@ -93,6 +93,11 @@ static annal_err builtin(annal_server *srv, const char *name, const char *groups
     int created = r == ANNAL_ENOTFOUND;
     if (r != ANNAL_OK && !created) return r;
     int has_password = password && *password;
+    if (!created && u.hash[0] && has_password)
+        srv_log(srv, ANNAL_LOG_INFO,
+                "config: the default %s password is not used: %s has a password already "
+                "(change it with `annal user passwd %s`)",
+                name, name, name);
     if (!created && (u.hash[0] || !has_password)) return ANNAL_OK;
     if (created && !has_password && !create_bare) return ANNAL_OK;
     if (created) {

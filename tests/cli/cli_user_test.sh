@@ -61,6 +61,14 @@ grep -q "audit: user 'carol' deleted by 'admin'" "$work/server.log" || fail "no 
 rc=0
 "$ANNAL" --data "$s" user enable carol 2>/dev/null || rc=$?
 [ "$rc" -eq 2 ] || fail "enable a removed user through the server: exit $rc"
+# By address, with credentials: an admin may, erin (an operator) may not.
+port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/server.log")
+url="127.0.0.1:$port?tlsCAFile=$work/ca/ca.crt"
+"$ANNAL" --server "kurrentdb://admin:First-Admin-Pw1@$url" user list | grep -q "^erin" || fail "list by address"
+rc=0
+"$ANNAL" --server "kurrentdb://erin:Erin-Pw-333@$url" user list 2>"$work/denied.err" >/dev/null || rc=$?
+[ "$rc" -ne 0 ] || fail "a non-admin listed the users"
+grep -qi "denied" "$work/denied.err" || fail "denied: $(cat "$work/denied.err")"
 kill -TERM "$server_pid"
 wait "$server_pid" || fail "server exit"
 server_pid=""

@@ -119,7 +119,7 @@ rc=0
 [ "$rc" -eq 5 ] || fail "unreachable server: exit $rc"
 grep -q "does not answer" "$work/down.err" || fail "unreachable: $(cat "$work/down.err")"
 "$ANNAL" --server "kurrentdb://127.0.0.1:$port?tls=false" read remote 2>"$work/read.err" && fail "--server read worked on the local store"
-grep -q "works with append, import, delete and meta" "$work/read.err" || fail "--server read: $(cat "$work/read.err")"
+grep -q "works with append, import, delete, meta and user" "$work/read.err" || fail "--server read: $(cat "$work/read.err")"
 "$ANNAL" --server "http://127.0.0.1:$port" append x T x 2>"$work/bad.err" && fail "http:// accepted"
 grep -q "is not kurrentdb://HOST:PORT" "$work/bad.err" || fail "bad URL: $(cat "$work/bad.err")"
 

@@ -195,6 +195,19 @@ async function main() {
   assert.deepEqual(got, [pub], `bob's $all subscription delivered ${got}`);
   ok("$all subscription never delivers an event its user may not read");
 
+  // --- a stream subscription ends when its user loses the right to read
+  const revoked = new Promise((res, rej) => {
+    const s = client.subscribeToStream(shared, { fromRevision: es.END, credentials: BOB });
+    s.on("data", (e) => rej(new Error(`delivered after the ACL change: ${JSON.stringify(e.event && e.event.data)}`)));
+    s.on("error", (err) => res(err));
+  });
+  await sleep(500);
+  await client.setStreamMetadata(shared, { acl: { readRoles: ["readers"], writeRoles: "$all" } }, { credentials: ADMIN });
+  await client.appendToStream(shared, [ev("Shared", { after: true })], { credentials: ADMIN });
+  const revokedErr = await Promise.race([revoked, sleep(10000).then(() => null)]);
+  assert.ok(revokedErr && revokedErr.type === "access-denied", `subscription after revocation: ${revokedErr && revokedErr.message}`);
+  ok("a stream subscription ends (access denied) when its user loses the right to read");
+
   // --- disabled users and the credential cache
   assert.equal((await readAll(pub, BOB)).length, 2); // cached now
   await unary("Disable", { options: { login_name: "bob" } }, ADMIN);

@@ -126,6 +126,7 @@ annal_err sec_start(annal_server *srv, const annal_server_opts *o) {
     pthread_mutex_init(&s->settings_mu, NULL);
     if (getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key) return ANNAL_EIO;
     if (s->insecure) return ANNAL_OK; /* nothing is checked, nothing is written */
+    if (users_hash("annal decoy", s->decoy) != ANNAL_OK) return ANNAL_ENOMEM;
     annal_err r = builtin(srv, "admin", "$admins", "Administrator", o->default_admin_password, 0);
     if (r == ANNAL_OK) r = builtin(srv, "ops", "$ops", "Operations", o->default_ops_password, 1);
     if (r != ANNAL_OK) {
@@ -307,6 +308,8 @@ static int login(srv_call *c, const char *name, const char *password) {
     pthread_rwlock_unlock(&s->lock);
     const char *why = !found ? "no such user" : u.disabled ? "user disabled" : NULL;
     if (!why && !cached && !users_verify(u.hash, password)) why = "wrong password";
+    /* An unknown user costs a verification too, so answer times do not tell names. */
+    if (!found) (void)users_verify(s->decoy, password);
     if (why) {
         OPENSSL_cleanse(&u, sizeof u);
         login_failed(srv, name, w->peer, why);

@@ -73,6 +73,7 @@ struct sec_state {
     uint8_t key[32];
     pthread_mutex_t fail_mu;
     sec_fail fails[FAIL_SLOTS];
+    char decoy[SEC_HASH_MAX]; /* verified for unknown users: no timing tells who exists */
     /* acl.c: bumped by every change of ACLs through this server */
     _Atomic uint64_t acl_gen;
     pthread_mutex_t settings_mu;

@@ -90,7 +90,10 @@ static int decide(annal_server *srv, const sec_who *w, const char *stream, sec_o
     json_t *meta = NULL, *list = NULL;
     if (!system) {
         char *text = NULL;
-        if (annal_stream_meta_get(srv->db, stream, &text, NULL) == ANNAL_OK && text) {
+        /* Most streams have no ACL: parse only a document that may name one (a loose
+         * test, so that no spelling of the key, escaped or not, skips the parse). */
+        if (annal_stream_meta_get(srv->db, stream, &text, NULL) == ANNAL_OK && text &&
+            strstr(text, "acl")) {
             json_error_t err;
             meta = json_loads(text, 0, &err);
         }

@@ -743,6 +743,177 @@ ANNAL_API void annal_state_free(annal_handler *h, void *state);
  * Errors: ANNAL_EINVAL (db NULL), ANNAL_EREADONLY, ANNAL_EFAILED (an earlier write
  * failed), ANNAL_EIO, ANNAL_ENOSPC. */
 ANNAL_API annal_err annal_seal(annal_db *db);
+/* ------------------------------------------------------------------------------------
+ * Statistics for monitoring (src/store/stats.c): the store's counts and what its group
+ * commit has done since this handle opened. Cheap (no I/O beyond annal_db_info_get's);
+ * any thread. Averages are the totals divided by their counts. */
+typedef struct annal_db_stats {
+    annal_db_info info;         /* counts, as annal_db_info_get */
+    uint64_t groups;            /* group commits (one write and one flush each) */
+    uint64_t group_appends;     /* appends committed in them (annal_append calls and such) */
+    uint64_t group_appends_max; /* most appends in one group */
+    uint64_t group_events;      /* events committed in them */
+    uint64_t group_events_max;  /* most events in one group */
+    uint64_t flushes;           /* fdatasync calls of the log (none with ANNAL_OPEN_NOSYNC) */
+    uint64_t flush_ns_total;    /* time spent in them, ns */
+    uint64_t flush_ns_max;      /* the longest, ns */
+    uint64_t flush_ns_last;     /* the latest, ns */
+} annal_db_stats;
+/* Fill *out (zero counters for a read-only handle). ANNAL_OK or annal_db_info_get's
+ * errors. */
+ANNAL_API annal_err annal_db_stats_get_sized(annal_db *db, annal_db_stats *out, size_t out_size);
+#define annal_db_stats_get(db, out) annal_db_stats_get_sized((db), (out), sizeof(annal_db_stats))
+
+/* ---- Backup and restore (src/store/backup.c, docs/operations.md) ---- */
+/* A backup is a directory that holds the log of a store as of one position P (every
+ * event below P, none at or after it), indexed, plus a marker DIR/backup written last.
+ * It opens read-only as a store and passes annal_verify; annal_restore makes a writable
+ * store of it (or of a point before P). A backup or restore that was interrupted is
+ * refused by annal_db_open (ANNAL_ECORRUPT) and by annal_restore. */
+#define ANNAL_BACKUP_LINK     1u /* hard-link sealed segments (same filesystem) */
+#define ANNAL_BACKUP_NO_INDEX 2u /* leave the index out: rebuilt by the first writer open */
+
+typedef struct annal_backup_opts {
+    size_t struct_size; /* set by annal_backup_opts_init: see the ABI promise */
+    unsigned flags;     /* ANNAL_BACKUP_* */
+    /* A stream instead of a directory (dest NULL): the backup as a POSIX tar archive
+     * (index left out, the marker its last member), passed to write in pieces; write
+     * returns < 0 to stop the backup (ANNAL_EIO). */
+    int (*write)(void *ctx, const void *buf, size_t len);
+    void *write_ctx;
+} annal_backup_opts;
+ANNAL_API void annal_backup_opts_init_sized(annal_backup_opts *opts, size_t struct_size);
+#define annal_backup_opts_init(opts) annal_backup_opts_init_sized((opts), sizeof *(opts))
+
+typedef struct annal_backup_result {
+    uint64_t next_position;   /* P: the backup holds every event below it, none after */
+    uint64_t segments;        /* segments in the backup */
+    uint64_t segments_copied; /* of which copied or linked now (the rest were there) */
+    uint64_t bytes_copied;    /* log bytes copied now */
+    uint64_t bytes_linked;    /* log bytes hard-linked now (ANNAL_BACKUP_LINK) */
+    int incremental;          /* dest held an earlier backup: only what changed was copied */
+} annal_backup_result;
+
+/* Back up the store open as db (a writer or a read-only handle; appends, reads and
+ * compaction go on) into the directory dest (created if missing). When dest holds an
+ * earlier backup of the same store, only what changed is copied: new segments, the tail
+ * of the last one, and segments compaction has rewritten since. opts may be NULL; res
+ * (may be NULL) gets P and what was copied. Durable on return. Killed or failed part
+ * way, dest does not look like a complete backup. opts->progress of db is called per
+ * segment. Errors: ANNAL_EINVAL (dest is the store, or a store, or holds a backup at a
+ * later position), ANNAL_ENOSPC, ANNAL_EIO, ANNAL_EPERM, ANNAL_ECANCELED, and
+ * ANNAL_ECORRUPT (a segment is missing). Detail: annal_db_errmsg(db). */
+ANNAL_API annal_err annal_backup_sized(annal_db *db, const char *dest,
+                                       const annal_backup_opts *opts, annal_backup_result *res,
+                                       size_t res_size);
+#define annal_backup(db, dest, opts, res)                                                          \
+    annal_backup_sized((db), (dest), (opts), (res), sizeof(annal_backup_result))
+
+/* Is dir a complete backup? ANNAL_OK and *next_position (may be NULL) its P;
+ * ANNAL_ENOTFOUND (no marker), ANNAL_ECORRUPT (interrupted or damaged marker). */
+ANNAL_API annal_err annal_backup_check(const char *dir, uint64_t *next_position);
+
+typedef struct annal_restore_opts {
+    size_t struct_size;   /* set by annal_restore_opts_init */
+    uint64_t to_position; /* keep events at positions <= this only (default UINT64_MAX) */
+    int64_t to_time_ns;   /* keep events committed at or before this only (INT64_MAX) */
+} annal_restore_opts;
+ANNAL_API void annal_restore_opts_init_sized(annal_restore_opts *opts, size_t struct_size);
+#define annal_restore_opts_init(opts) annal_restore_opts_init_sized((opts), sizeof *(opts))
+
+typedef struct annal_restore_result {
+    uint64_t next_position;        /* the restored store holds positions below this */
+    uint64_t backup_next_position; /* P of the backup */
+    char message[512];             /* detail when the restore failed */
+} annal_restore_result;
+
+/* Make a writable store in dir (new or empty) from the complete backup in src. A batch
+ * (one append) is kept whole or not at all: the store ends before the first batch that
+ * has an event past to_position or to_time_ns. The store's acknowledged mark is its
+ * end. Errors: ANNAL_ENOTFOUND (src is no backup), ANNAL_ECORRUPT (incomplete or
+ * damaged backup), ANNAL_EINVAL (dir not empty), ANNAL_ENOSPC, ANNAL_EIO. */
+ANNAL_API annal_err annal_restore_sized(const char *src, const char *dir,
+                                        const annal_restore_opts *opts, annal_restore_result *res,
+                                        size_t res_size);
+#define annal_restore(src, dir, opts, res)                                                         \
+    annal_restore_sized((src), (dir), (opts), (res), sizeof(annal_restore_result))
+
+/* ---- Atomic appends across streams (src/store/multi.c) ---- */
+/* One part of annal_append_multi: events for one stream with its expected revision. All
+ * pointers are borrowed for the call. Passed in arrays, so frozen. */
+typedef struct annal_stream_append {
+    const char *stream;       /* as in annal_append: a user stream, not starting with '$' */
+    int64_t expected;         /* an exact revision or ANNAL_EXPECT_* */
+    annal_event_data *events; /* in/out as in annal_append (zero ids are filled in) */
+    size_t n;                 /* may be 0: the part is then only a check, in its turn */
+} annal_stream_append;
+
+/* A condition on a stream the call writes nothing to (a consistency check). Frozen. */
+typedef struct annal_stream_check {
+    const char *stream; /* borrowed for the call; any stored stream name */
+    int64_t expected;   /* an exact revision or ANNAL_EXPECT_*; ANY checks only that the
+                         * stream is not tombstoned */
+} annal_stream_check;
+
+/* One stream that failed its condition. Frozen (the caller provides an array). */
+typedef struct annal_stream_conflict {
+    const char *stream; /* borrowed from the request's part or check */
+    size_t index;       /* the part (< nparts), or nparts + the check's index */
+    int64_t expected;   /* what was expected */
+    int64_t actual;     /* the stream's revision when checked: -1 no stream (or deleted) */
+    annal_err reason;   /* ANNAL_ECONFLICT, or ANNAL_EDELETED for a tombstoned stream */
+} annal_stream_conflict;
+
+typedef struct annal_multi_result {
+    /* In: arrays the caller provides (either may be NULL). parts gets one entry per part
+     * (the annal_append_result that part would have had alone, idempotent included);
+     * conflicts gets at most max_conflicts entries. */
+    annal_append_result *parts;
+    annal_stream_conflict *conflicts;
+    size_t max_conflicts;
+    /* Out. */
+    uint64_t first_position; /* of the first event appended (or found, when idempotent) */
+    uint64_t count;          /* events appended in all (or found) */
+    size_t nconflicts;       /* streams that failed their condition (all of them, even
+                              * beyond max_conflicts), in the order of parts then checks */
+    int idempotent;          /* 1: the whole set had already been appended; the fields
+                              * describe the original append */
+} annal_multi_result;
+
+/* Append the events of nparts parts to their streams and check nchecks more streams,
+ * atomically: all or nothing, durable on return (unless ANNAL_OPEN_NOSYNC), and in one
+ * place of the global order: consecutive positions in the order of parts (and of the
+ * events within each), so the set is one batch of the log. Readers, subscribers and
+ * recovery see all of it or none of it, never a part.
+ *
+ * Conditions: each part's expected revision is checked against its stream as the parts
+ * before it in the same call leave it (a stream may appear in several parts: the second
+ * sees the revision the first wrote); each check against the store before the call. If
+ * any fails, nothing is written, the call returns ANNAL_ECONFLICT (or ANNAL_EDELETED when
+ * every failure is a tombstoned stream) and res->conflicts names every stream that
+ * failed, with its actual revision.
+ *
+ * Idempotence, across the whole set: if the first event (of the first part with events)
+ * has an id already stored and the whole set matches what was stored there (the same
+ * streams in the same order, every id, consecutive positions, first revisions allowed by
+ * each part's expected revision as in annal_append), the call succeeds with
+ * res->idempotent = 1 and the original positions and revisions; checks are not
+ * evaluated again. Any other reuse of a stored id fails with ANNAL_EDUPLICATE.
+ *
+ * Limits: the events of all parts together count as one append (max_batch_events,
+ * max_batch_bytes, one segment); nparts + nchecks <= max_batch_events; at least one part.
+ * res may be NULL; its in-fields are read only within res_size.
+ * Errors: ANNAL_ECONFLICT, ANNAL_EDELETED, ANNAL_EDUPLICATE, ANNAL_EINVAL (a bad part or
+ * check: annal_db_errmsg names it), ANNAL_ETOOBIG, ANNAL_EREADONLY, ANNAL_ENOSPC,
+ * ANNAL_EIO, ANNAL_EFAILED, as annal_append. On any error nothing from this call is
+ * visible (after ANNAL_EIO, as annal_append says: all of it or none after recovery). */
+ANNAL_API annal_err annal_append_multi_sized(annal_db *db, const annal_stream_append *parts,
+                                             size_t nparts, const annal_stream_check *checks,
+                                             size_t nchecks, annal_multi_result *res,
+                                             size_t res_size);
+#define annal_append_multi(db, parts, nparts, checks, nchecks, res)                                \
+    annal_append_multi_sized((db), (parts), (nparts), (checks), (nchecks), (res),                  \
+                             sizeof(annal_multi_result))
 
 /* ---- System streams (src/store/sys.c) ---- */
 /* annal_append for trusted embedders (a server acting for an administrator): stream may

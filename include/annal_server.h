@@ -41,6 +41,11 @@ typedef struct annal_server_opts {
      * a password: from here, or set before with annal_user_put. */
     const char *default_admin_password;
     const char *default_ops_password;
+    /* Operations.Shutdown: called (from a server thread, after the reply) to have the
+     * embedder stop the server. NULL: the process gets SIGTERM, which `annal serve`
+     * handles as a graceful stop. */
+    void (*on_shutdown)(void *ctx);
+    void *shutdown_ctx;
 } annal_server_opts;
 
 /* Fill *opts with defaults. Always call before setting fields. */

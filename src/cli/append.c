@@ -12,6 +12,7 @@
 static const char usage[] =
     "usage: annal [--data DIR] append STREAM TYPE DATA [options]\n"
     "       annal [--data DIR] append STREAM TYPE --data-file FILE [options]\n"
+    "       annal [--data DIR] append --batch FILE.jsonl\n"
     "\n"
     "Append one event to STREAM (the store is created if missing) and print it as one\n"
     "JSON line, as `annal read --json` does. DATA is stored as given (bytes); DATA -\n"
@@ -31,11 +32,16 @@ static const char usage[] =
     "  --metadata TEXT        metadata, a JSON object by the store's convention (stored\n"
     "                         as given): broken JSON is an error, text a warning\n"
     "  --metadata-file FILE   read the metadata from FILE (- : standard input)\n"
+    "  --batch FILE           append the events of FILE (- : standard input) atomically,\n"
+    "                         all or none, across streams: one JSON object a line with\n"
+    "                         \"stream\", \"type\", and optional \"data\", \"metadata\",\n"
+    "                         \"id\"; \"expected_revision\" (as above) on a stream's first\n"
+    "                         line. Prints one JSON line per run of one stream's lines\n"
     "\n"
     "Exit codes: 0 ok, 1 usage or invalid input, 3 conflict or id already used,\n"
     "5 store error.\n";
 
-enum { OPT_EXPECTED, OPT_ID, OPT_METADATA, OPT_DATA_FILE, OPT_METADATA_FILE, OPT_JSON };
+enum { OPT_EXPECTED, OPT_ID, OPT_METADATA, OPT_DATA_FILE, OPT_METADATA_FILE, OPT_JSON, OPT_BATCH };
 static const cli_option options[] = {
     {"expected-revision", 1, OPT_EXPECTED},
     {"id", 1, OPT_ID},
@@ -43,6 +49,7 @@ static const cli_option options[] = {
     {"data-file", 1, OPT_DATA_FILE},
     {"metadata-file", 1, OPT_METADATA_FILE},
     {"json", 0, OPT_JSON},
+    {"batch", 1, OPT_BATCH},
     {NULL, 0, 0},
 };
 
@@ -190,6 +197,7 @@ int cli_cmd_append(cli_global *g, int argc, char **argv) {
     int64_t expected = ANNAL_EXPECT_ANY;
     const char *metadata = NULL, *data_file = NULL, *meta_file = NULL;
     int strict = 0;
+    const char *batch_file = NULL;
     annal_event_data ev;
     memset(&ev, 0, sizeof ev);
 
@@ -224,7 +232,16 @@ int cli_cmd_append(cli_global *g, int argc, char **argv) {
         case OPT_DATA_FILE: data_file = v; break;
         case OPT_METADATA_FILE: meta_file = v; break;
         case OPT_JSON: strict = 1; break;
+        case OPT_BATCH: batch_file = v; break;
         }
+    }
+    if (batch_file) {
+        static const annal_uuid nil;
+        if (nops || data_file || metadata || meta_file || strict || expected != ANNAL_EXPECT_ANY ||
+            memcmp(&ev.id, &nil, sizeof nil) != 0)
+            return cli_usage_error("append", "--batch takes no other operand or option: the "
+                                             "file says each event's stream, type and expectation");
+        return cli_append_batch(g, batch_file);
     }
     if (nops < (data_file ? 2 : 3))
         return cli_usage_error("append", "missing %s",

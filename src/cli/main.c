@@ -27,6 +27,8 @@ static const struct {
     {"meta", cli_cmd_meta, "show or set a stream's metadata (max count, max age, truncate)"},
     {"delete", cli_cmd_delete, "delete a stream (soft), or tombstone it with --hard"},
     {"compact", cli_cmd_compact, "erase deleted, truncated and expired events from disk"},
+    {"backup", cli_cmd_backup, "copy the store as of one position, online (incremental, or tar)"},
+    {"restore", cli_cmd_restore, "make a store from a backup, whole or up to a point in time"},
     {"subscribe", cli_cmd_subscribe, "follow a stream or $all live (JSON lines, like tail -f)"},
     {"projection", cli_cmd_projection, "add, run, rebuild and operate projections (read models)"},
     {"query", cli_cmd_query, "run SQL against a projection's read model"},

@@ -180,7 +180,9 @@ static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint
     int rc = mdb_env_create(&idx->env);
     if (rc == 0) rc = mdb_env_set_maxdbs(idx->env, 8);
     if (rc == 0) rc = mdb_env_set_mapsize(idx->env, (size_t)(*writemap ? start : mapsize));
-    if (rc == 0) rc = mdb_env_set_maxreaders(idx->env, 1024);
+    /* Every subscription keeps a read transaction (reset between looks), and a server
+     * holds thousands of them: 8192 slots cost 512 KiB of lock file. */
+    if (rc == 0) rc = mdb_env_set_maxreaders(idx->env, 8192);
     unsigned flags = MDB_NOTLS | MDB_NORDAHEAD |
                      (readonly ? MDB_RDONLY : MDB_NOSYNC | (*writemap ? MDB_WRITEMAP : 0));
     if (rc == 0) rc = mdb_env_open(idx->env, dir, flags, 0644);

@@ -35,6 +35,11 @@ annal_err annal__seg_hdr_decode(const uint8_t *p, size_t avail, annal__seg_hdr *
 
 uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
                            uint64_t group, uint8_t *out) {
+    return annal__rec_encode_flags(ev, batch_index, batch_count, group, 0, out);
+}
+
+uint32_t annal__rec_encode_flags(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
+                                 uint64_t group, uint32_t flags, uint8_t *out) {
     uint32_t len =
         (uint32_t)annal__rec_size(ev->stream_len, ev->type_len, ev->data_len, ev->metadata_len);
     annal__put32(out + 4, len);
@@ -46,7 +51,7 @@ uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t
     annal__put32(out + 52, batch_count);
     annal__put16(out + 56, (uint16_t)ev->stream_len);
     annal__put16(out + 58, (uint16_t)ev->type_len);
-    annal__put32(out + 60, ANNAL__REC_EVENT);
+    annal__put32(out + 60, ANNAL__REC_EVENT | flags);
     annal__put32(out + 64, (uint32_t)ev->data_len);
     annal__put32(out + 68, (uint32_t)ev->metadata_len);
     annal__put64(out + 72, group);
@@ -115,6 +120,11 @@ annal_err annal__rec_decode2(const uint8_t *p, size_t avail, annal_event *ev, an
     info->batch_count = annal__get32(p + 52);
     info->kind = annal__get32(p + 60);
     info->group = annal__get64(p + 72);
+    info->multi = 0;
+    if (info->kind == (ANNAL__REC_EVENT | ANNAL__REC_MULTI)) {
+        info->kind = ANNAL__REC_EVENT;
+        info->multi = 1;
+    }
     if (info->kind == ANNAL__REC_HOLE) return hole_decode(p, len, ev, info);
     if (info->kind != ANNAL__REC_EVENT || info->batch_count == 0 ||
         info->batch_index >= info->batch_count)

@@ -15,6 +15,10 @@
 #define ANNAL__REC_HDR   80u /* bytes of a record header */
 #define ANNAL__REC_EVENT 1u  /* record kind (flags & 0xff) */
 #define ANNAL__REC_HOLE  2u  /* compaction erased `count` events from `position` on */
+/* Flag of every record of a batch that spans streams (annal_append_multi): without it a
+ * batch is one stream's, and readers that predate it refuse such records as damaged
+ * rather than index them as one stream's. */
+#define ANNAL__REC_MULTI 0x100u
 
 typedef struct annal__seg_hdr {
     uint32_t format;
@@ -35,6 +39,7 @@ typedef struct annal__rec_info {
     uint32_t batch_index; /* 0 .. batch_count-1 */
     uint32_t batch_count;
     uint32_t kind;
+    uint32_t multi; /* ANNAL__REC_MULTI was set: the batch may span streams */
     uint64_t group; /* position of the first record of the flush that wrote this one */
 } annal__rec_info;
 
@@ -50,6 +55,10 @@ static inline uint64_t annal__rec_size(size_t stream_len, size_t type_len, size_
  * for annal__rec_size(...) bytes. Returns the record length. */
 uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
                            uint64_t group, uint8_t *out);
+
+/* The same with extra flags (ANNAL__REC_MULTI) in the kind field. */
+uint32_t annal__rec_encode_flags(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
+                                 uint64_t group, uint32_t flags, uint8_t *out);
 
 /* A hole record (ANNAL__REC_HDR bytes) standing for count erased events from pos on. */
 void annal__hole_encode(uint64_t pos, uint64_t count, uint8_t out[ANNAL__REC_HDR]);

@@ -51,6 +51,18 @@ static void seg_free(annal__log *log, annal__seg *s) {
     }
 }
 
+/* A sealed segment never grows: its size is final, and its mapping outlives the file
+ * descriptor, so let the descriptor go. A store of many segments then holds one
+ * descriptor (the last segment's) instead of one per segment. Only for a segment not yet
+ * shared with other threads. */
+static void seal(annal__log *log, annal__seg *s) {
+    uint64_t size = 0;
+    if (s->fd < 0 || log->io->size(log->io->ctx, s->fd, &size) < 0) return;
+    s->size = size < s->cap ? size : s->cap;
+    log->io->close(log->io->ctx, s->fd);
+    s->fd = -1;
+}
+
 /* Open segment file no, generation gen, and check its header. ANNAL_ENOTFOUND if there
  * is no file. */
 static annal_err seg_load_gen(annal__log *log, uint64_t no, uint32_t gen, int tmp, annal__seg **out,
@@ -175,22 +187,26 @@ int annal__seg_list(const char *dir, annal__seg_file **out, size_t *n) {
 }
 
 /* The newest generation of segment no on disk (0 if only the plain name exists). */
-static uint32_t newest_gen(annal__log *log, uint64_t no) {
+static uint32_t newest_gen(annal__log *log, uint64_t no, int *later) {
     annal__seg_file *v;
     size_t n;
     uint32_t best = 0;
     if (annal__seg_list(log->dir, &v, &n) < 0) return 0;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if (v[i].no == no && !v[i].tmp && v[i].gen > best) best = v[i].gen;
+        if (later && v[i].no > no && !v[i].tmp) *later = 1; /* no is sealed */
+    }
     free(v);
     return best;
 }
 
 static annal_err seg_load(annal__log *log, uint64_t no, annal__seg **out, char *detail,
                           size_t dlen) {
-    uint32_t gen = newest_gen(log, no);
+    int later = 0;
+    uint32_t gen = newest_gen(log, no, &later);
     annal_err rc = seg_load_gen(log, no, gen, 0, out, detail, dlen);
     if (rc == ANNAL_ENOTFOUND && gen > 0) rc = seg_load_gen(log, no, 0, 0, out, detail, dlen);
+    if (rc == ANNAL_OK && later) seal(log, *out);
     return rc;
 }
 
@@ -251,6 +267,11 @@ annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir,
         }
         annal__seg *s = NULL;
         rc = seg_load_gen(log, files[i].no, files[i].gen, 0, &s, detail, dlen);
+        /* Gone since the listing: a compaction (of another process) put a newer
+         * generation in its place and deleted it. Open the newest there is now. */
+        for (int tries = 0; rc == ANNAL_ENOTFOUND && tries < 8; tries++)
+            rc = seg_load_gen(log, files[i].no, newest_gen(log, files[i].no, NULL), 0, &s, detail,
+                              dlen);
         if (rc == ANNAL_ECORRUPT && i == cnt - 1 && !readonly) {
             /* A torn header can only come from a crash while the segment was being
              * created, before anything in it was acknowledged. */
@@ -271,6 +292,9 @@ annal_err annal__log_open(annal__log *log, const annal__io *io, const char *dir,
             rc = ANNAL_ENOMEM;
             goto done;
         }
+        /* The one before is sealed now that a whole segment follows it (a torn last
+         * one, removed above, leaves the one before it open for the writer). */
+        if (log->nsegs > 1) seal(log, log->segs[log->nsegs - 2]);
     }
 done:
     free(files);
@@ -319,6 +343,7 @@ annal_err annal__log_install(annal__log *log, uint64_t no, uint32_t gen, int tmp
     annal__seg *s = NULL;
     annal_err rc = seg_load_gen(log, no, gen, tmp, &s, detail, sizeof detail);
     if (rc != ANNAL_OK) return rc;
+    seal(log, s); /* a compacted generation: only sealed segments are compacted */
     pthread_mutex_lock(&log->mu);
     if (log->nsegs && no >= log->base && no < log->base + log->nsegs &&
         log->segs[no - log->base]->gen < gen) {
@@ -350,6 +375,25 @@ annal__seg *annal__log_seg_at(annal__log *log, uint64_t loc) {
             return NULL;
     }
     return NULL;
+}
+
+annal__seg *annal__log_seg_for(annal__log *log, uint64_t pos) {
+    pthread_mutex_lock(&log->mu);
+    size_t lo = 0, hi = log->nsegs; /* lo: the first segment starting above pos */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (log->segs[mid]->first_pos <= pos)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    annal__seg *s = lo ? log->segs[lo - 1] : NULL;
+    int last = lo == log->nsegs;
+    pthread_mutex_unlock(&log->mu);
+    /* A reader in another process may not know the writer's newest segments yet. */
+    for (annal__seg *n; s && last && log->readonly; s = n)
+        if (!(n = annal__log_seg(log, s->no + 1)) || n->first_pos > pos) break;
+    return s;
 }
 
 annal__seg *annal__log_last(annal__log *log) {
@@ -508,6 +552,7 @@ void annal__log_stop_grower(annal__log *log) {
 annal_err annal__seg_readable(annal__log *log, annal__seg *seg, uint64_t end) {
     if (end > seg->cap) return ANNAL_ECORRUPT;
     if (end <= __atomic_load_n(&seg->size, __ATOMIC_ACQUIRE)) return ANNAL_OK;
+    if (seg->fd < 0) return ANNAL_ECORRUPT; /* sealed: its size is final */
     uint64_t size = 0;
     if (log->io->size(log->io->ctx, seg->fd, &size) < 0) return ANNAL_EIO;
     if (size > seg->cap) size = seg->cap;
@@ -536,7 +581,7 @@ annal_err annal__seg_peek(annal__log *log, annal__seg *seg, uint64_t off, uint64
         annal__seg_readable(log, seg, off + ANNAL__REC_HDR) != ANNAL_OK)
         return ANNAL_ECORRUPT;
     const uint8_t *p = seg->map + off;
-    uint32_t kind = annal__get32(p + 60);
+    uint32_t kind = annal__get32(p + 60) & ~ANNAL__REC_MULTI;
     *len = annal__get32(p + 4);
     *pos = annal__get64(p + 8);
     *event = kind == ANNAL__REC_EVENT;
@@ -582,6 +627,41 @@ annal_err annal__cursor_next2(annal__cursor *c, annal_event *ev, annal__rec_info
         c->pos++;
         return ANNAL_OK;
     }
+}
+
+annal_err annal__cursor_seek(annal__cursor *c, uint64_t pos) {
+    while (c->pos < pos) {
+        annal_event ev;
+        annal__rec_info info;
+        annal_err rc = read_rec(c->log, c->seg, c->off, &ev, &info, 1);
+        if (rc == ANNAL_END) {
+            annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);
+            if (!next) return ANNAL_END;
+            if (next->first_pos != c->pos) return ANNAL_ECORRUPT;
+            c->seg = next;
+            c->off = ANNAL__SEG_HDR;
+            continue;
+        }
+        if (rc == ANNAL_OK && info.kind == ANNAL__REC_HOLE) {
+            if (c->seg->gen == 0 || ev.position > c->pos || ev.position + ev.revision <= c->pos)
+                return ANNAL_ECORRUPT;
+            if (ev.position + ev.revision > pos) { /* pos was erased: stand on the hole */
+                c->pos = pos;
+                return ANNAL_OK;
+            }
+            c->pos = ev.position + ev.revision;
+            c->off += info.len;
+            continue;
+        }
+        if (rc == ANNAL_OK && ev.position != c->pos) rc = ANNAL_ECORRUPT;
+        if (rc == ANNAL_OK) {
+            c->off += info.len;
+            c->pos++;
+        } else if (rc != ANNAL_ECORRUPT || annal__cursor_skip(c) != ANNAL_OK) {
+            return rc; /* (a damaged record below pos is passed over when framing allows) */
+        }
+    }
+    return ANNAL_OK;
 }
 
 void annal__cursor_settle(annal__cursor *c) {

@@ -92,6 +92,10 @@ void annal__seg_path(const annal__log *log, uint64_t no, uint32_t gen, int tmp, 
  * replaced one stays mapped. ANNAL_ENOTFOUND if no such file. */
 annal_err annal__log_install(annal__log *log, uint64_t no, uint32_t gen, int tmp);
 
+/* The current segment whose positions include pos (the last one starting at or below
+ * it), learning of newer segments in a read-only log. NULL if pos is below the log. */
+annal__seg *annal__log_seg_for(annal__log *log, uint64_t pos);
+
 /* The last segment, or NULL for an empty log. */
 annal__seg *annal__log_last(annal__log *log);
 
@@ -142,6 +146,13 @@ annal_err annal__cursor_next(annal__cursor *c, annal_event *ev, annal__rec_info 
 /* The same; check = 0 skips the checksums of records already checked. */
 annal_err annal__cursor_next2(annal__cursor *c, annal_event *ev, annal__rec_info *info,
                               uint64_t *loc_out, int check);
+
+/* Move the cursor forward until the next record it returns is the first event at or
+ * after pos, consuming nothing at or after pos: inside a hole (erased events) that
+ * covers pos, the cursor stays on the hole with its position set to pos. Damaged
+ * records below pos are stepped over as annal__cursor_skip does. ANNAL_END if the log
+ * ends before pos. */
+annal_err annal__cursor_seek(annal__cursor *c, uint64_t pos);
 
 /* If the cursor stands at the clean end of a segment and the next segment starts at
  * its position, move it there (no record is consumed). */

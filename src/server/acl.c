@@ -112,11 +112,21 @@ static int decide(annal_server *srv, const sec_who *w, const char *stream, sec_o
     return ok;
 }
 
-int sec_check(srv_call *c, const char *stream, sec_op op) {
-    if (c->who.admin) return 0;
+static int permitted(srv_call *c, const char *stream, sec_op op) {
+    if (c->who.admin) return 1;
     /* $all: everyone reads it; what they see is filtered per event (sec_readable). */
-    if (strcmp(stream, "$all") == 0 && op == SEC_READ && c->who.authenticated) return 0;
-    if (decide(c->srv, &c->who, stream, op)) return 0;
+    if (strcmp(stream, "$all") == 0 && op == SEC_READ && c->who.authenticated) return 1;
+    return decide(c->srv, &c->who, stream, op);
+}
+
+int sec_allowed(srv_call *c, const char *stream, sec_op op) {
+    if (permitted(c, stream, op)) return 1;
+    sec_deny_audit(c, op_names[op], stream);
+    return 0;
+}
+
+int sec_check(srv_call *c, const char *stream, sec_op op) {
+    if (permitted(c, stream, op)) return 0;
     sec_deny(c, op_names[op], stream);
     return -1;
 }

@@ -13,12 +13,25 @@
 typedef EventStore__Client__Streams__AppendReq AppendReq;
 typedef EventStore__Client__Streams__AppendReq__ProposedMessage Proposed;
 
-/* The expected revision of one of the three request option messages (same layout). */
-#define EXPECTED(o, PREFIX)                                                                        \
-    ((o)->expected_stream_revision_case == PREFIX##_REVISION        ? (int64_t)(o)->revision       \
-     : (o)->expected_stream_revision_case == PREFIX##_NO_STREAM     ? ANNAL_EXPECT_NO_STREAM       \
-     : (o)->expected_stream_revision_case == PREFIX##_STREAM_EXISTS ? ANNAL_EXPECT_STREAM_EXISTS   \
-                                                                    : ANNAL_EXPECT_ANY)
+/* The expected-revision oneof of Append, Delete and Tombstone options: the same field
+ * numbers, so the same case values. */
+enum { EXP_REVISION = 2, EXP_NO_STREAM = 3, EXP_ANY = 4, EXP_STREAM_EXISTS = 5 };
+
+const char *srv_options_in(const EventStore__Client__StreamIdentifier *sid, int kase,
+                           uint64_t revision, char *stream, int64_t *expected) {
+    if (cv_stream_name(sid, stream) != 0) return "the options must name a stream of 1 to 255 bytes";
+    switch (kase) {
+    case EXP_REVISION:
+        /* Beyond int64 it would read as one of annal's negative ANNAL_EXPECT_* values. */
+        if (revision > (uint64_t)INT64_MAX) return "the expected revision is too large";
+        *expected = (int64_t)revision;
+        break;
+    case EXP_NO_STREAM: *expected = ANNAL_EXPECT_NO_STREAM; break;
+    case EXP_STREAM_EXISTS: *expected = ANNAL_EXPECT_STREAM_EXISTS; break;
+    default: *expected = ANNAL_EXPECT_ANY;
+    }
+    return NULL;
+}
 
 typedef struct append_req {
     char stream[ANNAL_MAX_NAME + 1];
@@ -35,15 +48,42 @@ static void append_req_free(append_req *a) {
     free(a->events);
 }
 
+/* The oneof of an AppendReq: options and proposed message share storage, so each is
+ * read only under its case (a second options message is not an event). */
+static const EventStore__Client__Streams__AppendReq__Options *req_options(const AppendReq *r) {
+    return r->content_case == EVENT_STORE__CLIENT__STREAMS__APPEND_REQ__CONTENT_OPTIONS ? r->options
+                                                                                        : NULL;
+}
+
+static const Proposed *req_proposed(const AppendReq *r) {
+    return r->content_case == EVENT_STORE__CLIENT__STREAMS__APPEND_REQ__CONTENT_PROPOSED_MESSAGE
+               ? r->proposed_message
+               : NULL;
+}
+
 static const char *md_get(const Proposed *p, const char *key) {
     for (size_t i = 0; i < p->n_metadata; i++)
         if (strcmp(p->metadata[i]->key, key) == 0) return p->metadata[i]->value;
     return NULL;
 }
 
-/* Take one proposed message (owned by a on success). NULL or an error text. */
+const char *srv_event_in(const EventStore__Client__UUID *id, const char *type,
+                         ProtobufCBinaryData data, ProtobufCBinaryData meta, annal_event_data *ev) {
+    memset(ev, 0, sizeof *ev);
+    if (cv_uuid_in(id, &ev->id) != 0) return "an event id is not a UUID";
+    if (!type || !*type) return "an event has no type";
+    ev->type = type;
+    ev->data = data.data;
+    ev->data_len = data.len;
+    ev->metadata = meta.data;
+    ev->metadata_len = meta.len;
+    return NULL;
+}
+
+/* Take one proposed message (owned by a on success). NULL or an error text; "" when the
+ * append grew over max_bytes. */
 static const char *add_event(append_req *a, ProtobufCMessage *msg, uint64_t max_bytes) {
-    const Proposed *p = ((AppendReq *)msg)->proposed_message;
+    const Proposed *p = req_proposed((AppendReq *)msg);
     if (!p) return "an AppendReq after the options must be a proposed message";
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 16;
@@ -55,15 +95,9 @@ static const char *add_event(append_req *a, ProtobufCMessage *msg, uint64_t max_
         a->events = e;
         a->cap = cap;
     }
-    annal_event_data *ev = &a->events[a->n];
-    memset(ev, 0, sizeof *ev);
-    if (cv_uuid_in(p->id, &ev->id) != 0) return "an event id is not a UUID";
-    ev->type = md_get(p, "type");
-    if (!ev->type || !*ev->type) return "an event has no type";
-    ev->data = p->data.data;
-    ev->data_len = p->data.len;
-    ev->metadata = p->custom_metadata.data;
-    ev->metadata_len = p->custom_metadata.len;
+    const char *err =
+        srv_event_in(p->id, md_get(p, "type"), p->data, p->custom_metadata, &a->events[a->n]);
+    if (err) return err;
     a->bytes += p->data.len + p->custom_metadata.len;
     a->msgs[a->n++] = msg;
     if (a->bytes > max_bytes) return "";
@@ -80,20 +114,20 @@ static int receive(srv_call *c, append_req *a) {
                     NULL, 0);
         return -1;
     }
-    const EventStore__Client__Streams__AppendReq__Options *o = ((AppendReq *)msg)->options;
-    if (!o || cv_stream_name(o->stream_identifier, a->stream) != 0) {
+    const EventStore__Client__Streams__AppendReq__Options *o = req_options((AppendReq *)msg);
+    const char *err =
+        !o ? "the first AppendReq must be the options"
+           : srv_options_in(o->stream_identifier, (int)o->expected_stream_revision_case,
+                            o->revision, a->stream, &a->expected);
+    if (err) {
         protobuf_c_message_free_unpacked(msg, NULL);
-        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT,
-                    "the first AppendReq must be options naming a stream of 1 to 255 bytes", NULL,
-                    0);
+        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, err, NULL, 0);
         return -1;
     }
-    a->expected =
-        EXPECTED(o, EVENT_STORE__CLIENT__STREAMS__APPEND_REQ__OPTIONS__EXPECTED_STREAM_REVISION);
     protobuf_c_message_free_unpacked(msg, NULL);
     while ((got = call_recv(c, &event_store__client__streams__append_req__descriptor, &msg,
                             &bad)) == 1) {
-        const char *err = add_event(a, msg, c->srv->max_append_bytes);
+        err = add_event(a, msg, c->srv->max_append_bytes);
         if (err && !*err) {
             rpc_fail_store(c, ANNAL_ETOOBIG, a->stream);
             return -1;
@@ -179,61 +213,59 @@ static void reply_wrong_expected(srv_call *c, int64_t expected, int64_t actual) 
     call_reply(c, &resp.base);
 }
 
-/* An append of no events checks the expected revision and writes nothing. */
-static void append_nothing(srv_call *c, const append_req *a) {
-    uint64_t head;
-    annal_err r = annal_stream_head(c->srv->db, a->stream, &head);
-    if (r != ANNAL_OK && r != ANNAL_ENOTFOUND) return rpc_fail_store(c, r, a->stream);
-    int64_t actual = r == ANNAL_OK ? (int64_t)head : -1;
-    int ok = a->expected == ANNAL_EXPECT_ANY ||
-             (a->expected == ANNAL_EXPECT_NO_STREAM && actual < 0) ||
-             (a->expected == ANNAL_EXPECT_STREAM_EXISTS && actual >= 0) || a->expected == actual;
-    if (ok)
-        reply_success(c, actual, 0, 0);
-    else
-        reply_wrong_expected(c, a->expected, actual);
-}
-
 /* Clients set stream metadata by appending one `$metadata` event to `$$<stream>`. */
-static int is_metadata(const append_req *a) {
-    return strncmp(a->stream, "$$", 2) == 0 && a->stream[2] && a->n == 1 &&
-           strcmp(a->events[0].type, "$metadata") == 0;
+static int is_metadata(const char *stream, const annal_event_data *ev, size_t n) {
+    return strncmp(stream, "$$", 2) == 0 && stream[2] && n == 1 &&
+           strcmp(ev[0].type, "$metadata") == 0;
 }
 
-static void append_metadata(srv_call *c, const append_req *a) {
-    const char *stream = a->stream + 2;
+annal_err srv_append(srv_call *c, const char *stream, int64_t expected, annal_event_data *ev,
+                     size_t n, srv_append_out *out) {
+    memset(out, 0, sizeof *out);
+    out->revision = -1;
     annal_append_result res;
     memset(&res, 0, sizeof res);
-    annal_err r =
-        annal_stream_meta_set(c->srv->db, stream, a->expected, (const char *)a->events[0].data,
-                              a->events[0].data_len, &res);
-    if (r == ANNAL_OK) sec_written(c, a->stream); /* security: ACLs may have changed */
-    if (r == ANNAL_OK)
-        reply_success(c, res.revision, 1, res.first_position + res.count - 1);
-    else if (r == ANNAL_ECONFLICT)
-        reply_wrong_expected(c, a->expected, res.revision);
+    res.revision = -1;
+    annal_err r;
+    if (n == 0) {
+        /* An append of no events checks the expected revision and writes nothing. */
+        uint64_t head;
+        r = annal_stream_head(c->srv->db, stream, &head);
+        if (r != ANNAL_OK && r != ANNAL_ENOTFOUND) return r;
+        int64_t actual = r == ANNAL_OK ? (int64_t)head : -1;
+        out->revision = actual;
+        int ok = expected == ANNAL_EXPECT_ANY ||
+                 (expected == ANNAL_EXPECT_NO_STREAM && actual < 0) ||
+                 (expected == ANNAL_EXPECT_STREAM_EXISTS && actual >= 0) || expected == actual;
+        return ok ? ANNAL_OK : ANNAL_ECONFLICT;
+    }
+    if (is_metadata(stream, ev, n))
+        r = annal_stream_meta_set(c->srv->db, stream + 2, expected, (const char *)ev[0].data,
+                                  ev[0].data_len, &res);
     else
-        rpc_fail_store(c, r, stream);
+        r = sec_append(c, stream, expected, ev, n, &res); /* security: `$` streams, ACL changes */
+    if (r == ANNAL_OK && is_metadata(stream, ev, n))
+        sec_written(c, stream); /* security: ACLs may have changed */
+    if (r == ANNAL_OK || r == ANNAL_ECONFLICT) out->revision = res.revision;
+    if (r == ANNAL_OK) {
+        out->has_position = 1;
+        out->position = res.first_position + res.count - 1;
+    }
+    return r;
 }
 
 void rpc_streams_append(srv_call *c) {
     append_req a;
     memset(&a, 0, sizeof a);
     if (receive(c, &a) == 0 && sec_check(c, a.stream, SEC_WRITE) == 0) { /* security */
-        if (a.n == 0) {
-            append_nothing(c, &a);
-        } else if (is_metadata(&a)) {
-            append_metadata(c, &a);
-        } else {
-            annal_append_result res;
-            annal_err r = sec_append(c, a.stream, a.expected, a.events, a.n, &res); /* security */
-            if (r == ANNAL_OK)
-                reply_success(c, res.revision, 1, res.first_position + res.count - 1);
-            else if (r == ANNAL_ECONFLICT)
-                reply_wrong_expected(c, a.expected, res.revision);
-            else
-                rpc_fail_store(c, r, a.stream);
-        }
+        srv_append_out out;
+        annal_err r = srv_append(c, a.stream, a.expected, a.events, a.n, &out);
+        if (r == ANNAL_OK)
+            reply_success(c, out.revision, out.has_position, out.position);
+        else if (r == ANNAL_ECONFLICT)
+            reply_wrong_expected(c, a.expected, out.revision);
+        else
+            rpc_fail_store(c, r, is_metadata(a.stream, a.events, a.n) ? a.stream + 2 : a.stream);
     }
     append_req_free(&a);
 }
@@ -287,23 +319,36 @@ static void delete_stream(srv_call *c, const char *stream, int64_t expected, uns
     call_reply(c, &resp.base);
 }
 
+const char *srv_delete_parse(const EventStore__Client__Streams__DeleteReq *req, char *stream,
+                             int64_t *expected) {
+    const EventStore__Client__Streams__DeleteReq__Options *o = req->options;
+    if (!o) return "a stream name is required";
+    return srv_options_in(o->stream_identifier, (int)o->expected_stream_revision_case, o->revision,
+                          stream, expected);
+}
+
 void rpc_streams_delete(srv_call *c) {
     ProtobufCMessage *msg;
     int bad;
     if (call_recv(c, &event_store__client__streams__delete_req__descriptor, &msg, &bad) != 1)
         return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "no DeleteReq", NULL, 0);
-    const EventStore__Client__Streams__DeleteReq__Options *o =
-        ((EventStore__Client__Streams__DeleteReq *)msg)->options;
     char name[ANNAL_MAX_NAME + 1];
-    if (!o || cv_stream_name(o->stream_identifier, name) != 0)
-        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "a stream name is required", NULL, 0);
+    int64_t expected;
+    const char *err =
+        srv_delete_parse((EventStore__Client__Streams__DeleteReq *)msg, name, &expected);
+    if (err)
+        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, err, NULL, 0);
     else
-        delete_stream(
-            c, name,
-            EXPECTED(o,
-                     EVENT_STORE__CLIENT__STREAMS__DELETE_REQ__OPTIONS__EXPECTED_STREAM_REVISION),
-            0);
+        delete_stream(c, name, expected, 0);
     protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+const char *srv_tombstone_parse(const EventStore__Client__Streams__TombstoneReq *req, char *stream,
+                                int64_t *expected) {
+    const EventStore__Client__Streams__TombstoneReq__Options *o = req->options;
+    if (!o) return "a stream name is required";
+    return srv_options_in(o->stream_identifier, (int)o->expected_stream_revision_case, o->revision,
+                          stream, expected);
 }
 
 void rpc_streams_tombstone(srv_call *c) {
@@ -311,16 +356,28 @@ void rpc_streams_tombstone(srv_call *c) {
     int bad;
     if (call_recv(c, &event_store__client__streams__tombstone_req__descriptor, &msg, &bad) != 1)
         return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "no TombstoneReq", NULL, 0);
-    const EventStore__Client__Streams__TombstoneReq__Options *o =
-        ((EventStore__Client__Streams__TombstoneReq *)msg)->options;
     char name[ANNAL_MAX_NAME + 1];
-    if (!o || cv_stream_name(o->stream_identifier, name) != 0)
-        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "a stream name is required", NULL, 0);
+    int64_t expected;
+    const char *err =
+        srv_tombstone_parse((EventStore__Client__Streams__TombstoneReq *)msg, name, &expected);
+    if (err)
+        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, err, NULL, 0);
     else
-        delete_stream(
-            c, name,
-            EXPECTED(
-                o, EVENT_STORE__CLIENT__STREAMS__TOMBSTONE_REQ__OPTIONS__EXPECTED_STREAM_REVISION),
-            ANNAL_DELETE_HARD);
+        delete_stream(c, name, expected, ANNAL_DELETE_HARD);
     protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+const char *srv_append_check(const EventStore__Client__Streams__AppendReq *req, int first) {
+    if (first) {
+        const EventStore__Client__Streams__AppendReq__Options *o = req_options(req);
+        if (!o) return "the first AppendReq must be the options";
+        char stream[ANNAL_MAX_NAME + 1];
+        int64_t expected;
+        return srv_options_in(o->stream_identifier, (int)o->expected_stream_revision_case,
+                              o->revision, stream, &expected);
+    }
+    const Proposed *p = req_proposed(req);
+    if (!p) return "an AppendReq after the options must be a proposed message";
+    annal_event_data ev;
+    return srv_event_in(p->id, md_get(p, "type"), p->data, p->custom_metadata, &ev);
 }

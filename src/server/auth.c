@@ -415,9 +415,12 @@ static int identify(srv_call *c, const char *path) {
     }
     char cn[SEC_NAME_MAX + 1];
     if (cert_user(c, cn, sizeof cn) == 0) return cert_login(c, cn);
-    /* Anonymous: only what a client asks before it knows anything. */
+    /* Anonymous: only what a client asks before it knows anything, and BatchAppend, whose
+     * batches are checked one by one and denied in-band (batch.c): the clients open it
+     * without credentials and decode only in-band errors on it. */
     if (method_is(path, "/event_store.client.server_features.") ||
-        method_is(path, "/event_store.client.gossip."))
+        method_is(path, "/event_store.client.gossip.") ||
+        strcmp(path, "/event_store.client.streams.Streams/BatchAppend") == 0)
         return 0;
     sec_audit(c->srv, "anonymous call to %s from %s refused", path, w->peer);
     refuse(c, "authentication required: send credentials (user:password) or a client certificate");
@@ -429,6 +432,9 @@ int sec_authenticate(srv_call *c, const char *path) {
     /* Method-wide rules; streams and users are checked by their handlers. Scavenge and
      * shutdown are for operators. */
     if (method_is(path, "/event_store.client.operations.")) return sec_require_role(c, 1, path);
+    /* Enabling a projection changes the node: operators too (reading its figures does not). */
+    if (strcmp(path, "/event_store.client.projections.Projections/Enable") == 0)
+        return sec_require_role(c, 1, path);
     return 0;
 }
 
@@ -437,11 +443,16 @@ void sec_call_end(srv_call *c) {
     c->who.cache = NULL;
 }
 
-void sec_deny(srv_call *c, const char *what, const char *stream) {
+void sec_deny_audit(srv_call *c, const char *what, const char *stream) {
     const sec_who *w = &c->who;
     sec_audit(c->srv, "denied %s%s%s%s to %s%s%s from %s", what, stream ? " of '" : "",
               stream ? stream : "", stream ? "'" : "", w->authenticated ? "user '" : "anonymous",
               w->authenticated ? w->name : "", w->authenticated ? "'" : "", w->peer);
+}
+
+void sec_deny(srv_call *c, const char *what, const char *stream) {
+    const sec_who *w = &c->who;
+    sec_deny_audit(c, what, stream);
     if (!w->authenticated) {
         refuse(c, "authentication required");
         return;

@@ -17,9 +17,13 @@ static int wait_tag(srv_call *c, void *tag) {
     return ev.type == GRPC_OP_COMPLETE && ev.success;
 }
 
+static int run_batch_tag(srv_call *c, const grpc_op *ops, size_t n, void *tag) {
+    if (grpc_call_start_batch(c->call, ops, n, tag, NULL) != GRPC_CALL_OK) return 0;
+    return wait_tag(c, tag);
+}
+
 static int run_batch(srv_call *c, const grpc_op *ops, size_t n) {
-    if (grpc_call_start_batch(c->call, ops, n, &c->tag_op, NULL) != GRPC_CALL_OK) return 0;
-    return wait_tag(c, &c->tag_op);
+    return run_batch_tag(c, ops, n, &c->tag_op);
 }
 
 int call_watch_close(srv_call *c) {
@@ -40,6 +44,17 @@ int call_gone(srv_call *c) {
     return c->closed && (c->cancelled || !c->finished);
 }
 
+static size_t add_initial_md(srv_call *c, grpc_op *ops);
+
+/* 1 if an operation on the call now fails, as it does on a cancelled call (the notice of
+ * the close may not be queued yet). Sends the initial metadata as the probe: harmless on
+ * a live call, whose reply would send it. */
+static int probe_cancelled(srv_call *c) {
+    grpc_op op;
+    if (add_initial_md(c, &op) == 0) return 0; /* sent before: only the close can tell */
+    return !run_batch(c, &op, 1);
+}
+
 int call_recv(srv_call *c, const ProtobufCMessageDescriptor *d, ProtobufCMessage **out, int *bad) {
     grpc_byte_buffer *bb = NULL;
     grpc_op op;
@@ -49,7 +64,9 @@ int call_recv(srv_call *c, const ProtobufCMessageDescriptor *d, ProtobufCMessage
     *out = NULL;
     *bad = 0;
     if (!run_batch(c, &op, 1)) return -1;
-    if (!bb) return 0;
+    /* No message: a half-close, or a call cancelled or cut off (gRPC ends its receives
+     * the same way). A cut-off append must not be taken for a finished one. */
+    if (!bb) return call_gone(c) || probe_cancelled(c) ? -1 : 0;
     grpc_byte_buffer_reader reader;
     if (!grpc_byte_buffer_reader_init(&reader, bb)) {
         grpc_byte_buffer_destroy(bb);
@@ -93,7 +110,8 @@ int call_send(srv_call *c, const ProtobufCMessage *m) {
     memset(&ops[n], 0, sizeof ops[n]);
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n].data.send_message.send_message = bb;
-    int ok = run_batch(c, ops, n + 1);
+    /* Its own tag: a BatchAppend sends from workers while its reader waits on a receive. */
+    int ok = run_batch_tag(c, ops, n + 1, &c->tag_send);
     grpc_byte_buffer_destroy(bb);
     return ok ? 0 : -1;
 }

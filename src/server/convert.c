@@ -75,44 +75,58 @@ void cv_expected_text(int64_t expected, char *buf, size_t size) {
     snprintf(buf, size, "%lld", (long long)expected);
 }
 
-static void md_entry(cv_event_msg *m, int i, const char *key, char *value) {
+static void md_entry(cv_rec *r, int i, const char *key, char *value) {
     event_store__client__streams__read_resp__read_event__recorded_event__metadata_entry__init(
-        &m->md[i]);
-    m->md[i].key = (char *)key;
-    m->md[i].value = value;
-    m->mdp[i] = &m->md[i];
+        &r->md[i]);
+    r->md[i].key = (char *)key;
+    r->md[i].value = value;
+    r->mdp[i] = &r->md[i];
+}
+
+static void fill_rec(const annal_event *ev, int uuid_string, cv_rec *r) {
+    event_store__client__streams__read_resp__read_event__recorded_event__init(&r->rec);
+    event_store__client__stream_identifier__init(&r->sid);
+    cv_uuid_out(&ev->id, uuid_string, &r->id);
+    r->sid.stream_name.data = (uint8_t *)ev->stream;
+    r->sid.stream_name.len = ev->stream_len;
+    /* The map's strings must be NUL-terminated: copy the names (<= ANNAL_MAX_NAME). */
+    snprintf(r->type, sizeof r->type, "%s", ev->type);
+    cv_ticks(ev->timestamp_ns, r->created, sizeof r->created);
+    md_entry(r, 0, "type", r->type);
+    md_entry(r, 1, "content-type",
+             cv_is_json(ev->data, ev->data_len) ? "application/json" : "application/octet-stream");
+    md_entry(r, 2, "created", r->created);
+    r->rec.id = &r->id.msg;
+    r->rec.stream_identifier = &r->sid;
+    r->rec.stream_revision = ev->revision;
+    r->rec.prepare_position = ev->position;
+    r->rec.commit_position = ev->position;
+    r->rec.n_metadata = 3;
+    r->rec.metadata = r->mdp;
+    r->rec.custom_metadata.data = (uint8_t *)ev->metadata;
+    r->rec.custom_metadata.len = ev->metadata_len;
+    r->rec.data.data = (uint8_t *)ev->data;
+    r->rec.data.len = ev->data_len;
+}
+
+void cv_read_resolved(const annal_event *ev, const annal_event *link, int uuid_string,
+                      cv_event_msg *m) {
+    event_store__client__streams__read_resp__init(&m->resp);
+    event_store__client__streams__read_resp__read_event__init(&m->read);
+    fill_rec(ev, uuid_string, &m->event);
+    m->read.event = &m->event.rec;
+    if (link) {
+        fill_rec(link, uuid_string, &m->link);
+        m->read.link = &m->link.rec;
+    }
+    /* The position reported is the one the client resumes from: the link's, if any. */
+    m->read.position_case =
+        EVENT_STORE__CLIENT__STREAMS__READ_RESP__READ_EVENT__POSITION_COMMIT_POSITION;
+    m->read.commit_position = link ? link->position : ev->position;
+    m->resp.content_case = EVENT_STORE__CLIENT__STREAMS__READ_RESP__CONTENT_EVENT;
+    m->resp.event = &m->read;
 }
 
 void cv_read_event(const annal_event *ev, int uuid_string, cv_event_msg *m) {
-    event_store__client__streams__read_resp__init(&m->resp);
-    event_store__client__streams__read_resp__read_event__init(&m->read);
-    event_store__client__streams__read_resp__read_event__recorded_event__init(&m->rec);
-    event_store__client__stream_identifier__init(&m->sid);
-    cv_uuid_out(&ev->id, uuid_string, &m->id);
-    m->sid.stream_name.data = (uint8_t *)ev->stream;
-    m->sid.stream_name.len = ev->stream_len;
-    /* The map's strings must be NUL-terminated: copy the names (<= ANNAL_MAX_NAME). */
-    snprintf(m->type, sizeof m->type, "%s", ev->type);
-    cv_ticks(ev->timestamp_ns, m->created, sizeof m->created);
-    md_entry(m, 0, "type", m->type);
-    md_entry(m, 1, "content-type",
-             cv_is_json(ev->data, ev->data_len) ? "application/json" : "application/octet-stream");
-    md_entry(m, 2, "created", m->created);
-    m->rec.id = &m->id.msg;
-    m->rec.stream_identifier = &m->sid;
-    m->rec.stream_revision = ev->revision;
-    m->rec.prepare_position = ev->position;
-    m->rec.commit_position = ev->position;
-    m->rec.n_metadata = 3;
-    m->rec.metadata = m->mdp;
-    m->rec.custom_metadata.data = (uint8_t *)ev->metadata;
-    m->rec.custom_metadata.len = ev->metadata_len;
-    m->rec.data.data = (uint8_t *)ev->data;
-    m->rec.data.len = ev->data_len;
-    m->read.event = &m->rec;
-    m->read.position_case =
-        EVENT_STORE__CLIENT__STREAMS__READ_RESP__READ_EVENT__POSITION_COMMIT_POSITION;
-    m->read.commit_position = ev->position;
-    m->resp.content_case = EVENT_STORE__CLIENT__STREAMS__READ_RESP__CONTENT_EVENT;
-    m->resp.event = &m->read;
+    cv_read_resolved(ev, NULL, uuid_string, m);
 }

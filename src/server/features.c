@@ -20,6 +20,7 @@ static const struct {
     {"event_store.client.streams.streams", "append"},
     {"event_store.client.streams.streams", "delete"},
     {"event_store.client.streams.streams", "tombstone"},
+    {"event_store.client.streams.streams", "batchappend"},
     {"event_store.client.server_features.serverfeatures", "getsupportedmethods"},
     {"event_store.client.gossip.gossip", "read"},
     /* security: the Users service (users_rpc.c) */
@@ -31,6 +32,13 @@ static const struct {
     {"event_store.client.users.users", "details"},
     {"event_store.client.users.users", "changepassword"},
     {"event_store.client.users.users", "resetpassword"},
+    {"event_store.client.operations.operations", "startscavenge"},
+    {"event_store.client.operations.operations", "stopscavenge"},
+    {"event_store.client.operations.operations", "shutdown"},
+    {"event_store.client.monitoring.monitoring", "stats"},
+    {"event_store.client.projections.projections", "enable"},
+    {"event_store.client.projections.projections", "statistics"},
+    {"event_store.client.projections.projections", "state"},
 };
 #define NSUPPORTED (sizeof supported / sizeof supported[0])
 

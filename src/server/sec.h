@@ -105,6 +105,8 @@ void sec_user_changed(annal_server *srv, const char *name, const sec_user *u);
 /* Refuse the call as KurrentDB does: anonymous -> UNAUTHENTICATED, else
  * PERMISSION_DENIED `access-denied`; with an audit line. */
 void sec_deny(srv_call *c, const char *what, const char *stream);
+/* Only the audit line of a refusal (for refusals answered in-band, as BatchAppend's). */
+void sec_deny_audit(srv_call *c, const char *what, const char *stream);
 void sec_audit(annal_server *srv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A call that must be an admin (or ops, when ops_ok): 0, or -1 refused. */
 int sec_require_role(srv_call *c, int ops_ok, const char *what);
@@ -113,6 +115,8 @@ int sec_insecure(const annal_server *srv);
 /* ---- acl.c */
 /* Is c allowed op on stream? 0, or -1 with the call refused (audited). */
 int sec_check(srv_call *c, const char *stream, sec_op op);
+/* The same without refusing the call: 1 allowed, 0 denied (audited). */
+int sec_allowed(srv_call *c, const char *stream, sec_op op);
 /* May c read ev (its stream's $r, or $mr of a `$$` stream)? 1 yes, 0 no; cached per call. */
 int sec_readable(srv_call *c, const annal_event *ev);
 /* A successful write to stream through the server: `$settings` and `$$<stream>` change

@@ -36,6 +36,26 @@ void annal_server_opts_init(annal_server_opts *opts) {
 
 int annal_server_port(const annal_server *srv) { return srv->port; }
 
+/* The status a BatchAppend call gets at stop: clients resend on UNAVAILABLE. */
+static void end_batch_call(srv_call *c) {
+    (void)grpc_call_cancel_with_status(c->call, GRPC_STATUS_UNAVAILABLE, "Server is shutting down.",
+                                       NULL);
+}
+
+int srv_batch_begin(srv_call *c) {
+    pthread_mutex_lock(&c->srv->mu);
+    int ok = !c->srv->stopping;
+    c->batches += ok;
+    pthread_mutex_unlock(&c->srv->mu);
+    return ok;
+}
+
+void srv_batch_end(srv_call *c) {
+    pthread_mutex_lock(&c->srv->mu);
+    if (--c->batches == 0 && c->srv->stopping && c->cancel_at_stop) end_batch_call(c);
+    pthread_mutex_unlock(&c->srv->mu);
+}
+
 int srv_stopping(annal_server *srv) {
     pthread_mutex_lock(&srv->mu);
     int s = srv->stopping;
@@ -61,6 +81,7 @@ static const struct {
     {"/event_store.client.streams.Streams/Append", rpc_streams_append},
     {"/event_store.client.streams.Streams/Delete", rpc_streams_delete},
     {"/event_store.client.streams.Streams/Tombstone", rpc_streams_tombstone},
+    {"/event_store.client.streams.Streams/BatchAppend", rpc_streams_batch_append},
     {"/event_store.client.server_features.ServerFeatures/GetSupportedMethods",
      rpc_features_methods},
     {"/event_store.client.gossip.Gossip/Read", rpc_gossip_read},
@@ -73,6 +94,13 @@ static const struct {
     {"/event_store.client.users.Users/Details", rpc_users_details},
     {"/event_store.client.users.Users/ChangePassword", rpc_users_change_password},
     {"/event_store.client.users.Users/ResetPassword", rpc_users_reset_password},
+    {"/event_store.client.operations.Operations/StartScavenge", rpc_ops_start_scavenge},
+    {"/event_store.client.operations.Operations/StopScavenge", rpc_ops_stop_scavenge},
+    {"/event_store.client.operations.Operations/Shutdown", rpc_ops_shutdown},
+    {"/event_store.client.monitoring.Monitoring/Stats", rpc_monitoring_stats},
+    {"/event_store.client.projections.Projections/Enable", rpc_projections_enable},
+    {"/event_store.client.projections.Projections/Statistics", rpc_projections_statistics},
+    {"/event_store.client.projections.Projections/State", rpc_projections_state},
 };
 
 static void run_call(srv_call *c) {
@@ -115,6 +143,7 @@ static void call_free(srv_call *c) {
 static void *call_thread(void *arg) {
     srv_call *c = arg;
     annal_server *srv = c->srv;
+    (void)pthread_setname_np(pthread_self(), "annal-call"); /* tests count these */
     run_call(c);
     pthread_mutex_lock(&srv->mu);
     if (c->prev)
@@ -255,7 +284,7 @@ static grpc_server *make_server(void) {
     return grpc_server_create(&ca, NULL);
 }
 
-static void random_id(annal_uuid *id) {
+void srv_random_id(annal_uuid *id) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)(uintptr_t)id;
@@ -334,7 +363,10 @@ annal_err annal_server_start(annal_db *db, const annal_server_opts *opts, annal_
     srv->max_append_bytes = opts->max_append_bytes ? opts->max_append_bytes : (16u << 20);
     pthread_mutex_init(&srv->mu, NULL);
     pthread_cond_init(&srv->cv, NULL);
-    random_id(&srv->instance_id);
+    srv_random_id(&srv->instance_id);
+    srv->started_ns = (int64_t)time(NULL) * 1000000000;
+    srv->on_shutdown = opts->on_shutdown;
+    srv->shutdown_ctx = opts->shutdown_ctx;
     if (!opts->insecure && (!opts->cert_file || !opts->key_file)) {
         srv_log(srv, ANNAL_LOG_ERROR, "neither TLS (certificate and key) nor insecure chosen");
         pthread_mutex_destroy(&srv->mu);
@@ -389,8 +421,13 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     srv_log(srv, ANNAL_LOG_INFO, "stopping: no new calls; ending subscriptions");
     pthread_mutex_lock(&srv->mu);
     srv->stopping = 1;
-    for (srv_call *c = srv->calls; c; c = c->next)
+    for (srv_call *c = srv->calls; c; c = c->next) {
         if (c->sub) annal_sub_cancel(c->sub);
+        /* Clients keep a BatchAppend call open for good: end it with UNAVAILABLE (the
+         * client resends with the same ids), but only once the appends under way have
+         * been answered, or their clients would count stored events as failed. */
+        if (c->cancel_at_stop && c->batches == 0) end_batch_call(c);
+    }
     pthread_mutex_unlock(&srv->mu);
     grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);
     pthread_mutex_lock(&srv->mu);
@@ -404,6 +441,7 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     pthread_mutex_lock(&srv->mu);
     while (srv->active > 0) pthread_cond_wait(&srv->cv, &srv->mu);
     pthread_mutex_unlock(&srv->mu);
+    ops_join(srv); /* a scavenge under way finishes (it cannot be interrupted from here) */
     srv_log(srv, ANNAL_LOG_INFO, "stopped");
     destroy(srv);
 }

@@ -50,6 +50,20 @@ struct annal_server {
     char shutdown_tag; /* its address is the tag */
     sec_state *sec;    /* security: users, credentials, ACL state (auth.c, acl.c) */
     sec_tls *tls;      /* security: reloadable certificates (tls.c); NULL if insecure */
+
+    /* Operations (ops.c): one scavenge (annal_compact) at a time, on its own thread. */
+    void (*on_shutdown)(void *ctx);
+    void *shutdown_ctx;
+    int64_t started_ns;
+    struct {
+        int running, ever; /* running now; a thread to join */
+        pthread_t thread;
+        char id[37];      /* of the latest scavenge */
+        int stop_asked;   /* StopScavenge came while it ran */
+        annal_err result; /* of the latest finished one */
+        annal_compact_stats stats;
+        int64_t started_ns, ended_ns;
+    } scavenge; /* guarded by mu */
 };
 
 /* One call, from the slot that waits for it to its thread's end. */
@@ -65,8 +79,10 @@ struct srv_call {
     int cancelled;  /* ... and said the call was cancelled */
     annal_sub *sub; /* a subscription to cancel at stop (guarded by srv->mu) */
     srv_call *prev, *next;
-    sec_who who;                       /* security: who the call acts for (auth.c) */
-    char tag_op, tag_close, tag_drain; /* addresses are the tags */
+    sec_who who;        /* security: who the call acts for (auth.c) */
+    int cancel_at_stop; /* a long-lived call (BatchAppend) to end at stop (srv->mu) */
+    unsigned batches;   /* its appends under way (srv->mu): stop ends the call after them */
+    char tag_op, tag_send, tag_close, tag_drain; /* addresses are the tags */
 };
 
 /* One trailing metadata pair of an error status. */
@@ -82,6 +98,11 @@ void srv_log(annal_server *srv, annal_log_level level, const char *fmt, ...)
  * server is stopping (nothing registered). */
 int srv_call_set_sub(srv_call *c, annal_sub *sub);
 int srv_stopping(annal_server *srv);
+/* A BatchAppend append of c begins (0: the server is stopping, do not start it) or ends
+ * (the last one at stop ends the call with UNAVAILABLE, after its answer was sent). */
+int srv_batch_begin(srv_call *c);
+void srv_batch_end(srv_call *c);
+void srv_random_id(annal_uuid *id); /* a version-4 UUID, not for secrets */
 
 /* ---- call.c: synchronous operations on the calling thread. */
 /* Start watching for the call's close (cancellation) from the first moment. */
@@ -89,7 +110,7 @@ int call_watch_close(srv_call *c);
 /* 1 if the client went away or cancelled (checked without waiting). */
 int call_gone(srv_call *c);
 /* Receive one message into *out (free with protobuf_c_message_free_unpacked).
- * 1: a message; 0: the client half-closed; -1: failed or undecodable (*bad set to 1 when
+ * 1: a message; 0: the client half-closed; -1: failed, cancelled or undecodable (*bad set to 1 when
  * the bytes were not a valid message). */
 int call_recv(srv_call *c, const ProtobufCMessageDescriptor *d, ProtobufCMessage **out, int *bad);
 /* Send one message (with the initial metadata, the first time). 0 or -1 (client gone). */
@@ -121,10 +142,8 @@ int cv_is_json(const void *data, size_t len);
 /* The expected revision text KurrentDB writes in error trailers. */
 void cv_expected_text(int64_t expected, char *buf, size_t size);
 
-/* Storage for one ReadResp carrying an event, filled by cv_read_event. */
-typedef struct cv_event_msg {
-    EventStore__Client__Streams__ReadResp resp;
-    EventStore__Client__Streams__ReadResp__ReadEvent read;
+/* Storage for one RecordedEvent (borrowing the event's data until sent). */
+typedef struct cv_rec {
     EventStore__Client__Streams__ReadResp__ReadEvent__RecordedEvent rec;
     EventStore__Client__StreamIdentifier sid;
     EventStore__Client__Streams__ReadResp__ReadEvent__RecordedEvent__MetadataEntry md[3];
@@ -132,10 +151,44 @@ typedef struct cv_event_msg {
     cv_uuid_buf id;
     char created[24];
     char type[ANNAL_MAX_NAME + 1];
-    char stream[ANNAL_MAX_NAME + 1];
+} cv_rec;
+
+/* Storage for one ReadResp carrying an event, and maybe the link it was reached by. */
+typedef struct cv_event_msg {
+    EventStore__Client__Streams__ReadResp resp;
+    EventStore__Client__Streams__ReadResp__ReadEvent read;
+    cv_rec event, link;
 } cv_event_msg;
 /* Make m a ReadResp for ev (borrowed: m points into it until sent). */
 void cv_read_event(const annal_event *ev, int uuid_string, cv_event_msg *m);
+/* ... for ev reached through the link event link: the client gets both (resolveLinkTos). */
+void cv_read_resolved(const annal_event *ev, const annal_event *link, int uuid_string,
+                      cv_event_msg *m);
+
+/* ---- links.c: `$ce-<category>` and `$et-<type>` as KurrentDB's link streams (events of
+ * type `$>` whose data is `revision@stream`, numbered 0, 1, ... in the link stream), and
+ * links resolved when the client asks (resolveLinkTos), its own appended links too. */
+#define SRV_LINK_TYPE "$>"
+typedef struct srv_links {
+    annal_db *db;
+    srv_call *c;      /* security: resolved events must be readable by it (NULL: no check) */
+    int numbered;     /* events of a $ce-/$et- read become links numbered from next */
+    int resolve;      /* resolveLinkTos */
+    int backward;     /* numbers go down */
+    uint64_t next;    /* link revision of the next event */
+    const char *name; /* the link stream (borrowed) */
+    annal_iter *held; /* a resolved event's read, open until the next one */
+    annal_event link; /* a made link */
+    char data[24 + ANNAL_MAX_NAME + 2];
+} srv_links;
+/* 1 if name is `$ce-<x>` or `$et-<x>`. */
+int links_is_stream(const char *name);
+/* Fill m for ev as the client asked (a made link, a resolved link, or ev itself). */
+void links_emit(srv_links *l, const annal_event *ev, int uuid_string, cv_event_msg *m);
+void links_done(srv_links *l);
+/* Position in $all of the link stream's event number idx (forward scan), and how many it
+ * has (all of them when idx is UINT64_MAX). ANNAL_ENOTFOUND when idx is past the end. */
+annal_err links_seek(annal_db *db, const char *name, uint64_t idx, uint64_t *pos, uint64_t *count);
 
 /* ---- handlers: each ends its call (call_finish or call_reply). */
 void rpc_streams_read(srv_call *c);
@@ -144,13 +197,81 @@ void rpc_streams_delete(srv_call *c);
 void rpc_streams_tombstone(srv_call *c);
 void rpc_features_methods(srv_call *c);
 void rpc_gossip_read(srv_call *c);
+/* ops.c: Operations and Monitoring. */
+void rpc_ops_start_scavenge(srv_call *c);
+void rpc_ops_stop_scavenge(srv_call *c);
+void rpc_ops_shutdown(srv_call *c);
+void rpc_monitoring_stats(srv_call *c);
+/* projections.c: the system projections, reported running. */
+void rpc_projections_enable(srv_call *c);
+void rpc_projections_statistics(srv_call *c);
+void rpc_projections_state(srv_call *c);
+/* Wait for a scavenge still running (at stop). */
+void ops_join(annal_server *srv);
+/* The Monitoring figures as key/value text pairs (at most max; returns how many), without
+ * a live call. vals holds max buffers of 40 bytes. */
+size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[40], size_t max);
+/* A Read request decoded (streams.c), without a live call. */
+#define REGEX_MAX 4096
+typedef struct srv_read_plan {
+    int subscribe, is_all, uuid_string, resolve;
+    char name[ANNAL_MAX_NAME + 1]; /* the stream, or "$all" */
+    unsigned flags;                /* ANNAL_READ_BACKWARD */
+    uint64_t count;                /* UINT64_MAX: no limit */
+    uint64_t from;                 /* reads: where to start */
+    int nothing, at_end;           /* reads that return nothing */
+    int start;                     /* subscriptions: ANNAL_SUB_* and from */
+    uint64_t start_from;
+    int has_filter; /* $all only; prefixes become one regex in regex */
+    annal_filter filter;
+    uint32_t every; /* checkpoint interval */
+    char regex[REGEX_MAX];
+} srv_read_plan;
+/* NULL, or why the request is invalid (INVALID_ARGUMENT). */
+const char *srv_read_parse(const EventStore__Client__Streams__ReadReq__Options *o,
+                           srv_read_plan *p);
+/* All a Read handler checks before touching the store (the fuzz target's entry). */
+const char *srv_read_check(const EventStore__Client__Streams__ReadReq *req);
 /* subscribe.c: Read with subscription options. */
-void rpc_subscribe(srv_call *c, const EventStore__Client__Streams__ReadReq__Options *o);
+void rpc_subscribe(srv_call *c, const srv_read_plan *p);
+void sub_set_start(const EventStore__Client__Streams__ReadReq__Options *o, int *start,
+                   uint64_t *from);
 /* A request's filter as annal's (prefixes as one regex in buf, REGEX_MAX bytes), and the
  * checkpoint interval it asks for. 0, or -1 if it cannot be expressed. */
-#define REGEX_MAX 4096
 int sub_make_filter(const EventStore__Client__Streams__ReadReq__Options__FilterOptions *f,
                     annal_filter *out, char *buf, uint32_t *every);
+
+/* ---- append.c, shared by Append and BatchAppend */
+/* A proposed event as annal's (borrowing type, data and metadata). NULL or an error. */
+const char *srv_event_in(const EventStore__Client__UUID *id, const char *type,
+                         ProtobufCBinaryData data, ProtobufCBinaryData meta, annal_event_data *ev);
+typedef struct srv_append_out {
+    int64_t revision; /* ANNAL_OK: the stream's revision (-1: none); ECONFLICT: the actual one */
+    int has_position;
+    uint64_t position; /* of the last event written */
+} srv_append_out;
+/* Append ev[0..n) (none: check expected only; one `$metadata` event to `$$s`: set s's
+ * metadata) for c, whose sec_check(SEC_WRITE) of stream passed: `$` streams through
+ * sec_append, ACL changes told to security. ANNAL_OK, ANNAL_ECONFLICT or the store's error. */
+annal_err srv_append(srv_call *c, const char *stream, int64_t expected, annal_event_data *ev,
+                     size_t n, srv_append_out *out);
+void rpc_streams_batch_append(srv_call *c);
+/* Request decoding without a live call (the fuzz targets' entries). NULL or an error. */
+const char *srv_options_in(const EventStore__Client__StreamIdentifier *sid, int kase,
+                           uint64_t revision, char *stream, int64_t *expected);
+const char *srv_append_check(const EventStore__Client__Streams__AppendReq *req, int first);
+const char *srv_delete_parse(const EventStore__Client__Streams__DeleteReq *req, char *stream,
+                             int64_t *expected);
+const char *srv_tombstone_parse(const EventStore__Client__Streams__TombstoneReq *req, char *stream,
+                                int64_t *expected);
+/* batch.c: a BatchAppendReq's options as annal's (received_ns: when they arrived, for a
+ * relative deadline), and a whole request's validation as the server does it (the fuzz
+ * target's entry). NULL or an error ("" for over max_bytes). */
+const char *srv_batch_options(const EventStore__Client__Streams__BatchAppendReq__Options *o,
+                              int64_t received_ns, char *stream, int64_t *expected,
+                              int64_t *deadline_ns);
+const char *srv_batch_check(const EventStore__Client__Streams__BatchAppendReq *req,
+                            uint64_t max_bytes);
 
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);

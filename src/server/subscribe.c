@@ -149,22 +149,22 @@ static int send_checkpoint(srv_call *c, uint64_t position) {
     return call_send(c, &resp.base);
 }
 
-/* Where to start: ANNAL_SUB_* in opts from the request. */
-static void set_start(const ReadOptions *o, annal_sub_opts *so) {
-    so->start = ANNAL_SUB_START;
+void sub_set_start(const ReadOptions *o, int *start, uint64_t *from) {
+    *start = ANNAL_SUB_START;
+    *from = 0;
     if (o->stream_option_case ==
         EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__STREAM_OPTION_ALL) {
         const EventStore__Client__Streams__ReadReq__Options__AllOptions *a = o->all;
         if (a && a->all_option_case ==
                      EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__ALL_OPTIONS__ALL_OPTION_END)
-            so->start = ANNAL_SUB_END;
+            *start = ANNAL_SUB_END;
         else if (
             a &&
             a->all_option_case ==
                 EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__ALL_OPTIONS__ALL_OPTION_POSITION &&
             a->position) {
-            so->start = ANNAL_SUB_AFTER;
-            so->from = a->position->commit_position;
+            *start = ANNAL_SUB_AFTER;
+            *from = a->position->commit_position;
         }
         return;
     }
@@ -172,18 +172,19 @@ static void set_start(const ReadOptions *o, annal_sub_opts *so) {
     if (s &&
         s->revision_option_case ==
             EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__STREAM_OPTIONS__REVISION_OPTION_END)
-        so->start = ANNAL_SUB_END;
+        *start = ANNAL_SUB_END;
     else if (
         s &&
         s->revision_option_case ==
             EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__STREAM_OPTIONS__REVISION_OPTION_REVISION) {
-        so->start = ANNAL_SUB_AFTER;
-        so->from = s->revision;
+        *start = ANNAL_SUB_AFTER;
+        *from = s->revision;
     }
 }
 
 /* Deliver items until the client leaves, the store fails or the server stops. */
-static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const char *name) {
+static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const char *name,
+                 srv_links *links, uint64_t min_next) {
     cv_event_msg *m = malloc(sizeof *m);
     if (!m) return call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
     int has_last = 0;
@@ -206,13 +207,21 @@ static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const
         }
         switch (item.kind) {
         case ANNAL_SUB_EVENT:
-            if (!sec_readable(c, item.event)) { /* security: each event's stream ACL */
+            if (links->numbered && links->next < min_next) { /* at or before the start */
+                links->next++;
+                break;
+            }
+            /* security: each event's stream ACL (a link stream's own ACL was checked at the
+             * start; its resolved events are checked in links_emit). */
+            if (!links->numbered && !sec_readable(c, item.event)) {
                 if (!is_all) sec_deny(c, "read", name), sent = -1;
                 break;
             }
-            cv_read_event(item.event, uuid_string, m);
             has_last = 1;
-            last = is_all ? item.event->position : item.event->revision;
+            last = is_all            ? item.event->position
+                   : links->numbered ? links->next
+                                     : item.event->revision;
+            links_emit(links, item.event, uuid_string, m);
             sent = call_send(c, &m->resp.base);
             break;
         case ANNAL_SUB_CAUGHT_UP:
@@ -230,44 +239,48 @@ static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const
     free(m);
 }
 
-void rpc_subscribe(srv_call *c, const ReadOptions *o) {
+void rpc_subscribe(srv_call *c, const srv_read_plan *p) {
     annal_sub_opts so;
     annal_sub_opts_init(&so);
-    char name[ANNAL_MAX_NAME + 1] = "$all";
-    int is_all =
-        o->stream_option_case == EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__STREAM_OPTION_ALL;
-    if (!is_all && (!o->stream || cv_stream_name(o->stream->stream_identifier, name) != 0))
-        return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "a stream name is required", NULL, 0);
-    if (sec_check(c, name, SEC_READ) != 0) return; /* security */
-    so.stream = name;
-    set_start(o, &so);
-    annal_filter filter;
-    char *regex = NULL;
-    if (o->filter_option_case ==
-            EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__FILTER_OPTION_FILTER &&
-        o->filter) {
-        regex = malloc(REGEX_MAX);
-        if (!regex || !is_all ||
-            sub_make_filter(o->filter, &filter, regex, &so.checkpoint_every) != 0) {
-            free(regex);
-            return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT,
-                               "filters apply to $all only, with a regex or prefixes", NULL, 0);
+    if (sec_check(c, p->name, SEC_READ) != 0) return; /* security */
+    so.stream = p->name;
+    so.start = p->start;
+    so.from = p->start_from;
+    if (p->has_filter) {
+        so.filter = &p->filter;
+        so.checkpoint_every = p->every;
+    }
+    srv_links links = {.db = c->srv->db, .c = c, .resolve = p->resolve, .name = p->name};
+    uint64_t min_next = 0;
+    if (links_is_stream(p->name)) {
+        /* Link numbers count the category's events: find where the client starts. */
+        links.numbered = 1;
+        uint64_t pos, n;
+        annal_err lr = links_seek(c->srv->db, p->name, UINT64_MAX, &pos, &n);
+        if (lr != ANNAL_OK) return rpc_fail_store(c, lr, p->name);
+        if (p->start == ANNAL_SUB_AFTER && p->start_from + 1 < n) {
+            /* History from link number start_from + 1 on. */
+            lr = links_seek(c->srv->db, p->name, p->start_from, &pos, &n);
+            if (lr != ANNAL_OK) return rpc_fail_store(c, lr, p->name);
+            so.from = pos; /* ANNAL_SUB_AFTER already; a position for $ce-/$et- */
+            links.next = p->start_from + 1;
+        } else if (p->start != ANNAL_SUB_START && n > 0) {
+            so.start = ANNAL_SUB_AFTER;
+            so.from = pos; /* after the last event there is now */
+            links.next = n;
+            if (p->start == ANNAL_SUB_AFTER) min_next = p->start_from + 1;
+        } else if (p->start == ANNAL_SUB_AFTER) {
+            so.start = ANNAL_SUB_START; /* none yet: number them from 0, skip to the start */
+            min_next = p->start_from + 1;
         }
-        so.filter = &filter;
     }
     annal_sub *sub = NULL;
     annal_err r = annal_sub_open(c->srv->db, &so, &sub);
-    free(regex); /* the filter was copied by annal_sub_open */
-    if (r != ANNAL_OK) return rpc_fail_store(c, r, name);
-    if (srv_call_set_sub(c, sub) != 0) {
+    if (r != ANNAL_OK) return rpc_fail_store(c, r, p->name);
+    if (srv_call_set_sub(c, sub) != 0)
         call_finish(c, GRPC_STATUS_UNAVAILABLE, "Server is shutting down.", NULL, 0);
-    } else if (send_confirmation(c) == 0) {
-        int uuid_string =
-            o->uuid_option &&
-            o->uuid_option->content_case ==
-                EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__UUIDOPTION__CONTENT_STRING;
-        pump(c, sub, is_all, uuid_string, name);
-    }
+    else if (send_confirmation(c) == 0)
+        pump(c, sub, p->is_all, p->uuid_string, p->name, &links, min_next);
     (void)srv_call_set_sub(c, NULL);
     annal_sub_close(sub);
     if (!c->finished) call_finish(c, GRPC_STATUS_CANCELLED, "the client went away", NULL, 0);

@@ -30,15 +30,7 @@ static const char *expected_str(int64_t e, char *buf, size_t n) {
     return buf;
 }
 
-/* State of the group being committed; written only by the leader. */
-typedef struct group {
-    MDB_txn *txn;
-    uint64_t bl;    /* bytes encoded into db->buf, to go at db->woff of db->wseg */
-    int written;    /* bytes of this group reached the file: a failure now poisons */
-    uint64_t first; /* position of the first record in the buffer (each record says it) */
-    int64_t now;
-    int broken; /* an index write failed: txn must not commit */
-} group;
+typedef annal__group group; /* db_int.h: multi.c shares it */
 
 static int buf_reserve(annal_db *db, uint64_t need) {
     if (need <= db->bufcap) return 0;
@@ -65,8 +57,11 @@ static int flush(annal_db *db, group *g) {
     if (r < 0) return r;
     g->written = 1;
     r = annal__io_write_all(db->io, db->wseg->fd, db->buf, (size_t)g->bl, db->woff);
-    if (r == 0 && !(db->opts.flags & ANNAL_OPEN_NOSYNC))
+    if (r == 0 && !(db->opts.flags & ANNAL_OPEN_NOSYNC)) {
+        int64_t t0 = annal__now_ns();
         r = db->io->sync(db->io->ctx, db->wseg->fd);
+        annal__counters_flush(&db->ctr, annal__now_ns() - t0);
+    }
     if (r < 0) return r;
     db->woff += g->bl;
     g->bl = 0;
@@ -217,6 +212,7 @@ static annal_err soft_delete_data(annal_db *db, group *g, MDB_txn *t, annal__req
  * transaction). Returns the request's result code, or a negative errno for an I/O
  * failure that ends the whole group; g->broken marks an index failure that does. */
 static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
+    if (req->multi) return annal__multi_add(db, g, t, req);
     annal__index_head h = db->head;
     annal__stream_rec sr = annal__stream_rec_new(0, 0);
     annal_err rc = annal__index_stream_get(t, &db->idx, req->stream, req->stream_len, &sr);
@@ -262,15 +258,8 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     if (req->n == 0) return ANNAL_OK;
 
     /* A batch never spans segments: roll first if it does not fit. */
-    if (db->woff + g->bl + req->bytes > db->wseg->cap) {
-        int r = flush(db, g);
-        annal__seg *ns = NULL;
-        if (r == 0)
-            r = annal__log_add(&db->log, db->wseg->no + 1, h.next_pos, db->opts.segment_bytes, &ns);
-        if (r < 0) return r;
-        db->wseg = ns;
-        db->woff = ANNAL__SEG_HDR;
-    }
+    int r = annal__group_room(db, g, req->bytes, h.next_pos);
+    if (r < 0) return r;
     if (buf_reserve(db, g->bl + req->bytes) < 0) return ANNAL_ENOMEM;
     if (!exists) sr = annal__stream_rec_new(h.next_stream_id++, g->now);
     if (sr.count == 0) {
@@ -410,6 +399,9 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     if (grc == ANNAL_OK) {
         __atomic_store_n(&db->visible, db->head.next_pos, __ATOMIC_RELEASE);
         annal__notify_publish(db, db->head.next_pos);
+        uint64_t nreqs = 0;
+        for (annal__req *r = reqs; r; r = r->next) nreqs++;
+        annal__counters_group(&db->ctr, nreqs, db->head.next_pos - saved.next_pos);
     } else {
         db->head = saved;
         annal__ids_truncate(db->ids, saved.next_pos);
@@ -615,30 +607,64 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
     req.ev = events;
     req.n = n;
 
+    annal__submit(db, &req);
+    free(req.owned);
+    if (result) *result = req.res;
+    if (req.rc != ANNAL_OK)
+        return annal__fail(db, req.rc, "%s", req.msg[0] ? req.msg : annal_strerror(req.rc));
+    return ANNAL_OK;
+}
+
+void annal__submit(annal_db *db, annal__req *req) {
     pthread_mutex_lock(&db->wmu);
     if (db->failed != ANNAL_OK) {
         pthread_mutex_unlock(&db->wmu);
-        return annal__fail(db, ANNAL_EFAILED, "%s", db->failed_msg);
+        req->rc = ANNAL_EFAILED;
+        snprintf(req->msg, sizeof req->msg, "%s", db->failed_msg);
+        return;
     }
-    /* req lives on this stack frame; it leaves the queue before the frame ends. */
+    /* req lives on its caller's stack frame; it leaves the queue before that ends. */
     if (db->qtail)
-        db->qtail->next = &req;
+        db->qtail->next = req;
     else
-        db->qhead = &req; // cppcheck-suppress autoVariables
-    db->qtail = &req;     // cppcheck-suppress autoVariables
-    req.word = &db->wake[db->epoch & 1];
-    req.bit = db->nqueued++ % 31;
+        db->qhead = req;
+    db->qtail = req;
+    req->word = &db->wake[db->epoch & 1];
+    req->bit = db->nqueued++ % 31;
     int lead = !db->leader; /* then the queue was empty: req is its head */
     db->leader = 1;
     pthread_mutex_unlock(&db->wmu);
     /* A waiter sleeps until it is done or made the leader, and returns without taking
      * the mutex again: the 64 members of a group do not line up for it after each
      * flush. */
-    if (!lead) lead = req_wait(&req) == REQ_LEAD;
+    if (!lead) lead = req_wait(req) == REQ_LEAD;
     if (lead) lead_groups(db);
-    free(req.owned);
-    if (result) *result = req.res;
-    if (req.rc != ANNAL_OK)
-        return annal__fail(db, req.rc, "%s", req.msg[0] ? req.msg : annal_strerror(req.rc));
-    return ANNAL_OK;
+}
+
+/* ---- for multi.c ------------------------------------------------------------------- */
+
+annal_err annal__append_validate(annal_db *db, const char *stream, size_t *slen, int64_t expected,
+                                 annal_event_data *ev, size_t n, uint64_t *bytes) {
+    return validate(db, stream, slen, expected, ev, n, bytes, 0);
+}
+
+int annal__group_reserve(annal_db *db, uint64_t need) { return buf_reserve(db, need); }
+
+int annal__group_flush(annal_db *db, annal__group *g) { return flush(db, g); }
+
+annal_err annal__group_read(annal_db *db, annal__group *g, uint64_t loc, annal_event *ev,
+                            uint32_t *len) {
+    return read_any(db, g, loc, ev, len);
+}
+
+int annal__group_room(annal_db *db, annal__group *g, uint64_t bytes, uint64_t next_pos) {
+    if (db->woff + g->bl + bytes <= db->wseg->cap) return 0;
+    int r = flush(db, g);
+    annal__seg *ns = NULL;
+    if (r == 0)
+        r = annal__log_add(&db->log, db->wseg->no + 1, next_pos, db->opts.segment_bytes, &ns);
+    if (r < 0) return r;
+    db->wseg = ns;
+    db->woff = ANNAL__SEG_HDR;
+    return 0;
 }

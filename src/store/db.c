@@ -301,16 +301,43 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
     annal_err rc = ANNAL_OK;
     uint64_t rev0 = 0;
     /* Each id claim is a random memory access: start them all first. (scan_batch checked
-     * the batch: n consecutive records of this segment.) */
-    for (uint32_t i = 0, off = (uint32_t)c->off; i < n && n > 1; i++) {
-        const uint8_t *p = c->seg->map + off;
-        annal__ids_prefetch(db->ids, (const annal_uuid *)(p + 32));
-        off += annal__get32(p + 4);
+     * the batch: n consecutive records, but the cursor may first step over a hole, even
+     * into the next segment, and a compacted file ends soon after its last record: stop
+     * at anything that is not an event.) */
+    uint64_t off = c->off, pp, span;
+    uint32_t len;
+    int event;
+    for (uint32_t i = 0; i < n && n > 1; i++, off += len) {
+        if (annal__seg_peek(&db->log, c->seg, off, &pp, &span, &len, &event) != ANNAL_OK || !event)
+            break;
+        annal__ids_prefetch(db->ids, (const annal_uuid *)(c->seg->map + off + 32));
     }
+    /* A batch of annal_append_multi (its records flagged) holds runs of several
+     * streams: each run is indexed as a batch of its own. */
+    const char *run_stream = NULL;
+    size_t run_len = 0;
+    uint32_t run_first = 0;
     for (uint32_t i = 0; i < n && rc == ANNAL_OK; i++) {
         rc = annal__cursor_next2(c, &ev, &info, &loc, 0); /* scan_batch checked them */
         if (rc != ANNAL_OK) break;
-        if (i == 0) {
+        int next_run =
+            i > 0 && (ev.stream_len != run_len || memcmp(ev.stream, run_stream, run_len));
+        if (next_run && !info.multi) {
+            rc = annal__fail(db, ANNAL_ECORRUPT,
+                             "position %" PRIu64 " changes stream within a one-stream batch",
+                             ev.position);
+            break;
+        }
+        if (next_run) { /* close the previous run */
+            rc = annal__batch_put(&db->batch, &db->idx, t, run_stream, run_len, sr.id, rev0);
+            db->batch.n = 0;
+            if (rc == ANNAL_OK) rc = annal__index_stream_put(t, &db->idx, run_stream, run_len, &sr);
+            if (rc != ANNAL_OK) break;
+        }
+        if (i == 0 || next_run) {
+            run_stream = ev.stream;
+            run_len = ev.stream_len;
+            run_first = i;
             rc = annal__index_stream_get(t, &db->idx, ev.stream, ev.stream_len, &sr);
             if (rc == ANNAL_ENOTFOUND) {
                 sr = annal__stream_rec_new(db->head.next_stream_id++, ev.timestamp_ns);
@@ -341,8 +368,8 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
                              "event id at position %" PRIu64
                              " appears twice in the log (also at %" PRIu64 ")",
                              ev.position, dp);
-        if (i == 0) rev0 = ev.revision;
-        if (rc == ANNAL_OK && ev.revision != rev0 + i)
+        if (i == run_first) rev0 = ev.revision;
+        if (rc == ANNAL_OK && ev.revision != rev0 + (i - run_first))
             rc = annal__fail(db, ANNAL_ECORRUPT,
                              "position %" PRIu64 " breaks the revisions of its batch", ev.position);
         if (rc == ANNAL_OK && ev.position % ANNAL__POS_STRIDE == 0)
@@ -1143,6 +1170,17 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
 }
 
 annal_err annal_db_open(const char *dir, const annal_db_opts *opts, annal_db **out) {
+    if (dir && out && annal__backup_incomplete(dir)) { /* a copy cut short (store/backup.c) */
+        *out = NULL;
+        if (opts && opts->struct_size >= offsetof(annal_db_opts, log_ctx) + sizeof(void *) &&
+            opts->log) {
+            char m[4200];
+            snprintf(m, sizeof m, "%s is a backup or restore that did not finish: not a store",
+                     dir);
+            opts->log(opts->log_ctx, ANNAL_LOG_ERROR, m);
+        }
+        return ANNAL_ECORRUPT;
+    }
     return db_open(dir, opts, annal__io_posix(), 0, out);
 }
 
@@ -1309,8 +1347,9 @@ static annal_err info_get(annal_db *db, annal_db_info *out) {
     pthread_mutex_lock(&db->log.mu);
     out->segments = db->log.nsegs;
     for (size_t i = 0; i < db->log.nsegs; i++) {
-        uint64_t sz = 0;
-        db->io->size(db->io->ctx, db->log.segs[i]->fd, &sz);
+        annal__seg *sp = db->log.segs[i];
+        uint64_t sz = __atomic_load_n(&sp->size, __ATOMIC_ACQUIRE); /* sealed: final */
+        if (sp->fd >= 0) db->io->size(db->io->ctx, sp->fd, &sz);
         out->disk_bytes += sz;
     }
     pthread_mutex_unlock(&db->log.mu);

@@ -25,9 +25,12 @@ typedef struct annal__guard {
                        * with "$tb" = its next revision at commit and "$deleted" */
 } annal__guard;
 
+struct annal__multi; /* an annal_append_multi request (store/multi.c) */
+
 /* One waiting append; lives on its caller's stack. */
 typedef struct annal__req {
-    const annal__guard *guard; /* may be NULL */
+    const annal__guard *guard;  /* may be NULL */
+    struct annal__multi *multi; /* NULL, or the parts of an atomic multi-stream append */
     const char *stream;
     size_t stream_len;
     int64_t expected;
@@ -77,6 +80,12 @@ typedef struct annal__acked {
     pthread_cond_t cv;
     pthread_t thread;
 } annal__acked;
+/* Counters for annal_db_stats_get (stats.c): written by the leader, read by anyone, all
+ * with __atomic builtins (relaxed: figures, not synchronisation). */
+typedef struct annal__counters {
+    uint64_t groups, group_reqs, group_reqs_max, group_events, group_events_max;
+    uint64_t flushes, flush_ns_total, flush_ns_max, flush_ns_last;
+} annal__counters;
 
 struct annal_db {
     char *dir;
@@ -123,6 +132,7 @@ struct annal_db {
     annal__acked acked;           /* writer: the acknowledged mark (store/acked.c) */
     int accept_loss;              /* open: record a lost tail as a hole instead of failing */
     uint64_t lost_from, lost_to;  /* open: the positions it recorded as lost */
+    annal__counters ctr;          /* for annal_db_stats_get (stats.c) */
 };
 
 /* Open (creating when missing) DIR/acked; *mark: the newest valid mark, 0 if none. */
@@ -135,6 +145,13 @@ int annal__acked_start(annal_db *db);
 void annal__acked_close(annal__acked *a);
 /* Stop the thread and close the file. */
 void annal__acked_release(annal__acked *a);
+
+/* stats.c: count a flush that took ns, and a committed group. Leader only. */
+void annal__counters_flush(annal__counters *c, int64_t ns);
+void annal__counters_group(annal__counters *c, uint64_t reqs, uint64_t events);
+/* store/backup.c: 1 if dir is a backup or restore that did not finish (annal_db_open
+ * refuses it), else 0. */
+int annal__backup_incomplete(const char *dir);
 
 /* annal_db_open with another file-operation table (tests inject faults with it). */
 annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
@@ -218,5 +235,35 @@ annal_err annal__ids_load(annal_db *db, MDB_txn *t, uint64_t upto, annal__ids **
 /* Index every complete batch of the log from the index head onwards; used by recovery
  * and rebuild. Sets *end_loc to the location after the last whole batch. */
 annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off);
+
+/* ---- Shared by append.c and multi.c (atomic appends across streams) ---- */
+
+/* State of the group being committed; written only by the leader. */
+typedef struct annal__group {
+    MDB_txn *txn;
+    uint64_t bl;    /* bytes encoded into db->buf, to go at db->woff of db->wseg */
+    int written;    /* bytes of this group reached the file: a failure now poisons */
+    uint64_t first; /* position of the first record in the buffer (each record says it) */
+    int64_t now;
+    int broken; /* an index write failed: txn must not commit */
+} annal__group;
+
+/* Queue req, lead or wait, until it is committed or refused; req->rc is the result. */
+void annal__submit(annal_db *db, annal__req *req);
+/* Check the name, expectation and events of one append; *bytes: their encoded size. */
+annal_err annal__append_validate(annal_db *db, const char *stream, size_t *slen, int64_t expected,
+                                 annal_event_data *ev, size_t n, uint64_t *bytes);
+/* Leader helpers of append.c: room for need bytes in db->buf (0 or -ENOMEM); write and
+ * flush the group's buffer (0 or -errno); decode a record that may still be in it. */
+int annal__group_reserve(annal_db *db, uint64_t need);
+int annal__group_flush(annal_db *db, annal__group *g);
+annal_err annal__group_read(annal_db *db, annal__group *g, uint64_t loc, annal_event *ev,
+                            uint32_t *len);
+/* Make room for bytes more in the active segment, rolling to a new one (flushing the
+ * group first) when they do not fit. 0 or -errno. */
+int annal__group_room(annal_db *db, annal__group *g, uint64_t bytes, uint64_t next_pos);
+/* Check and encode a multi-stream request into the group (store/multi.c); returns as
+ * add_req does: the request's code, or a negative errno that ends the group. */
+int annal__multi_add(annal_db *db, annal__group *g, MDB_txn *t, annal__req *req);
 
 #endif

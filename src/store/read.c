@@ -201,20 +201,39 @@ static void reverse(annal_iter *it, size_t a, size_t b) {
     }
 }
 
+/* A cursor at a record at or below pos, from which a walk reaches pos: the position-table
+ * entry below pos when it lies in pos's segment, else the start of that segment (after
+ * compaction the entries of erased events are gone, and the nearest one left may be
+ * segments away, or missing when the log starts with erased events). it->txn is active.
+ * STALE when the entry names a generation that is gone. */
+static annal_err start_below(annal_iter *it, uint64_t pos, annal__cursor *c) {
+    annal_db *db = it->db;
+    uint64_t base, loc;
+    annal__seg *seg = annal__log_seg_for(&db->log, pos);
+    annal_err rc = annal__index_pos_floor(it->txn, &db->idx, pos, &base, &loc);
+    if (rc != ANNAL_OK && rc != ANNAL_ENOTFOUND)
+        return annal__fail(db, rc, "index: cannot look up position %" PRIu64, pos);
+    if (rc == ANNAL_OK && (!seg || ANNAL__LOC_SEG(loc) >= seg->no)) {
+        annal__seg *s = annal__log_seg_at(&db->log, loc);
+        if (!s) return STALE;
+        *c = (annal__cursor){&db->log, s, ANNAL__LOC_OFF(loc), base};
+        return ANNAL_OK;
+    }
+    if (!seg) return annal__fail(db, ANNAL_ECORRUPT, "no log segment holds position %" PRIu64, pos);
+    *c = (annal__cursor){&db->log, seg, ANNAL__SEG_HDR, seg->first_pos};
+    return ANNAL_OK;
+}
+
 /* Backward over $all: collect positions [base, next_pos] from the stride entry below. */
 static annal_err fetch_all_back(annal_iter *it) {
     annal_db *db = it->db;
     annal_err rc = txn_renew(it);
     if (rc != ANNAL_OK) return rc;
-    uint64_t base, loc;
-    rc = annal__index_pos_floor(it->txn, &db->idx, it->next_pos, &base, &loc);
+    annal__cursor c;
+    rc = start_below(it, it->next_pos, &c);
     txn_reset(it);
-    if (rc != ANNAL_OK)
-        return annal__fail(db, rc == ANNAL_ENOTFOUND ? ANNAL_ECORRUPT : rc,
-                           "index has no entry for position %" PRIu64, it->next_pos);
-    annal__seg *s = annal__log_seg_at(&db->log, loc);
-    if (!s) return STALE;
-    annal__cursor c = {&db->log, s, ANNAL__LOC_OFF(loc), base};
+    if (rc != ANNAL_OK) return rc;
+    uint64_t base = c.pos;
     /* Keep the newest CHUNK events of [base, next_pos] in a ring: after compaction the
      * entry below may be further away than one stride. */
     uint64_t total = 0;
@@ -432,34 +451,22 @@ annal_err annal_read_all(annal_db *db, uint64_t from, unsigned flags, uint64_t l
     } else if (it->backward) {
         it->next_pos = from < vis ? from : vis - 1;
     } else {
-        uint64_t base, loc;
-        annal__seg *s = NULL;
         /* A compaction in another process may have replaced the generation the snapshot
          * names and deleted it since: look again under a newer snapshot. */
-        for (int tries = 0; !s && tries < MAX_REFETCH; tries++) {
+        rc = STALE;
+        for (int tries = 0; rc == STALE && tries < MAX_REFETCH; tries++) {
             if (tries && ((rc = txn_renew(it)) != ANNAL_OK)) goto fail;
-            rc = annal__index_pos_floor(it->txn, &db->idx, from, &base, &loc);
-            if (rc != ANNAL_OK) {
-                rc = annal__fail(db, ANNAL_ECORRUPT, "index has no entry for position %" PRIu64,
-                                 from);
-                goto fail;
-            }
-            s = annal__log_seg_at(&db->log, loc);
+            rc = start_below(it, from, &it->cur);
         }
-        if (!s) {
+        if (rc == STALE)
             rc = annal__fail(db, ANNAL_ECORRUPT, "missing segment for position %" PRIu64, from);
+        if (rc != ANNAL_OK) goto fail;
+        /* Up to from, consuming nothing at or after it: from may lie in a run of erased
+         * events, and the first survivor after it is the first event to return. */
+        rc = annal__cursor_seek(&it->cur, from);
+        if (rc != ANNAL_OK) {
+            rc = annal__fail(db, ANNAL_ECORRUPT, "damaged log before position %" PRIu64, from);
             goto fail;
-        }
-        it->cur = (annal__cursor){&db->log, s, ANNAL__LOC_OFF(loc), base};
-        while (it->cur.pos < from) {
-            annal_event ev;
-            annal__rec_info info;
-            annal__cursor at = it->cur;
-            if (annal__cursor_next(&it->cur, &ev, &info, NULL) != ANNAL_OK &&
-                (it->cur = at, annal__cursor_skip(&it->cur)) != ANNAL_OK) {
-                rc = annal__fail(db, ANNAL_ECORRUPT, "damaged log before position %" PRIu64, from);
-                goto fail;
-            }
         }
     }
     txn_reset(it);

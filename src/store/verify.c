@@ -68,12 +68,14 @@ static uint64_t check_log(annal__log *log, vctx *v, const annal_db_opts *o, uint
             annal_err rc = annal__cursor_next(&c, &ev, &info, NULL);
             if (rc == ANNAL_END) {
                 events = c.pos; /* past a trailing hole, if any */
+                if (c.seg != s) c.pos = log->segs[i + 1]->first_pos; /* as above */
                 break;
             }
-            if (rc == ANNAL_OK && c.seg != s) { /* s ended in a hole; this is the next one's */
-                uint64_t next_first = c.seg->first_pos;
+            if (rc == ANNAL_OK && c.seg != s) { /* s ended in a hole; this is a later one's */
+                /* (the cursor may have crossed whole segments of holes: s ends where the
+                 * next one starts, which the cursor checked) */
                 c = start;
-                c.pos = events = next_first;
+                c.pos = events = log->segs[i + 1]->first_pos;
                 break;
             }
             int ok = rc == ANNAL_OK && info.batch_index == 0;

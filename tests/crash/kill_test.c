@@ -3,7 +3,9 @@
  * sometimes an index rebuild in progress) and reports every acknowledgement through a
  * pipe; the parent SIGKILLs it at a random moment, reopens the store and checks that
  * every acknowledged event is there, in order, that $all has no gap or duplicate, that
- * no batch is partly visible, and that the store takes appends again.
+ * no batch is partly visible, and that the store takes appends again. A quarter of the
+ * appends are atomic sets across streams (annal_append_multi): their ids number the
+ * events of the whole set, so a set partly visible shows as a torn batch.
  * Cycles: ANNAL_CRASH_CYCLES (default 150; ANNAL_LONG=1: 2000). Seed: argv[1] or time. */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +33,7 @@ static char *g_dir;
 typedef struct ack {
     uint32_t cycle, thread, counter, n;
     uint32_t stream;
+    uint32_t base, total; /* the part's first index in its set, the set's size (else 0, n) */
     uint64_t first_rev, first_pos;
 } ack;
 
@@ -59,12 +62,72 @@ typedef struct child_arg {
     uint32_t cycle, thread;
 } child_arg;
 
+static char payload[20000];
+
+/* One atomic set of 2..4 parts (streams may repeat), acknowledged part by part. */
+static void multi_append(child_arg *a, uint64_t *s, uint32_t counter) {
+    annal_event_data ev[64];
+    annal_stream_append parts[4];
+    annal_append_result pr[4];
+    uint32_t st[4], np = 2 + (uint32_t)(rnd(s) % 3), total = 0, cnt[4];
+    char names[4][32];
+    for (uint32_t p = 0; p < np; p++) {
+        cnt[p] = 1 + (uint32_t)(rnd(s) % (rnd(s) % 6 == 0 ? 15 : 4));
+        total += cnt[p];
+    }
+    for (uint32_t p = 0, k = 0; p < np; p++) {
+        st[p] = (uint32_t)(rnd(s) % STREAMS);
+        snprintf(names[p], sizeof names[p], "crash-%u", st[p]);
+        int64_t expected = ANNAL_EXPECT_ANY;
+        int again = 0;
+        for (uint32_t q = 0; q < p; q++) again |= st[q] == st[p];
+        uint64_t head;
+        if (!again && rnd(s) % 2) {
+            annal_err hr = annal_stream_head(a->db, names[p], &head);
+            expected = hr == ANNAL_OK ? (int64_t)head : ANNAL_EXPECT_NO_STREAM;
+        }
+        parts[p] = (annal_stream_append){names[p], expected, &ev[k], cnt[p]};
+        for (uint32_t i = 0; i < cnt[p]; i++, k++) {
+            memset(&ev[k], 0, sizeof ev[k]);
+            make_id(&ev[k].id, a->cycle, a->thread, counter, k, total);
+            ev[k].type = "Crashed";
+            ev[k].data = payload;
+            ev[k].data_len = rnd(s) % 16 == 0 ? 1000 + rnd(s) % 19000 : 20 + rnd(s) % 300;
+        }
+    }
+    annal_multi_result res;
+    memset(&res, 0, sizeof res);
+    res.parts = pr;
+    annal_err rc = annal_append_multi(a->db, parts, np, NULL, 0, &res);
+    if (rc == ANNAL_OK) {
+        for (uint32_t p = 0, k = 0; p < np; k += cnt[p], p++) {
+            ack ak = {a->cycle,
+                      a->thread,
+                      counter,
+                      cnt[p],
+                      st[p],
+                      k,
+                      total,
+                      pr[p].first_revision,
+                      pr[p].first_position};
+            if (write(a->fd, &ak, sizeof ak) != (ssize_t)sizeof ak) _exit(3);
+        }
+    } else if (rc != ANNAL_ECONFLICT) {
+        fprintf(stderr, "child: multi append failed: %s (%s)\n", annal_errname(rc),
+                annal_db_errmsg(a->db));
+        _exit(4);
+    }
+}
+
 static void *child_thread(void *p) {
     child_arg *a = p;
     uint64_t s = g_seed ^ ((uint64_t)a->cycle << 20) ^ a->thread;
-    static char payload[20000];
     memset(payload, 'p', sizeof payload);
     for (uint32_t counter = 0;; counter++) {
+        if (rnd(&s) % 4 == 0) {
+            multi_append(a, &s, counter);
+            continue;
+        }
         uint32_t n = (uint32_t)(rnd(&s) % 8 == 0 ? 1 + rnd(&s) % 60 : 1 + rnd(&s) % 4);
         uint32_t st = (uint32_t)(rnd(&s) % STREAMS);
         char name[32];
@@ -88,7 +151,7 @@ static void *child_thread(void *p) {
         annal_append_result r;
         annal_err rc = annal_append(a->db, name, expected, ev, n, &r);
         if (rc == ANNAL_OK) {
-            ack k = {a->cycle, a->thread, counter, n, st, r.first_revision, r.first_position};
+            ack k = {a->cycle, a->thread, counter, n, st, 0, n, r.first_revision, r.first_position};
             if (write(a->fd, &k, sizeof k) != (ssize_t)sizeof k) _exit(3);
         } else if (rc != ANNAL_ECONFLICT) {
             fprintf(stderr, "child: append failed: %s (%s)\n", annal_errname(rc),
@@ -240,7 +303,7 @@ static void check(acks *all, uint64_t *events_out) {
                          (unsigned long long)g_seed, (unsigned long long)(k->first_pos + j),
                          annal_errname(rc));
             annal_uuid want;
-            make_id(&want, k->cycle, k->thread, k->counter, j, k->n);
+            make_id(&want, k->cycle, k->thread, k->counter, k->base + j, k->total);
             char name[32];
             snprintf(name, sizeof name, "crash-%u", k->stream);
             if (memcmp(want.bytes, e->id.bytes, 16) != 0 || strcmp(e->stream, name) != 0 ||

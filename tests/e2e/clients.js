@@ -139,6 +139,75 @@ check("stream metadata: set, get, and max count applied to reads", async () => {
   assert.deepEqual(evs.map((e) => e.event.data.n), [2, 3]);
 });
 
+// Appends go through BatchAppend (the server lists it): many at once share one call.
+check("64 concurrent appends, one of them racing for a new stream", async () => {
+  const race = name("race");
+  const rs = await Promise.allSettled(
+    Array.from({ length: 64 }, (_, i) =>
+      client.appendToStream(i % 2 ? name(`c${i}`) : race, lib.jsonEvent({ type: "C", data: { i } }),
+        expect(i % 2 ? lib.ANY : lib.NO_STREAM)))
+  );
+  const ok = rs.filter((r) => r.status === "fulfilled").length;
+  const wrong = rs.filter((r) => r.status === "rejected" && r.reason.type === "wrong-expected-version");
+  assert.equal(ok, 33, "32 own streams and one winner of the race");
+  assert.equal(wrong.length, 31);
+  assert.equal((await collect(client.readStream(race))).length, 1);
+});
+
+check("an append over the client's 3 MiB batch size arrives whole (several requests)", async () => {
+  const s = name("chunked");
+  const events = Array.from({ length: 5 }, (_, i) =>
+    lib.binaryEvent({ type: "Big", data: Buffer.alloc(1 << 20, i) }));
+  const r = await client.appendToStream(s, events, expect(lib.NO_STREAM));
+  assert.equal(r.nextExpectedRevision, 4n);
+  const evs = await collect(client.readStream(s));
+  assert.deepEqual(evs.map((e) => e.event.data[0]), [0, 1, 2, 3, 4]);
+});
+
+check("an append over 16 MiB: maximum-append-size-exceeded", async () => {
+  const s = name("toobig");
+  const events = Array.from({ length: 17 }, () =>
+    lib.binaryEvent({ type: "Big", data: Buffer.alloc(1 << 20, 1) }));
+  await rejects(client.appendToStream(s, events), "maximum-append-size-exceeded");
+  await rejects(collect(client.readStream(s)), "stream-not-found");
+});
+
+// $ce-/$et- read as KurrentDB's link streams; resolveLinkTos gives the event and its link.
+const cat = `lnk${run.replace(/-/g, "")}${flavour}`;
+check("$ce- and $et- read as link streams, resolved on request", async () => {
+  const type = `Lt${cat}`;
+  await client.appendToStream(`${cat}-a`, [1, 2].map((n) => lib.jsonEvent({ type, data: { n } })));
+  await client.appendToStream(`${cat}-b`, lib.jsonEvent({ type: "Other", data: { n: 3 } }));
+  const links = await collect(client.readStream(`$ce-${cat}`));
+  assert.deepEqual(links.map((e) => e.event.type), ["$>", "$>", "$>"]);
+  assert.deepEqual(links.map((e) => e.event.revision), [0n, 1n, 2n]);
+  assert.deepEqual(links.map((e) => e.event.streamId), [`$ce-${cat}`, `$ce-${cat}`, `$ce-${cat}`]);
+  assert.deepEqual(links.map((e) => Buffer.from(e.event.data).toString()), [`0@${cat}-a`, `1@${cat}-a`, `0@${cat}-b`]);
+  const res = await collect(client.readStream(`$ce-${cat}`, { resolveLinkTos: true }));
+  assert.deepEqual(res.map((e) => e.event.data.n), [1, 2, 3]);
+  assert.deepEqual(res.map((e) => e.event.streamId), [`${cat}-a`, `${cat}-a`, `${cat}-b`]);
+  assert.deepEqual(res.map((e) => e.link.revision), [0n, 1n, 2n]);
+  assert.equal(res[2].link.type, "$>");
+  const back = await collect(client.readStream(`$ce-${cat}`, { direction: lib.BACKWARDS, fromRevision: lib.END, maxCount: 2 }));
+  assert.deepEqual(back.map((e) => e.event.revision), [2n, 1n]);
+  const from1 = await collect(client.readStream(`$ce-${cat}`, { fromRevision: 1n, resolveLinkTos: true }));
+  assert.deepEqual(from1.map((e) => e.event.data.n), [2, 3]);
+  const et = await collect(client.readStream(`$et-${type}`, { resolveLinkTos: true }));
+  assert.deepEqual(et.map((e) => [e.event.data.n, e.link.revision]), [[1, 0n], [2, 1n]]);
+  await rejects(collect(client.readStream(`$ce-none${cat}`)), "stream-not-found");
+});
+
+check("a link appended by the client resolves too", async () => {
+  const s = name("mylinks");
+  await client.appendToStream(s, lib.binaryEvent({ type: "$>", data: Buffer.from(`1@${cat}-a`) }));
+  const [plain] = await collect(client.readStream(s));
+  assert.equal(plain.event.type, "$>");
+  const [r] = await collect(client.readStream(s, { resolveLinkTos: true }));
+  assert.equal(r.event.streamId, `${cat}-a`);
+  assert.equal(r.event.data.n, 2);
+  assert.equal(r.link.streamId, s);
+});
+
 // Resolves with the first n events a subscription delivers (or rejects after 15 s).
 function take(sub, n) {
   return new Promise((resolve, reject) => {
@@ -148,7 +217,7 @@ function take(sub, n) {
       got.push(e);
       if (got.length === n) {
         clearTimeout(timer);
-        resolve(got);
+        resolve(got.slice(0, n)); // more may follow before the caller runs
       }
     });
     sub.on("error", (err) => {
@@ -200,9 +269,34 @@ check("subscribe to $all from the end with an event-type regex", async () => {
   await sub.unsubscribe();
 });
 
-// "hold": subscribe to $all and stay until the server ends the subscription (at its
+check("a subscription to $ce- from a link number, resolved", async () => {
+  const sub = client.subscribeToStream(`$ce-${cat}`, { fromRevision: 0n, resolveLinkTos: true });
+  const got = take(sub, 3);
+  await new Promise((r) => setTimeout(r, 300));
+  await client.appendToStream(`${cat}-c`, [4, 5].map((n) => lib.jsonEvent({ type: "T", data: { n } })));
+  const evs = await got;
+  // After link 0: history from link 1, then the new events live.
+  assert.deepEqual(evs.map((e) => [e.event.data.n, e.link.revision]), [[2, 1n], [3, 2n], [4, 3n]]);
+  await sub.unsubscribe();
+});
+
+check("the system projections enable and report running", async () => {
+  for (const p of ["$by_category", "$by_event_type", "$stream_by_category", "$streams"]) {
+    await client.enableProjection(p);
+    const st = await client.getProjectionStatus(p);
+    assert.equal(st.name, p);
+    assert.equal(st.projectionStatus, "Running");
+    assert.deepEqual(await client.getProjectionState(p), {});
+  }
+  await assert.rejects(client.getProjectionStatus(`nope-${run}`));
+  await assert.rejects(client.enableProjection(`nope-${run}`));
+});
+
+// "hold": append, subscribe to $all and stay until the server ends the subscription (at its
 // stop), then report how it ended: clients retry on UNAVAILABLE.
 async function hold() {
+  // An append first leaves the client's BatchAppend call open: the stop must end it too.
+  await client.appendToStream(name("hold"), lib.jsonEvent({ type: "H", data: {} }));
   const sub = client.subscribeToAll({ fromPosition: lib.END });
   sub.on("confirmation", () => console.log("subscribed"));
   sub.on("data", () => {});
@@ -211,7 +305,8 @@ async function hold() {
     sub.on("end", () => resolve(null));
   });
   console.log(`ended: ${err ? err.type || err.code : "end"}`);
-  process.exit(0);
+  // Stay connected (the test ends us): the server must not wait for this process to go.
+  setTimeout(() => process.exit(0), 30000);
 }
 
 (async () => {

@@ -34,6 +34,7 @@ store="$work/store"
 start_server() { # start_server LOG ARGS...: sets server_pid and port
     local log=$1
     shift
+    : >"$log" # exists before the job opens it: reading it at once must not fail
     "$ANNAL" --data "$store" serve --listen 127.0.0.1:0 "$@" 2>"$log" &
     server_pid=$!
     port=""

@@ -26,6 +26,7 @@ serve() {
     local envs=()
     while [ "$1" != "--" ]; do envs+=("$1"); shift; done
     shift
+    : >"$log" # exists before the job opens it: reading it at once must not fail
     env "${envs[@]}" "$ANNAL" serve "$@" 2>"$log" &
     pid=$!
     local port=""

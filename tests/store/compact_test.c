@@ -3,6 +3,7 @@
  * racing compaction see the same events; a compaction killed at each of its steps, or at
  * random moments, leaves a store that reopens whole. */
 #include <dirent.h>
+#include <inttypes.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -508,12 +509,352 @@ static void test_compaction_disk_full(void **state) {
     free(dir);
 }
 
+/* ---- reads that start inside a run of erased events (issue 14.1) ---- */
+
+/* The first event at or after `from` through $all (position, or UINT64_MAX at the end). */
+static uint64_t first_from(annal_db *db, uint64_t from) {
+    annal_iter *it;
+    const annal_event *ev;
+    TU_OK(db, annal_read_all(db, from, 0, 1, &it));
+    annal_err rc = annal_iter_next(it, &ev);
+    uint64_t p = rc == ANNAL_OK ? ev->position : UINT64_MAX;
+    if (rc != ANNAL_END) TU_OK(db, rc);
+    annal_iter_close(it);
+    return p;
+}
+
+/* The first event a subscription to $all after `after` delivers. */
+static uint64_t sub_first(annal_db *db, uint64_t after) {
+    annal_sub_opts so;
+    annal_sub_opts_init(&so);
+    so.start = ANNAL_SUB_AFTER;
+    so.from = after;
+    annal_sub *sub;
+    TU_OK(db, annal_sub_open(db, &so, &sub));
+    annal_sub_item item;
+    uint64_t p = UINT64_MAX;
+    for (;;) {
+        TU_OK(db, annal_sub_next(sub, 0, &item));
+        if (item.kind == ANNAL_SUB_EVENT) p = item.event->position;
+        if (item.kind == ANNAL_SUB_EVENT || item.kind == ANNAL_SUB_CAUGHT_UP) break;
+    }
+    annal_sub_close(sub);
+    return p;
+}
+
+static void test_reads_from_inside_holes(void **state) {
+    (void)state;
+    /* gone_first: the log starts with erased events (no position entry is left below). */
+    for (int gone_first = 0; gone_first < 2; gone_first++) {
+        char *dir = tu_tmpdir("compact-holes");
+        annal_db *db = open_seg(dir, NULL);
+        for (int r = 0; r < 4; r++) {
+            if (gone_first) add(db, "gone-1", 150, NULL);
+            add(db, "keep-1", 35, NULL);
+            if (!gone_first) add(db, "gone-1", 150, NULL);
+        }
+        add(db, "keep-1", 300, NULL); /* seal the segments holding them */
+        TU_OK(db, annal_stream_delete(db, "gone-1", ANNAL_EXPECT_ANY, 0, NULL));
+        annal_compact_stats st;
+        TU_OK(db, annal_compact(db, 0, &st));
+        assert_true(st.events_erased >= 300);
+        vset all = {0};
+        snapshot(db, &all, 0);
+        annal_db_info info;
+        TU_OK(db, annal_db_info_get(db, &info));
+        size_t k = 0; /* all.v[k]: the first survivor at or after p */
+        for (uint64_t p = 0; p < info.events; p++) {
+            while (k < all.n && all.v[k].pos < p) k++;
+            uint64_t want = k < all.n ? all.v[k].pos : UINT64_MAX;
+            uint64_t got = first_from(db, p);
+            if (got != want)
+                fail_msg("$all from %llu: first event %llu, want %llu", (unsigned long long)p,
+                         (unsigned long long)got, (unsigned long long)want);
+            if (p > 0 && (got = sub_first(db, p - 1)) != want)
+                fail_msg("subscription after %llu: first event %llu, want %llu",
+                         (unsigned long long)(p - 1), (unsigned long long)got,
+                         (unsigned long long)want);
+        }
+        check_other_reads(db, &all);
+        free(all.v);
+        annal_db_close(db);
+        TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+        tu_rmrf(dir);
+        free(dir);
+    }
+}
+
+/* ---- a compacted segment that ends with a hole on a page boundary ---- */
+
+/* Segment 0: one kept event with data_len bytes of data, then single "gone" events up to
+ * the end; segment 1: a batch of kept events first. Gone deleted and compacted: segment
+ * 0's new file ends with the hole record. Returns that file's size. */
+static uint64_t hole_at_end(const char *dir, size_t data_len) {
+    annal_db *db = open_seg(dir, NULL);
+    char *d = malloc(data_len + 1);
+    memset(d, 'x', data_len);
+    d[data_len] = 0;
+    TU_OK(db, tu_append1(db, "keep-1", ANNAL_EXPECT_ANY, "K", d, NULL));
+    free(d);
+    uint64_t per = 0;
+    for (;;) {
+        uint64_t before = db->woff;
+        if (per && db->woff + 2 * per > db->wseg->cap) break; /* the next might not fit */
+        TU_OK(db, tu_append1(db, "gone-1", ANNAL_EXPECT_ANY, "G", "{}", NULL));
+        per = db->woff - before;
+    }
+    assert_int_equal(db->wseg->no, 0);
+    annal_event_data ev[5];
+    memset(ev, 0, sizeof ev);
+    for (int i = 0; i < 5; i++) ev[i].type = "K", ev[i].data = "{}", ev[i].data_len = 2;
+    TU_OK(db, annal_append(db, "keep-1", ANNAL_EXPECT_ANY, ev, 5, NULL));
+    assert_int_equal(db->wseg->no, 1);
+    add(db, "keep-2", 400, NULL); /* seal segment 1 */
+    TU_OK(db, annal_stream_delete(db, "gone-1", ANNAL_EXPECT_ANY, 0, NULL));
+    annal_compact_stats st;
+    TU_OK(db, annal_compact(db, 0, &st));
+    assert_true(st.events_erased > 10);
+    annal_db_close(db);
+    char p[4096];
+    snprintf(p, sizeof p, "%s/log/%016x.%08x.seg", dir, 0u, 1u);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    return (uint64_t)sb.st_size;
+}
+
+static void test_rebuild_hole_at_page_end(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("compact-pageend");
+    uint64_t f0 = hole_at_end(dir, 100);
+    tu_rmrf(dir);
+    /* The same with the kept event longer by what brings the file to a page boundary:
+     * the next record's header lies past the end of the file. */
+    size_t more = (size_t)((4096 - f0 % 4096) % 4096);
+    uint64_t f1 = hole_at_end(dir, 100 + more);
+    assert_int_equal(f1 % 4096, 0);
+    TU_OK(NULL, annal_rebuild_index(dir, NULL)); /* (was SIGBUS reading past the file) */
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    annal_db *db = open_seg(dir, NULL);
+    uint64_t head;
+    TU_OK(db, annal_stream_head(db, "keep-1", &head));
+    assert_int_equal(head, 5);
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* ---- read-only opens while compaction replaces segments (issue 14.5) ---- */
+
+/* A reader process: open read-only, read, close, until stop_fd has something to read;
+ * exits with the number of failures (at most 100). */
+static void ro_opener(const char *dir, int stop_fd) {
+    int bad = 0, opens = 0;
+    for (;;) {
+        fd_set fs;
+        FD_ZERO(&fs);
+        FD_SET(stop_fd, &fs);
+        struct timeval tv = {0, 0};
+        if (select(stop_fd + 1, &fs, NULL, NULL, &tv) > 0) break;
+        annal_db_opts o;
+        annal_db_opts_init(&o);
+        o.flags = ANNAL_OPEN_READONLY;
+        annal_db *ro = NULL;
+        annal_err rc = annal_db_open(dir, &o, &ro);
+        annal_iter *it = NULL;
+        const annal_event *ev;
+        if (rc == ANNAL_OK) rc = annal_read_all(ro, 0, 0, 50, &it);
+        while (rc == ANNAL_OK && (rc = annal_iter_next(it, &ev)) == ANNAL_OK) {}
+        if (rc != ANNAL_END && bad++ < 5)
+            fprintf(stderr, "read-only open %d: %s: %s\n", opens, annal_errname(rc),
+                    ro ? annal_db_errmsg(ro) : "");
+        annal_iter_close(it);
+        annal_db_close(ro);
+        opens++;
+    }
+    printf("%d read-only opens, %d failed\n", opens, bad);
+    fflush(stdout);
+    _exit(bad > 100 ? 100 : bad);
+}
+
+static void test_readonly_opens_during_compaction(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("compact-ro");
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE;
+    o.segment_bytes = SEG_BYTES;
+    annal_db *db = NULL;
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    /* Streams t-0..t-N spread over every segment: deleting one gives compaction every
+     * segment to replace. */
+    int nt = getenv("ANNAL_LONG") ? 40 : 12;
+    char s[32];
+    for (int i = 0; i < 3000; i++) {
+        snprintf(s, sizeof s, "t-%d", i / 3 % nt);
+        TU_OK(db, tu_append1(db, i % 3 ? "keep-1" : s, ANNAL_EXPECT_ANY, "E",
+                             "{\"pad\":\"0123456789012345678901234567890123456789\"}", NULL));
+    }
+    annal_db_close(db); /* (a child must not inherit an open index environment) */
+    int stop[2];
+    assert_int_equal(pipe(stop), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(stop[1]);
+        ro_opener(dir, stop[0]);
+    }
+    close(stop[0]);
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    annal_compact_stats st;
+    uint64_t replaced = 0;
+    for (int r = 0; r < nt; r++) {
+        snprintf(s, sizeof s, "t-%d", r);
+        TU_OK(db, annal_stream_delete(db, s, ANNAL_EXPECT_ANY, 0, NULL));
+        TU_OK(db, annal_compact(db, 0, &st));
+        replaced += st.segments_done;
+    }
+    assert_int_equal(write(stop[1], "x", 1), 1);
+    close(stop[1]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    printf("%" PRIu64 " segments replaced\n", replaced);
+    annal_db_close(db);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* ---- revisions are never given twice (issue 26: compact.c erasable) ---- */
+
+/* A stream whose every event is hidden by its limits (not deleted): compaction keeps its
+ * last event, which carries its revision, so the next append continues after it — on the
+ * live handle, after reopen and after an index rebuild. */
+static void test_revisions_survive_compaction(void **state) {
+    (void)state;
+    const char *docs[] = {"{\"$maxCount\":0}", "{\"$tb\":10}", "{\"$maxAge\":0}"};
+    for (int pass = 0; pass < 3 * 3; pass++) {
+        char *dir = tu_tmpdir("compact-revs");
+        annal_db *db = open_seg(dir, NULL);
+        add(db, "hidden-1", 10, NULL);
+        const char *doc = docs[pass % 3];
+        TU_OK(db, annal_stream_meta_set(db, "hidden-1", ANNAL_EXPECT_ANY, doc, strlen(doc), NULL));
+        add(db, "keep-1", 400, NULL); /* seal the segment */
+        annal_compact_stats st;
+        TU_OK(db, annal_compact(db, 0, &st));
+        assert_true(st.events_erased >= 9); /* (all but the last) */
+        if (pass / 3 >= 1) {                /* 1: reopen; 2: rebuild the index from the log */
+            annal_db_close(db);
+            if (pass / 3 == 2) TU_OK(NULL, annal_rebuild_index(dir, NULL));
+            db = open_seg(dir, NULL);
+        }
+        annal_append_result res;
+        TU_OK(db, tu_append1(db, "hidden-1", ANNAL_EXPECT_ANY, "After", "{}", &res));
+        assert_int_equal(res.first_revision, 10);
+        TU_EXPECT(db, tu_append1(db, "hidden-1", 9, "Stale", "{}", &res), ANNAL_ECONFLICT);
+        annal_db_close(db);
+        tu_rmrf(dir);
+        free(dir);
+    }
+}
+
+/* ---- power cut after a compaction (issue 26: compact.c fdatasync) ---- */
+
+/* Writes not flushed by an fdatasync of their file, as a power cut would lose them. */
+static char g_fdpath[1024][256]; /* path of each open fd */
+static struct {
+    int on;
+    struct unflushed {
+        char path[256];
+        uint64_t off, n;
+    } w[4096];
+    size_t nw;
+} P;
+
+static int pc_open(void *ctx, const char *path, int flags, int mode) {
+    int fd = annal__io_posix()->open(ctx, path, flags, mode);
+    if (fd >= 0 && fd < 1024) snprintf(g_fdpath[fd], sizeof g_fdpath[fd], "%s", path);
+    return fd;
+}
+
+static ssize_t pc_pwrite(void *ctx, int fd, const void *buf, size_t n, uint64_t off) {
+    ssize_t r = annal__io_posix()->pwrite(ctx, fd, buf, n, off);
+    if (r > 0 && P.on && fd < 1024 && P.nw < 4096) {
+        snprintf(P.w[P.nw].path, sizeof P.w[P.nw].path, "%s", g_fdpath[fd]);
+        P.w[P.nw].off = off;
+        P.w[P.nw++].n = (uint64_t)r;
+    }
+    return r;
+}
+
+static int pc_sync(void *ctx, int fd) {
+    int r = annal__io_posix()->sync(ctx, fd);
+    for (size_t i = 0; r == 0 && fd < 1024 && i < P.nw; i++)
+        if (strcmp(P.w[i].path, g_fdpath[fd]) == 0) P.w[i].n = 0; /* on disk */
+    return r;
+}
+
+/* The power goes: every write not flushed is lost (zeros where it was). A file renamed
+ * since (tmp name to final) lost them under its new name. */
+static void power_cut(void) {
+    for (size_t i = 0; i < P.nw; i++) {
+        if (!P.w[i].n) continue;
+        char path[256];
+        snprintf(path, sizeof path, "%s", P.w[i].path);
+        size_t l = strlen(path);
+        if (access(path, F_OK) != 0 && l > 4 && strcmp(path + l - 4, ".tmp") == 0) path[l - 4] = 0;
+        FILE *f = fopen(path, "r+b");
+        if (!f) continue;
+        char *z = calloc(1, (size_t)P.w[i].n);
+        fseeko(f, (off_t)P.w[i].off, SEEK_SET);
+        fwrite(z, 1, (size_t)P.w[i].n, f);
+        fclose(f);
+        free(z);
+    }
+    P.nw = 0;
+    P.on = 0;
+}
+
+static void test_power_cut_after_compaction(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("compact-power");
+    static annal__io pio;
+    pio = *annal__io_posix();
+    pio.open = pc_open;
+    pio.pwrite = pc_pwrite;
+    pio.sync = pc_sync;
+    annal_db *db = open_seg(dir, &pio);
+    for (int r = 0; r < 3; r++) workload(db, r);
+    vset want = {0}, got = {0};
+    snapshot(db, &want, 0);
+    P.on = 1;
+    annal_compact_stats st;
+    TU_OK(db, annal_compact(db, 0, &st));
+    assert_true(st.events_erased > 0);
+    annal_db_close(db);
+    power_cut(); /* after annal_compact returned: what it wrote must be on disk */
+    db = open_seg(dir, NULL);
+    snapshot(db, &got, 0);
+    ASSERT_SAME(&want, &got);
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    free(want.v);
+    free(got.v);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_compact_basic),
         cmocka_unit_test(test_reads_race_compaction),
         cmocka_unit_test(test_compaction_killed),
         cmocka_unit_test(test_compaction_disk_full),
+        cmocka_unit_test(test_reads_from_inside_holes),
+        cmocka_unit_test(test_rebuild_hole_at_page_end),
+        cmocka_unit_test(test_readonly_opens_during_compaction),
+        cmocka_unit_test(test_revisions_survive_compaction),
+        cmocka_unit_test(test_power_cut_after_compaction),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

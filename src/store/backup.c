@@ -1,0 +1,725 @@
+/* Online backup and point-in-time restore of a store (docs/operations.md). A backup is
+ * the log as of one position P — sealed segments whole, the active one up to P — copied
+ * while writers, readers and compaction go on, then indexed in the copy; a marker names P
+ * and is written last, so a backup killed at any moment never looks complete.
+ *
+ * Why it is consistent: the log is append-only and a committed index head names where
+ * its last record ends (every byte before it was written before the head committed).
+ * Segments are read through this handle's descriptors, which keep a generation readable
+ * after compaction unlinks it; any generation of a sealed segment holds the same visible
+ * events. The copy's index is rebuilt from the copied log rather than copied, so it names
+ * exactly the generations copied and its head is P (measured: bench/RESULTS.md). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/base.h"
+#include "store/db_int.h"
+
+#define FLAG_NAME             "backup-incomplete"
+#define MANIFEST_NAME         "backup"
+#define COPY_CHUNK            (1u << 20)
+#define ANNAL_EAGAIN_INTERNAL ((annal_err)-1) /* backup(): start over from a new head */
+#define BACKUP_TRIES          8
+
+/* Detail for a caller's buffer (cut short when it does not fit). */
+__attribute__((format(printf, 3, 4))) static void say(char *msg, size_t len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, len, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- markers ------------------------------------------------------------------------ */
+
+typedef struct manifest {
+    uint64_t token;    /* the flag file of the same backup carries it too */
+    uint64_t next_pos; /* every position below it is in the backup */
+    uint64_t last_seg; /* the last segment copied, and where its data ends */
+    uint64_t last_off;
+    int64_t time_ns;
+} manifest;
+
+static int read_small(const char *path, char *buf, size_t cap) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    ssize_t n = read(fd, buf, cap - 1);
+    int e = errno;
+    close(fd);
+    if (n < 0) return -e;
+    buf[n] = 0;
+    return (int)n;
+}
+
+/* Write path durably: a tmp file, flushed, renamed, directory flushed. 0 or -errno. */
+static int write_small(const char *dir, const char *name, const char *text) {
+    char tmp[4200], path[4200];
+    snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -errno;
+    size_t len = strlen(text);
+    int r = annal__io_write_all(annal__io_posix(), fd, text, len, 0);
+    if (r == 0 && fsync(fd) < 0) r = -errno;
+    close(fd);
+    if (r == 0 && rename(tmp, path) < 0) r = -errno;
+    if (r == 0) r = annal__io_posix()->sync_dir(NULL, dir);
+    if (r < 0) unlink(tmp);
+    return r;
+}
+
+static int manifest_text(const manifest *m, char *out, size_t cap) {
+    int n = snprintf(out, cap,
+                     "annal-backup 1\ntoken %016" PRIx64 "\nnext_position %" PRIu64
+                     "\nlast_segment %" PRIu64 "\nlast_offset %" PRIu64 "\ntime_ns %" PRId64 "\n",
+                     m->token, m->next_pos, m->last_seg, m->last_off, m->time_ns);
+    uint32_t crc = annal__crc32c(0, out, (size_t)n);
+    return n + snprintf(out + n, cap - (size_t)n, "crc %08" PRIx32 "\n", crc);
+}
+
+/* 0 and *m if dir holds a valid manifest, else -errno (-EINVAL: damaged). */
+static int manifest_read(const char *dir, manifest *m) {
+    char path[4200], buf[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, MANIFEST_NAME);
+    int n = read_small(path, buf, sizeof buf);
+    if (n < 0) return n;
+    char *crcl = strstr(buf, "crc ");
+    if (!crcl) return -EINVAL;
+    uint32_t want;
+    if (sscanf(crcl, "crc %" SCNx32, &want) != 1) return -EINVAL;
+    if (annal__crc32c(0, buf, (size_t)(crcl - buf)) != want) return -EINVAL;
+    if (sscanf(buf,
+               "annal-backup 1\ntoken %" SCNx64 "\nnext_position %" SCNu64 "\nlast_segment %" SCNu64
+               "\nlast_offset %" SCNu64 "\ntime_ns %" SCNd64,
+               &m->token, &m->next_pos, &m->last_seg, &m->last_off, &m->time_ns) != 5)
+        return -EINVAL;
+    return 0;
+}
+
+/* The token of dir's flag file: 1 and *token if there is one, 0 if none, -errno. */
+static int flag_read(const char *dir, uint64_t *token) {
+    char path[4200], buf[128];
+    snprintf(path, sizeof path, "%s/%s", dir, FLAG_NAME);
+    int n = read_small(path, buf, sizeof buf);
+    if (n == -ENOENT) return 0;
+    if (n < 0) return n;
+    *token = 0;
+    (void)sscanf(buf, "annal-backup-incomplete %" SCNx64, token);
+    return 1;
+}
+
+int annal__backup_incomplete(const char *dir) {
+    uint64_t token;
+    int f = flag_read(dir, &token);
+    if (f <= 0) return 0; /* none, or unreadable: the open itself reports EACCES and such */
+    manifest m;
+    /* The flag of a backup that completed (a tar stream extracted: its manifest came
+     * last and names the same token) is harmless; any other flag means unfinished. */
+    return manifest_read(dir, &m) == 0 && m.token == token ? 0 : 1;
+}
+
+static int flag_write(const char *dir, uint64_t token) {
+    char text[64];
+    snprintf(text, sizeof text, "annal-backup-incomplete %016" PRIx64 "\n", token);
+    return write_small(dir, FLAG_NAME, text);
+}
+
+static int flag_remove(const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, FLAG_NAME);
+    if (unlink(path) < 0 && errno != ENOENT) return -errno;
+    return annal__io_posix()->sync_dir(NULL, dir);
+}
+
+annal_err annal_backup_check(const char *dir, uint64_t *next_position) {
+    if (!dir) return ANNAL_EINVAL;
+    manifest m;
+    int r = manifest_read(dir, &m);
+    if (r == -ENOENT || r == -ENOTDIR) return ANNAL_ENOTFOUND;
+    if (r < 0 || annal__backup_incomplete(dir)) return ANNAL_ECORRUPT;
+    if (next_position) *next_position = m.next_pos;
+    return ANNAL_OK;
+}
+
+/* ---- copying ------------------------------------------------------------------------ */
+
+static annal_err err_of(int r) {
+    return r == -ENOSPC || r == -EDQUOT  ? ANNAL_ENOSPC
+           : r == -EACCES || r == -EPERM ? ANNAL_EPERM
+           : r == -EROFS                 ? ANNAL_EREADONLY
+                                         : ANNAL_EIO;
+}
+
+/* Bytes [off, off + n) of segment s into buf: from its file, or, for a sealed segment
+ * whose descriptor was let go once it was mapped (compaction may since have replaced its
+ * file), from its mapping, which stays valid until the log closes. */
+static int seg_read(const annal__seg *s, uint8_t *buf, size_t n, uint64_t off) {
+    if (s->fd >= 0) return annal__io_read_all(annal__io_posix(), s->fd, buf, n, off);
+    memcpy(buf, s->map + off, n);
+    return 0;
+}
+
+/* Copy [from, to) of segment s into dst at the same offsets: in the kernel
+ * (copy_file_range, which reflinks where the filesystem can), from its mapping when it
+ * has no descriptor, or through a buffer. 0 or -errno. */
+static int copy_range(const annal__seg *s, int dst, uint64_t from, uint64_t to, uint64_t *copied) {
+    int kernel = s->fd >= 0;
+    uint8_t *buf = NULL;
+    int r = 0;
+    while (from < to && r == 0) {
+        size_t want = to - from > (64u << 20) ? (64u << 20) : (size_t)(to - from);
+        if (kernel) {
+            loff_t in = (loff_t)from, out = (loff_t)from;
+            ssize_t n = copy_file_range(s->fd, &in, dst, &out, want, 0);
+            if (n > 0) {
+                from += (uint64_t)n;
+                *copied += (uint64_t)n;
+                continue;
+            }
+            /* 0: some filesystems copy nothing rather than fail; the buffered copy
+             * below tells a short file from that. */
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && errno != EXDEV && errno != EINVAL && errno != ENOSYS &&
+                errno != EOPNOTSUPP) {
+                r = -errno;
+                break;
+            }
+            kernel = 0;
+        }
+        size_t n = want > COPY_CHUNK ? COPY_CHUNK : want;
+        if (s->fd < 0) {
+            r = annal__io_write_all(annal__io_posix(), dst, s->map + from, n, from);
+        } else {
+            if (!buf && !(buf = malloc(COPY_CHUNK))) return -ENOMEM;
+            r = seg_read(s, buf, n, from);
+            if (r == 0) r = annal__io_write_all(annal__io_posix(), dst, buf, n, from);
+        }
+        from += n;
+        *copied += n;
+    }
+    free(buf);
+    return r;
+}
+
+/* ---- the tar stream (POSIX ustar) --------------------------------------------------- */
+
+typedef struct tar {
+    int (*write)(void *ctx, const void *buf, size_t len);
+    void *ctx;
+} tar;
+
+static int tar_put(tar *t, const void *p, size_t n) {
+    return t->write(t->ctx, p, n) < 0 ? -EIO : 0;
+}
+
+/* n as width octal digits and a NUL (ustar numbers; ours fit: segments < 8 GiB). */
+static void octal(uint8_t *p, int width, uint64_t n) {
+    p[width] = 0;
+    for (int i = width - 1; i >= 0; i--, n >>= 3) p[i] = (uint8_t)('0' + (n & 7));
+}
+
+static int tar_header(tar *t, const char *name, uint64_t size, int dir, int64_t mtime) {
+    uint8_t h[512] = {0};
+    snprintf((char *)h, 100, "%s", name);
+    octal(h + 100, 7, dir ? 0755 : 0644);
+    octal(h + 108, 7, 0);
+    octal(h + 116, 7, 0);
+    octal(h + 124, 11, size);
+    octal(h + 136, 11, (uint64_t)(mtime > 0 ? mtime : 0));
+    memset(h + 148, ' ', 8); /* the checksum counts its own field as spaces */
+    h[156] = dir ? '5' : '0';
+    memcpy(h + 257, "ustar", 6);
+    memcpy(h + 263, "00", 2);
+    unsigned sum = 0;
+    for (size_t i = 0; i < sizeof h; i++) sum += h[i];
+    octal(h + 148, 6, sum);
+    h[155] = ' ';
+    return tar_put(t, h, sizeof h);
+}
+
+static int tar_pad(tar *t, uint64_t size) {
+    static const uint8_t zeros[512];
+    return size % 512 ? tar_put(t, zeros, 512 - size % 512) : 0;
+}
+
+static int tar_text(tar *t, const char *name, const char *text, int64_t mtime) {
+    size_t n = strlen(text);
+    int r = tar_header(t, name, n, 0, mtime);
+    if (r == 0) r = tar_put(t, text, n);
+    return r == 0 ? tar_pad(t, n) : r;
+}
+
+static int tar_file(tar *t, const char *name, const annal__seg *seg, uint64_t size, int64_t mtime,
+                    uint64_t *copied) {
+    int r = tar_header(t, name, size, 0, mtime);
+    uint8_t *buf = r == 0 ? malloc(COPY_CHUNK) : NULL;
+    if (r == 0 && !buf) r = -ENOMEM;
+    for (uint64_t off = 0; r == 0 && off < size;) {
+        size_t n = size - off > COPY_CHUNK ? COPY_CHUNK : (size_t)(size - off);
+        r = seg_read(seg, buf, n, off);
+        if (r == 0) r = tar_put(t, buf, n);
+        off += n;
+        *copied += n;
+    }
+    free(buf);
+    return r == 0 ? tar_pad(t, size) : r;
+}
+
+/* ---- the backup --------------------------------------------------------------------- */
+
+static void backup_opts_defaults(annal_backup_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+}
+
+void annal_backup_opts_init_sized(annal_backup_opts *o, size_t size) {
+    annal_backup_opts d;
+    backup_opts_defaults(&d);
+    annal__opts_out(o, size, &d, sizeof d);
+}
+
+static void restore_opts_defaults(annal_restore_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->to_position = UINT64_MAX;
+    o->to_time_ns = INT64_MAX;
+}
+
+void annal_restore_opts_init_sized(annal_restore_opts *o, size_t size) {
+    annal_restore_opts d;
+    restore_opts_defaults(&d);
+    annal__opts_out(o, size, &d, sizeof d);
+}
+
+/* The file-operation table of the copies: POSIX, but not the same pointer, so a writer
+ * opened on a copy to index it runs no preallocation thread (a backup ends where its
+ * data ends, and the next incremental copy appends there). */
+static annal__io g_copy_io; /* a constant once made: a copy of the POSIX table */
+static pthread_once_t g_copy_once = PTHREAD_ONCE_INIT;
+static void copy_io_init(void) { g_copy_io = *annal__io_posix(); }
+static const annal__io *copy_io(void) {
+    pthread_once(&g_copy_once, copy_io_init);
+    return &g_copy_io;
+}
+
+/* Index the log in dir (a copy), so that it opens as a store, read-only too: a writer
+ * open indexes what the index lacks (all of it when rm_index) and, as it finds the log
+ * ends at next_pos, writes DIR/acked for it, then closes cleanly. */
+static annal_err index_copy(const char *dir, int rm_index, char *msg, size_t len) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/acked", dir);
+    unlink(path); /* a mark of an earlier copy is not evidence about this one */
+    snprintf(path, sizeof path, "%s/index", dir);
+    if (rm_index) annal__index_remove(path);
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    annal_db *db = NULL;
+    annal_err rc = annal__db_open_io(dir, &o, copy_io(), &db);
+    if (rc != ANNAL_OK)
+        say(msg, len, "cannot index the copy in %s: %s", dir,
+            db ? annal_db_errmsg(db) : annal_strerror(rc));
+    annal_db_close(db);
+    return rc;
+}
+
+typedef struct dest_seg {
+    uint64_t no;
+    uint32_t gen;
+    int keep;
+} dest_seg;
+
+typedef struct bk {
+    annal_db *db;
+    const char *dest;
+    char logdir[4200];
+    annal_backup_opts o;
+    annal_backup_result res;
+    annal__seg_file *have; /* segment files in DEST/log */
+    size_t nhave;
+    int rm_index; /* a file of DEST changed other than by growing: index it anew */
+    tar t;
+    int64_t now;
+} bk;
+
+/* Copy segment s, bytes [0, end), into DEST (or the tar stream). */
+static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
+    char dst[4200], src[4200], name[64];
+    annal__log names = {.dir = b->logdir};
+    annal__seg_path(&names, s->no, s->gen, 0, dst, sizeof dst);
+    snprintf(name, sizeof name, "log/%s", strrchr(dst, '/') + 1);
+    b->res.segments++;
+    if (b->t.write) {
+        int r = tar_file(&b->t, name, s, end, b->now / 1000000000, &b->res.bytes_copied);
+        if (r < 0)
+            return annal__fail(b->db, err_of(r), "cannot write the tar stream: %s", strerror(-r));
+        b->res.segments_copied++;
+        return ANNAL_OK;
+    }
+    uint64_t have = 0; /* bytes DEST already holds of this generation */
+    int found = 0;
+    for (size_t i = 0; i < b->nhave; i++) {
+        if (b->have[i].no != s->no || b->have[i].tmp) continue;
+        if (b->have[i].gen == s->gen) {
+            struct stat st;
+            have = stat(dst, &st) == 0 ? (uint64_t)st.st_size : 0;
+            found = 1;
+            b->have[i].tmp = 2; /* kept */
+        } else {
+            b->rm_index = 1; /* compaction made another generation since */
+        }
+    }
+    if (found && have == end) return ANNAL_OK; /* a sealed segment copied before */
+    if (found && have > end) { /* more than P: a copy interrupted later than this one ends */
+        if (truncate(dst, (off_t)end) < 0)
+            return annal__fail(b->db, err_of(-errno), "cannot truncate %s: %s", dst,
+                               strerror(errno));
+        b->rm_index = 1;
+        return ANNAL_OK;
+    }
+    if (!found && sealed && (b->o.flags & ANNAL_BACKUP_LINK)) {
+        annal__seg_path(&b->db->log, s->no, s->gen, 0, src, sizeof src);
+        if (link(src, dst) == 0) {
+            b->res.segments_copied++;
+            b->res.bytes_linked += end;
+            return ANNAL_OK;
+        } /* another filesystem, or the generation was replaced meanwhile: copy it */
+    }
+    int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return annal__fail(b->db, err_of(-errno), "cannot create %s: %s", dst, strerror(errno));
+    uint64_t from = have;
+    int r = copy_range(s, fd, from, end, &b->res.bytes_copied);
+    if (r == 0 && fdatasync(fd) < 0) r = -errno;
+    close(fd);
+    if (r < 0) return annal__fail(b->db, err_of(r), "cannot copy %s: %s", dst, strerror(-r));
+    b->res.segments_copied++;
+    return ANNAL_OK;
+}
+
+/* Remove the segment files of DEST that are not part of this backup. */
+static annal_err drop_others(bk *b) {
+    annal__log names = {.dir = b->logdir};
+    for (size_t i = 0; i < b->nhave; i++) {
+        if (b->have[i].tmp == 2) continue;
+        char path[4200];
+        annal__seg_path(&names, b->have[i].no, b->have[i].gen, b->have[i].tmp, path, sizeof path);
+        if (unlink(path) < 0 && errno != ENOENT)
+            return annal__fail(b->db, ANNAL_EIO, "cannot remove %s: %s", path, strerror(errno));
+        b->rm_index = 1;
+    }
+    return ANNAL_OK;
+}
+
+static annal_err backup(bk *b) {
+    annal_db *db = b->db;
+    /* P: the committed index head. Its bytes are in the log (written before it was
+     * committed); segments after its segment are not copied. */
+    /* The generation of the head's segment: its offset is in that generation's
+     * layout. The head's segment is active when the head is read, so it is the one
+     * known before (or, if it is newer, generation 0); compaction may rewrite it once
+     * sealed, before it is copied: this handle keeps that generation readable. */
+    annal__seg *pre = annal__log_last(&db->log);
+    uint64_t pre_no = pre ? pre->no : UINT64_MAX;
+    uint32_t pre_gen = pre ? pre->gen : 0;
+    MDB_txn *t;
+    annal_err rc = annal__read_txn(db, &t);
+    if (rc != ANNAL_OK) return rc;
+    annal__index_head h;
+    rc = annal__index_head_get(t, &db->idx, &h);
+    annal__txn_abort(&db->idx, t);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot read the index head");
+    /* (A writer's head may be a group ahead of what it has acknowledged: that group's
+     * bytes were written before its commit, and the copy flushes its own.) */
+    uint64_t base = db->log.base;
+    uint64_t last = h.next_pos ? ANNAL__LOC_SEG(h.next_loc) : base;
+    uint64_t last_off = h.next_pos ? ANNAL__LOC_OFF(h.next_loc) : ANNAL__SEG_HDR;
+    b->res.next_position = h.next_pos;
+    manifest m = {annal__rng_seed(), h.next_pos, last, last_off, b->now};
+    if (m.token == 0) m.token = 1;
+    if (!b->t.write) {
+        manifest old;
+        if (manifest_read(b->dest, &old) == 0 && old.next_pos > h.next_pos)
+            return annal__fail(db, ANNAL_EINVAL,
+                               "%s holds a backup at a later position (%" PRIu64
+                               ") than this store's head (%" PRIu64 "): another store's?",
+                               b->dest, old.next_pos, h.next_pos);
+        int r = flag_write(b->dest, m.token); /* first: from here on DEST is unfinished */
+        if (r < 0)
+            return annal__fail(db, err_of(r), "cannot write %s/%s: %s", b->dest, FLAG_NAME,
+                               strerror(-r));
+        char mpath[4200];
+        snprintf(mpath, sizeof mpath, "%s/%s", b->dest, MANIFEST_NAME);
+        unlink(mpath);
+        if (mkdir(b->logdir, 0755) < 0 && errno != EEXIST)
+            return annal__fail(db, err_of(-errno), "cannot create %s: %s", b->logdir,
+                               strerror(errno));
+        if (annal__seg_list(b->logdir, &b->have, &b->nhave) < 0) b->nhave = 0;
+        b->res.incremental = b->nhave > 0;
+    } else {
+        char text[64];
+        snprintf(text, sizeof text, "annal-backup-incomplete %016" PRIx64 "\n", m.token);
+        int r = tar_text(&b->t, FLAG_NAME, text, b->now / 1000000000);
+        if (r == 0) r = tar_header(&b->t, "log/", 0, 1, b->now / 1000000000);
+        if (r < 0) return annal__fail(db, ANNAL_EIO, "cannot write the tar stream");
+    }
+    for (uint64_t no = base; no <= last; no++) {
+        annal__seg *s = annal__log_seg(&db->log, no);
+        if (s && no == last && s->gen != (no == pre_no ? pre_gen : 0))
+            s = annal__log_seg_at(&db->log, ANNAL__LOCG(no == pre_no ? pre_gen : 0, no, 0));
+        if (!s && no == last) /* compacted and gone before this handle saw it: again */
+            return ANNAL_EAGAIN_INTERNAL;
+        if (!s) return annal__fail(db, ANNAL_ECORRUPT, "segment %016" PRIx64 " is missing", no);
+        uint64_t end = last_off;
+        if (no < last) {                                               /* sealed: the whole file */
+            uint64_t sz = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE); /* final once sealed */
+            if (s->fd >= 0 && db->io->size(db->io->ctx, s->fd, &sz) < 0)
+                return annal__fail(db, ANNAL_EIO, "cannot stat segment %016" PRIx64, no);
+            end = sz;
+        }
+        rc = copy_seg(b, s, end, no < last);
+        if (rc != ANNAL_OK) return rc;
+        if (db->opts.progress &&
+            db->opts.progress(db->opts.progress_ctx, no - base + 1, last - base + 1))
+            return annal__fail(db, ANNAL_ECANCELED, "backup canceled");
+    }
+    char text[512];
+    manifest_text(&m, text, sizeof text);
+    if (b->t.write) { /* the manifest last: a cut stream has none */
+        static const uint8_t zeros[1024];
+        int r = tar_text(&b->t, MANIFEST_NAME, text, b->now / 1000000000);
+        if (r == 0) r = tar_put(&b->t, zeros, sizeof zeros);
+        return r == 0 ? ANNAL_OK : annal__fail(db, ANNAL_EIO, "cannot write the tar stream");
+    }
+    rc = drop_others(b);
+    if (rc != ANNAL_OK) return rc;
+    int r = annal__io_posix()->sync_dir(NULL, b->logdir);
+    if (r < 0) return annal__fail(db, err_of(r), "cannot flush %s: %s", b->logdir, strerror(-r));
+    if (!(b->o.flags & ANNAL_BACKUP_NO_INDEX)) {
+        char msg[600];
+        rc = index_copy(b->dest, b->rm_index, msg, sizeof msg);
+        if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", msg);
+    }
+    r = write_small(b->dest, MANIFEST_NAME, text);
+    if (r == 0) r = flag_remove(b->dest);
+    if (r < 0)
+        return annal__fail(db, err_of(r), "cannot finish the backup in %s: %s", b->dest,
+                           strerror(-r));
+    return ANNAL_OK;
+}
+
+annal_err annal_backup_sized(annal_db *db, const char *dest, const annal_backup_opts *opts,
+                             annal_backup_result *res, size_t res_size) {
+    if (!db) return ANNAL_EINVAL;
+    bk b;
+    memset(&b, 0, sizeof b);
+    b.db = db;
+    b.dest = dest;
+    backup_opts_defaults(&b.o);
+    if (opts && !annal__opts_in(&b.o, sizeof b.o, opts,
+                                offsetof(annal_backup_opts, flags) + sizeof opts->flags))
+        return ANNAL_EINVAL;
+    if (b.o.flags & ~(ANNAL_BACKUP_LINK | ANNAL_BACKUP_NO_INDEX)) return ANNAL_EINVAL;
+    if (!dest == !b.o.write) return annal__fail(db, ANNAL_EINVAL, "give either DEST or a stream");
+    b.t.write = b.o.write;
+    b.t.ctx = b.o.write_ctx;
+    b.now = annal__now_ns();
+    if (dest) {
+        if (mkdir(dest, 0755) < 0 && errno != EEXIST)
+            return annal__fail(db, err_of(-errno), "cannot create %s: %s", dest, strerror(errno));
+        snprintf(b.logdir, sizeof b.logdir, "%s/log", dest);
+        struct stat a, c;
+        if (stat(dest, &a) == 0 && stat(db->dir, &c) == 0 && a.st_ino == c.st_ino &&
+            a.st_dev == c.st_dev)
+            return annal__fail(db, ANNAL_EINVAL, "the backup cannot go into the store itself");
+        char probe[4200];
+        snprintf(probe, sizeof probe, "%s/lock", dest);
+        struct stat ls;
+        manifest old;
+        if (stat(probe, &ls) == 0 && manifest_read(dest, &old) < 0 &&
+            flag_read(dest, &old.token) == 0)
+            return annal__fail(db, ANNAL_EINVAL, "%s is a store, not a backup", dest);
+    } else {
+        snprintf(b.logdir, sizeof b.logdir, "log");
+    }
+    annal_err rc = ANNAL_EAGAIN_INTERNAL;
+    for (int i = 0; i < BACKUP_TRIES && rc == ANNAL_EAGAIN_INTERNAL; i++) {
+        free(b.have);
+        b.have = NULL;
+        b.nhave = 0;
+        memset(&b.res, 0, sizeof b.res);
+        rc = backup(&b);
+    }
+    if (rc == ANNAL_EAGAIN_INTERNAL)
+        rc = annal__fail(db, ANNAL_EBUSY, "compaction kept replacing the last segment: try again");
+    free(b.have);
+    annal__out_copy(res, res_size, &b.res, sizeof b.res);
+    return rc;
+}
+
+/* ---- restore ------------------------------------------------------------------------ */
+
+/* Where the restored log ends: the first batch past the point asked for. */
+typedef struct cut {
+    uint64_t seg, off, next_pos;
+} cut;
+
+/* Walk the records of the backup's segments from the start for the first batch that
+ * begins after to_pos or after to_ns (records in log order; timestamps never go back). */
+static annal_err find_cut(const char *logdir, const annal__seg_file *f, size_t n, const manifest *m,
+                          uint64_t to_pos, int64_t to_ns, cut *c, char *msg, size_t len) {
+    annal__log names = {.dir = (char *)logdir};
+    *c = (cut){m->last_seg, m->last_off, m->next_pos};
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].tmp || f[i].no > m->last_seg) continue;
+        char path[4200];
+        annal__seg_path(&names, f[i].no, f[i].gen, 0, path, sizeof path);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0) {
+            say(msg, len, "cannot open %s: %s", path, strerror(errno));
+            if (fd >= 0) close(fd);
+            return ANNAL_EIO;
+        }
+        uint64_t size = (uint64_t)st.st_size;
+        if (f[i].no == m->last_seg && size > m->last_off) size = m->last_off;
+        const uint8_t *p = size ? mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0) : NULL;
+        close(fd);
+        if (size && p == MAP_FAILED) {
+            say(msg, len, "cannot map %s", path);
+            return ANNAL_EIO;
+        }
+        annal_err rc = ANNAL_OK;
+        uint64_t off = ANNAL__SEG_HDR, batch_off = off;
+        while (off + ANNAL__REC_HDR <= size && annal__get64(p + off) != 0) {
+            annal_event ev;
+            annal__rec_info info;
+            if (annal__rec_decode(p + off, (size_t)(size - off), &ev, &info) != ANNAL_OK) {
+                say(msg, len, "damaged record in %s at offset %" PRIu64, path, off);
+                rc = ANNAL_ECORRUPT;
+                break;
+            }
+            int event = info.kind != ANNAL__REC_HOLE;
+            if (!event || info.batch_index == 0) batch_off = off;
+            if (event && (ev.position > to_pos || ev.timestamp_ns > to_ns)) {
+                /* This batch goes, and everything after it. */
+                annal_event first;
+                annal__rec_info fi;
+                (void)annal__rec_decode(p + batch_off, (size_t)(size - batch_off), &first, &fi);
+                *c = (cut){f[i].no, batch_off, first.position};
+                munmap((void *)p, size);
+                return ANNAL_OK;
+            }
+            off += info.len;
+        }
+        if (size) munmap((void *)p, size);
+        if (rc != ANNAL_OK) return rc;
+    }
+    return ANNAL_OK;
+}
+
+static annal_err restore(const char *src, const char *dir, const annal_restore_opts *o,
+                         annal_restore_result *res) {
+    char *msg = res->message;
+    size_t mlen = sizeof res->message;
+    manifest m;
+    int r = manifest_read(src, &m);
+    if (r == -ENOENT || r == -ENOTDIR) {
+        say(msg, mlen, "%s is not a backup (no %s file)", src, MANIFEST_NAME);
+        return ANNAL_ENOTFOUND;
+    }
+    if (r < 0 || annal__backup_incomplete(src)) {
+        say(msg, mlen, "%s is an incomplete backup (it was interrupted): not restored", src);
+        return ANNAL_ECORRUPT;
+    }
+    res->backup_next_position = m.next_pos;
+    if (mkdir(dir, 0755) < 0) {
+        DIR *d = errno == EEXIST ? opendir(dir) : NULL;
+        int other = 0;
+        for (struct dirent *e; d && (e = readdir(d)) != NULL;)
+            other |= strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+        if (d) closedir(d);
+        if (!d || other) {
+            say(msg, mlen, "%s exists and is not empty: restore into a new directory", dir);
+            return ANNAL_EINVAL;
+        }
+    }
+    char slog[4200], dlog[4200];
+    snprintf(slog, sizeof slog, "%s/log", src);
+    snprintf(dlog, sizeof dlog, "%s/log", dir);
+    annal__seg_file *f = NULL;
+    size_t n = 0;
+    if (annal__seg_list(slog, &f, &n) < 0) {
+        say(msg, mlen, "cannot list %s", slog);
+        return ANNAL_ECORRUPT;
+    }
+    cut c;
+    annal_err rc = find_cut(slog, f, n, &m, o->to_position, o->to_time_ns, &c, msg, mlen);
+    uint64_t token = annal__rng_seed() | 1;
+    if (rc == ANNAL_OK && (r = flag_write(dir, token)) < 0) { /* a killed restore never opens */
+        say(msg, mlen, "cannot write in %s: %s", dir, strerror(-r));
+        rc = err_of(r);
+    }
+    if (rc == ANNAL_OK && mkdir(dlog, 0755) < 0) {
+        say(msg, mlen, "cannot create %s: %s", dlog, strerror(errno));
+        rc = err_of(-errno);
+    }
+    annal__log sn = {.dir = slog}, dn = {.dir = dlog};
+    for (size_t i = 0; rc == ANNAL_OK && i < n; i++) {
+        if (f[i].tmp || f[i].no > c.seg) continue;
+        char sp[4200], dp[4200];
+        annal__seg_path(&sn, f[i].no, f[i].gen, 0, sp, sizeof sp);
+        annal__seg_path(&dn, f[i].no, f[i].gen, 0, dp, sizeof dp);
+        int in = open(sp, O_RDONLY | O_CLOEXEC);
+        int out = in < 0 ? -1 : open(dp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        struct stat st;
+        r = in < 0 || out < 0 || fstat(in, &st) < 0 ? -errno : 0;
+        uint64_t end = (uint64_t)st.st_size, copied = 0;
+        if (f[i].no == c.seg && end > c.off) end = c.off;
+        annal__seg file = {.fd = in}; /* a file of a backup: copied through its descriptor */
+        if (r == 0) r = copy_range(&file, out, 0, end, &copied);
+        if (r == 0 && fdatasync(out) < 0) r = -errno;
+        if (in >= 0) close(in);
+        if (out >= 0) close(out);
+        if (r < 0) {
+            say(msg, mlen, "cannot copy %s to %s: %s", sp, dp, strerror(-r));
+            rc = err_of(r);
+        }
+    }
+    free(f);
+    if (rc == ANNAL_OK && (r = annal__io_posix()->sync_dir(NULL, dlog)) < 0) {
+        say(msg, mlen, "cannot flush %s: %s", dlog, strerror(-r));
+        rc = err_of(r);
+    }
+    if (rc == ANNAL_OK) rc = index_copy(dir, 1, msg, mlen);
+    if (rc == ANNAL_OK && (r = flag_remove(dir)) < 0) {
+        say(msg, mlen, "cannot finish %s: %s", dir, strerror(-r));
+        rc = err_of(r);
+    }
+    res->next_position = c.next_pos;
+    return rc;
+}
+
+annal_err annal_restore_sized(const char *src, const char *dir, const annal_restore_opts *opts,
+                              annal_restore_result *res, size_t res_size) {
+    annal_restore_result full;
+    memset(&full, 0, sizeof full);
+    annal_restore_opts o;
+    restore_opts_defaults(&o);
+    annal_err rc = ANNAL_OK;
+    if (!src || !dir) rc = ANNAL_EINVAL;
+    if (rc == ANNAL_OK && opts &&
+        !annal__opts_in(&o, sizeof o, opts,
+                        offsetof(annal_restore_opts, to_position) + sizeof o.to_position))
+        rc = ANNAL_EINVAL;
+    if (rc == ANNAL_OK) rc = restore(src, dir, &o, &full);
+    annal__out_copy(res, res_size, &full, sizeof full);
+    return rc;
+}

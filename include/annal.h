@@ -915,6 +915,21 @@ ANNAL_API annal_err annal_append_multi_sized(annal_db *db, const annal_stream_ap
     annal_append_multi_sized((db), (parts), (nparts), (checks), (nchecks), (res),                  \
                              sizeof(annal_multi_result))
 
+/* ---- System streams (src/store/sys.c) ---- */
+/* annal_append for trusted embedders (a server acting for an administrator): stream may
+ * also start with '$', as KurrentDB's system streams do (`$users`, `$user-<name>`,
+ * `$settings`; docs/security.md). The store's own streams stay reserved (`$$<stream>`
+ * metadata, `$all`, `$ce-`/`$et-`, `$seals`), as do the event types `$metadata` and
+ * `$streamDeleted`: ANNAL_EINVAL. A stream not starting with '$' is as annal_append.
+ * Everything else (expected revision, idempotence, durability, errors) is annal_append's.
+ * Expose this only to callers allowed to write system streams. */
+ANNAL_API annal_err annal_append_system_sized(annal_db *db, const char *stream, int64_t expected,
+                                              annal_event_data *events, size_t n,
+                                              annal_append_result *result, size_t result_size);
+#define annal_append_system(db, stream, expected, events, n, result)                               \
+    annal_append_system_sized((db), (stream), (expected), (events), (n), (result),                 \
+                              sizeof(annal_append_result))
+
 #ifdef __cplusplus
 }
 #endif

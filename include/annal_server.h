@@ -35,6 +35,12 @@ typedef struct annal_server_opts {
      * the TCP side uses: it is trusted by its file permissions, which the caller sets (the
      * CLI writes through it as the admin). NULL: none. */
     const char *local_socket;
+    /* ---- Security (docs/security.md); ignored when insecure. */
+    /* Passwords (borrowed during start) given to the built-in users `admin` ($admins) and
+     * `ops` ($ops) when the store has no such user yet. A secure start needs an admin with
+     * a password: from here, or set before with annal_user_put. */
+    const char *default_admin_password;
+    const char *default_ops_password;
     /* Operations.Shutdown: called (from a server thread, after the reply) to have the
      * embedder stop the server. NULL: the process gets SIGTERM, which `annal serve`
      * handles as a graceful stop. */
@@ -60,6 +66,44 @@ int annal_server_port(const annal_server *srv);
  * with UNAVAILABLE (clients retry on it), wait up to grace_ms for the rest before
  * cancelling them, then free srv. The store stays open. NULL is a no-op. */
 void annal_server_stop(annal_server *srv, int grace_ms);
+
+/* Reload the TLS certificate, key and CA from the files given at start (SIGHUP in
+ * `annal serve`): new connections get them, connections open stay up. They are checked
+ * first (readable PEM, key matching the certificate, within its validity): on a problem
+ * the old ones stay, the reason goes to the log and ANNAL_EINVAL (ANNAL_EIO: unreadable)
+ * is returned. ANNAL_EINVAL for an insecure server. */
+annal_err annal_server_reload_tls(annal_server *srv);
+
+/* ---- Users (docs/security.md), kept in the store's system streams `$user-<name>` and
+ * `$users` as KurrentDB keeps them. These work on a store no server owns (a running
+ * server changes users through its Users service, which also updates its caches). */
+typedef struct annal_user {
+    char name[65];
+    char full_name[129];
+    char groups[512]; /* comma-separated roles: `$admins`, `$ops`, any other */
+    int disabled;
+    int has_password;   /* a user without one cannot log in with a password */
+    int64_t updated_ns; /* when last changed */
+} annal_user;
+
+#define ANNAL_USER_CREATE      0x1u /* create the user if missing (else ANNAL_ENOTFOUND) */
+#define ANNAL_USER_MUST_CREATE 0x2u /* ANNAL_ECONFLICT if the user exists */
+typedef struct annal_user_change {
+    unsigned flags;
+    const char *full_name; /* NULL: keep */
+    const char *groups;    /* NULL: keep; comma-separated */
+    const char *password;  /* NULL: keep; hashed with argon2id, never stored in clear */
+    int disabled;          /* -1: keep */
+} annal_user_change;
+
+/* Create or change the user name (1..64 bytes, no ':' ',' '/' or spaces, not starting
+ * with '$'). Errors: ANNAL_EINVAL, ANNAL_ENOTFOUND, ANNAL_ECONFLICT, the store's. */
+annal_err annal_user_put(annal_db *db, const char *name, const annal_user_change *change);
+annal_err annal_user_get(annal_db *db, const char *name, annal_user *out); /* ANNAL_ENOTFOUND */
+annal_err annal_user_remove(annal_db *db, const char *name);               /* ANNAL_ENOTFOUND */
+/* Every user, in order of creation: *out (free with annal_user_list_free) holds *n. */
+annal_err annal_user_list(annal_db *db, annal_user **out, size_t *n);
+void annal_user_list_free(annal_user *list);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@ pkgs=(build-essential cmake pkg-config liblmdb-dev libjansson-dev libcmocka-dev
       python3 cppcheck clang-format liblua5.4-dev libsqlite3-dev libpq-dev postgresql
       libgrpc-dev protobuf-c-compiler libprotobuf-c-dev "$@")
 pkgs+=(libyaml-dev libssl-dev) # annal serve --config (libyaml), annal cert (OpenSSL)
+pkgs+=(libargon2-dev) # annal serve's users: argon2id password hashes (docs/security.md)
 wait_s="${ANNAL_DEPS_WAIT:-600}"
 poll_s="${ANNAL_DEPS_POLL:-5}"
 

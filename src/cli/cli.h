@@ -65,6 +65,7 @@ int cli_cmd_query(cli_global *g, int argc, char **argv);
 int cli_cmd_serve(cli_global *g, int argc, char **argv);
 int cli_cmd_completion(cli_global *g, int argc, char **argv);
 int cli_cmd_cert(cli_global *g, int argc, char **argv);
+int cli_cmd_user(cli_global *g, int argc, char **argv);    /* user.c (docs/security.md) */
 int cli_cmd_backup(cli_global *g, int argc, char **argv);  /* backup.c */
 int cli_cmd_restore(cli_global *g, int argc, char **argv); /* backup.c */
 /* `annal append --batch FILE` (batch.c): FILE's events atomically across streams. */

@@ -35,6 +35,7 @@ static const struct {
     {"serve", cli_cmd_serve, "serve the store over KurrentDB's gRPC protocol"},
     {"completion", cli_cmd_completion, "print a bash completion script (sub-commands, streams)"},
     {"cert", cli_cmd_cert, "make a development CA and node/user TLS certificates"},
+    {"user", cli_cmd_user, "add, list and change the users of a secure server"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -145,13 +146,13 @@ int main(int argc, char **argv) {
     if (c < 0) return cli_usage_error(NULL, "unknown command '%s'", name);
     /* Only these reach a server by its address: asked of any other command, --server would
      * silently mean the local store. ANNAL_SERVER, set for a shell, just does not apply. */
-    static const char *const remote_ok[] = {"append", "import", "delete", "meta"};
+    static const char *const remote_ok[] = {"append", "import", "delete", "meta", "user"};
     int routed = 0;
     for (size_t k = 0; k < sizeof remote_ok / sizeof remote_ok[0]; k++)
         routed |= strcmp(name, remote_ok[k]) == 0;
     if (server_flag && !routed)
         return cli_usage_error(NULL,
-                               "--server works with append, import, delete and meta; '%s' "
+                               "--server works with append, import, delete, meta and user; '%s' "
                                "works on a local store (--data)",
                                name);
     if (!routed) g.server = NULL;

@@ -32,13 +32,17 @@ static const char usage[] =
     "                       port 0 picks a free one, printed at start)\n"
     "  --node-ip HOST       the host part alone (KurrentDB's NodeIp)\n"
     "  --node-port PORT     the port alone (KurrentDB's NodePort)\n"
-    "  --insecure           plain HTTP/2 without TLS (and, later, without authentication)\n"
+    "  --insecure           plain HTTP/2 without TLS, authentication or ACLs\n"
     "  --cert FILE          PEM certificate chain for TLS (CertificateFile)\n"
     "  --key FILE           PEM private key for TLS (CertificatePrivateKeyFile)\n"
     "  --ca FILE|DIR        PEM CA certificates to verify client certificates with\n"
     "                       (TrustedRootCertificatesPath; a directory: its .crt/.pem files)\n"
     "  --log-level L        error, warn, info (default) or debug (a line per call)\n"
     "  --grace-ms N         how long to wait for calls at stop (default 10000)\n"
+    "  --default-admin-password P, --default-ops-password P\n"
+    "                       first passwords of the built-in users admin and ops (with TLS,\n"
+    "                       the first start needs one for admin; docs/security.md)\n"
+    "SIGHUP reloads the TLS certificate, key and CA files.\n"
     "KurrentDB's names work too: KURRENTDB_NODE_PORT=2113, EVENTSTORE_INSECURE=true,\n"
     "NodePort: 2113 in the file. `annal cert` makes development certificates.\n"
     "\n"
@@ -202,16 +206,20 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
         return rc;
     }
     cli_config_describe(&cfg, log_info);
-    if (cli_config_get(&cfg, CFG_ADMIN_PASSWORD) || cli_config_get(&cfg, CFG_OPS_PASSWORD))
+    /* security: the built-in users' first passwords (docs/security.md) */
+    so.default_admin_password = cli_config_get(&cfg, CFG_ADMIN_PASSWORD);
+    so.default_ops_password = cli_config_get(&cfg, CFG_OPS_PASSWORD);
+    if (so.insecure && (so.default_admin_password || so.default_ops_password))
         log_line(NULL, ANNAL_LOG_WARN,
-                 "config: default passwords have no effect yet: annal serve has no users, every "
-                 "call acts as an admin (docs/server.md)");
+                 "config: default passwords are not used with --insecure: every call acts as an "
+                 "admin (docs/security.md)");
 
     /* Signals go to sigwait below, not to gRPC's threads (they inherit this mask). */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP); /* security: reload the TLS certificates */
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
     annal_db *db;
@@ -239,8 +247,15 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
                  sock);
         log_info(msg);
     }
-    if (ca_tmp[0]) unlink(ca_tmp);
+    /* security: a CA directory's bundle stays until exit, rebuilt at each SIGHUP. */
+    char *ca_dir =
+        ca_tmp[0] ? cli_xstrndup(cli_config_get(&cfg, CFG_CA), strlen(cli_config_get(&cfg, CFG_CA)))
+                  : NULL;
     cli_config_free(&cfg);
+    if (rc || e != ANNAL_OK) {
+        if (ca_tmp[0]) unlink(ca_tmp);
+        free(ca_dir);
+    }
     if (rc) return rc;
     if (e != ANNAL_OK) {
         annal_db_close(db);
@@ -248,11 +263,24 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
         return e == ANNAL_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_STORE;
     }
     int sig = 0;
-    sigwait(&sigs, &sig);
+    while (sigwait(&sigs, &sig) == 0 && sig == SIGHUP) {
+        log_line(NULL, ANNAL_LOG_INFO, "got SIGHUP: reloading the TLS certificates");
+        char fresh[4096];
+        const char *bundle;
+        if (ca_dir && ca_bundle(ca_dir, fresh, sizeof fresh, &bundle) == 0 && bundle == fresh &&
+            rename(fresh, ca_tmp) != 0)
+            unlink(fresh);
+        if (so.insecure)
+            log_line(NULL, ANNAL_LOG_WARN, "SIGHUP ignored: no TLS (--insecure)");
+        else
+            (void)annal_server_reload_tls(srv);
+    }
     char msg[64];
     snprintf(msg, sizeof msg, "got %s, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     log_line(NULL, ANNAL_LOG_INFO, msg);
     annal_server_stop(srv, grace);
+    if (ca_tmp[0]) unlink(ca_tmp);
+    free(ca_dir);
     if (so.local_socket) unlink(sock);
     annal_db_close(db);
     log_line(NULL, ANNAL_LOG_INFO, "store closed");

@@ -784,3 +784,21 @@ annal_err annal_remote_read(annal_remote *r, const char *stream, int64_t from, i
     *n = c.n;
     return rc;
 }
+
+/* ---- Any unary or server-streaming method (the Users service: src/cli/user.c) */
+annal_err annal_remote_call(annal_remote *r, const char *method, const ProtobufCMessage *req,
+                            int (*on_msg)(void *ctx, const uint8_t *p, size_t n), void *ctx) {
+    const ProtobufCMessage *reqs[] = {req};
+    rpc_status st;
+    if (rpc(r, method, reqs, 1, on_msg, ctx, 30000, &st) != 0) return ANNAL_ENOMEM;
+    if (st.code == GRPC_STATUS_OK) return ANNAL_OK;
+    if (strcmp(st.exception, "user-not-found") == 0) {
+        set_err(r, "no such user%s%s", "", "");
+        return ANNAL_ENOTFOUND;
+    }
+    if (strcmp(st.exception, "user-conflict") == 0) {
+        set_err(r, "the user exists already%s%s", "", "");
+        return ANNAL_ECONFLICT;
+    }
+    return status_err(r, &st, "");
+}

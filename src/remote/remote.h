@@ -41,4 +41,12 @@ annal_err annal_remote_read(annal_remote *r, const char *stream, int64_t from, i
                             size_t max, annal_event **out, size_t *n);
 void annal_remote_events_free(annal_event *evs, size_t n);
 
+/* Call method with one request, handing each reply's bytes to on_msg (may be NULL; its
+ * non-zero return stops). For services without a call above (the Users service, used by
+ * `annal user`). Errors: ANNAL_ENOTFOUND (`user-not-found`), ANNAL_ECONFLICT
+ * (`user-conflict`), others as annal_remote_append's. */
+struct ProtobufCMessage;
+annal_err annal_remote_call(annal_remote *r, const char *method, const struct ProtobufCMessage *req,
+                            int (*on_msg)(void *ctx, const uint8_t *p, size_t n), void *ctx);
+
 #endif

@@ -219,7 +219,7 @@ static int is_metadata(const char *stream, const annal_event_data *ev, size_t n)
            strcmp(ev[0].type, "$metadata") == 0;
 }
 
-annal_err srv_append(annal_server *srv, const char *stream, int64_t expected, annal_event_data *ev,
+annal_err srv_append(srv_call *c, const char *stream, int64_t expected, annal_event_data *ev,
                      size_t n, srv_append_out *out) {
     memset(out, 0, sizeof *out);
     out->revision = -1;
@@ -230,7 +230,7 @@ annal_err srv_append(annal_server *srv, const char *stream, int64_t expected, an
     if (n == 0) {
         /* An append of no events checks the expected revision and writes nothing. */
         uint64_t head;
-        r = annal_stream_head(srv->db, stream, &head);
+        r = annal_stream_head(c->srv->db, stream, &head);
         if (r != ANNAL_OK && r != ANNAL_ENOTFOUND) return r;
         int64_t actual = r == ANNAL_OK ? (int64_t)head : -1;
         out->revision = actual;
@@ -240,10 +240,12 @@ annal_err srv_append(annal_server *srv, const char *stream, int64_t expected, an
         return ok ? ANNAL_OK : ANNAL_ECONFLICT;
     }
     if (is_metadata(stream, ev, n))
-        r = annal_stream_meta_set(srv->db, stream + 2, expected, (const char *)ev[0].data,
+        r = annal_stream_meta_set(c->srv->db, stream + 2, expected, (const char *)ev[0].data,
                                   ev[0].data_len, &res);
     else
-        r = annal_append(srv->db, stream, expected, ev, n, &res);
+        r = sec_append(c, stream, expected, ev, n, &res); /* security: `$` streams, ACL changes */
+    if (r == ANNAL_OK && is_metadata(stream, ev, n))
+        sec_written(c, stream); /* security: ACLs may have changed */
     if (r == ANNAL_OK || r == ANNAL_ECONFLICT) out->revision = res.revision;
     if (r == ANNAL_OK) {
         out->has_position = 1;
@@ -255,9 +257,9 @@ annal_err srv_append(annal_server *srv, const char *stream, int64_t expected, an
 void rpc_streams_append(srv_call *c) {
     append_req a;
     memset(&a, 0, sizeof a);
-    if (receive(c, &a) == 0) {
+    if (receive(c, &a) == 0 && sec_check(c, a.stream, SEC_WRITE) == 0) { /* security */
         srv_append_out out;
-        annal_err r = srv_append(c->srv, a.stream, a.expected, a.events, a.n, &out);
+        annal_err r = srv_append(c, a.stream, a.expected, a.events, a.n, &out);
         if (r == ANNAL_OK)
             reply_success(c, out.revision, out.has_position, out.position);
         else if (r == ANNAL_ECONFLICT)
@@ -284,6 +286,7 @@ static void fail_wrong_expected(srv_call *c, const char *stream, int64_t expecte
 
 /* Delete stream; reply with the fields of msg (DeleteResp and TombstoneResp are alike). */
 static void delete_stream(srv_call *c, const char *stream, int64_t expected, unsigned flags) {
+    if (sec_check(c, stream, SEC_DELETE) != 0) return; /* security */
     annal_append_result res;
     memset(&res, 0, sizeof res);
     res.revision = -1;

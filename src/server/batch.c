@@ -5,7 +5,8 @@
  * the call (at most BATCH_INFLIGHT at once, so concurrent appends of one client share the
  * store's group commit), and its answer is sent under the call's send lock. Errors travel
  * in-band as a google.rpc.Status whose one detail is the typed message the clients unpack
- * (WrongExpectedVersion, StreamDeleted, MaximumAppendSizeExceeded, Timeout, BadRequest).
+ * (WrongExpectedVersion, StreamDeleted, MaximumAppendSizeExceeded, Timeout, BadRequest,
+ * AccessDenied).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@ typedef EventStore__Client__Streams__BatchAppendResp BatchResp;
 enum {
     CODE_INVALID_ARGUMENT = 3,
     CODE_DEADLINE_EXCEEDED = 4,
+    CODE_PERMISSION_DENIED = 7,
     CODE_FAILED_PRECONDITION = 9,
     CODE_UNAVAILABLE = 14
 };
@@ -291,6 +293,13 @@ static void send_store_error(batch_call *bc, const batch *b, annal_err r) {
     }
 }
 
+/* security: the caller may not write the batch's stream (audited by sec_allowed). */
+static void send_denied(batch_call *bc, const batch *b) {
+    EventStore__Client__AccessDenied m = EVENT_STORE__CLIENT__ACCESS_DENIED__INIT;
+    send_error(bc, b, CODE_PERMISSION_DENIED, "Access denied.",
+               (detail){"event_store.client.AccessDenied", &m.base});
+}
+
 static void send_timeout(batch_call *bc, const batch *b) {
     EventStore__Client__Timeout m = EVENT_STORE__CLIENT__TIMEOUT__INIT;
     send_error(bc, b, CODE_DEADLINE_EXCEEDED, "Timeout",
@@ -305,7 +314,7 @@ static void batch_run(batch *b) {
         return;
     }
     srv_append_out out;
-    annal_err r = srv_append(bc->c->srv, b->stream, b->expected, b->events, b->n, &out);
+    annal_err r = srv_append(bc->c, b->stream, b->expected, b->events, b->n, &out);
     if (r == ANNAL_ECONFLICT) return send_wrong_expected(bc, b, out.revision);
     if (r != ANNAL_OK) return send_store_error(bc, b, r);
     EventStore__Client__Streams__BatchAppendResp__Success ok =
@@ -411,6 +420,7 @@ static void batch_request(batch_call *bc, BatchReq *req) {
         b->expected = ANNAL_EXPECT_ANY;
     }
     const char *err = NULL;
+    int denied = 0;
     if (!corr_ok)
         err = "the correlation id is not a UUID";
     else if (!b->has_options && !req->options)
@@ -418,13 +428,18 @@ static void batch_request(batch_call *bc, BatchReq *req) {
     else if (!b->has_options) {
         b->has_options = 1;
         err = srv_batch_options(req->options, now_ns(), b->stream, &b->expected, &b->deadline_ns);
+        /* security: checked once per batch, before any of its events is kept. */
+        if (!err && !sec_allowed(bc->c, b->stream, SEC_WRITE)) denied = 1;
     }
     int final = req->is_final;
     if (b->failed) {
         protobuf_c_message_free_unpacked(&req->base, NULL);
-    } else if (err) {
+    } else if (err || denied) {
         protobuf_c_message_free_unpacked(&req->base, NULL);
-        send_bad(bc, b, err);
+        if (denied)
+            send_denied(bc, b);
+        else
+            send_bad(bc, b, err);
         b->failed = 1;
     } else {
         const char *e = batch_add(b, req, srv->max_append_bytes);

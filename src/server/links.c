@@ -71,7 +71,8 @@ static const annal_event *resolve(srv_links *l, const annal_event *link) {
 void links_emit(srv_links *l, const annal_event *ev, int uuid_string, cv_event_msg *m) {
     if (l && l->numbered) {
         make_link(l, ev);
-        if (l->resolve)
+        /* security: a link to an event its reader may not read stays unresolved. */
+        if (l->resolve && (!l->c || sec_readable(l->c, ev)))
             cv_read_resolved(ev, &l->link, uuid_string, m);
         else
             cv_read_event(&l->link, uuid_string, m);
@@ -79,6 +80,7 @@ void links_emit(srv_links *l, const annal_event *ev, int uuid_string, cv_event_m
     }
     const annal_event *target = NULL;
     if (l && l->resolve && strcmp(ev->type, SRV_LINK_TYPE) == 0) target = resolve(l, ev);
+    if (target && l->c && !sec_readable(l->c, target)) target = NULL; /* security: as gone */
     /* A link whose event is gone reads as the link alone. */
     if (target)
         cv_read_resolved(target, ev, uuid_string, m);

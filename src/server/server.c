@@ -85,6 +85,15 @@ static const struct {
     {"/event_store.client.server_features.ServerFeatures/GetSupportedMethods",
      rpc_features_methods},
     {"/event_store.client.gossip.Gossip/Read", rpc_gossip_read},
+    /* security: the Users service (users_rpc.c) */
+    {"/event_store.client.users.Users/Create", rpc_users_create},
+    {"/event_store.client.users.Users/Update", rpc_users_update},
+    {"/event_store.client.users.Users/Delete", rpc_users_delete},
+    {"/event_store.client.users.Users/Disable", rpc_users_disable},
+    {"/event_store.client.users.Users/Enable", rpc_users_enable},
+    {"/event_store.client.users.Users/Details", rpc_users_details},
+    {"/event_store.client.users.Users/ChangePassword", rpc_users_change_password},
+    {"/event_store.client.users.Users/ResetPassword", rpc_users_reset_password},
     {"/event_store.client.operations.Operations/StartScavenge", rpc_ops_start_scavenge},
     {"/event_store.client.operations.Operations/StopScavenge", rpc_ops_stop_scavenge},
     {"/event_store.client.operations.Operations/Shutdown", rpc_ops_shutdown},
@@ -101,6 +110,7 @@ static void run_call(srv_call *c) {
         call_finish(c, GRPC_STATUS_INTERNAL, "cannot watch the call", NULL, 0);
         return;
     }
+    if (sec_authenticate(c, path) != 0) return; /* security: refused and finished */
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
         if (strcmp(methods[i].path, path) == 0) {
             srv_log(c->srv, ANNAL_SERVER_LOG_DEBUG, "call %s", path);
@@ -142,6 +152,7 @@ static void *call_thread(void *arg) {
         srv->calls = c->next;
     if (c->next) c->next->prev = c->prev;
     pthread_mutex_unlock(&srv->mu);
+    sec_call_end(c); /* security */
     call_free(c);
     pthread_mutex_lock(&srv->mu);
     srv->active--;
@@ -224,60 +235,17 @@ static void *dispatcher(void *arg) {
 }
 
 /* ---- Start */
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0) break;
-        if (len + 1 == cap) {
-            char *nb = cap < (16u << 20) ? realloc(buf, cap * 2) : NULL;
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    if (buf) buf[len] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static annal_err make_creds(annal_server *srv, const annal_server_opts *o,
                             grpc_server_credentials **out) {
     if (o->insecure) {
         *out = grpc_insecure_server_credentials_create();
         return *out ? ANNAL_OK : ANNAL_ENOMEM;
     }
-    char *cert = read_file(o->cert_file), *key = read_file(o->key_file);
-    char *ca = o->ca_file ? read_file(o->ca_file) : NULL;
-    annal_err r = ANNAL_OK;
-    if (!cert || !key || (o->ca_file && !ca)) {
-        srv_log(srv, ANNAL_LOG_ERROR, "cannot read %s: %s",
-                !cert  ? o->cert_file
-                : !key ? o->key_file
-                       : o->ca_file,
-                strerror(errno));
-        r = ANNAL_EIO;
-    } else {
-        grpc_ssl_pem_key_cert_pair pair = {key, cert};
-        *out = grpc_ssl_server_credentials_create_ex(
-            ca, &pair, 1,
-            ca ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
-               : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
-            NULL);
-        if (!*out) r = ANNAL_EINVAL;
-    }
-    free(cert);
-    free(key);
-    free(ca);
-    return r;
+    /* security: certificates that reload on annal_server_reload_tls (tls.c) */
+    annal_err r = tls_open(srv, o, &srv->tls);
+    if (r != ANNAL_OK) return r;
+    *out = tls_credentials(srv->tls);
+    return *out ? ANNAL_OK : ANNAL_EINVAL;
 }
 
 static int split_listen(annal_server *srv, const char *listen) {
@@ -364,6 +332,8 @@ static annal_err bind_and_start(annal_server *srv, const annal_server_opts *o) {
 
 static void destroy(annal_server *srv) {
     if (srv->server) grpc_server_destroy(srv->server);
+    tls_close(srv->tls); /* security */
+    sec_stop(srv);
     if (srv->cq) {
         grpc_completion_queue_shutdown(srv->cq);
         while (grpc_completion_queue_next(srv->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
@@ -412,7 +382,8 @@ annal_err annal_server_start(annal_db *db, const annal_server_opts *opts, annal_
         return ANNAL_EINVAL;
     }
     grpc_init();
-    annal_err r = bind_and_start(srv, opts);
+    annal_err r = sec_start(srv, opts); /* security: users, built-ins (auth.c) */
+    if (r == ANNAL_OK) r = bind_and_start(srv, opts);
     if (r != ANNAL_OK) {
         if (srv->server) {
             grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);

@@ -19,6 +19,8 @@
 #include "shared.pb-c.h"
 #include "streams.pb-c.h"
 
+#include "sec.h" /* security: users, ACLs, TLS reload (docs/security.md) */
+
 #define SRV_MAX_MESSAGE   (17u << 20) /* largest message in either direction, as clients do */
 #define SRV_PENDING_CALLS 8           /* grpc_server_request_call slots kept outstanding */
 #define SRV_POLL_MS       500         /* how often a waiting subscription checks its call */
@@ -46,6 +48,8 @@ struct annal_server {
     unsigned active;   /* call threads running */
     srv_call *calls;   /* running calls, for cancelling subscriptions at stop */
     char shutdown_tag; /* its address is the tag */
+    sec_state *sec;    /* security: users, credentials, ACL state (auth.c, acl.c) */
+    sec_tls *tls;      /* security: reloadable certificates (tls.c); NULL if insecure */
 
     /* Operations (ops.c): one scavenge (annal_compact) at a time, on its own thread. */
     void (*on_shutdown)(void *ctx);
@@ -75,6 +79,7 @@ struct srv_call {
     int cancelled;  /* ... and said the call was cancelled */
     annal_sub *sub; /* a subscription to cancel at stop (guarded by srv->mu) */
     srv_call *prev, *next;
+    sec_who who;        /* security: who the call acts for (auth.c) */
     int cancel_at_stop; /* a long-lived call (BatchAppend) to end at stop (srv->mu) */
     unsigned batches;   /* its appends under way (srv->mu): stop ends the call after them */
     char tag_op, tag_send, tag_close, tag_drain; /* addresses are the tags */
@@ -166,6 +171,7 @@ void cv_read_resolved(const annal_event *ev, const annal_event *link, int uuid_s
 #define SRV_LINK_TYPE "$>"
 typedef struct srv_links {
     annal_db *db;
+    srv_call *c;      /* security: resolved events must be readable by it (NULL: no check) */
     int numbered;     /* events of a $ce-/$et- read become links numbered from next */
     int resolve;      /* resolveLinkTos */
     int backward;     /* numbers go down */
@@ -245,8 +251,9 @@ typedef struct srv_append_out {
     uint64_t position; /* of the last event written */
 } srv_append_out;
 /* Append ev[0..n) (none: check expected only; one `$metadata` event to `$$s`: set s's
- * metadata). ANNAL_OK, ANNAL_ECONFLICT or the store's error. */
-annal_err srv_append(annal_server *srv, const char *stream, int64_t expected, annal_event_data *ev,
+ * metadata) for c, whose sec_check(SEC_WRITE) of stream passed: `$` streams through
+ * sec_append, ACL changes told to security. ANNAL_OK, ANNAL_ECONFLICT or the store's error. */
+annal_err srv_append(srv_call *c, const char *stream, int64_t expected, annal_event_data *ev,
                      size_t n, srv_append_out *out);
 void rpc_streams_batch_append(srv_call *c);
 /* Request decoding without a live call (the fuzz targets' entries). NULL or an error. */

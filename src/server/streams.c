@@ -188,6 +188,9 @@ static void send_events(srv_call *c, annal_iter *it, int uuid_string, const char
     int gone = 0;
     while (sent < count && (r = annal_iter_next(it, &ev)) == ANNAL_OK) {
         if (filter && !filter_match(filter, ev)) continue;
+        /* security: each event's stream ACL (a link stream's own was checked; the events
+         * its links resolve to are checked in links_emit, so numbering stays whole). */
+        if (!(links && links->numbered) && !sec_readable(c, ev)) continue;
         sent++;
         links_emit(links, ev, uuid_string, m);
         if ((gone = call_send(c, &m->resp.base) != 0)) break;
@@ -218,7 +221,7 @@ static void stream_not_found(srv_call *c, const EventStore__Client__StreamIdenti
 /* A read of `$ce-x` or `$et-x` as a link stream: link numbers are found by counting. */
 static void read_links(srv_call *c, const srv_read_plan *p,
                        const EventStore__Client__StreamIdentifier *sid) {
-    srv_links l = {.db = c->srv->db, .numbered = 1, .resolve = p->resolve, .name = p->name};
+    srv_links l = {.db = c->srv->db, .c = c, .numbered = 1, .resolve = p->resolve, .name = p->name};
     l.backward = (p->flags & ANNAL_READ_BACKWARD) != 0;
     uint64_t pos, n;
     annal_err r = links_seek(c->srv->db, p->name, UINT64_MAX, &pos, &n);
@@ -241,6 +244,7 @@ static void read_links(srv_call *c, const srv_read_plan *p,
 
 static void read_stream(srv_call *c, const srv_read_plan *p,
                         const EventStore__Client__StreamIdentifier *sid) {
+    if (sec_check(c, p->name, SEC_READ) != 0) return; /* security */
     if (links_is_stream(p->name)) return read_links(c, p, sid);
     annal_iter *it = NULL;
     annal_err r =
@@ -252,11 +256,12 @@ static void read_stream(srv_call *c, const srv_read_plan *p,
         call_reply(c, NULL);
         return;
     }
-    srv_links l = {.db = c->srv->db, .resolve = p->resolve};
+    srv_links l = {.db = c->srv->db, .c = c, .resolve = p->resolve};
     send_events(c, it, p->uuid_string, p->name, NULL, p->count, &l);
 }
 
 static void read_all(srv_call *c, const srv_read_plan *p) {
+    if (sec_check(c, "$all", SEC_READ) != 0) return; /* security */
     if (p->nothing) {
         call_reply(c, NULL);
         return;
@@ -267,7 +272,7 @@ static void read_all(srv_call *c, const srv_read_plan *p) {
     annal_iter *it = NULL;
     /* A filtered read counts the events it returns, not those it passes over. */
     annal_err r = annal_read_all(c->srv->db, p->from, p->flags, filter.on ? 0 : p->count, &it);
-    srv_links l = {.db = c->srv->db, .resolve = p->resolve};
+    srv_links l = {.db = c->srv->db, .c = c, .resolve = p->resolve};
     if (r == ANNAL_OK)
         send_events(c, it, p->uuid_string, "$all", &filter, p->count, &l);
     else

@@ -211,6 +211,12 @@ static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const
                 links->next++;
                 break;
             }
+            /* security: each event's stream ACL (a link stream's own ACL was checked at the
+             * start; its resolved events are checked in links_emit). */
+            if (!links->numbered && !sec_readable(c, item.event)) {
+                if (!is_all) sec_deny(c, "read", name), sent = -1;
+                break;
+            }
             has_last = 1;
             last = is_all            ? item.event->position
                    : links->numbered ? links->next
@@ -236,6 +242,7 @@ static void pump(srv_call *c, annal_sub *sub, int is_all, int uuid_string, const
 void rpc_subscribe(srv_call *c, const srv_read_plan *p) {
     annal_sub_opts so;
     annal_sub_opts_init(&so);
+    if (sec_check(c, p->name, SEC_READ) != 0) return; /* security */
     so.stream = p->name;
     so.start = p->start;
     so.from = p->start_from;
@@ -243,7 +250,7 @@ void rpc_subscribe(srv_call *c, const srv_read_plan *p) {
         so.filter = &p->filter;
         so.checkpoint_every = p->every;
     }
-    srv_links links = {.db = c->srv->db, .resolve = p->resolve, .name = p->name};
+    srv_links links = {.db = c->srv->db, .c = c, .resolve = p->resolve, .name = p->name};
     uint64_t min_next = 0;
     if (links_is_stream(p->name)) {
         /* Link numbers count the category's events: find where the client starts. */

@@ -68,6 +68,15 @@ check("GetSupportedMethods lists exactly what is served", async () => {
     "event_store.client.streams.streams/delete",
     "event_store.client.streams.streams/read",
     "event_store.client.streams.streams/tombstone",
+    // security (issue 17): the Users service
+    "event_store.client.users.users/changepassword",
+    "event_store.client.users.users/create",
+    "event_store.client.users.users/delete",
+    "event_store.client.users.users/details",
+    "event_store.client.users.users/disable",
+    "event_store.client.users.users/enable",
+    "event_store.client.users.users/resetpassword",
+    "event_store.client.users.users/update",
   ]);
 });
 

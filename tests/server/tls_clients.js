@@ -12,7 +12,7 @@ const lib =
 const Client = lib.KurrentDBClient || lib.EventStoreDBClient;
 const scheme = flavour === "kurrent" ? "kurrentdb" : "esdb";
 const client = Client.connectionString(
-  `${scheme}://127.0.0.1:${port}?tls=true&tlsCAFile=${encodeURIComponent(ca)}`
+  `${scheme}://admin:changeit@127.0.0.1:${port}?tls=true&tlsCAFile=${encodeURIComponent(ca)}`
 );
 const stream = `tls_${flavour}-${crypto.randomUUID().slice(0, 8)}`;
 

@@ -45,7 +45,9 @@ if "$ANNAL" cert node --ca "$work/none" --out "$work/x" 2>"$work/noca.err"; then
 grep -q "annal cert ca" "$work/noca.err" || fail "no hint: $(cat "$work/noca.err")"
 
 : >"$work/server.log" # exists before the job opens it: reading it at once must not fail
-"$ANNAL" --data "$work/store" serve --listen 127.0.0.1:0 --cert "$work/node/node.crt" \
+# With TLS, calls authenticate (docs/security.md): the admin's first password from the
+# environment; tls_clients.js connects as admin:changeit.
+ANNAL_DEFAULT_ADMIN_PASSWORD=changeit "$ANNAL" --data "$work/store" serve --listen 127.0.0.1:0 --cert "$work/node/node.crt" \
     --key "$work/node/node.key" --ca "$work/ca" 2>"$work/server.log" &
 server_pid=$!
 port=""

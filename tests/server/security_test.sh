@@ -15,11 +15,8 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 node_dir="$ANNAL_BUILD/e2e-node"
 mkdir -p "$node_dir"
-cp "$ANNAL_SRC"/tests/e2e/{package.json,package-lock.json,security.js,security_reload.js} "$node_dir/"
-if ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-lock" 2>/dev/null; then
-    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) || fail "npm ci"
-    cp "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-lock"
-fi
+cp "$ANNAL_SRC"/tests/e2e/{security.js,security_reload.js} "$node_dir/"
+bash "$ANNAL_SRC/tests/e2e/install.sh" "$node_dir" || fail "npm ci"
 
 mkdir -p "$ANNAL_TEST_TMP"
 work=$(mktemp -d "$ANNAL_TEST_TMP/security.XXXXXX")

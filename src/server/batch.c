@@ -360,16 +360,11 @@ static void *batch_worker(void *arg) {
     return NULL;
 }
 
-static void send_stopping(batch_call *bc, const batch *b) {
-    EventStore__Client__Unknown m = EVENT_STORE__CLIENT__UNKNOWN__INIT;
-    send_error(bc, b, CODE_UNAVAILABLE, "Server is shutting down.",
-               (detail){"event_store.client.Unknown", &m.base});
-}
-
 /* Hand a finished batch to a worker (waiting while BATCH_INFLIGHT run). */
 static void batch_start(batch_call *bc, batch *b) {
-    if (!srv_batch_begin(bc->c)) { /* stopping: nothing new is appended */
-        send_stopping(bc, b);
+    /* Stopping: nothing new is appended, and no answer is given: the call ends with
+     * UNAVAILABLE (at once, or after the batches under way), which clients retry on. */
+    if (!srv_batch_begin(bc->c)) {
         batch_free(b);
         return;
     }

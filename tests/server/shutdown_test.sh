@@ -83,7 +83,7 @@ grep -q "^done" "$work/a.load" || fail "load clients did not finish"
 fails=$(grep -c '^fail ' "$work/a.load" || true)
 [ "$fails" -eq 8 ] || fail "want 8 failed appends (one a worker), got $fails: $(grep '^fail' "$work/a.load" | head)"
 if grep '^fail ' "$work/a.load" | awk '{print $3}' | grep -qvE '^(unavailable|deadline-exceeded|cancelled|14|4|1|UnavailableError|CancelledError|DeadlineExceededError)$'; then
-    fail "an append failed without a status: $(grep '^fail ' "$work/a.load" | sort -k3 | head -3)"
+    fail "an append failed without a status: $(grep "^fail " "$work/a.load" | sort -k3 | tail -3)"
 fi
 check_store "$work/a" "$work/a.load"
 # Graceful: an append the server refused while stopping was not performed (in-flight ones

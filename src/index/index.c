@@ -13,7 +13,6 @@
 #include "base/base.h"
 #include "index/index.h"
 
-#include "index/ids.h"
 
 annal_err annal__index_err(int rc) {
     switch (rc) {
@@ -91,7 +90,6 @@ int annal__index_remove(const char *dir) {
     if (unlink(path) < 0 && errno != ENOENT) return -errno;
     snprintf(path, sizeof path, "%s/lock.mdb", dir);
     if (unlink(path) < 0 && errno != ENOENT) return -errno;
-    annal__ids_remove_all(dir);
     return 0;
 }
 

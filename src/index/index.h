@@ -71,7 +71,8 @@ typedef struct annal__index_state {
 annal_err annal__index_state_read(const char *dir, annal__index_state *st);
 int annal__index_state_write(const char *dir, const annal__index_state *st);
 void annal__boot_id(char out[40]);
-/* Remove the LMDB files in dir (the index is rebuilt on open). */
+/* Remove the LMDB files in dir (the index is rebuilt on open). 0 or -errno. The event-id
+ * runs beside them are ids.h's (annal__ids_remove_all): the store removes both. */
 int annal__index_remove(const char *dir);
 
 /* Is the index in dir open by a handle of this process? 0: no; 1: in a read-only

@@ -642,3 +642,36 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
         return annal__fail(db, req.rc, "%s", req.msg[0] ? req.msg : annal_strerror(req.rc));
     return ANNAL_OK;
 }
+
+annal_err annal_db_sync(annal_db *db) {
+    if (!db) return ANNAL_EINVAL;
+    if (db->readonly) return ANNAL_OK;
+    pthread_mutex_lock(&db->wmu);
+    db->sync_waiting++; /* the leader lets go instead of handing over */
+    while (db->leader) pthread_cond_wait(&db->wcv, &db->wmu);
+    db->sync_waiting--;
+    db->leader = 1; /* no group may write while we flush */
+    pthread_mutex_unlock(&db->wmu);
+    annal_err rc = db->failed;
+    if (rc == ANNAL_OK) {
+        /* Segments before the active one were flushed when they were sealed. */
+        int r = db->io->sync(db->io->ctx, db->wseg->fd);
+        if (r < 0) {
+            rc = annal__fail(db, ANNAL_EIO, "flush failed: %s", strerror(-r));
+            db->failed = ANNAL_EIO;
+            snprintf(db->failed_msg, sizeof db->failed_msg, "flush failed: %s; reopen the store",
+                     strerror(-r));
+        } else if (annal__index_sync(&db->idx) != 0) {
+            rc = annal__fail(db, ANNAL_EIO, "index flush failed");
+        }
+        if (r == 0) /* what a NOSYNC handle appended is acknowledged now */
+            (void)annal__acked_write(&db->acked, __atomic_load_n(&db->visible, __ATOMIC_ACQUIRE));
+    } else {
+        rc = annal__fail(db, ANNAL_EFAILED, "%s", db->failed_msg);
+    }
+    pthread_mutex_lock(&db->wmu);
+    annal__req *next = annal__hand_over(db); /* appends queued meanwhile */
+    pthread_mutex_unlock(&db->wmu);
+    annal__lead_wake(next);
+    return rc;
+}

@@ -226,10 +226,6 @@ static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t 
     return ANNAL_OK;
 }
 
-static annal_err mdb_fail(annal_db *db, int mrc) {
-    return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
-}
-
 /* Block b after this compaction: members that survive (pl->ev[i] is its first member),
  * loc moved to the first of them; mask 0 if none does. */
 static annal__block survivors(const plan *pl, size_t i, const annal__block *b) {
@@ -253,7 +249,7 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
     if (grc != ANNAL_OK)
         return annal__fail(db, grc, "no room for the index: %s", annal_strerror(grc));
     int mrc = annal__txn_begin(&db->idx, 0, &t);
-    if (mrc) return mdb_fail(db, mrc);
+    if (mrc) return annal__fail_index(db, mrc);
     annal__index *idx = &db->idx;
     annal_err rc = ANNAL_OK;
     for (size_t i = from; i < to && rc == ANNAL_OK; i++) {
@@ -298,14 +294,14 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
         return annal__fail(db, rc, "index: cannot move the entries of compacted events");
     }
     mrc = annal__txn_commit(&db->idx, t);
-    return mrc ? mdb_fail(db, mrc) : ANNAL_OK;
+    return mrc ? annal__fail_index(db, mrc) : ANNAL_OK;
 }
 
 /* The marker of step 2 (gen != 0) or its removal with the generation of step 4. */
 static annal_err mark(annal_db *db, uint64_t no, uint32_t gen, int done) {
     MDB_txn *t;
     int mrc = annal__txn_begin(&db->idx, 0, &t);
-    if (mrc) return mdb_fail(db, mrc);
+    if (mrc) return annal__fail_index(db, mrc);
     annal_err rc = done ? annal__index_gen_put(t, &db->idx, no, gen) : ANNAL_OK;
     if (rc == ANNAL_OK) rc = annal__index_compacting_put(t, &db->idx, done ? UINT64_MAX : no, gen);
     if (rc != ANNAL_OK) {
@@ -314,7 +310,7 @@ static annal_err mark(annal_db *db, uint64_t no, uint32_t gen, int done) {
     }
     mrc = annal__txn_commit(&db->idx, t);
     if (!mrc) mrc = mdb_env_sync(db->idx.env, 1);
-    return mrc ? mdb_fail(db, mrc) : ANNAL_OK;
+    return mrc ? annal__fail_index(db, mrc) : ANNAL_OK;
 }
 
 /* Points where tests stop a compaction (tests/store/compact_test.c). */

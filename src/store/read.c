@@ -68,7 +68,7 @@ static void txn_reset(annal_iter *it) {
 static annal_err txn_renew(annal_iter *it) {
     txn_reset(it); /* (after an error left it active) */
     int rc = annal__txn_renew(&it->db->idx, it->txn);
-    if (rc) return annal__fail(it->db, annal__index_err(rc), "index: %s", mdb_strerror(rc));
+    if (rc) return annal__fail_index(it->db, rc);
     it->live = 1;
     return ANNAL_OK;
 }
@@ -85,8 +85,7 @@ static annal_err txn_begin(annal_iter *it) {
 static annal_err chunk_end(annal_iter *it, MDB_cursor *c, int mrc) {
     if (c) mdb_cursor_close(c);
     txn_reset(it);
-    if (mrc && mrc != MDB_NOTFOUND)
-        return annal__fail(it->db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    if (mrc && mrc != MDB_NOTFOUND) return annal__fail_index(it->db, mrc);
     if (it->n == 0) it->done = 1;
     return ANNAL_OK;
 }
@@ -666,7 +665,7 @@ annal_err annal_streams_next(annal_stream_iter *it, const annal_stream_info **in
     *info = NULL;
     annal_db *db = it->db;
     int mrc = annal__txn_renew(&db->idx, it->txn);
-    if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    if (mrc) return annal__fail_index(db, mrc);
     MDB_cursor *c = NULL;
     MDB_val k = {it->name_len, it->name}, v;
     mrc = mdb_cursor_open(it->txn, db->idx.streams, &c);
@@ -705,7 +704,7 @@ annal_err annal_streams_next(annal_stream_iter *it, const annal_stream_info **in
     } else if (mrc == MDB_NOTFOUND) {
         rc = ANNAL_END;
     } else {
-        rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+        rc = annal__fail_index(db, mrc);
     }
     if (c) mdb_cursor_close(c);
     annal__txn_reset(&db->idx, it->txn);

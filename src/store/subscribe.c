@@ -97,7 +97,7 @@ static annal_err look(annal_sub *s, uint64_t *head, annal__stream_rec *sr, int *
     }
     uint64_t vis = db->readonly ? 0 : annal__visible(db, NULL);
     int mrc = annal__txn_renew(&db->idx, s->txn);
-    if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    if (mrc) return annal__fail_index(db, mrc);
     *head = db->readonly ? annal__visible(db, s->txn) : vis;
     annal_err rc = ANNAL_OK;
     if (s->kind == SUB_STREAM) {

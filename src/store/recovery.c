@@ -13,13 +13,6 @@
 #include "base/base.h"
 #include "store/db_int.h"
 
-/* Events indexed per transaction: at most this many (fewer transactions copy fewer
- * pages), and no more than the map has room for at this many bytes each (a guess: a
- * transaction that finds the map full is redone after it grows). */
-#define CATCH_UP_CHUNK 200000
-#define CATCH_UP_BYTES 16
-#define CATCH_UP_REDO  4 /* times one transaction is redone after growing the map */
-
 /* Validate the batch starting at the cursor without indexing it. On ANNAL_OK the
  * cursor is past the batch and *n holds its size. */
 static annal_err scan_batch(annal__cursor *c, uint32_t *n) {
@@ -245,6 +238,13 @@ static annal_err reset_index(annal_db *db, MDB_txn *t) {
     return annal__index_err(rc);
 }
 
+/* Events indexed per transaction: at most this many (fewer transactions copy fewer
+ * pages), and no more than the map has room for at this many bytes each (a guess: a
+ * transaction that finds the map full is redone after it grows). */
+#define CATCH_UP_CHUNK 200000
+#define CATCH_UP_BYTES 16
+#define CATCH_UP_REDO  4 /* times one transaction is redone after growing the map */
+
 /* (Only a writer catches up.) */
 static uint64_t catch_up_chunk(annal_db *db) {
     (void)annal__index_grow(&db->idx, 0, 1); /* (the map is all allocated: see index.h) */
@@ -252,57 +252,235 @@ static uint64_t catch_up_chunk(annal_db *db) {
     return n < 1000 ? 1000 : n > CATCH_UP_CHUNK ? CATCH_UP_CHUNK : n;
 }
 
-annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
-    MDB_txn *t = NULL;
-    uint64_t chunk = catch_up_chunk(db);
-    int mrc = annal__txn_begin(&db->idx, 0, &t);
-    if (mrc) return annal__fail_index(db, mrc);
+/* One catch-up: a transaction at a time, each redone from where it began when the map
+ * fills up. */
+typedef struct catchup {
+    MDB_txn *t;
+    annal__cursor c;      /* the next batch to index */
+    annal__cursor c0;     /* where the transaction began, to redo it */
+    annal__index_head h0; /* db->head then */
+    uint64_t chunk;       /* events per transaction */
+    uint64_t total, since;
+    int rebuild;       /* from position 0, into an empty index */
+    int regrown;       /* times this transaction was redone */
+    int map_full;      /* the last failure was the map filling up */
+    int reset_pending; /* the transaction holds the index reset: a redo resets again */
+} catchup;
+
+/* Read the index head into db->head and decide whether to trust it (*trusted), loading
+ * the id index if so: its runs named by the meta table, the rest from the log. */
+static annal_err trust_head(annal_db *db, MDB_txn *t, int *trusted) {
     annal_err rc = annal__index_head_get(t, &db->idx, &db->head);
     int hc = rc == ANNAL_OK ? head_check(db, &db->head) : rc == ANNAL_ECORRUPT ? 0 : 1;
     if (db->rebuild_index ||
         (rc == ANNAL_OK && db->head.next_pos > 0 && db->head.version != ANNAL__INDEX_VERSION))
         hc = 0;                              /* an older layout: rebuilt */
-    if (rc == ANNAL_ECORRUPT) rc = ANNAL_OK; /* an unreadable head: rebuild, below */
-    if (hc < 0) {
-        rc = annal__fail(db, ANNAL_ECORRUPT,
-                         "the last acknowledged event (position %" PRIu64 ", segment %016" PRIx64
-                         ", offset %" PRIu64 ") is damaged; run `annal verify`",
-                         db->head.next_pos - 1, ANNAL__LOC_SEG(db->head.last_loc),
-                         ANNAL__LOC_OFF(db->head.last_loc));
+    if (rc == ANNAL_ECORRUPT) rc = ANNAL_OK; /* an unreadable head: rebuild */
+    *trusted = 0;
+    if (rc != ANNAL_OK) return rc;
+    if (hc < 0)
+        return annal__fail(db, ANNAL_ECORRUPT,
+                           "the last acknowledged event (position %" PRIu64 ", segment %016" PRIx64
+                           ", offset %" PRIu64 ") is damaged; run `annal verify`",
+                           db->head.next_pos - 1, ANNAL__LOC_SEG(db->head.last_loc),
+                           ANNAL__LOC_OFF(db->head.last_loc));
+    if (hc == 0) return ANNAL_OK;
+    char detail[512] = "";
+    annal_err ir = annal__ids_load(db, t, db->head.next_pos, &db->ids, detail, sizeof detail);
+    if (ir == ANNAL_OK && annal__ids_next(db->ids) > db->head.next_pos) {
+        snprintf(detail, sizeof detail, "the id index is ahead of the index head");
+        ir = ANNAL_ECORRUPT;
     }
-    if (hc > 0) { /* the id index: runs named by the meta table, the rest from the log */
+    if (ir == ANNAL_ENOMEM) rc = annal__fail(db, ir, "out of memory loading the id index");
+    if (ir != ANNAL_OK) {
+        annal__log_msg(db, ANNAL_LOG_WARN, "%s", detail);
+        annal__ids_close(db->ids);
+        db->ids = NULL;
+        return rc;
+    }
+    annal__ids_clean(db->ids);
+    *trusted = 1;
+    return ANNAL_OK;
+}
+
+/* Empty the index in t and remove the id runs: the whole log is indexed again. */
+static annal_err reset_for_rebuild(annal_db *db, MDB_txn *t) {
+    annal__log_msg(db, ANNAL_LOG_WARN, "index does not match the log: rebuilding it");
+    annal_err rc = reset_index(db, t);
+    if (rc == ANNAL_OK) {
         char detail[512] = "";
-        annal_err ir = annal__ids_load(db, t, db->head.next_pos, &db->ids, detail, sizeof detail);
-        if (ir == ANNAL_OK && annal__ids_next(db->ids) > db->head.next_pos) {
-            snprintf(detail, sizeof detail, "the id index is ahead of the index head");
-            ir = ANNAL_ECORRUPT;
-        }
-        if (ir == ANNAL_ENOMEM) rc = annal__fail(db, ir, "out of memory loading the id index");
-        if (ir != ANNAL_OK) {
-            annal__log_msg(db, ANNAL_LOG_WARN, "%s", detail);
-            annal__ids_close(db->ids);
-            db->ids = NULL;
-            hc = 0;
-        } else {
-            annal__ids_clean(db->ids);
-        }
+        annal__ids_remove_all(db->index_dir);
+        rc = annal__ids_open(db->index_dir, t, db->idx.meta, db->opts.id_cache_events, &db->ids,
+                             detail, sizeof detail);
+        if (rc != ANNAL_OK) rc = annal__fail(db, rc, "%s", detail);
     }
+    if (rc == ANNAL_OK) rc = put_gens(db, t);
+    return rc;
+}
+
+/* Put the cursor where the index head says the next record goes (the first segment for
+ * an empty index) and mark the index as catching up. */
+static annal_err start_at_head(annal_db *db, catchup *k) {
+    annal__seg *first = db->log.segs[0];
+    k->c = (annal__cursor){&db->log, first, ANNAL__SEG_HDR, first->first_pos};
+    if (db->head.next_pos == 0 && first->first_pos != 0)
+        return annal__fail(db, ANNAL_ECORRUPT, "the first segment starts at position %" PRIu64,
+                           first->first_pos);
+    if (db->head.next_pos > 0) {
+        k->c.seg = annal__log_seg(&db->log, ANNAL__LOC_SEG(db->head.next_loc));
+        k->c.off = ANNAL__LOC_OFF(db->head.next_loc);
+        k->c.pos = db->head.next_pos;
+    }
+    /* Until the last transaction, what is committed is behind the log: say so, for
+     * read-only handles (in every transaction, so that an interruption leaves it). */
+    annal_err rc = annal__index_behind_put(k->t, &db->idx, 1);
+    if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot mark the index as catching up");
+    k->rebuild = db->head.next_pos == 0;
+    k->c0 = k->c;
+    k->h0 = db->head;
+    return ANNAL_OK;
+}
+
+/* Step over holes (the log may end in one: the head moves past it) to the next batch
+ * and validate it, leaving the cursor at its start: ANNAL_OK with its size in *n;
+ * ANNAL_END at a clean end, the cursor on the last (empty) segment it found; else
+ * what stops the walk, the cursor at the bad batch. */
+static annal_err next_batch(annal_db *db, annal__cursor *c, uint32_t *n) {
+    skip_holes(c); /* and a batch that opens a segment starts there */
+    if (c->pos > db->head.next_pos) {
+        db->head.next_pos = c->pos;
+        db->head.next_loc = ANNAL__LOC(c->seg->no, c->off);
+    }
+    annal__cursor start = *c;
+    annal_err s = scan_batch(c, n);
+    if (s != ANNAL_END) *c = start;
+    return s;
+}
+
+/* Commit the transaction (bounding its dirty pages; an id run too when the memtable is
+ * full) and begin the next. */
+static annal_err commit_chunk(annal_db *db, catchup *k, int full) {
+    annal_err rc = annal__index_head_put(k->t, &db->idx, &db->head);
+    k->map_full = rc == ANNAL_ENOSPC;
+    if (rc != ANNAL_OK) return rc;
+    if (full && (rc = annal__ids_flush(db->ids, k->t, db->idx.meta, db->head.next_pos)) != ANNAL_OK)
+        return annal__fail(db, rc, "cannot write an id index run in %s", db->index_dir);
+    int mrc = annal__txn_commit(&db->idx, k->t);
+    k->t = NULL;
+    if (full) annal__ids_flush_end(db->ids, mrc == 0);
+    k->map_full = mrc == MDB_MAP_FULL;
+    if (mrc)
+        return k->map_full && k->regrown < CATCH_UP_REDO ? ANNAL_ENOSPC
+                                                         : annal__fail_index(db, mrc);
+    k->since = 0;
+    k->reset_pending = 0;
+    k->c0 = k->c, k->h0 = db->head, k->regrown = 0;
+    k->chunk = catch_up_chunk(db);
+    if ((mrc = annal__txn_begin(&db->idx, 0, &k->t)) != 0) {
+        k->t = NULL;
+        return annal__fail_index(db, mrc);
+    }
+    if (db->io->fault(db->io->ctx, "catch-up-commit") != 0) /* tests */
+        return annal__fail(db, ANNAL_EIO, "catch-up stopped by a fault");
+    if (db->opts.progress && db->opts.progress(db->opts.progress_ctx, k->total, 0))
+        return ANNAL_ECANCELED;
+    return ANNAL_OK;
+}
+
+/* The guess of the room a transaction needed was short: grow the map, redo it. */
+static annal_err redo(annal_db *db, catchup *k) {
+    if (k->t) annal__txn_abort(&db->idx, k->t);
+    k->t = NULL;
+    k->map_full = 0;
+    annal__ids_truncate(db->ids, k->h0.next_pos);
+    k->c = k->c0, db->head = k->h0, k->total -= k->since, k->since = 0;
+    k->regrown++;
+    annal__log_msg(db, ANNAL_LOG_INFO,
+                   "the index map filled up while indexing the log: growing it, again");
+    (void)annal__index_grow(&db->idx, (uint64_t)(16u << 20) << (2 * k->regrown), 1);
+    k->chunk = catch_up_chunk(db) / 2 + 1;
+    int mrc = annal__txn_begin(&db->idx, 0, &k->t);
+    if (mrc) {
+        k->t = NULL;
+        return annal__fail_index(db, mrc);
+    }
+    annal_err rc = ANNAL_OK;
+    if (k->reset_pending) { /* the aborted transaction held the reset: again */
+        rc = reset_index(db, k->t);
+        if (rc == ANNAL_OK) rc = put_gens(db, k->t);
+        db->head = k->h0;
+    }
+    if (rc == ANNAL_OK) rc = annal__index_behind_put(k->t, &db->idx, 1);
+    return rc;
+}
+
+/* Index whole batches until the log's end (or damage: finish_tail decides). */
+static annal_err index_log(annal_db *db, catchup *k) {
+    for (;;) {
+        uint32_t n = 0;
+        annal_err rc = next_batch(db, &k->c, &n);
+        if (rc == ANNAL_END || rc == ANNAL_ECORRUPT) return ANNAL_OK;
+        if (rc != ANNAL_OK) return rc;
+        rc = index_batch(db, k->t, &k->c, n, k->rebuild);
+        k->map_full = rc == ANNAL_ENOSPC;
+        if (rc == ANNAL_OK) {
+            db->head.next_pos = k->c.pos;
+            db->head.next_loc = ANNAL__LOC(k->c.seg->no, k->c.off);
+            k->total += n;
+            k->since += n;
+            int full = annal__ids_full(db->ids);
+            if (k->since >= k->chunk || full) rc = commit_chunk(db, k, full);
+        }
+        if (rc != ANNAL_OK && k->map_full && k->regrown < CATCH_UP_REDO) rc = redo(db, k);
+        if (rc != ANNAL_OK) return rc;
+    }
+}
+
+/* The cursor stops at the end of whole batches. What follows in the last segment is a
+ * torn tail of a flush that never completed, unless a later flush is found after it:
+ * then it is damage to acknowledged events, and nothing may be cut. Cut the tail and
+ * commit the caught-up index. */
+static annal_err finish_tail(annal_db *db, catchup *k, uint64_t *end_seg, uint64_t *end_off) {
+    annal__cursor c = k->c;
+    annal__seg *last = annal__log_last(&db->log);
+    if (c.seg != last || (!db->readonly && later_flush_after(last, c.off, c.pos))) {
+        return annal__fail(db, ANNAL_ECORRUPT,
+                           "damaged record in segment %016" PRIx64 " at offset %" PRIu64
+                           " (position %" PRIu64 ") with events after it; run `annal verify`",
+                           c.seg->no, c.off, c.pos);
+    }
+    if (!db->readonly) {
+        int r = zero_tail(db, last, c.off, last->cap);
+        if (r < 0)
+            return annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
+                               "cannot clear the torn tail of segment %016" PRIx64 ": %s", last->no,
+                               strerror(-r));
+    }
+    *end_seg = c.seg->no;
+    *end_off = c.off;
+    annal_err rc = annal__index_behind_put(k->t, &db->idx, 0); /* caught up, in one commit */
+    if (rc == ANNAL_OK) rc = annal__index_head_put(k->t, &db->idx, &db->head);
+    if (rc == ANNAL_OK) {
+        int mrc = annal__txn_commit(&db->idx, k->t);
+        k->t = NULL;
+        if (mrc) rc = annal__fail_index(db, mrc);
+    }
+    if (k->total && db->opts.progress) db->opts.progress(db->opts.progress_ctx, k->total, k->total);
+    return rc;
+}
+
+annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
+    catchup k = {.chunk = catch_up_chunk(db)};
+    int mrc = annal__txn_begin(&db->idx, 0, &k.t);
+    if (mrc) return annal__fail_index(db, mrc);
+    int trusted;
+    annal_err rc = trust_head(db, k.t, &trusted);
     /* The reset lives in the transaction until its first commit: a redo of that
      * transaction (the map filled up) must reset again, or it would index the log from
      * position 0 over the old entries (the id runs are gone already). */
-    int reset_pending = 0;
-    if (rc == ANNAL_OK && hc == 0) {
-        annal__log_msg(db, ANNAL_LOG_WARN, "index does not match the log: rebuilding it");
-        rc = reset_index(db, t);
-        if (rc == ANNAL_OK) {
-            char detail[512] = "";
-            annal__ids_remove_all(db->index_dir);
-            rc = annal__ids_open(db->index_dir, t, db->idx.meta, db->opts.id_cache_events, &db->ids,
-                                 detail, sizeof detail);
-            if (rc != ANNAL_OK) rc = annal__fail(db, rc, "%s", detail);
-        }
-        if (rc == ANNAL_OK) rc = put_gens(db, t);
-        reset_pending = 1;
+    if (rc == ANNAL_OK && !trusted) {
+        rc = reset_for_rebuild(db, k.t);
+        k.reset_pending = 1;
     }
     /* The memtable at its full size from the start: growing it rehashes and copies on
      * the append path. Untouched pages cost nothing (calloc'd and malloc'd maps). */
@@ -311,153 +489,10 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     if (rc == ANNAL_OK && !db->readonly)
         rc = annal__ids_start_merger(db->ids, &db->idx, db->idx.meta);
     for (size_t i = 0; i < db->log.nsegs; i++) db->log_compacted |= db->log.segs[i]->gen > 0;
-    annal__seg *first = db->log.nsegs ? db->log.segs[0] : NULL;
-    if (rc != ANNAL_OK || !first) goto out;
-
-    annal__cursor c = {&db->log, first, ANNAL__SEG_HDR, first->first_pos};
-    if (db->head.next_pos == 0 && first->first_pos != 0) {
-        rc = annal__fail(db, ANNAL_ECORRUPT, "the first segment starts at position %" PRIu64,
-                         first->first_pos);
-        goto out;
-    }
-    if (db->head.next_pos > 0) {
-        c.seg = annal__log_seg(&db->log, ANNAL__LOC_SEG(db->head.next_loc));
-        c.off = ANNAL__LOC_OFF(db->head.next_loc);
-        c.pos = db->head.next_pos;
-    }
-    /* Until the last transaction, what is committed is behind the log: say so, for
-     * read-only handles (in every transaction, so that an interruption leaves it). */
-    rc = annal__index_behind_put(t, &db->idx, 1);
-    if (rc != ANNAL_OK) {
-        rc = annal__fail(db, rc, "cannot mark the index as catching up");
-        goto out;
-    }
-    uint64_t total = 0, since = 0;
-    int rebuild = db->head.next_pos == 0; /* from position 0, into an empty index */
-    annal__cursor c0 = c;                 /* where the transaction began, to redo it */
-    annal__index_head h0 = db->head;
-    int regrown = 0;
-    for (;;) {
-        skip_holes(&c);                  /* and a batch that opens a segment starts there */
-        if (c.pos > db->head.next_pos) { /* the log may end in a hole */
-            db->head.next_pos = c.pos;
-            db->head.next_loc = ANNAL__LOC(c.seg->no, c.off);
-        }
-        annal__cursor start = c;
-        uint32_t n = 0;
-        annal_err s = scan_batch(&c, &n);
-        if (s != ANNAL_OK) {
-            /* At a clean end the cursor has moved on to the last (empty) segment it
-             * found; anywhere else, back to the start of the bad batch. */
-            if (s != ANNAL_END) c = start;
-            if (s != ANNAL_END && s != ANNAL_ECORRUPT) rc = s;
-            break;
-        }
-        c = start;
-        rc = index_batch(db, t, &c, n, rebuild);
-        if (rc == ANNAL_ENOSPC && regrown < CATCH_UP_REDO) goto map_full;
-        if (rc != ANNAL_OK) goto out;
-        db->head.next_pos = c.pos;
-        db->head.next_loc = ANNAL__LOC(c.seg->no, c.off);
-        total += n;
-        since += n;
-        int full = annal__ids_full(db->ids);
-        if (since >= chunk || full) { /* bound the transaction's dirty pages */
-            rc = annal__index_head_put(t, &db->idx, &db->head);
-            if (rc == ANNAL_ENOSPC && regrown < CATCH_UP_REDO) goto map_full;
-            if (rc != ANNAL_OK) goto out;
-            if (full &&
-                (rc = annal__ids_flush(db->ids, t, db->idx.meta, db->head.next_pos)) != ANNAL_OK) {
-                rc = annal__fail(db, rc, "cannot write an id index run in %s", db->index_dir);
-                goto out;
-            }
-            mrc = annal__txn_commit(&db->idx, t);
-            if (full) annal__ids_flush_end(db->ids, mrc == 0);
-            if (mrc == MDB_MAP_FULL && regrown < CATCH_UP_REDO) {
-                t = NULL;
-                goto map_full;
-            }
-            if (mrc != 0) {
-                t = NULL;
-                rc = annal__fail_index(db, mrc);
-                goto out;
-            }
-            since = 0;
-            reset_pending = 0;
-            c0 = c, h0 = db->head, regrown = 0;
-            chunk = catch_up_chunk(db);
-            if ((mrc = annal__txn_begin(&db->idx, 0, &t)) != 0) {
-                t = NULL;
-                rc = annal__fail_index(db, mrc);
-                goto out;
-            }
-            if (db->io->fault(db->io->ctx, "catch-up-commit") != 0) { /* tests */
-                rc = annal__fail(db, ANNAL_EIO, "catch-up stopped by a fault");
-                goto out;
-            }
-            if (db->opts.progress && db->opts.progress(db->opts.progress_ctx, total, 0)) {
-                rc = ANNAL_ECANCELED;
-                goto out;
-            }
-        }
-        continue;
-    map_full: /* the guess of the room it needed was short: grow, redo the transaction */
-        if (t) annal__txn_abort(&db->idx, t);
-        t = NULL;
-        annal__ids_truncate(db->ids, h0.next_pos);
-        c = c0, db->head = h0, total -= since, since = 0;
-        regrown++;
-        annal__log_msg(db, ANNAL_LOG_INFO,
-                       "the index map filled up while indexing the log: growing it, again");
-        (void)annal__index_grow(&db->idx, (uint64_t)(16u << 20) << (2 * regrown), 1);
-        chunk = catch_up_chunk(db) / 2 + 1;
-        if ((mrc = annal__txn_begin(&db->idx, 0, &t)) != 0) {
-            t = NULL;
-            rc = annal__fail_index(db, mrc);
-            goto out;
-        }
-        rc = ANNAL_OK;       /* (the map-full failure being redone) */
-        if (reset_pending) { /* the aborted transaction held the reset: again */
-            rc = reset_index(db, t);
-            if (rc == ANNAL_OK) rc = put_gens(db, t);
-            db->head = h0;
-        }
-        if (rc == ANNAL_OK) rc = annal__index_behind_put(t, &db->idx, 1);
-        if (rc != ANNAL_OK) goto out;
-    }
-    if (rc != ANNAL_OK) goto out;
-    /* The cursor stops at the end of whole batches. What follows in the last segment
-     * is a torn tail of a flush that never completed, unless a later flush is found
-     * after it: then it is damage to acknowledged events, and nothing may be cut. */
-    annal__seg *last = annal__log_last(&db->log);
-    if (c.seg != last || (!db->readonly && later_flush_after(last, c.off, c.pos))) {
-        rc = annal__fail(db, ANNAL_ECORRUPT,
-                         "damaged record in segment %016" PRIx64 " at offset %" PRIu64
-                         " (position %" PRIu64 ") with events after it; run `annal verify`",
-                         c.seg->no, c.off, c.pos);
-        goto out;
-    }
-    if (!db->readonly) {
-        int r = zero_tail(db, last, c.off, last->cap);
-        if (r < 0) {
-            rc = annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
-                             "cannot clear the torn tail of segment %016" PRIx64 ": %s", last->no,
-                             strerror(-r));
-            goto out;
-        }
-    }
-    *end_seg = c.seg->no;
-    *end_off = c.off;
-    rc = annal__index_behind_put(t, &db->idx, 0); /* caught up, in the same commit */
-    if (rc == ANNAL_OK) rc = annal__index_head_put(t, &db->idx, &db->head);
-    if (rc == ANNAL_OK) {
-        mrc = annal__txn_commit(&db->idx, t);
-        t = NULL;
-        if (mrc) rc = annal__fail_index(db, mrc);
-    }
-    if (total && db->opts.progress) db->opts.progress(db->opts.progress_ctx, total, total);
-out:
-    if (t) annal__txn_abort(&db->idx, t);
+    if (rc == ANNAL_OK && db->log.nsegs) rc = start_at_head(db, &k);
+    if (rc == ANNAL_OK && db->log.nsegs) rc = index_log(db, &k);
+    if (rc == ANNAL_OK && db->log.nsegs) rc = finish_tail(db, &k, end_seg, end_off);
+    if (k.t) annal__txn_abort(&db->idx, k.t);
     return rc;
 }
 

@@ -113,7 +113,7 @@ name: index-head-damaged
 file: src/store/recovery.c
 what: a damaged last acknowledged record is cut as if the index head were merely stale
 note: a bit flip in the last acknowledged batch would be cut away as a lost tail (head_test)
-from: return len == 0 && annal__get32(s->map + off) == 0 ? 0 : -1;
+from: return annal__rec_blank_at(s->map + off) ? 0 : -1;
 to:   return 0;
 tests: head|recovery|index|api|cli_verify|cli_index_damage
 

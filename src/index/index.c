@@ -13,7 +13,6 @@
 #include "base/base.h"
 #include "index/index.h"
 
-
 annal_err annal__index_err(int rc) {
     switch (rc) {
     case MDB_SUCCESS: return ANNAL_OK;
@@ -608,6 +607,111 @@ annal_err annal__index_pos_put(MDB_txn *t, const annal__index *idx, uint64_t pos
     MDB_val k = val(&pos, 8), v = val(&loc, 8);
     int rc = mdb_put(t, idx->pos, &k, &v, MDB_APPEND);
     return annal__index_err(rc == MDB_KEYEXIST ? MDB_CORRUPTED : rc);
+}
+
+annal_err annal__index_rev_del(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                               uint64_t first_rev) {
+    uint8_t rk[ANNAL__REV_KEY];
+    annal__rev_key(rk, stream_id, first_rev);
+    MDB_val k = val(rk, sizeof rk);
+    return annal__index_err(mdb_del(t, idx->revs, &k, NULL));
+}
+
+annal_err annal__index_pos_move(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t loc) {
+    MDB_val k = val(&pos, 8), v = val(&loc, 8);
+    int r = loc ? mdb_put(t, idx->pos, &k, &v, 0) : mdb_del(t, idx->pos, &k, NULL);
+    return r == MDB_NOTFOUND ? ANNAL_OK : annal__index_err(r);
+}
+
+annal_err annal__index_clear(MDB_txn *t, const annal__index *idx) {
+    int rc = 0;
+    MDB_dbi dbis[] = {idx->meta, idx->streams, idx->revs, idx->pos, idx->cats, idx->types};
+    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0] && rc == 0; i++)
+        rc = mdb_drop(t, dbis[i], 0);
+    MDB_dbi old; /* layout 2 kept event ids in LMDB */
+    if (rc == 0 && mdb_dbi_open(t, "ids", 0, &old) == 0) rc = mdb_drop(t, old, 1);
+    return annal__index_err(rc);
+}
+
+int annal__blocks_rev(MDB_txn *t, const annal__index *idx, uint64_t stream_id, uint64_t rev,
+                      int backward, annal__blocks *w) {
+    *w = (annal__blocks){.by_rev = 1, .backward = backward, .stream_id = stream_id};
+    int mrc = mdb_cursor_open(t, idx->revs, &w->c);
+    if (mrc) w->c = NULL;
+    uint8_t *key = w->key;
+    annal__rev_key(key, stream_id, rev);
+    w->k = val(key, ANNAL__REV_KEY);
+    if (!mrc) mrc = mdb_cursor_get(w->c, &w->k, &w->v, MDB_SET_RANGE);
+    if (mrc == MDB_NOTFOUND) {
+        mrc = mdb_cursor_get(w->c, &w->k, &w->v, MDB_LAST);
+    } else if (!mrc &&
+               (w->k.mv_size != ANNAL__REV_KEY || memcmp(w->k.mv_data, key, ANNAL__REV_KEY))) {
+        mrc = mdb_cursor_get(w->c, &w->k, &w->v, MDB_PREV);
+        if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(w->c, &w->k, &w->v, MDB_FIRST);
+    }
+    return mrc;
+}
+
+int annal__blocks_tag(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                      int backward, annal__blocks *w) {
+    *w = (annal__blocks){.backward = backward};
+    int mrc = mdb_cursor_open(t, dbi, &w->c);
+    if (mrc) w->c = NULL;
+    if (!mrc) mrc = annal__index_tag_seek(w->c, name, len, pos, &w->v);
+    return mrc;
+}
+
+int annal__blocks_get(const annal__blocks *w, annal__block *b, int *other) {
+    *other = 0;
+    if (annal__block_decode(w->v.mv_data, w->v.mv_size, b) ||
+        (w->by_rev && w->k.mv_size != ANNAL__REV_KEY))
+        return MDB_CORRUPTED;
+    b->first_rev = 0;
+    if (w->by_rev) {
+        uint64_t sid = annal__get64be(w->k.mv_data);
+        *other = sid < w->stream_id ? -1 : sid > w->stream_id;
+        b->first_rev = annal__get64be((const uint8_t *)w->k.mv_data + 8);
+    }
+    return 0;
+}
+
+int annal__blocks_step(annal__blocks *w) {
+    MDB_cursor_op step = w->by_rev ? (w->backward ? MDB_PREV : MDB_NEXT)
+                                   : (w->backward ? MDB_PREV_DUP : MDB_NEXT_DUP);
+    return mdb_cursor_get(w->c, &w->k, &w->v, step);
+}
+
+void annal__blocks_close(annal__blocks *w) {
+    if (w->c) mdb_cursor_close(w->c);
+    w->c = NULL;
+}
+
+int annal__index_stream_next(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
+                             int first, int (*skip)(const annal__stream_rec *),
+                             char out[ANNAL_MAX_NAME + 1], size_t *out_len, annal__stream_rec *sr) {
+    MDB_cursor *c = NULL;
+    MDB_val k = val(name, len), v;
+    int mrc = mdb_cursor_open(t, idx->streams, &c);
+    if (mrc) return mrc;
+    if (first || len == 0) {
+        mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    } else {
+        mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        if (!mrc && k.mv_size == len && !memcmp(k.mv_data, name, len))
+            mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    while (!mrc && k.mv_size <= ANNAL_MAX_NAME &&
+           annal__stream_rec_decode(v.mv_data, v.mv_size, sr) == ANNAL_OK && skip(sr))
+        mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    if (!mrc && (k.mv_size > ANNAL_MAX_NAME || annal__stream_rec_decode(v.mv_data, v.mv_size, sr)))
+        mrc = MDB_CORRUPTED;
+    if (!mrc) {
+        memcpy(out, k.mv_data, k.mv_size);
+        out[k.mv_size] = 0;
+        *out_len = k.mv_size;
+    }
+    mdb_cursor_close(c);
+    return mrc;
 }
 
 size_t annal__category_len(const char *name, size_t len) {

@@ -267,10 +267,7 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
             if (nb.mask) {
                 rc = annal__index_rev_put(t, idx, pe->sid, &nb);
             } else { /* the id index keeps the ids: their lookups find the positions erased */
-                uint8_t rk[ANNAL__REV_KEY];
-                annal__rev_key(rk, pe->sid, b.first_rev);
-                MDB_val k = {sizeof rk, rk};
-                rc = annal__index_err(mdb_del(t, idx->revs, &k, NULL));
+                rc = annal__index_rev_del(t, idx, pe->sid, b.first_rev);
             }
         }
         const char *names[2] = {ev.stream, ev.type};
@@ -285,9 +282,7 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
         }
         if (rc == ANNAL_ENOTFOUND) rc = ANNAL_OK; /* (a missing entry stays missing) */
         if (rc != ANNAL_OK || pe->pos % ANNAL__POS_STRIDE != 0) continue;
-        MDB_val pk = {8, &pe->pos}, lv = {8, &pe->newloc};
-        int r = pe->newloc ? mdb_put(t, idx->pos, &pk, &lv, 0) : mdb_del(t, idx->pos, &pk, NULL);
-        rc = r == MDB_NOTFOUND ? ANNAL_OK : annal__index_err(r);
+        rc = annal__index_pos_move(t, idx, pe->pos, pe->newloc);
     }
     if (rc != ANNAL_OK) {
         annal__txn_abort(&db->idx, t);
@@ -309,7 +304,7 @@ static annal_err mark(annal_db *db, uint64_t no, uint32_t gen, int done) {
         return annal__fail(db, rc, "index: cannot record the compaction");
     }
     mrc = annal__txn_commit(&db->idx, t);
-    if (!mrc) mrc = mdb_env_sync(db->idx.env, 1);
+    if (!mrc) mrc = annal__index_sync(&db->idx);
     return mrc ? annal__fail_index(db, mrc) : ANNAL_OK;
 }
 

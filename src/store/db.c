@@ -421,8 +421,6 @@ static annal_err info_get(annal_db *db, annal_db_info *out) {
     rc = annal__index_head_get(t, &db->idx, &h);
     if (rc == ANNAL_OK)
         rc = annal__index_system_streams(t, &db->idx, &out->system_streams, &out->system_events);
-    MDB_stat ms;
-    mdb_env_stat(db->idx.env, &ms);
     annal__txn_abort(&db->idx, t);
     if (rc != ANNAL_OK) return annal__fail(db, rc, "cannot read the index head");
     out->events = db->readonly ? h.next_pos : annal__visible(db, NULL);

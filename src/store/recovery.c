@@ -71,7 +71,7 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
     for (uint32_t i = 0; i < n && n > 1; i++, off += len) {
         if (annal__seg_peek(&db->log, c->seg, off, &pp, &span, &len, &event) != ANNAL_OK || !event)
             break;
-        annal__ids_prefetch(db->ids, (const annal_uuid *)(c->seg->map + off + 32));
+        annal__ids_prefetch(db->ids, annal__rec_id_at(c->seg->map + off));
     }
     for (uint32_t i = 0; i < n && rc == ANNAL_OK; i++) {
         rc = annal__cursor_next2(c, &ev, &info, &loc, 0); /* scan_batch checked them */
@@ -138,7 +138,7 @@ static int later_flush_after(annal__seg *s, uint64_t from, uint64_t pos) {
     uint64_t to = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE);
     if (to > s->cap) to = s->cap;
     for (uint64_t off = (from + 7) & ~7ull; off + ANNAL__REC_HDR <= to; off += 8) {
-        uint32_t len = annal__get32(s->map + off + 4);
+        uint32_t len = annal__rec_len_at(s->map + off);
         if (len < ANNAL__REC_HDR || (len & 7) || off + len > to) continue;
         annal_event ev;
         annal__rec_info info;
@@ -186,7 +186,7 @@ static int hole_ends(annal_db *db, annal__seg *s, uint64_t off, uint64_t from,
     annal__seg *n = annal__log_seg(&db->log, s->no + 1);
     if (n && n->first_pos == from && /* s ends here: the hole opens the next segment */
         (off + ANNAL__REC_HDR > s->cap || annal__seg_readable(&db->log, s, off + 8) != ANNAL_OK ||
-         annal__get64(s->map + off) == 0))
+         annal__rec_blank_at(s->map + off)))
         s = n, off = ANNAL__SEG_HDR;
     if (off + ANNAL__REC_HDR > s->cap ||
         annal__seg_readable(&db->log, s, off + ANNAL__REC_HDR) != ANNAL_OK ||
@@ -210,8 +210,7 @@ static int head_check(annal_db *db, const annal__index_head *h) {
     annal_err rc = annal__log_read_at(&db->log, h->last_loc, UINT64_MAX, &ev, &info);
     if (rc != ANNAL_OK) {
         /* Bytes are there but do not decode: an acknowledged record was damaged. */
-        uint32_t len = annal__get32(s->map + off + 4);
-        return len == 0 && annal__get32(s->map + off) == 0 ? 0 : -1;
+        return annal__rec_blank_at(s->map + off) ? 0 : -1;
     }
     if (ev.position != h->next_pos - 1) return hole_ends(db, s, off + info.len, ev.position + 1, h);
     return ends_at(db, s, off + info.len, h);
@@ -227,15 +226,8 @@ static annal_err put_gens(annal_db *db, MDB_txn *t) {
 }
 
 static annal_err reset_index(annal_db *db, MDB_txn *t) {
-    int rc = 0;
-    MDB_dbi dbis[] = {db->idx.meta, db->idx.streams, db->idx.revs,
-                      db->idx.pos,  db->idx.cats,    db->idx.types};
-    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0] && rc == 0; i++)
-        rc = mdb_drop(t, dbis[i], 0);
-    MDB_dbi old; /* layout 2 kept event ids in LMDB */
-    if (rc == 0 && mdb_dbi_open(t, "ids", 0, &old) == 0) rc = mdb_drop(t, old, 1);
     memset(&db->head, 0, sizeof db->head);
-    return annal__index_err(rc);
+    return annal__index_clear(t, &db->idx);
 }
 
 /* Events indexed per transaction: at most this many (fewer transactions copy fewer

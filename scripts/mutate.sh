@@ -113,8 +113,8 @@ name: index-head-damaged
 file: src/store/recovery.c
 what: a damaged last acknowledged record is cut as if the index head were merely stale
 note: a bit flip in the last acknowledged batch would be cut away as a lost tail (head_test)
-from: return annal__rec_blank_at(s->map + off) ? 0 : -1;
-to:   return 0;
+from: return annal__rec_blank_at(s->map + off) ? HEAD_STALE : HEAD_DAMAGED;
+to:   return HEAD_STALE;
 tests: head|recovery|index|api|cli_verify|cli_index_damage
 
 name: expected-revision

@@ -38,6 +38,7 @@ typedef struct group {
     uint64_t first; /* position of the first record in the buffer (each record says it) */
     int64_t now;
     int broken; /* an index write failed: txn must not commit */
+    int ioerr;  /* -errno of a log write that failed: the group ends */
 } group;
 
 static int buf_reserve(annal_db *db, uint64_t need) {
@@ -332,9 +333,9 @@ static annal_err put_entries(annal_db *db, group *g, MDB_txn *t, const annal__re
 }
 
 /* Check and encode one request into the group, its index entries into t (the group's
- * transaction). Returns the request's result code, or a negative errno for an I/O
- * failure that ends the whole group; g->broken marks an index failure that does. */
-static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
+ * transaction). Returns the request's result code; g->ioerr marks a log write failure
+ * that ends the whole group, g->broken an index failure that does. */
+static annal_err add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     annal__stream_rec sr;
     int exists, done;
     annal_err rc = admit(db, g, t, req, &sr, &exists, &done);
@@ -346,7 +347,10 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         annal__seg *ns = NULL;
         if (r == 0)
             r = annal__log_add(&db->log, db->wseg->no + 1, h.next_pos, db->opts.segment_bytes, &ns);
-        if (r < 0) return r;
+        if (r < 0) {
+            g->ioerr = r;
+            return io_err(r);
+        }
         db->wseg = ns;
         db->woff = ANNAL__SEG_HDR;
     }
@@ -400,19 +404,19 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     int mrc = grc == ANNAL_OK ? annal__txn_begin(&db->idx, 0, &g.txn) : 0;
     if (mrc) grc = annal__index_err(mrc);
     for (annal__req *r = reqs; r && grc == ANNAL_OK; r = r->next) {
-        int rc = add_req(db, &g, g.txn, r);
-        if (rc < 0) {
+        annal_err rc = add_req(db, &g, g.txn, r);
+        if (g.ioerr) {
             annal__ids_truncate(db->ids, db->head.next_pos);
-            ioerr = rc;
+            ioerr = g.ioerr;
             what = "log";
-            grc = io_err(rc);
+            grc = rc;
             break;
         }
         if (g.broken) {
-            grc = (annal_err)rc;
+            grc = rc;
             break;
         }
-        r->rc = (annal_err)rc;
+        r->rc = rc;
         if (rc != ANNAL_OK) annal__ids_truncate(db->ids, db->head.next_pos); /* its ids */
     }
     if (grc == ANNAL_OK) {

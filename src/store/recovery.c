@@ -167,9 +167,6 @@ static int zero_tail(annal_db *db, annal__seg *s, uint64_t from, uint64_t to) {
     return dirty ? db->io->sync(db->io->ctx, s->fd) : 0;
 }
 
-/* Does the index describe this log? Its head names the last indexed record and where
- * the next one goes. 1: yes. 0: no (restored from elsewhere, log replaced or truncated):
- * rebuild it. ANNAL_ECORRUPT (negative): the last acknowledged record is damaged. */
 /* Does the log's next record go at h->next_loc, given that the last one ends at off of s? */
 static int ends_at(annal_db *db, annal__seg *s, uint64_t off, const annal__index_head *h) {
     if (ANNAL__LOC(s->no, off) == h->next_loc) return 1;
@@ -197,20 +194,26 @@ static int hole_ends(annal_db *db, annal__seg *s, uint64_t off, uint64_t from,
     return ends_at(db, s, off + info.len, h);
 }
 
+/* What head_check finds. */
+enum { HEAD_DAMAGED = -1, HEAD_STALE = 0, HEAD_TRUSTED = 1 };
+
+/* Does the index describe this log? Its head names the last indexed record and where
+ * the next one goes. HEAD_TRUSTED: yes. HEAD_STALE: no (restored from elsewhere, log
+ * replaced or truncated): rebuild it. HEAD_DAMAGED: the last acknowledged record is. */
 static int head_check(annal_db *db, const annal__index_head *h) {
     if (h->next_pos == 0) return h->next_loc == 0;
     if (ANNAL__LOC_OFF(h->last_loc) < ANNAL__SEG_HDR) /* no event: a hole from the start */
         return db->log.nsegs > 0 && hole_ends(db, db->log.segs[0], ANNAL__SEG_HDR, 0, h);
     annal__seg *s = annal__log_seg(&db->log, ANNAL__LOC_SEG(h->last_loc));
-    if (!s) return 0;
+    if (!s) return HEAD_STALE;
     annal_event ev;
     annal__rec_info info;
     uint64_t off = ANNAL__LOC_OFF(h->last_loc);
-    if (annal__seg_readable(&db->log, s, off + ANNAL__REC_HDR) != ANNAL_OK) return 0;
+    if (annal__seg_readable(&db->log, s, off + ANNAL__REC_HDR) != ANNAL_OK) return HEAD_STALE;
     annal_err rc = annal__log_read_at(&db->log, h->last_loc, UINT64_MAX, &ev, &info);
     if (rc != ANNAL_OK) {
         /* Bytes are there but do not decode: an acknowledged record was damaged. */
-        return annal__rec_blank_at(s->map + off) ? 0 : -1;
+        return annal__rec_blank_at(s->map + off) ? HEAD_STALE : HEAD_DAMAGED;
     }
     if (ev.position != h->next_pos - 1) return hole_ends(db, s, off + info.len, ev.position + 1, h);
     return ends_at(db, s, off + info.len, h);
@@ -263,20 +266,22 @@ typedef struct catchup {
  * the id index if so: its runs named by the meta table, the rest from the log. */
 static annal_err trust_head(annal_db *db, MDB_txn *t, int *trusted) {
     annal_err rc = annal__index_head_get(t, &db->idx, &db->head);
-    int hc = rc == ANNAL_OK ? head_check(db, &db->head) : rc == ANNAL_ECORRUPT ? 0 : 1;
+    int hc = rc == ANNAL_OK         ? head_check(db, &db->head)
+             : rc == ANNAL_ECORRUPT ? HEAD_STALE
+                                    : HEAD_TRUSTED;
     if (db->rebuild_index ||
         (rc == ANNAL_OK && db->head.next_pos > 0 && db->head.version != ANNAL__INDEX_VERSION))
-        hc = 0;                              /* an older layout: rebuilt */
+        hc = HEAD_STALE;                     /* an older layout: rebuilt */
     if (rc == ANNAL_ECORRUPT) rc = ANNAL_OK; /* an unreadable head: rebuild */
     *trusted = 0;
     if (rc != ANNAL_OK) return rc;
-    if (hc < 0)
+    if (hc == HEAD_DAMAGED)
         return annal__fail(db, ANNAL_ECORRUPT,
                            "the last acknowledged event (position %" PRIu64 ", segment %016" PRIx64
                            ", offset %" PRIu64 ") is damaged; run `annal verify`",
                            db->head.next_pos - 1, ANNAL__LOC_SEG(db->head.last_loc),
                            ANNAL__LOC_OFF(db->head.last_loc));
-    if (hc == 0) return ANNAL_OK;
+    if (hc == HEAD_STALE) return ANNAL_OK;
     char detail[512] = "";
     annal_err ir = annal__ids_load(db, t, db->head.next_pos, &db->ids, detail, sizeof detail);
     if (ir == ANNAL_OK && annal__ids_next(db->ids) > db->head.next_pos) {
@@ -546,11 +551,12 @@ annal_err annal__check_acknowledged(annal_db *db, uint64_t mark) {
         annal__index_head_get(t, &db->idx, &h) == ANNAL_OK && h.next_pos > 0 &&
         h.version == ANNAL__INDEX_VERSION) {
         int hc = head_check(db, &h);
-        if (hc < 0) { /* the last acknowledged event is damaged: catch-up says so */
+        if (hc == HEAD_DAMAGED) { /* catch-up says so */
             annal__txn_abort(&db->idx, t);
             return ANNAL_OK;
         }
-        annal__seg *hs = hc ? annal__log_seg(&db->log, ANNAL__LOC_SEG(h.next_loc)) : NULL;
+        annal__seg *hs =
+            hc == HEAD_TRUSTED ? annal__log_seg(&db->log, ANNAL__LOC_SEG(h.next_loc)) : NULL;
         if (hs) /* the log holds the index's head: walk on from there */
             c = (annal__cursor){&db->log, hs, ANNAL__LOC_OFF(h.next_loc), h.next_pos};
         else if (h.next_pos > claim)

@@ -84,6 +84,7 @@ static int parse_args(cli_global *g, int argc, char **argv, cli_config *c, const
                                 origin);
         if (rc) return rc;
     }
+    /* cppcheck-suppress knownConditionTrueFalse ; the option parser replaces it through g */
     if (g->data_dir_flag || g->data_dir != data_before) {
         int rc = cli_config_set(c, "serve", CFG_DATA, g->data_dir, CFG_SRC_FLAG, "--data");
         if (rc) return rc;

@@ -421,12 +421,12 @@ annal_err annal__index_grow(annal__index *idx, uint64_t need, int wait) {
     uint64_t map = in.me_mapsize, slack = slack_of(used), must = used + need;
     /* The allocation first (no transaction need stop for it): need and the slack
      * beyond, growing by twice the slack so that this is rare. */
-    int fd = -1, r = 0;
+    int fd = -1;
     if (e->alloc < must + slack) {
         uint64_t want = round_mib(must + 2 * slack);
         if (want > e->cap) want = e->cap;
-        if (want > e->alloc && (r = mdb_env_get_fd(idx->env, &fd)) == 0 &&
-            (r = posix_fallocate(fd, (off_t)e->alloc, (off_t)(want - e->alloc))) == 0)
+        if (want > e->alloc && mdb_env_get_fd(idx->env, &fd) == 0 &&
+            posix_fallocate(fd, (off_t)e->alloc, (off_t)(want - e->alloc)) == 0)
             e->alloc = want;
     }
     /* Then the map: the allocation while catching up (a transaction that outgrows its
@@ -440,7 +440,7 @@ annal_err annal__index_grow(annal__index *idx, uint64_t need, int wait) {
         /* No transaction of this process may be active while LMDB remaps: wait for those
          * running to end (200 ms at most) if the map is nearly full or `wait`. */
         int tight = map < must + slack / 4;
-        r = pthread_rwlock_trywrlock(maplock(idx));
+        int r = pthread_rwlock_trywrlock(maplock(idx));
         if (r == EBUSY && (tight || wait)) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -771,11 +771,12 @@ annal_err annal__index_tag_block(MDB_txn *t, MDB_dbi dbi, const char *name, size
 
 annal_err annal__index_tag_replace(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
                                    const annal__block *old, const annal__block *nb) {
-    uint8_t ob[ANNAL__BLOCK_VAL], vb[ANNAL__BLOCK_VAL];
+    uint8_t ob[ANNAL__BLOCK_VAL];
     annal__block_encode(old, ob);
     MDB_val k = val(name, len), v = val(ob, sizeof ob);
     int rc = mdb_del(t, dbi, &k, &v);
     if (rc == 0 && nb->mask) {
+        uint8_t vb[ANNAL__BLOCK_VAL];
         annal__block_encode(nb, vb);
         v = val(vb, sizeof vb);
         rc = mdb_put(t, dbi, &k, &v, 0);

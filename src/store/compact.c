@@ -109,20 +109,14 @@ static int emit_hole(writer *w, uint64_t *hole_from, uint64_t hole_to) {
     return 0;
 }
 
-/* Steps 1 (write) for segment s: fills pl; *nothing = 1 when no event can go. */
-static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t bytes_per_s,
-                         plan *pl, int *nothing) {
+/* Plan the compaction of s (whose successor starts at end_pos): what each of its events
+ * becomes, in pl. */
+static annal_err plan_segment(annal_db *db, annal__seg *s, uint64_t end_pos, plan *pl) {
     MDB_txn *t = NULL;
     annal_err rc = annal__read_txn(db, &t);
     if (rc != ANNAL_OK) return rc;
     int live = 1; /* t is active */
     int64_t now = annal__now_ns();
-    annal__seg *next = annal__log_seg(&db->log, s->no + 1);
-    if (!next) {
-        annal__txn_abort(&db->idx, t);
-        return annal__fail(db, ANNAL_EINVAL, "segment %016" PRIx64 " is not sealed", s->no);
-    }
-    uint64_t end_pos = next->first_pos; /* s holds positions [first_pos, end_pos) */
     annal__cursor c = {&db->log, s, ANNAL__SEG_HDR, s->first_pos};
     /* Plan: walk s with the cursor; it steps over holes already there. */
     char last_name[ANNAL_MAX_NAME + 1] = "";
@@ -175,12 +169,14 @@ static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t 
         annal__txn_abort(&db->idx, t);
     else
         annal__txn_free(t);
-    if (rc != ANNAL_OK) return rc;
-    *nothing = pl->erased == 0;
-    if (*nothing) return ANNAL_OK;
+    return rc;
+}
 
-    /* Write: survivors re-encoded as batches of one (their batches lost members), runs of
-     * erased positions (new or from earlier compactions) as holes. */
+/* Write the next generation of s to tmp as pl says: survivors re-encoded as batches of
+ * one (their batches lost members), runs of erased positions (new or from earlier
+ * compactions) as holes. Sets each survivor's new location. */
+static annal_err write_survivors(annal_db *db, annal__seg *s, uint64_t end_pos, const char *tmp,
+                                 uint64_t bytes_per_s, plan *pl) {
     writer w = {db, -1, malloc(WBUF), 0, 0, 0, bytes_per_s, annal__mono_ns()};
     if (!w.buf) return ANNAL_ENOMEM;
     int r = 0;
@@ -224,6 +220,19 @@ static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t 
                            "compaction of segment %016" PRIx64 " failed: %s", s->no, strerror(-r));
     }
     return ANNAL_OK;
+}
+
+/* Steps 1 (write) for segment s: fills pl; *nothing = 1 when no event can go. */
+static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t bytes_per_s,
+                         plan *pl, int *nothing) {
+    annal__seg *next = annal__log_seg(&db->log, s->no + 1);
+    if (!next) return annal__fail(db, ANNAL_EINVAL, "segment %016" PRIx64 " is not sealed", s->no);
+    uint64_t end_pos = next->first_pos; /* s holds positions [first_pos, end_pos) */
+    annal_err rc = plan_segment(db, s, end_pos, pl);
+    if (rc != ANNAL_OK) return rc;
+    *nothing = pl->erased == 0;
+    if (*nothing) return ANNAL_OK;
+    return write_survivors(db, s, end_pos, tmp, bytes_per_s, pl);
 }
 
 /* Block b after this compaction: members that survive (pl->ev[i] is its first member),

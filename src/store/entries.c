@@ -221,6 +221,7 @@ annal_err annal__batch_put(annal__batch *a, annal__index *idx, MDB_txn *t, const
     /* Revision and category blocks: every 64 events of the batch. */
     for (size_t i = 0; i < n && rc == ANNAL_OK; i += ANNAL__BLOCK) {
         size_t m = n - i < ANNAL__BLOCK ? n - i : ANNAL__BLOCK;
+        /* cppcheck-suppress knownConditionTrueFalse ; m is 64 for a whole block */
         annal__block b = {a->first_pos + i, a->loc[i], m == 64 ? ~0ull : (1ull << m) - 1,
                           first_rev + i};
         rc = annal__index_rev_put(t, idx, sid, &b);

@@ -604,9 +604,10 @@ annal_err annal__settle_compaction(annal_db *db, int trusted) {
     annal_err rc = ANNAL_OK;
     int changed = 0;
     for (size_t i = 0; i < n && rc == ANNAL_OK; i++) {
-        char path[4096 + 64], to[4096 + 64];
+        char path[4096 + 64];
         annal__seg_path(&names, f[i].no, f[i].gen, f[i].tmp, path, sizeof path);
         if (f[i].tmp) { /* roll forward if the index points into it, else drop it */
+            char to[4096 + 64];
             uint32_t want = 0;
             if (t && annal__index_gen_get(t, &db->idx, f[i].no, &want) != ANNAL_OK) want = 0;
             int keep = (t && want == f[i].gen && f[i].gen > 0) ||

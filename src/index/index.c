@@ -174,9 +174,14 @@ static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint
      * Elsewhere (no fallocate, no room) it maps it as a reader does. */
     uint64_t start = try_writemap && !readonly ? first_map(dir, mapsize) : 0;
     *writemap = start > 0;
+    /* A reader maps the file as it is (LMDB takes at least what its data needs), not
+     * the most it may grow to: address space is a resource too (ulimit -v). It maps
+     * more when the writer has grown the file beyond (annal__txn_begin). */
+    uint64_t ro_map = readonly ? first_map(dir, UINT64_MAX) : 0;
+    uint64_t map = *writemap ? start : ro_map ? ro_map : mapsize;
     int rc = mdb_env_create(&idx->env);
     if (rc == 0) rc = mdb_env_set_maxdbs(idx->env, 8);
-    if (rc == 0) rc = mdb_env_set_mapsize(idx->env, (size_t)(*writemap ? start : mapsize));
+    if (rc == 0) rc = mdb_env_set_mapsize(idx->env, (size_t)map);
     if (rc == 0) rc = mdb_env_set_maxreaders(idx->env, 1024);
     unsigned flags = MDB_NOTLS | MDB_NORDAHEAD |
                      (readonly ? MDB_RDONLY : MDB_NOSYNC | (*writemap ? MDB_WRITEMAP : 0));
@@ -351,21 +356,41 @@ static pthread_rwlock_t *maplock(annal__index *idx) {
     return &((shared_env *)idx->shared)->maplock;
 }
 
-int annal__txn_begin(annal__index *idx, unsigned flags, MDB_txn **t) {
-    pthread_rwlock_rdlock(maplock(idx));
-    int rc = mdb_txn_begin(idx->env, NULL, flags, t);
-    if (rc) {
-        *t = NULL;
-        pthread_rwlock_unlock(maplock(idx));
-    }
+/* Another process's writer grew the data beyond this environment's map: LMDB refuses
+ * new snapshots (MDB_MAP_RESIZED) until the map takes up the size the writer recorded,
+ * which may be done only while no transaction of this process is active (maplock,
+ * waited for 200 ms at most, as the grower does: a thread that holds a transaction
+ * itself gets MDB_MAP_RESIZED back). */
+static int adopt_map(annal__index *idx) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 200000000;
+    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+    if (pthread_rwlock_timedwrlock(maplock(idx), &ts) != 0) return MDB_MAP_RESIZED;
+    int rc = mdb_env_set_mapsize(idx->env, 0);
+    pthread_rwlock_unlock(maplock(idx));
     return rc;
 }
 
+int annal__txn_begin(annal__index *idx, unsigned flags, MDB_txn **t) {
+    for (int tries = 0;; tries++) {
+        pthread_rwlock_rdlock(maplock(idx));
+        int rc = mdb_txn_begin(idx->env, NULL, flags, t);
+        if (!rc) return 0;
+        *t = NULL;
+        pthread_rwlock_unlock(maplock(idx));
+        if (rc != MDB_MAP_RESIZED || tries == 2 || (rc = adopt_map(idx)) != 0) return rc;
+    }
+}
+
 int annal__txn_renew(annal__index *idx, MDB_txn *t) {
-    pthread_rwlock_rdlock(maplock(idx));
-    int rc = mdb_txn_renew(t);
-    if (rc) pthread_rwlock_unlock(maplock(idx));
-    return rc;
+    for (int tries = 0;; tries++) {
+        pthread_rwlock_rdlock(maplock(idx));
+        int rc = mdb_txn_renew(t);
+        if (!rc) return 0;
+        pthread_rwlock_unlock(maplock(idx));
+        if (rc != MDB_MAP_RESIZED || tries == 2 || (rc = adopt_map(idx)) != 0) return rc;
+    }
 }
 
 void annal__txn_reset(annal__index *idx, MDB_txn *t) {

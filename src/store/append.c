@@ -15,6 +15,7 @@
 
 #include "base/base.h"
 #include "store/db_int.h"
+#include "store/notify.h"
 
 #define GROUP_BYTES (4u << 20)  /* stop taking requests into a group past this */
 #define LEAD_ROUNDS 4           /* groups one leader commits before handing over */

@@ -15,6 +15,7 @@
 
 #include "base/base.h"
 #include "store/db_int.h"
+#include "store/notify.h"
 
 /* ---- open / close ---------------------------------------------------------------- */
 

@@ -19,7 +19,6 @@
 #include "index/index.h"
 #include "log/io.h"
 #include "log/segment.h"
-#include "store/notify.h"
 
 /* A condition on another stream checked in the same commit as an append: metadata and
  * delete events go to `$$name` or carry a decision about `name`. */

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "store/db_int.h"
+#include "store/notify.h"
 
 #define NOTIFY_MAGIC   0x46544e41u /* "ANTF" */
 #define NOTIFY_VERSION 1u

@@ -12,6 +12,7 @@
 
 #include "base/base.h"
 #include "store/db_int.h"
+#include "store/notify.h"
 
 /* Events per iterator: bounds the time between head checks (fell-behind, cancel) and
  * how long one iterator lives, while amortising its open (a snapshot and a seek). */

@@ -64,7 +64,7 @@ file: src/store/recovery.c
 what: recovery accepts revision gaps in a log that was never compacted
 from: (ev.revision > sr.count && !db->log_compacted)
 to:   (ev.revision > sr.count && 0)
-tests: recovery|api|cli_verify|cli_index_damage
+tests: recovery|settle|api|cli_verify|cli_index_damage
 
 name: handler-retry-one-fewer
 file: src/write/handler.c

@@ -125,7 +125,7 @@ typedef struct annal_db_opts {
     uint32_t max_batch_events; /* max events in one append; default 100000 */
     uint64_t index_map_bytes;  /* the most the index may map (and its file grow to): a
                                 * writer maps a little more than it has allocated; readers
-                                * reserve all of it; default 1 TiB */
+                                * map the file as it is (more as it grows); default 1 TiB */
     uint64_t id_cache_events;  /* newest event ids a writer keeps in memory (32 bytes each)
                                 * before writing them to a sorted run file beside the index;
                                 * default 524288 (16 MiB) */

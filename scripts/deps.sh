@@ -5,7 +5,7 @@
 # package locks for a while: wait for it, up to ANNAL_DEPS_WAIT seconds (default 600).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liblmdb-dev libjansson-dev libcmocka-dev
-      python3 cppcheck clang-format liblua5.4-dev libsqlite3-dev libpq-dev postgresql
+      python3 cppcheck clang-format clang-tidy liblua5.4-dev libsqlite3-dev libpq-dev postgresql
       libgrpc-dev protobuf-c-compiler libprotobuf-c-dev "$@")
 pkgs+=(libyaml-dev libssl-dev) # annal serve --config (libyaml), annal cert (OpenSSL)
 pkgs+=(libargon2-dev) # annal serve's users: argon2id password hashes (docs/security.md)

@@ -34,8 +34,8 @@ tests: recovery|api|segment|cli_verify|powerloss
 name: cursor-contiguity
 file: src/log/segment.c
 what: the cursor no longer checks that the next segment starts where the last one ended
-from: if (next->first_pos != c->pos) return ANNAL_ECORRUPT;
-to:   /* mutant */
+from: info, check);\n        if (rc == ANNAL_END) {\n            annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);\n            if (!next) return ANNAL_END;\n            if (next->first_pos != c->pos) return ANNAL_ECORRUPT;
+to:   info, check);\n        if (rc == ANNAL_END) {\n            annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);\n            if (!next) return ANNAL_END;
 tests: recovery|api|compact|cli_verify|record
 
 name: compact-last-erasable
@@ -53,18 +53,18 @@ to:   /* mutant */
 tests: compact|powerloss
 
 name: maxage-ms
-file: src/store/meta.c
+file: src/store/handle.c
 what: $maxAge read as milliseconds instead of seconds
 from: : (int64_t)sr->max_age * 1000000000;
 to:   : (int64_t)sr->max_age * 1000000;
 tests: meta|compact|cli_lifecycle
 
 name: recovery-revision-gaps
-file: src/store/db.c
+file: src/store/recovery.c
 what: recovery accepts revision gaps in a log that was never compacted
 from: (ev.revision > sr.count && !db->log_compacted)
 to:   (ev.revision > sr.count && 0)
-tests: recovery|api|cli_verify|cli_index_damage
+tests: recovery|settle|api|cli_verify|cli_index_damage
 
 name: handler-retry-one-fewer
 file: src/write/handler.c
@@ -102,22 +102,20 @@ to:   if (r->count == 0 || bloom_may(
 tests: ids|api|recovery
 
 name: index-head-position
-file: src/store/db.c
+file: src/store/recovery.c
 what: an index head naming another event as the last acknowledged one is trusted
-note: found by this script, no test yet (a head whose locations fit this log but whose
-note: position does not: e.g. the index of another store copied in)
-from: if (ev.position != h->next_pos - 1) return 0;
+note: a head whose locations fit this log but whose position does not (head_test)
+from: if (ev.position != h->next_pos - 1) return hole_ends(db, s, off + info.len, ev.position + 1, h);
 to:   /* mutant */
-tests: index|recovery|api|cli_index_damage|fuzz_index
+tests: head|index|recovery|api|cli_index_damage|fuzz_index
 
 name: index-head-damaged
-file: src/store/db.c
+file: src/store/recovery.c
 what: a damaged last acknowledged record is cut as if the index head were merely stale
-note: found by this script, no test yet: a bit flip in the last acknowledged batch is then
-note: cut away as a torn tail (the rebuild finds no later flush) instead of failing the open
-from: return len == 0 && annal__get32(s->map + off) == 0 ? 0 : -1;
-to:   return 0;
-tests: recovery|index|api|cli_verify|cli_index_damage
+note: a bit flip in the last acknowledged batch would be cut away as a lost tail (head_test)
+from: return annal__rec_blank_at(s->map + off) ? HEAD_STALE : HEAD_DAMAGED;
+to:   return HEAD_STALE;
+tests: head|recovery|index|api|cli_verify|cli_index_damage
 
 name: expected-revision
 file: src/store/append.c
@@ -143,47 +141,47 @@ tests: ids_store|api|model
 name: group-flush-no-fdatasync
 file: src/store/append.c
 what: a group of appends is acknowledged without its fdatasync
-from: r = db->io->sync(db->io->ctx, db->wseg->fd);
-to:   r = 0;
+from: !(db->opts.flags & ANNAL_OPEN_NOSYNC))\n        r = db->io->sync(db->io->ctx, db->wseg->fd);
+to:   !(db->opts.flags & ANNAL_OPEN_NOSYNC))\n        r = 0;
 tests: api|powerloss|block
 
 name: soft-delete-reads
-file: src/store/meta.c
+file: src/store/entries.c
 what: a soft-deleted stream's last event stays readable (its "$tb" one short)
 from: json_object_set_new(doc, "$tb", json_integer((json_int_t)tb))
 to:   json_object_set_new(doc, "$tb", json_integer((json_int_t)tb - 1))
 tests: meta|api|cli_lifecycle
 
 name: maxcount-off-by-one
-file: src/store/meta.c
+file: src/store/handle.c
 what: $maxCount keeps one event too many
 from: first = sr->count - sr->max_count;
 to:   first = sr->count - sr->max_count - 1;
 tests: meta|compact|cli_lifecycle
 
 name: truncate-before
-file: src/store/meta.c
+file: src/store/handle.c
 what: $tb (truncate before) is ignored by reads
 from: uint64_t first = sr->tb == ANNAL__UNSET ? 0 : sr->tb;
 to:   uint64_t first = 0;
 tests: meta|compact|cli_lifecycle
 
 name: recovery-cut-batch
-file: src/store/db.c
+file: src/store/recovery.c
 what: recovery indexes the whole records of a batch cut short instead of cutting it
 from: if (rc == ANNAL_END) return ANNAL_ECORRUPT; /* batch cut short */
 to:   if (rc == ANNAL_END) { *n = i; return ANNAL_OK; }
 tests: recovery|powerloss|kill|api
 
 name: recovery-tail-damage
-file: src/store/db.c
+file: src/store/recovery.c
 what: damage followed by a later flush is cut away as if it were a torn tail
 from: if (c.seg != last || (!db->readonly && later_flush_after(last, c.off, c.pos))) {
 to:   if (c.seg != last) {
 tests: recovery|cli_verify|powerloss
 
 name: recovery-tail-not-zeroed
-file: src/store/db.c
+file: src/store/recovery.c
 what: a torn tail is left in place (not zeroed) after recovery
 from: int r = zero_tail(db, last, c.off, last->cap);
 to:   int r = 0;

@@ -191,6 +191,37 @@ static void report_conflict(const char *stream, int64_t expected, int64_t actual
                   at);
 }
 
+/* Append ev to the open store and print it as stored (or say why not). */
+static int append_local(annal_db *db, const char *stream, int64_t expected, annal_event_data *ev) {
+    int rc = 0;
+    annal_append_result res;
+    memset(&res, 0, sizeof res);
+    annal_err e = annal_append(db, stream, expected, ev, 1, &res);
+    if (e == ANNAL_ECONFLICT) {
+        report_conflict(stream, expected, res.revision);
+        rc = CLI_EXIT_CONFLICT;
+    } else if (e != ANNAL_OK) {
+        /* The store's detail says what: the reused id, the limit passed, the bad name. */
+        rc = cli_fail("append", db, e, "cannot append to stream %s", stream);
+    } else {
+        /* Print what the store holds, not what we sent: revision, position and time. */
+        annal_event *stored = NULL;
+        e = annal_event_get(db, res.first_position, &stored);
+        if (e != ANNAL_OK) {
+            rc = cli_fail("append", db, e, "appended at position %llu but cannot read it back",
+                          (unsigned long long)res.first_position);
+        } else {
+            cli_buf line = {0};
+            cli_event_json(&line, stored);
+            cli_buf_addc(&line, '\n');
+            fwrite(line.p, 1, line.len, stdout);
+            cli_buf_free(&line);
+            annal_free(stored);
+        }
+    }
+    return rc;
+}
+
 int cli_cmd_append(cli_global *g, int argc, char **argv) {
     const char *operands[3] = {NULL, NULL, NULL};
     int nops = 0;
@@ -282,31 +313,7 @@ int cli_cmd_append(cli_global *g, int argc, char **argv) {
         return rc;
     }
 
-    annal_append_result res;
-    memset(&res, 0, sizeof res);
-    annal_err e = annal_append(db, stream, expected, &ev, 1, &res);
-    if (e == ANNAL_ECONFLICT) {
-        report_conflict(stream, expected, res.revision);
-        rc = CLI_EXIT_CONFLICT;
-    } else if (e != ANNAL_OK) {
-        /* The store's detail says what: the reused id, the limit passed, the bad name. */
-        rc = cli_fail("append", db, e, "cannot append to stream %s", stream);
-    } else {
-        /* Print what the store holds, not what we sent: revision, position and time. */
-        annal_event *stored = NULL;
-        e = annal_event_get(db, res.first_position, &stored);
-        if (e != ANNAL_OK) {
-            rc = cli_fail("append", db, e, "appended at position %llu but cannot read it back",
-                          (unsigned long long)res.first_position);
-        } else {
-            cli_buf line = {0};
-            cli_event_json(&line, stored);
-            cli_buf_addc(&line, '\n');
-            fwrite(line.p, 1, line.len, stdout);
-            cli_buf_free(&line);
-            annal_free(stored);
-        }
-    }
+    rc = append_local(db, stream, expected, &ev);
     annal_db_close(db);
     cli_buf_free(&data);
     cli_buf_free(&meta);

@@ -302,17 +302,56 @@ static void fmt_dur(int64_t ns, char *out, size_t n) {
         snprintf(out, n, "%.1fh", s / 3600);
 }
 
+/* The projections named on the command line, or else every registered one. */
+static char **operand_names(cli_global *g, const args *a, size_t *n) {
+    if (!a->n) return reg_list(g, n);
+    char **names = cli_xrealloc(NULL, (size_t)a->n * sizeof *names);
+    for (int i = 0; i < a->n; i++) names[i] = cli_xstrndup(a->operands[i], strlen(a->operands[i]));
+    *n = (size_t)a->n;
+    return names;
+}
+
+/* One projection's status as a JSON line (head: the store's event count). */
+static void status_json(const reg *r, const char *state, const annal_proj_status *s, uint64_t lag,
+                        int64_t lag_ns, double rate, uint64_t head, int64_t now_ns) {
+    cli_buf b = {0};
+    cli_buf_adds(&b, "{\"name\":");
+    cli_json_add_string(&b, r->name, strlen(r->name));
+    cli_buf_adds(&b, ",\"source\":");
+    const char *src = annal_proj_def_source(r->def);
+    cli_json_add_string(&b, src, strlen(src));
+    cli_buf_adds(&b, ",\"target\":");
+    cli_json_add_string(&b, r->target, strlen(r->target));
+    cli_buf_adds(&b, ",\"state\":");
+    cli_json_add_string(&b, state, strlen(state));
+    if (s->projector_pid) { /* the last projector, live or not (state says) */
+        cli_buf_addf(&b,
+                     ",\"projector_pid\":%lld,\"projector_host\":", (long long)s->projector_pid);
+        cli_json_add_string(&b, s->projector_host, strlen(s->projector_host));
+        cli_buf_addf(&b, ",\"heartbeat_ms_ago\":%lld",
+                     (long long)((now_ns - s->heartbeat_ns) / 1000000));
+    }
+    cli_buf_addf(&b,
+                 ",\"position\":%llu,\"events\":%llu,\"lag_events\":%llu,"
+                 "\"lag_ms\":%lld,\"events_per_s\":%.1f,\"head\":%llu",
+                 (unsigned long long)s->position, (unsigned long long)s->events,
+                 (unsigned long long)lag, (long long)(lag_ns / 1000000), rate,
+                 (unsigned long long)head);
+    if (s->error[0]) {
+        cli_buf_adds(&b, ",\"error\":");
+        cli_json_add_string(&b, s->error, strlen(s->error));
+        cli_buf_addf(
+            &b, ",\"error_position\":%llu,\"error_event\":", (unsigned long long)s->error_position);
+        cli_json_add_string(&b, s->error_event, strlen(s->error_event));
+    }
+    cli_buf_adds(&b, "}\n");
+    fputs(cli_buf_cstr(&b), stdout);
+    cli_buf_free(&b);
+}
+
 static int cmd_status(cli_global *g, args *a, int list) {
     size_t n = 0;
-    char **names = NULL;
-    if (a->n) {
-        names = cli_xrealloc(NULL, (size_t)a->n * sizeof *names);
-        for (int i = 0; i < a->n; i++)
-            names[i] = cli_xstrndup(a->operands[i], strlen(a->operands[i]));
-        n = (size_t)a->n;
-    } else {
-        names = reg_list(g, &n);
-    }
+    char **names = operand_names(g, a, &n);
     annal_db *db = NULL;
     annal_db_info info;
     memset(&info, 0, sizeof info);
@@ -364,39 +403,7 @@ static int cmd_status(cli_global *g, args *a, int list) {
         /* the rate is the projector's last figure; stale when it has not written lately */
         double rate = now_ns - s.updated_ns < 5000000000LL ? s.rate : 0;
         if (a->json) {
-            cli_buf b = {0};
-            cli_buf_adds(&b, "{\"name\":");
-            cli_json_add_string(&b, r.name, strlen(r.name));
-            cli_buf_adds(&b, ",\"source\":");
-            const char *src = annal_proj_def_source(r.def);
-            cli_json_add_string(&b, src, strlen(src));
-            cli_buf_adds(&b, ",\"target\":");
-            cli_json_add_string(&b, r.target, strlen(r.target));
-            cli_buf_adds(&b, ",\"state\":");
-            cli_json_add_string(&b, state, strlen(state));
-            if (s.projector_pid) { /* the last projector, live or not (state says) */
-                cli_buf_addf(
-                    &b, ",\"projector_pid\":%lld,\"projector_host\":", (long long)s.projector_pid);
-                cli_json_add_string(&b, s.projector_host, strlen(s.projector_host));
-                cli_buf_addf(&b, ",\"heartbeat_ms_ago\":%lld",
-                             (long long)((now_ns - s.heartbeat_ns) / 1000000));
-            }
-            cli_buf_addf(&b,
-                         ",\"position\":%llu,\"events\":%llu,\"lag_events\":%llu,"
-                         "\"lag_ms\":%lld,\"events_per_s\":%.1f,\"head\":%llu",
-                         (unsigned long long)s.position, (unsigned long long)s.events,
-                         (unsigned long long)lag, (long long)(lag_ns / 1000000), rate,
-                         (unsigned long long)info.events);
-            if (s.error[0]) {
-                cli_buf_adds(&b, ",\"error\":");
-                cli_json_add_string(&b, s.error, strlen(s.error));
-                cli_buf_addf(&b, ",\"error_position\":%llu,\"error_event\":",
-                             (unsigned long long)s.error_position);
-                cli_json_add_string(&b, s.error_event, strlen(s.error_event));
-            }
-            cli_buf_adds(&b, "}\n");
-            fputs(cli_buf_cstr(&b), stdout);
-            cli_buf_free(&b);
+            status_json(&r, state, &s, lag, lag_ns, rate, info.events, now_ns);
         } else {
             char pos[32], lg[32], lt[32], rt[32];
             snprintf(pos, sizeof pos, "%llu", (unsigned long long)s.position);
@@ -443,17 +450,38 @@ static void sleep_ms(int ms) {
     nanosleep(&ts, NULL);
 }
 
+/* Step each projection once: counts those that did work (busy), are paused or failed
+ * (blocked) and have caught up (ended). A failure that stops the run is its exit code;
+ * one that may pass (a lost database) is reported once and retried. */
+static int step_round(const args *a, reg *regs, annal_proj **ps, int *reported, size_t n, int *busy,
+                      int *blocked, int *ended) {
+    for (size_t i = 0; i < n && !stop_flag; i++) {
+        annal_err e = annal_proj_step(ps[i], NULL);
+        if (e == ANNAL_OK) {
+            *busy = 1;
+            reported[i] = 0;
+        } else if (e == ANNAL_EBUSY) {
+            (*blocked)++;
+        } else if (e == ANNAL_END) {
+            (*ended)++;
+        } else if (e == ANNAL_ECANCELED && stop_flag) {
+            break; /* interrupted by a signal: its batch was rolled back */
+        } else {
+            if (a->once || e == ANNAL_ENOTFOUND) {
+                cli_error(CMD, "%s: %s", regs[i].name, annal_proj_errmsg(ps[i]));
+                return cli_exit_code(e);
+            }
+            if (!reported[i]) /* a lost database: retried, reported once */
+                cli_error(CMD, "%s: %s (retrying)", regs[i].name, annal_proj_errmsg(ps[i]));
+            reported[i] = 1;
+        }
+    }
+    return 0;
+}
+
 static int cmd_run(cli_global *g, args *a) {
     size_t n = 0;
-    char **names = NULL;
-    if (a->n) {
-        names = cli_xrealloc(NULL, (size_t)a->n * sizeof *names);
-        for (int i = 0; i < a->n; i++)
-            names[i] = cli_xstrndup(a->operands[i], strlen(a->operands[i]));
-        n = (size_t)a->n;
-    } else {
-        names = reg_list(g, &n);
-    }
+    char **names = operand_names(g, a, &n);
     if (!n) {
         cli_error(CMD, "no projections registered in %s/projections", g->data_dir);
         free(names);
@@ -501,28 +529,7 @@ static int cmd_run(cli_global *g, args *a) {
         int busy = 0, blocked = 0, ended = 0;
         annal_db_info info; /* the head before this round: every step below reads past it */
         if (annal_db_info_get(db, &info) != ANNAL_OK) info.events = 0;
-        for (size_t i = 0; i < n && !stop_flag; i++) {
-            annal_err e = annal_proj_step(ps[i], NULL);
-            if (e == ANNAL_OK) {
-                busy = 1;
-                reported[i] = 0;
-            } else if (e == ANNAL_EBUSY) {
-                blocked++;
-            } else if (e == ANNAL_END) {
-                ended++;
-            } else if (e == ANNAL_ECANCELED && stop_flag) {
-                break; /* interrupted by a signal: its batch was rolled back */
-            } else {
-                if (a->once || e == ANNAL_ENOTFOUND) {
-                    cli_error(CMD, "%s: %s", regs[i].name, annal_proj_errmsg(ps[i]));
-                    rc = cli_exit_code(e);
-                    break;
-                }
-                if (!reported[i]) /* a lost database: retried, reported once */
-                    cli_error(CMD, "%s: %s (retrying)", regs[i].name, annal_proj_errmsg(ps[i]));
-                reported[i] = 1;
-            }
-        }
+        rc = step_round(a, regs, ps, reported, n, &busy, &blocked, &ended);
         if (busy) {
             idle_ms = 1;
             continue;

@@ -88,6 +88,7 @@ static int parse_args(cli_global *g, int argc, char **argv, cli_config *c, const
                                 origin);
         if (rc) return rc;
     }
+    /* cppcheck-suppress knownConditionTrueFalse ; the option parser replaces it through g */
     if (g->data_dir_flag || g->data_dir != data_before) {
         int rc = cli_config_set(c, "serve", CFG_DATA, g->data_dir, CFG_SRC_FLAG, "--data");
         if (rc) return rc;
@@ -164,6 +165,40 @@ static int load(cli_global *g, int argc, char **argv, cli_config *c, int *help) 
     return rc;
 }
 
+/* The command line writes through this socket while the server owns the store. Made
+ * with umask 077, so only the store's owner (the admin) can connect. NULL if the store's
+ * path is too long for one. */
+static const char *socket_path(const char *dir, char *sock, size_t len) {
+    int n = snprintf(sock, len, "%s/%s", dir, CLI_SOCKET_NAME);
+    if (n >= (int)sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        log_line(NULL, ANNAL_LOG_WARN,
+                 "store path too long for a Unix socket: `annal` commands cannot write while "
+                 "this server runs (use --server)");
+        return NULL;
+    }
+    return sock;
+}
+
+/* Serve until SIGINT or SIGTERM (returned); each SIGHUP reloads the TLS certificates
+ * (security), rebuilding a CA directory's bundle first. */
+static int wait_for_stop(const sigset_t *sigs, annal_server *srv, int insecure, const char *ca_dir,
+                         const char *ca_tmp) {
+    int sig = 0;
+    while (sigwait(sigs, &sig) == 0 && sig == SIGHUP) {
+        log_line(NULL, ANNAL_LOG_INFO, "got SIGHUP: reloading the TLS certificates");
+        char fresh[4096];
+        const char *bundle;
+        if (ca_dir && ca_bundle(ca_dir, fresh, sizeof fresh, &bundle) == 0 && bundle == fresh &&
+            rename(fresh, ca_tmp) != 0)
+            unlink(fresh);
+        if (insecure)
+            log_line(NULL, ANNAL_LOG_WARN, "SIGHUP ignored: no TLS (--insecure)");
+        else
+            (void)annal_server_reload_tls(srv);
+    }
+    return sig;
+}
+
 int cli_cmd_serve(cli_global *g, int argc, char **argv) {
     cli_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -226,17 +261,8 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
     rc = cli_open(g, "serve", ANNAL_OPEN_CREATE, NULL, &db);
     annal_server *srv = NULL;
     annal_err e = ANNAL_OK;
-    /* The command line writes through this socket while the server owns the store. Made
-     * with umask 077, so only the store's owner (the admin) can connect. */
     char sock[4096];
-    int nsock = snprintf(sock, sizeof sock, "%s/%s", g->data_dir, CLI_SOCKET_NAME);
-    if (nsock >= (int)sizeof(((struct sockaddr_un *)0)->sun_path)) {
-        log_line(NULL, ANNAL_LOG_WARN,
-                 "store path too long for a Unix socket: `annal` commands cannot write while "
-                 "this server runs (use --server)");
-    } else {
-        so.local_socket = sock;
-    }
+    so.local_socket = socket_path(g->data_dir, sock, sizeof sock);
     mode_t old_mask = umask(077);
     if (!rc) e = annal_server_start(db, &so, &srv);
     umask(old_mask);
@@ -262,19 +288,7 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
         cli_error("serve", "cannot start the server: %s", annal_strerror(e));
         return e == ANNAL_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_STORE;
     }
-    int sig = 0;
-    while (sigwait(&sigs, &sig) == 0 && sig == SIGHUP) {
-        log_line(NULL, ANNAL_LOG_INFO, "got SIGHUP: reloading the TLS certificates");
-        char fresh[4096];
-        const char *bundle;
-        if (ca_dir && ca_bundle(ca_dir, fresh, sizeof fresh, &bundle) == 0 && bundle == fresh &&
-            rename(fresh, ca_tmp) != 0)
-            unlink(fresh);
-        if (so.insecure)
-            log_line(NULL, ANNAL_LOG_WARN, "SIGHUP ignored: no TLS (--insecure)");
-        else
-            (void)annal_server_reload_tls(srv);
-    }
+    int sig = wait_for_stop(&sigs, srv, so.insecure, ca_dir, ca_tmp);
     char msg[64];
     snprintf(msg, sizeof msg, "got %s, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     log_line(NULL, ANNAL_LOG_INFO, msg);

@@ -63,6 +63,40 @@ static const cli_option options[] = {
     {NULL, 0, 0},
 };
 
+/* Print what s delivers, a JSON line each (checkpoints and state changes too if asked),
+ * until limit events, a quiet timeout_ms (-1: never) or a failure (returned). */
+static annal_err deliver(annal_sub *s, int timeout_ms, uint64_t limit, int checkpoints) {
+    cli_buf line = {0};
+    uint64_t delivered = 0;
+    while (!limit || delivered < limit) {
+        annal_sub_item it;
+        annal_err e = annal_sub_next(s, timeout_ms, &it);
+        if (e == ANNAL_ETIMEDOUT) break; /* quiet for timeout_ms: done */
+        if (e != ANNAL_OK) {
+            cli_buf_free(&line);
+            return e;
+        }
+        line.len = 0;
+        if (it.kind == ANNAL_SUB_EVENT) {
+            cli_event_json(&line, it.event);
+            delivered++;
+        } else if (it.kind == ANNAL_SUB_CHECKPOINT && checkpoints) {
+            cli_buf_addf(&line, "{\"checkpoint\":%llu}", (unsigned long long)it.position);
+        } else if (it.kind == ANNAL_SUB_CAUGHT_UP && checkpoints) {
+            cli_buf_adds(&line, "{\"caught_up\":true}");
+        } else if (it.kind == ANNAL_SUB_FELL_BEHIND && checkpoints) {
+            cli_buf_adds(&line, "{\"fell_behind\":true}");
+        } else {
+            continue;
+        }
+        cli_buf_addc(&line, '\n');
+        /* One line at a time: a reader at the other end of a pipe follows live. */
+        if (fwrite(line.p, 1, line.len, stdout) != line.len || fflush(stdout) != 0) break;
+    }
+    cli_buf_free(&line);
+    return ANNAL_OK;
+}
+
 int cli_cmd_subscribe(cli_global *g, int argc, char **argv) {
     const char *stream = NULL, *category = NULL, *type = NULL;
     annal_filter filter = {0};
@@ -140,38 +174,11 @@ int cli_cmd_subscribe(cli_global *g, int argc, char **argv) {
         return rc;
     }
     int timeout_ms = have_timeout ? (int)timeout_s * 1000 : -1;
-    cli_buf line = {0};
-    uint64_t delivered = 0;
-    while (!limit || delivered < limit) {
-        annal_sub_item it;
-        e = annal_sub_next(s, timeout_ms, &it);
-        if (e == ANNAL_ETIMEDOUT) {
-            e = ANNAL_OK;
-            break;
-        }
-        if (e != ANNAL_OK) break;
-        line.len = 0;
-        if (it.kind == ANNAL_SUB_EVENT) {
-            cli_event_json(&line, it.event);
-            delivered++;
-        } else if (it.kind == ANNAL_SUB_CHECKPOINT && checkpoints) {
-            cli_buf_addf(&line, "{\"checkpoint\":%llu}", (unsigned long long)it.position);
-        } else if (it.kind == ANNAL_SUB_CAUGHT_UP && checkpoints) {
-            cli_buf_adds(&line, "{\"caught_up\":true}");
-        } else if (it.kind == ANNAL_SUB_FELL_BEHIND && checkpoints) {
-            cli_buf_adds(&line, "{\"fell_behind\":true}");
-        } else {
-            continue;
-        }
-        cli_buf_addc(&line, '\n');
-        /* One line at a time: a reader at the other end of a pipe follows live. */
-        if (fwrite(line.p, 1, line.len, stdout) != line.len || fflush(stdout) != 0) break;
-    }
+    e = deliver(s, timeout_ms, limit, checkpoints);
     rc = CLI_EXIT_OK;
     if (e != ANNAL_OK)
         rc = cli_fail("subscribe", db, e, "subscription to %s stopped",
                       so.stream ? so.stream : "$all");
-    cli_buf_free(&line);
     cli_buf_free(&name);
     annal_sub_close(s);
     annal_db_close(db);

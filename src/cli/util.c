@@ -290,7 +290,7 @@ static void progress_draw(cli_progress *p) {
     clock_gettime(CLOCK_MONOTONIC, &now);
     double secs = seconds_between(&p->start, &now);
     double rate = secs > 0 ? (double)p->done / secs : 0;
-    char line[256], rs[32];
+    char line[256];
     int n;
     if (p->total > 0 && p->done <= p->total)
         n = snprintf(line, sizeof line, "%s: %llu/%llu %s (%u%%)", p->label,
@@ -299,6 +299,7 @@ static void progress_draw(cli_progress *p) {
     else
         n = snprintf(line, sizeof line, "%s: %llu %s", p->label, (unsigned long long)p->done, unit);
     if (n > 0 && (size_t)n < sizeof line && rate > 0) {
+        char rs[32];
         short_num(rate, rs, sizeof rs);
         n += snprintf(line + n, sizeof line - (size_t)n, ", %s %s/s", rs, unit);
         if (p->total > p->done && (size_t)n < sizeof line) {

@@ -13,8 +13,6 @@
 #include "base/base.h"
 #include "index/index.h"
 
-#include "index/ids.h"
-
 annal_err annal__index_err(int rc) {
     switch (rc) {
     case MDB_SUCCESS: return ANNAL_OK;
@@ -91,7 +89,6 @@ int annal__index_remove(const char *dir) {
     if (unlink(path) < 0 && errno != ENOENT) return -errno;
     snprintf(path, sizeof path, "%s/lock.mdb", dir);
     if (unlink(path) < 0 && errno != ENOENT) return -errno;
-    annal__ids_remove_all(dir);
     return 0;
 }
 
@@ -177,9 +174,14 @@ static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint
      * Elsewhere (no fallocate, no room) it maps it as a reader does. */
     uint64_t start = try_writemap && !readonly ? first_map(dir, mapsize) : 0;
     *writemap = start > 0;
+    /* A reader maps the file as it is (LMDB takes at least what its data needs), not
+     * the most it may grow to: address space is a resource too (ulimit -v). It maps
+     * more when the writer has grown the file beyond (annal__txn_begin). */
+    uint64_t ro_map = readonly ? first_map(dir, UINT64_MAX) : 0;
+    uint64_t map = *writemap ? start : ro_map ? ro_map : mapsize;
     int rc = mdb_env_create(&idx->env);
     if (rc == 0) rc = mdb_env_set_maxdbs(idx->env, 8);
-    if (rc == 0) rc = mdb_env_set_mapsize(idx->env, (size_t)(*writemap ? start : mapsize));
+    if (rc == 0) rc = mdb_env_set_mapsize(idx->env, (size_t)map);
     /* Every subscription keeps a read transaction (reset between looks), and a server
      * holds thousands of them: 8192 slots cost 512 KiB of lock file. */
     if (rc == 0) rc = mdb_env_set_maxreaders(idx->env, 8192);
@@ -356,21 +358,41 @@ static pthread_rwlock_t *maplock(annal__index *idx) {
     return &((shared_env *)idx->shared)->maplock;
 }
 
-int annal__txn_begin(annal__index *idx, unsigned flags, MDB_txn **t) {
-    pthread_rwlock_rdlock(maplock(idx));
-    int rc = mdb_txn_begin(idx->env, NULL, flags, t);
-    if (rc) {
-        *t = NULL;
-        pthread_rwlock_unlock(maplock(idx));
-    }
+/* Another process's writer grew the data beyond this environment's map: LMDB refuses
+ * new snapshots (MDB_MAP_RESIZED) until the map takes up the size the writer recorded,
+ * which may be done only while no transaction of this process is active (maplock,
+ * waited for 200 ms at most, as the grower does: a thread that holds a transaction
+ * itself gets MDB_MAP_RESIZED back). */
+static int adopt_map(annal__index *idx) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 200000000;
+    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+    if (pthread_rwlock_timedwrlock(maplock(idx), &ts) != 0) return MDB_MAP_RESIZED;
+    int rc = mdb_env_set_mapsize(idx->env, 0);
+    pthread_rwlock_unlock(maplock(idx));
     return rc;
 }
 
+int annal__txn_begin(annal__index *idx, unsigned flags, MDB_txn **t) {
+    for (int tries = 0;; tries++) {
+        pthread_rwlock_rdlock(maplock(idx));
+        int rc = mdb_txn_begin(idx->env, NULL, flags, t);
+        if (!rc) return 0;
+        *t = NULL;
+        pthread_rwlock_unlock(maplock(idx));
+        if (rc != MDB_MAP_RESIZED || tries == 2 || (rc = adopt_map(idx)) != 0) return rc;
+    }
+}
+
 int annal__txn_renew(annal__index *idx, MDB_txn *t) {
-    pthread_rwlock_rdlock(maplock(idx));
-    int rc = mdb_txn_renew(t);
-    if (rc) pthread_rwlock_unlock(maplock(idx));
-    return rc;
+    for (int tries = 0;; tries++) {
+        pthread_rwlock_rdlock(maplock(idx));
+        int rc = mdb_txn_renew(t);
+        if (!rc) return 0;
+        pthread_rwlock_unlock(maplock(idx));
+        if (rc != MDB_MAP_RESIZED || tries == 2 || (rc = adopt_map(idx)) != 0) return rc;
+    }
 }
 
 void annal__txn_reset(annal__index *idx, MDB_txn *t) {
@@ -426,12 +448,12 @@ annal_err annal__index_grow(annal__index *idx, uint64_t need, int wait) {
     uint64_t map = in.me_mapsize, slack = slack_of(used), must = used + need;
     /* The allocation first (no transaction need stop for it): need and the slack
      * beyond, growing by twice the slack so that this is rare. */
-    int fd = -1, r = 0;
+    int fd = -1;
     if (e->alloc < must + slack) {
         uint64_t want = round_mib(must + 2 * slack);
         if (want > e->cap) want = e->cap;
-        if (want > e->alloc && (r = mdb_env_get_fd(idx->env, &fd)) == 0 &&
-            (r = posix_fallocate(fd, (off_t)e->alloc, (off_t)(want - e->alloc))) == 0)
+        if (want > e->alloc && mdb_env_get_fd(idx->env, &fd) == 0 &&
+            posix_fallocate(fd, (off_t)e->alloc, (off_t)(want - e->alloc)) == 0)
             e->alloc = want;
     }
     /* Then the map: the allocation while catching up (a transaction that outgrows its
@@ -445,7 +467,7 @@ annal_err annal__index_grow(annal__index *idx, uint64_t need, int wait) {
         /* No transaction of this process may be active while LMDB remaps: wait for those
          * running to end (200 ms at most) if the map is nearly full or `wait`. */
         int tight = map < must + slack / 4;
-        r = pthread_rwlock_trywrlock(maplock(idx));
+        int r = pthread_rwlock_trywrlock(maplock(idx));
         if (r == EBUSY && (tight || wait)) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -614,6 +636,111 @@ annal_err annal__index_pos_put(MDB_txn *t, const annal__index *idx, uint64_t pos
     return annal__index_err(rc == MDB_KEYEXIST ? MDB_CORRUPTED : rc);
 }
 
+annal_err annal__index_rev_del(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                               uint64_t first_rev) {
+    uint8_t rk[ANNAL__REV_KEY];
+    annal__rev_key(rk, stream_id, first_rev);
+    MDB_val k = val(rk, sizeof rk);
+    return annal__index_err(mdb_del(t, idx->revs, &k, NULL));
+}
+
+annal_err annal__index_pos_move(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t loc) {
+    MDB_val k = val(&pos, 8), v = val(&loc, 8);
+    int r = loc ? mdb_put(t, idx->pos, &k, &v, 0) : mdb_del(t, idx->pos, &k, NULL);
+    return r == MDB_NOTFOUND ? ANNAL_OK : annal__index_err(r);
+}
+
+annal_err annal__index_clear(MDB_txn *t, const annal__index *idx) {
+    int rc = 0;
+    MDB_dbi dbis[] = {idx->meta, idx->streams, idx->revs, idx->pos, idx->cats, idx->types};
+    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0] && rc == 0; i++)
+        rc = mdb_drop(t, dbis[i], 0);
+    MDB_dbi old; /* layout 2 kept event ids in LMDB */
+    if (rc == 0 && mdb_dbi_open(t, "ids", 0, &old) == 0) rc = mdb_drop(t, old, 1);
+    return annal__index_err(rc);
+}
+
+int annal__blocks_rev(MDB_txn *t, const annal__index *idx, uint64_t stream_id, uint64_t rev,
+                      int backward, annal__blocks *w) {
+    *w = (annal__blocks){.by_rev = 1, .backward = backward, .stream_id = stream_id};
+    int mrc = mdb_cursor_open(t, idx->revs, &w->c);
+    if (mrc) w->c = NULL;
+    uint8_t *key = w->key;
+    annal__rev_key(key, stream_id, rev);
+    w->k = val(key, ANNAL__REV_KEY);
+    if (!mrc) mrc = mdb_cursor_get(w->c, &w->k, &w->v, MDB_SET_RANGE);
+    if (mrc == MDB_NOTFOUND) {
+        mrc = mdb_cursor_get(w->c, &w->k, &w->v, MDB_LAST);
+    } else if (!mrc &&
+               (w->k.mv_size != ANNAL__REV_KEY || memcmp(w->k.mv_data, key, ANNAL__REV_KEY))) {
+        mrc = mdb_cursor_get(w->c, &w->k, &w->v, MDB_PREV);
+        if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(w->c, &w->k, &w->v, MDB_FIRST);
+    }
+    return mrc;
+}
+
+int annal__blocks_tag(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                      int backward, annal__blocks *w) {
+    *w = (annal__blocks){.backward = backward};
+    int mrc = mdb_cursor_open(t, dbi, &w->c);
+    if (mrc) w->c = NULL;
+    if (!mrc) mrc = annal__index_tag_seek(w->c, name, len, pos, &w->v);
+    return mrc;
+}
+
+int annal__blocks_get(const annal__blocks *w, annal__block *b, int *other) {
+    *other = 0;
+    if (annal__block_decode(w->v.mv_data, w->v.mv_size, b) ||
+        (w->by_rev && w->k.mv_size != ANNAL__REV_KEY))
+        return MDB_CORRUPTED;
+    b->first_rev = 0;
+    if (w->by_rev) {
+        uint64_t sid = annal__get64be(w->k.mv_data);
+        *other = sid < w->stream_id ? -1 : sid > w->stream_id;
+        b->first_rev = annal__get64be((const uint8_t *)w->k.mv_data + 8);
+    }
+    return 0;
+}
+
+int annal__blocks_step(annal__blocks *w) {
+    MDB_cursor_op step = w->by_rev ? (w->backward ? MDB_PREV : MDB_NEXT)
+                                   : (w->backward ? MDB_PREV_DUP : MDB_NEXT_DUP);
+    return mdb_cursor_get(w->c, &w->k, &w->v, step);
+}
+
+void annal__blocks_close(annal__blocks *w) {
+    if (w->c) mdb_cursor_close(w->c);
+    w->c = NULL;
+}
+
+int annal__index_stream_next(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
+                             int first, int (*skip)(const annal__stream_rec *),
+                             char out[ANNAL_MAX_NAME + 1], size_t *out_len, annal__stream_rec *sr) {
+    MDB_cursor *c = NULL;
+    MDB_val k = val(name, len), v;
+    int mrc = mdb_cursor_open(t, idx->streams, &c);
+    if (mrc) return mrc;
+    if (first || len == 0) {
+        mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    } else {
+        mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        if (!mrc && k.mv_size == len && !memcmp(k.mv_data, name, len))
+            mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    while (!mrc && k.mv_size <= ANNAL_MAX_NAME &&
+           annal__stream_rec_decode(v.mv_data, v.mv_size, sr) == ANNAL_OK && skip(sr))
+        mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    if (!mrc && (k.mv_size > ANNAL_MAX_NAME || annal__stream_rec_decode(v.mv_data, v.mv_size, sr)))
+        mrc = MDB_CORRUPTED;
+    if (!mrc) {
+        memcpy(out, k.mv_data, k.mv_size);
+        out[k.mv_size] = 0;
+        *out_len = k.mv_size;
+    }
+    mdb_cursor_close(c);
+    return mrc;
+}
+
 size_t annal__category_len(const char *name, size_t len) {
     const char *dash = memchr(name, '-', len);
     return dash ? (size_t)(dash - name) : len;
@@ -671,11 +798,12 @@ annal_err annal__index_tag_block(MDB_txn *t, MDB_dbi dbi, const char *name, size
 
 annal_err annal__index_tag_replace(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
                                    const annal__block *old, const annal__block *nb) {
-    uint8_t ob[ANNAL__BLOCK_VAL], vb[ANNAL__BLOCK_VAL];
+    uint8_t ob[ANNAL__BLOCK_VAL];
     annal__block_encode(old, ob);
     MDB_val k = val(name, len), v = val(ob, sizeof ob);
     int rc = mdb_del(t, dbi, &k, &v);
     if (rc == 0 && nb->mask) {
+        uint8_t vb[ANNAL__BLOCK_VAL];
         annal__block_encode(nb, vb);
         v = val(vb, sizeof vb);
         rc = mdb_put(t, dbi, &k, &v, 0);

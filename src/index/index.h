@@ -71,7 +71,8 @@ typedef struct annal__index_state {
 annal_err annal__index_state_read(const char *dir, annal__index_state *st);
 int annal__index_state_write(const char *dir, const annal__index_state *st);
 void annal__boot_id(char out[40]);
-/* Remove the LMDB files in dir (the index is rebuilt on open). */
+/* Remove the LMDB files in dir (the index is rebuilt on open). 0 or -errno. The event-id
+ * runs beside them are ids.h's (annal__ids_remove_all): the store removes both. */
 int annal__index_remove(const char *dir);
 
 /* Is the index in dir open by a handle of this process? 0: no; 1: in a read-only
@@ -174,8 +175,17 @@ annal_err annal__index_rev_put(MDB_txn *t, const annal__index *idx, uint64_t str
  * position is b->first_pos + rev - b->first_rev. */
 annal_err annal__index_rev_block(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
                                  uint64_t rev, annal__block *b);
+/* Delete the revision block of the stream that starts at revision first_rev. */
+annal_err annal__index_rev_del(MDB_txn *t, const annal__index *idx, uint64_t stream_id,
+                               uint64_t first_rev);
 /* Position-table entry (pos a multiple of ANNAL__POS_STRIDE, above every other). */
 annal_err annal__index_pos_put(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t loc);
+/* Move the entry of pos to loc, or delete it with loc 0 (compaction); a missing entry
+ * stays missing. */
+annal_err annal__index_pos_move(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t loc);
+/* Empty every table in t (the index is rebuilt from the log), with the event ids that
+ * layout 2 kept in LMDB. */
+annal_err annal__index_clear(MDB_txn *t, const annal__index *idx);
 /* Category of a stream name: the bytes before the first '-' (all of it without one). */
 size_t annal__category_len(const char *name, size_t len);
 /* Add n blocks (vals: n encoded blocks in position order) under name in a category or
@@ -192,6 +202,42 @@ annal_err annal__index_tag_block(MDB_txn *t, MDB_dbi dbi, const char *name, size
 /* Replace the block starting at old->first_pos under name with nb (nb->mask 0: delete). */
 annal_err annal__index_tag_replace(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
                                    const annal__block *old, const annal__block *nb);
+
+/* Revision entries: key = stream id and the block's first revision, both big-endian so
+ * that one stream's entries are contiguous and ordered; value = the encoded block. */
+#define ANNAL__REV_KEY 16u
+
+/* A walk over index blocks in key order (or backward): the revision blocks of a stream,
+ * or the blocks under a name in a category or type table. Its calls return LMDB codes
+ * (0, MDB_NOTFOUND at the end, MDB_CORRUPTED for a malformed entry, ...) as the
+ * transaction calls do. */
+typedef struct annal__blocks {
+    MDB_cursor *c;
+    MDB_val k, v;
+    int by_rev, backward;
+    uint64_t stream_id;
+    uint8_t key[ANNAL__REV_KEY]; /* where a revision walk starts */
+} annal__blocks;
+/* On the revision block of stream_id at or below rev (it may hold rev), or on the
+ * nearest one to it. */
+int annal__blocks_rev(MDB_txn *t, const annal__index *idx, uint64_t stream_id, uint64_t rev,
+                      int backward, annal__blocks *w);
+/* On the block under name that starts at or below pos, or else on its first. */
+int annal__blocks_tag(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                      int backward, annal__blocks *w);
+/* The block the walk is on; for revision blocks b->first_rev and *other: the block is
+ * another stream's, below (-1) or above (1) stream_id; 0 otherwise. */
+int annal__blocks_get(const annal__blocks *w, annal__block *b, int *other);
+int annal__blocks_step(annal__blocks *w);
+void annal__blocks_close(annal__blocks *w);
+
+/* The first stream record whose name sorts after name (from the first with first set),
+ * skipping those for which skip(rec) is non-zero: its name (NUL-terminated, *out_len
+ * bytes) and record. 0, MDB_NOTFOUND past the last, MDB_CORRUPTED, or another LMDB
+ * code. */
+int annal__index_stream_next(MDB_txn *t, const annal__index *idx, const char *name, size_t len,
+                             int first, int (*skip)(const annal__stream_rec *),
+                             char out[ANNAL_MAX_NAME + 1], size_t *out_len, annal__stream_rec *sr);
 
 /* Generation of segment no that the index's locations point into (0 if never compacted). */
 annal_err annal__index_gen_get(MDB_txn *t, const annal__index *idx, uint64_t no, uint32_t *gen);
@@ -214,9 +260,6 @@ annal_err annal__index_compacting_put(MDB_txn *t, const annal__index *idx, uint6
 annal_err annal__index_pos_floor(MDB_txn *t, const annal__index *idx, uint64_t pos, uint64_t *base,
                                  uint64_t *loc);
 
-/* Revision entries: key = stream id and the block's first revision, both big-endian so
- * that one stream's entries are contiguous and ordered; value = the encoded block. */
-#define ANNAL__REV_KEY 16u
 void annal__rev_key(uint8_t out[ANNAL__REV_KEY], uint64_t stream_id, uint64_t rev);
 
 #endif

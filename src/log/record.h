@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "annal.h"
+#include "base/base.h"
 
 #define ANNAL__SEG_MAGIC "ANNALSEG"
 #define ANNAL__FORMAT    1u
@@ -42,6 +43,16 @@ typedef struct annal__rec_info {
     uint32_t multi; /* ANNAL__REC_MULTI was set: the batch may span streams */
     uint64_t group; /* position of the first record of the flush that wrote this one */
 } annal__rec_info;
+
+/* Fields of a record header at p (ANNAL__REC_HDR bytes readable), read without any
+ * check, for walks that only look: its length (a multiple of 8 when sane), the event
+ * id (to prefetch its lookup), and whether its checksum and length are both zero (a
+ * header never written). */
+static inline uint32_t annal__rec_len_at(const uint8_t *p) { return annal__get32(p + 4); }
+static inline const annal_uuid *annal__rec_id_at(const uint8_t *p) {
+    return (const annal_uuid *)(p + 32);
+}
+static inline int annal__rec_blank_at(const uint8_t *p) { return annal__get64(p) == 0; }
 
 /* Bytes needed to encode an event with these lengths. */
 static inline uint64_t annal__rec_size(size_t stream_len, size_t type_len, size_t data_len,

@@ -453,9 +453,11 @@ static void heartbeat(annal_proj *p, int force) {
     if (!p->t || (!force && p->hb_ns && now - p->hb_ns < HB_EVERY_NS)) return;
     char host[64];
     host_name(host, sizeof host);
-    annal_proj_value v[4] = {v_str(p->name), v_int((int64_t)getpid()), v_str(host), v_int(now)};
     annal_err rc = annal__pj_target_begin(p->t);
-    if (rc == ANNAL_OK) rc = exec_q(p, sql_hb, v, 4, NULL, NULL);
+    if (rc == ANNAL_OK) {
+        annal_proj_value v[4] = {v_str(p->name), v_int((int64_t)getpid()), v_str(host), v_int(now)};
+        rc = exec_q(p, sql_hb, v, 4, NULL, NULL);
+    }
     if (rc == ANNAL_OK) rc = annal__pj_target_commit(p->t);
     if (rc != ANNAL_OK) {
         annal__pj_target_rollback(p->t);

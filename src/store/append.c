@@ -15,6 +15,7 @@
 
 #include "base/base.h"
 #include "store/db_int.h"
+#include "store/notify.h"
 
 #define GROUP_BYTES (4u << 20)  /* stop taking requests into a group past this */
 #define LEAD_ROUNDS 4           /* groups one leader commits before handing over */
@@ -208,30 +209,44 @@ static annal_err soft_delete_data(annal_db *db, group *g, MDB_txn *t, annal__req
     return ANNAL_OK;
 }
 
-/* Check and encode one request into the group, its index entries into t (the group's
- * transaction). Returns the request's result code, or a negative errno for an I/O
- * failure that ends the whole group; g->broken marks an index failure that does. */
-static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
-    if (req->multi) return annal__multi_add(db, g, t, req);
-    annal__index_head h = db->head;
-    annal__stream_rec sr = annal__stream_rec_new(0, 0);
-    annal_err rc = annal__index_stream_get(t, &db->idx, req->stream, req->stream_len, &sr);
-    int exists = rc == ANNAL_OK; /* a record; it may hold only metadata (count 0) */
+/* The refusal of an append whose expected revision does not hold. */
+static annal_err conflict(annal__req *req, int64_t cur, int gone) {
+    char eb[32];
+    req->res.revision = cur;
+    if (gone)
+        snprintf(req->msg, sizeof req->msg, "expected revision %s but stream %s does not exist",
+                 expected_str(req->expected, eb, sizeof eb), req->stream);
+    else
+        snprintf(req->msg, sizeof req->msg,
+                 "expected revision %s but stream %s is at revision %" PRId64,
+                 expected_str(req->expected, eb, sizeof eb), req->stream, cur);
+    return ANNAL_ECONFLICT;
+}
+
+/* What may refuse req before anything of it is written: a tombstone, its guard, its
+ * expected revision; an idempotent resend is answered here too (*done). On ANNAL_OK,
+ * req->res holds its result, *sr its stream's record and *exists whether it has one. */
+static annal_err admit(annal_db *db, group *g, MDB_txn *t, annal__req *req, annal__stream_rec *sr,
+                       int *exists, int *done) {
+    *done = 1;
+    *sr = annal__stream_rec_new(0, 0);
+    annal_err rc = annal__index_stream_get(t, &db->idx, req->stream, req->stream_len, sr);
+    *exists = rc == ANNAL_OK; /* a record; it may hold only metadata (count 0) */
     if (rc != ANNAL_OK && rc != ANNAL_ENOTFOUND) return rc;
-    if (sr.flags & ANNAL__SR_TOMBSTONE) {
-        req->res.revision = (int64_t)sr.count - 1;
+    if (sr->flags & ANNAL__SR_TOMBSTONE) {
+        req->res.revision = (int64_t)sr->count - 1;
         snprintf(req->msg, sizeof req->msg, "stream %s is deleted (tombstoned)", req->stream);
         return ANNAL_EDELETED;
     }
     if (req->guard && (rc = check_guard(db, t, req)) != ANNAL_OK) return rc;
     if (req->guard && req->guard->soft_delete) {
-        rc = soft_delete_data(db, g, t, req, exists ? &sr : NULL);
+        rc = soft_delete_data(db, g, t, req, *exists ? sr : NULL);
         if (rc != ANNAL_OK) return rc;
     }
-    int64_t cur = (int64_t)sr.count - 1;
-    int gone = cur < 0 || (sr.flags & ANNAL__SR_DELETED); /* reads as not found */
+    int64_t cur = (int64_t)sr->count - 1;
+    int gone = cur < 0 || (sr->flags & ANNAL__SR_DELETED); /* reads as not found */
     if (req->n > 0) {
-        rc = check_idempotent(db, g, t, req, &sr, exists);
+        rc = check_idempotent(db, g, t, req, sr, *exists);
         if (rc != ANNAL_ENOTFOUND) return rc;
     }
     /* A soft-deleted stream is re-created by appending to it as if it did not exist, or
@@ -239,50 +254,42 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     int ok = req->expected == ANNAL_EXPECT_ANY ||
              (req->expected == ANNAL_EXPECT_NO_STREAM && gone) ||
              (req->expected == ANNAL_EXPECT_STREAM_EXISTS && !gone) || req->expected == cur;
-    if (!ok) {
-        char eb[32];
-        req->res.revision = cur;
-        if (gone)
-            snprintf(req->msg, sizeof req->msg, "expected revision %s but stream %s does not exist",
-                     expected_str(req->expected, eb, sizeof eb), req->stream);
-        else
-            snprintf(req->msg, sizeof req->msg,
-                     "expected revision %s but stream %s is at revision %" PRId64,
-                     expected_str(req->expected, eb, sizeof eb), req->stream, cur);
-        return ANNAL_ECONFLICT;
-    }
+    if (!ok) return conflict(req, cur, gone);
     req->res.first_revision = (uint64_t)(cur + 1);
-    req->res.first_position = h.next_pos;
+    req->res.first_position = db->head.next_pos;
     req->res.count = req->n;
     req->res.revision = cur + (int64_t)req->n;
-    if (req->n == 0) return ANNAL_OK;
+    *done = req->n == 0;
+    return ANNAL_OK;
+}
 
-    /* A batch never spans segments: roll first if it does not fit. */
-    int r = annal__group_room(db, g, req->bytes, h.next_pos);
-    if (r < 0) return r;
-    if (buf_reserve(db, g->bl + req->bytes) < 0) return ANNAL_ENOMEM;
-    if (!exists) sr = annal__stream_rec_new(h.next_stream_id++, g->now);
-    if (sr.count == 0) {
-        sr.created_ns = g->now;
-        h.streams++;
-    }
-    uint64_t bl = g->bl;
+/* The event i of req as it is appended: at revision rev0 + i, position pos0 + i. */
+static annal_event req_event(const annal__req *req, size_t i, uint64_t rev0, uint64_t pos0,
+                             int64_t now) {
+    const annal_event_data *in = &req->ev[i];
+    return (annal_event){in->id,           req->stream, req->stream_len, in->type,
+                         strlen(in->type), in->data,    in->data_len,    in->metadata,
+                         in->metadata_len, rev0 + i,    pos0 + i,        now};
+}
+
+/* Encode req's records at *bl of the buffer and claim their ids; first what may refuse
+ * the request (an id already stored), with no index write: a refused request leaves the
+ * group's transaction as it was, so requests need no nested transaction each (LMDB
+ * copies every page a nested one touches). */
+static annal_err encode_claims(annal_db *db, group *g, MDB_txn *t, annal__req *req,
+                               const annal__stream_rec *sr, annal__index_head *h, uint64_t *bl) {
+    annal_err rc = ANNAL_OK;
     annal__ids_hold(db->ids);
     for (size_t i = 0; i < req->n && req->n > 1; i++) /* a few random memory accesses each */
         annal__ids_prefetch(db->ids, &req->ev[i].id);
-    /* First what may refuse the request (an id already stored), with no index write:
-     * a refused request leaves the group's transaction as it was, so requests need no
-     * nested transaction each (LMDB copies every page a nested one touches). */
-    for (size_t i = 0; i < req->n; i++) {
+    for (size_t i = 0; i < req->n && rc == ANNAL_OK; i++) {
         annal_event_data *in = &req->ev[i];
         if (annal__uuid_is_nil(&in->id)) annal__uuid_v7(&in->id, g->now / 1000000, &db->rng);
-        annal_event ev = {in->id,           req->stream,  req->stream_len, in->type,
-                          strlen(in->type), in->data,     in->data_len,    in->metadata,
-                          in->metadata_len, sr.count + i, h.next_pos + i,  g->now};
-        uint64_t loc = ANNAL__LOC(db->wseg->no, db->woff + bl);
-        if (bl == 0) g->first = ev.position;
-        bl += annal__rec_encode(&ev, (uint32_t)i, (uint32_t)req->n, g->first, db->buf + bl);
-        h.last_loc = loc;
+        annal_event ev = req_event(req, i, sr->count, h->next_pos, g->now);
+        uint64_t loc = ANNAL__LOC(db->wseg->no, db->woff + *bl);
+        if (*bl == 0) g->first = ev.position;
+        *bl += annal__rec_encode(&ev, (uint32_t)i, (uint32_t)req->n, g->first, db->buf + *bl);
+        h->last_loc = loc;
         uint64_t dp;
         rc = annal__id_claim(db, t, &in->id, ev.position, loc, &dp);
         if (rc == ANNAL_EDUPLICATE) {
@@ -293,31 +300,64 @@ static int add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
         }
         if (rc == ANNAL_OK)
             rc = annal__batch_add(&db->batch, ev.type, ev.type_len, ev.position, loc);
-        if (rc != ANNAL_OK) {
-            annal__ids_release(db->ids);
-            db->batch.n = 0;
-            return rc;
-        }
     }
     annal__ids_release(db->ids);
-    /* Then the index entries. A failure now is LMDB's and ends the group. */
+    if (rc != ANNAL_OK) db->batch.n = 0;
+    return rc;
+}
+
+/* Then req's index entries and its stream's record. A failure now is LMDB's and ends
+ * the group. */
+static annal_err put_entries(annal_db *db, group *g, MDB_txn *t, const annal__req *req,
+                             annal__stream_rec *sr, annal__index_head *h) {
+    annal_err rc = ANNAL_OK;
     for (size_t i = 0; i < req->n && rc == ANNAL_OK; i++) {
-        annal_event_data *in = &req->ev[i];
-        annal_event ev = {in->id,           req->stream,  req->stream_len, in->type,
-                          strlen(in->type), in->data,     in->data_len,    in->metadata,
-                          in->metadata_len, sr.count + i, h.next_pos + i,  g->now};
+        annal_event ev = req_event(req, i, sr->count, h->next_pos, g->now);
         if (ev.position % ANNAL__POS_STRIDE == 0)
             rc = annal__index_pos_put(t, &db->idx, ev.position, db->batch.loc[i]);
-        if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &h, &sr, &ev);
+        if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, h, sr, &ev);
     }
     if (rc == ANNAL_OK)
-        rc = annal__batch_put(&db->batch, &db->idx, t, req->stream, req->stream_len, sr.id,
-                              sr.count);
+        rc = annal__batch_put(&db->batch, &db->idx, t, req->stream, req->stream_len, sr->id,
+                              sr->count);
     db->batch.n = 0;
-    sr.count += req->n;
-    sr.last_pos = h.next_pos + req->n - 1;
-    if (rc == ANNAL_OK)
-        rc = annal__index_stream_put(t, &db->idx, req->stream, req->stream_len, &sr);
+    sr->count += req->n;
+    sr->last_pos = h->next_pos + req->n - 1;
+    if (rc == ANNAL_OK) rc = annal__index_stream_put(t, &db->idx, req->stream, req->stream_len, sr);
+    return rc;
+}
+
+/* Check and encode one request into the group, its index entries into t (the group's
+ * transaction). Returns the request's result code; g->ioerr marks a log write failure
+ * that ends the whole group, g->broken an index failure that does. */
+static annal_err add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
+    if (req->multi) { /* multi.c keeps the older convention: a log failure is -errno */
+        int r = annal__multi_add(db, g, t, req);
+        if (r >= 0) return (annal_err)r;
+        g->ioerr = r;
+        return io_err(r);
+    }
+    annal__stream_rec sr;
+    int exists, done;
+    annal_err rc = admit(db, g, t, req, &sr, &exists, &done);
+    if (rc != ANNAL_OK || done) return rc;
+    annal__index_head h = db->head;
+    /* A batch never spans segments: roll first if it does not fit. */
+    int r = annal__group_room(db, g, req->bytes, h.next_pos);
+    if (r < 0) {
+        g->ioerr = r;
+        return io_err(r);
+    }
+    if (buf_reserve(db, g->bl + req->bytes) < 0) return ANNAL_ENOMEM;
+    if (!exists) sr = annal__stream_rec_new(h.next_stream_id++, g->now);
+    if (sr.count == 0) {
+        sr.created_ns = g->now;
+        h.streams++;
+    }
+    uint64_t bl = g->bl;
+    rc = encode_claims(db, g, t, req, &sr, &h, &bl);
+    if (rc != ANNAL_OK) return rc;
+    rc = put_entries(db, g, t, req, &sr, &h);
     if (rc != ANNAL_OK) {
         g->broken = 1;
         return rc;
@@ -358,19 +398,19 @@ static void commit_group(annal_db *db, annal__req *reqs) {
     int mrc = grc == ANNAL_OK ? annal__txn_begin(&db->idx, 0, &g.txn) : 0;
     if (mrc) grc = annal__index_err(mrc);
     for (annal__req *r = reqs; r && grc == ANNAL_OK; r = r->next) {
-        int rc = add_req(db, &g, g.txn, r);
-        if (rc < 0) {
+        annal_err rc = add_req(db, &g, g.txn, r);
+        if (g.ioerr) {
             annal__ids_truncate(db->ids, db->head.next_pos);
-            ioerr = rc;
+            ioerr = g.ioerr;
             what = "log";
-            grc = io_err(rc);
+            grc = rc;
             break;
         }
         if (g.broken) {
-            grc = (annal_err)rc;
+            grc = rc;
             break;
         }
-        r->rc = (annal_err)rc;
+        r->rc = rc;
         if (rc != ANNAL_OK) annal__ids_truncate(db->ids, db->head.next_pos); /* its ids */
     }
     if (grc == ANNAL_OK) {
@@ -657,6 +697,8 @@ annal_err annal__group_read(annal_db *db, annal__group *g, uint64_t loc, annal_e
     return read_any(db, g, loc, ev, len);
 }
 
+/* A batch never spans segments: flush the group and roll to the next segment when
+ * bytes more do not fit. 0 or -errno. */
 int annal__group_room(annal_db *db, annal__group *g, uint64_t bytes, uint64_t next_pos) {
     if (db->woff + g->bl + bytes <= db->wseg->cap) return 0;
     int r = flush(db, g);
@@ -667,4 +709,37 @@ int annal__group_room(annal_db *db, annal__group *g, uint64_t bytes, uint64_t ne
     db->wseg = ns;
     db->woff = ANNAL__SEG_HDR;
     return 0;
+}
+
+annal_err annal_db_sync(annal_db *db) {
+    if (!db) return ANNAL_EINVAL;
+    if (db->readonly) return ANNAL_OK;
+    pthread_mutex_lock(&db->wmu);
+    db->sync_waiting++; /* the leader lets go instead of handing over */
+    while (db->leader) pthread_cond_wait(&db->wcv, &db->wmu);
+    db->sync_waiting--;
+    db->leader = 1; /* no group may write while we flush */
+    pthread_mutex_unlock(&db->wmu);
+    annal_err rc = db->failed;
+    if (rc == ANNAL_OK) {
+        /* Segments before the active one were flushed when they were sealed. */
+        int r = db->io->sync(db->io->ctx, db->wseg->fd);
+        if (r < 0) {
+            rc = annal__fail(db, ANNAL_EIO, "flush failed: %s", strerror(-r));
+            db->failed = ANNAL_EIO;
+            snprintf(db->failed_msg, sizeof db->failed_msg, "flush failed: %s; reopen the store",
+                     strerror(-r));
+        } else if (annal__index_sync(&db->idx) != 0) {
+            rc = annal__fail(db, ANNAL_EIO, "index flush failed");
+        }
+        if (r == 0) /* what a NOSYNC handle appended is acknowledged now */
+            (void)annal__acked_write(&db->acked, __atomic_load_n(&db->visible, __ATOMIC_ACQUIRE));
+    } else {
+        rc = annal__fail(db, ANNAL_EFAILED, "%s", db->failed_msg);
+    }
+    pthread_mutex_lock(&db->wmu);
+    annal__req *next = annal__hand_over(db); /* appends queued meanwhile */
+    pthread_mutex_unlock(&db->wmu);
+    annal__lead_wake(next);
+    return rc;
 }

@@ -318,7 +318,10 @@ static annal_err index_copy(const char *dir, int rm_index, char *msg, size_t len
     snprintf(path, sizeof path, "%s/acked", dir);
     unlink(path); /* a mark of an earlier copy is not evidence about this one */
     snprintf(path, sizeof path, "%s/index", dir);
-    if (rm_index) annal__index_remove(path);
+    if (rm_index) { /* the whole index: LMDB's files and the id runs beside them */
+        annal__index_remove(path);
+        annal__ids_remove_all(path);
+    }
     annal_db_opts o;
     annal_db_opts_init(&o);
     annal_db *db = NULL;
@@ -329,12 +332,6 @@ static annal_err index_copy(const char *dir, int rm_index, char *msg, size_t len
     annal_db_close(db);
     return rc;
 }
-
-typedef struct dest_seg {
-    uint64_t no;
-    uint32_t gen;
-    int keep;
-} dest_seg;
 
 typedef struct bk {
     annal_db *db;
@@ -351,7 +348,7 @@ typedef struct bk {
 
 /* Copy segment s, bytes [0, end), into DEST (or the tar stream). */
 static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
-    char dst[4200], src[4200], name[64];
+    char dst[4200], name[64];
     annal__log names = {.dir = b->logdir};
     annal__seg_path(&names, s->no, s->gen, 0, dst, sizeof dst);
     snprintf(name, sizeof name, "log/%s", strrchr(dst, '/') + 1);
@@ -385,6 +382,7 @@ static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
         return ANNAL_OK;
     }
     if (!found && sealed && (b->o.flags & ANNAL_BACKUP_LINK)) {
+        char src[4200];
         annal__seg_path(&b->db->log, s->no, s->gen, 0, src, sizeof src);
         if (link(src, dst) == 0) {
             b->res.segments_copied++;

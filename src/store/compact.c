@@ -109,20 +109,14 @@ static int emit_hole(writer *w, uint64_t *hole_from, uint64_t hole_to) {
     return 0;
 }
 
-/* Steps 1 (write) for segment s: fills pl; *nothing = 1 when no event can go. */
-static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t bytes_per_s,
-                         plan *pl, int *nothing) {
+/* Plan the compaction of s (whose successor starts at end_pos): what each of its events
+ * becomes, in pl. */
+static annal_err plan_segment(annal_db *db, annal__seg *s, uint64_t end_pos, plan *pl) {
     MDB_txn *t = NULL;
     annal_err rc = annal__read_txn(db, &t);
     if (rc != ANNAL_OK) return rc;
     int live = 1; /* t is active */
     int64_t now = annal__now_ns();
-    annal__seg *next = annal__log_seg(&db->log, s->no + 1);
-    if (!next) {
-        annal__txn_abort(&db->idx, t);
-        return annal__fail(db, ANNAL_EINVAL, "segment %016" PRIx64 " is not sealed", s->no);
-    }
-    uint64_t end_pos = next->first_pos; /* s holds positions [first_pos, end_pos) */
     annal__cursor c = {&db->log, s, ANNAL__SEG_HDR, s->first_pos};
     /* Plan: walk s with the cursor; it steps over holes already there. */
     char last_name[ANNAL_MAX_NAME + 1] = "";
@@ -175,12 +169,14 @@ static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t 
         annal__txn_abort(&db->idx, t);
     else
         annal__txn_free(t);
-    if (rc != ANNAL_OK) return rc;
-    *nothing = pl->erased == 0;
-    if (*nothing) return ANNAL_OK;
+    return rc;
+}
 
-    /* Write: survivors re-encoded as batches of one (their batches lost members), runs of
-     * erased positions (new or from earlier compactions) as holes. */
+/* Write the next generation of s to tmp as pl says: survivors re-encoded as batches of
+ * one (their batches lost members), runs of erased positions (new or from earlier
+ * compactions) as holes. Sets each survivor's new location. */
+static annal_err write_survivors(annal_db *db, annal__seg *s, uint64_t end_pos, const char *tmp,
+                                 uint64_t bytes_per_s, plan *pl) {
     writer w = {db, -1, malloc(WBUF), 0, 0, 0, bytes_per_s, annal__mono_ns()};
     if (!w.buf) return ANNAL_ENOMEM;
     int r = 0;
@@ -226,8 +222,17 @@ static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t 
     return ANNAL_OK;
 }
 
-static annal_err mdb_fail(annal_db *db, int mrc) {
-    return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+/* Steps 1 (write) for segment s: fills pl; *nothing = 1 when no event can go. */
+static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t bytes_per_s,
+                         plan *pl, int *nothing) {
+    annal__seg *next = annal__log_seg(&db->log, s->no + 1);
+    if (!next) return annal__fail(db, ANNAL_EINVAL, "segment %016" PRIx64 " is not sealed", s->no);
+    uint64_t end_pos = next->first_pos; /* s holds positions [first_pos, end_pos) */
+    annal_err rc = plan_segment(db, s, end_pos, pl);
+    if (rc != ANNAL_OK) return rc;
+    *nothing = pl->erased == 0;
+    if (*nothing) return ANNAL_OK;
+    return write_survivors(db, s, end_pos, tmp, bytes_per_s, pl);
 }
 
 /* Block b after this compaction: members that survive (pl->ev[i] is its first member),
@@ -253,7 +258,7 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
     if (grc != ANNAL_OK)
         return annal__fail(db, grc, "no room for the index: %s", annal_strerror(grc));
     int mrc = annal__txn_begin(&db->idx, 0, &t);
-    if (mrc) return mdb_fail(db, mrc);
+    if (mrc) return annal__fail_index(db, mrc);
     annal__index *idx = &db->idx;
     annal_err rc = ANNAL_OK;
     for (size_t i = from; i < to && rc == ANNAL_OK; i++) {
@@ -271,10 +276,7 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
             if (nb.mask) {
                 rc = annal__index_rev_put(t, idx, pe->sid, &nb);
             } else { /* the id index keeps the ids: their lookups find the positions erased */
-                uint8_t rk[ANNAL__REV_KEY];
-                annal__rev_key(rk, pe->sid, b.first_rev);
-                MDB_val k = {sizeof rk, rk};
-                rc = annal__index_err(mdb_del(t, idx->revs, &k, NULL));
+                rc = annal__index_rev_del(t, idx, pe->sid, b.first_rev);
             }
         }
         const char *names[2] = {ev.stream, ev.type};
@@ -289,23 +291,21 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
         }
         if (rc == ANNAL_ENOTFOUND) rc = ANNAL_OK; /* (a missing entry stays missing) */
         if (rc != ANNAL_OK || pe->pos % ANNAL__POS_STRIDE != 0) continue;
-        MDB_val pk = {8, &pe->pos}, lv = {8, &pe->newloc};
-        int r = pe->newloc ? mdb_put(t, idx->pos, &pk, &lv, 0) : mdb_del(t, idx->pos, &pk, NULL);
-        rc = r == MDB_NOTFOUND ? ANNAL_OK : annal__index_err(r);
+        rc = annal__index_pos_move(t, idx, pe->pos, pe->newloc);
     }
     if (rc != ANNAL_OK) {
         annal__txn_abort(&db->idx, t);
         return annal__fail(db, rc, "index: cannot move the entries of compacted events");
     }
     mrc = annal__txn_commit(&db->idx, t);
-    return mrc ? mdb_fail(db, mrc) : ANNAL_OK;
+    return mrc ? annal__fail_index(db, mrc) : ANNAL_OK;
 }
 
 /* The marker of step 2 (gen != 0) or its removal with the generation of step 4. */
 static annal_err mark(annal_db *db, uint64_t no, uint32_t gen, int done) {
     MDB_txn *t;
     int mrc = annal__txn_begin(&db->idx, 0, &t);
-    if (mrc) return mdb_fail(db, mrc);
+    if (mrc) return annal__fail_index(db, mrc);
     annal_err rc = done ? annal__index_gen_put(t, &db->idx, no, gen) : ANNAL_OK;
     if (rc == ANNAL_OK) rc = annal__index_compacting_put(t, &db->idx, done ? UINT64_MAX : no, gen);
     if (rc != ANNAL_OK) {
@@ -313,8 +313,8 @@ static annal_err mark(annal_db *db, uint64_t no, uint32_t gen, int done) {
         return annal__fail(db, rc, "index: cannot record the compaction");
     }
     mrc = annal__txn_commit(&db->idx, t);
-    if (!mrc) mrc = mdb_env_sync(db->idx.env, 1);
-    return mrc ? mdb_fail(db, mrc) : ANNAL_OK;
+    if (!mrc) mrc = annal__index_sync(&db->idx);
+    return mrc ? annal__fail_index(db, mrc) : ANNAL_OK;
 }
 
 /* Points where tests stop a compaction (tests/store/compact_test.c). */

@@ -1,6 +1,13 @@
-/* Private definition of annal_db, shared by the store's files: open/close and recovery
- * (db.c), group-committed appends (append.c), reads (read.c) and verification
- * (verify.c). */
+/* Private definition of annal_db, shared by the store's files. They stand on floors and
+ * call down only (docs/architecture.md, "The store's floors"):
+ *   db.c                                 open, close, info, rebuild-index (top)
+ *   meta.c  compact.c  seal.c  subscribe.c  verify.c
+ *   append.c  read.c                     group commit (and annal_db_sync), iterators
+ *   recovery.c  notify.c  acked.c        catch-up and settling, wake-ups, the mark
+ *   entries.c                            locate, block members, id claims, batch encoder
+ *   handle.c                             options, errors, names, read txns, visibility
+ * Errors: every function here returns annal_err (log/ and index/ below return their
+ * own kinds; see docs/architecture.md), and records detail with annal__fail. */
 #ifndef ANNAL_DB_INT_H
 #define ANNAL_DB_INT_H
 
@@ -12,7 +19,6 @@
 #include "index/index.h"
 #include "log/io.h"
 #include "log/segment.h"
-#include "store/notify.h"
 
 /* A condition on another stream checked in the same commit as an append: metadata and
  * delete events go to `$$name` or carry a decision about `name`. */
@@ -135,6 +141,8 @@ struct annal_db {
     annal__counters ctr;          /* for annal_db_stats_get (stats.c) */
 };
 
+/* ---- acked.c --------------------------------------------------------------------- */
+
 /* Open (creating when missing) DIR/acked; *mark: the newest valid mark, 0 if none. */
 annal_err annal__acked_open(annal__acked *a, const char *dir, uint64_t *mark);
 /* Record that positions below pos were acknowledged (flushed). 0 or -errno. */
@@ -152,6 +160,7 @@ void annal__counters_group(annal__counters *c, uint64_t reqs, uint64_t events);
 /* store/backup.c: 1 if dir is a backup or restore that did not finish (annal_db_open
  * refuses it), else 0. */
 int annal__backup_incomplete(const char *dir);
+/* ---- db.c ------------------------------------------------------------------------ */
 
 /* annal_db_open with another file-operation table (tests inject faults with it). */
 annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
@@ -160,11 +169,25 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
 annal_err annal__recover_io(const char *dir, const annal_db_opts *opts, const annal__io *io,
                             uint64_t *lost_from, uint64_t *lost_count);
 
+/* `$metadata` (the stream's limits), `$streamDeleted` (tombstone), and the key that
+ * marks a soft delete in a metadata document. */
+#define ANNAL__META_TYPE   "$metadata"
+#define ANNAL__TOMB_TYPE   "$streamDeleted"
+#define ANNAL__DELETED_KEY "$deleted" /* written by soft delete only */
+
+/* ---- handle.c -------------------------------------------------------------------- */
+
 /* Record detail for the calling thread and return code. */
 annal_err annal__fail(annal_db *db, annal_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The one failure of an LMDB call (mrc: its return code): "index: <LMDB's text>". */
+annal_err annal__fail_index(annal_db *db, int mrc);
 void annal__log_msg(annal_db *db, annal_log_level lvl, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Log the calling thread's failure detail as an error (generic if it has none). */
+void annal__log_failure(annal_db *db, const char *generic);
+/* Free every thread's detail (close). */
+void annal__errs_free(annal_db *db);
 
 /* Check a stream name or type name (1..ANNAL_MAX_NAME bytes of UTF-8). */
 int annal__name_ok(const char *s, size_t *len);
@@ -179,12 +202,21 @@ annal_err annal__read_txn(annal_db *db, MDB_txn **t);
 /* The committed head as seen by this handle: for a writer, what it has published;
  * for a read-only handle, what the index in t says. */
 uint64_t annal__visible(annal_db *db, MDB_txn *t);
+/* The lowest revision of sr that its metadata leaves visible. */
+uint64_t annal__first_visible(const annal__stream_rec *sr);
+/* Is the event at rev committed at ts visible now (now_ns) under sr's metadata? */
+int annal__event_visible(const annal__stream_rec *sr, uint64_t rev, int64_t ts, int64_t now_ns);
+
+/* ---- append.c -------------------------------------------------------------------- */
 
 /* annal_append for the store itself: `$` streams and types allowed, with a guard. */
 annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
                         annal_event_data *events, size_t n, annal_append_result *result,
                         const annal__guard *guard);
 
+/* ---- entries.c ------------------------------------------------------------------- */
+
+/* Gather one event of a batch (consecutive positions) for annal__batch_put. */
 annal_err annal__batch_add(annal__batch *a, const char *type, size_t tlen, uint64_t pos,
                            uint64_t loc);
 /* Put the blocks of the gathered events (of stream, whose id is sid, the first at
@@ -192,19 +224,19 @@ annal_err annal__batch_add(annal__batch *a, const char *type, size_t tlen, uint6
 annal_err annal__batch_put(annal__batch *a, annal__index *idx, MDB_txn *t, const char *stream,
                            size_t slen, uint64_t sid, uint64_t first_rev);
 void annal__batch_free(annal__batch *a);
-/* Index what an event implies beyond its own entries (store/meta.c): re-creation of a
+/* Index what an event implies beyond its own entries: re-creation of a
  * soft-deleted stream, a tombstone, and for `$metadata` events the limits of the stream
  * they describe. sr is the event's own stream record (updated in memory; the caller
  * stores it). Used by append and by recovery alike. */
 annal_err annal__index_event_effects(annal__index *idx, MDB_txn *t, annal__index_head *h,
                                      annal__stream_rec *sr, const annal_event *ev);
+/* A metadata limit of document o ("$tb", "$maxCount", "$maxAge") as a count in *out
+ * (ANNAL__UNSET when absent); 1 if it is malformed. */
+struct json_t;
+int annal__meta_member(struct json_t *o, const char *key, uint64_t *out);
 /* The metadata document of a soft delete: prev (the stream's current document, may be
  * NULL) with "$tb" = tb and "$deleted": true, as a malloc'd text. NULL when out of memory. */
 char *annal__soft_delete_doc(const void *prev, size_t prev_len, uint64_t tb);
-/* The lowest revision of sr that its metadata leaves visible. */
-uint64_t annal__first_visible(const annal__stream_rec *sr);
-/* Is the event at rev committed at ts visible now (now_ns) under sr's metadata? */
-int annal__event_visible(const annal__stream_rec *sr, uint64_t rev, int64_t ts, int64_t now_ns);
 
 /* The members of block b that are still in the log, in position order, with their
  * locations (at most ANNAL__BLOCK). ANNAL_ENOTFOUND: b.loc names a segment generation
@@ -222,16 +254,28 @@ annal_err annal__id_live(annal_db *db, MDB_txn *t, const annal_uuid *id, uint64_
  * with *dup_pos when an event that still exists has it. */
 annal_err annal__id_claim(annal_db *db, MDB_txn *t, const annal_uuid *id, uint64_t pos,
                           uint64_t loc, uint64_t *dup_pos);
+/* Open the id index of db's store as t sees it, with the ids of positions below upto
+ * that no run covers read from the log into its memtable. */
+annal_err annal__ids_load(annal_db *db, MDB_txn *t, uint64_t upto, annal__ids **out, char *detail,
+                          size_t dlen);
+/* ---- append.c: group commit ------------------------------------------------------ */
+
 /* Write db->ids' memtable as a run (between groups, or at close). */
 void annal__flush_ids(annal_db *db);
 /* Under wmu, when leading (or annal_db_sync) ends: the queued request to make the next
  * leader, to wake with annal__lead_wake after unlocking; NULL if leading stopped. */
 annal__req *annal__hand_over(annal_db *db);
 void annal__lead_wake(annal__req *next);
-/* Open the id index of db's store as t sees it, with the ids of positions below upto
- * that no run covers read from the log into its memtable. */
-annal_err annal__ids_load(annal_db *db, MDB_txn *t, uint64_t upto, annal__ids **out, char *detail,
-                          size_t dlen);
+
+/* ---- recovery.c ------------------------------------------------------------------ */
+
+/* Settle what an interrupted compaction left in DIR/log before the log is opened;
+ * trusted: the index may name the current generations. */
+annal_err annal__settle_compaction(annal_db *db, int trusted);
+/* Before anything is indexed or cut: does the log still hold every acknowledged
+ * position (mark: DIR/acked's)? ANNAL_ECORRUPT with the missing range if not; with
+ * db->accept_loss, the range is recorded as a hole instead. */
+annal_err annal__check_acknowledged(annal_db *db, uint64_t mark);
 /* Index every complete batch of the log from the index head onwards; used by recovery
  * and rebuild. Sets *end_loc to the location after the last whole batch. */
 annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off);
@@ -246,6 +290,7 @@ typedef struct annal__group {
     uint64_t first; /* position of the first record in the buffer (each record says it) */
     int64_t now;
     int broken; /* an index write failed: txn must not commit */
+    int ioerr;  /* -errno of a log write that failed: the group ends */
 } annal__group;
 
 /* Queue req, lead or wait, until it is committed or refused; req->rc is the result. */

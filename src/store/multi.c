@@ -147,7 +147,7 @@ static annal_err conflict_result(annal__req *req, annal__multi *m) {
                             m->nparts + m->nchecks);
     for (size_t i = 0; i < m->nconf && off < sizeof req->msg; i++) {
         const annal_stream_conflict *c = &m->conf[i];
-        char eb[32];
+        char eb[32]; // cppcheck-suppress variableScope ; kept beside the message it formats
         if (c->reason == ANNAL_EDELETED)
             off += (size_t)snprintf(req->msg + off, sizeof req->msg - off, " %s is tombstoned;",
                                     c->stream);

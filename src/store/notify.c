@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "store/db_int.h"
+#include "store/notify.h"
 
 #define NOTIFY_MAGIC   0x46544e41u /* "ANTF" */
 #define NOTIFY_VERSION 1u
@@ -125,9 +126,9 @@ void annal__notify_publish(annal_db *db, uint64_t visible) {
     annal__notify *n = db->notify;
     if (!n) return;
     /* Pairs with the waiter's increment of a waiters count followed by its head check:
-     * either the waiter sees the new head, or we see it waiting. */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&n->waiters, __ATOMIC_SEQ_CST) > 0) {
+     * either the waiter sees the new head, or we see it waiting. (A read-modify-write of
+     * the count orders like a fence and a load, and ThreadSanitizer models it.) */
+    if (__atomic_fetch_add(&n->waiters, 0, __ATOMIC_SEQ_CST) > 0) {
         pthread_mutex_lock(&n->mu);
         pthread_cond_broadcast(&n->cv);
         pthread_mutex_unlock(&n->mu);

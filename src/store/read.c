@@ -68,7 +68,7 @@ static void txn_reset(annal_iter *it) {
 static annal_err txn_renew(annal_iter *it) {
     txn_reset(it); /* (after an error left it active) */
     int rc = annal__txn_renew(&it->db->idx, it->txn);
-    if (rc) return annal__fail(it->db, annal__index_err(rc), "index: %s", mdb_strerror(rc));
+    if (rc) return annal__fail_index(it->db, rc);
     it->live = 1;
     return ANNAL_OK;
 }
@@ -80,13 +80,12 @@ static annal_err txn_begin(annal_iter *it) {
     return rc;
 }
 
-/* Close a chunk fetched with cursor c (may be NULL) whose last LMDB result was mrc; with
- * nothing fetched the iterator is done. */
-static annal_err chunk_end(annal_iter *it, MDB_cursor *c, int mrc) {
-    if (c) mdb_cursor_close(c);
+/* Close a chunk fetched with walk w whose last LMDB result was mrc; with nothing
+ * fetched the iterator is done. */
+static annal_err chunk_end(annal_iter *it, annal__blocks *w, int mrc) {
+    annal__blocks_close(w);
     txn_reset(it);
-    if (mrc && mrc != MDB_NOTFOUND)
-        return annal__fail(it->db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    if (mrc && mrc != MDB_NOTFOUND) return annal__fail_index(it->db, mrc);
     if (it->n == 0) it->done = 1;
     return ANNAL_OK;
 }
@@ -113,36 +112,23 @@ static annal_err take_block(annal_iter *it, const annal__block *b, int by_rev, u
     return ANNAL_OK;
 }
 
-/* Fill the chunk from the blocks at the cursor on (mrc: the status of getting the
- * first), in reading order, those in [lo, hi] only: until the name's last block, hi, or
- * a full chunk. by_rev: c is on the revision table (a key holds stream and revision,
- * and lo/hi are revisions), else on a category or type table (positions). */
-static annal_err walk_blocks(annal_iter *it, MDB_cursor *c, MDB_val *k, MDB_val *v, int mrc,
-                             int by_rev, uint64_t lo, uint64_t hi) {
-    MDB_cursor_op step = by_rev ? (it->backward ? MDB_PREV : MDB_NEXT)
-                                : (it->backward ? MDB_PREV_DUP : MDB_NEXT_DUP);
+/* Fill the chunk from the blocks of walk w on (mrc: the status of getting the first),
+ * in reading order, those in [lo, hi] only: until the name's last block, hi, or a full
+ * chunk. On a revision walk lo/hi are revisions, else positions. */
+static annal_err walk_blocks(annal_iter *it, annal__blocks *w, int mrc, uint64_t lo, uint64_t hi) {
+    int by_rev = w->by_rev;
     uint64_t *next = by_rev ? &it->next_rev : &it->next_pos;
     annal_err rc = ANNAL_OK;
     int more = 0;
     it->n = it->i = 0;
     while (!mrc) {
         annal__block b;
-        int other = 0; /* the block is another stream's: below it (-1) or above (1) */
-        if (annal__block_decode(v->mv_data, v->mv_size, &b) ||
-            (by_rev && k->mv_size != ANNAL__REV_KEY)) {
-            mrc = MDB_CORRUPTED;
-            break;
-        }
-        b.first_rev = 0;
-        if (by_rev) {
-            uint64_t sid = annal__get64be(k->mv_data);
-            other = sid < it->stream_id ? -1 : sid > it->stream_id;
-            b.first_rev = annal__get64be((const uint8_t *)k->mv_data + 8);
-        }
+        int other; /* the block is another stream's: below it (-1) or above (1) */
+        if ((mrc = annal__blocks_get(w, &b, &other)) != 0) break;
         uint64_t start = by_rev ? b.first_rev : b.first_pos;
         uint64_t end = start + (annal__block_end(&b) - b.first_pos); /* past its last */
         if (!it->backward && (other < 0 || (!other && end <= lo))) {
-            mrc = mdb_cursor_get(c, k, v, step); /* below the range */
+            mrc = annal__blocks_step(w); /* below the range */
             continue;
         }
         if (other || start > hi || end <= lo) break; /* past it */
@@ -158,37 +144,26 @@ static annal_err walk_blocks(annal_iter *it, MDB_cursor *c, MDB_val *k, MDB_val 
         } else {
             *next = lo = end;
         }
-        mrc = mdb_cursor_get(c, k, v, step);
+        mrc = annal__blocks_step(w);
     }
     if (rc != ANNAL_OK) {
-        mdb_cursor_close(c);
+        annal__blocks_close(w);
         txn_reset(it);
         return rc;
     }
-    rc = chunk_end(it, c, mrc);
+    rc = chunk_end(it, w, mrc);
     if (rc == ANNAL_OK && !more) it->done = 1; /* after this chunk */
     return rc;
 }
 
 /* The next chunk of a stream: its revision blocks from the one holding next_rev on. */
 static annal_err fetch_stream(annal_iter *it) {
-    annal_db *db = it->db;
     annal_err rc = txn_renew(it);
     if (rc != ANNAL_OK) return rc;
-    MDB_cursor *c = NULL;
-    int mrc = mdb_cursor_open(it->txn, db->idx.revs, &c);
-    uint8_t key[ANNAL__REV_KEY];
-    annal__rev_key(key, it->stream_id, it->next_rev);
-    MDB_val k = {sizeof key, key}, v;
-    /* Start at the block at or below next_rev: it may hold next_rev. */
-    if (!mrc) mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-    if (mrc == MDB_NOTFOUND) {
-        mrc = mdb_cursor_get(c, &k, &v, MDB_LAST);
-    } else if (!mrc && (k.mv_size != sizeof key || memcmp(k.mv_data, key, sizeof key) != 0)) {
-        mrc = mdb_cursor_get(c, &k, &v, MDB_PREV);
-        if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-    }
-    return walk_blocks(it, c, &k, &v, mrc, 1, it->backward ? it->first : it->next_rev,
+    annal__blocks w;
+    int mrc =
+        annal__blocks_rev(it->txn, &it->db->idx, it->stream_id, it->next_rev, it->backward, &w);
+    return walk_blocks(it, &w, mrc, it->backward ? it->first : it->next_rev,
                        it->backward ? it->next_rev : it->last_rev);
 }
 
@@ -275,11 +250,10 @@ static annal_err fetch_all_back(annal_iter *it) {
 static annal_err fetch_tag(annal_iter *it) {
     annal_err rc = txn_renew(it);
     if (rc != ANNAL_OK) return rc;
-    MDB_cursor *c = NULL;
-    MDB_val k, v;
-    int mrc = mdb_cursor_open(it->txn, it->tag_dbi, &c);
-    if (!mrc) mrc = annal__index_tag_seek(c, it->stream, it->stream_len, it->next_pos, &v);
-    return walk_blocks(it, c, &k, &v, mrc, 0, it->backward ? 0 : it->next_pos,
+    annal__blocks w;
+    int mrc = annal__blocks_tag(it->txn, it->tag_dbi, it->stream, it->stream_len, it->next_pos,
+                                it->backward, &w);
+    return walk_blocks(it, &w, mrc, it->backward ? 0 : it->next_pos,
                        it->backward ? it->next_pos : it->end - 1);
 }
 
@@ -661,53 +635,35 @@ annal_err annal_streams_open(annal_db *db, const char *after, annal_stream_iter 
     return ANNAL_OK;
 }
 
+/* Streams with only metadata, or deleted ones, read as absent: listings skip them. */
+static int absent(const annal__stream_rec *sr) {
+    return sr->count == 0 || (sr->flags & (ANNAL__SR_DELETED | ANNAL__SR_TOMBSTONE));
+}
+
 annal_err annal_streams_next(annal_stream_iter *it, const annal_stream_info **info) {
     if (!it || !info) return ANNAL_EINVAL;
     *info = NULL;
     annal_db *db = it->db;
     int mrc = annal__txn_renew(&db->idx, it->txn);
-    if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
-    MDB_cursor *c = NULL;
-    MDB_val k = {it->name_len, it->name}, v;
-    mrc = mdb_cursor_open(it->txn, db->idx.streams, &c);
-    if (!mrc) {
-        if (!it->started)
-            mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-        else if (it->name_len == 0)
-            mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-        else {
-            mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-            if (!mrc && k.mv_size == it->name_len && !memcmp(k.mv_data, it->name, it->name_len))
-                mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
-        }
-    }
-    annal_err rc = ANNAL_OK;
+    if (mrc) return annal__fail_index(db, mrc);
     annal__stream_rec sr;
-    /* Streams with only metadata, or deleted ones, read as absent: skip them. */
-    while (!mrc && k.mv_size <= ANNAL_MAX_NAME &&
-           annal__stream_rec_decode(v.mv_data, v.mv_size, &sr) == ANNAL_OK &&
-           (sr.count == 0 || (sr.flags & (ANNAL__SR_DELETED | ANNAL__SR_TOMBSTONE))))
-        mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    mrc = annal__index_stream_next(it->txn, &db->idx, it->name, it->name_len, !it->started, absent,
+                                   it->name, &it->name_len, &sr);
+    annal_err rc = ANNAL_OK;
     if (!mrc) {
-        if (k.mv_size > ANNAL_MAX_NAME || annal__stream_rec_decode(v.mv_data, v.mv_size, &sr)) {
-            rc = ANNAL_ECORRUPT;
-        } else {
-            memcpy(it->name, k.mv_data, k.mv_size);
-            it->name[k.mv_size] = 0;
-            it->name_len = k.mv_size;
-            it->started = 1;
-            it->info.name = it->name;
-            it->info.last_revision = sr.count - 1;
-            it->info.last_position = sr.last_pos;
-            it->info.created_ns = sr.created_ns;
-            *info = &it->info;
-        }
+        it->started = 1;
+        it->info.name = it->name;
+        it->info.last_revision = sr.count - 1;
+        it->info.last_position = sr.last_pos;
+        it->info.created_ns = sr.created_ns;
+        *info = &it->info;
     } else if (mrc == MDB_NOTFOUND) {
         rc = ANNAL_END;
+    } else if (mrc == MDB_CORRUPTED) {
+        rc = ANNAL_ECORRUPT;
     } else {
-        rc = annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+        rc = annal__fail_index(db, mrc);
     }
-    if (c) mdb_cursor_close(c);
     annal__txn_reset(&db->idx, it->txn);
     return rc;
 }

@@ -12,6 +12,7 @@
 
 #include "base/base.h"
 #include "store/db_int.h"
+#include "store/notify.h"
 
 /* Events per iterator: bounds the time between head checks (fell-behind, cancel) and
  * how long one iterator lives, while amortising its open (a snapshot and a seek). */
@@ -97,7 +98,7 @@ static annal_err look(annal_sub *s, uint64_t *head, annal__stream_rec *sr, int *
     }
     uint64_t vis = db->readonly ? 0 : annal__visible(db, NULL);
     int mrc = annal__txn_renew(&db->idx, s->txn);
-    if (mrc) return annal__fail(db, annal__index_err(mrc), "index: %s", mdb_strerror(mrc));
+    if (mrc) return annal__fail_index(db, mrc);
     *head = db->readonly ? annal__visible(db, s->txn) : vis;
     annal_err rc = ANNAL_OK;
     if (s->kind == SUB_STREAM) {
@@ -226,6 +227,31 @@ static int64_t mono_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Between passes: the committed head, and how many events (stream: revisions) the
+ * subscription has still to read; sets the bounds of the next pass. */
+static annal_err how_far(annal_sub *s, uint64_t *head, uint64_t *ahead) {
+    annal__stream_rec sr;
+    int found;
+    annal_err rc = look(s, head, &sr, &found);
+    if (rc != ANNAL_OK) return rc;
+    if (s->kind != SUB_STREAM) {
+        *ahead = *head > s->scanned ? *head - s->scanned : 0;
+        s->pass_bound = *head;
+        return ANNAL_OK;
+    }
+    if (found && (sr.flags & ANNAL__SR_TOMBSTONE))
+        return annal__fail(s->db, ANNAL_EDELETED, "stream %s is deleted (tombstoned)", s->name);
+    uint64_t count = found ? sr.count : 0;
+    *ahead = count > s->next_rev ? count - s->next_rev : 0;
+    /* Soft-deleted: what it held stays invisible; wait for the next append. */
+    if (found && (sr.flags & ANNAL__SR_DELETED)) {
+        s->next_rev = count;
+        *ahead = 0;
+    }
+    s->pass_count = count;
+    return ANNAL_OK;
+}
+
 static annal_err sub_next(annal_sub *s, int timeout_ms, annal_sub_item *item) {
     memset(item, 0, sizeof *item);
     annal_db *db = s->db;
@@ -270,28 +296,9 @@ static annal_err sub_next(annal_sub *s, int timeout_ms, annal_sub_item *item) {
             return ANNAL_OK;
         }
         /* Between batches: is there more, and how far behind are we? */
-        uint64_t head;
-        annal__stream_rec sr;
-        int found;
-        annal_err rc = look(s, &head, &sr, &found);
+        uint64_t head = 0, ahead = 0;
+        annal_err rc = how_far(s, &head, &ahead);
         if (rc != ANNAL_OK) return rc;
-        uint64_t ahead;
-        if (s->kind == SUB_STREAM) {
-            if (found && (sr.flags & ANNAL__SR_TOMBSTONE))
-                return annal__fail(db, ANNAL_EDELETED, "stream %s is deleted (tombstoned)",
-                                   s->name);
-            uint64_t count = found ? sr.count : 0;
-            ahead = count > s->next_rev ? count - s->next_rev : 0;
-            /* Soft-deleted: what it held stays invisible; wait for the next append. */
-            if (found && (sr.flags & ANNAL__SR_DELETED)) {
-                s->next_rev = count;
-                ahead = 0;
-            }
-            s->pass_count = count;
-        } else {
-            ahead = head > s->scanned ? head - s->scanned : 0;
-            s->pass_bound = head;
-        }
         if (ahead > 0) {
             if (s->caught_up && ahead >= s->behind_threshold) {
                 s->caught_up = 0;

@@ -139,7 +139,7 @@ static void *subscriber_run(void *arg) {
     static const int timeouts[] = {0, 1, 5, 20, 100};
     uint64_t reached = 0; /* everything below was delivered */
     for (;;) {
-        if (su->sh->done && reached >= su->sh->final) break;
+        if (__atomic_load_n(&su->sh->done, __ATOMIC_SEQ_CST) && reached >= su->sh->final) break;
         annal_sub_item it;
         annal_err rc = annal_sub_next(s, timeouts[splitmix(&su->seed) % ARRAY_LEN(timeouts)], &it);
         if (rc == ANNAL_ETIMEDOUT) continue;

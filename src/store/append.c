@@ -332,7 +332,7 @@ static annal_err put_entries(annal_db *db, group *g, MDB_txn *t, const annal__re
  * that ends the whole group, g->broken an index failure that does. */
 static annal_err add_req(annal_db *db, group *g, MDB_txn *t, annal__req *req) {
     if (req->multi) { /* multi.c keeps the older convention: a log failure is -errno */
-        int r = annal__multi_add(db, g, t, req);
+        int r = req->multi_add(db, g, t, req);
         if (r >= 0) return (annal_err)r;
         g->ioerr = r;
         return io_err(r);

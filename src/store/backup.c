@@ -23,9 +23,8 @@
 
 #include "base/base.h"
 #include "store/db_int.h"
+#include "store/marker.h"
 
-#define FLAG_NAME             "backup-incomplete"
-#define MANIFEST_NAME         "backup"
 #define COPY_CHUNK            (1u << 20)
 #define ANNAL_EAGAIN_INTERNAL ((annal_err)-1) /* backup(): start over from a new head */
 #define BACKUP_TRIES          8
@@ -38,111 +37,10 @@ __attribute__((format(printf, 3, 4))) static void say(char *msg, size_t len, con
     va_end(ap);
 }
 
-/* ---- markers ------------------------------------------------------------------------ */
-
-typedef struct manifest {
-    uint64_t token;    /* the flag file of the same backup carries it too */
-    uint64_t next_pos; /* every position below it is in the backup */
-    uint64_t last_seg; /* the last segment copied, and where its data ends */
-    uint64_t last_off;
-    int64_t time_ns;
-} manifest;
-
-static int read_small(const char *path, char *buf, size_t cap) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -errno;
-    ssize_t n = read(fd, buf, cap - 1);
-    int e = errno;
-    close(fd);
-    if (n < 0) return -e;
-    buf[n] = 0;
-    return (int)n;
-}
-
-/* Write path durably: a tmp file, flushed, renamed, directory flushed. 0 or -errno. */
-static int write_small(const char *dir, const char *name, const char *text) {
-    char tmp[4200], path[4200];
-    snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return -errno;
-    size_t len = strlen(text);
-    int r = annal__io_write_all(annal__io_posix(), fd, text, len, 0);
-    if (r == 0 && fsync(fd) < 0) r = -errno;
-    close(fd);
-    if (r == 0 && rename(tmp, path) < 0) r = -errno;
-    if (r == 0) r = annal__io_posix()->sync_dir(NULL, dir);
-    if (r < 0) unlink(tmp);
-    return r;
-}
-
-static int manifest_text(const manifest *m, char *out, size_t cap) {
-    int n = snprintf(out, cap,
-                     "annal-backup 1\ntoken %016" PRIx64 "\nnext_position %" PRIu64
-                     "\nlast_segment %" PRIu64 "\nlast_offset %" PRIu64 "\ntime_ns %" PRId64 "\n",
-                     m->token, m->next_pos, m->last_seg, m->last_off, m->time_ns);
-    uint32_t crc = annal__crc32c(0, out, (size_t)n);
-    return n + snprintf(out + n, cap - (size_t)n, "crc %08" PRIx32 "\n", crc);
-}
-
-/* 0 and *m if dir holds a valid manifest, else -errno (-EINVAL: damaged). */
-static int manifest_read(const char *dir, manifest *m) {
-    char path[4200], buf[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, MANIFEST_NAME);
-    int n = read_small(path, buf, sizeof buf);
-    if (n < 0) return n;
-    char *crcl = strstr(buf, "crc ");
-    if (!crcl) return -EINVAL;
-    uint32_t want;
-    if (sscanf(crcl, "crc %" SCNx32, &want) != 1) return -EINVAL;
-    if (annal__crc32c(0, buf, (size_t)(crcl - buf)) != want) return -EINVAL;
-    if (sscanf(buf,
-               "annal-backup 1\ntoken %" SCNx64 "\nnext_position %" SCNu64 "\nlast_segment %" SCNu64
-               "\nlast_offset %" SCNu64 "\ntime_ns %" SCNd64,
-               &m->token, &m->next_pos, &m->last_seg, &m->last_off, &m->time_ns) != 5)
-        return -EINVAL;
-    return 0;
-}
-
-/* The token of dir's flag file: 1 and *token if there is one, 0 if none, -errno. */
-static int flag_read(const char *dir, uint64_t *token) {
-    char path[4200], buf[128];
-    snprintf(path, sizeof path, "%s/%s", dir, FLAG_NAME);
-    int n = read_small(path, buf, sizeof buf);
-    if (n == -ENOENT) return 0;
-    if (n < 0) return n;
-    *token = 0;
-    (void)sscanf(buf, "annal-backup-incomplete %" SCNx64, token);
-    return 1;
-}
-
-int annal__backup_incomplete(const char *dir) {
-    uint64_t token;
-    int f = flag_read(dir, &token);
-    if (f <= 0) return 0; /* none, or unreadable: the open itself reports EACCES and such */
-    manifest m;
-    /* The flag of a backup that completed (a tar stream extracted: its manifest came
-     * last and names the same token) is harmless; any other flag means unfinished. */
-    return manifest_read(dir, &m) == 0 && m.token == token ? 0 : 1;
-}
-
-static int flag_write(const char *dir, uint64_t token) {
-    char text[64];
-    snprintf(text, sizeof text, "annal-backup-incomplete %016" PRIx64 "\n", token);
-    return write_small(dir, FLAG_NAME, text);
-}
-
-static int flag_remove(const char *dir) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s", dir, FLAG_NAME);
-    if (unlink(path) < 0 && errno != ENOENT) return -errno;
-    return annal__io_posix()->sync_dir(NULL, dir);
-}
-
 annal_err annal_backup_check(const char *dir, uint64_t *next_position) {
     if (!dir) return ANNAL_EINVAL;
-    manifest m;
-    int r = manifest_read(dir, &m);
+    annal__manifest m;
+    int r = annal__manifest_read(dir, &m);
     if (r == -ENOENT || r == -ENOTDIR) return ANNAL_ENOTFOUND;
     if (r < 0 || annal__backup_incomplete(dir)) return ANNAL_ECORRUPT;
     if (next_position) *next_position = m.next_pos;
@@ -440,21 +338,22 @@ static annal_err backup(bk *b) {
     uint64_t last = h.next_pos ? ANNAL__LOC_SEG(h.next_loc) : base;
     uint64_t last_off = h.next_pos ? ANNAL__LOC_OFF(h.next_loc) : ANNAL__SEG_HDR;
     b->res.next_position = h.next_pos;
-    manifest m = {annal__rng_seed(), h.next_pos, last, last_off, b->now};
+    annal__manifest m = {annal__rng_seed(), h.next_pos, last, last_off, b->now};
     if (m.token == 0) m.token = 1;
     if (!b->t.write) {
-        manifest old;
-        if (manifest_read(b->dest, &old) == 0 && old.next_pos > h.next_pos)
+        annal__manifest old;
+        if (annal__manifest_read(b->dest, &old) == 0 && old.next_pos > h.next_pos)
             return annal__fail(db, ANNAL_EINVAL,
                                "%s holds a backup at a later position (%" PRIu64
                                ") than this store's head (%" PRIu64 "): another store's?",
                                b->dest, old.next_pos, h.next_pos);
-        int r = flag_write(b->dest, m.token); /* first: from here on DEST is unfinished */
+        int r =
+            annal__backup_flag_write(b->dest, m.token); /* first: from here on DEST is unfinished */
         if (r < 0)
-            return annal__fail(db, err_of(r), "cannot write %s/%s: %s", b->dest, FLAG_NAME,
+            return annal__fail(db, err_of(r), "cannot write %s/%s: %s", b->dest, ANNAL__BACKUP_FLAG,
                                strerror(-r));
         char mpath[4200];
-        snprintf(mpath, sizeof mpath, "%s/%s", b->dest, MANIFEST_NAME);
+        snprintf(mpath, sizeof mpath, "%s/%s", b->dest, ANNAL__BACKUP_MANIFEST);
         unlink(mpath);
         if (mkdir(b->logdir, 0755) < 0 && errno != EEXIST)
             return annal__fail(db, err_of(-errno), "cannot create %s: %s", b->logdir,
@@ -464,7 +363,7 @@ static annal_err backup(bk *b) {
     } else {
         char text[64];
         snprintf(text, sizeof text, "annal-backup-incomplete %016" PRIx64 "\n", m.token);
-        int r = tar_text(&b->t, FLAG_NAME, text, b->now / 1000000000);
+        int r = tar_text(&b->t, ANNAL__BACKUP_FLAG, text, b->now / 1000000000);
         if (r == 0) r = tar_header(&b->t, "log/", 0, 1, b->now / 1000000000);
         if (r < 0) return annal__fail(db, ANNAL_EIO, "cannot write the tar stream");
     }
@@ -489,10 +388,10 @@ static annal_err backup(bk *b) {
             return annal__fail(db, ANNAL_ECANCELED, "backup canceled");
     }
     char text[512];
-    manifest_text(&m, text, sizeof text);
-    if (b->t.write) { /* the manifest last: a cut stream has none */
+    annal__manifest_text(&m, text, sizeof text);
+    if (b->t.write) { /* the annal__manifest last: a cut stream has none */
         static const uint8_t zeros[1024];
-        int r = tar_text(&b->t, MANIFEST_NAME, text, b->now / 1000000000);
+        int r = tar_text(&b->t, ANNAL__BACKUP_MANIFEST, text, b->now / 1000000000);
         if (r == 0) r = tar_put(&b->t, zeros, sizeof zeros);
         return r == 0 ? ANNAL_OK : annal__fail(db, ANNAL_EIO, "cannot write the tar stream");
     }
@@ -505,8 +404,8 @@ static annal_err backup(bk *b) {
         rc = index_copy(b->dest, b->rm_index, msg, sizeof msg);
         if (rc != ANNAL_OK) return annal__fail(db, rc, "%s", msg);
     }
-    r = write_small(b->dest, MANIFEST_NAME, text);
-    if (r == 0) r = flag_remove(b->dest);
+    r = annal__small_write(b->dest, ANNAL__BACKUP_MANIFEST, text);
+    if (r == 0) r = annal__backup_flag_remove(b->dest);
     if (r < 0)
         return annal__fail(db, err_of(r), "cannot finish the backup in %s: %s", b->dest,
                            strerror(-r));
@@ -540,9 +439,9 @@ annal_err annal_backup_sized(annal_db *db, const char *dest, const annal_backup_
         char probe[4200];
         snprintf(probe, sizeof probe, "%s/lock", dest);
         struct stat ls;
-        manifest old;
-        if (stat(probe, &ls) == 0 && manifest_read(dest, &old) < 0 &&
-            flag_read(dest, &old.token) == 0)
+        annal__manifest old;
+        if (stat(probe, &ls) == 0 && annal__manifest_read(dest, &old) < 0 &&
+            annal__backup_flag_read(dest, &old.token) == 0)
             return annal__fail(db, ANNAL_EINVAL, "%s is a store, not a backup", dest);
     } else {
         snprintf(b.logdir, sizeof b.logdir, "log");
@@ -571,8 +470,9 @@ typedef struct cut {
 
 /* Walk the records of the backup's segments from the start for the first batch that
  * begins after to_pos or after to_ns (records in log order; timestamps never go back). */
-static annal_err find_cut(const char *logdir, const annal__seg_file *f, size_t n, const manifest *m,
-                          uint64_t to_pos, int64_t to_ns, cut *c, char *msg, size_t len) {
+static annal_err find_cut(const char *logdir, const annal__seg_file *f, size_t n,
+                          const annal__manifest *m, uint64_t to_pos, int64_t to_ns, cut *c,
+                          char *msg, size_t len) {
     annal__log names = {.dir = (char *)logdir};
     *c = (cut){m->last_seg, m->last_off, m->next_pos};
     for (size_t i = 0; i < n; i++) {
@@ -627,10 +527,10 @@ static annal_err restore(const char *src, const char *dir, const annal_restore_o
                          annal_restore_result *res) {
     char *msg = res->message;
     size_t mlen = sizeof res->message;
-    manifest m;
-    int r = manifest_read(src, &m);
+    annal__manifest m;
+    int r = annal__manifest_read(src, &m);
     if (r == -ENOENT || r == -ENOTDIR) {
-        say(msg, mlen, "%s is not a backup (no %s file)", src, MANIFEST_NAME);
+        say(msg, mlen, "%s is not a backup (no %s file)", src, ANNAL__BACKUP_MANIFEST);
         return ANNAL_ENOTFOUND;
     }
     if (r < 0 || annal__backup_incomplete(src)) {
@@ -661,7 +561,8 @@ static annal_err restore(const char *src, const char *dir, const annal_restore_o
     cut c;
     annal_err rc = find_cut(slog, f, n, &m, o->to_position, o->to_time_ns, &c, msg, mlen);
     uint64_t token = annal__rng_seed() | 1;
-    if (rc == ANNAL_OK && (r = flag_write(dir, token)) < 0) { /* a killed restore never opens */
+    if (rc == ANNAL_OK &&
+        (r = annal__backup_flag_write(dir, token)) < 0) { /* a killed restore never opens */
         say(msg, mlen, "cannot write in %s: %s", dir, strerror(-r));
         rc = err_of(r);
     }
@@ -697,7 +598,7 @@ static annal_err restore(const char *src, const char *dir, const annal_restore_o
         rc = err_of(r);
     }
     if (rc == ANNAL_OK) rc = index_copy(dir, 1, msg, mlen);
-    if (rc == ANNAL_OK && (r = flag_remove(dir)) < 0) {
+    if (rc == ANNAL_OK && (r = annal__backup_flag_remove(dir)) < 0) {
         say(msg, mlen, "cannot finish %s: %s", dir, strerror(-r));
         rc = err_of(r);
     }

@@ -15,6 +15,7 @@
 
 #include "base/base.h"
 #include "store/db_int.h"
+#include "store/marker.h"
 #include "store/notify.h"
 
 /* ---- open / close ---------------------------------------------------------------- */
@@ -314,7 +315,7 @@ annal_err annal__db_open_io(const char *dir, const annal_db_opts *opts, const an
 }
 
 annal_err annal_db_open(const char *dir, const annal_db_opts *opts, annal_db **out) {
-    if (dir && out && annal__backup_incomplete(dir)) { /* a copy cut short (store/backup.c) */
+    if (dir && out && annal__backup_incomplete(dir)) { /* a copy cut short (store/marker.h) */
         *out = NULL;
         if (opts && opts->struct_size >= offsetof(annal_db_opts, log_ctx) + sizeof(void *) &&
             opts->log) {

@@ -32,11 +32,15 @@ typedef struct annal__guard {
 } annal__guard;
 
 struct annal__multi; /* an annal_append_multi request (store/multi.c) */
+struct annal__group; /* the group being committed (below) */
 
 /* One waiting append; lives on its caller's stack. */
 typedef struct annal__req {
     const annal__guard *guard;  /* may be NULL */
     struct annal__multi *multi; /* NULL, or the parts of an atomic multi-stream append */
+    /* With multi: its own encoder (store/multi.c, which sits above append.c), returning
+     * as add_req does: the request's code, or a negative errno that ends the group. */
+    int (*multi_add)(annal_db *db, struct annal__group *g, MDB_txn *t, struct annal__req *req);
     const char *stream;
     size_t stream_len;
     int64_t expected;
@@ -157,9 +161,6 @@ void annal__acked_release(annal__acked *a);
 /* stats.c: count a flush that took ns, and a committed group. Leader only. */
 void annal__counters_flush(annal__counters *c, int64_t ns);
 void annal__counters_group(annal__counters *c, uint64_t reqs, uint64_t events);
-/* store/backup.c: 1 if dir is a backup or restore that did not finish (annal_db_open
- * refuses it), else 0. */
-int annal__backup_incomplete(const char *dir);
 /* ---- db.c ------------------------------------------------------------------------ */
 
 /* annal_db_open with another file-operation table (tests inject faults with it). */
@@ -307,8 +308,5 @@ annal_err annal__group_read(annal_db *db, annal__group *g, uint64_t loc, annal_e
 /* Make room for bytes more in the active segment, rolling to a new one (flushing the
  * group first) when they do not fit. 0 or -errno. */
 int annal__group_room(annal_db *db, annal__group *g, uint64_t bytes, uint64_t next_pos);
-/* Check and encode a multi-stream request into the group (store/multi.c); returns as
- * add_req does: the request's code, or a negative errno that ends the group. */
-int annal__multi_add(annal_db *db, annal__group *g, MDB_txn *t, annal__req *req);
 
 #endif

@@ -205,7 +205,8 @@ static annal_err index_run(annal_db *db, annal__group *g, MDB_txn *t, annal__ind
     return rc;
 }
 
-int annal__multi_add(annal_db *db, annal__group *g, MDB_txn *t, annal__req *req) {
+/* Check and encode a multi-stream request into the group (req->multi_add). */
+static int multi_add(annal_db *db, annal__group *g, MDB_txn *t, annal__req *req) {
     annal__multi *m = req->multi;
     annal__index_head h = db->head;
     m->nconf = 0;
@@ -364,6 +365,7 @@ annal_err annal_append_multi_sized(annal_db *db, const annal_stream_append *part
     annal__req req;
     memset(&req, 0, sizeof req);
     req.multi = &m;
+    req.multi_add = multi_add;
     req.expected = ANNAL_EXPECT_ANY;
     size_t nall = nparts + nchecks;
     annal_err rc = ANNAL_OK;

@@ -36,7 +36,7 @@ file: src/log/segment.c
 what: the cursor no longer checks that the next segment starts where the last one ended
 from: info, check);\n        if (rc == ANNAL_END) {\n            annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);\n            if (!next) return ANNAL_END;\n            if (next->first_pos != c->pos) return ANNAL_ECORRUPT;
 to:   info, check);\n        if (rc == ANNAL_END) {\n            annal__seg *next = annal__log_seg(c->log, c->seg->no + 1);\n            if (!next) return ANNAL_END;
-tests: recovery|api|compact|cli_verify|record
+tests: segment|recovery|api|compact|cli_verify|record
 
 name: compact-last-erasable
 file: src/store/compact.c

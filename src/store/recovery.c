@@ -488,10 +488,16 @@ static annal_err finish_tail(annal_db *db, catchup *k, uint64_t *end_seg, uint64
     *end_off = c.off;
     annal_err rc = annal__index_behind_put(k->t, &db->idx, 0); /* caught up, in one commit */
     if (rc == ANNAL_OK) rc = annal__index_head_put(k->t, &db->idx, &db->head);
+    k->map_full = rc == ANNAL_ENOSPC;
     if (rc == ANNAL_OK) {
         int mrc = annal__txn_commit(&db->idx, k->t);
         k->t = NULL;
-        if (mrc) rc = annal__fail_index(db, mrc);
+        /* The commit itself may need pages the puts did not (LMDB's free list): the
+         * last transaction is redone after growing the map, like the others. */
+        k->map_full = mrc == MDB_MAP_FULL;
+        if (mrc)
+            rc = k->map_full && k->regrown < CATCH_UP_REDO ? ANNAL_ENOSPC
+                                                           : annal__fail_index(db, mrc);
     }
     if (k->total && db->opts.progress) db->opts.progress(db->opts.progress_ctx, k->total, k->total);
     return rc;
@@ -519,7 +525,12 @@ annal_err annal__catch_up(annal_db *db, uint64_t *end_seg, uint64_t *end_off) {
     for (size_t i = 0; i < db->log.nsegs; i++) db->log_compacted |= db->log.segs[i]->gen > 0;
     if (rc == ANNAL_OK && db->log.nsegs) rc = start_at_head(db, &k);
     if (rc == ANNAL_OK && db->log.nsegs) rc = index_log(db, &k);
-    if (rc == ANNAL_OK && db->log.nsegs) rc = finish_tail(db, &k, end_seg, end_off);
+    while (rc == ANNAL_OK && db->log.nsegs) {
+        rc = finish_tail(db, &k, end_seg, end_off);
+        if (rc == ANNAL_OK || !k.map_full || k.regrown >= CATCH_UP_REDO) break;
+        rc = redo(db, &k); /* the map filled up in the last transaction: again, grown */
+        if (rc == ANNAL_OK) rc = index_log(db, &k);
+    }
     if (k.t) annal__txn_abort(&db->idx, k.t);
     return rc;
 }

@@ -125,8 +125,9 @@ static json_t *value_json(const Google__Protobuf__Value *v, int depth) {
     case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE: {
         double d = v->number_value;
         if (!isfinite(d)) return NULL;
-        /* Integers print as integers: 42, not 42.0. */
-        if (d == floor(d) && fabs(d) < 9007199254740992.0) return json_integer((json_int_t)d);
+        /* Integers print as integers: 42, not 42.0 (within 2^53, where doubles are exact). */
+        if (d > -9007199254740992.0 && d < 9007199254740992.0 && d == (double)(json_int_t)d)
+            return json_integer((json_int_t)d);
         return json_real(d);
     }
     case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE: return json_string(v->string_value);

@@ -2,15 +2,19 @@
 // @kurrent/kurrentdb-client unchanged: multiStreamAppend (StreamsService/AppendSession)
 // and appendRecords (StreamsService/AppendRecords), their errors as the client decodes
 // them from grpc-status-details-bin, and the results read back through the v1 Read.
-// Usage: node v2.js PORT                 (insecure server)
-//        node v2.js PORT secure CA_FILE  (TLS; admin/changeit and ops/ops-Secret-9 exist)
+// Insecure, also raw calls on grpc-js stubs made from annal's own v2streams.proto: what the
+// client cannot send (property values other than strings, no record id, bad requests).
+// Usage: node v2.js PROTO_DIR PORT                 (insecure server)
+//        node v2.js PROTO_DIR PORT secure CA_FILE  (TLS; admin/changeit, ops/ops-Secret-9)
 // Prints "ok - NAME" per check; exits non-zero at the first failure.
 "use strict";
 const assert = require("node:assert/strict");
 const crypto = require("node:crypto");
+const grpc = require("@grpc/grpc-js");
+const loader = require("@grpc/proto-loader");
 const lib = require("@kurrent/kurrentdb-client");
 
-const [port, mode, caFile] = process.argv.slice(2);
+const [protoDir, port, mode, caFile] = process.argv.slice(2);
 const secure = mode === "secure";
 const tls = secure ? `tls=true&tlsCAFile=${encodeURIComponent(caFile)}` : "tls=false";
 const connect = (who) =>
@@ -259,6 +263,84 @@ check("appendRecords: a resend returns the first result; a big record is refused
   );
   assert.equal(err.stream, s);
 });
+
+if (!secure) {
+  const def = loader.loadSync(["v2streams.proto"], {
+    includeDirs: [protoDir], keepCase: true, enums: String, longs: String, defaults: true, oneofs: true,
+  });
+  const v2 = grpc.loadPackageDefinition(def).kurrentdb.protocol.v2.streams;
+  const raw = new v2.StreamsService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const records = (req) => new Promise((res) => raw.AppendRecords(req, (err, r) => res([err, r])));
+  const session = (reqs) =>
+    new Promise((res) => {
+      const call = raw.AppendSession((err, r) => res([err, r]));
+      for (const q of reqs) call.write(q);
+      call.end();
+    });
+  const schema = (name) => ({ name, format: "SCHEMA_FORMAT_JSON" });
+  const rec = (stream, extra = {}) => ({ stream, schema: schema("T"), data: Buffer.from("{}"), ...extra });
+
+  check("raw: property values of every kind become JSON; no record id: the server makes one", async () => {
+    const s = name("raw");
+    // (google.protobuf.Value: proto-loader uses protobufjs's own copy, with camelCase names)
+  const str = (x) => ({ stringValue: x });
+    const properties = {
+      n: { numberValue: 42 }, f: { numberValue: 1.5 }, b: { boolValue: true }, z: { nullValue: "NULL_VALUE" },
+      t: str("text"),
+      o: { structValue: { fields: { x: { listValue: { values: [{ numberValue: 1 }, str("a")] } } } } },
+    };
+    const [err, r] = await records({
+      records: [rec(s, { properties, schema: { name: "T", format: "SCHEMA_FORMAT_PROTOBUF", id: "v7" } })],
+    });
+    assert.equal(err, null, err && err.message);
+    assert.deepEqual(r.revisions.map((x) => [x.stream, x.revision]), [[s, "0"]]);
+    const [e] = await collect(client.readStream(s));
+    assert.deepEqual(e.metadata, {
+      n: 42, f: 1.5, b: true, z: null, t: "text", o: { x: [1, "a"] },
+      "$schema.name": "T", "$schema.format": "Protobuf", "$schema.id": "v7",
+    });
+    assert.match(e.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-/); // a UUIDv7 of annal's
+    assert.equal(String(e.position.commit), r.position);
+  });
+
+  check("raw: one stream twice in a session: the second request expects what the first left", async () => {
+    const s = name("twice");
+    const [err, r] = await session([
+      { stream: s, records: [rec(s)], expected_revision: "-1" },
+      { stream: s, records: [rec(s), rec(s)], expected_revision: "0" },
+      { stream: name("untouched"), records: [] }, // no records: only a check (any)
+    ]);
+    assert.equal(err, null, err && err.message);
+    assert.deepEqual(r.output.map((o) => [o.stream_revision, o.position]), [["0", r.position - 2 + ""], ["2", r.position], ["-1", undefined]]);
+    assert.deepEqual(await revisions(s), [0n, 1n, 2n]);
+  });
+
+  check("raw: bad requests are INVALID_ARGUMENT (or FAILED_PRECONDITION), nothing written", async () => {
+    const s = name("bad");
+    let deep = { stringValue: "x" };
+    for (let i = 0; i < 40; i++) deep = { listValue: { values: [deep] } };
+    const bad = [
+      ["no records", { records: [] }],
+      ["no stream", { records: [rec("")] }],
+      ["a $ stream", { records: [rec("$x")] }],
+      ["no schema name", { records: [rec(s, { schema: schema("") })] }],
+      ["a record id that is no UUID", { records: [rec(s, { record_id: "nope" })] }],
+      ["a value nested 40 deep", { records: [rec(s, { properties: { d: deep } })] }],
+      ["a check's expected state -3", { records: [rec(s)], checks: [{ stream_state: { stream: s, expected_state: "-3" } }] }],
+      ["a check without its stream state", { records: [rec(s)], checks: [{}] }],
+    ];
+    for (const [what, req] of bad) {
+      const [err] = await records(req);
+      assert.ok(err, `${what}: accepted`);
+      assert.equal(err.code, grpc.status.INVALID_ARGUMENT, `${what}: ${err.message}`);
+    }
+    const [e1] = await session([{ stream: s, records: [rec(s)], expected_revision: "-3" }]);
+    assert.equal(e1.code, grpc.status.INVALID_ARGUMENT, e1.message);
+    const [e2] = await session([]);
+    assert.equal(e2.code, grpc.status.FAILED_PRECONDITION, e2.message);
+    assert.deepEqual(await revisions(s), []);
+  });
+}
 
 if (secure) {
   const ops = connect("ops:ops-Secret-9");

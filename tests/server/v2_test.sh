@@ -49,7 +49,7 @@ stop() {
 }
 
 start "$work/server.log" "" --insecure
-timeout 180 node "$node_dir/v2.js" "$port" || fail "v2.js: $(tail -5 "$work/server.log")"
+timeout 180 node "$node_dir/v2.js" "$ANNAL_SRC/src/server/proto" "$port" || fail "v2.js: $(tail -5 "$work/server.log")"
 # The client went through the v2 methods (it does only once GetSupportedMethods lists them).
 for m in AppendSession AppendRecords; do
     grep -q "call /kurrentdb.protocol.v2.streams.StreamsService/$m" "$work/server.log" ||
@@ -65,7 +65,7 @@ echo "ok: v2 appends, insecure"
 ANNAL_DEFAULT_ADMIN_PASSWORD=changeit KURRENTDB_DEFAULT_OPS_PASSWORD=ops-Secret-9 \
     start "$work/secure.log" " (TLS)" --cert "$work/node/node.crt" --key "$work/node/node.key" \
     --ca "$work/ca/ca.crt"
-timeout 180 node "$node_dir/v2.js" "$port" secure "$work/ca/ca.crt" ||
+timeout 180 node "$node_dir/v2.js" "$ANNAL_SRC/src/server/proto" "$port" secure "$work/ca/ca.crt" ||
     fail "v2.js secure: $(tail -5 "$work/secure.log")"
 grep -qF "audit: denied write of 'v2locked-" "$work/secure.log" || fail "no audit line for the refused write"
 stop

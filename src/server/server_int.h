@@ -280,6 +280,9 @@ const char *srv_batch_check(const EventStore__Client__Streams__BatchAppendReq *r
 /* v2.c: kurrentdb.protocol.v2.streams.StreamsService (atomic appends across streams). */
 void rpc_v2_append_session(srv_call *c);
 void rpc_v2_append_records(srv_call *c);
+/* A v2 request checked as the server does, without a live call (the fuzz target's entry):
+ * an AppendRequest (records 0) or an AppendRecordsRequest (1). NULL, or what is wrong. */
+const char *srv_v2_check(const ProtobufCMessage *msg, int records, uint64_t max_bytes);
 
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);

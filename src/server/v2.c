@@ -255,14 +255,8 @@ static int keep_msg(v2_set *s, ProtobufCMessage *msg) {
     return 0;
 }
 
-/* One AppendRequest of a session: a part of its own. msg is owned by s on return. */
-static void session_add(v2_set *s, ProtobufCMessage *msg, uint64_t max_bytes) {
-    if (s->fail.kind != F_NONE || keep_msg(s, msg) != 0) {
-        if (s->fail.kind == F_NONE) fail_nomem(s);
-        protobuf_c_message_free_unpacked(msg, NULL);
-        return;
-    }
-    const AppendRequest *q = (const AppendRequest *)msg;
+/* One AppendRequest of a session: a part of its own (borrowing from q). */
+static void session_take(v2_set *s, const AppendRequest *q, uint64_t max_bytes) {
     int64_t expected = ANNAL_EXPECT_ANY;
     if (!*q->stream) return fail_bad(s, "an AppendRequest names no stream");
     if (q->stream[0] == '$') return fail_bad(s, "v2 appends write user streams (not '$' ones)");
@@ -271,6 +265,16 @@ static void session_add(v2_set *s, ProtobufCMessage *msg, uint64_t max_bytes) {
     if (part_begin(s, q->stream, expected) != 0) return;
     for (size_t i = 0; i < q->n_records; i++)
         if (record_add(s, q->records[i], q->stream, max_bytes) != 0) return;
+}
+
+/* ... and msg owned by s on return. */
+static void session_add(v2_set *s, ProtobufCMessage *msg, uint64_t max_bytes) {
+    if (s->fail.kind != F_NONE || keep_msg(s, msg) != 0) {
+        if (s->fail.kind == F_NONE) fail_nomem(s);
+        protobuf_c_message_free_unpacked(msg, NULL);
+        return;
+    }
+    session_take(s, (const AppendRequest *)msg, max_bytes);
 }
 
 /* ---- Answers */
@@ -492,6 +496,25 @@ void rpc_v2_append_session(srv_call *c) {
     else
         session_commit(c, &s);
     set_free(&s);
+}
+
+/* All the server checks of one request before touching the store, without a live call
+ * (the fuzz target's entry): an AppendRequest of a session (records 0) or an
+ * AppendRecordsRequest (records 1). NULL, or what is wrong. */
+static int records_in(v2_set *s, const RecordsRequest *req, uint64_t max_bytes);
+
+const char *srv_v2_check(const ProtobufCMessage *msg, int records, uint64_t max_bytes) {
+    v2_set s;
+    memset(&s, 0, sizeof s);
+    static const char *const why[] = {NULL, "bad request", "out of memory",
+                                      "a record over the size limit", "over the size limit"};
+    if (records)
+        (void)records_in(&s, (const RecordsRequest *)msg, max_bytes);
+    else
+        session_take(&s, (const AppendRequest *)msg, max_bytes);
+    const char *r = why[s.fail.kind];
+    set_free(&s);
+    return r;
 }
 
 /* ---- AppendRecords */

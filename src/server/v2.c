@@ -29,6 +29,7 @@ typedef Kurrentdb__Protocol__V2__Streams__AppendRequest AppendRequest;
 typedef Kurrentdb__Protocol__V2__Streams__AppendRecordsRequest RecordsRequest;
 
 #define V2_MAX_DEPTH  32     /* nesting of a property value (structs and lists) */
+#define V2_MAX_PARTS  100000 /* requests of a session (annal's default max_batch_events) */
 #define V2_TOMBSTONED (-100) /* a tombstoned stream's actual state, as KurrentDB reports it */
 #define V2_DETAIL_URL "type.googleapis.com/kurrentdb.protocol.v2.streams.errors."
 
@@ -55,7 +56,8 @@ typedef struct v2_set {
     size_t nevents, events_cap, meta_cap;
     annal_stream_check *checks;
     size_t nchecks;
-    uint64_t bytes; /* data + metadata of every event */
+    uint64_t bytes;    /* data + metadata of every event */
+    uint64_t received; /* bytes of the messages kept (names, ids, unknown fields too) */
     v2_fail fail;
 } v2_set;
 
@@ -267,8 +269,18 @@ static void session_take(v2_set *s, const AppendRequest *q, uint64_t max_bytes) 
         if (record_add(s, q->records[i], q->stream, max_bytes) != 0) return;
 }
 
-/* ... and msg owned by s on return. */
+/* ... and msg owned by s on return. What is kept is bounded: the messages' bytes (twice
+ * max_bytes: the records' own count once) and their number. */
 static void session_add(v2_set *s, ProtobufCMessage *msg, uint64_t max_bytes) {
+    if (s->fail.kind == F_NONE) {
+        s->received += protobuf_c_message_get_packed_size(msg);
+        if (s->received > 2 * max_bytes) {
+            s->fail.kind = F_TXN_SIZE;
+            s->fail.size = s->received;
+        } else if (s->nparts >= V2_MAX_PARTS) {
+            fail_bad(s, "an append session of over 100,000 requests");
+        }
+    }
     if (s->fail.kind != F_NONE || keep_msg(s, msg) != 0) {
         if (s->fail.kind == F_NONE) fail_nomem(s);
         protobuf_c_message_free_unpacked(msg, NULL);

@@ -101,6 +101,9 @@ static const struct {
     {"/event_store.client.projections.Projections/Enable", rpc_projections_enable},
     {"/event_store.client.projections.Projections/Statistics", rpc_projections_statistics},
     {"/event_store.client.projections.Projections/State", rpc_projections_state},
+    /* v2.c: atomic appends across streams (KurrentDB 25.1+) */
+    {"/kurrentdb.protocol.v2.streams.StreamsService/AppendSession", rpc_v2_append_session},
+    {"/kurrentdb.protocol.v2.streams.StreamsService/AppendRecords", rpc_v2_append_records},
 };
 
 static void run_call(srv_call *c) {

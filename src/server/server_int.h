@@ -120,6 +120,10 @@ int call_reply(srv_call *c, const ProtobufCMessage *m);
 /* End the call with status code, message and trailing metadata. */
 void call_finish(srv_call *c, grpc_status_code code, const char *msg, const srv_kv *trailers,
                  size_t ntrailers);
+/* End the call with status code and message, and status (a packed google.rpc.Status,
+ * len bytes, copied) as the `grpc-status-details-bin` trailer clients decode. */
+void call_finish_details(srv_call *c, grpc_status_code code, const char *msg, const void *status,
+                         size_t len);
 /* The path of the method called, NUL-terminated into buf. */
 void call_method(srv_call *c, char *buf, size_t size);
 
@@ -272,6 +276,13 @@ const char *srv_batch_options(const EventStore__Client__Streams__BatchAppendReq_
                               int64_t *deadline_ns);
 const char *srv_batch_check(const EventStore__Client__Streams__BatchAppendReq *req,
                             uint64_t max_bytes);
+
+/* v2.c: kurrentdb.protocol.v2.streams.StreamsService (atomic appends across streams). */
+void rpc_v2_append_session(srv_call *c);
+void rpc_v2_append_records(srv_call *c);
+/* A v2 request checked as the server does, without a live call (the fuzz target's entry):
+ * an AppendRequest (records 0) or an AppendRecordsRequest (1). NULL, or what is wrong. */
+const char *srv_v2_check(const ProtobufCMessage *msg, int records, uint64_t max_bytes);
 
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);

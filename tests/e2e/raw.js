@@ -77,6 +77,9 @@ check("GetSupportedMethods lists exactly what is served", async () => {
     "event_store.client.users.users/enable",
     "event_store.client.users.users/resetpassword",
     "event_store.client.users.users/update",
+    // issue 19: KurrentDB's v2 appends (v2.c)
+    "kurrentdb.protocol.v2.streams.streamsservice/appendrecords",
+    "kurrentdb.protocol.v2.streams.streamsservice/appendsession",
   ]);
 });
 

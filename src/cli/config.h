@@ -23,6 +23,7 @@ enum {
     CFG_GRACE_MS,
     CFG_ADMIN_PASSWORD, /* kept for issue 17 (users); a secret: never logged */
     CFG_OPS_PASSWORD,
+    CFG_RUN_PROJECTIONS, /* all (default), none or system: the registered ones run or not */
     CFG_NSETTINGS
 };
 

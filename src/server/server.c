@@ -384,6 +384,7 @@ annal_err annal_server_start(annal_db *db, const annal_server_opts *opts, annal_
     grpc_init();
     annal_err r = sec_start(srv, opts); /* security: users, built-ins (auth.c) */
     if (r == ANNAL_OK) r = bind_and_start(srv, opts);
+    if (r == ANNAL_OK) r = runner_start(srv, opts); /* projections (runner.c) */
     if (r != ANNAL_OK) {
         if (srv->server) {
             grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);
@@ -418,6 +419,7 @@ static int wait_until(annal_server *srv, const int *flag, int grace_ms) {
 
 void annal_server_stop(annal_server *srv, int grace_ms) {
     if (!srv) return;
+    runner_stop(srv); /* projections first: between batches, before the calls end */
     srv_log(srv, ANNAL_LOG_INFO, "stopping: no new calls; ending subscriptions");
     pthread_mutex_lock(&srv->mu);
     srv->stopping = 1;

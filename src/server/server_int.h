@@ -26,6 +26,7 @@
 #define SRV_POLL_MS       500         /* how often a waiting subscription checks its call */
 
 typedef struct srv_call srv_call;
+typedef struct srv_runner srv_runner;
 
 struct annal_server {
     annal_db *db;
@@ -63,7 +64,8 @@ struct annal_server {
         annal_err result; /* of the latest finished one */
         annal_compact_stats stats;
         int64_t started_ns, ended_ns;
-    } scavenge; /* guarded by mu */
+    } scavenge;         /* guarded by mu */
+    srv_runner *runner; /* the store's registered projections (runner.c); NULL: none run */
 };
 
 /* One call, from the slot that waits for it to its thread's end. */
@@ -275,5 +277,11 @@ const char *srv_batch_check(const EventStore__Client__Streams__BatchAppendReq *r
 
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);
+
+/* ---- runner.c: the store's registered projections, each on a thread of its own. */
+/* Start them when opts asks (projections_data_dir): sets srv->runner. ANNAL_ENOMEM. */
+annal_err runner_start(annal_server *srv, const annal_server_opts *opts);
+/* Stop them between batches (Lua under way is interrupted) and free srv->runner. */
+void runner_stop(annal_server *srv);
 
 #endif /* ANNAL_SERVER_INT_H */

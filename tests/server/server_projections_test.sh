@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# annal serve runs the store's registered projections itself (docs/projections.md):
+# - a projection registered before the start is caught up, and events appended through
+#   the server (the CLI over its socket) reach its read model; status shows it running
+#   with the server's pid, and `annal projection run` refuses it (one projector each);
+# - one registered while the server runs starts; pause stops it, resume goes on; remove
+#   stops its thread;
+# - a Lua handler that raises is reported (status, log line) and the server stays up;
+# - kill -9 of the server mid-projection, then a restart: every event once in the model;
+# - SIGTERM interrupts a Lua handler that loops and stops cleanly, nothing marked failed.
+set -euo pipefail
+: "${ANNAL:?}" "${ANNAL_TEST_TMP:=/tmp}"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok ($SECONDS s): $*"; }
+unset ANNAL_SERVER || true
+
+mkdir -p "$ANNAL_TEST_TMP"
+work=$(mktemp -d "$ANNAL_TEST_TMP/server_proj.XXXXXX")
+server_pid=""
+cleanup() {
+    [ -n "$server_pid" ] && kill -KILL "$server_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+store="$work/store"
+log="$work/server.log"
+a() { "$ANNAL" --data "$store" "$@"; }
+
+start_server() { # sets server_pid; the log accumulates over restarts
+    touch "$log"
+    local before
+    before=$(grep -c "local socket" "$log" || true)
+    "$ANNAL" --data "$store" serve --insecure --listen 127.0.0.1:0 2>>"$log" &
+    server_pid=$!
+    for _ in $(seq 200); do
+        [ "$(grep -c "local socket" "$log" || true)" -gt "$before" ] && return 0
+        kill -0 "$server_pid" 2>/dev/null || fail "server died: $(tail -5 "$log")"
+        sleep 0.05
+    done
+    fail "server did not start: $(tail -5 "$log")"
+}
+term_server() { # SIGTERM, then the exit code in rc; fails if the server is not gone in 10 s
+    kill -TERM "$server_pid"
+    for _ in $(seq 200); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -0 "$server_pid" 2>/dev/null && fail "the server did not stop within 10 s of SIGTERM: $(tail -5 "$log")"
+    rc=0
+    wait "$server_pid" || rc=$?
+    server_pid=""
+}
+head_pos() { a info --json | sed -n 's/.*"events":\([0-9]*\).*/\1/p'; }
+field() { # field NAME KEY: a number from projection status --json
+    a projection status "$1" --json | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"
+}
+state() { a projection status "$1" --json | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p'; }
+q() { a query "$1" "$2" --tsv | tail -n 1; }
+wait_for() { # wait_for WHAT CMD...: up to 10 s
+    local what=$1
+    shift
+    for _ in $(seq 200); do
+        "$@" && return 0
+        sleep 0.05
+    done
+    fail "$what"
+}
+
+pwait() { # pwait NAME POSITION [MS]: the read model may not exist yet when the thread starts
+    local until=$(($(date +%s) + ${3:-10000} / 1000))
+    while [ "$(date +%s)" -le "$until" ]; do
+        a projection wait "$1" "$2" --timeout 1000 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# Counts per type and every position, with no key that would hide a repeat.
+cat >"$work/seen.proj" <<'P'
+source $all
+batch 50
+[schema]
+CREATE TABLE IF NOT EXISTS seen (position INTEGER NOT NULL, type TEXT NOT NULL);
+[on *]
+INSERT INTO seen (position, type) VALUES (:position, :type)
+P
+
+# ---- registered before the start: caught up by the server
+for i in $(seq 1 30); do echo "{\"stream\":\"s-$((i % 3))\",\"type\":\"Early\",\"data\":{\"i\":$i}}"; done >"$work/early.jsonl"
+a import "$work/early.jsonl" >/dev/null
+a projection add "$work/seen.proj" --name first >/dev/null
+start_server
+pwait first 29 10000 || fail "the server did not catch up the projection registered before it"
+[ "$(q first 'SELECT count(*), count(DISTINCT position) FROM seen')" = "30	30" ] || fail "caught up: $(q first 'SELECT count(*), count(DISTINCT position) FROM seen')"
+ok "a projection registered before the start is caught up by the server"
+grep -q "projection first: running" "$log" || fail "no log line for the start: $(tail -5 "$log")"
+[ "$(state first)" = running ] || fail "state $(state first)"
+[ "$(field first projector_pid)" = "$server_pid" ] || fail "projector pid $(field first projector_pid), server $server_pid"
+ok "status: running, held by the server's process"
+
+# ---- appends through the server reach the read model
+out=$(a append orders Placed '{"n":1}') || fail "append through the server"
+pos=$(echo "$out" | sed -n 's/.*"position":\([0-9]*\).*/\1/p')
+[ -n "$pos" ] || fail "append printed no position: $out"
+pwait first "$pos" 10000 || fail "an append through the server did not reach the model"
+[ "$(q first "SELECT type FROM seen WHERE position = $pos")" = Placed ] || fail "the appended event in the model"
+ok "an event appended through the server's socket reaches the read model"
+
+# ---- one projector per projection
+rc=0
+a projection run first --once 2>"$work/run.err" >/dev/null || rc=$?
+[ "$rc" -eq 5 ] || fail "projection run beside the server: exit $rc ($(cat "$work/run.err"))"
+grep -q "already run by process $server_pid" "$work/run.err" || fail "refusal: $(cat "$work/run.err")"
+grep -q "annal serve" "$work/run.err" || fail "refusal names no server: $(cat "$work/run.err")"
+ok "projection run refuses a projection the server runs"
+
+# ---- registered while the server runs: it starts
+a projection add "$work/seen.proj" --name second >/dev/null
+h=$(head_pos)
+pwait second $((h - 1)) 10000 || fail "a projection added while the server runs did not start: $(tail -5 "$log")"
+[ "$(q second 'SELECT count(*) FROM seen')" = "$h" ] || fail "second has $(q second 'SELECT count(*) FROM seen') of $h"
+[ "$(field second projector_pid)" = "$server_pid" ] || fail "second not held by the server"
+ok "a projection registered while the server runs starts"
+
+# ---- pause stops it, resume goes on
+a projection pause second >/dev/null
+sleep 0.3 # a batch begun before the pause may still commit
+a append orders Paused '{}' >/dev/null
+sleep 0.5
+[ "$(q second "SELECT count(*) FROM seen WHERE type = 'Paused'")" = 0 ] || fail "a paused projection applied an event"
+[ "$(state second)" = paused ] || fail "paused state: $(state second)"
+a projection resume second >/dev/null
+pwait second $(($(head_pos) - 1)) 10000 || fail "resume"
+[ "$(q second "SELECT count(*) FROM seen WHERE type = 'Paused'")" = 1 ] || fail "resumed: not applied once"
+ok "pause stops a projection the server runs, resume goes on"
+
+# ---- remove: the server stops its thread
+a projection remove second >/dev/null
+wait_for "the server did not stop a removed projection" grep -q "projection second: stopped" "$log"
+ok "remove stops the projection in the server"
+
+# ---- a Lua handler that raises: reported, the server stays up
+cat >"$work/boom.proj" <<'P'
+source $all
+[schema]
+CREATE TABLE IF NOT EXISTS n (k INTEGER);
+[lua]
+function on.Boom(e)
+  error("boom at " .. e.stream)
+end
+P
+a projection add "$work/boom.proj" --name boom >/dev/null
+a append bad-1 Boom '{}' >/dev/null
+boom_failed() { [ "$(state boom)" = failed ]; }
+wait_for "the failing projection is not reported failed" boom_failed
+st=$(a projection status boom --json || true) # exits 6: failed
+echo "$st" | grep -q 'boom.proj:6: boom at bad-1' || fail "status error: $st"
+grep -q "projection boom stopped at position .*boom at bad-1" "$log" || fail "no log line for the failure: $(tail -5 "$log")"
+kill -0 "$server_pid" || fail "the server died with the failing projection"
+out=$(a append orders After '{}') || fail "append after the failure"
+pos=$(echo "$out" | sed -n 's/.*"position":\([0-9]*\).*/\1/p')
+pwait first "$pos" 10000 || fail "the other projection stopped with the failing one"
+ok "a failing Lua projection is reported; the server and the other projections go on"
+a projection remove boom >/dev/null
+
+# ---- kill -9 mid-projection, restart: exactly once
+term_server
+[ "$rc" -eq 0 ] || fail "SIGTERM: exit $rc"
+cat >"$work/slow.proj" <<'P'
+source $all
+batch 20
+[schema]
+CREATE TABLE IF NOT EXISTS seen (position INTEGER NOT NULL, type TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS total (k INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+INSERT OR IGNORE INTO total VALUES (1, 0);
+[on *]
+INSERT INTO seen (position, type) VALUES (:position, :type);
+UPDATE total SET n = n + 1 WHERE k = 1
+[lua]
+-- work per event, so that kills land while the server projects
+local spin = 0
+on["*"] = function(e) for i = 1, 15000 do spin = spin + i end end
+P
+for i in $(seq 1 3000); do echo "{\"stream\":\"k-$((i % 50))\",\"type\":\"K\",\"data\":{}}"; done >"$work/kill.jsonl"
+a import --no-sync "$work/kill.jsonl" >/dev/null
+a projection add "$work/slow.proj" --name slow >/dev/null
+total=$(head_pos)
+kills=0
+for round in 1 2 3 4; do
+    start_server
+    sleep "0.$(printf '%03d' $((300 + RANDOM % 400)))"
+    kill -KILL "$server_pid"
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+    p=$(field slow position)
+    if [ -n "$p" ] && [ "$p" -lt "$total" ]; then kills=$((kills + 1)); else break; fi
+done
+[ "$kills" -ge 1 ] || fail "no kill landed before the projection had caught up"
+start_server
+pwait slow $((total - 1)) 60000 || fail "slow did not catch up after the restarts"
+[ "$(q slow 'SELECT count(*), count(DISTINCT position) FROM seen')" = "$total	$total" ] ||
+    fail "after $kills kills: $(q slow 'SELECT count(*), count(DISTINCT position) FROM seen') rows, want $total	$total"
+[ "$(q slow 'SELECT n FROM total')" = "$total" ] || fail "counter $(q slow 'SELECT n FROM total'), want $total"
+[ "$(field slow events)" = "$total" ] || fail "status events $(field slow events), want $total"
+ok "kill -9 of the server $kills times mid-projection: every event applied exactly once"
+a projection remove slow >/dev/null
+
+# ---- SIGTERM interrupts a Lua handler that loops, stops cleanly, marks nothing failed
+cat >"$work/loop.proj" <<'P'
+source $all
+[schema]
+CREATE TABLE IF NOT EXISTS n (k INTEGER);
+[lua]
+function on.Loop(e)
+  local i = 0
+  while true do i = i + 1 end
+end
+P
+a projection add "$work/loop.proj" --name loop >/dev/null
+a append spin Loop '{}' >/dev/null
+wait_for "the server did not start the loop projection" grep -q "projection loop: running" "$log"
+sleep 1 # inside the handler now (its budget is 5 s)
+t0=$(date +%s%N)
+term_server
+ms=$((($(date +%s%N) - t0) / 1000000))
+[ "$rc" -eq 0 ] || fail "SIGTERM: exit $rc: $(tail -5 "$log")"
+[ "$ms" -lt 3000 ] || fail "SIGTERM took $ms ms: the Lua handler was not interrupted"
+grep -q "projection loop: stopped" "$log" || fail "no stop line: $(tail -5 "$log")"
+a projection status loop --json >"$work/st.json"
+grep -q '"state":"stopped"' "$work/st.json" || fail "after SIGTERM: $(cat "$work/st.json")"
+grep -q '"error"' "$work/st.json" && fail "an error was recorded: $(cat "$work/st.json")"
+[ "$(state first)" = stopped ] || fail "first after SIGTERM: $(state first)"
+ok "SIGTERM interrupts a looping Lua handler in $ms ms and stops cleanly; nothing failed"
+
+# ---- without a server, projection run works again
+a projection run first --once >/dev/null 2>"$work/run.err" || fail "projection run after the server stopped: $(cat "$work/run.err")"
+ok "projection run works once the server has stopped"
+echo "server_projections_test: all passed"

@@ -139,6 +139,31 @@ a projection remove second >/dev/null
 wait_for "the server did not stop a removed projection" grep -q "projection second: stopped" "$log"
 ok "remove stops the projection in the server"
 
+# ---- rebuild beside the server: its projector switches over to the new model
+a projection rebuild first >"$work/rb.out" 2>&1 || fail "rebuild beside the server: $(cat "$work/rb.out")"
+out=$(a append orders Rebuilt '{}') || fail "append after the rebuild"
+pos=$(echo "$out" | sed -n 's/.*"position":\([0-9]*\).*/\1/p')
+pwait first "$pos" 10000 || fail "the server's projector did not go on after the rebuild"
+[ "$(q first 'SELECT count(*), count(DISTINCT position) FROM seen')" = "$((pos + 1))	$((pos + 1))" ] ||
+    fail "rebuilt model: $(q first 'SELECT count(*), count(DISTINCT position) FROM seen'), want $((pos + 1))"
+[ "$(field first projector_pid)" = "$server_pid" ] || fail "after the rebuild the projector is $(field first projector_pid)"
+ok "rebuild beside the server: the server's projector goes on with the new model"
+
+# ---- a projection that emits appends through the server's store handle
+cat >"$work/emit.proj" <<'P'
+source $all
+emits yes
+[lua]
+function on.Placed(e)
+  emit("derived-" .. e.stream, "Derived", { from = e.position })
+end
+P
+a projection add "$work/emit.proj" --name emitter >/dev/null
+pwait emitter $(($(head_pos) - 1)) 10000 || fail "the emitting projection did not run: $(tail -5 "$log")"
+[ "$(a read --json derived-orders | grep -c '"type":"Derived"')" = 1 ] || fail "emitted: $(a read --json derived-orders)"
+ok "a projection that emits runs in the server and its event is stored"
+a projection remove emitter >/dev/null
+
 # ---- a Lua handler that raises: reported, the server stays up
 cat >"$work/boom.proj" <<'P'
 source $all
@@ -231,6 +256,21 @@ grep -q '"state":"stopped"' "$work/st.json" || fail "after SIGTERM: $(cat "$work
 grep -q '"error"' "$work/st.json" && fail "an error was recorded: $(cat "$work/st.json")"
 [ "$(state first)" = stopped ] || fail "first after SIGTERM: $(state first)"
 ok "SIGTERM interrupts a looping Lua handler in $ms ms and stops cleanly; nothing failed"
+a projection remove loop >/dev/null
+
+# ---- a projection another process runs: the server takes it over once that one stops
+"$ANNAL" --data "$store" projection run first >/dev/null 2>"$work/cli_run.err" &
+cli_pid=$!
+cli_holds() { [ "$(field first projector_pid)" = "$cli_pid" ] && [ "$(state first)" = running ]; }
+wait_for "projection run did not take first" cli_holds
+start_server
+wait_for "the server did not report the projection held elsewhere" grep -q "projection first: projection first is already run by process $cli_pid" "$log"
+kill -TERM "$cli_pid"
+wait "$cli_pid" || fail "projection run exit $?"
+server_holds() { [ "$(field first projector_pid)" = "$server_pid" ] && [ "$(state first)" = running ]; }
+wait_for "the server did not take first over" server_holds
+ok "the server runs a projection once the projector that held it has stopped"
+term_server
 
 # ---- without a server, projection run works again
 a projection run first --once >/dev/null 2>"$work/run.err" || fail "projection run after the server stopped: $(cat "$work/run.err")"

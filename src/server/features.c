@@ -39,6 +39,7 @@ static const struct {
     {"event_store.client.projections.projections", "enable"},
     {"event_store.client.projections.projections", "statistics"},
     {"event_store.client.projections.projections", "state"},
+    {"event_store.client.projections.projections", "disable"},
 };
 #define NSUPPORTED (sizeof supported / sizeof supported[0])
 

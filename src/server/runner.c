@@ -308,6 +308,46 @@ static void *poller(void *arg) {
     return NULL;
 }
 
+/* ---- For the Projections service (projections.c). */
+
+char *runner_target(annal_server *srv, const char *name) {
+    srv_runner *r = srv->runner;
+    char fname[80];
+    if (!r || !name || strlen(name) > 63 || strchr(name, '/') || name[0] == '.') return NULL;
+    snprintf(fname, sizeof fname, "%s.proj", name);
+    char *path = joinf(r->dir, "/projections/", fname);
+    annal_proj_def *def = NULL;
+    char err[256];
+    annal_err rc = path ? annal_proj_def_load(path, &def, err, sizeof err) : ANNAL_ENOMEM;
+    free(path);
+    char *t = rc == ANNAL_OK ? reg_target(r, name, def) : NULL;
+    annal_proj_def_free(def);
+    return t;
+}
+
+char **runner_names(annal_server *srv, size_t *n) {
+    *n = 0;
+    srv_runner *r = srv->runner;
+    char *dir = r ? joinf(r->dir, "/projections", "") : NULL;
+    DIR *d = dir ? opendir(dir) : NULL;
+    free(dir);
+    char **out = NULL, name[64];
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (!registered(e->d_name, name, sizeof name)) continue;
+        char **grown = realloc(out, (*n + 1) * sizeof *out);
+        char *copy = strdup(name);
+        if (!grown || !copy) {
+            free(copy);
+            if (grown) out = grown;
+            break;
+        }
+        out = grown;
+        out[(*n)++] = copy;
+    }
+    if (d) closedir(d);
+    return out;
+}
+
 annal_err runner_start(annal_server *srv, const annal_server_opts *o) {
     srv->runner = NULL;
     if (!o->projections_data_dir) return ANNAL_OK;

@@ -101,6 +101,7 @@ static const struct {
     {"/event_store.client.projections.Projections/Enable", rpc_projections_enable},
     {"/event_store.client.projections.Projections/Statistics", rpc_projections_statistics},
     {"/event_store.client.projections.Projections/State", rpc_projections_state},
+    {"/event_store.client.projections.Projections/Disable", rpc_projections_disable},
 };
 
 static void run_call(srv_call *c) {

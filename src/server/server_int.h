@@ -208,6 +208,7 @@ void rpc_monitoring_stats(srv_call *c);
 void rpc_projections_enable(srv_call *c);
 void rpc_projections_statistics(srv_call *c);
 void rpc_projections_state(srv_call *c);
+void rpc_projections_disable(srv_call *c);
 /* Wait for a scavenge still running (at stop). */
 void ops_join(annal_server *srv);
 /* The Monitoring figures as key/value text pairs (at most max; returns how many), without
@@ -283,5 +284,10 @@ void rpc_fail_store(srv_call *c, annal_err e, const char *stream);
 annal_err runner_start(annal_server *srv, const annal_server_opts *opts);
 /* Stop them between batches (Lua under way is interrupted) and free srv->runner. */
 void runner_stop(annal_server *srv);
+/* The target of registered projection name (caller frees), or NULL when the server runs
+ * no projections or none is registered by that name. */
+char *runner_target(annal_server *srv, const char *name);
+/* The registered names (caller frees each and the array): *n of them. */
+char **runner_names(annal_server *srv, size_t *n);
 
 #endif /* ANNAL_SERVER_INT_H */

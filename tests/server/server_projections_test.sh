@@ -134,6 +134,43 @@ pwait second $(($(head_pos) - 1)) 10000 || fail "resume"
 [ "$(q second "SELECT count(*) FROM seen WHERE type = 'Paused'")" = 1 ] || fail "resumed: not applied once"
 ok "pause stops a projection the server runs, resume goes on"
 
+# ---- KurrentDB's clients see the registered projections and disable/enable them
+if command -v node >/dev/null && command -v npm >/dev/null &&
+    bash "${ANNAL_SRC:?}/tests/e2e/install.sh" "${ANNAL_BUILD:?}/e2e-node" >/dev/null 2>&1; then
+    port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$log" | tail -n 1)
+    export NODE_PATH="$ANNAL_BUILD/e2e-node/node_modules"
+    timeout 60 node -e '
+const assert = require("node:assert/strict");
+const { KurrentDBClient } = require("@kurrent/kurrentdb-client");
+const c = KurrentDBClient.connectionString(`kurrentdb://127.0.0.1:${process.argv[1]}?tls=false`);
+(async () => {
+  const st = await c.getProjectionStatus("first");
+  assert.equal(st.projectionStatus, "Running");
+  assert.equal(st.eventsProcessedAfterRestart, BigInt(process.argv[2]));
+  assert.equal(st.position, `C:${process.argv[2]}/P:${process.argv[2]}`);
+  const names = (await c.listProjections()).map((p) => p.name);
+  assert.ok(names.includes("first") && names.includes("second") && names.includes("$by_category"), names.join());
+  await c.disableProjection("first");
+  assert.equal((await c.getProjectionStatus("first")).projectionStatus, "Stopped");
+  console.log("disabled");
+})().then(() => c.dispose(), (e) => { console.error(e); process.exit(1); });
+' "$port" "$(field first events)" >"$work/node.out" 2>&1 || fail "node client: $(cat "$work/node.out")"
+    [ "$(state first)" = paused ] || fail "disabled by a client, the projection is $(state first)"
+    a append orders WhileDisabled '{}' >/dev/null
+    sleep 0.5
+    [ "$(q first "SELECT count(*) FROM seen WHERE type = 'WhileDisabled'")" = 0 ] || fail "a disabled projection applied an event"
+    timeout 60 node -e '
+const { KurrentDBClient } = require("@kurrent/kurrentdb-client");
+const c = KurrentDBClient.connectionString(`kurrentdb://127.0.0.1:${process.argv[1]}?tls=false`);
+c.enableProjection("first").then(() => c.dispose(), (e) => { console.error(e); process.exit(1); });
+' "$port" >"$work/node.out" 2>&1 || fail "node enable: $(cat "$work/node.out")"
+    pwait first $(($(head_pos) - 1)) 10000 || fail "enabled by a client, the projection did not go on"
+    [ "$(q first "SELECT count(*) FROM seen WHERE type = 'WhileDisabled'")" = 1 ] || fail "enabled: not applied once"
+    ok "a KurrentDB client lists the registered projections, disables and enables one"
+else
+    echo "skipped: the KurrentDB client part (node and npm are needed)"
+fi
+
 # ---- remove: the server stops its thread
 a projection remove second >/dev/null
 wait_for "the server did not stop a removed projection" grep -q "projection second: stopped" "$log"
@@ -204,7 +241,7 @@ UPDATE total SET n = n + 1 WHERE k = 1
 [lua]
 -- work per event, so that kills land while the server projects
 local spin = 0
-on["*"] = function(e) for i = 1, 15000 do spin = spin + i end end
+on["*"] = function(e) for i = 1, 25000 do spin = spin + i end end
 P
 for i in $(seq 1 3000); do echo "{\"stream\":\"k-$((i % 50))\",\"type\":\"K\",\"data\":{}}"; done >"$work/kill.jsonl"
 a import --no-sync "$work/kill.jsonl" >/dev/null
@@ -213,7 +250,7 @@ total=$(head_pos)
 kills=0
 for round in 1 2 3 4; do
     start_server
-    sleep "0.$(printf '%03d' $((300 + RANDOM % 400)))"
+    sleep "0.$(printf "%03d" $((200 + RANDOM % 300)))"
     kill -KILL "$server_pid"
     wait "$server_pid" 2>/dev/null || true
     server_pid=""

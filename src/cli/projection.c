@@ -680,14 +680,15 @@ static int cmd_remove(cli_global *g, args *a) {
     reg r;
     int rc = reg_load(g, a->operands[0], &r);
     if (rc) return rc;
-    char err[1024];
-    annal_err e = annal_proj_control(r.target, r.name, ANNAL_PROJ_FORGET, err, sizeof err);
-    if (e != ANNAL_OK && e != ANNAL_ENOTFOUND)
-        cli_error(CMD, "note: could not clear the state of %s: %s", r.name, err);
+    /* Unregistered first: a server running it sees it gone, not its state row gone. */
     unlink(r.path);
     char *tpath = pathf("%s/projections/%s.target", g->data_dir, r.name);
     unlink(tpath);
     free(tpath);
+    char err[1024];
+    annal_err e = annal_proj_control(r.target, r.name, ANNAL_PROJ_FORGET, err, sizeof err);
+    if (e != ANNAL_OK && e != ANNAL_ENOTFOUND)
+        cli_error(CMD, "note: could not clear the state of %s: %s", r.name, err);
     if (a->drop && strncmp(r.target, "sqlite:", 7) == 0) {
         const char *p = r.target + 7;
         char real[4096];

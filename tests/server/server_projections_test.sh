@@ -174,6 +174,7 @@ fi
 # ---- remove: the server stops its thread
 a projection remove second >/dev/null
 wait_for "the server did not stop a removed projection" grep -q "projection second: stopped" "$log"
+if grep "projection second: " "$log" | grep -q "error"; then fail "removing logged an error: $(grep "projection second" "$log")"; fi
 ok "remove stops the projection in the server"
 
 # ---- rebuild beside the server: its projector switches over to the new model

@@ -34,6 +34,7 @@ static const struct setting {
     [CFG_ADMIN_PASSWORD] = {"default-admin-password", NULL, K_TEXT, 1},
     [CFG_OPS_PASSWORD] = {"default-ops-password", NULL, K_TEXT, 1},
     [CFG_RUN_PROJECTIONS] = {"run-projections", NULL, K_RUNPROJ, 0},
+    [CFG_LUA_BUDGET] = {"lua-budget", NULL, K_MS, 0},
 };
 
 /* Names compared without case and without the separators between words, so NodePort,

@@ -47,6 +47,8 @@ static const char usage[] =
     "                       run the store's registered projections (`annal projection add`)\n"
     "                       in the server, picking up changes to them (default all;\n"
     "                       KurrentDB's System means none here)\n"
+    "  --lua-budget MS      the longest a run of a projection's Lua code may take\n"
+    "                       (each handler call; default 5000): past it the event fails\n"
     "SIGHUP reloads the TLS certificate, key and CA files.\n"
     "KurrentDB's names work too: KURRENTDB_NODE_PORT=2113, EVENTSTORE_INSECURE=true,\n"
     "NodePort: 2113 in the file. `annal cert` makes development certificates.\n"
@@ -225,6 +227,9 @@ static int settings_to_opts(cli_global *g, const cli_config *c, annal_server_opt
     /* The registered projections run here unless asked not to (docs/projections.md). */
     const char *runp = cli_config_get(c, CFG_RUN_PROJECTIONS);
     so->projections_data_dir = !runp || strcasecmp(runp, "all") == 0 ? g->data_dir : NULL;
+    if (cli_config_get(c, CFG_LUA_BUDGET) &&
+        cli_parse_u64(cli_config_get(c, CFG_LUA_BUDGET), &ms) == 0)
+        so->projections_lua_budget_ms = (uint32_t)ms; /* 0: the default */
     return grace;
 }
 

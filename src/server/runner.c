@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "annal_project.h"
 #include "server_int.h"
@@ -200,6 +201,15 @@ static annal_err run_once(rproj *w, int *retry, char *err, size_t err_size) {
     return rc;
 }
 
+static int still_registered(const rproj *w) {
+    char *p = joinf(w->r->dir, "/projections/", w->name);
+    char *file = p ? joinf(p, ".proj", "") : NULL;
+    int there = file && access(file, F_OK) == 0;
+    free(p);
+    free(file);
+    return there;
+}
+
 static void *proj_thread(void *arg) {
     rproj *w = arg;
     (void)pthread_setname_np(pthread_self(), "annal-proj");
@@ -209,6 +219,10 @@ static void *proj_thread(void *arg) {
         err[0] = '\0';
         annal_err rc = run_once(w, &retry, err, sizeof err);
         if (rc == ANNAL_ECANCELED) break;
+        if (rc == ANNAL_ENOTFOUND && !still_registered(w)) { /* removed: the poller stops it */
+            if (wait_stop(w, -1)) break;
+            continue;
+        }
         if (strcmp(err, last) != 0) { /* each reason once, not at every retry */
             srv_log(w->r->srv, ANNAL_LOG_ERROR, "projection %s: %s%s", w->name,
                     err[0] ? err : annal_strerror(rc),

@@ -26,11 +26,11 @@ store="$work/store"
 log="$work/server.log"
 a() { "$ANNAL" --data "$store" "$@"; }
 
-start_server() { # sets server_pid; the log accumulates over restarts
+start_server() { # start_server [ARGS...]: sets server_pid; the log accumulates over restarts
     touch "$log"
     local before
     before=$(grep -c "local socket" "$log" || true)
-    "$ANNAL" --data "$store" serve --insecure --listen 127.0.0.1:0 2>>"$log" &
+    "$ANNAL" --data "$store" serve --insecure --listen 127.0.0.1:0 "$@" 2>>"$log" &
     server_pid=$!
     for _ in $(seq 200); do
         [ "$(grep -c "local socket" "$log" || true)" -gt "$before" ] && return 0
@@ -259,7 +259,7 @@ for round in 1 2 3 4; do
     if [ -n "$p" ] && [ "$p" -lt "$total" ]; then kills=$((kills + 1)); else break; fi
 done
 [ "$kills" -ge 1 ] || fail "no kill landed before the projection had caught up"
-start_server
+start_server --lua-budget 60000 # the loop below must outlast the SIGTERM, not its budget
 pwait slow $((total - 1)) 60000 || fail "slow did not catch up after the restarts"
 [ "$(q slow 'SELECT count(*), count(DISTINCT position) FROM seen')" = "$total	$total" ] ||
     fail "after $kills kills: $(q slow 'SELECT count(*), count(DISTINCT position) FROM seen') rows, want $total	$total"
@@ -301,7 +301,22 @@ a projection remove loop >/dev/null
 cli_pid=$!
 cli_holds() { [ "$(field first projector_pid)" = "$cli_pid" ] && [ "$(state first)" = running ]; }
 wait_for "projection run did not take first" cli_holds
-start_server
+start_server --lua-budget 300
+# (this start's Lua budget is 300 ms: a handler that loops fails its event with it)
+cat >"$work/loop2.proj" <<'P'
+source $all
+[lua]
+function on.Loop2(e)
+  while true do end
+end
+P
+a projection add "$work/loop2.proj" --name loop2 >/dev/null
+a append spin2 Loop2 '{}' >/dev/null
+loop2_failed() { [ "$(state loop2)" = failed ]; }
+wait_for "a handler that loops did not fail with the server's --lua-budget" loop2_failed
+st=$(a projection status loop2 --json || true)
+echo "$st" | grep -q "loop2.proj:4: Lua ran longer than its budget of 300 ms" || fail "budget: $st"
+ok "the server's --lua-budget bounds the Lua code of its projections"
 wait_for "the server did not report the projection held elsewhere" grep -q "projection first: projection first is already run by process $cli_pid" "$log"
 kill -TERM "$cli_pid"
 wait "$cli_pid" || fail "projection run exit $?"

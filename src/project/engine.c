@@ -535,6 +535,17 @@ static void disconnect(annal_proj *p) {
     p->t = NULL;
 }
 
+/* The services Lua's sql(), emit() and state_*() call back into (defined below). */
+static annal_err tx_exec_native(annal_proj_tx *tx, const char *sql, const annal_proj_value *params,
+                                int n, annal_proj_row_fn rows, void *ctx);
+static pj_tkind tx_kind(annal_proj_tx *tx);
+static const char *tx_errmsg(annal_proj_tx *tx);
+static annal_err state_get(annal_proj_tx *tx, const char *key, char **json);
+static annal_err state_set(annal_proj_tx *tx, const char *key, const char *json);
+static int pj_canceled(const annal_proj *p);
+static const pj_lua_host lua_host = {tx_exec_native, tx_kind,   tx_errmsg,  annal_proj_emit,
+                                     state_get,      state_set, pj_canceled};
+
 annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const char *schema,
                                 annal_proj **out, char *err, size_t err_size);
 annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const char *schema,
@@ -601,7 +612,7 @@ annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const ch
     annal_err rc = ANNAL_OK;
     if (!p->source || !p->target || (kind == PJ_T_PG && !p->schema)) rc = ANNAL_ENOMEM;
     if (rc == ANNAL_OK && d && d->lua)
-        rc = annal__pj_lua_open(d, p, p->lua_budget_ms, &p->lua, p->err, sizeof p->err);
+        rc = annal__pj_lua_open(d, p, &lua_host, p->lua_budget_ms, &p->lua, p->err, sizeof p->err);
     if (rc == ANNAL_OK && kind != PJ_T_MEMORY) rc = connect_target(p, 1);
     if (rc != ANNAL_OK) {
         annal__pj_fmt(err, err_size, "%s", p->err[0] ? p->err : annal_strerror(rc));
@@ -643,7 +654,7 @@ void annal_proj_cancel(annal_proj *p) {
     if (p) atomic_store(&p->cancel, 1);
 }
 
-int annal__pj_canceled(const annal_proj *p) { return atomic_load(&p->cancel) != 0; }
+static int pj_canceled(const annal_proj *p) { return atomic_load(&p->cancel) != 0; }
 
 /* ---------------------------------------------------------------- applying */
 
@@ -1015,9 +1026,8 @@ annal_err annal_proj_exec(annal_proj_tx *tx, const char *sql, const annal_proj_v
     return exec_q(tx->p, sql, params, (int)n, rows, ctx);
 }
 
-annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
-                                   const annal_proj_value *params, int n, annal_proj_row_fn rows,
-                                   void *ctx) {
+static annal_err tx_exec_native(annal_proj_tx *tx, const char *sql, const annal_proj_value *params,
+                                int n, annal_proj_row_fn rows, void *ctx) {
     annal_proj *p = tx->p;
     pj_prep *pp;
     annal_err rc = annal__pj_target_prepare(p->t, sql, n, &pp);
@@ -1027,8 +1037,8 @@ annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
     return rc;
 }
 
-const char *annal__pj_tx_errmsg(annal_proj_tx *tx) { return tx->p->err; }
-pj_tkind annal__pj_tx_kind(annal_proj_tx *tx) { return tx->p->kind; }
+static const char *tx_errmsg(annal_proj_tx *tx) { return tx->p->err; }
+static pj_tkind tx_kind(annal_proj_tx *tx) { return tx->p->kind; }
 
 /* A 128-bit hash of (projection, source event id, emit number) as a UUID (version 8,
  * "custom"): deterministic, so a replay appends the ids the store already has. */
@@ -1075,7 +1085,6 @@ annal_err annal_proj_emit(annal_proj_tx *tx, const char *stream, const char *typ
     return rc;
 }
 
-annal_err annal__pj_state_get(annal_proj_tx *tx, const char *key, char **json);
 typedef struct sget {
     char *v;
     int oom;
@@ -1093,7 +1102,7 @@ static int sget_row(void *ctx, int n, const char *const *names, const annal_proj
     g->v[v[0].len] = '\0';
     return 1;
 }
-annal_err annal__pj_state_get(annal_proj_tx *tx, const char *key, char **json) {
+static annal_err state_get(annal_proj_tx *tx, const char *key, char **json) {
     sget g = {NULL, 0};
     annal_proj_value v[2] = {v_str(tx->p->name), v_str(key)};
     annal_err rc = exec_q(tx->p, sql_state_get, v, 2, sget_row, &g);
@@ -1102,7 +1111,7 @@ annal_err annal__pj_state_get(annal_proj_tx *tx, const char *key, char **json) {
     return rc;
 }
 
-annal_err annal__pj_state_set(annal_proj_tx *tx, const char *key, const char *json) {
+static annal_err state_set(annal_proj_tx *tx, const char *key, const char *json) {
     annal_proj_value v[3] = {v_str(tx->p->name), v_str(key), v_str(json)};
     return exec_q(tx->p, sql_state_put, v, 3, NULL, NULL);
 }

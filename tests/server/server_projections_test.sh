@@ -242,9 +242,9 @@ UPDATE total SET n = n + 1 WHERE k = 1
 [lua]
 -- work per event, so that kills land while the server projects
 local spin = 0
-on["*"] = function(e) for i = 1, 25000 do spin = spin + i end end
+on["*"] = function(e) for i = 1, 60000 do spin = spin + i end end
 P
-for i in $(seq 1 3000); do echo "{\"stream\":\"k-$((i % 50))\",\"type\":\"K\",\"data\":{}}"; done >"$work/kill.jsonl"
+for i in $(seq 1 2000); do echo "{\"stream\":\"k-$((i % 50))\",\"type\":\"K\",\"data\":{}}"; done >"$work/kill.jsonl"
 a import --no-sync "$work/kill.jsonl" >/dev/null
 a projection add "$work/slow.proj" --name slow >/dev/null
 total=$(head_pos)

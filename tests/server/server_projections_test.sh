@@ -328,4 +328,13 @@ term_server
 # ---- without a server, projection run works again
 a projection run first --once >/dev/null 2>"$work/run.err" || fail "projection run after the server stopped: $(cat "$work/run.err")"
 ok "projection run works once the server has stopped"
+# ---- KurrentDB's RunProjections=None: the server leaves them to projection run
+: >"$log"
+KURRENTDB_RUN_PROJECTIONS=None start_server
+grep -q "projections: running those registered" "$log" && fail "RunProjections=None ran projections: $(cat "$log")"
+a append orders NoneRun '{}' >/dev/null
+a projection run first --once >/dev/null 2>"$work/run.err" || fail "projection run beside a server that runs none: $(cat "$work/run.err")"
+[ "$(q first "SELECT count(*) FROM seen WHERE type = 'NoneRun'")" = 1 ] || fail "projection run beside the server did not apply"
+term_server
+ok "with KURRENTDB_RUN_PROJECTIONS=None the server runs none and projection run works beside it"
 echo "server_projections_test: all passed"

@@ -389,11 +389,19 @@ void runner_stop(annal_server *srv) {
     srv_runner *r = srv->runner;
     if (!r) return;
     pthread_mutex_lock(&r->mu);
+    int first = !r->stopping;
     r->stopping = 1;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
+    if (!first) return;
     pthread_join(r->poller, NULL);
     stop_threads(r, &r->list);
+}
+
+void runner_free(annal_server *srv) {
+    srv_runner *r = srv->runner;
+    if (!r) return;
+    runner_stop(srv);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r->dir);

@@ -445,6 +445,7 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     while (srv->active > 0) pthread_cond_wait(&srv->cv, &srv->mu);
     pthread_mutex_unlock(&srv->mu);
     ops_join(srv); /* a scavenge under way finishes (it cannot be interrupted from here) */
+    runner_free(srv);
     srv_log(srv, ANNAL_LOG_INFO, "stopped");
     destroy(srv);
 }

@@ -282,8 +282,10 @@ void rpc_fail_store(srv_call *c, annal_err e, const char *stream);
 /* ---- runner.c: the store's registered projections, each on a thread of its own. */
 /* Start them when opts asks (projections_data_dir): sets srv->runner. ANNAL_ENOMEM. */
 annal_err runner_start(annal_server *srv, const annal_server_opts *opts);
-/* Stop them between batches (Lua under way is interrupted) and free srv->runner. */
+/* Stop them between batches (Lua under way is interrupted); again is a no-op. */
 void runner_stop(annal_server *srv);
+/* Free srv->runner once no call can ask it (runner_target, runner_names) any more. */
+void runner_free(annal_server *srv);
 /* The target of registered projection name (caller frees), or NULL when the server runs
  * no projections or none is registered by that name. */
 char *runner_target(annal_server *srv, const char *name);

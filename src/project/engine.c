@@ -467,6 +467,47 @@ static void heartbeat(annal_proj *p, int force) {
     p->hb_ns = now;
 }
 
+static int projector_row(void *ctx, int n, const char *const *names, const annal_proj_value *v);
+static int projector_live(const annal_proj_status *s);
+static const char sql_hb_get[] =
+    "SELECT pid, host, heartbeat_ns FROM annal_projectors WHERE name = ?";
+
+/* For an exclusive open: hold the projection unless another live projector does. The
+ * check and the first heartbeat share a transaction (SQLite: BEGIN IMMEDIATE, PostgreSQL:
+ * the row's lock), so of two projectors starting together one gets it. */
+static annal_err claim(annal_proj *p, char *err, size_t err_size) {
+    char host[64];
+    host_name(host, sizeof host);
+    annal_proj_status s;
+    memset(&s, 0, sizeof s);
+    annal_proj_value nm = v_str(p->name);
+    annal_err rc = annal__pj_target_begin(p->t);
+    if (rc == ANNAL_OK) rc = exec_q(p, sql_hb_get, &nm, 1, projector_row, &s);
+    if (rc == ANNAL_ECANCELED) rc = ANNAL_OK; /* the row callback stops after one row */
+    if (rc == ANNAL_OK && projector_live(&s) &&
+        (s.projector_pid != (int64_t)getpid() || strcmp(s.projector_host, host) != 0)) {
+        annal__pj_target_rollback(p->t);
+        annal__pj_fmt(err, err_size,
+                      "projection %s is already run by process %lld on %s: one projector per "
+                      "projection",
+                      p->name, (long long)s.projector_pid, s.projector_host);
+        return ANNAL_EBUSY;
+    }
+    int64_t now = now_ns();
+    if (rc == ANNAL_OK) {
+        annal_proj_value v[4] = {nm, v_int((int64_t)getpid()), v_str(host), v_int(now)};
+        rc = exec_q(p, sql_hb, v, 4, NULL, NULL);
+    }
+    if (rc == ANNAL_OK) rc = annal__pj_target_commit(p->t);
+    if (rc != ANNAL_OK) {
+        annal__pj_target_rollback(p->t);
+        annal__pj_fmt(err, err_size, "projection %s: %s", p->name, p->err);
+        return rc;
+    }
+    p->hb_ns = now;
+    return ANNAL_OK;
+}
+
 /* A clean close says at once that nobody holds the projection any more. */
 static void heartbeat_clear(annal_proj *p) {
     if (!p->t || !p->hb_ns) return;
@@ -579,7 +620,15 @@ annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const ch
         return rc;
     }
     p->rate_ev0 = p->events;
-    if (kind != PJ_T_MEMORY) heartbeat(p, 1);
+    if (kind != PJ_T_MEMORY && o->exclusive) {
+        rc = claim(p, err, err_size);
+        if (rc != ANNAL_OK) {
+            annal_proj_close(p);
+            return rc;
+        }
+    } else if (kind != PJ_T_MEMORY) {
+        heartbeat(p, 1);
+    }
     *out = p;
     return ANNAL_OK;
 }

@@ -104,6 +104,7 @@ static const struct {
     /* v2.c: atomic appends across streams (KurrentDB 25.1+) */
     {"/kurrentdb.protocol.v2.streams.StreamsService/AppendSession", rpc_v2_append_session},
     {"/kurrentdb.protocol.v2.streams.StreamsService/AppendRecords", rpc_v2_append_records},
+    {"/event_store.client.projections.Projections/Disable", rpc_projections_disable},
 };
 
 static void run_call(srv_call *c) {
@@ -387,6 +388,7 @@ annal_err annal_server_start(annal_db *db, const annal_server_opts *opts, annal_
     grpc_init();
     annal_err r = sec_start(srv, opts); /* security: users, built-ins (auth.c) */
     if (r == ANNAL_OK) r = bind_and_start(srv, opts);
+    if (r == ANNAL_OK) r = runner_start(srv, opts); /* projections (runner.c) */
     if (r != ANNAL_OK) {
         if (srv->server) {
             grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);
@@ -421,6 +423,7 @@ static int wait_until(annal_server *srv, const int *flag, int grace_ms) {
 
 void annal_server_stop(annal_server *srv, int grace_ms) {
     if (!srv) return;
+    runner_stop(srv); /* projections first: between batches, before the calls end */
     srv_log(srv, ANNAL_LOG_INFO, "stopping: no new calls; ending subscriptions");
     pthread_mutex_lock(&srv->mu);
     srv->stopping = 1;
@@ -445,6 +448,7 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     while (srv->active > 0) pthread_cond_wait(&srv->cv, &srv->mu);
     pthread_mutex_unlock(&srv->mu);
     ops_join(srv); /* a scavenge under way finishes (it cannot be interrupted from here) */
+    runner_free(srv);
     srv_log(srv, ANNAL_LOG_INFO, "stopped");
     destroy(srv);
 }

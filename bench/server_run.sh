@@ -163,6 +163,8 @@ log "loading the read fixture (200,000 events, 100,000 in stream-hot)"
 # Issue 17's read calls read 10 events of stream-hot: a small one on both servers.
 "$LOAD" --target "$W" --workload fixture --events 2000 --window 4 >/dev/null
 "$LOAD" --target "$SA" --workload fixture --events 2000 --window 4 >/dev/null
+# The user's first login runs argon2id once; measure the steady state after it.
+"$LOAD" --target "$SU" --workload read-calls --seconds 0.2 >/dev/null
 
 # ---- one measurement = one JSON line with "round", "peer" and "bench" added, and with
 # CPU_PID set, "server_cpu_s": the CPU time that server process used meanwhile.

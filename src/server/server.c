@@ -1,7 +1,8 @@
 /*
  * server.c -- the gRPC server's lifecycle: channel settings, listening, one dispatcher
  * thread that accepts calls from the server's completion queue and a thread per call
- * that runs it, and a graceful stop.
+ * that runs it (from a pool: a thread that ends a call waits a while for the next), and
+ * a graceful stop.
  */
 #include <errno.h>
 #include <stdarg.h>

@@ -24,6 +24,8 @@
  *                keep up), then an end marker; latency = the subscriber's
  *                receipt minus the appender's ack of that event (0 when it arrives
  *                first, counted as "early"), per (event, subscriber)
+ *   ping         C clients call ServerFeatures.GetSupportedMethods for S s: what a call
+ *                costs with no store work in it
  * Fields: workload, clients, calls, events, seconds, events_per_s, calls_per_s, p50_ms,
  * p99_ms (per call; per delivery for subscribe), client_cpu_s (this process's CPU time in
  * the timed part), errors (failed calls: must be 0).
@@ -250,6 +252,26 @@ static void *read_calls_worker(void *arg) {
         }
         w->calls++;
         w->events += got;
+    }
+    annal_remote_close(r);
+    return NULL;
+}
+
+/* ServerFeatures calls: a call's cost with no store work in it. */
+static void *ping_worker(void *arg) {
+    worker *w = arg;
+    annal_remote *r = connect_or_die();
+    sleep_until(w->start);
+    while (now_ns() < w->until) {
+        int64_t t0 = now_ns();
+        annal_err rc = annal_remote_ping(r, 10000);
+        sample_add(&w->lat, now_ns() - t0);
+        if (rc != ANNAL_OK) {
+            fail(r, "ping", rc);
+            continue;
+        }
+        w->calls++;
+        w->events++;
     }
     annal_remote_close(r);
     return NULL;
@@ -531,7 +553,7 @@ static void run_subscribe(result *res) {
 
 static void usage(void) {
     fprintf(stderr, "usage: annal_server_load --target URL --workload "
-                    "append|batch|fixture|read-stream|read-all|read-calls|subscribe\n"
+                    "append|batch|fixture|read-stream|read-all|read-calls|subscribe|ping\n"
                     "  [--seconds S] [--clients C] [--batch B] [--window N] [--events N]\n"
                     "  [--subs N] [--rate R] [--stream NAME]\n");
     exit(2);
@@ -580,6 +602,8 @@ int main(int argc, char **argv) {
         run_workers(append_worker, &res);
     else if (!strcmp(w, "read-calls"))
         run_workers(read_calls_worker, &res);
+    else if (!strcmp(w, "ping"))
+        run_workers(ping_worker, &res);
     else if (!strcmp(w, "batch"))
         run_batch(&res, 0);
     else if (!strcmp(w, "fixture"))

@@ -4,8 +4,9 @@
 # annal's own client) and the official Node.js client (bench/server_load.js), against:
 #   annal in-process  bench's annal system (annal_bench), the same workload without a server
 #   PostgreSQL        bench's postgres system over loopback TCP (64 connections for c64)
-# Workloads: single-event appends from 1 and 64 clients, BatchAppend of 100 events from
-# one client, reads of stream-hot (100,000 events) and of $all (200,000), 100 live $all
+# Workloads: single-event appends from 1 and 64 clients (and, for scale, 64 clients
+# calling ServerFeatures: a call without the store), BatchAppend of 100 events from one
+# client, reads of stream-hot (100,000 events) and of $all (200,000), 100 live $all
 # subscribers under 10,000 appends/s (ack-to-delivery latency), and issue 17's calls/s
 # with TLS + authentication + ACL checks against --insecure (16 clients, reads of 10
 # events and single-event appends; the user is named in the ACLs of the streams).
@@ -204,6 +205,9 @@ serve_round() { # serve_round R: issue 15's workloads, every peer
     record "$r" in-process append-c64 inproc append-c64 20000
     [ "$pg" = 1 ] && record "$r" postgres append-c64 postgres append-c64 10000
 
+    # The same calls without the store: what gRPC alone costs per call (no peers).
+    record "$r" c-serve ping-c64 "$LOAD" --target "$W" --workload ping --clients 64 --seconds "$s"
+
     record "$r" c-serve batch-100 "$LOAD" --target "$W" --workload batch --batch 100 --seconds "$s"
     record "$r" c-serve-w8 batch-100 "$LOAD" --target "$W" --workload batch --batch 100 --window 8 --seconds "$s"
     [ "$node" = 1 ] && record "$r" node-serve batch-100 nodeload "$W" batch "$s" 1
@@ -269,7 +273,7 @@ targets = {
     "read-stream": lambda c, i, p: ("≥ 1M/s", c and c >= 1e6),
     "read-all": lambda c, i, p: ("≥ 1M/s", c and c >= 1e6),
 }
-for b in ["append-c1", "append-c64", "batch-100", "read-stream", "read-all"] if serve else []:
+for b in ["append-c1", "append-c64", "ping-c64", "batch-100", "read-stream", "read-all"] if serve else []:
     c, n, i, p = med(b, "c-serve"), med(b, "node-serve"), med(b, "in-process"), med(b, "postgres")
     t = targets.get(b)
     tt = ""

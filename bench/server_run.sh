@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
     --results) results_out=$2; shift ;;
     --no-install) install=0 ;;
     --only) only=$2; shift ;;
-    *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
     esac
     shift
 done

@@ -48,6 +48,13 @@ struct annal_server {
     unsigned pending;  /* request_call slots outstanding */
     unsigned active;   /* call threads running */
     srv_call *calls;   /* running calls, for cancelling subscriptions at stop */
+    /* The call threads' pool (server.c): a thread that ends a call waits a while for the
+     * next instead of exiting, so a call costs a wake-up rather than a thread. */
+    srv_call *runq, *runq_tail; /* calls handed to the pool, not yet taken (runq_next) */
+    unsigned threads;           /* call threads alive, running or idle */
+    unsigned idle;              /* ... of them waiting on pool_cv */
+    int pool_stop;              /* idle threads exit */
+    pthread_cond_t pool_cv;
     char shutdown_tag; /* its address is the tag */
     sec_state *sec;    /* security: users, credentials, ACL state (auth.c, acl.c) */
     sec_tls *tls;      /* security: reloadable certificates (tls.c); NULL if insecure */
@@ -81,6 +88,7 @@ struct srv_call {
     int cancelled;  /* ... and said the call was cancelled */
     annal_sub *sub; /* a subscription to cancel at stop (guarded by srv->mu) */
     srv_call *prev, *next;
+    srv_call *runq_next;
     sec_who who;        /* security: who the call acts for (auth.c) */
     int cancel_at_stop; /* a long-lived call (BatchAppend) to end at stop (srv->mu) */
     unsigned batches;   /* its appends under way (srv->mu): stop ends the call after them */

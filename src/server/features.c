@@ -42,6 +42,7 @@ static const struct {
     /* v2.c */
     {"kurrentdb.protocol.v2.streams.streamsservice", "appendsession"},
     {"kurrentdb.protocol.v2.streams.streamsservice", "appendrecords"},
+    {"event_store.client.projections.projections", "disable"},
 };
 #define NSUPPORTED (sizeof supported / sizeof supported[0])
 

@@ -59,6 +59,7 @@ check("GetSupportedMethods lists exactly what is served", async () => {
     "event_store.client.operations.operations/shutdown",
     "event_store.client.operations.operations/startscavenge",
     "event_store.client.operations.operations/stopscavenge",
+    "event_store.client.projections.projections/disable",
     "event_store.client.projections.projections/enable",
     "event_store.client.projections.projections/state",
     "event_store.client.projections.projections/statistics",

@@ -28,10 +28,11 @@ typedef Kurrentdb__Protocol__V2__Streams__AppendRecord Record;
 typedef Kurrentdb__Protocol__V2__Streams__AppendRequest AppendRequest;
 typedef Kurrentdb__Protocol__V2__Streams__AppendRecordsRequest RecordsRequest;
 
-#define V2_MAX_DEPTH  32     /* nesting of a property value (structs and lists) */
-#define V2_MAX_PARTS  100000 /* requests of a session (annal's default max_batch_events) */
-#define V2_TOMBSTONED (-100) /* a tombstoned stream's actual state, as KurrentDB reports it */
-#define V2_DETAIL_URL "type.googleapis.com/kurrentdb.protocol.v2.streams.errors."
+#define V2_MAX_DEPTH    32     /* nesting of a property value (structs and lists) */
+#define V2_MAX_PARTS    100000 /* requests of a session (annal's default max_batch_events) */
+#define V2_TOMBSTONED   (-100) /* a tombstoned stream's actual state, as KurrentDB reports it */
+#define V2_SOFT_DELETED (-10)  /* ... and a soft-deleted one's, when it was expected to exist */
+#define V2_DETAIL_URL   "type.googleapis.com/kurrentdb.protocol.v2.streams.errors."
 
 /* A failure found while taking requests in, answered once the client half-closed. */
 enum { F_NONE, F_BAD, F_NOMEM, F_RECORD_SIZE, F_TXN_SIZE };
@@ -573,6 +574,29 @@ static int records_in(v2_set *s, const RecordsRequest *req, uint64_t max_bytes) 
     return 0;
 }
 
+/* A check's actual state as KurrentDB reports it. annal says -1 for a stream that does not
+ * exist and for a soft-deleted one alike; the latter (its metadata's "$tb" is the next
+ * revision it had, and it reads as not found) is -10 against stream_exists, and its last
+ * revision against a revision. */
+static int64_t actual_state(annal_db *db, const annal_stream_conflict *k) {
+    if (k->reason == ANNAL_EDELETED) return V2_TOMBSTONED;
+    if (k->actual != -1 || k->expected == ANNAL_EXPECT_NO_STREAM) return k->actual;
+    char *text = NULL;
+    uint64_t head;
+    if (annal_stream_head(db, k->stream, &head) != ANNAL_ENOTFOUND ||
+        annal_stream_meta_get(db, k->stream, &text, NULL) != ANNAL_OK)
+        return k->actual;
+    json_t *o = json_loads(text, 0, NULL);
+    annal_free(text);
+    json_t *tb = json_object_get(o, "$tb");
+    int64_t actual = k->actual;
+    if (json_is_integer(tb) && json_integer_value(tb) > 0)
+        actual = k->expected == ANNAL_EXPECT_STREAM_EXISTS ? V2_SOFT_DELETED
+                                                           : (int64_t)json_integer_value(tb) - 1;
+    json_decref(o);
+    return actual;
+}
+
 /* The violations of a refused AppendRecords: every failed check (by its index), and every
  * stream written that is tombstoned (once, with index -1: it is no check of the request). */
 static void records_conflict(srv_call *c, const v2_set *s, const v2_out *o) {
@@ -595,7 +619,7 @@ static void records_conflict(srv_call *c, const v2_set *s, const v2_out *o) {
                 &st[m]);
             st[m].stream = (char *)k->stream;
             st[m].expected_state = k->expected;
-            st[m].actual_state = k->reason == ANNAL_EDELETED ? V2_TOMBSTONED : k->actual;
+            st[m].actual_state = actual_state(c->srv->db, k);
             v[m].check_index = is_check ? (int32_t)(k->index - s->nparts) : -1;
             v[m].type_case =
                 KURRENTDB__PROTOCOL__V2__STREAMS__ERRORS__CONSISTENCY_VIOLATION__TYPE_STREAM_STATE;

@@ -245,6 +245,23 @@ check("appendRecords: consistency checks on streams written and not written", as
     [[1, k2, "stream_exists", "no_stream"], [2, k1, 7n, 2n]]
   );
   assert.deepEqual(await revisions(w), [0n]);
+  // A soft-deleted stream: -10 against stream_exists, its last revision against one (as
+  // KurrentDB reports them); no_stream holds.
+  const soft = name("soft");
+  await client.appendToStream(soft, [ev("S", {}), ev("S", {}), ev("S", {})]);
+  await client.deleteStream(soft);
+  const e1 = await rejects(
+    client.appendRecords(
+      [{ streamName: w, record: ev("W", {}) }],
+      [
+        { type: lib.STREAM_STATE, streamName: soft, expectedState: lib.STREAM_EXISTS },
+        { type: lib.STREAM_STATE, streamName: soft, expectedState: 5n },
+        { type: lib.STREAM_STATE, streamName: soft, expectedState: lib.NO_STREAM },
+      ]
+    ),
+    "append-consistency-violation"
+  );
+  assert.deepEqual(e1.violations.map((v) => [v.checkIndex, v.actualState]), [[0, -10n], [1, 2n]]);
   // Writing to a tombstoned stream is a violation too (KurrentDB's actual state -100).
   await client.tombstoneStream(k1);
   // Reported once per stream, however many runs of records it has, with index -1 (it is

@@ -90,6 +90,21 @@ static annal_err a_decide(void *c, const void *state, const void *command, annal
     return rc;
 }
 
+static int decodes; /* snapshot_decode calls */
+
+static annal_err a_encode(void *c, const void *state, annal_buf *out) {
+    (void)c;
+    return annal_buf_append(out, state, sizeof(account));
+}
+
+static annal_err a_decode(void *c, void *state, const void *data, size_t len) {
+    (void)c;
+    decodes++;
+    if (len != sizeof(account)) return ANNAL_ECORRUPT;
+    memcpy(state, data, len);
+    return ANNAL_OK;
+}
+
 static const annal_decider account_decider = {
     .version = ANNAL_DECIDER_VERSION,
     .name = "account",
@@ -321,6 +336,40 @@ static void test_tombstoned_meanwhile(void **state) {
     assert_int_equal(head(f, AB[0]), 0);
 }
 
+/* Each stream of a command has its own snapshot, written and read as for one stream. */
+static void test_snapshots_per_stream(void **state) {
+    fx *f = *state;
+    open_account(f, AB[0], 100);
+    open_account(f, AB[1], 0);
+    char snapdir[4096];
+    snprintf(snapdir, sizeof snapdir, "%s/snapshots", f->dir);
+    annal_decider d = account_decider;
+    d.state_version = 1;
+    d.snapshot_encode = a_encode;
+    d.snapshot_decode = a_decode;
+    annal_handler_opts o;
+    annal_handler_opts_init(&o);
+    o.snapshot_dir = snapdir;
+    o.snapshot_every = 1;
+    annal_handler *h;
+    TU_OK(f->db, annal_handler_open(f->db, &d, &o, &h));
+    cmd c = {.kind = TRANSFER, .amount = 10};
+    annal_command_result r;
+    decodes = 0;
+    TU_OK(f->db, annal_handle_streams(h, AB, 2, &c, NULL, &r, NULL));
+    assert_int_equal(decodes, 0);
+    assert_int_equal(r.folded, 2); /* each account's Opened */
+    TU_OK(f->db, annal_handle_streams(h, AB, 2, &c, NULL, &r, NULL));
+    assert_int_equal(decodes, 2);  /* both states from their snapshots (at Opened) */
+    assert_int_equal(r.folded, 2); /* and each the first transfer's event after it */
+    TU_OK(f->db, annal_handle_streams(h, AB, 2, &c, NULL, &r, NULL));
+    assert_int_equal(decodes, 4);
+    assert_int_equal(r.folded, 2);
+    annal_handler_close(h);
+    assert_int_equal(balance(f, AB[0]), 70);
+    assert_int_equal(balance(f, AB[1]), 30);
+}
+
 static void test_invalid(void **state) {
     fx *f = *state;
     cmd c = {.kind = TRANSFER, .amount = 1};
@@ -353,6 +402,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_conflicts_exhausted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tombstoned_account, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tombstoned_meanwhile, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshots_per_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

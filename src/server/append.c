@@ -330,7 +330,7 @@ const char *srv_delete_parse(const EventStore__Client__Streams__DeleteReq *req, 
 void rpc_streams_delete(srv_call *c) {
     ProtobufCMessage *msg;
     int bad;
-    if (call_recv(c, &event_store__client__streams__delete_req__descriptor, &msg, &bad) != 1)
+    if (call_recv_one(c, &event_store__client__streams__delete_req__descriptor, &msg, &bad) != 1)
         return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "no DeleteReq", NULL, 0);
     char name[ANNAL_MAX_NAME + 1];
     int64_t expected;
@@ -354,7 +354,7 @@ const char *srv_tombstone_parse(const EventStore__Client__Streams__TombstoneReq 
 void rpc_streams_tombstone(srv_call *c) {
     ProtobufCMessage *msg;
     int bad;
-    if (call_recv(c, &event_store__client__streams__tombstone_req__descriptor, &msg, &bad) != 1)
+    if (call_recv_one(c, &event_store__client__streams__tombstone_req__descriptor, &msg, &bad) != 1)
         return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "no TombstoneReq", NULL, 0);
     char name[ANNAL_MAX_NAME + 1];
     int64_t expected;

@@ -85,6 +85,26 @@ int call_recv(srv_call *c, const ProtobufCMessageDescriptor *d, ProtobufCMessage
     return 1;
 }
 
+int call_recv_one(srv_call *c, const ProtobufCMessageDescriptor *d, ProtobufCMessage **out,
+                  int *bad) {
+    if (call_recv(c, d, out, bad) != 1) return -1;
+    grpc_byte_buffer *bb = NULL;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &bb;
+    if (run_batch(c, &op, 1) && !bb) return 1; /* half-closed */
+    /* A second message (a malformed client), or the call failed: either way no answer
+     * the client could use. */
+    if (bb) {
+        grpc_byte_buffer_destroy(bb);
+        *bad = 1;
+    }
+    protobuf_c_message_free_unpacked(*out, NULL);
+    *out = NULL;
+    return -1;
+}
+
 static grpc_byte_buffer *pack(const ProtobufCMessage *m) {
     size_t len = protobuf_c_message_get_packed_size(m);
     grpc_slice s = grpc_slice_malloc(len);

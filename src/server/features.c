@@ -49,7 +49,7 @@ static const struct {
 static void drain_request(srv_call *c) {
     ProtobufCMessage *msg;
     int bad;
-    if (call_recv(c, &event_store__client__empty__descriptor, &msg, &bad) == 1)
+    if (call_recv_one(c, &event_store__client__empty__descriptor, &msg, &bad) == 1)
         protobuf_c_message_free_unpacked(msg, NULL);
 }
 

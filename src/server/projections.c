@@ -32,7 +32,7 @@ static void not_found(srv_call *c, const char *name) {
 
 static int recv_req(srv_call *c, const ProtobufCMessageDescriptor *d, ProtobufCMessage **msg) {
     int bad;
-    if (call_recv(c, d, msg, &bad) == 1) return 0;
+    if (call_recv_one(c, d, msg, &bad) == 1) return 0;
     call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, bad ? "undecodable request" : "no request", NULL,
                 0);
     return -1;

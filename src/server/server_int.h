@@ -123,6 +123,13 @@ int call_gone(srv_call *c);
  * 1: a message; 0: the client half-closed; -1: failed, cancelled or undecodable (*bad set to 1 when
  * the bytes were not a valid message). */
 int call_recv(srv_call *c, const ProtobufCMessageDescriptor *d, ProtobufCMessage **out, int *bad);
+/* The one request of a unary or server-streaming call, and then the client's half-close:
+ * 1 with *out, or -1 (*bad set when undecodable or followed by a second message). Waiting
+ * for the half-close before answering matters: a status sent while the request side is
+ * still open makes gRPC core reset the stream (RST_STREAM NO_ERROR), which the Rust-based
+ * reader of @kurrent/kurrentdb-client now and then reports as UnavailableError. */
+int call_recv_one(srv_call *c, const ProtobufCMessageDescriptor *d, ProtobufCMessage **out,
+                  int *bad);
 /* Send one message (with the initial metadata, the first time). 0 or -1 (client gone). */
 int call_send(srv_call *c, const ProtobufCMessage *m);
 /* Send m (may be NULL) and an OK status in one batch. */

@@ -283,7 +283,7 @@ static void read_all(srv_call *c, const srv_read_plan *p) {
 void rpc_streams_read(srv_call *c) {
     ProtobufCMessage *msg;
     int bad;
-    if (call_recv(c, &event_store__client__streams__read_req__descriptor, &msg, &bad) != 1)
+    if (call_recv_one(c, &event_store__client__streams__read_req__descriptor, &msg, &bad) != 1)
         return bad_request(c, bad ? "undecodable ReadReq" : "no ReadReq");
     EventStore__Client__Streams__ReadReq *req = (EventStore__Client__Streams__ReadReq *)msg;
     const ReadOptions *o = req->options;

@@ -20,7 +20,7 @@ static pthread_mutex_t write_mu = PTHREAD_MUTEX_INITIALIZER;
 static ProtobufCMessage *recv_req(srv_call *c, const ProtobufCMessageDescriptor *d) {
     ProtobufCMessage *m;
     int bad;
-    if (call_recv(c, d, &m, &bad) != 1) {
+    if (call_recv_one(c, d, &m, &bad) != 1) {
         call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, bad ? "undecodable request" : "no request",
                     NULL, 0);
         return NULL;

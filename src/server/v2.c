@@ -677,8 +677,8 @@ static int may_write_check(srv_call *c, const v2_set *s) {
 void rpc_v2_append_records(srv_call *c) {
     ProtobufCMessage *msg;
     int bad;
-    if (call_recv(c, &kurrentdb__protocol__v2__streams__append_records_request__descriptor, &msg,
-                  &bad) != 1)
+    if (call_recv_one(c, &kurrentdb__protocol__v2__streams__append_records_request__descriptor,
+                      &msg, &bad) != 1)
         return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT,
                            bad ? "undecodable AppendRecordsRequest" : "no AppendRecordsRequest",
                            NULL, 0);

@@ -102,6 +102,27 @@ check("an unimplemented method is UNIMPLEMENTED", async () => {
   assert.equal(err.code, grpc.status.UNIMPLEMENTED);
 });
 
+check("Read answers only after the client's half-close (a status sent earlier makes gRPC core reset the stream, which the Rust-based client reports as UnavailableError)", async () => {
+  const m = pkg.streams.Streams.service.Read;
+  const generic = new grpc.Client(addr, creds);
+  const call = generic.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize);
+  const seen = [];
+  call.on("data", (r) => seen.push(r.content || Object.keys(r).find((k) => r[k] != null)));
+  const done = new Promise((resolve, reject) => {
+    call.on("status", (st) => resolve(st));
+    call.on("error", reject);
+  });
+  call.write({ options: { stream: { stream_identifier: sid(`halfclose-${crypto.randomUUID()}`),
+    start: {} }, read_direction: "Forwards", count: "10", no_filter: {}, uuid_option: { string: {} } } });
+  await new Promise((r) => setTimeout(r, 400));
+  assert.deepEqual(seen, [], "the server answered before the request side closed");
+  call.end();
+  const st = await done;
+  assert.equal(st.code, grpc.status.OK);
+  assert.deepEqual(seen, ["stream_not_found"]);
+  generic.close();
+});
+
 check("Append without options first is INVALID_ARGUMENT", async () => {
   const [err] = await append([event("T", 1)]);
   assert.equal(err.code, grpc.status.INVALID_ARGUMENT);

@@ -508,6 +508,22 @@ ANNAL_API annal_err annal_compact_sized(annal_db *db, uint64_t bytes_per_s,
 #define annal_compact(db, bytes_per_s, stats)                                                      \
     annal_compact_sized((db), (bytes_per_s), (stats), sizeof(annal_compact_stats))
 
+/* annal_compact with a progress callback of this call's own, which can stop it (so one
+ * thread can cancel another's compaction: the server's StopScavenge). progress(ctx, done,
+ * total) counts sealed segments; it is called before each segment and, while a segment
+ * is rewritten, after each MiB written (done unchanged). A nonzero return stops at that
+ * safe point with ANNAL_ECANCELED: the segments done stay compacted, the one being
+ * rewritten stays as it was (its partial next generation is removed), and the store is
+ * as consistent as after a finished compaction; a later compaction goes on from there.
+ * (Once a segment's rewrite is written, moving its index entries and installing it run
+ * to their end: bounded by one segment.) progress may be NULL (annal_compact). */
+ANNAL_API annal_err annal_compact_cb_sized(annal_db *db, uint64_t bytes_per_s,
+                                           annal_progress_fn progress, void *ctx,
+                                           annal_compact_stats *stats, size_t stats_size);
+#define annal_compact_cb(db, bytes_per_s, progress, ctx, stats)                                    \
+    annal_compact_cb_sized((db), (bytes_per_s), (progress), (ctx), (stats),                        \
+                           sizeof(annal_compact_stats))
+
 /* ---- Command side (src/write/) ---- */
 /* ------------------------------------------------------------------------------------
  * The command side, built only on the functions above (docs/write.md).

@@ -441,7 +441,7 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     pthread_mutex_lock(&srv->mu);
     while (srv->active > 0) pthread_cond_wait(&srv->cv, &srv->mu);
     pthread_mutex_unlock(&srv->mu);
-    ops_join(srv); /* a scavenge under way finishes (it cannot be interrupted from here) */
+    ops_join(srv); /* a scavenge under way stops at its next safe point */
     srv_log(srv, ANNAL_LOG_INFO, "stopped");
     destroy(srv);
 }

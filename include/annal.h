@@ -788,6 +788,9 @@ ANNAL_API annal_err annal_db_stats_get_sized(annal_db *db, annal_db_stats *out, 
  * refused by annal_db_open (ANNAL_ECORRUPT) and by annal_restore. */
 #define ANNAL_BACKUP_LINK     1u /* hard-link sealed segments (same filesystem) */
 #define ANNAL_BACKUP_NO_INDEX 2u /* leave the index out: rebuilt by the first writer open */
+/* Build the index in dest from the copied log rather than copy the store's (slower; the
+ * default copies it with LMDB's copy function when dest holds no backup yet). */
+#define ANNAL_BACKUP_REBUILD_INDEX 4u
 
 typedef struct annal_backup_opts {
     size_t struct_size; /* set by annal_backup_opts_init: see the ABI promise */
@@ -797,6 +800,9 @@ typedef struct annal_backup_opts {
      * returns < 0 to stop the backup (ANNAL_EIO). */
     int (*write)(void *ctx, const void *buf, size_t len);
     void *write_ctx;
+    /* Copy at most this many bytes a second (0: no limit), so that appenders on the same
+     * disk keep their pace (bench/RESULTS.md, "Backup"). */
+    uint64_t bytes_per_s;
 } annal_backup_opts;
 ANNAL_API void annal_backup_opts_init_sized(annal_backup_opts *opts, size_t struct_size);
 #define annal_backup_opts_init(opts) annal_backup_opts_init_sized((opts), sizeof *(opts))
@@ -808,6 +814,8 @@ typedef struct annal_backup_result {
     uint64_t bytes_copied;    /* log bytes copied now */
     uint64_t bytes_linked;    /* log bytes hard-linked now (ANNAL_BACKUP_LINK) */
     int incremental;          /* dest held an earlier backup: only what changed was copied */
+    int index_copied;         /* the index was copied (LMDB's copy, as of a snapshot up to P) rather
+                               * than built in dest from the copied log */
 } annal_backup_result;
 
 /* Back up the store open as db (a writer or a read-only handle; appends, reads and

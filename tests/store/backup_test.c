@@ -462,6 +462,91 @@ static void test_point_in_time(void **state) {
     free(dir), free(dest), free(rdir);
 }
 
+/* ---- the index: copied, or rebuilt when a compaction ran meanwhile ------------------- */
+
+static int g_in_compaction, g_compacted;
+
+/* The source's progress callback: called per segment copied by the backup; the first
+ * time, it deletes a stream, seals and compacts, in the middle of the backup. */
+static int compact_midway(void *ctx, uint64_t done, uint64_t total) {
+    (void)done, (void)total;
+    annal_db *db = *(annal_db **)ctx;
+    if (g_in_compaction || g_compacted || !db) return 0;
+    g_in_compaction = 1;
+    TU_OK(db, annal_stream_delete(db, "s", ANNAL_EXPECT_ANY, 0, NULL));
+    TU_OK(db, annal_seal(db));
+    annal_compact_stats st;
+    TU_OK(db, annal_compact(db, 0, &st));
+    assert_true(st.events_erased > 0);
+    g_in_compaction = 0;
+    g_compacted = 1;
+    return 0;
+}
+
+static void test_index_copied(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("bk-index-src"), *dest = tu_tmpdir("bk-index-dest");
+    char *d2 = tu_tmpdir("bk-index-dest2");
+    annal_db *db = open_small(dir, 0);
+    annal_append_result ar;
+    for (int i = 0; i < 300; i++) {
+        append_n(db, "s", 10, 300, NULL);
+        append_n(db, "keep", 1, 10, &ar);
+    }
+    /* A backup as usual: the index is copied, and the copy is the source up to P. */
+    annal_backup_result res;
+    TU_OK(db, annal_backup(db, dest, NULL, &res));
+    assert_true(res.index_copied);
+    assert_true(res.segments > 10);
+    compare(db, dest, res.next_position);
+    /* Its ids came along: an append to the restored store of an event id of the source is
+     * recognized as the same append (idempotent), not appended again. */
+    tu_rmrf(d2);
+    annal_restore_result rr;
+    assert_int_equal(annal_restore(dest, d2, NULL, &rr), ANNAL_OK);
+    annal_iter *it;
+    const annal_event *e;
+    TU_OK(db, annal_read_stream(db, "keep", 0, 0, 0, &it));
+    TU_OK(db, annal_iter_next(it, &e));
+    annal_event_data again = {.id = e->id,
+                              .type = e->type,
+                              .data = e->data,
+                              .data_len = e->data_len,
+                              .metadata = e->metadata,
+                              .metadata_len = e->metadata_len};
+    annal_db *r = open_small(d2, 0);
+    annal_db_info before, after;
+    TU_OK(r, annal_db_info_get(r, &before));
+    annal_append_result again_res;
+    TU_OK(r, annal_append(r, "keep", ANNAL_EXPECT_ANY, &again, 1, &again_res));
+    TU_OK(r, annal_db_info_get(r, &after));
+    assert_int_equal(after.events, before.events);
+    assert_int_equal(again_res.first_position, e->position);
+    annal_iter_close(it);
+    annal_db_close(r);
+    annal_db_close(db);
+    /* A compaction while the backup copies: the index copy names generations the copy
+     * may not hold, so it is not used, and the index is built from the copied log. */
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE;
+    o.segment_bytes = 64u << 10;
+    o.progress = compact_midway;
+    static annal_db *handle;
+    o.progress_ctx = &handle;
+    handle = NULL;
+    TU_OK(NULL, annal_db_open(dir, &o, &handle));
+    tu_rmrf(d2);
+    g_compacted = 0;
+    TU_OK(handle, annal_backup(handle, d2, NULL, &res));
+    assert_true(g_compacted);
+    assert_false(res.index_copied);
+    compare(handle, d2, res.next_position);
+    annal_db_close(handle);
+    tu_rmrf(dir), tu_rmrf(dest), tu_rmrf(d2);
+    free(dir), free(dest), free(d2);
+}
+
 /* ---- full disk at the destination ---------------------------------------------------- */
 
 static uint32_t log_crc(const char *dir) {
@@ -507,9 +592,8 @@ static void test_full_disk(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_backup_online),
-        cmocka_unit_test(test_backup_killed),
-        cmocka_unit_test(test_point_in_time),
+        cmocka_unit_test(test_backup_online), cmocka_unit_test(test_backup_killed),
+        cmocka_unit_test(test_point_in_time), cmocka_unit_test(test_index_copied),
         cmocka_unit_test(test_full_disk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

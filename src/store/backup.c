@@ -318,9 +318,19 @@ static annal_err copy_seg(bk *b, annal__seg *s, uint64_t end, int sealed) {
         if (b->have[i].no != s->no || b->have[i].tmp) continue;
         if (b->have[i].gen == s->gen) {
             struct stat st;
-            have = stat(dst, &st) == 0 ? (uint64_t)st.st_size : 0;
+            int ok = stat(dst, &st) == 0;
+            have = ok ? (uint64_t)st.st_size : 0;
             found = 1;
             b->have[i].tmp = 2; /* kept */
+            /* A hard link (--link) is never written through: it may be another store's
+             * segment (DEST of an interrupted backup of that store). Copied anew. */
+            if (ok && st.st_nlink > 1 && have != end) {
+                if (unlink(dst) < 0)
+                    return annal__fail(b->db, err_of(-errno), "cannot remove %s: %s", dst,
+                                       strerror(errno));
+                have = 0, found = 0;
+                b->rm_index = 1;
+            }
         } else {
             b->rm_index = 1; /* compaction made another generation since */
         }
@@ -396,7 +406,12 @@ static int index_copy_lmdb(bk *b, uint64_t *copied) {
     snprintf(path, sizeof path, "%s/data.mdb", dir);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return -errno;
-    int mrc = mdb_env_copyfd2(b->db->idx.env, fd, 0 /* (MDB_CP_COMPACT: no faster here) */);
+    /* Under a transaction of ours: the map is adopted first if another process's writer
+     * grew it, and a writer of this process cannot resize it under the copy. */
+    MDB_txn *hold = NULL;
+    int mrc = annal__txn_begin(&b->db->idx, MDB_RDONLY, &hold);
+    if (!mrc) mrc = mdb_env_copyfd2(b->db->idx.env, fd, 0 /* (MDB_CP_COMPACT: no faster here) */);
+    if (hold) annal__txn_abort(&b->db->idx, hold);
     int r = mrc ? (mrc > 0 ? -mrc : -EIO) : 0;
     struct stat st;
     if (r == 0 && fstat(fd, &st) == 0) *copied += (uint64_t)st.st_size;
@@ -551,21 +566,31 @@ static void *index_thread(void *arg) {
 }
 
 /* P, with the index copied as of a snapshot no later than P when DEST has none yet (a
- * full backup). t1 is opened before LMDB's copy and the head is read after it, so the
- * copy's snapshot lies between them; when both agree that no compaction was under way
- * and on the generation of every segment up to P, so does the copy, and b->gen holds
- * them (checked against the generations copied). Otherwise (or when the copy fails) the
- * index is left out and rebuilt from the copied log. Meanwhile the segments sealed
- * before the head h0 (read earlier) are copied on this thread: b->done_upto. */
+ * full backup). t1 begins before LMDB's copy and the head is read after it (t2), so the
+ * copy's snapshot lies between them (generations only grow); when both agree that no compaction was
+ * under way and on the generation of every segment up to P, so does the copy, and b->gen holds them
+ * (checked against the generations copied). Otherwise (or when the copy fails) the index is left
+ * out and rebuilt from the copied log. Meanwhile the segments sealed before the head h0 (read
+ * earlier) are copied on this thread: b->done_upto. */
 static annal_err head_with_index(bk *b, const annal__index_head *h0, annal__index_head *h) {
     annal_db *db = b->db;
     if ((b->o.flags & ANNAL_BACKUP_NO_INDEX) || b->t.write || b->nhave > 0 || db->log.base != 0 ||
         (b->o.flags & ANNAL_BACKUP_REBUILD_INDEX))
         return head_read(b, NULL, h);
     uint64_t k0 = h0->next_pos ? ANNAL__LOC_SEG(h0->next_loc) : 0; /* [0, k0): sealed */
+    /* t1, before the copy: its generations (those of segments past its head's are 0: not
+     * sealed then, so never compacted) and whether a compaction was under way. No
+     * transaction of this thread stays open meanwhile (a map grown by another process is
+     * adopted only when none is). */
     MDB_txn *t1 = NULL, *t2 = NULL;
+    annal__index_head h1;
     annal_err rc = annal__read_txn(db, &t1);
     if (rc != ANNAL_OK) return rc;
+    rc = annal__index_head_get(t1, &db->idx, &h1);
+    uint64_t k1 = rc == ANNAL_OK && h1.next_pos ? ANNAL__LOC_SEG(h1.next_loc) : 0;
+    uint32_t *g1 = calloc(k1 + 1, sizeof *g1);
+    int busy1 = rc != ANNAL_OK || !g1 || gens_get(db, t1, 0, k1, g1);
+    annal__txn_abort(&db->idx, t1);
     b->index_tried = 1;
     index_job job = {b, 0, 0};
     pthread_t th;
@@ -583,22 +608,19 @@ static annal_err head_with_index(bk *b, const annal__index_head *h0, annal__inde
     if (rc == ANNAL_OK) rc = head_read(b, t2, h);
     if (rc == ANNAL_OK) {
         uint64_t last = h->next_pos ? ANNAL__LOC_SEG(h->next_loc) : 0;
-        uint32_t *g1 = calloc(last + 1, sizeof *g1);
         b->gen = calloc(last + 1, sizeof *b->gen);
-        b->rm_index |= job.r < 0 || !g1 || !b->gen || gens_get(db, t1, 0, last, g1) ||
-                       gens_get(db, t2, 0, last, b->gen) ||
-                       memcmp(g1, b->gen, (last + 1) * sizeof *g1) != 0;
-        for (uint64_t no = 0; !b->rm_index && no < k0; no++)
-            b->rm_index = b->gen[no] != b->cgen[no];
-        free(g1);
+        b->rm_index |= job.r < 0 || busy1 || !b->gen || gens_get(db, t2, 0, last, b->gen);
+        for (uint64_t no = 0; !b->rm_index && no <= last; no++)
+            b->rm_index =
+                b->gen[no] != (no <= k1 ? g1[no] : 0) || (no < k0 && b->gen[no] != b->cgen[no]);
         b->index_copied = !b->rm_index;
         if (b->rm_index)
             annal__log_msg(db, ANNAL_LOG_INFO,
                            "backup: the index copy is not used (a compaction ran meanwhile): "
                            "rebuilt from the copied log");
     }
+    free(g1);
     if (t2) annal__txn_abort(&db->idx, t2);
-    annal__txn_abort(&db->idx, t1);
     return rc;
 }
 

@@ -5,14 +5,19 @@
  *   annal_backup_appenders --dir DIR --backup 'CMD' [--threads T] [--seconds S] [--rounds R]
  *
  * T threads (default 16) append batches of 10 events (~200 bytes each), durably, to the
- * store in DIR (opened here, as a writer) for the whole run. Windows of S seconds
- * (default 3) alternate: "alone", then "backup" (CMD runs over and over through
- * /bin/sh, in its own processes, for the window: e.g. `rm -rf D && annal --data DIR
- * backup D`), R rounds (default 5). Events/s counts the events acknowledged in a window.
+ * store in DIR (opened here, as a writer). Windows of S seconds (default 3) alternate:
+ * "alone", then "backup" (CMD runs over and over through /bin/sh, in a process group of
+ * its own, for the window: e.g. `rm -rf D && annal --data DIR backup D`; the one running
+ * when the window ends is killed, which a backup survives by design), R rounds (default
+ * 5). Between windows the appenders pause while the disk is synced, so that no window
+ * pays for another's dirty pages. Events/s counts the events acknowledged in a window.
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep */
 #include <annal.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,7 +33,7 @@ static int64_t mono_ns(void) {
 
 static annal_db *g_db;
 static atomic_ullong g_events;
-static atomic_int g_stop, g_backing_up, g_in_backup;
+static atomic_int g_stop, g_backing_up, g_pause;
 static const char *g_backup_cmd;
 static atomic_ulong g_backups;
 
@@ -39,6 +44,10 @@ static void *appender(void *arg) {
     data[0] = '"', data[sizeof data - 1] = '"';
     annal_event_data ev[10];
     for (unsigned long n = 0; !atomic_load(&g_stop); n++) {
+        while (atomic_load(&g_pause) && !atomic_load(&g_stop)) {
+            struct timespec ts = {0, 1000000L};
+            nanosleep(&ts, NULL);
+        }
         char stream[32];
         snprintf(stream, sizeof stream, "app-%lu-%lu", k, n % 100);
         memset(ev, 0, sizeof ev);
@@ -57,24 +66,56 @@ static void *appender(void *arg) {
     return NULL;
 }
 
+/* Runs CMD over and over while g_backing_up; kills the one running when it is cleared. */
 static void *backer(void *arg) {
     (void)arg;
     while (!atomic_load(&g_stop)) {
         if (!atomic_load(&g_backing_up)) {
-            struct timespec ts = {0, 10 * 1000000L};
+            struct timespec ts = {0, 5 * 1000000L};
             nanosleep(&ts, NULL);
             continue;
         }
-        atomic_store(&g_in_backup, 1);
-        int st = system(g_backup_cmd);
-        atomic_store(&g_in_backup, 0);
-        if (st != 0) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            setpgid(0, 0);
+            execl("/bin/sh", "sh", "-c", g_backup_cmd, (char *)NULL);
+            _exit(127);
+        }
+        if (pid < 0) {
+            perror("fork");
+            exit(1);
+        }
+        setpgid(pid, pid);
+        int st = 0;
+        for (;;) {
+            pid_t w = waitpid(pid, &st, WNOHANG);
+            if (w == pid) break;
+            if (!atomic_load(&g_backing_up)) { /* the window ended: stop this one */
+                kill(-pid, SIGKILL);
+                waitpid(pid, &st, 0);
+                st = -1;
+                break;
+            }
+            struct timespec ts = {0, 2 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+        if (st == -1) continue;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
             fprintf(stderr, "backup command failed: %s\n", g_backup_cmd);
             exit(1);
         }
         atomic_fetch_add(&g_backups, 1);
     }
     return NULL;
+}
+
+/* Between windows: appenders paused, the disk synced. */
+static void settle(void) {
+    atomic_store(&g_pause, 1);
+    struct timespec ts = {0, 50 * 1000000L};
+    nanosleep(&ts, NULL);
+    sync();
+    atomic_store(&g_pause, 0);
 }
 
 static int cmp(const void *a, const void *b) {
@@ -125,21 +166,19 @@ int main(int argc, char **argv) {
     double alone[100], with[100], ratio[100];
     (void)window(1); /* warm up */
     for (int r = 0; r < rounds; r++) {
+        settle();
         alone[r] = window(seconds);
         unsigned long b0 = atomic_load(&g_backups);
         atomic_store(&g_backing_up, 1);
         with[r] = window(seconds);
         atomic_store(&g_backing_up, 0);
         ratio[r] = with[r] / alone[r];
+        nanosleep(&(struct timespec){0, 20 * 1000000L}, NULL); /* the backup is killed */
         printf("round %d: alone %.0f ev/s, with backups %.0f ev/s (%lu backups finished), "
                "ratio %.2f\n",
                r, alone[r], with[r], atomic_load(&g_backups) - b0, ratio[r]);
         fflush(stdout);
-        /* the last backup of the window ends before the next "alone" window */
-        while (atomic_load(&g_in_backup)) {
-            struct timespec ts = {0, 20 * 1000000L};
-            nanosleep(&ts, NULL);
-        }
+        settle();
     }
     atomic_store(&g_stop, 1);
     for (int i = 0; i <= threads; i++) pthread_join(th[i], NULL);

@@ -12,7 +12,7 @@
  * head is at most P and the copy's first open indexes the rest from the copied log; it
  * is used only when it names the generations copied (no compaction meanwhile), else the
  * index is built in the copy from the copied log, as an incremental backup brings DEST's
- * own index up to date. Copying is ~2x faster than rebuilding (bench/RESULTS.md). */
+ * own index up to date. Copying is faster than rebuilding (bench/RESULTS.md). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -70,10 +70,10 @@ static int seg_read(const annal__seg *s, uint8_t *buf, size_t n, uint64_t off) {
     return 0;
 }
 
-/* Write-behind: once the bytes [at, at + n) of dst are written, start their writeback and
- * wait for the writeback of the WB_CHUNK before them. The copy then holds at most two
- * chunks dirty, so appenders' flushes on the same disk never queue behind hundreds of
- * MiB of it (bench/RESULTS.md), and its final fdatasync has little left to do. */
+/* Write-behind: once the bytes before at + n of dst are written, start the writeback of
+ * each whole WB_CHUNK and wait for the one before it. The copy then holds at most two
+ * chunks dirty (not gigabytes of page cache) and its final fdatasync has little left to
+ * do. (Measured: it neither spares nor slows appenders on the same disk.) */
 #define WB_CHUNK (8u << 20)
 static void write_behind(int dst, uint64_t start, uint64_t at, uint64_t n, uint64_t *mark) {
     uint64_t end = at + n;

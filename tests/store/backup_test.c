@@ -697,6 +697,54 @@ static void test_full_disk(void **state) {
     assert_int_not_equal(annal_backup_check(dest, NULL), ANNAL_OK);
     assert_int_equal(log_crc(dir), before);
     assert_int_equal(annal_verify(dir, NULL, NULL, NULL), ANNAL_OK);
+    /* The disk full wherever the space ends (in the log, the index, at the marker): a
+     * tmpfs of 50% to 120% of what a whole backup took on it. Each try either fails with
+     * ANNAL_ENOSPC and leaves nothing that passes for a backup, or (the last sizes, if
+     * they fit) makes a whole one; the source never changes. */
+    /* (what a whole backup takes on this tmpfs) */
+    char cmd[4300], full[4200];
+    snprintf(full, sizeof full, "%s/whole", mnt);
+    assert_int_equal(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, "size=64m"), 0);
+    db = open_ro(dir);
+    TU_OK(db, annal_backup(db, full, NULL, NULL));
+    annal_db_close(db);
+    snprintf(cmd, sizeof cmd, "du -sk %s | cut -f1", full);
+    FILE *p = popen(cmd, "r");
+    unsigned long kib = 0;
+    assert_true(p && fscanf(p, "%lu", &kib) == 1);
+    pclose(p);
+    int failed = 0, whole = 0, pct[40], npct = 0;
+    for (int q = 50; q <= 120 && npct < 40; q += q < 70 ? 10 : q < 100 ? 2 : 10) pct[npct++] = q;
+    for (int i = 0; i < npct; i++) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'/*", mnt);
+        assert_int_equal(system(cmd), 0);
+        char size[64];
+        snprintf(size, sizeof size, "size=%luk", kib * (unsigned long)pct[i] / 100);
+        assert_int_equal(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, size), 0);
+        db = open_ro(dir);
+        rc = annal_backup(db, dest, NULL, NULL);
+        printf("%d%% of %lu KiB: %s %s\n", pct[i], kib, annal_strerror(rc),
+               rc == ANNAL_OK ? "" : annal_db_errmsg(db));
+        annal_db_close(db);
+        if (rc == ANNAL_OK) {
+            whole++;
+            assert_int_equal(annal_backup_check(dest, NULL), ANNAL_OK);
+            assert_int_equal(annal_verify(dest, NULL, on_damage, NULL), ANNAL_OK);
+        } else {
+            failed++;
+            assert_int_equal(rc, ANNAL_ENOSPC);
+            assert_int_not_equal(annal_backup_check(dest, NULL), ANNAL_OK);
+            annal_db_opts o;
+            annal_db_opts_init(&o);
+            o.flags = ANNAL_OPEN_READONLY;
+            annal_db *c = NULL;
+            assert_int_not_equal(annal_db_open(dest, &o, &c), ANNAL_OK);
+        }
+        assert_int_equal(log_crc(dir), before);
+    }
+    assert_true(failed >= 3);
+    assert_true(whole >= 1);
+    assert_int_equal(annal_verify(dir, NULL, NULL, NULL), ANNAL_OK);
     db = open_small(dir, 0);
     append_n(db, "big", 1, 10, NULL); /* the source stays writable */
     annal_db_close(db);

@@ -261,6 +261,8 @@ static annal_err index_copy(const char *dir, int rm_index, char *msg, size_t len
     char path[4200];
     snprintf(path, sizeof path, "%s/acked", dir);
     unlink(path); /* a mark of an earlier copy is not evidence about this one */
+    snprintf(path, sizeof path, "%s/index/data.mdb.tmp", dir);
+    unlink(path); /* an index copy cut short (index_copy_lmdb) */
     snprintf(path, sizeof path, "%s/index", dir);
     if (rm_index) { /* the whole index: LMDB's files and the id runs beside them */
         annal__index_remove(path);
@@ -398,13 +400,17 @@ static int copy_file(const char *from, const char *to, uint64_t *copied) {
  * open and before the head is read, so its head is at most P: the copy's first open
  * indexes the rest from the copied log. 0 or -errno. */
 static int index_copy_lmdb(bk *b, uint64_t *copied) {
-    char dir[4200], path[4300];
+    char dir[4200], path[4300], tmp[4300];
     snprintf(dir, sizeof dir, "%s/index", b->dest);
     if (mkdir(dir, 0755) < 0 && errno != EEXIST) return -errno;
     annal__index_remove(dir);
     annal__ids_remove_all(dir);
-    snprintf(path, sizeof path, "%s/data.mdb", dir);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    snprintf(path, sizeof path, "%s/state", dir);
+    unlink(path); /* vouches for nothing copied now */
+    /* LMDB's pages under a tmp name, renamed last: a copy cut short (killed, full disk)
+     * is never taken for an index (LMDB writes its meta pages first). */
+    snprintf(tmp, sizeof tmp, "%s/data.mdb.tmp", dir);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return -errno;
     /* Under a transaction of ours: the map is adopted first if another process's writer
      * grew it, and a writer of this process cannot resize it under the copy. */
@@ -431,6 +437,10 @@ static int index_copy_lmdb(bk *b, uint64_t *copied) {
     if (d) closedir(d);
     annal__index_state clean = {1, {0}};
     if (r == 0) r = annal__index_state_write(dir, &clean);
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    if (r == 0 && rename(tmp, path) < 0) r = -errno;
+    if (r == 0) r = annal__io_posix()->sync_dir(NULL, dir);
+    if (r < 0) unlink(tmp);
     return r;
 }
 

@@ -494,13 +494,18 @@ static annal_err finish(bk *b, const annal__manifest *m) {
  * read, so it is the one known before (or, if it is newer, generation 0); compaction may
  * rewrite it once sealed, before it is copied: this handle keeps that generation
  * readable. */
-static annal_err head_read(bk *b, MDB_txn *t, annal__index_head *h) {
-    annal_db *db = b->db;
-    annal__seg *pre = annal__log_last(&db->log);
+static void note_pre(bk *b) {
+    annal__seg *pre = annal__log_last(&b->db->log);
     b->pre_no = pre ? pre->no : UINT64_MAX;
     b->pre_gen = pre ? pre->gen : 0;
+}
+
+/* (With t, the caller noted the last segment before t began.) */
+static annal_err head_read(bk *b, MDB_txn *t, annal__index_head *h) {
+    annal_db *db = b->db;
     MDB_txn *own = NULL;
     if (!t) {
+        note_pre(b);
         annal_err rc = annal__read_txn(db, &own);
         if (rc != ANNAL_OK) return rc;
     }
@@ -614,6 +619,7 @@ static annal_err head_with_index(bk *b, const annal__index_head *h0, annal__inde
     b->done_upto = k0;
     if (rc == ANNAL_OK && job.r < 0 && err_of(job.r) == ANNAL_ENOSPC)
         rc = annal__fail(db, ANNAL_ENOSPC, "cannot copy the index: %s", strerror(-job.r));
+    if (rc == ANNAL_OK) note_pre(b); /* before t2 begins: see head_read */
     if (rc == ANNAL_OK) rc = annal__read_txn(db, &t2);
     if (rc == ANNAL_OK) rc = head_read(b, t2, h);
     if (rc == ANNAL_OK) {

@@ -619,8 +619,10 @@ static annal_err head_with_index(bk *b, const annal__index_head *h0, annal__inde
     b->done_upto = k0;
     if (rc == ANNAL_OK && job.r < 0 && err_of(job.r) == ANNAL_ENOSPC)
         rc = annal__fail(db, ANNAL_ENOSPC, "cannot copy the index: %s", strerror(-job.r));
-    if (rc == ANNAL_OK) note_pre(b); /* before t2 begins: see head_read */
-    if (rc == ANNAL_OK) rc = annal__read_txn(db, &t2);
+    if (rc == ANNAL_OK) {
+        note_pre(b); /* before t2 begins: see head_read */
+        rc = annal__read_txn(db, &t2);
+    }
     if (rc == ANNAL_OK) rc = head_read(b, t2, h);
     if (rc == ANNAL_OK) {
         uint64_t last = h->next_pos ? ANNAL__LOC_SEG(h->next_loc) : 0;

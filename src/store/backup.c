@@ -400,7 +400,7 @@ static int copy_file(const char *from, const char *to, uint64_t *copied) {
  * open and before the head is read, so its head is at most P: the copy's first open
  * indexes the rest from the copied log. 0 or -errno. */
 static int index_copy_lmdb(bk *b, uint64_t *copied) {
-    char dir[4200], path[4300], tmp[4300];
+    char dir[4200], path[4500], tmp[4500];
     snprintf(dir, sizeof dir, "%s/index", b->dest);
     if (mkdir(dir, 0755) < 0 && errno != EEXIST) return -errno;
     annal__index_remove(dir);

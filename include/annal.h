@@ -508,6 +508,22 @@ ANNAL_API annal_err annal_compact_sized(annal_db *db, uint64_t bytes_per_s,
 #define annal_compact(db, bytes_per_s, stats)                                                      \
     annal_compact_sized((db), (bytes_per_s), (stats), sizeof(annal_compact_stats))
 
+/* annal_compact with a progress callback of this call's own, which can stop it (so one
+ * thread can cancel another's compaction: the server's StopScavenge). progress(ctx, done,
+ * total) counts sealed segments; it is called before each segment and, while a segment
+ * is rewritten, after each MiB written (done unchanged). A nonzero return stops at that
+ * safe point with ANNAL_ECANCELED: the segments done stay compacted, the one being
+ * rewritten stays as it was (its partial next generation is removed), and the store is
+ * as consistent as after a finished compaction; a later compaction goes on from there.
+ * (Once a segment's rewrite is written, moving its index entries and installing it run
+ * to their end: bounded by one segment.) progress may be NULL (annal_compact). */
+ANNAL_API annal_err annal_compact_cb_sized(annal_db *db, uint64_t bytes_per_s,
+                                           annal_progress_fn progress, void *ctx,
+                                           annal_compact_stats *stats, size_t stats_size);
+#define annal_compact_cb(db, bytes_per_s, progress, ctx, stats)                                    \
+    annal_compact_cb_sized((db), (bytes_per_s), (progress), (ctx), (stats),                        \
+                           sizeof(annal_compact_stats))
+
 /* ---- Command side (src/write/) ---- */
 /* ------------------------------------------------------------------------------------
  * The command side, built only on the functions above (docs/write.md).
@@ -811,6 +827,9 @@ ANNAL_API annal_err annal_db_stats_get_sized(annal_db *db, annal_db_stats *out, 
  * refused by annal_db_open (ANNAL_ECORRUPT) and by annal_restore. */
 #define ANNAL_BACKUP_LINK     1u /* hard-link sealed segments (same filesystem) */
 #define ANNAL_BACKUP_NO_INDEX 2u /* leave the index out: rebuilt by the first writer open */
+/* Build the index in dest from the copied log rather than copy the store's (slower; the
+ * default copies it with LMDB's copy function when dest holds no backup yet). */
+#define ANNAL_BACKUP_REBUILD_INDEX 4u
 
 typedef struct annal_backup_opts {
     size_t struct_size; /* set by annal_backup_opts_init: see the ABI promise */
@@ -820,6 +839,9 @@ typedef struct annal_backup_opts {
      * returns < 0 to stop the backup (ANNAL_EIO). */
     int (*write)(void *ctx, const void *buf, size_t len);
     void *write_ctx;
+    /* Copy at most this many bytes a second (0: no limit), so that appenders on the same
+     * disk keep their pace (bench/RESULTS.md, "Backup"). */
+    uint64_t bytes_per_s;
 } annal_backup_opts;
 ANNAL_API void annal_backup_opts_init_sized(annal_backup_opts *opts, size_t struct_size);
 #define annal_backup_opts_init(opts) annal_backup_opts_init_sized((opts), sizeof *(opts))
@@ -831,6 +853,8 @@ typedef struct annal_backup_result {
     uint64_t bytes_copied;    /* log bytes copied now */
     uint64_t bytes_linked;    /* log bytes hard-linked now (ANNAL_BACKUP_LINK) */
     int incremental;          /* dest held an earlier backup: only what changed was copied */
+    int index_copied;         /* the index was copied (LMDB's copy, as of a snapshot up to P) rather
+                               * than built in dest from the copied log */
 } annal_backup_result;
 
 /* Back up the store open as db (a writer or a read-only handle; appends, reads and

@@ -20,7 +20,8 @@
 #include "cli.h"
 
 static const char backup_usage[] =
-    "usage: annal [--data DIR] backup DEST|- [--link] [--no-index] [--with-projections]\n"
+    "usage: annal [--data DIR] backup DEST|- [--link] [--no-index | --rebuild-index]\n"
+    "                                [--rate MB_PER_S] [--with-projections]\n"
     "\n"
     "Copy the store as of one position P (every event up to P, none after) into the\n"
     "directory DEST while writers, subscribers, projections and compaction go on, and\n"
@@ -35,6 +36,10 @@ static const char backup_usage[] =
     "  --link               hard-link sealed segments instead of copying them (DEST on the\n"
     "                       same filesystem; they are never written again)\n"
     "  --no-index           leave the index out (faster; the first writer open rebuilds it)\n"
+    "  --rebuild-index      build the index in DEST from the copied log instead of copying\n"
+    "                       the store's (slower)\n"
+    "  --rate N             copy at most N MB/s, so that appenders keep their pace\n"
+    "                       (default: no limit)\n"
     "  --with-projections   also copy DIR/projections: definitions and SQLite read models\n"
     "                       (rebuildable from the log; each consistent with its checkpoint)\n"
     "\n"
@@ -53,8 +58,10 @@ static const char restore_usage[] =
     "Exit codes: 0 done, 1 usage, 2 SRC is not a backup, 4 incomplete or damaged\n"
     "backup, 5 failure.\n";
 
-enum { OPT_LINK, OPT_NO_INDEX, OPT_PROJ, OPT_TO_POS, OPT_TO_TIME };
+enum { OPT_LINK, OPT_NO_INDEX, OPT_REBUILD, OPT_PROJ, OPT_RATE, OPT_TO_POS, OPT_TO_TIME };
 static const cli_option backup_options[] = {{"link", 0, OPT_LINK},
+                                            {"rate", 1, OPT_RATE},
+                                            {"rebuild-index", 0, OPT_REBUILD},
                                             {"no-index", 0, OPT_NO_INDEX},
                                             {"with-projections", 0, OPT_PROJ},
                                             {NULL, 0, 0}};
@@ -156,7 +163,14 @@ int cli_cmd_backup(cli_global *g, int argc, char **argv) {
             break;
         case OPT_LINK: bo.flags |= ANNAL_BACKUP_LINK; break;
         case OPT_NO_INDEX: bo.flags |= ANNAL_BACKUP_NO_INDEX; break;
+        case OPT_REBUILD: bo.flags |= ANNAL_BACKUP_REBUILD_INDEX; break;
         case OPT_PROJ: with_proj = 1; break;
+        case OPT_RATE:
+            if (cli_parse_u64(v, &bo.bytes_per_s) != 0 || bo.bytes_per_s == 0 ||
+                bo.bytes_per_s > (UINT64_MAX >> 20))
+                return cli_usage_error("backup", "--rate takes a positive number of MB/s");
+            bo.bytes_per_s <<= 20;
+            break;
         }
     }
     if (!dest)
@@ -206,9 +220,13 @@ int cli_cmd_backup(cli_global *g, int argc, char **argv) {
     else
         printf("backup of %s in %s: position %" PRIu64 " (every event up to it, none after)\n",
                g->data_dir, dest, res.next_position - 1);
-    printf("%s: %" PRIu64 " of %" PRIu64 " segments copied, %" PRIu64 " bytes%s%s\n",
+    printf("%s: %" PRIu64 " of %" PRIu64 " segments copied, %" PRIu64 " bytes%s%s; index %s\n",
            res.incremental ? "incremental" : "full", res.segments_copied, res.segments,
-           res.bytes_copied, res.bytes_linked ? ", linked: " : "", res.bytes_linked ? "yes" : "");
+           res.bytes_copied, res.bytes_linked ? ", linked: " : "", res.bytes_linked ? "yes" : "",
+           res.index_copied                     ? "copied"
+           : (bo.flags & ANNAL_BACKUP_NO_INDEX) ? "left out"
+           : res.incremental                    ? "brought up to date"
+                                                : "built from the copied log");
     return cli_finish_output("backup", stdout, "standard output", CLI_EXIT_OK);
 }
 

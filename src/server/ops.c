@@ -1,6 +1,6 @@
 /*
- * ops.c -- the Operations service (StartScavenge/StopScavenge run annal_compact, one at a
- * time, on a thread of its own; Shutdown stops the server process gracefully) and
+ * ops.c -- the Operations service (StartScavenge runs annal_compact, one at a time, on a
+ * thread of its own, which StopScavenge stops; Shutdown stops the server process gracefully) and
  * Monitoring.Stats (the store's counts and group-commit figures from annal_db_stats_get,
  * the process's, and the server's calls), once or every refresh period.
  */
@@ -32,11 +32,23 @@ static void reply_scavenge(srv_call *c, const char *id,
     call_reply(c, &resp.base);
 }
 
+/* The compaction's own progress callback: records how far it is, and stops it at its next
+ * safe point once StopScavenge (or the server's stop) asked. */
+static int scavenge_progress(void *ctx, uint64_t done, uint64_t total) {
+    annal_server *srv = ctx;
+    pthread_mutex_lock(&srv->mu);
+    srv->scavenge.stats.segments_done = done;
+    srv->scavenge.stats.segments_total = total;
+    int stop = srv->scavenge.stop_asked;
+    pthread_mutex_unlock(&srv->mu);
+    return stop;
+}
+
 static void *scavenge_thread(void *arg) {
     annal_server *srv = arg;
     annal_compact_stats st;
     memset(&st, 0, sizeof st);
-    annal_err r = annal_compact(srv->db, 0, &st);
+    annal_err r = annal_compact_cb(srv->db, 0, scavenge_progress, srv, &st);
     pthread_mutex_lock(&srv->mu);
     srv->scavenge.running = 0;
     srv->scavenge.result = r;
@@ -45,7 +57,12 @@ static void *scavenge_thread(void *arg) {
     char id[37];
     memcpy(id, srv->scavenge.id, sizeof id);
     pthread_mutex_unlock(&srv->mu);
-    if (r == ANNAL_OK)
+    if (r == ANNAL_ECANCELED)
+        srv_log(srv, ANNAL_LOG_INFO,
+                "scavenge %s stopped: %" PRIu64 " of %" PRIu64 " segments done, %" PRIu64
+                " events erased",
+                id, st.segments_done, st.segments_total, st.events_erased);
+    else if (r == ANNAL_OK)
         srv_log(srv, ANNAL_LOG_INFO,
                 "scavenge %s done: %" PRIu64 " segments, %" PRIu64 " events erased, %" PRIu64
                 " bytes reclaimed",
@@ -125,16 +142,15 @@ void rpc_ops_stop_scavenge(srv_call *c) {
         srv_kv kv[] = {{"exception", "scavenge-not-found"}};
         return call_finish(c, GRPC_STATUS_NOT_FOUND, "Scavenge not found.", kv, 1);
     }
-    /* annal_compact cannot be interrupted from here (its cancel is the progress callback of
-     * whoever opened the store): a running one finishes, and says so. */
+    /* A running one stops at its next safe point (scavenge_progress: between segments or
+     * within a MiB of a rewrite); the reply does not wait for it, as KurrentDB's does not. */
     reply_scavenge(c, want,
-                   running
-                       ? EVENT_STORE__CLIENT__OPERATIONS__SCAVENGE_RESP__SCAVENGE_RESULT__InProgress
-                       : EVENT_STORE__CLIENT__OPERATIONS__SCAVENGE_RESP__SCAVENGE_RESULT__Stopped);
+                   EVENT_STORE__CLIENT__OPERATIONS__SCAVENGE_RESP__SCAVENGE_RESULT__Stopped);
 }
 
 void ops_join(annal_server *srv) {
     pthread_mutex_lock(&srv->mu);
+    if (srv->scavenge.running) srv->scavenge.stop_asked = 1; /* it stops at a safe point */
     int ever = srv->scavenge.ever;
     srv->scavenge.ever = 0;
     pthread_mutex_unlock(&srv->mu);
@@ -225,11 +241,14 @@ size_t ops_stats(annal_server *srv, const char **keys, char (*vals)[40], size_t 
     PUT("annal-calls", "%u", calls);
     PUT("annal-subscriptions", "%u", subs);
     PUT("annal-scavenge-state", "%s",
-        scav_running              ? "running"
-        : !scav_any               ? "none"
-        : scav_result == ANNAL_OK ? "done"
-                                  : "failed");
+        scav_running                     ? "running"
+        : !scav_any                      ? "none"
+        : scav_result == ANNAL_OK        ? "done"
+        : scav_result == ANNAL_ECANCELED ? "stopped"
+                                         : "failed");
     PUT("annal-scavenge-id", "%s", scav_id);
+    PUT("annal-scavenge-segmentsDone", "%" PRIu64, cs.segments_done);
+    PUT("annal-scavenge-segmentsTotal", "%" PRIu64, cs.segments_total);
     PUT("annal-scavenge-eventsErased", "%" PRIu64, cs.events_erased);
     PUT("annal-scavenge-bytesReclaimed", "%" PRIu64, cs.bytes_reclaimed);
 #undef PUT

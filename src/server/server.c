@@ -513,7 +513,7 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     pthread_cond_broadcast(&srv->pool_cv);
     while (srv->threads > 0) pthread_cond_wait(&srv->cv, &srv->mu);
     pthread_mutex_unlock(&srv->mu);
-    ops_join(srv); /* a scavenge under way finishes (it cannot be interrupted from here) */
+    ops_join(srv); /* a scavenge under way stops at its next safe point */
     runner_free(srv);
     srv_log(srv, ANNAL_LOG_INFO, "stopped");
     destroy(srv);

@@ -71,8 +71,19 @@ static void throttle(uint64_t bytes, uint64_t bytes_per_s, int64_t start_ns) {
     }
 }
 
+/* The caller's own progress callback (annal_compact_cb): asked after each segment and
+ * after each buffer written in a rewrite whether to go on. */
+typedef struct stopper {
+    annal_progress_fn fn; /* may be NULL */
+    void *ctx;
+    uint64_t done, total; /* segments */
+} stopper;
+
+static int stop_asked(stopper *sp) { return sp && sp->fn && sp->fn(sp->ctx, sp->done, sp->total); }
+
 typedef struct writer {
     annal_db *db;
+    stopper *stop;
     int fd;
     uint8_t *buf;
     size_t bl;
@@ -89,6 +100,9 @@ static int w_flush(writer *w) {
     w->written += w->bl;
     w->bl = 0;
     throttle(w->written, w->bytes_per_s, w->start);
+    /* A safe point: nothing but the tmp file has changed yet (step 1), and the caller
+     * removes it. */
+    if (r == 0 && stop_asked(w->stop)) r = -ECANCELED;
     return r;
 }
 
@@ -176,8 +190,8 @@ static annal_err plan_segment(annal_db *db, annal__seg *s, uint64_t end_pos, pla
  * one (their batches lost members), runs of erased positions (new or from earlier
  * compactions) as holes. Sets each survivor's new location. */
 static annal_err write_survivors(annal_db *db, annal__seg *s, uint64_t end_pos, const char *tmp,
-                                 uint64_t bytes_per_s, plan *pl) {
-    writer w = {db, -1, malloc(WBUF), 0, 0, 0, bytes_per_s, annal__mono_ns()};
+                                 uint64_t bytes_per_s, stopper *stop, plan *pl) {
+    writer w = {db, stop, -1, malloc(WBUF), 0, 0, 0, bytes_per_s, annal__mono_ns()};
     if (!w.buf) return ANNAL_ENOMEM;
     int r = 0;
     w.fd = db->io->open(db->io->ctx, tmp, O_RDWR | O_CREAT | O_TRUNC, 0644);
@@ -216,6 +230,11 @@ static annal_err write_survivors(annal_db *db, annal__seg *s, uint64_t end_pos, 
     }
     if (r < 0) {
         db->io->unlink(db->io->ctx, tmp);
+        if (r == -ECANCELED)
+            return annal__fail(db, ANNAL_ECANCELED,
+                               "compaction canceled while rewriting segment %016" PRIx64
+                               " (left as it was)",
+                               s->no);
         return annal__fail(db, r == -ENOSPC ? ANNAL_ENOSPC : ANNAL_EIO,
                            "compaction of segment %016" PRIx64 " failed: %s", s->no, strerror(-r));
     }
@@ -224,7 +243,7 @@ static annal_err write_survivors(annal_db *db, annal__seg *s, uint64_t end_pos, 
 
 /* Steps 1 (write) for segment s: fills pl; *nothing = 1 when no event can go. */
 static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t bytes_per_s,
-                         plan *pl, int *nothing) {
+                         stopper *stop, plan *pl, int *nothing) {
     annal__seg *next = annal__log_seg(&db->log, s->no + 1);
     if (!next) return annal__fail(db, ANNAL_EINVAL, "segment %016" PRIx64 " is not sealed", s->no);
     uint64_t end_pos = next->first_pos; /* s holds positions [first_pos, end_pos) */
@@ -232,7 +251,7 @@ static annal_err rewrite(annal_db *db, annal__seg *s, const char *tmp, uint64_t 
     if (rc != ANNAL_OK) return rc;
     *nothing = pl->erased == 0;
     if (*nothing) return ANNAL_OK;
-    return write_survivors(db, s, end_pos, tmp, bytes_per_s, pl);
+    return write_survivors(db, s, end_pos, tmp, bytes_per_s, stop, pl);
 }
 
 /* Block b after this compaction: members that survive (pl->ev[i] is its first member),
@@ -329,7 +348,7 @@ static uint64_t disk_bytes(const char *path) {
     return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
 }
 
-static annal_err compact_segment(annal_db *db, annal__seg *s, uint64_t bytes_per_s,
+static annal_err compact_segment(annal_db *db, annal__seg *s, uint64_t bytes_per_s, stopper *stop,
                                  annal_compact_stats *st) {
     char tmp[4096], fin[4096], old[4096], dir[4096];
     annal__seg_path(&db->log, s->no, s->gen + 1, 1, tmp, sizeof tmp);
@@ -338,7 +357,7 @@ static annal_err compact_segment(annal_db *db, annal__seg *s, uint64_t bytes_per
     snprintf(dir, sizeof dir, "%s/log", db->dir);
     plan pl = {0};
     int nothing = 0;
-    annal_err rc = rewrite(db, s, tmp, bytes_per_s, &pl, &nothing);
+    annal_err rc = rewrite(db, s, tmp, bytes_per_s, stop, &pl, &nothing);
     if (rc != ANNAL_OK || nothing) {
         free(pl.ev);
         return rc;
@@ -384,7 +403,8 @@ static annal_err compact_segment(annal_db *db, annal__seg *s, uint64_t bytes_per
     return ANNAL_OK;
 }
 
-static annal_err compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats *stats) {
+static annal_err compact(annal_db *db, uint64_t bytes_per_s, stopper *stop,
+                         annal_compact_stats *stats) {
     if (!db) return ANNAL_EINVAL;
     if (db->readonly) return annal__fail(db, ANNAL_EREADONLY, "the store is open read-only");
     if (stats) memset(stats, 0, sizeof *stats);
@@ -397,14 +417,22 @@ static annal_err compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats
     annal__seg *last = annal__log_last(&db->log);
     uint64_t first_no = db->log.base, end_no = last ? last->no : first_no; /* sealed: below */
     if (stats) stats->segments_total = end_no - first_no;
+    stop->total = end_no - first_no;
     for (uint64_t no = first_no; rc == ANNAL_OK && no < end_no; no++) {
+        if (stop_asked(stop)) { /* before a segment: those before it whole, the rest untouched */
+            rc = annal__fail(db, ANNAL_ECANCELED,
+                             "compaction canceled after %" PRIu64 " of %" PRIu64 " segments",
+                             stop->done, stop->total);
+            break;
+        }
         annal__seg *s = annal__log_seg(&db->log, no);
         if (!s) {
             rc = annal__fail(db, ANNAL_ECORRUPT, "segment %016" PRIx64 " is missing", no);
             break;
         }
-        rc = compact_segment(db, s, bytes_per_s, stats);
+        rc = compact_segment(db, s, bytes_per_s, stop, stats);
         if (stats && rc == ANNAL_OK) stats->segments_done++;
+        if (rc == ANNAL_OK) stop->done = no - first_no + 1;
         if (rc == ANNAL_OK && db->opts.progress &&
             db->opts.progress(db->opts.progress_ctx, no - first_no + 1, end_no - first_no))
             rc = annal__fail(db, ANNAL_ECANCELED, "compaction canceled");
@@ -413,10 +441,16 @@ static annal_err compact(annal_db *db, uint64_t bytes_per_s, annal_compact_stats
     return rc;
 }
 
-annal_err annal_compact_sized(annal_db *db, uint64_t bytes_per_s, annal_compact_stats *stats,
-                              size_t stats_size) {
+annal_err annal_compact_cb_sized(annal_db *db, uint64_t bytes_per_s, annal_progress_fn progress,
+                                 void *ctx, annal_compact_stats *stats, size_t stats_size) {
     annal_compact_stats st = {0};
-    annal_err rc = compact(db, bytes_per_s, stats ? &st : NULL);
+    stopper stop = {progress, ctx, 0, 0};
+    annal_err rc = compact(db, bytes_per_s, &stop, stats ? &st : NULL);
     annal__out_copy(stats, stats_size, &st, sizeof st); /* never past the caller's size */
     return rc;
+}
+
+annal_err annal_compact_sized(annal_db *db, uint64_t bytes_per_s, annal_compact_stats *stats,
+                              size_t stats_size) {
+    return annal_compact_cb_sized(db, bytes_per_s, NULL, NULL, stats, stats_size);
 }

@@ -37,12 +37,21 @@ a backup "$T/b" >"$T/out" || fail "backup: $(cat "$T/out")"
 P=$(sed -n 's/.*: position \([0-9]*\) .*/\1/p' "$T/out" | head -1)
 [ -n "$P" ] || fail "no position printed: $(cat "$T/out")"
 grep -q '^full:' "$T/out" || fail "first backup not full: $(cat "$T/out")"
+grep -q 'index copied$' "$T/out" || fail "first backup did not copy the index: $(cat "$T/out")"
 "$ANNAL" --data "$T/b" verify >/dev/null || fail "verify of the backup"
 wait "$BG"
 dump "$T/b" >"$T/b.txt"
 dump "$S" | awk -v p="$P" '$1 <= p' >"$T/s.txt"
 cmp -s "$T/b.txt" "$T/s.txt" || fail "backup differs from the source up to $P: $(diff "$T/b.txt" "$T/s.txt" | head -5)"
 [ "$(tail -1 "$T/b.txt" | cut -d' ' -f1)" = "$P" ] || fail "backup does not end at $P"
+
+# ---- the index built in the copy instead, at a limited rate
+a backup "$T/br" --rebuild-index --rate 100 >"$T/out" || fail "backup --rebuild-index: $(cat "$T/out")"
+grep -q 'index built from the copied log$' "$T/out" || fail "--rebuild-index: $(cat "$T/out")"
+"$ANNAL" --data "$T/br" verify >/dev/null || fail "verify of the --rebuild-index backup"
+P3=$(sed -n 's/.*: position \([0-9]*\) .*/\1/p' "$T/out" | head -1)
+cmp -s <(dump "$T/br") <(dump "$S" | awk -v p="$P3" '$1 <= p') || fail "--rebuild-index backup differs from the source"
+if a backup "$T/bx" --rate 0 >/dev/null 2>&1; then fail "--rate 0 accepted"; fi
 
 # ---- incremental
 for i in $(seq 1 20); do a append more Tick "{\"i\":$i}" >/dev/null; done

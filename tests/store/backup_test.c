@@ -20,6 +20,7 @@
 #include "testutil.h"
 
 #include "base/base.h"
+#include "log/segment.h"
 
 static annal_db *open_small(const char *dir, unsigned flags) {
     annal_db_opts o;
@@ -462,6 +463,205 @@ static void test_point_in_time(void **state) {
     free(dir), free(dest), free(rdir);
 }
 
+/* ---- the index: copied, or rebuilt when a compaction ran meanwhile ------------------- */
+
+static int g_in_compaction, g_compacted;
+
+/* The source's progress callback: called per segment copied by the backup; the first
+ * time, it deletes a stream, seals and compacts, in the middle of the backup. */
+static int compact_midway(void *ctx, uint64_t done, uint64_t total) {
+    (void)done, (void)total;
+    annal_db *db = *(annal_db **)ctx;
+    if (g_in_compaction || g_compacted || !db) return 0;
+    g_in_compaction = 1;
+    TU_OK(db, annal_stream_delete(db, "s", ANNAL_EXPECT_ANY, 0, NULL));
+    TU_OK(db, annal_seal(db));
+    annal_compact_stats st;
+    TU_OK(db, annal_compact(db, 0, &st));
+    assert_true(st.events_erased > 0);
+    g_in_compaction = 0;
+    g_compacted = 1;
+    return 0;
+}
+
+static void test_index_copied(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("bk-index-src"), *dest = tu_tmpdir("bk-index-dest");
+    char *d2 = tu_tmpdir("bk-index-dest2");
+    annal_db *db = open_small(dir, 0);
+    annal_append_result ar;
+    for (int i = 0; i < 300; i++) {
+        append_n(db, "s", 10, 300, NULL);
+        append_n(db, "keep", 1, 10, &ar);
+    }
+    /* A backup as usual: the index is copied, and the copy is the source up to P. */
+    annal_backup_result res;
+    TU_OK(db, annal_backup(db, dest, NULL, &res));
+    assert_true(res.index_copied);
+    assert_true(res.segments > 10);
+    compare(db, dest, res.next_position);
+    /* Its ids came along: an append to the restored store of an event id of the source is
+     * recognized as the same append (idempotent), not appended again. */
+    tu_rmrf(d2);
+    annal_restore_result rr;
+    assert_int_equal(annal_restore(dest, d2, NULL, &rr), ANNAL_OK);
+    annal_iter *it;
+    const annal_event *e;
+    TU_OK(db, annal_read_stream(db, "keep", 0, 0, 0, &it));
+    TU_OK(db, annal_iter_next(it, &e));
+    annal_event_data again = {.id = e->id,
+                              .type = e->type,
+                              .data = e->data,
+                              .data_len = e->data_len,
+                              .metadata = e->metadata,
+                              .metadata_len = e->metadata_len};
+    annal_db *r = open_small(d2, 0);
+    annal_db_info before, after;
+    TU_OK(r, annal_db_info_get(r, &before));
+    annal_append_result again_res;
+    TU_OK(r, annal_append(r, "keep", ANNAL_EXPECT_ANY, &again, 1, &again_res));
+    TU_OK(r, annal_db_info_get(r, &after));
+    assert_int_equal(after.events, before.events);
+    assert_int_equal(again_res.first_position, e->position);
+    annal_iter_close(it);
+    annal_db_close(r);
+    annal_db_close(db);
+    /* A compaction while the backup copies: the index copy names generations the copy
+     * may not hold, so it is not used, and the index is built from the copied log. */
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE;
+    o.segment_bytes = 64u << 10;
+    o.progress = compact_midway;
+    static annal_db *handle;
+    o.progress_ctx = &handle;
+    handle = NULL;
+    TU_OK(NULL, annal_db_open(dir, &o, &handle));
+    tu_rmrf(d2);
+    g_compacted = 0;
+    TU_OK(handle, annal_backup(handle, d2, NULL, &res));
+    assert_true(g_compacted);
+    assert_false(res.index_copied);
+    compare(handle, d2, res.next_position);
+    annal_db_close(handle);
+    tu_rmrf(dir), tu_rmrf(dest), tu_rmrf(d2);
+    free(dir), free(dest), free(d2);
+}
+
+/* ---- --link ------------------------------------------------------------------------- */
+
+/* crc of a file's bytes, and its inode */
+static uint32_t file_crc(const char *path, ino_t *ino) {
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    if (ino) *ino = st.st_ino;
+    static uint8_t buf[1 << 16];
+    uint32_t c = 0;
+    for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) c = annal__crc32c(c, buf, (size_t)n);
+    close(fd);
+    return c;
+}
+
+/* The sealed segments of dir: how many of the backup's files share their inode. */
+static int linked_files(const char *src, const char *dest, int *files) {
+    char sl[4200], dl[4200];
+    snprintf(sl, sizeof sl, "%s/log", src);
+    snprintf(dl, sizeof dl, "%s/log", dest);
+    annal__seg_file *f = NULL;
+    size_t n = 0;
+    assert_int_equal(annal__seg_list(dl, &f, &n), 0);
+    int same = 0;
+    *files = (int)n;
+    annal__log names = {.dir = dl}, snames = {.dir = sl};
+    for (size_t i = 0; i < n; i++) {
+        char dp[4300], sp[4300];
+        annal__seg_path(&names, f[i].no, f[i].gen, 0, dp, sizeof dp);
+        annal__seg_path(&snames, f[i].no, f[i].gen, 0, sp, sizeof sp);
+        struct stat a, b;
+        if (stat(dp, &a) == 0 && stat(sp, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+            same++;
+    }
+    free(f);
+    return same;
+}
+
+static void test_link(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("bk-link-src"), *dest = tu_tmpdir("bk-link-dest");
+    char *mnt = tu_tmpdir("bk-link-mnt");
+    annal_db *db = open_small(dir, 0);
+    for (int i = 0; i < 100; i++) {
+        append_n(db, "gone", 10, 300, NULL);
+        append_n(db, "keep", 1, 10, NULL);
+    }
+    TU_OK(db, annal_seal(db));
+    annal_backup_opts o;
+    annal_backup_opts_init(&o);
+    o.flags = ANNAL_BACKUP_LINK;
+    annal_backup_result res;
+    TU_OK(db, annal_backup(db, dest, &o, &res));
+    int files, same = linked_files(dir, dest, &files);
+    printf("same filesystem: %d of %d files linked, %llu bytes linked, %llu copied\n", same, files,
+           (unsigned long long)res.bytes_linked, (unsigned long long)res.bytes_copied);
+    assert_true(res.bytes_linked > 0);
+    assert_int_equal(same, files - 1); /* every sealed one; P's segment is copied */
+    compare(db, dest, res.next_position);
+    /* The backup's files before a compaction of the source, byte for byte. */
+    char path[4300];
+    uint32_t crc[64];
+    ino_t ino[64];
+    assert_true(files <= 64);
+    for (int no = 0; no < files; no++) {
+        snprintf(path, sizeof path, "%s/log/%016x.seg", dest, (unsigned)no);
+        crc[no] = file_crc(path, &ino[no]);
+    }
+    /* Compaction rewrites into new files (new inodes) and never writes a sealed segment
+     * in place: the linked files keep their bytes, and the backup still verifies. */
+    TU_OK(db, annal_stream_delete(db, "gone", ANNAL_EXPECT_ANY, 0, NULL));
+    TU_OK(db, annal_seal(db));
+    annal_compact_stats st;
+    TU_OK(db, annal_compact(db, 0, &st));
+    assert_true(st.events_erased > 0);
+    for (int no = 0; no < files; no++) {
+        ino_t now;
+        snprintf(path, sizeof path, "%s/log/%016x.seg", dest, (unsigned)no);
+        assert_int_equal(file_crc(path, &now), crc[no]);
+        assert_int_equal(now, ino[no]);
+    }
+    assert_int_equal(linked_files(dir, dest, &files), 0); /* the source has new files */
+    assert_int_equal(annal_verify(dest, NULL, on_damage, NULL), ANNAL_OK);
+    annal_db *c = open_ro(dest);
+    annal_db_info info;
+    TU_OK(c, annal_db_info_get(c, &info));
+    assert_int_equal(info.events, res.next_position); /* the deleted events too: as of P */
+    annal_db_close(c);
+    /* An incremental backup after it: the compacted generations replace the links. */
+    TU_OK(db, annal_backup(db, dest, &o, &res));
+    compare(db, dest, res.next_position);
+    /* Another filesystem (a tmpfs): link(2) fails with EXDEV and the segments are copied
+     * instead; the backup is whole. */
+    if (mount("tmpfs", mnt, "tmpfs", 0, "size=64m") == 0) {
+        char d2[4200];
+        snprintf(d2, sizeof d2, "%s/b", mnt);
+        TU_OK(db, annal_backup(db, d2, &o, &res));
+        printf("another filesystem: %llu bytes linked, %llu copied\n",
+               (unsigned long long)res.bytes_linked, (unsigned long long)res.bytes_copied);
+        assert_int_equal(res.bytes_linked, 0);
+        assert_true(res.bytes_copied > 0);
+        assert_int_equal(linked_files(dir, d2, &files), 0);
+        compare(db, d2, res.next_position);
+        umount2(mnt, MNT_DETACH);
+    } else {
+        printf("another filesystem: not tried (mounting a tmpfs needs root: %s)\n",
+               strerror(errno));
+    }
+    annal_db_close(db);
+    tu_rmrf(dir), tu_rmrf(dest), tu_rmrf(mnt);
+    free(dir), free(dest), free(mnt);
+}
+
 /* ---- full disk at the destination ---------------------------------------------------- */
 
 static uint32_t log_crc(const char *dir) {
@@ -497,6 +697,54 @@ static void test_full_disk(void **state) {
     assert_int_not_equal(annal_backup_check(dest, NULL), ANNAL_OK);
     assert_int_equal(log_crc(dir), before);
     assert_int_equal(annal_verify(dir, NULL, NULL, NULL), ANNAL_OK);
+    /* The disk full wherever the space ends (in the log, the index, at the marker): a
+     * tmpfs of 50% to 120% of what a whole backup took on it. Each try either fails with
+     * ANNAL_ENOSPC and leaves nothing that passes for a backup, or (the last sizes, if
+     * they fit) makes a whole one; the source never changes. */
+    /* (what a whole backup takes on this tmpfs) */
+    char cmd[4300], full[4200];
+    snprintf(full, sizeof full, "%s/whole", mnt);
+    assert_int_equal(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, "size=64m"), 0);
+    db = open_ro(dir);
+    TU_OK(db, annal_backup(db, full, NULL, NULL));
+    annal_db_close(db);
+    snprintf(cmd, sizeof cmd, "du -sk %s | cut -f1", full);
+    FILE *p = popen(cmd, "r");
+    unsigned long kib = 0;
+    assert_true(p && fscanf(p, "%lu", &kib) == 1);
+    pclose(p);
+    int failed = 0, whole = 0, pct[40], npct = 0;
+    for (int q = 50; q <= 120 && npct < 40; q += q < 70 ? 10 : q < 100 ? 2 : 10) pct[npct++] = q;
+    for (int i = 0; i < npct; i++) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'/*", mnt);
+        assert_int_equal(system(cmd), 0);
+        char size[64];
+        snprintf(size, sizeof size, "size=%luk", kib * (unsigned long)pct[i] / 100);
+        assert_int_equal(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, size), 0);
+        db = open_ro(dir);
+        rc = annal_backup(db, dest, NULL, NULL);
+        printf("%d%% of %lu KiB: %s %s\n", pct[i], kib, annal_strerror(rc),
+               rc == ANNAL_OK ? "" : annal_db_errmsg(db));
+        annal_db_close(db);
+        if (rc == ANNAL_OK) {
+            whole++;
+            assert_int_equal(annal_backup_check(dest, NULL), ANNAL_OK);
+            assert_int_equal(annal_verify(dest, NULL, on_damage, NULL), ANNAL_OK);
+        } else {
+            failed++;
+            assert_int_equal(rc, ANNAL_ENOSPC);
+            assert_int_not_equal(annal_backup_check(dest, NULL), ANNAL_OK);
+            annal_db_opts o;
+            annal_db_opts_init(&o);
+            o.flags = ANNAL_OPEN_READONLY;
+            annal_db *c = NULL;
+            assert_int_not_equal(annal_db_open(dest, &o, &c), ANNAL_OK);
+        }
+        assert_int_equal(log_crc(dir), before);
+    }
+    assert_true(failed >= 3);
+    assert_true(whole >= 1);
+    assert_int_equal(annal_verify(dir, NULL, NULL, NULL), ANNAL_OK);
     db = open_small(dir, 0);
     append_n(db, "big", 1, 10, NULL); /* the source stays writable */
     annal_db_close(db);
@@ -507,10 +755,9 @@ static void test_full_disk(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_backup_online),
-        cmocka_unit_test(test_backup_killed),
-        cmocka_unit_test(test_point_in_time),
-        cmocka_unit_test(test_full_disk),
+        cmocka_unit_test(test_backup_online), cmocka_unit_test(test_backup_killed),
+        cmocka_unit_test(test_point_in_time), cmocka_unit_test(test_index_copied),
+        cmocka_unit_test(test_link),          cmocka_unit_test(test_full_disk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -112,11 +112,14 @@ static int decide(annal_server *srv, const sec_who *w, const char *stream, sec_o
     return ok;
 }
 
+static int read_decision(srv_call *c, const char *stream);
+
 static int permitted(srv_call *c, const char *stream, sec_op op) {
     if (c->who.admin) return 1;
     /* $all: everyone reads it; what they see is filtered per event (sec_readable). */
     if (strcmp(stream, "$all") == 0 && op == SEC_READ && c->who.authenticated) return 1;
-    return decide(c->srv, &c->who, stream, op);
+    /* A read's decision is kept for its events (sec_readable): one ACL lookup a call. */
+    return op == SEC_READ ? read_decision(c, stream) : decide(c->srv, &c->who, stream, op);
 }
 
 int sec_allowed(srv_call *c, const char *stream, sec_op op) {
@@ -143,8 +146,9 @@ void acl_cache_free(sec_acl_cache *cache) {
     free(cache);
 }
 
-int sec_readable(srv_call *c, const annal_event *ev) {
-    if (c->who.admin) return 1;
+/* May c read stream? From the call's cache (valid while no ACL changed), else decided
+ * and kept there. */
+static int read_decision(srv_call *c, const char *stream) {
     uint64_t gen = acl_generation(c->srv);
     sec_acl_cache *cache = c->who.cache;
     if (cache && cache->gen != gen) {
@@ -152,12 +156,12 @@ int sec_readable(srv_call *c, const annal_event *ev) {
         cache = c->who.cache = NULL;
     }
     if (!cache && (cache = c->who.cache = calloc(1, sizeof *cache)) != NULL) cache->gen = gen;
-    int slot = (int)(hash(ev->stream) % CACHE_SLOTS);
-    if (cache && cache->slot[slot].stream && strcmp(cache->slot[slot].stream, ev->stream) == 0)
+    int slot = (int)(hash(stream) % CACHE_SLOTS);
+    if (cache && cache->slot[slot].stream && strcmp(cache->slot[slot].stream, stream) == 0)
         return cache->slot[slot].allowed;
-    int ok = decide(c->srv, &c->who, ev->stream, SEC_READ);
+    int ok = decide(c->srv, &c->who, stream, SEC_READ);
     if (cache) {
-        char *copy = strdup(ev->stream);
+        char *copy = strdup(stream);
         if (copy) {
             free(cache->slot[slot].stream);
             cache->slot[slot].stream = copy;
@@ -165,6 +169,11 @@ int sec_readable(srv_call *c, const annal_event *ev) {
         }
     }
     return ok;
+}
+
+int sec_readable(srv_call *c, const annal_event *ev) {
+    if (c->who.admin) return 1;
+    return read_decision(c, ev->stream);
 }
 
 void sec_written(srv_call *c, const char *stream) {

@@ -2,7 +2,8 @@
 # A burst of new connections with the same credentials costs one password verification
 # (argon2id, ~0.1 s of CPU each), not one each: 16 clients of the load generator start
 # their first calls at the same instant as one user, and the server's debug log shows
-# that user's password verified once. Also: the calls all succeed.
+# that user's password verified once. Also: the calls all succeed, and bursts of new
+# TLS channels all connect.
 set -euo pipefail
 : "${ANNAL:?}" "${ANNAL_BUILD:?}" "${ANNAL_TEST_TMP:=/tmp}"
 LOAD="$ANNAL_BUILD/bench/annal_server_load"
@@ -45,4 +46,12 @@ calls=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["calls"]
 [ "$calls" -ge 16 ] || fail "only $calls calls"
 n=$(grep -c "password of 'burster' verified" "$work/server.log" || true)
 [ "$n" -eq 1 ] || fail "the password was verified $n times for one burst"
-echo "ok: $calls calls, one verification"
+# Sixteen TLS channels opened by sixteen threads at once all connect (gRPC 1.51 failed
+# some handshakes when the channels were made concurrently: src/remote opens one at a
+# time). A race, so several bursts.
+for i in 1 2 3 4 5 6 7 8; do
+    "$LOAD" --target "esdb://admin:Burst-Admin-1@127.0.0.1:$port?$tls" --workload read-calls \
+        --clients 16 --seconds 0.1 >/dev/null 2>"$work/open.err" ||
+        fail "burst $i of TLS channels: $(head -1 "$work/open.err")"
+done
+echo "ok: $calls calls, one verification; 8 bursts of 16 TLS channels"

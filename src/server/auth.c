@@ -42,15 +42,6 @@ static uint32_t fnv(const char *s) {
 
 int sec_insecure(const annal_server *srv) { return srv->sec->insecure; }
 
-void sec_audit(annal_server *srv, const char *fmt, ...) {
-    char buf[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    srv_log(srv, ANNAL_LOG_WARN, "audit: %s", buf);
-}
-
 /* ---- the users table (a copy of the store's, changed only through this server) */
 static sec_user *find_user(sec_state *s, const char *name) {
     for (size_t i = 0; i < s->nusers; i++)
@@ -280,11 +271,6 @@ static void set_who(sec_who *w, const sec_user *u) {
     w->ops = users_has_group(u->groups, "$ops");
 }
 
-static void refuse(srv_call *c, const char *msg) {
-    srv_kv kv[] = {{"exception", "not-authenticated"}};
-    call_finish(c, GRPC_STATUS_UNAUTHENTICATED, msg, kv, 1);
-}
-
 /* Is name:mac in the credential cache? */
 static int cred_cached(sec_state *s, const char *name, const uint8_t mac[32]) {
     pthread_rwlock_rdlock(&s->lock);
@@ -341,7 +327,7 @@ static int login(srv_call *c, const char *name, const char *password) {
     if (left > 0) {
         sec_audit(srv, "login as '%s' from %s refused: locked out for %lld ms after failures", name,
                   w->peer, (long long)left);
-        refuse(c, "too many failed logins: try again later");
+        sec_refuse(c, "too many failed logins: try again later");
         return -1;
     }
     uint8_t mac[32];
@@ -367,7 +353,7 @@ static int login(srv_call *c, const char *name, const char *password) {
         verify_end(s, slot);
         OPENSSL_cleanse(&u, sizeof u);
         login_failed(srv, name, w->peer, why);
-        refuse(c, "Bad credentials");
+        sec_refuse(c, "Bad credentials");
         return -1;
     }
     if (!cached) {
@@ -424,7 +410,7 @@ static int cert_login(srv_call *c, const char *cn) {
     if (!ok) {
         sec_audit(c->srv, "client certificate CN '%s' from %s refused: %s", cn, c->who.peer,
                   p ? "user disabled" : "no such user");
-        refuse(c, "the client certificate's user is unknown or disabled");
+        sec_refuse(c, "the client certificate's user is unknown or disabled");
         return -1;
     }
     set_who(&c->who, &u);
@@ -460,7 +446,7 @@ static int identify(srv_call *c, const char *path) {
             if (len < 6 || strncasecmp(v, "Basic ", 6) != 0 ||
                 b64_decode(v + 6, len - 6, plain, sizeof plain) != 0 || !strchr(plain, ':')) {
                 sec_audit(c->srv, "malformed authorization header from %s", w->peer);
-                refuse(c, "only Basic authorization (user:password) is supported");
+                sec_refuse(c, "only Basic authorization (user:password) is supported");
                 return -1;
             }
             char *pass = strchr(plain, ':');
@@ -480,7 +466,8 @@ static int identify(srv_call *c, const char *path) {
         strcmp(path, "/event_store.client.streams.Streams/BatchAppend") == 0)
         return 0;
     sec_audit(c->srv, "anonymous call to %s from %s refused", path, w->peer);
-    refuse(c, "authentication required: send credentials (user:password) or a client certificate");
+    sec_refuse(c,
+               "authentication required: send credentials (user:password) or a client certificate");
     return -1;
 }
 
@@ -498,24 +485,6 @@ int sec_authenticate(srv_call *c, const char *path) {
 void sec_call_end(srv_call *c) {
     acl_cache_free(c->who.cache);
     c->who.cache = NULL;
-}
-
-void sec_deny_audit(srv_call *c, const char *what, const char *stream) {
-    const sec_who *w = &c->who;
-    sec_audit(c->srv, "denied %s%s%s%s to %s%s%s from %s", what, stream ? " of '" : "",
-              stream ? stream : "", stream ? "'" : "", w->authenticated ? "user '" : "anonymous",
-              w->authenticated ? w->name : "", w->authenticated ? "'" : "", w->peer);
-}
-
-void sec_deny(srv_call *c, const char *what, const char *stream) {
-    const sec_who *w = &c->who;
-    sec_deny_audit(c, what, stream);
-    if (!w->authenticated) {
-        refuse(c, "authentication required");
-        return;
-    }
-    srv_kv kv[] = {{"exception", "access-denied"}};
-    call_finish(c, GRPC_STATUS_PERMISSION_DENIED, "Access denied.", kv, 1);
 }
 
 int sec_require_role(srv_call *c, int ops_ok, const char *what) {

@@ -3,6 +3,8 @@
  * batch on the call's private pluck queue, waited for before the next, so a call has at
  * most one send outstanding and a slow client holds back only its own thread.
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -207,4 +209,35 @@ void call_method(srv_call *c, char *buf, size_t size) {
     if (len >= size) len = size - 1;
     memcpy(buf, GRPC_SLICE_START_PTR(c->details.method), len);
     buf[len] = '\0';
+}
+
+/* The store's error e as the status and `exception` trailers the clients dispatch on. */
+void rpc_fail_store(srv_call *c, annal_err e, const char *stream) {
+    const char *detail = annal_db_errmsg(c->srv->db);
+    switch (e) {
+    case ANNAL_EDELETED: {
+        srv_kv kv[] = {{"exception", "stream-deleted"}, {"stream-name", stream ? stream : ""}};
+        call_finish(c, GRPC_STATUS_FAILED_PRECONDITION, "Event stream is deleted.", kv, 2);
+        return;
+    }
+    case ANNAL_ETOOBIG: {
+        char max[24];
+        snprintf(max, sizeof max, "%" PRIu64, c->srv->max_append_bytes);
+        srv_kv kv[] = {{"exception", "maximum-append-size-exceeded"}, {"maximum-append-size", max}};
+        call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "Maximum append size exceeded.", kv, 2);
+        return;
+    }
+    case ANNAL_EINVAL:
+    case ANNAL_EDUPLICATE: call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, detail, NULL, 0); return;
+    case ANNAL_EREADONLY:
+        call_finish(c, GRPC_STATUS_FAILED_PRECONDITION, "the store is read-only", NULL, 0);
+        return;
+    case ANNAL_ENOMEM:
+        call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+        return;
+    default:
+        srv_log(c->srv, ANNAL_LOG_ERROR, "%s: %s", annal_errname(e), detail);
+        call_finish(c, GRPC_STATUS_UNAVAILABLE, detail, NULL, 0);
+        return;
+    }
 }

@@ -116,6 +116,9 @@ void sec_user_changed(annal_server *srv, const char *name, const sec_user *u);
 /* Refuse the call as KurrentDB does: anonymous -> UNAUTHENTICATED, else
  * PERMISSION_DENIED `access-denied`; with an audit line. */
 void sec_deny(srv_call *c, const char *what, const char *stream);
+/* UNAUTHENTICATED with `exception: not-authenticated` (bad, missing or locked-out
+ * credentials); msg says which. */
+void sec_refuse(srv_call *c, const char *msg);
 /* Only the audit line of a refusal (for refusals answered in-band, as BatchAppend's). */
 void sec_deny_audit(srv_call *c, const char *what, const char *stream);
 void sec_audit(annal_server *srv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -20,16 +20,6 @@
 #define POOL_IDLE_MAX    64   /* idle call threads kept at most */
 #define POOL_IDLE_MS     2000 /* an idle thread exits after this long without a call */
 
-void srv_log(annal_server *srv, annal_log_level level, const char *fmt, ...) {
-    if (!srv->log || level > srv->log_level) return;
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    srv->log(srv->log_ctx, level, buf);
-}
-
 void annal_server_opts_init(annal_server_opts *opts) {
     memset(opts, 0, sizeof *opts);
     opts->listen = "127.0.0.1:2113";
@@ -57,13 +47,6 @@ void srv_batch_end(srv_call *c) {
     pthread_mutex_lock(&c->srv->mu);
     if (--c->batches == 0 && c->srv->stopping && c->cancel_at_stop) end_batch_call(c);
     pthread_mutex_unlock(&c->srv->mu);
-}
-
-int srv_stopping(annal_server *srv) {
-    pthread_mutex_lock(&srv->mu);
-    int s = srv->stopping;
-    pthread_mutex_unlock(&srv->mu);
-    return s;
 }
 
 int srv_call_set_sub(srv_call *c, annal_sub *sub) {
@@ -345,18 +328,6 @@ static grpc_server *make_server(void) {
     }
     grpc_channel_args ca = {6, args};
     return grpc_server_create(&ca, NULL);
-}
-
-void srv_random_id(annal_uuid *id) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)(uintptr_t)id;
-    for (int i = 0; i < 16; i++) {
-        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        id->bytes[i] = (uint8_t)x;
-    }
-    id->bytes[6] = (uint8_t)((id->bytes[6] & 0x0f) | 0x40);
-    id->bytes[8] = (uint8_t)((id->bytes[8] & 0x3f) | 0x80);
 }
 
 static annal_err bind_and_start(annal_server *srv, const annal_server_opts *o) {

@@ -267,9 +267,18 @@ static annal_err admit(annal_db *db, group *g, MDB_txn *t, annal__req *req, anna
 static annal_event req_event(const annal__req *req, size_t i, uint64_t rev0, uint64_t pos0,
                              int64_t now) {
     const annal_event_data *in = &req->ev[i];
-    return (annal_event){in->id,           req->stream, req->stream_len, in->type,
-                         strlen(in->type), in->data,    in->data_len,    in->metadata,
-                         in->metadata_len, rev0 + i,    pos0 + i,        now};
+    return (annal_event){.id = in->id,
+                         .stream = req->stream,
+                         .stream_len = req->stream_len,
+                         .type = in->type,
+                         .type_len = strlen(in->type),
+                         .data = in->data,
+                         .data_len = in->data_len,
+                         .metadata = in->metadata,
+                         .metadata_len = in->metadata_len,
+                         .revision = rev0 + i,
+                         .position = pos0 + i,
+                         .timestamp_ns = now};
 }
 
 /* Encode req's records at *bl of the buffer and claim their ids; first what may refuse

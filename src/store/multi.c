@@ -179,18 +179,18 @@ static annal_err index_run(annal_db *db, annal__group *g, MDB_txn *t, annal__ind
     uint64_t rev0 = sr.count;
     for (size_t i = 0; i < n && rc == ANNAL_OK; i++) {
         annal_event_data *in = evs[i];
-        annal_event ev = {in->id,
-                          stream,
-                          slen,
-                          in->type,
-                          strlen(in->type),
-                          in->data,
-                          in->data_len,
-                          in->metadata,
-                          in->metadata_len,
-                          rev0 + i,
-                          h->next_pos + k + i,
-                          g->now};
+        annal_event ev = {.id = in->id,
+                          .stream = stream,
+                          .stream_len = slen,
+                          .type = in->type,
+                          .type_len = strlen(in->type),
+                          .data = in->data,
+                          .data_len = in->data_len,
+                          .metadata = in->metadata,
+                          .metadata_len = in->metadata_len,
+                          .revision = rev0 + i,
+                          .position = h->next_pos + k + i,
+                          .timestamp_ns = g->now};
         if (ev.position % ANNAL__POS_STRIDE == 0)
             rc = annal__index_pos_put(t, &db->idx, ev.position, m->loc[k + i]);
         if (rc == ANNAL_OK)
@@ -238,12 +238,18 @@ static int multi_add(annal_db *db, annal__group *g, MDB_txn *t, annal__req *req)
         for (size_t e = 0; e < p->n; e++, k++) {
             annal_event_data *in = &p->events[e];
             if (annal__uuid_is_nil(&in->id)) annal__uuid_v7(&in->id, g->now / 1000000, &db->rng);
-            annal_event ev = {in->id,           p->stream,
-                              m->slen[i],       in->type,
-                              strlen(in->type), in->data,
-                              in->data_len,     in->metadata,
-                              in->metadata_len, m->pres[i].first_revision + e,
-                              h.next_pos + k,   g->now};
+            annal_event ev = {.id = in->id,
+                              .stream = p->stream,
+                              .stream_len = m->slen[i],
+                              .type = in->type,
+                              .type_len = strlen(in->type),
+                              .data = in->data,
+                              .data_len = in->data_len,
+                              .metadata = in->metadata,
+                              .metadata_len = in->metadata_len,
+                              .revision = m->pres[i].first_revision + e,
+                              .position = h.next_pos + k,
+                              .timestamp_ns = g->now};
             uint64_t loc = ANNAL__LOC(db->wseg->no, db->woff + bl);
             if (bl == 0) g->first = ev.position;
             bl += annal__rec_encode_flags(&ev, (uint32_t)k, (uint32_t)m->total, g->first,

@@ -121,6 +121,8 @@ annal_err annal_sub_open(annal_db *db, const annal_sub_opts *caller, annal_sub *
                         offsetof(annal_sub_opts, stream) + sizeof caller->stream))
         return annal__fail(db, ANNAL_EINVAL, "subscription options not initialized");
     const annal_sub_opts *opts = &full;
+    if (opts->query) /* DCB: not served yet */
+        return annal__fail(db, ANNAL_ENOTSUP, "subscriptions by query are not implemented yet");
     if (opts->start != ANNAL_SUB_START && opts->start != ANNAL_SUB_AFTER &&
         opts->start != ANNAL_SUB_END)
         return annal__fail(db, ANNAL_EINVAL, "unknown subscription start %d", opts->start);

@@ -1,0 +1,289 @@
+/* dcb_test.c -- Dynamic Consistency Boundaries: tags stored and returned by every read,
+ * their limits, reads by query (items, types, tags, directions, bounds, limits), append
+ * conditions (position of the match, `after`, anywhere), conditions combined with
+ * expected revisions, resends, the $dcb stream, and tags kept across reopen, rebuild,
+ * verify and compaction. */
+#include "testutil.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static annal_event_data ev_of(const char *type) {
+    annal_event_data e;
+    memset(&e, 0, sizeof e);
+    e.type = type;
+    e.data = "{}";
+    e.data_len = 2;
+    return e;
+}
+
+/* Append one event of type with the NULL-terminated tags to $dcb if cond holds. */
+static annal_err put(annal_db *db, const char *type, const char *const *tags,
+                     const annal_condition *cond, uint64_t *pos) {
+    size_t n = 0;
+    while (tags && tags[n]) n++;
+    annal_event_data e = ev_of(type);
+    annal_tag_list tl = {tags, n};
+    annal_append_result r;
+    uint64_t cp;
+    annal_err rc = annal_append_if(db, &e, &tl, 1, cond, &r, &cp);
+    if (pos) *pos = rc == ANNAL_OK ? r.first_position : cp;
+    return rc;
+}
+
+#define TAGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+/* The positions a query read returns, as a string "p1,p2,..." in buf. */
+static const char *read_q(annal_db *db, const annal_query *q, uint64_t from, unsigned flags,
+                          uint64_t limit, char *buf, size_t len) {
+    annal_iter *it;
+    TU_OK(db, annal_read_query(db, q, from, flags, limit, &it));
+    const annal_event *ev;
+    size_t off = 0;
+    buf[0] = 0;
+    annal_err rc;
+    while ((rc = annal_iter_next(it, &ev)) == ANNAL_OK) {
+        assert_true(annal_query_match(q, ev));
+        off += (size_t)snprintf(buf + off, len - off, "%s%" PRIu64, off ? "," : "", ev->position);
+    }
+    TU_EXPECT(db, rc, ANNAL_END);
+    annal_iter_close(it);
+    return buf;
+}
+
+/* The tags of ev joined with '|'. */
+static const char *tags_of(const annal_event *ev, char *buf, size_t len) {
+    size_t off = 0, n = 0;
+    buf[0] = 0;
+    for (const char *t = NULL; annal_event_tag_next(ev, &t); n++)
+        off += (size_t)snprintf(buf + off, len - off, "%s%s", off ? "|" : "", t);
+    assert_int_equal(n, ev->ntags);
+    return buf;
+}
+
+static void test_tags_roundtrip(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dcb-tags");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    uint64_t p;
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c1", "student:s7"), NULL, &p));
+    assert_int_equal(p, 0);
+    TU_OK(db, tu_append1(db, "plain", ANNAL_EXPECT_ANY, "T", "{}", NULL));
+    char b[256];
+    annal_event *ev;
+    TU_OK(db, annal_event_get(db, 0, &ev));
+    assert_string_equal(ev->stream, ANNAL_DCB_STREAM);
+    assert_string_equal(tags_of(ev, b, sizeof b), "course:c1|student:s7");
+    annal_free(ev);
+    TU_OK(db, annal_event_get(db, 1, &ev));
+    assert_int_equal(ev->ntags, 0);
+    assert_null(ev->tags);
+    annal_free(ev);
+    /* every read returns them: a stream read, $all, a type read */
+    annal_iter *it;
+    const annal_event *e;
+    TU_OK(db, annal_read_stream(db, ANNAL_DCB_STREAM, 0, 0, 0, &it));
+    TU_OK(db, annal_iter_next(it, &e));
+    assert_string_equal(tags_of(e, b, sizeof b), "course:c1|student:s7");
+    annal_iter_close(it);
+    TU_OK(db, annal_read_type(db, "Enrolled", 0, 0, 0, &it));
+    TU_OK(db, annal_iter_next(it, &e));
+    assert_string_equal(tags_of(e, b, sizeof b), "course:c1|student:s7");
+    annal_iter_close(it);
+    /* and across a reopen and a rebuilt index */
+    annal_db_close(db);
+    TU_OK(NULL, annal_rebuild_index(dir, NULL));
+    db = tu_open(dir, 0);
+    annal_query_item item = {NULL, 0, TAGS("student:s7"), 1};
+    annal_query q = {&item, 1};
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "0");
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    tu_rmrf(dir);
+    free(dir);
+}
+
+static void test_tag_limits(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dcb-limits");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    const char *many[ANNAL_MAX_TAGS + 2];
+    char names[ANNAL_MAX_TAGS + 1][8];
+    for (int i = 0; i <= ANNAL_MAX_TAGS; i++) {
+        snprintf(names[i], sizeof names[i], "t%d", i);
+        many[i] = names[i];
+    }
+    many[ANNAL_MAX_TAGS + 1] = NULL;
+    TU_EXPECT(db, put(db, "T", many, NULL, NULL), ANNAL_ETOOBIG);
+    many[ANNAL_MAX_TAGS] = NULL; /* exactly the limit */
+    TU_OK(db, put(db, "T", many, NULL, NULL));
+    char longtag[ANNAL_MAX_TAG_BYTES + 2];
+    memset(longtag, 'x', sizeof longtag - 1);
+    longtag[sizeof longtag - 1] = 0;
+    TU_EXPECT(db, put(db, "T", TAGS(longtag), NULL, NULL), ANNAL_ETOOBIG);
+    longtag[ANNAL_MAX_TAG_BYTES] = 0; /* exactly the limit */
+    TU_OK(db, put(db, "T", TAGS(longtag), NULL, NULL));
+    TU_EXPECT(db, put(db, "T", TAGS(""), NULL, NULL), ANNAL_EINVAL);
+    TU_EXPECT(db, put(db, "T", TAGS("a", "b", "a"), NULL, NULL), ANNAL_EINVAL);
+    TU_EXPECT(db, put(db, "T", TAGS("bad\xff"), NULL, NULL), ANNAL_EINVAL);
+    /* the reserved stream takes no other writes */
+    TU_EXPECT(db, tu_append1(db, ANNAL_DCB_STREAM, ANNAL_EXPECT_ANY, "T", "{}", NULL),
+              ANNAL_EINVAL);
+    annal_event_data e = ev_of("T");
+    TU_EXPECT(db, annal_append_system(db, ANNAL_DCB_STREAM, ANNAL_EXPECT_ANY, &e, 1, NULL),
+              ANNAL_EINVAL);
+    annal_tagged_append part = {ANNAL_DCB_STREAM, ANNAL_EXPECT_ANY, &e, NULL, 1};
+    TU_EXPECT(db, annal_append_tagged(db, &part, 1, NULL, 0, NULL, NULL), ANNAL_EINVAL);
+    e = ev_of("$metadata"); /* reserved types stay reserved in $dcb */
+    TU_EXPECT(db, put(db, "$metadata", TAGS("a"), NULL, NULL), ANNAL_EINVAL);
+    /* bad queries */
+    annal_query_item item = {NULL, 0, TAGS(""), 1};
+    annal_query q = {&item, 1};
+    annal_iter *it;
+    TU_EXPECT(db, annal_read_query(db, &q, 0, 0, 0, &it), ANNAL_EINVAL);
+    annal_condition c = {&q, ANNAL_AFTER_NONE};
+    TU_EXPECT(db, put(db, "T", TAGS("a"), &c, NULL), ANNAL_EINVAL);
+    annal_db_info info;
+    TU_OK(db, annal_db_info_get(db, &info));
+    assert_int_equal(info.events, 2); /* only the two at the limits */
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+static void test_queries(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dcb-query");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    /* 0..5 in $dcb, 6..8 one batch in a named stream, 9 untagged */
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c1", "student:s1"), NULL, NULL)); /* 0 */
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c2", "student:s1"), NULL, NULL)); /* 1 */
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c1", "student:s2"), NULL, NULL)); /* 2 */
+    TU_OK(db, put(db, "Left", TAGS("course:c1", "student:s1"), NULL, NULL));     /* 3 */
+    TU_OK(db, put(db, "Opened", TAGS("course:c3"), NULL, NULL));                 /* 4 */
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c3", "student:s2"), NULL, NULL)); /* 5 */
+    annal_event_data evs[3] = {ev_of("Enrolled"), ev_of("Noted"), ev_of("Enrolled")};
+    annal_tag_list tl[3] = {
+        {TAGS("course:c1", "student:s3"), 2}, {NULL, 0}, {TAGS("student:s3", "course:c2"), 2}};
+    annal_tagged_append part = {"school-1", ANNAL_EXPECT_NO_STREAM, evs, tl, 3};
+    TU_OK(db, annal_append_tagged(db, &part, 1, NULL, 0, NULL, NULL));            /* 6..8 */
+    TU_OK(db, tu_append1(db, "other", ANNAL_EXPECT_ANY, "Enrolled", "{}", NULL)); /* 9 */
+    char b[256];
+    annal_query_item c1 = {NULL, 0, TAGS("course:c1"), 1};
+    annal_query q = {&c1, 1};
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "0,2,3,6");
+    assert_string_equal(read_q(db, &q, 3, 0, 0, b, sizeof b), "3,6");
+    assert_string_equal(read_q(db, &q, 0, 0, 2, b, sizeof b), "0,2");
+    assert_string_equal(read_q(db, &q, ANNAL_FROM_END, ANNAL_READ_BACKWARD, 0, b, sizeof b),
+                        "6,3,2,0");
+    assert_string_equal(read_q(db, &q, 2, ANNAL_READ_BACKWARD, 0, b, sizeof b), "2,0");
+    assert_string_equal(read_q(db, &q, ANNAL_FROM_END, ANNAL_READ_BACKWARD, 1, b, sizeof b), "6");
+    /* tags AND, types OR */
+    annal_query_item both = {TAGS("Enrolled", "Left"), 2, TAGS("course:c1", "student:s1"), 2};
+    q = (annal_query){&both, 1};
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "0,3");
+    both.ntypes = 1;
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "0");
+    /* types only: the type index, untagged events included */
+    annal_query_item ty = {TAGS("Opened", "Noted"), 2, NULL, 0};
+    q = (annal_query){&ty, 1};
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "4,7");
+    /* several items: OR, each event once */
+    annal_query_item items[3] = {{NULL, 0, TAGS("student:s3"), 1},
+                                 {TAGS("Opened"), 1, NULL, 0},
+                                 {NULL, 0, TAGS("course:c2"), 1}};
+    q = (annal_query){items, 3};
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "1,4,6,8");
+    assert_string_equal(read_q(db, &q, ANNAL_FROM_END, ANNAL_READ_BACKWARD, 0, b, sizeof b),
+                        "8,6,4,1");
+    /* a tag nobody has; an empty query (everything) */
+    annal_query_item none = {NULL, 0, TAGS("course:c9"), 1};
+    q = (annal_query){&none, 1};
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "");
+    q = (annal_query){NULL, 0};
+    assert_string_equal(read_q(db, &q, 7, 0, 0, b, sizeof b), "7,8,9");
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+static void test_conditions(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dcb-cond");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    annal_query_item c1 = {NULL, 0, TAGS("course:c1"), 1};
+    annal_query q = {&c1, 1};
+    annal_condition none = {&q, ANNAL_AFTER_NONE};
+    uint64_t p;
+    TU_OK(db, put(db, "Opened", TAGS("course:c1"), &none, &p)); /* 0 */
+    TU_EXPECT(db, put(db, "Opened", TAGS("course:c1"), &none, &p), ANNAL_ECONDITION);
+    assert_int_equal(p, 0);
+    annal_query_item c2 = {NULL, 0, TAGS("course:c2"), 1};
+    annal_query q2 = {&c2, 1};
+    annal_condition none2 = {&q2, ANNAL_AFTER_NONE};
+    TU_OK(db, put(db, "Opened", TAGS("course:c2"), &none2, &p)); /* 1: another boundary */
+    annal_condition after0 = {&q, 0};
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c1"), &after0, &p)); /* 2 */
+    TU_EXPECT(db, put(db, "Enrolled", TAGS("course:c1"), &after0, &p), ANNAL_ECONDITION);
+    assert_int_equal(p, 2);
+    annal_condition after2 = {&q, 2};
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c1"), &after2, &p)); /* 3 */
+    /* the types of the item narrow it: no "Closed" yet */
+    annal_query_item closed = {TAGS("Closed"), 1, TAGS("course:c1"), 1};
+    annal_query qc = {&closed, 1};
+    annal_condition cc = {&qc, ANNAL_AFTER_NONE};
+    TU_OK(db, put(db, "Closed", TAGS("course:c1"), &cc, &p)); /* 4 */
+    TU_EXPECT(db, put(db, "Closed", TAGS("course:c1"), &cc, &p), ANNAL_ECONDITION);
+    assert_int_equal(p, 4);
+    /* match-all query: anything after */
+    annal_condition all = {NULL, 3};
+    TU_EXPECT(db, put(db, "X", NULL, &all, &p), ANNAL_ECONDITION);
+    assert_int_equal(p, 4);
+    all.after = 4;
+    TU_OK(db, put(db, "X", NULL, &all, &p)); /* 5 */
+
+    /* with expected revisions in one call: the condition fails, nothing is written */
+    annal_event_data e = ev_of("Enrolled");
+    annal_tag_list tl = {TAGS("course:c1", "student:s7"), 2};
+    annal_event_data se = ev_of("StudentJoined");
+    annal_tagged_append parts[2] = {{NULL, 0, &e, &tl, 1},
+                                    {"student-s7", ANNAL_EXPECT_ANY, &se, NULL, 1}};
+    annal_stream_conflict conf[2];
+    annal_multi_result r = {.conflicts = conf, .max_conflicts = 2};
+    TU_EXPECT(db, annal_append_tagged(db, parts, 2, NULL, 0, &after2, &r), ANNAL_ECONDITION);
+    assert_int_equal(r.condition_position, 3) /* the first match after 2 */;
+    assert_int_equal(r.nconflicts, 0);
+    parts[1].expected = 5; /* both fail: the condition's code, the stream named */
+    TU_EXPECT(db, annal_append_tagged(db, parts, 2, NULL, 0, &after2, &r), ANNAL_ECONDITION);
+    assert_int_equal(r.nconflicts, 1);
+    assert_string_equal(conf[0].stream, "student-s7");
+    TU_EXPECT(db, annal_append_tagged(db, parts, 2, NULL, 0, NULL, &r), ANNAL_ECONFLICT);
+    parts[1].expected = ANNAL_EXPECT_NO_STREAM;
+    annal_condition after4 = {&q, 4};
+    TU_OK(db, annal_append_tagged(db, parts, 2, NULL, 0, &after4, &r)); /* 6, 7 */
+    assert_int_equal(r.first_position, 6);
+    assert_int_equal(r.condition_position, UINT64_MAX);
+    /* a resend (same ids) returns the first result, though its condition matches now */
+    annal_multi_result r2 = {0};
+    TU_OK(db, annal_append_tagged(db, parts, 2, NULL, 0, &after4, &r2));
+    assert_int_equal(r2.idempotent, 1);
+    assert_int_equal(r2.first_position, 6);
+    annal_db_info info;
+    TU_OK(db, annal_db_info_get(db, &info));
+    assert_int_equal(info.events, 8);
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tags_roundtrip),
+        cmocka_unit_test(test_tag_limits),
+        cmocka_unit_test(test_queries),
+        cmocka_unit_test(test_conditions),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -708,7 +708,8 @@ int annal__blocks_tag_fwd(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
     mrc = mdb_cursor_get(w->c, &k, &w->v, MDB_SET_KEY);
     if (!mrc) mrc = mdb_cursor_get(w->c, &k, &w->v, MDB_LAST_DUP);
     annal__block b;
-    if (!mrc && annal__block_decode(w->v.mv_data, w->v.mv_size, &b) != ANNAL_OK) mrc = MDB_CORRUPTED;
+    if (!mrc && annal__block_decode(w->v.mv_data, w->v.mv_size, &b) != ANNAL_OK)
+        mrc = MDB_CORRUPTED;
     if (!mrc && annal__block_end(&b) <= pos) mrc = MDB_NOTFOUND;
     if (!mrc) mrc = annal__index_tag_seek(w->c, name, len, pos, &w->v);
     return mrc;

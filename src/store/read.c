@@ -270,7 +270,7 @@ static annal_err fetch_query(annal_iter *it) {
     rc = annal__query_fetch(it->db, it->txn, it->q, it->backward, &lo, &hi, it->pos, it->loc, CHUNK,
                             &it->n, &done);
     txn_reset(it);
-    if (rc != ANNAL_OK) it->n = 0; /* nothing of a failed chunk is returned */
+    if (rc != ANNAL_OK) it->n = 0;           /* nothing of a failed chunk is returned */
     if (rc == ANNAL_ENOTFOUND) return STALE; /* its place is kept: fetch again */
     if (rc != ANNAL_OK) return rc;
     it->next_pos = it->backward ? hi : lo;

@@ -8,6 +8,7 @@
 #include "store/db_int.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -436,6 +437,102 @@ static void test_backup(void **state) {
     free(res);
 }
 
+/* Reads by query racing compaction (which replaces segment generations under them):
+ * every pass, forward and backward, returns exactly the matching visible events. */
+typedef struct qracer {
+    annal_db *db;
+    const char *want; /* the positions a forward read returns, "p1,p2,..." */
+    int backward, stop;
+    long rounds;
+    char err[256];
+} qracer;
+
+static void *query_reader(void *arg) {
+    qracer *r = arg;
+    annal_query_item it = {NULL, 0, TAGS("k:even"), 1};
+    annal_query q = {&it, 1};
+    static _Thread_local char got[65536];
+    while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) && !r->err[0]) {
+        annal_iter *iter;
+        annal_err rc = annal_read_query(r->db, &q, r->backward ? ANNAL_FROM_END : 0,
+                                        r->backward ? ANNAL_READ_BACKWARD : 0, 0, &iter);
+        size_t off = 0;
+        const annal_event *ev;
+        uint64_t prev = UINT64_MAX;
+        while (rc == ANNAL_OK && (rc = annal_iter_next(iter, &ev)) == ANNAL_OK) {
+            if (prev != UINT64_MAX && (r->backward ? ev->position >= prev : ev->position <= prev))
+                snprintf(r->err, sizeof r->err, "out of order at %" PRIu64, ev->position);
+            prev = ev->position;
+            if (off < sizeof got - 32)
+                off += (size_t)snprintf(got + off, sizeof got - off, "%s%" PRIu64, off ? "," : "",
+                                        ev->position);
+        }
+        annal_iter_close(iter);
+        if (rc != ANNAL_END)
+            snprintf(r->err, sizeof r->err, "read: %s (%s)", annal_errname(rc),
+                     annal_db_errmsg(r->db));
+        else if (!r->backward && strcmp(got, r->want) != 0)
+            snprintf(r->err, sizeof r->err, "a pass read other events than before compaction");
+        r->rounds++;
+    }
+    return NULL;
+}
+
+static void test_reads_race_compaction(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dcb-race-compact");
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE | ANNAL_OPEN_NOSYNC;
+    o.segment_bytes = 64 << 10;
+    annal_db *db;
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    /* batches of 100 to 10 streams, half the events tagged k:even; then delete 5 of the
+     * streams, so that compaction has most segments to rewrite */
+    annal_event_data e[100];
+    annal_tag_list tl[100];
+    static const char *const odd[] = {"k:odd"}, *const even[] = {"k:even", "x"};
+    for (int b = 0; b < 40; b++) {
+        for (int i = 0; i < 100; i++) {
+            e[i] = ev_of("T");
+            tl[i] = i % 2 ? (annal_tag_list){odd, 1} : (annal_tag_list){even, 2};
+        }
+        char st[16];
+        snprintf(st, sizeof st, "s-%d", b % 10);
+        annal_tagged_append part = {st, ANNAL_EXPECT_ANY, e, tl, 100};
+        TU_OK(db, annal_append_tagged(db, &part, 1, NULL, 0, NULL, NULL));
+    }
+    for (int s = 0; s < 10; s += 2) {
+        char st[16];
+        snprintf(st, sizeof st, "s-%d", s);
+        TU_OK(db, annal_stream_delete(db, st, ANNAL_EXPECT_ANY, 0, NULL));
+    }
+    TU_OK(db, annal_seal(db));
+    annal_query_item it = {NULL, 0, TAGS("k:even"), 1};
+    annal_query q = {&it, 1};
+    static char want[65536];
+    read_q(db, &q, 0, 0, 0, want, sizeof want);
+    qracer r[2] = {{db, want, 0, 0, 0, ""}, {db, want, 1, 0, 0, ""}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, query_reader, &r[i]), 0);
+    annal_compact_stats st;
+    TU_OK(db, annal_compact(db, 0, &st));
+    for (int i = 0; i < 2; i++) {
+        __atomic_store_n(&r[i].stop, 1, __ATOMIC_RELEASE);
+        pthread_join(th[i], NULL);
+        if (r[i].err[0]) fail_msg("%s reader: %s", i ? "backward" : "forward", r[i].err);
+    }
+    assert_true(st.events_erased == 2000);
+    char after[65536];
+    assert_string_equal(read_q(db, &q, 0, 0, 0, after, sizeof after), want);
+    print_message("query readers: %ld and %ld passes during compaction\n", r[0].rounds,
+                  r[1].rounds);
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tags_roundtrip),
@@ -445,6 +542,7 @@ int main(void) {
         cmocka_unit_test(test_hidden_and_compacted),
         cmocka_unit_test(test_subscription),
         cmocka_unit_test(test_backup),
+        cmocka_unit_test(test_reads_race_compaction),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

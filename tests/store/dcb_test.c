@@ -580,6 +580,41 @@ static void test_reads_race_compaction(void **state) {
     free(dir);
 }
 
+static void count_damage(void *ctx, const annal_damage *d) {
+    (void)d;
+    (*(int *)ctx)++;
+}
+
+/* verify checks the tag index both ways: an entry naming an event without its tag (or
+ * one past the head) is damage, as a missing entry is. */
+static void test_verify_tag_entries(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dcb-verify");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    TU_OK(db, put(db, "T", TAGS("real"), NULL, NULL));  /* 0 */
+    TU_OK(db, put(db, "T", TAGS("other"), NULL, NULL)); /* 1 */
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    /* a block of "ghost" naming event 1, which does not carry it */
+    db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    MDB_txn *t;
+    assert_int_equal(annal__txn_begin(&db->idx, 0, &t), 0);
+    annal__block b;
+    TU_OK(db, annal__index_tag_block(t, db->idx.tags, "other", 5, 1, &b));
+    uint8_t v[ANNAL__BLOCK_VAL];
+    annal__block_encode(&b, v);
+    TU_OK(db, annal__index_tag_put_many(t, db->idx.tags, "ghost", 5, v, 1));
+    assert_int_equal(annal__txn_commit(&db->idx, t), 0);
+    annal_db_close(db);
+    int found = 0;
+    TU_EXPECT(NULL, annal_verify(dir, NULL, count_damage, &found), ANNAL_ECORRUPT);
+    assert_int_equal(found, 1);
+    TU_OK(NULL, annal_rebuild_index(dir, NULL));
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tags_roundtrip),
@@ -590,6 +625,7 @@ int main(void) {
         cmocka_unit_test(test_subscription),
         cmocka_unit_test(test_backup),
         cmocka_unit_test(test_reads_race_compaction),
+        cmocka_unit_test(test_verify_tag_entries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         &event_store__client__projections__statistics_req__descriptor,
         &event_store__client__projections__enable_req__descriptor,
         &event_store__client__projections__state_req__descriptor,
+        &event_store__client__projections__disable_req__descriptor,
         &event_store__client__empty__descriptor,
     };
     volatile size_t sink = 0;
@@ -37,6 +38,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         } else if (types[i] == &event_store__client__projections__state_req__descriptor) {
             const EventStore__Client__Projections__StateReq *r = (const void *)m;
             if (r->options) sink += strlen(r->options->name) + strlen(r->options->partition);
+        } else if (types[i] == &event_store__client__projections__disable_req__descriptor) {
+            const EventStore__Client__Projections__DisableReq *r = (const void *)m;
+            if (r->options) sink += strlen(r->options->name) + (size_t)r->options->write_checkpoint;
         }
         protobuf_c_message_free_unpacked(m, NULL);
     }

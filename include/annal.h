@@ -751,6 +751,45 @@ ANNAL_API annal_err annal_state_load_sized(annal_handler *h, const char *stream,
 /* Release a state from annal_state_load() (calls the decider's release). NULL no-op. */
 ANNAL_API void annal_state_free(annal_handler *h, void *state);
 
+/* ---- Decisions across streams (src/write/handler.c): one decision over the states of
+ * several streams, its events appended to them atomically (a transfer between accounts). */
+
+/* Add an event to append to the command's stream number `stream` (0: the first, as
+ * annal_decision_emit; annal_handle has only stream 0). Otherwise as annal_decision_emit.
+ * Errors: ANNAL_EINVAL (also stream >= the command's streams), ANNAL_ENOMEM. */
+ANNAL_API annal_err annal_decision_emit_to(annal_decision *d, size_t stream, const char *type,
+                                           const void *data, size_t data_len, const void *metadata,
+                                           size_t metadata_len);
+
+/* The state of the command's stream number `stream` (0: the one decide() gets as state),
+ * valid during decide(); NULL past the command's streams. */
+ANNAL_API const void *annal_decision_state(const annal_decision *d, size_t stream);
+
+/* Run command against the states of n streams (streams[0..n): borrowed names as in
+ * annal_handle, none twice), each built by h's decider as annal_handle builds one, in one
+ * decision: decide() gets streams[0]'s state, the others through annal_decision_state(),
+ * and emits to any of them with annal_decision_emit_to(). The events are appended with
+ * annal_append_multi, in the order emitted, all or none: every stream written expects the
+ * revision its state was built at and every stream read but not written is checked at
+ * it, so the decision stands only if none of the n streams moved meanwhile. After a
+ * conflict on any of them the handler folds the new events of each and decides again, at
+ * most max_retries times, as annal_handle does for one stream.
+ * result as annal_handle's: state_revision is streams[0]'s; append.first_position and
+ * append.count describe the whole set, its other fields streams[0]'s part. parts (may be
+ * NULL) gets n entries, per stream what annal_append would have answered for its events
+ * (count 0 and its state's revision when it got none; after ANNAL_ECONFLICT the actual
+ * revision of each stream that moved).
+ * Errors: those of annal_handle and annal_append_multi (ANNAL_EDELETED: a stream is
+ * tombstoned); ANNAL_EINVAL also for n == 0 or a stream named twice. */
+ANNAL_API annal_err annal_handle_streams_sized(annal_handler *h, const char *const *streams,
+                                               size_t n, const void *command,
+                                               const annal_command_meta *meta,
+                                               annal_command_result *result,
+                                               annal_append_result *parts, size_t result_size);
+#define annal_handle_streams(h, streams, n, command, meta, result, parts)                          \
+    annal_handle_streams_sized((h), (streams), (n), (command), (meta), (result), (parts),          \
+                               sizeof(annal_command_result))
+
 /* ---- Sealing (src/store/seal.c) ---- */
 /* Seal the segment being appended to, if it holds any event, and go on in a new one,
  * opened by one small event (type "$SegmentSealed", in the system stream "$seals").

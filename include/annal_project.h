@@ -122,6 +122,12 @@ typedef struct annal_proj_opts {
      * file's line ("file:line: Lua ran longer than its budget of N ms"). Default
      * ANNAL_PROJ_LUA_BUDGET_MS; 0 also means the default. */
     uint32_t lua_budget_ms;
+    /* 1: one projector per projection. The open fails with ANNAL_EBUSY (err names the
+     * process) while another live projector (another process: see annal_proj_status's
+     * projector_pid) holds the projection; checked and claimed in one transaction of the
+     * target. 0 (default): a second projector is let in; the two serialise on the
+     * target's lock and apply nothing twice, but both do the work. */
+    int exclusive;
 } annal_proj_opts;
 
 #define ANNAL_PROJ_LUA_BUDGET_MS 5000

@@ -46,6 +46,14 @@ typedef struct annal_server_opts {
      * handles as a graceful stop. */
     void (*on_shutdown)(void *ctx);
     void *shutdown_ctx;
+    /* ---- Projections (docs/projections.md): the store directory DIR (copied at start)
+     * whose registered projections -- DIR/projections/NAME.proj, `annal projection add` --
+     * the server runs, each on a thread of its own with libannal_project's engine as
+     * `annal projection run` does, opened exclusively (one projector per projection). The
+     * registry is read again every second: projections added, replaced or removed
+     * meanwhile start and stop. Stopped between batches by annal_server_stop. NULL: none. */
+    const char *projections_data_dir;
+    uint32_t projections_lua_budget_ms; /* per run of a file's Lua code; 0: the default */
 } annal_server_opts;
 
 /* Fill *opts with defaults. Always call before setting fields. */

@@ -95,6 +95,11 @@ void cli_args_init(cli_args *a, cli_global *g, int argc, char **argv);
  * CLI_ARG_HELP, CLI_ARG_END, or CLI_ARG_ERROR (already reported on stderr). */
 int cli_args_next(cli_args *a, const cli_option *opts, const char **value);
 
+/* The options of a command that takes only --json and --all (alias --system): info,
+ * streams. Returns -1 to go on, or the exit code when it is done (--help, bad usage). */
+int cli_args_json_all(cli_global *g, const char *cmd, const char *usage, int argc, char **argv,
+                      int *json, int *all);
+
 /* Strict unsigned decimal: digits only, no sign, no overflow. 0 on success. */
 int cli_parse_u64(const char *s, uint64_t *out);
 

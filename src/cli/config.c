@@ -13,7 +13,7 @@
 
 #include "config.h"
 
-enum { K_TEXT, K_BOOL, K_PORT, K_MS, K_LEVEL, K_LISTEN };
+enum { K_TEXT, K_BOOL, K_PORT, K_MS, K_LEVEL, K_LISTEN, K_RUNPROJ };
 
 static const struct setting {
     const char *name;    /* annal's: --name, YAML name, ANNAL_NAME */
@@ -33,6 +33,8 @@ static const struct setting {
     [CFG_GRACE_MS] = {"grace-ms", NULL, K_MS, 0},
     [CFG_ADMIN_PASSWORD] = {"default-admin-password", NULL, K_TEXT, 1},
     [CFG_OPS_PASSWORD] = {"default-ops-password", NULL, K_TEXT, 1},
+    [CFG_RUN_PROJECTIONS] = {"run-projections", NULL, K_RUNPROJ, 0},
+    [CFG_LUA_BUDGET] = {"lua-budget", NULL, K_MS, 0},
 };
 
 /* Names compared without case and without the separators between words, so NodePort,
@@ -120,6 +122,10 @@ static char *check(int id, const char *v, const char **why) {
         break;
     case K_LEVEL:
         if (cli_config_log_level(v) < 0) *why = "want error, warn, info or debug";
+        break;
+    case K_RUNPROJ: /* KurrentDB's None, System, All; annal's system ones always run */
+        if (strcasecmp(v, "all") && strcasecmp(v, "none") && strcasecmp(v, "system"))
+            *why = "want all, none or system";
         break;
     case K_LISTEN: {
         const char *colon = strrchr(v, ':');

@@ -23,6 +23,8 @@ enum {
     CFG_GRACE_MS,
     CFG_ADMIN_PASSWORD, /* kept for issue 17 (users); a secret: never logged */
     CFG_OPS_PASSWORD,
+    CFG_RUN_PROJECTIONS, /* all (default), none or system: the registered ones run or not */
+    CFG_LUA_BUDGET,      /* ms per run of a projection's Lua code (default 5000) */
     CFG_NSETTINGS
 };
 

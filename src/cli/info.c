@@ -58,26 +58,10 @@ static void human(uint64_t n, char *out, size_t len) {
         snprintf(out, len, "%.1f %s", v, units[u]);
 }
 
-enum { OPT_JSON, OPT_ALL };
-static const cli_option options[] = {
-    {"json", 0, OPT_JSON}, {"all", 0, OPT_ALL}, {"system", 0, OPT_ALL}, {NULL, 0, 0}};
-
 int cli_cmd_info(cli_global *g, int argc, char **argv) {
-    int json = 0, all = 0;
-    cli_args a;
-    cli_args_init(&a, g, argc, argv);
-    const char *v;
-    for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
-        switch (o) {
-        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
-        case CLI_ARG_HELP:
-            fputs(usage, stdout);
-            return cli_finish_output("info", stdout, "standard output", CLI_EXIT_OK);
-        case CLI_ARG_OPERAND: return cli_usage_error("info", "unexpected argument '%s'", v);
-        case OPT_JSON: json = 1; break;
-        case OPT_ALL: all = 1; break;
-        }
-    }
+    int json, all;
+    int done = cli_args_json_all(g, "info", usage, argc, argv, &json, &all);
+    if (done >= 0) return done;
 
     annal_db *db;
     int rc = cli_open(g, "info", ANNAL_OPEN_READONLY, NULL, &db);

@@ -479,6 +479,31 @@ static int step_round(const args *a, reg *regs, annal_proj **ps, int *reported, 
     return 0;
 }
 
+/* 1 if a server (annal serve) owns the store: it runs the registered projections. */
+static int server_runs(cli_global *g) {
+    annal_remote *r = NULL;
+    if (g->server || cli_route(g, CMD, &r) != 0 || !r) return 0;
+    annal_remote_close(r);
+    return 1;
+}
+static const char server_runs_hint[] =
+    " (the server, annal serve, that owns the store runs its registered projections: see "
+    "'annal projection status')";
+
+/* A projection that emits needs the store's writer: refused while a server owns the store
+ * (which runs it itself) or when a server is named. */
+static int run_refuse(cli_global *g) {
+    if (!g->server && server_runs(g)) {
+        cli_error(CMD,
+                  "a server (annal serve) owns the store at %s and, unless started with "
+                  "--run-projections none, runs its registered projections itself: see "
+                  "'annal projection status'",
+                  g->data_dir);
+        return CLI_EXIT_STORE;
+    }
+    return cli_route_refuse(g, CMD);
+}
+
 static int cmd_run(cli_global *g, args *a) {
     size_t n = 0;
     char **names = operand_names(g, a, &n);
@@ -496,7 +521,7 @@ static int cmd_run(cli_global *g, args *a) {
     }
     annal_db *db = NULL;
     /* Read-only unless a projection appends events: the application stays the writer. */
-    if (!rc && emits) rc = cli_route_refuse(g, CMD); /* emitting needs the writer */
+    if (!rc && emits) rc = run_refuse(g); /* emitting needs the writer */
     if (!rc) rc = cli_open(g, CMD, emits ? 0 : ANNAL_OPEN_READONLY, NULL, &db);
     annal_proj **ps = cli_xrealloc(NULL, n * sizeof *ps);
     memset(ps, 0, n * sizeof *ps);
@@ -508,9 +533,13 @@ static int cmd_run(cli_global *g, args *a) {
         o.target = regs[i].target;
         o.log = plog;
         o.lua_budget_ms = a->lua_budget_ms;
+        o.exclusive = 1; /* one projector per projection: a server may run it already */
         char err[1024];
         annal_err e = annal_proj_open(db, &o, &ps[i], err, sizeof err);
-        if (e != ANNAL_OK) {
+        if (e == ANNAL_EBUSY) {
+            cli_error(CMD, "%s%s", err, server_runs(g) ? server_runs_hint : "");
+            rc = cli_exit_code(e);
+        } else if (e != ANNAL_OK) {
             cli_error(CMD, "%s: %s", regs[i].name, err);
             rc = cli_exit_code(e);
         }
@@ -651,14 +680,15 @@ static int cmd_remove(cli_global *g, args *a) {
     reg r;
     int rc = reg_load(g, a->operands[0], &r);
     if (rc) return rc;
-    char err[1024];
-    annal_err e = annal_proj_control(r.target, r.name, ANNAL_PROJ_FORGET, err, sizeof err);
-    if (e != ANNAL_OK && e != ANNAL_ENOTFOUND)
-        cli_error(CMD, "note: could not clear the state of %s: %s", r.name, err);
+    /* Unregistered first: a server running it sees it gone, not its state row gone. */
     unlink(r.path);
     char *tpath = pathf("%s/projections/%s.target", g->data_dir, r.name);
     unlink(tpath);
     free(tpath);
+    char err[1024];
+    annal_err e = annal_proj_control(r.target, r.name, ANNAL_PROJ_FORGET, err, sizeof err);
+    if (e != ANNAL_OK && e != ANNAL_ENOTFOUND)
+        cli_error(CMD, "note: could not clear the state of %s: %s", r.name, err);
     if (a->drop && strncmp(r.target, "sqlite:", 7) == 0) {
         const char *p = r.target + 7;
         char real[4096];

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -42,6 +43,12 @@ static const char usage[] =
     "  --default-admin-password P, --default-ops-password P\n"
     "                       first passwords of the built-in users admin and ops (with TLS,\n"
     "                       the first start needs one for admin; docs/security.md)\n"
+    "  --run-projections all|none\n"
+    "                       run the store's registered projections (`annal projection add`)\n"
+    "                       in the server, picking up changes to them (default all;\n"
+    "                       KurrentDB's System means none here)\n"
+    "  --lua-budget MS      the longest a run of a projection's Lua code may take\n"
+    "                       (each handler call; default 5000): past it the event fails\n"
     "SIGHUP reloads the TLS certificate, key and CA files.\n"
     "KurrentDB's names work too: KURRENTDB_NODE_PORT=2113, EVENTSTORE_INSECURE=true,\n"
     "NodePort: 2113 in the file. `annal cert` makes development certificates.\n"
@@ -199,6 +206,33 @@ static int wait_for_stop(const sigset_t *sigs, annal_server *srv, int insecure, 
     return sig;
 }
 
+/* The server's options from the settings (borrowing from c; listen is the buffer of the
+ * address): returns the grace period in ms. */
+static int settings_to_opts(cli_global *g, const cli_config *c, annal_server_opts *so, char *listen,
+                            size_t listen_size) {
+    annal_server_opts_init(so);
+    so->log = log_line;
+    resolve_listen(c, listen, listen_size);
+    so->listen = listen;
+    so->insecure = cli_config_bool(c, CFG_INSECURE);
+    so->cert_file = cli_config_get(c, CFG_CERT);
+    so->key_file = cli_config_get(c, CFG_KEY);
+    if (cli_config_get(c, CFG_LOG_LEVEL))
+        so->log_level = (annal_log_level)cli_config_log_level(cli_config_get(c, CFG_LOG_LEVEL));
+    int grace = 10000;
+    uint64_t ms;
+    if (cli_config_get(c, CFG_GRACE_MS) && cli_parse_u64(cli_config_get(c, CFG_GRACE_MS), &ms) == 0)
+        grace = (int)ms; /* checked to be at most an hour where it was set */
+    if (cli_config_get(c, CFG_DATA)) g->data_dir = cli_config_get(c, CFG_DATA);
+    /* The registered projections run here unless asked not to (docs/projections.md). */
+    const char *runp = cli_config_get(c, CFG_RUN_PROJECTIONS);
+    so->projections_data_dir = !runp || strcasecmp(runp, "all") == 0 ? g->data_dir : NULL;
+    if (cli_config_get(c, CFG_LUA_BUDGET) &&
+        cli_parse_u64(cli_config_get(c, CFG_LUA_BUDGET), &ms) == 0)
+        so->projections_lua_budget_ms = (uint32_t)ms; /* 0: the default */
+    return grace;
+}
+
 int cli_cmd_serve(cli_global *g, int argc, char **argv) {
     cli_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -211,22 +245,8 @@ int cli_cmd_serve(cli_global *g, int argc, char **argv) {
         return cli_finish_output("serve", stdout, "standard output", CLI_EXIT_OK);
     }
     annal_server_opts so;
-    annal_server_opts_init(&so);
-    so.log = log_line;
     char listen[300], ca_tmp[4096] = "";
-    resolve_listen(&cfg, listen, sizeof listen);
-    so.listen = listen;
-    so.insecure = cli_config_bool(&cfg, CFG_INSECURE);
-    so.cert_file = cli_config_get(&cfg, CFG_CERT);
-    so.key_file = cli_config_get(&cfg, CFG_KEY);
-    if (cli_config_get(&cfg, CFG_LOG_LEVEL))
-        so.log_level = (annal_log_level)cli_config_log_level(cli_config_get(&cfg, CFG_LOG_LEVEL));
-    int grace = 10000;
-    uint64_t ms;
-    if (cli_config_get(&cfg, CFG_GRACE_MS) &&
-        cli_parse_u64(cli_config_get(&cfg, CFG_GRACE_MS), &ms) == 0)
-        grace = (int)ms; /* checked to be at most an hour where it was set */
-    if (cli_config_get(&cfg, CFG_DATA)) g->data_dir = cli_config_get(&cfg, CFG_DATA);
+    int grace = settings_to_opts(g, &cfg, &so, listen, sizeof listen);
 
     if (!so.insecure && (!so.cert_file || !so.key_file))
         rc = cli_usage_error("serve",

@@ -22,26 +22,10 @@ static const char usage[] =
     "\n"
     "Exit codes: 0 ok, 1 usage, 2 no store, 5 store error.\n";
 
-enum { OPT_JSON, OPT_ALL };
-static const cli_option options[] = {
-    {"json", 0, OPT_JSON}, {"all", 0, OPT_ALL}, {"system", 0, OPT_ALL}, {NULL, 0, 0}};
-
 int cli_cmd_streams(cli_global *g, int argc, char **argv) {
-    int json = 0, all = 0;
-    cli_args a;
-    cli_args_init(&a, g, argc, argv);
-    const char *v;
-    for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
-        switch (o) {
-        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
-        case CLI_ARG_HELP:
-            fputs(usage, stdout);
-            return cli_finish_output("streams", stdout, "standard output", CLI_EXIT_OK);
-        case CLI_ARG_OPERAND: return cli_usage_error("streams", "unexpected argument '%s'", v);
-        case OPT_JSON: json = 1; break;
-        case OPT_ALL: all = 1; break;
-        }
-    }
+    int json, all;
+    int done = cli_args_json_all(g, "streams", usage, argc, argv, &json, &all);
+    if (done >= 0) return done;
 
     annal_db *db;
     int rc = cli_open(g, "streams", ANNAL_OPEN_READONLY, NULL, &db);

@@ -172,6 +172,29 @@ int cli_args_next(cli_args *a, const cli_option *opts, const char **value) {
     return CLI_ARG_END;
 }
 
+int cli_args_json_all(cli_global *g, const char *cmd, const char *usage, int argc, char **argv,
+                      int *json, int *all) {
+    enum { OPT_JSON, OPT_ALL };
+    static const cli_option options[] = {
+        {"json", 0, OPT_JSON}, {"all", 0, OPT_ALL}, {"system", 0, OPT_ALL}, {NULL, 0, 0}};
+    cli_args a;
+    cli_args_init(&a, g, argc, argv);
+    const char *v;
+    *json = *all = 0;
+    for (int o; (o = cli_args_next(&a, options, &v)) != CLI_ARG_END;) {
+        switch (o) {
+        case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
+        case CLI_ARG_HELP:
+            fputs(usage, stdout);
+            return cli_finish_output(cmd, stdout, "standard output", CLI_EXIT_OK);
+        case CLI_ARG_OPERAND: return cli_usage_error(cmd, "unexpected argument '%s'", v);
+        case OPT_JSON: *json = 1; break;
+        case OPT_ALL: *all = 1; break;
+        }
+    }
+    return -1;
+}
+
 int cli_parse_u64(const char *s, uint64_t *out) {
     if (!s || *s < '0' || *s > '9')
         return -1; /* strtoull would accept blanks, signs and wrap negatives */

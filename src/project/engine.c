@@ -467,6 +467,47 @@ static void heartbeat(annal_proj *p, int force) {
     p->hb_ns = now;
 }
 
+static int projector_row(void *ctx, int n, const char *const *names, const annal_proj_value *v);
+static int projector_live(const annal_proj_status *s);
+static const char sql_hb_get[] =
+    "SELECT pid, host, heartbeat_ns FROM annal_projectors WHERE name = ?";
+
+/* For an exclusive open: hold the projection unless another live projector does. The
+ * check and the first heartbeat share a transaction (SQLite: BEGIN IMMEDIATE, PostgreSQL:
+ * the row's lock), so of two projectors starting together one gets it. */
+static annal_err claim(annal_proj *p, char *err, size_t err_size) {
+    char host[64];
+    host_name(host, sizeof host);
+    annal_proj_status s;
+    memset(&s, 0, sizeof s);
+    annal_proj_value nm = v_str(p->name);
+    annal_err rc = annal__pj_target_begin(p->t);
+    if (rc == ANNAL_OK) rc = exec_q(p, sql_hb_get, &nm, 1, projector_row, &s);
+    if (rc == ANNAL_ECANCELED) rc = ANNAL_OK; /* the row callback stops after one row */
+    if (rc == ANNAL_OK && projector_live(&s) &&
+        (s.projector_pid != (int64_t)getpid() || strcmp(s.projector_host, host) != 0)) {
+        annal__pj_target_rollback(p->t);
+        annal__pj_fmt(err, err_size,
+                      "projection %s is already run by process %lld on %s: one projector per "
+                      "projection",
+                      p->name, (long long)s.projector_pid, s.projector_host);
+        return ANNAL_EBUSY;
+    }
+    int64_t now = now_ns();
+    if (rc == ANNAL_OK) {
+        annal_proj_value v[4] = {nm, v_int((int64_t)getpid()), v_str(host), v_int(now)};
+        rc = exec_q(p, sql_hb, v, 4, NULL, NULL);
+    }
+    if (rc == ANNAL_OK) rc = annal__pj_target_commit(p->t);
+    if (rc != ANNAL_OK) {
+        annal__pj_target_rollback(p->t);
+        annal__pj_fmt(err, err_size, "projection %s: %s", p->name, p->err);
+        return rc;
+    }
+    p->hb_ns = now;
+    return ANNAL_OK;
+}
+
 /* A clean close says at once that nobody holds the projection any more. */
 static void heartbeat_clear(annal_proj *p) {
     if (!p->t || !p->hb_ns) return;
@@ -493,6 +534,17 @@ static void disconnect(annal_proj *p) {
     annal__pj_target_close(p->t);
     p->t = NULL;
 }
+
+/* The services Lua's sql(), emit() and state_*() call back into (defined below). */
+static annal_err tx_exec_native(annal_proj_tx *tx, const char *sql, const annal_proj_value *params,
+                                int n, annal_proj_row_fn rows, void *ctx);
+static pj_tkind tx_kind(annal_proj_tx *tx);
+static const char *tx_errmsg(annal_proj_tx *tx);
+static annal_err state_get(annal_proj_tx *tx, const char *key, char **json);
+static annal_err state_set(annal_proj_tx *tx, const char *key, const char *json);
+static int pj_canceled(const annal_proj *p);
+static const pj_lua_host lua_host = {tx_exec_native, tx_kind,   tx_errmsg,  annal_proj_emit,
+                                     state_get,      state_set, pj_canceled};
 
 annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const char *schema,
                                 annal_proj **out, char *err, size_t err_size);
@@ -560,7 +612,7 @@ annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const ch
     annal_err rc = ANNAL_OK;
     if (!p->source || !p->target || (kind == PJ_T_PG && !p->schema)) rc = ANNAL_ENOMEM;
     if (rc == ANNAL_OK && d && d->lua)
-        rc = annal__pj_lua_open(d, p, p->lua_budget_ms, &p->lua, p->err, sizeof p->err);
+        rc = annal__pj_lua_open(d, p, &lua_host, p->lua_budget_ms, &p->lua, p->err, sizeof p->err);
     if (rc == ANNAL_OK && kind != PJ_T_MEMORY) rc = connect_target(p, 1);
     if (rc != ANNAL_OK) {
         annal__pj_fmt(err, err_size, "%s", p->err[0] ? p->err : annal_strerror(rc));
@@ -568,7 +620,15 @@ annal_err annal__pj_open_schema(annal_db *db, const annal_proj_opts *o, const ch
         return rc;
     }
     p->rate_ev0 = p->events;
-    if (kind != PJ_T_MEMORY) heartbeat(p, 1);
+    if (kind != PJ_T_MEMORY && o->exclusive) {
+        rc = claim(p, err, err_size);
+        if (rc != ANNAL_OK) {
+            annal_proj_close(p);
+            return rc;
+        }
+    } else if (kind != PJ_T_MEMORY) {
+        heartbeat(p, 1);
+    }
     *out = p;
     return ANNAL_OK;
 }
@@ -594,7 +654,7 @@ void annal_proj_cancel(annal_proj *p) {
     if (p) atomic_store(&p->cancel, 1);
 }
 
-int annal__pj_canceled(const annal_proj *p) { return atomic_load(&p->cancel) != 0; }
+static int pj_canceled(const annal_proj *p) { return atomic_load(&p->cancel) != 0; }
 
 /* ---------------------------------------------------------------- applying */
 
@@ -966,9 +1026,8 @@ annal_err annal_proj_exec(annal_proj_tx *tx, const char *sql, const annal_proj_v
     return exec_q(tx->p, sql, params, (int)n, rows, ctx);
 }
 
-annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
-                                   const annal_proj_value *params, int n, annal_proj_row_fn rows,
-                                   void *ctx) {
+static annal_err tx_exec_native(annal_proj_tx *tx, const char *sql, const annal_proj_value *params,
+                                int n, annal_proj_row_fn rows, void *ctx) {
     annal_proj *p = tx->p;
     pj_prep *pp;
     annal_err rc = annal__pj_target_prepare(p->t, sql, n, &pp);
@@ -978,8 +1037,8 @@ annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
     return rc;
 }
 
-const char *annal__pj_tx_errmsg(annal_proj_tx *tx) { return tx->p->err; }
-pj_tkind annal__pj_tx_kind(annal_proj_tx *tx) { return tx->p->kind; }
+static const char *tx_errmsg(annal_proj_tx *tx) { return tx->p->err; }
+static pj_tkind tx_kind(annal_proj_tx *tx) { return tx->p->kind; }
 
 /* A 128-bit hash of (projection, source event id, emit number) as a UUID (version 8,
  * "custom"): deterministic, so a replay appends the ids the store already has. */
@@ -1026,7 +1085,6 @@ annal_err annal_proj_emit(annal_proj_tx *tx, const char *stream, const char *typ
     return rc;
 }
 
-annal_err annal__pj_state_get(annal_proj_tx *tx, const char *key, char **json);
 typedef struct sget {
     char *v;
     int oom;
@@ -1044,7 +1102,7 @@ static int sget_row(void *ctx, int n, const char *const *names, const annal_proj
     g->v[v[0].len] = '\0';
     return 1;
 }
-annal_err annal__pj_state_get(annal_proj_tx *tx, const char *key, char **json) {
+static annal_err state_get(annal_proj_tx *tx, const char *key, char **json) {
     sget g = {NULL, 0};
     annal_proj_value v[2] = {v_str(tx->p->name), v_str(key)};
     annal_err rc = exec_q(tx->p, sql_state_get, v, 2, sget_row, &g);
@@ -1053,7 +1111,7 @@ annal_err annal__pj_state_get(annal_proj_tx *tx, const char *key, char **json) {
     return rc;
 }
 
-annal_err annal__pj_state_set(annal_proj_tx *tx, const char *key, const char *json) {
+static annal_err state_set(annal_proj_tx *tx, const char *key, const char *json) {
     annal_proj_value v[3] = {v_str(tx->p->name), v_str(key), v_str(json)};
     return exec_q(tx->p, sql_state_put, v, 3, NULL, NULL);
 }

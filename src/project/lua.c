@@ -25,9 +25,10 @@
 struct pj_lua {
     lua_State *L;
     annal_proj *p;
-    annal_proj_tx *tx; /* during a call */
-    int ret_ref;       /* the table the last handler returned, or LUA_NOREF */
-    annal_err infra;   /* a database or store failure inside the call */
+    const pj_lua_host *host; /* the engine's services (borrowed) */
+    annal_proj_tx *tx;       /* during a call */
+    int ret_ref;             /* the table the last handler returned, or LUA_NOREF */
+    annal_err infra;         /* a database or store failure inside the call */
     const char *fname;
     uint32_t budget_ms;       /* per run of Lua code */
     struct timespec deadline; /* CLOCK_MONOTONIC */
@@ -250,12 +251,12 @@ static int l_sql(lua_State *L) {
     rows_ctx r = {L, 0};
     /* st is already in the target's dialect: annal_proj_exec would translate it again
      * and turn ?1 into ?11, binding NULLs */
-    annal_err rc = annal__pj_tx_exec_native(
-        l->tx, annal__pj_tx_kind(l->tx) == PJ_T_PG ? st.sql_pg : st.sql_sqlite, v, n, lua_row, &r);
+    annal_err rc = l->host->exec_native(
+        l->tx, l->host->kind(l->tx) == PJ_T_PG ? st.sql_pg : st.sql_sqlite, v, n, lua_row, &r);
     annal__pj_stmt_free(&st);
     if (rc != ANNAL_OK) {
         if (rc == ANNAL_EIO || rc == ANNAL_ENOMEM) l->infra = rc;
-        return luaL_error(L, "sql(): %s", annal__pj_tx_errmsg(l->tx));
+        return luaL_error(L, "sql(): %s", l->host->errmsg(l->tx));
     }
     return 1;
 }
@@ -276,10 +277,10 @@ static int l_emit(lua_State *L) {
         m = push_encoded(L, 4, &mn);
     else if (!lua_isnoneornil(L, 4))
         m = luaL_checklstring(L, 4, &mn);
-    annal_err rc = annal_proj_emit(l->tx, stream, type, d, dn, m, mn);
+    annal_err rc = l->host->emit(l->tx, stream, type, d, dn, m, mn);
     if (rc != ANNAL_OK) {
         if (rc == ANNAL_EIO || rc == ANNAL_EFAILED || rc == ANNAL_ENOMEM) l->infra = rc;
-        return luaL_error(L, "emit(): %s", annal__pj_tx_errmsg(l->tx));
+        return luaL_error(L, "emit(): %s", l->host->errmsg(l->tx));
     }
     return 0;
 }
@@ -289,10 +290,10 @@ static int l_state_get(lua_State *L) {
     need_tx(L, l, "state_get");
     const char *key = luaL_checkstring(L, 1);
     char *json = NULL;
-    annal_err rc = annal__pj_state_get(l->tx, key, &json);
+    annal_err rc = l->host->state_get(l->tx, key, &json);
     if (rc != ANNAL_OK) {
         if (rc == ANNAL_EIO || rc == ANNAL_ENOMEM) l->infra = rc;
-        return luaL_error(L, "state_get(): %s", annal__pj_tx_errmsg(l->tx));
+        return luaL_error(L, "state_get(): %s", l->host->errmsg(l->tx));
     }
     if (!json) {
         lua_pushnil(L);
@@ -310,10 +311,10 @@ static int l_state_set(lua_State *L) {
     luaL_checkany(L, 2);
     size_t n;
     const char *json = push_encoded(L, 2, &n);
-    annal_err rc = annal__pj_state_set(l->tx, key, json);
+    annal_err rc = l->host->state_set(l->tx, key, json);
     if (rc != ANNAL_OK) {
         if (rc == ANNAL_EIO || rc == ANNAL_ENOMEM) l->infra = rc;
-        return luaL_error(L, "state_set(): %s", annal__pj_tx_errmsg(l->tx));
+        return luaL_error(L, "state_set(): %s", l->host->errmsg(l->tx));
     }
     return 0;
 }
@@ -331,7 +332,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
     if (l->stopped == STOP_NONE) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        if (l->p && annal__pj_canceled(l->p))
+        if (l->p && l->host->canceled(l->p))
             l->stopped = STOP_CANCEL;
         else if (now.tv_sec > l->deadline.tv_sec ||
                  (now.tv_sec == l->deadline.tv_sec && now.tv_nsec >= l->deadline.tv_nsec))
@@ -484,12 +485,13 @@ int annal__pj_lua_check(const annal_proj_def *d, char *msg, size_t msg_n) {
     return rc;
 }
 
-annal_err annal__pj_lua_open(const annal_proj_def *d, annal_proj *p, uint32_t budget_ms,
-                             pj_lua **out, char *err, size_t err_n) {
+annal_err annal__pj_lua_open(const annal_proj_def *d, annal_proj *p, const pj_lua_host *host,
+                             uint32_t budget_ms, pj_lua **out, char *err, size_t err_n) {
     *out = NULL;
     pj_lua *l = calloc(1, sizeof *l);
     if (!l) return ANNAL_ENOMEM;
     l->p = p;
+    l->host = host;
     l->budget_ms = budget_ms;
     l->ret_ref = LUA_NOREF;
     l->fname = d->filename;

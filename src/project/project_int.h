@@ -9,13 +9,23 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "annal_project.h"
 
 #define PJ_NAME_MAX 63
 
 /* ---- Messages: "detail" buffers of fixed size, filled with snprintf. */
-void annal__pj_fmt(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Inline so every file of the library can use it without calling into another. */
+static inline void annal__pj_fmt(char *buf, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static inline void annal__pj_fmt(char *buf, size_t n, const char *fmt, ...) {
+    if (!buf || !n) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, n, fmt, ap);
+    va_end(ap);
+}
 
 /* ---- JSON paths: a.b[0].c into steps; extraction by scanning the text (no tree). */
 typedef struct pj_step {
@@ -83,6 +93,11 @@ typedef struct pj_handler {
     pj_stmt *stmts;
     size_t nstmts;
 } pj_handler;
+
+/* Split a section's SQL at top-level ';' into h's statements (blank ones dropped); -1 with
+ * msg and *err_line on an error. */
+int annal__pj_sql_split(const char *s, size_t n, int line, pj_handler *h, char *msg, size_t msg_n,
+                        int *err_line);
 
 struct annal_proj_def {
     char *filename;
@@ -152,12 +167,26 @@ annal_err annal__pj_pg_open(const char *conninfo, const char *schema, pj_target 
 
 /* ---- Lua (lua.c). */
 typedef struct pj_lua pj_lua;
+/* What Lua may do inside the projection's transaction: the engine's services, handed to
+ * lua.c when it opens so that lua.c never calls up into engine.c. */
+typedef struct pj_lua_host {
+    /* Run sql already written in the target's dialect (?N or $N) with n params. */
+    annal_err (*exec_native)(annal_proj_tx *tx, const char *sql, const annal_proj_value *params,
+                             int n, annal_proj_row_fn rows, void *ctx);
+    pj_tkind (*kind)(annal_proj_tx *tx);
+    const char *(*errmsg)(annal_proj_tx *tx); /* the last failure's message */
+    annal_err (*emit)(annal_proj_tx *tx, const char *stream, const char *type, const void *data,
+                      size_t data_len, const void *metadata, size_t metadata_len);
+    annal_err (*state_get)(annal_proj_tx *tx, const char *key, char **json); /* *json malloc'ed */
+    annal_err (*state_set)(annal_proj_tx *tx, const char *key, const char *json);
+    int (*canceled)(const annal_proj *p); /* annal_proj_cancel was called */
+} pj_lua_host;
 /* Compile-check only (def.c): 0 ok, else msg "file:line: ...". */
 int annal__pj_lua_check(const annal_proj_def *d, char *msg, size_t msg_n);
 /* A state for running the file's handlers in projection p; every run of Lua code (the
  * chunk now, each call later) is stopped after budget_ms, or when p is cancelled. */
-annal_err annal__pj_lua_open(const annal_proj_def *d, annal_proj *p, uint32_t budget_ms,
-                             pj_lua **out, char *err, size_t err_n);
+annal_err annal__pj_lua_open(const annal_proj_def *d, annal_proj *p, const pj_lua_host *host,
+                             uint32_t budget_ms, pj_lua **out, char *err, size_t err_n);
 void annal__pj_lua_close(pj_lua *l);
 int annal__pj_lua_has(pj_lua *l, const char *type);
 /* Run on[type](e). *skip_sql set when it returned false; the values it returned are then
@@ -166,18 +195,9 @@ annal_err annal__pj_lua_call(pj_lua *l, const char *type, annal_proj_tx *tx, con
                              int *skip_sql, char *err, size_t err_n);
 int annal__pj_lua_value(pj_lua *l, const char *key, annal_proj_value *v);
 
-/* ---- Engine services for lua.c. */
-annal_err annal__pj_state_get(annal_proj_tx *tx, const char *key, char **json);
-annal_err annal__pj_state_set(annal_proj_tx *tx, const char *key, const char *json);
-/* Run sql already written in the target's dialect (?N or $N) with n params. */
-annal_err annal__pj_tx_exec_native(annal_proj_tx *tx, const char *sql,
-                                   const annal_proj_value *params, int n, annal_proj_row_fn rows,
-                                   void *ctx);
-const char *annal__pj_tx_errmsg(annal_proj_tx *tx);
-int annal__pj_canceled(const annal_proj *p); /* annal_proj_cancel was called */
+/* ---- Engine (engine.c). */
 /* Tests only: fault(ctx, where) is asked at each fault point ("checkpoint": before the
  * checkpoint is written in a batch's transaction); non-zero fails the step there. */
 void annal__pj_set_fault(annal_proj *p, int (*fault)(void *ctx, const char *where), void *ctx);
-pj_tkind annal__pj_tx_kind(annal_proj_tx *tx);
 
 #endif

@@ -124,6 +124,8 @@ annal_err sec_start(annal_server *srv, const annal_server_opts *o) {
     pthread_rwlock_init(&s->lock, NULL);
     pthread_mutex_init(&s->fail_mu, NULL);
     pthread_mutex_init(&s->settings_mu, NULL);
+    pthread_mutex_init(&s->verify_mu, NULL);
+    pthread_cond_init(&s->verify_cv, NULL);
     if (getrandom(s->key, sizeof s->key, 0) != (ssize_t)sizeof s->key) return ANNAL_EIO;
     if (s->insecure) return ANNAL_OK; /* nothing is checked, nothing is written */
     if (users_hash("annal decoy", s->decoy) != ANNAL_OK) return ANNAL_ENOMEM;
@@ -164,6 +166,8 @@ void sec_stop(annal_server *srv) {
     pthread_rwlock_destroy(&s->lock);
     pthread_mutex_destroy(&s->fail_mu);
     pthread_mutex_destroy(&s->settings_mu);
+    pthread_mutex_destroy(&s->verify_mu);
+    pthread_cond_destroy(&s->verify_cv);
     json_decref(s->settings);
     if (s->users) memset(s->users, 0, s->cap * sizeof *s->users);
     free(s->users);
@@ -281,6 +285,53 @@ static void refuse(srv_call *c, const char *msg) {
     call_finish(c, GRPC_STATUS_UNAUTHENTICATED, msg, kv, 1);
 }
 
+/* Is name:mac in the credential cache? */
+static int cred_cached(sec_state *s, const char *name, const uint8_t mac[32]) {
+    pthread_rwlock_rdlock(&s->lock);
+    const sec_cred *cr = &s->creds[fnv(name) % CRED_SLOTS];
+    int cached = strcmp(cr->name, name) == 0 && CRYPTO_memcmp(cr->mac, mac, 32) == 0;
+    pthread_rwlock_unlock(&s->lock);
+    return cached;
+}
+
+static sec_verifying *verifying_find(sec_state *s, const char *name, const uint8_t mac[32]) {
+    for (int i = 0; i < VERIFY_SLOTS; i++) {
+        sec_verifying *v = &s->verifying[i];
+        if (v->name[0] && strcmp(v->name, name) == 0 && CRYPTO_memcmp(v->mac, mac, 32) == 0)
+            return v;
+    }
+    return NULL;
+}
+
+/* Before verifying name:mac: wait for the same verification under way elsewhere, then 1
+ * if it left the credentials cached; else 0, with *slot the verification now claimed
+ * (NULL if every slot is busy: verify anyway), for verify_end. */
+static int verify_begin(sec_state *s, const char *name, const uint8_t mac[32],
+                        sec_verifying **slot) {
+    *slot = NULL;
+    pthread_mutex_lock(&s->verify_mu);
+    while (verifying_find(s, name, mac)) pthread_cond_wait(&s->verify_cv, &s->verify_mu);
+    int cached = cred_cached(s, name, mac);
+    for (int i = 0; !cached && i < VERIFY_SLOTS; i++) {
+        sec_verifying *v = &s->verifying[i];
+        if (v->name[0]) continue;
+        snprintf(v->name, sizeof v->name, "%s", name);
+        memcpy(v->mac, mac, 32);
+        *slot = v;
+        break;
+    }
+    pthread_mutex_unlock(&s->verify_mu);
+    return cached;
+}
+
+static void verify_end(sec_state *s, sec_verifying *slot) {
+    if (!slot) return;
+    pthread_mutex_lock(&s->verify_mu);
+    OPENSSL_cleanse(slot, sizeof *slot);
+    pthread_cond_broadcast(&s->verify_cv);
+    pthread_mutex_unlock(&s->verify_mu);
+}
+
 /* Check name:password. 0 and c->who set, or -1 with the call refused. */
 static int login(srv_call *c, const char *name, const char *password) {
     annal_server *srv = c->srv;
@@ -307,10 +358,13 @@ static int login(srv_call *c, const char *name, const char *password) {
     }
     pthread_rwlock_unlock(&s->lock);
     const char *why = !found ? "no such user" : u.disabled ? "user disabled" : NULL;
+    sec_verifying *slot = NULL;
+    if (!why && !cached) cached = verify_begin(s, name, mac, &slot);
     if (!why && !cached && !users_verify(u.hash, password)) why = "wrong password";
     /* An unknown user costs a verification too, so answer times do not tell names. */
     if (!found) (void)users_verify(s->decoy, password);
     if (why) {
+        verify_end(s, slot);
         OPENSSL_cleanse(&u, sizeof u);
         login_failed(srv, name, w->peer, why);
         refuse(c, "Bad credentials");
@@ -326,7 +380,10 @@ static int login(srv_call *c, const char *name, const char *password) {
             memcpy(cr->mac, mac, sizeof mac);
         }
         pthread_rwlock_unlock(&s->lock);
+        srv_log(srv, ANNAL_SERVER_LOG_DEBUG, "password of '%s' verified (argon2id), now cached",
+                name);
     }
+    verify_end(s, slot); /* after the cache is filled: the waiters find it there */
     OPENSSL_cleanse(mac, sizeof mac);
     login_ok(s, name, w->peer);
     set_who(w, &u);

@@ -159,6 +159,29 @@ void call_finish(srv_call *c, grpc_status_code code, const char *msg, const srv_
     send_status(c, NULL, code, msg, trailers, ntrailers);
 }
 
+void call_finish_details(srv_call *c, grpc_status_code code, const char *msg, const void *status,
+                         size_t len) {
+    if (c->finished) return;
+    c->finished = 1;
+    grpc_op ops[2];
+    size_t n = add_initial_md(c, ops);
+    /* A `-bin` key's value is raw bytes; the transport encodes them (base64). */
+    grpc_metadata md;
+    memset(&md, 0, sizeof md);
+    md.key = grpc_slice_from_static_string("grpc-status-details-bin");
+    md.value = grpc_slice_from_copied_buffer(status, len);
+    grpc_slice details = grpc_slice_from_copied_string(msg ? msg : "");
+    memset(&ops[n], 0, sizeof ops[n]);
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = code;
+    ops[n].data.send_status_from_server.status_details = &details;
+    ops[n].data.send_status_from_server.trailing_metadata_count = 1;
+    ops[n++].data.send_status_from_server.trailing_metadata = &md;
+    (void)run_batch(c, ops, n);
+    grpc_slice_unref(details);
+    grpc_slice_unref(md.value);
+}
+
 void call_method(srv_call *c, char *buf, size_t size) {
     size_t len = GRPC_SLICE_LENGTH(c->details.method);
     if (len >= size) len = size - 1;

@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 
+#include "jsonfast.h"
 #include "server_int.h"
 
 int cv_stream_name(const EventStore__Client__StreamIdentifier *id, char *buf) {
@@ -64,6 +65,7 @@ void cv_ticks(int64_t ns, char *buf, size_t size) {
 
 int cv_is_json(const void *data, size_t len) {
     if (len == 0) return 0;
+    if (jsonfast_plain(data, len) == 1) return 1; /* most events: no parse tree built */
     json_error_t err;
     json_t *j = json_loadb(data, len, JSON_DECODE_ANY, &err);
     if (!j) return 0;

@@ -39,6 +39,10 @@ static const struct {
     {"event_store.client.projections.projections", "enable"},
     {"event_store.client.projections.projections", "statistics"},
     {"event_store.client.projections.projections", "state"},
+    /* v2.c */
+    {"kurrentdb.protocol.v2.streams.streamsservice", "appendsession"},
+    {"kurrentdb.protocol.v2.streams.streamsservice", "appendrecords"},
+    {"event_store.client.projections.projections", "disable"},
 };
 #define NSUPPORTED (sizeof supported / sizeof supported[0])
 

@@ -58,6 +58,14 @@ typedef struct sec_cred {
     uint8_t mac[32]; /* HMAC-SHA256(process key, password) */
 } sec_cred;
 
+/* A password verification under way (auth.c): logins with the same name and MAC wait for
+ * it instead of running argon2id again, so a burst of new connections costs one. */
+#define VERIFY_SLOTS 16
+typedef struct sec_verifying {
+    char name[SEC_NAME_MAX + 1]; /* "" = free */
+    uint8_t mac[32];
+} sec_verifying;
+
 typedef struct sec_fail {
     char key[SEC_NAME_MAX + 100]; /* "u:<name>" or "a:<address>" */
     unsigned count;
@@ -73,7 +81,10 @@ struct sec_state {
     uint8_t key[32];
     pthread_mutex_t fail_mu;
     sec_fail fails[FAIL_SLOTS];
-    char decoy[SEC_HASH_MAX]; /* verified for unknown users: no timing tells who exists */
+    char decoy[SEC_HASH_MAX];  /* verified for unknown users: no timing tells who exists */
+    pthread_mutex_t verify_mu; /* verifying */
+    pthread_cond_t verify_cv;  /* a verification ended */
+    sec_verifying verifying[VERIFY_SLOTS];
     /* acl.c: bumped by every change of ACLs through this server */
     _Atomic uint64_t acl_gen;
     pthread_mutex_t settings_mu;

@@ -1,7 +1,8 @@
 /*
  * server.c -- the gRPC server's lifecycle: channel settings, listening, one dispatcher
  * thread that accepts calls from the server's completion queue and a thread per call
- * that runs it, and a graceful stop.
+ * that runs it (from a pool: a thread that ends a call waits a while for the next), and
+ * a graceful stop.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -16,6 +17,8 @@
 #include "server_int.h"
 
 #define CALL_STACK_BYTES (256u << 10)
+#define POOL_IDLE_MAX    64   /* idle call threads kept at most */
+#define POOL_IDLE_MS     2000 /* an idle thread exits after this long without a call */
 
 void srv_log(annal_server *srv, annal_log_level level, const char *fmt, ...) {
     if (!srv->log || level > srv->log_level) return;
@@ -101,6 +104,10 @@ static const struct {
     {"/event_store.client.projections.Projections/Enable", rpc_projections_enable},
     {"/event_store.client.projections.Projections/Statistics", rpc_projections_statistics},
     {"/event_store.client.projections.Projections/State", rpc_projections_state},
+    /* v2.c: atomic appends across streams (KurrentDB 25.1+) */
+    {"/kurrentdb.protocol.v2.streams.StreamsService/AppendSession", rpc_v2_append_session},
+    {"/kurrentdb.protocol.v2.streams.StreamsService/AppendRecords", rpc_v2_append_records},
+    {"/event_store.client.projections.Projections/Disable", rpc_projections_disable},
 };
 
 static void run_call(srv_call *c) {
@@ -140,11 +147,9 @@ static void call_free(srv_call *c) {
     free(c);
 }
 
-static void *call_thread(void *arg) {
-    srv_call *c = arg;
+/* A call's end: unlinked, freed, counted out. */
+static void end_call(srv_call *c) {
     annal_server *srv = c->srv;
-    (void)pthread_setname_np(pthread_self(), "annal-call"); /* tests count these */
-    run_call(c);
     pthread_mutex_lock(&srv->mu);
     if (c->prev)
         c->prev->next = c->next;
@@ -158,6 +163,44 @@ static void *call_thread(void *arg) {
     srv->active--;
     pthread_cond_broadcast(&srv->cv);
     pthread_mutex_unlock(&srv->mu);
+}
+
+/* The next call for an idle thread, or NULL when it should exit: the pool is stopping, it
+ * has enough idle threads, or none came for POOL_IDLE_MS. Called with srv->mu held. */
+static srv_call *next_call(annal_server *srv) {
+    if (!srv->runq && srv->idle >= POOL_IDLE_MAX) return NULL;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += POOL_IDLE_MS / 1000;
+    srv->idle++;
+    int timed_out = 0;
+    while (!srv->runq && !srv->pool_stop && !timed_out)
+        timed_out = pthread_cond_timedwait(&srv->pool_cv, &srv->mu, &until) == ETIMEDOUT;
+    srv->idle--;
+    srv_call *c = srv->runq;
+    if (c) {
+        srv->runq = c->runq_next;
+        if (!srv->runq) srv->runq_tail = NULL;
+    }
+    return c;
+}
+
+static void *call_thread(void *arg) {
+    srv_call *c = arg;
+    annal_server *srv = c->srv;
+    while (c) {
+        (void)pthread_setname_np(pthread_self(), "annal-call"); /* tests count these */
+        run_call(c);
+        end_call(c);
+        (void)pthread_setname_np(pthread_self(), "annal-idle");
+        pthread_mutex_lock(&srv->mu);
+        c = next_call(srv);
+        if (!c) {
+            srv->threads--;
+            pthread_cond_broadcast(&srv->cv);
+        }
+        pthread_mutex_unlock(&srv->mu);
+    }
     return NULL;
 }
 
@@ -179,22 +222,42 @@ static void request_call(annal_server *srv) {
 }
 
 static void start_call(annal_server *srv, srv_call *c) {
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, CALL_STACK_BYTES);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_mutex_lock(&srv->mu);
     c->next = srv->calls;
     if (c->next) c->next->prev = c;
     srv->calls = c;
     srv->active++;
+    /* An idle thread takes it if one is free of the calls queued already. */
+    unsigned queued = 0;
+    for (srv_call *q = srv->runq; q; q = q->runq_next) queued++;
+    int pooled = srv->idle > queued;
+    if (pooled) {
+        c->runq_next = NULL;
+        if (srv->runq_tail)
+            srv->runq_tail->runq_next = c;
+        else
+            srv->runq = c;
+        srv->runq_tail = c;
+        pthread_cond_signal(&srv->pool_cv);
+    } else {
+        srv->threads++;
+    }
     pthread_mutex_unlock(&srv->mu);
+    if (pooled) return;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, CALL_STACK_BYTES);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_t t;
     if (pthread_create(&t, &attr, call_thread, c) != 0) {
         srv_log(srv, ANNAL_LOG_ERROR, "cannot start a thread for a call");
         call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "server out of threads", NULL, 0);
         c->finished = 1;
-        (void)call_thread(c); /* unlinks and frees */
+        end_call(c);
+        pthread_mutex_lock(&srv->mu);
+        srv->threads--;
+        pthread_cond_broadcast(&srv->cv);
+        pthread_mutex_unlock(&srv->mu);
     }
     pthread_attr_destroy(&attr);
 }
@@ -342,6 +405,7 @@ static void destroy(annal_server *srv) {
     }
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cv);
+    pthread_cond_destroy(&srv->pool_cv);
     free(srv);
     grpc_shutdown();
 }
@@ -363,6 +427,7 @@ annal_err annal_server_start(annal_db *db, const annal_server_opts *opts, annal_
     srv->max_append_bytes = opts->max_append_bytes ? opts->max_append_bytes : (16u << 20);
     pthread_mutex_init(&srv->mu, NULL);
     pthread_cond_init(&srv->cv, NULL);
+    pthread_cond_init(&srv->pool_cv, NULL);
     srv_random_id(&srv->instance_id);
     srv->started_ns = (int64_t)time(NULL) * 1000000000;
     srv->on_shutdown = opts->on_shutdown;
@@ -371,6 +436,7 @@ annal_err annal_server_start(annal_db *db, const annal_server_opts *opts, annal_
         srv_log(srv, ANNAL_LOG_ERROR, "neither TLS (certificate and key) nor insecure chosen");
         pthread_mutex_destroy(&srv->mu);
         pthread_cond_destroy(&srv->cv);
+        pthread_cond_destroy(&srv->pool_cv);
         free(srv);
         return ANNAL_EINVAL;
     }
@@ -378,12 +444,14 @@ annal_err annal_server_start(annal_db *db, const annal_server_opts *opts, annal_
         srv_log(srv, ANNAL_LOG_ERROR, "listen address '%s' is not HOST:PORT", opts->listen);
         pthread_mutex_destroy(&srv->mu);
         pthread_cond_destroy(&srv->cv);
+        pthread_cond_destroy(&srv->pool_cv);
         free(srv);
         return ANNAL_EINVAL;
     }
     grpc_init();
     annal_err r = sec_start(srv, opts); /* security: users, built-ins (auth.c) */
     if (r == ANNAL_OK) r = bind_and_start(srv, opts);
+    if (r == ANNAL_OK) r = runner_start(srv, opts); /* projections (runner.c) */
     if (r != ANNAL_OK) {
         if (srv->server) {
             grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);
@@ -418,6 +486,7 @@ static int wait_until(annal_server *srv, const int *flag, int grace_ms) {
 
 void annal_server_stop(annal_server *srv, int grace_ms) {
     if (!srv) return;
+    runner_stop(srv); /* projections first: between batches, before the calls end */
     srv_log(srv, ANNAL_LOG_INFO, "stopping: no new calls; ending subscriptions");
     pthread_mutex_lock(&srv->mu);
     srv->stopping = 1;
@@ -440,8 +509,12 @@ void annal_server_stop(annal_server *srv, int grace_ms) {
     pthread_join(srv->dispatcher, NULL);
     pthread_mutex_lock(&srv->mu);
     while (srv->active > 0) pthread_cond_wait(&srv->cv, &srv->mu);
+    srv->pool_stop = 1; /* and the idle threads go: destroy frees what they wait on */
+    pthread_cond_broadcast(&srv->pool_cv);
+    while (srv->threads > 0) pthread_cond_wait(&srv->cv, &srv->mu);
     pthread_mutex_unlock(&srv->mu);
     ops_join(srv); /* a scavenge under way finishes (it cannot be interrupted from here) */
+    runner_free(srv);
     srv_log(srv, ANNAL_LOG_INFO, "stopped");
     destroy(srv);
 }

@@ -26,6 +26,7 @@
 #define SRV_POLL_MS       500         /* how often a waiting subscription checks its call */
 
 typedef struct srv_call srv_call;
+typedef struct srv_runner srv_runner;
 
 struct annal_server {
     annal_db *db;
@@ -47,6 +48,13 @@ struct annal_server {
     unsigned pending;  /* request_call slots outstanding */
     unsigned active;   /* call threads running */
     srv_call *calls;   /* running calls, for cancelling subscriptions at stop */
+    /* The call threads' pool (server.c): a thread that ends a call waits a while for the
+     * next instead of exiting, so a call costs a wake-up rather than a thread. */
+    srv_call *runq, *runq_tail; /* calls handed to the pool, not yet taken (runq_next) */
+    unsigned threads;           /* call threads alive, running or idle */
+    unsigned idle;              /* ... of them waiting on pool_cv */
+    int pool_stop;              /* idle threads exit */
+    pthread_cond_t pool_cv;
     char shutdown_tag; /* its address is the tag */
     sec_state *sec;    /* security: users, credentials, ACL state (auth.c, acl.c) */
     sec_tls *tls;      /* security: reloadable certificates (tls.c); NULL if insecure */
@@ -63,7 +71,8 @@ struct annal_server {
         annal_err result; /* of the latest finished one */
         annal_compact_stats stats;
         int64_t started_ns, ended_ns;
-    } scavenge; /* guarded by mu */
+    } scavenge;         /* guarded by mu */
+    srv_runner *runner; /* the store's registered projections (runner.c); NULL: none run */
 };
 
 /* One call, from the slot that waits for it to its thread's end. */
@@ -79,6 +88,7 @@ struct srv_call {
     int cancelled;  /* ... and said the call was cancelled */
     annal_sub *sub; /* a subscription to cancel at stop (guarded by srv->mu) */
     srv_call *prev, *next;
+    srv_call *runq_next;
     sec_who who;        /* security: who the call acts for (auth.c) */
     int cancel_at_stop; /* a long-lived call (BatchAppend) to end at stop (srv->mu) */
     unsigned batches;   /* its appends under way (srv->mu): stop ends the call after them */
@@ -120,6 +130,10 @@ int call_reply(srv_call *c, const ProtobufCMessage *m);
 /* End the call with status code, message and trailing metadata. */
 void call_finish(srv_call *c, grpc_status_code code, const char *msg, const srv_kv *trailers,
                  size_t ntrailers);
+/* End the call with status code and message, and status (a packed google.rpc.Status,
+ * len bytes, copied) as the `grpc-status-details-bin` trailer clients decode. */
+void call_finish_details(srv_call *c, grpc_status_code code, const char *msg, const void *status,
+                         size_t len);
 /* The path of the method called, NUL-terminated into buf. */
 void call_method(srv_call *c, char *buf, size_t size);
 
@@ -206,6 +220,7 @@ void rpc_monitoring_stats(srv_call *c);
 void rpc_projections_enable(srv_call *c);
 void rpc_projections_statistics(srv_call *c);
 void rpc_projections_state(srv_call *c);
+void rpc_projections_disable(srv_call *c);
 /* Wait for a scavenge still running (at stop). */
 void ops_join(annal_server *srv);
 /* The Monitoring figures as key/value text pairs (at most max; returns how many), without
@@ -273,7 +288,27 @@ const char *srv_batch_options(const EventStore__Client__Streams__BatchAppendReq_
 const char *srv_batch_check(const EventStore__Client__Streams__BatchAppendReq *req,
                             uint64_t max_bytes);
 
+/* v2.c: kurrentdb.protocol.v2.streams.StreamsService (atomic appends across streams). */
+void rpc_v2_append_session(srv_call *c);
+void rpc_v2_append_records(srv_call *c);
+/* A v2 request checked as the server does, without a live call (the fuzz target's entry):
+ * an AppendRequest (records 0) or an AppendRecordsRequest (1). NULL, or what is wrong. */
+const char *srv_v2_check(const ProtobufCMessage *msg, int records, uint64_t max_bytes);
+
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);
+
+/* ---- runner.c: the store's registered projections, each on a thread of its own. */
+/* Start them when opts asks (projections_data_dir): sets srv->runner. ANNAL_ENOMEM. */
+annal_err runner_start(annal_server *srv, const annal_server_opts *opts);
+/* Stop them between batches (Lua under way is interrupted); again is a no-op. */
+void runner_stop(annal_server *srv);
+/* Free srv->runner once no call can ask it (runner_target, runner_names) any more. */
+void runner_free(annal_server *srv);
+/* The target of registered projection name (caller frees), or NULL when the server runs
+ * no projections or none is registered by that name. */
+char *runner_target(annal_server *srv, const char *name);
+/* The registered names (caller frees each and the array): *n of them. */
+char **runner_names(annal_server *srv, size_t *n);
 
 #endif /* ANNAL_SERVER_INT_H */

@@ -54,10 +54,11 @@ static int load(srv_call *c, const char *name, sec_user *u) {
     return 0;
 }
 
-/* Store u, tell the cache, audit, reply with the empty response m. */
-static void commit(srv_call *c, sec_user *u, int created, const char *what,
+/* Unless r (what preparing u gave, e.g. hashing its password) failed: store u, tell the
+ * cache, audit, reply with the empty response m. */
+static void commit(srv_call *c, annal_err r, sec_user *u, int created, const char *what,
                    const ProtobufCMessage *m) {
-    annal_err r = users_write(c->srv->db, u, created);
+    if (r == ANNAL_OK) r = users_write(c->srv->db, u, created);
     if (r != ANNAL_OK) {
         fail(c, r);
         return;
@@ -104,10 +105,7 @@ void rpc_users_create(srv_call *c) {
             r = users_hash(o->password, u.hash);
             EventStore__Client__Users__CreateResp resp =
                 EVENT_STORE__CLIENT__USERS__CREATE_RESP__INIT;
-            if (r != ANNAL_OK)
-                fail(c, r);
-            else
-                commit(c, &u, 1, "created", &resp.base);
+            commit(c, r, &u, 1, "created", &resp.base);
         }
         OPENSSL_cleanse(&u, sizeof u);
         pthread_mutex_unlock(&write_mu);
@@ -132,10 +130,7 @@ void rpc_users_update(srv_call *c) {
             annal_err r = o->password && *o->password ? users_hash(o->password, u.hash) : ANNAL_OK;
             EventStore__Client__Users__UpdateResp resp =
                 EVENT_STORE__CLIENT__USERS__UPDATE_RESP__INIT;
-            if (r != ANNAL_OK)
-                fail(c, r);
-            else
-                commit(c, &u, 0, "updated", &resp.base);
+            commit(c, r, &u, 0, "updated", &resp.base);
         }
         OPENSSL_cleanse(&u, sizeof u);
         pthread_mutex_unlock(&write_mu);
@@ -167,7 +162,7 @@ static void simple_change(srv_call *c, const ProtobufCMessageDescriptor *d, int 
             }
             EventStore__Client__Users__DeleteResp resp =
                 EVENT_STORE__CLIENT__USERS__DELETE_RESP__INIT;
-            commit(c, &u, 0, names[what], &resp.base);
+            commit(c, ANNAL_OK, &u, 0, names[what], &resp.base);
         }
         OPENSSL_cleanse(&u, sizeof u);
         pthread_mutex_unlock(&write_mu);
@@ -262,10 +257,7 @@ void rpc_users_change_password(srv_call *c) {
                 annal_err r = users_hash(o->new_password, u.hash);
                 EventStore__Client__Users__ChangePasswordResp resp =
                     EVENT_STORE__CLIENT__USERS__CHANGE_PASSWORD_RESP__INIT;
-                if (r != ANNAL_OK)
-                    fail(c, r);
-                else
-                    commit(c, &u, 0, "password changed", &resp.base);
+                commit(c, r, &u, 0, "password changed", &resp.base);
             }
         }
         OPENSSL_cleanse(&u, sizeof u);
@@ -292,10 +284,7 @@ void rpc_users_reset_password(srv_call *c) {
             annal_err r = users_hash(o->new_password, u.hash);
             EventStore__Client__Users__ResetPasswordResp resp =
                 EVENT_STORE__CLIENT__USERS__RESET_PASSWORD_RESP__INIT;
-            if (r != ANNAL_OK)
-                fail(c, r);
-            else
-                commit(c, &u, 0, "password reset", &resp.base);
+            commit(c, r, &u, 0, "password reset", &resp.base);
         }
         OPENSSL_cleanse(&u, sizeof u);
         pthread_mutex_unlock(&write_mu);

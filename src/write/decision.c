@@ -1,5 +1,6 @@
 /* decision.c -- annal_decision, what a decider's decide() fills: events to append (copied,
- * so the decider may emit from its stack) or a domain rejection with a reason. */
+ * so the decider may emit from its stack), each to one of the command's streams, or a
+ * domain rejection with a reason; and the states of the streams a command reads. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@ void annal__write_decision_free(annal_decision *d) {
     annal__write_decision_reset(d);
     free(d->ev);
     free(d->merged);
+    free(d->to);
     free(d->tl);
     free(d->tagblk);
     annal__write_decision_init(d);
@@ -36,9 +38,20 @@ static annal_err fail(annal_decision *d, annal_err rc) {
 
 annal_err annal_decision_emit(annal_decision *d, const char *type, const void *data,
                               size_t data_len, const void *metadata, size_t metadata_len) {
+    return annal_decision_emit_to(d, 0, type, data, data_len, metadata, metadata_len);
+}
+
+const void *annal_decision_state(const annal_decision *d, size_t stream) {
+    return d && stream < d->nstates ? d->states[stream] : NULL;
+}
+
+annal_err annal_decision_emit_to(annal_decision *d, size_t stream, const char *type,
+                                 const void *data, size_t data_len, const void *metadata,
+                                 size_t metadata_len) {
     if (!d) return ANNAL_EINVAL;
     size_t tlen = type ? strnlen(type, ANNAL_MAX_NAME + 1) : 0;
-    if (tlen == 0 || tlen > ANNAL_MAX_NAME || (!data && data_len) || (!metadata && metadata_len))
+    if (tlen == 0 || tlen > ANNAL_MAX_NAME || (!data && data_len) || (!metadata && metadata_len) ||
+        stream >= d->nstates)
         return fail(d, ANNAL_EINVAL);
     if (data_len > SIZE_MAX / 4 || metadata_len > SIZE_MAX / 4) return fail(d, ANNAL_ETOOBIG);
     if (d->n == d->cap) {
@@ -49,6 +62,9 @@ annal_err annal_decision_emit(annal_decision *d, const char *type, const void *d
         char **m = realloc(d->merged, cap * sizeof *m);
         if (!m) return fail(d, ANNAL_ENOMEM);
         d->merged = m;
+        size_t *to = realloc(d->to, cap * sizeof *to);
+        if (!to) return fail(d, ANNAL_ENOMEM);
+        d->to = to;
         annal_tag_list *tl = realloc(d->tl, cap * sizeof *tl);
         if (!tl) return fail(d, ANNAL_ENOMEM);
         d->tl = tl;
@@ -70,6 +86,7 @@ annal_err annal_decision_emit(annal_decision *d, const char *type, const void *d
     e->metadata = metadata_len ? blk + tlen + 1 + data_len : NULL;
     e->metadata_len = metadata_len;
     d->merged[d->n] = NULL;
+    d->to[d->n] = stream;
     d->tl[d->n] = (annal_tag_list){NULL, 0};
     d->tagblk[d->n] = NULL;
     d->n++;

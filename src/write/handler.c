@@ -407,6 +407,8 @@ static annal_err handle(annal_handler *h, const char *stream, const void *comman
         res->attempts++;
         res->state_revision = l.revision;
         annal__write_decision_reset(&d);
+        d.states = &l.state;
+        d.nstates = 1;
         rc = h->d.decide(h->ctx, l.state, command, &d);
         if (rc == ANNAL_OK) rc = d.err;
         if (rc != ANNAL_OK) {
@@ -442,6 +444,227 @@ static annal_err handle(annal_handler *h, const char *stream, const void *comman
     if (loaded) maybe_snapshot(h, stream, &l);
     annal__write_decision_free(&d);
     load_free(h, &l);
+    annal__write_cmeta_free(&cm);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Commands across streams: the states of n streams, one decision, one atomic append */
+
+typedef struct mcmd {
+    const char *const *streams;
+    size_t n;
+    load *l;                     /* per stream */
+    void **states;               /* per stream: l[i].state, for annal_decision_state */
+    annal_append_result *sres;   /* per stream: its part of the outcome */
+    annal_stream_append *parts;  /* the decision's runs of one stream, in emitted order */
+    size_t *part_stream;         /* per part: its stream's index */
+    annal_append_result *pres;   /* per part */
+    annal_stream_check *checks;  /* the streams written nothing */
+    size_t *check_stream;        /* per check: its stream's index */
+    annal_stream_conflict *conf; /* per part and check */
+    size_t nparts, nchecks;
+} mcmd;
+
+static void mcmd_set_free(mcmd *m) {
+    free(m->parts);
+    free(m->part_stream);
+    free(m->pres);
+    free(m->checks);
+    free(m->check_stream);
+    free(m->conf);
+    m->parts = NULL;
+    m->part_stream = m->check_stream = NULL;
+    m->pres = NULL;
+    m->checks = NULL;
+    m->conf = NULL;
+}
+
+static void mcmd_free(const annal_handler *h, mcmd *m) {
+    for (size_t i = 0; m->l && i < m->n; i++) load_free(h, &m->l[i]);
+    free(m->l);
+    free(m->states);
+    free(m->sres);
+    mcmd_set_free(m);
+}
+
+/* Names valid, none twice (n is a command's handful of streams: pairs are compared). */
+static int streams_ok(const char *const *streams, size_t n) {
+    if (!streams || n == 0) return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!stream_ok(streams[i])) return 0;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(streams[i], streams[j]) == 0) return 0;
+    }
+    return 1;
+}
+
+static annal_err mcmd_load(const annal_handler *h, mcmd *m, char *err, size_t errlen) {
+    m->l = calloc(m->n, sizeof *m->l);
+    m->states = calloc(m->n, sizeof *m->states);
+    m->sres = calloc(m->n, sizeof *m->sres);
+    if (!m->l || !m->states || !m->sres) return ANNAL_ENOMEM;
+    for (size_t i = 0; i < m->n; i++) load_init(&m->l[i]);
+    for (size_t i = 0; i < m->n; i++) {
+        annal_err rc = load_state(h, m->streams[i], ANNAL_REVISION_LATEST, ANNAL_TIME_LATEST,
+                                  &m->l[i], err, errlen);
+        if (rc != ANNAL_OK) return rc;
+    }
+    return ANNAL_OK;
+}
+
+static int64_t expect_at(int64_t revision) {
+    return revision < 0 ? ANNAL_EXPECT_NO_STREAM : revision;
+}
+
+/* The set for d: a part per run of events to one stream, each expecting what the state's
+ * revision and the runs before it leave; a check per stream written nothing. */
+static annal_err mcmd_build(mcmd *m, annal_decision *d) {
+    mcmd_set_free(m);
+    m->nparts = m->nchecks = 0;
+    m->parts = calloc(d->n, sizeof *m->parts);
+    m->part_stream = calloc(d->n, sizeof *m->part_stream);
+    m->pres = calloc(d->n, sizeof *m->pres);
+    m->checks = calloc(m->n, sizeof *m->checks);
+    m->check_stream = calloc(m->n, sizeof *m->check_stream);
+    m->conf = calloc(d->n + m->n, sizeof *m->conf);
+    if (!m->parts || !m->part_stream || !m->pres || !m->checks || !m->check_stream || !m->conf)
+        return ANNAL_ENOMEM;
+    for (size_t s = 0; s < m->n; s++) m->sres[s].count = 0;
+    for (size_t i = 0, j; i < d->n; i = j) {
+        size_t s = d->to[i];
+        for (j = i; j < d->n && d->to[j] == s;) j++;
+        int64_t at = m->l[s].revision + (int64_t)m->sres[s].count;
+        m->parts[m->nparts] = (annal_stream_append){m->streams[s], expect_at(at), &d->ev[i], j - i};
+        m->part_stream[m->nparts++] = s;
+        m->sres[s].count += j - i;
+    }
+    for (size_t s = 0; s < m->n; s++) {
+        if (m->sres[s].count) continue;
+        m->checks[m->nchecks] = (annal_stream_check){m->streams[s], expect_at(m->l[s].revision)};
+        m->check_stream[m->nchecks++] = s;
+    }
+    return ANNAL_OK;
+}
+
+/* Per stream, what the set did to it (or, after a conflict, where each stream is). */
+static void mcmd_results(mcmd *m, const annal_multi_result *mr, annal_err rc,
+                         annal_command_result *res) {
+    for (size_t s = 0; s < m->n; s++)
+        m->sres[s] = (annal_append_result){0, 0, 0, m->l[s].revision, 0};
+    for (size_t p = 0; rc == ANNAL_OK && p < m->nparts; p++) {
+        annal_append_result *r = &m->sres[m->part_stream[p]];
+        if (r->count == 0) {
+            r->first_revision = m->pres[p].first_revision;
+            r->first_position = m->pres[p].first_position;
+        }
+        r->count += m->pres[p].count;
+        r->revision = m->pres[p].revision;
+        r->idempotent = m->pres[p].idempotent;
+    }
+    size_t nconf = mr->nconflicts < mr->max_conflicts ? mr->nconflicts : mr->max_conflicts;
+    for (size_t i = 0; rc != ANNAL_OK && i < nconf; i++) {
+        size_t k = m->conf[i].index;
+        size_t s = k < m->nparts ? m->part_stream[k] : m->check_stream[k - m->nparts];
+        m->sres[s].revision = m->conf[i].actual;
+    }
+    res->append = m->sres[0];
+    if (rc == ANNAL_OK) {
+        res->append.first_position = mr->first_position;
+        res->append.count = mr->count;
+        res->append.idempotent = mr->idempotent;
+    }
+}
+
+/* Append d's events as one set. ANNAL_OK, ANNAL_ECONFLICT (retry), or a failure. */
+static annal_err mcmd_append(annal_handler *h, mcmd *m, annal_decision *d,
+                             annal_command_result *res) {
+    annal_err rc = mcmd_build(m, d);
+    if (rc != ANNAL_OK) return rc;
+    annal_multi_result mr;
+    memset(&mr, 0, sizeof mr);
+    mr.parts = m->pres;
+    mr.conflicts = m->conf;
+    mr.max_conflicts = m->nparts + m->nchecks;
+    rc = annal_append_multi(h->db, m->parts, m->nparts, m->checks, m->nchecks, &mr);
+    mcmd_results(m, &mr, rc, res);
+    if (rc == ANNAL_OK) res->first_id = d->ev[0].id;
+    return rc;
+}
+
+/* One decision on the states in m (decide, then append). 1: done (rc says how);
+ * 0: a conflict to retry after folding. */
+static int mcmd_decide(annal_handler *h, mcmd *m, const annal__write_cmeta *cm, const void *command,
+                       annal_decision *d, annal_command_result *res, annal_err *rc) {
+    char *msg = res->message;
+    const size_t mlen = sizeof res->message;
+    res->attempts++;
+    res->state_revision = m->l[0].revision;
+    for (size_t i = 0; i < m->n; i++) m->states[i] = m->l[i].state;
+    annal__write_decision_reset(d);
+    d->states = m->states;
+    d->nstates = m->n;
+    *rc = h->d.decide(h->ctx, m->l[0].state, command, d);
+    if (*rc == ANNAL_OK) *rc = d->err;
+    if (*rc != ANNAL_OK) {
+        snprintf(msg, mlen, "decide failed: %s", annal_errname(*rc));
+        return 1;
+    }
+    if (d->code) {
+        res->rejected = d->code;
+        snprintf(msg, mlen, "%s", d->reason);
+        return 1;
+    }
+    if (d->n == 0) {
+        res->append.revision = m->l[0].revision;
+        for (size_t s = 0; s < m->n; s++)
+            m->sres[s] = (annal_append_result){0, 0, 0, m->l[s].revision, 0};
+        return 1;
+    }
+    *rc = annal__write_prepare(h->schema, cm, d, msg, mlen);
+    if (*rc == ANNAL_OK) *rc = mcmd_append(h, m, d, res);
+    if (*rc == ANNAL_OK) return 1;
+    if (*rc != ANNAL_ECONFLICT || res->attempts > h->max_retries) {
+        snprintf(msg, mlen, "%s", *rc == ANNAL_ENOMEM ? "out of memory" : annal_db_errmsg(h->db));
+        return 1;
+    }
+    return 0;
+}
+
+static annal_err handle_streams(annal_handler *h, const char *const *streams, size_t n,
+                                const void *command, const annal_command_meta *meta,
+                                annal_command_result *res, mcmd *m) {
+    memset(res, 0, sizeof *res);
+    res->state_revision = -1;
+    res->append.revision = -1;
+    char *msg = res->message;
+    const size_t mlen = sizeof res->message;
+    if (!h || !streams_ok(streams, n)) {
+        snprintf(msg, mlen, "invalid handler or stream names (none may appear twice)");
+        return ANNAL_EINVAL;
+    }
+    m->streams = streams;
+    m->n = n;
+    annal__write_cmeta cm;
+    annal_err rc = annal__write_cmeta_init(&cm, meta, msg, mlen);
+    if (rc != ANNAL_OK) return rc;
+    annal_decision d;
+    annal__write_decision_init(&d);
+    rc = mcmd_load(h, m, msg, mlen);
+    int loaded = rc == ANNAL_OK;
+    while (rc == ANNAL_OK && !mcmd_decide(h, m, &cm, command, &d, res, &rc)) {
+        /* Someone appended to one of them since we read: catch every stream up. */
+        rc = ANNAL_OK;
+        for (size_t i = 0; rc == ANNAL_OK && i < n; i++)
+            rc = fold(h, streams[i], &m->l[i], ANNAL_REVISION_LATEST, ANNAL_TIME_LATEST, 0, NULL,
+                      msg, mlen);
+        loaded = rc == ANNAL_OK;
+    }
+    for (size_t i = 0; m->l && i < n; i++) {
+        res->folded += m->l[i].folded;
+        if (loaded) maybe_snapshot(h, streams[i], &m->l[i]);
+    }
+    annal__write_decision_free(&d);
     annal__write_cmeta_free(&cm);
     return rc;
 }
@@ -486,6 +709,20 @@ annal_err annal_handle_sized(annal_handler *h, const char *stream, const void *c
                              size_t result_size) {
     annal_command_result r;
     annal_err rc = handle(h, stream, command, meta, &r);
+    annal__out_copy(result, result_size, &r, sizeof r);
+    return rc;
+}
+
+annal_err annal_handle_streams_sized(annal_handler *h, const char *const *streams, size_t n,
+                                     const void *command, const annal_command_meta *meta,
+                                     annal_command_result *result, annal_append_result *parts,
+                                     size_t result_size) {
+    annal_command_result r;
+    mcmd m;
+    memset(&m, 0, sizeof m);
+    annal_err rc = handle_streams(h, streams, n, command, meta, &r, &m);
+    if (parts && m.sres) memcpy(parts, m.sres, n * sizeof *parts);
+    mcmd_free(h, &m);
     annal__out_copy(result, result_size, &r, sizeof r);
     return rc;
 }

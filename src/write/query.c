@@ -85,6 +85,8 @@ static annal_err attempt(const annal__write_hview *v, const annal_query *q, cons
     res->attempts++;
     res->state_position = l->last;
     annal__write_decision_reset(d);
+    d->states = &l->state; /* one state: annal_decision_emit goes to stream 0, here $dcb */
+    d->nstates = 1;
     annal_err rc = v->d->decide(v->ctx, l->state, command, d);
     if (rc == ANNAL_OK) rc = d->err;
     if (rc != ANNAL_OK) {

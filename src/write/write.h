@@ -25,16 +25,19 @@ static inline void annal__write_buf_clear(annal_buf *b) { b->len = 0; }
 struct annal_decision {
     annal_event_data *ev; /* each ev[i].type heads one allocation holding type, data, meta */
     char **merged;        /* per event: metadata made by the handler, or NULL */
+    size_t *to;           /* per event: the index of its stream among the command's */
     size_t n, cap;
-    annal_err err; /* first failed emit: the command fails with it even if decide ignored it */
-    int code;      /* rejection code; 0: not rejected */
+    void **states;  /* the states of the command's streams (borrowed), set by the handler */
+    size_t nstates; /* how many: 1 for annal_handle */
+    annal_err err;  /* first failed emit: the command fails with it even if decide ignored it */
+    int code;       /* rejection code; 0: not rejected */
     char reason[256];
     annal_tag_list *tl; /* per event: its tags (annal_decision_emit_tagged), or none */
     char **tagblk;      /* per event: one allocation holding its tag list, or NULL */
 };
 
 void annal__write_decision_init(annal_decision *d);
-/* Forget every event and the rejection; keep the arrays. */
+/* Forget every event and the rejection; keep the arrays and the states. */
 void annal__write_decision_reset(annal_decision *d);
 void annal__write_decision_free(annal_decision *d);
 

@@ -59,6 +59,7 @@ check("GetSupportedMethods lists exactly what is served", async () => {
     "event_store.client.operations.operations/shutdown",
     "event_store.client.operations.operations/startscavenge",
     "event_store.client.operations.operations/stopscavenge",
+    "event_store.client.projections.projections/disable",
     "event_store.client.projections.projections/enable",
     "event_store.client.projections.projections/state",
     "event_store.client.projections.projections/statistics",
@@ -77,6 +78,9 @@ check("GetSupportedMethods lists exactly what is served", async () => {
     "event_store.client.users.users/enable",
     "event_store.client.users.users/resetpassword",
     "event_store.client.users.users/update",
+    // issue 19: KurrentDB's v2 appends (v2.c)
+    "kurrentdb.protocol.v2.streams.streamsservice/appendrecords",
+    "kurrentdb.protocol.v2.streams.streamsservice/appendsession",
   ]);
 });
 

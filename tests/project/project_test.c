@@ -497,6 +497,84 @@ static void test_liveness(void **state) {
     free(dir);
 }
 
+/* ---- exclusive opens: one projector per projection (what annal serve and projection run
+ * use). The live-projector record decides: another live process refuses the open; a dead
+ * one, a stale heartbeat or this process itself does not. */
+static annal_err open_excl(annal_db *db, const char *target, cproj *c, annal_proj **p, char *err,
+                           size_t n) {
+    annal_proj_opts o;
+    annal_proj_opts_init(&o);
+    o.name = "counts";
+    o.source = "$all";
+    o.target = target;
+    o.handler = &c_handler;
+    o.ctx = c;
+    o.exclusive = 1;
+    *p = NULL;
+    return annal_proj_open(db, &o, p, err, n);
+}
+
+static void test_exclusive(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("proj-excl");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    TU_OK(db, tu_append1(db, "s-1", ANNAL_EXPECT_ANY, "Ok", "{}", NULL));
+    char target[512], sql[256], err[512];
+    snprintf(target, sizeof target, "sqlite:%s/live.db", dir);
+    cproj c = {NULL, 0, 0};
+    annal_proj *p, *q;
+    assert_int_equal(open_excl(db, target, &c, &p, err, sizeof err), ANNAL_OK);
+    /* this process holds it: a second exclusive handle here is let in (same pid) */
+    assert_int_equal(open_excl(db, target, &c, &q, err, sizeof err), ANNAL_OK);
+    annal_proj_close(q);
+    annal_proj_close(p);
+    /* another live process on this host (our parent) holds it: refused, named */
+    assert_int_equal(open_excl(db, target, &c, &p, err, sizeof err), ANNAL_OK);
+    snprintf(sql, sizeof sql, "UPDATE annal_projectors SET pid = %d", (int)getppid());
+    sql_on(dir, sql);
+    assert_int_equal(open_excl(db, target, &c, &q, err, sizeof err), ANNAL_EBUSY);
+    assert_null(q);
+    char want[64];
+    snprintf(want, sizeof want, "already run by process %d on ", (int)getppid());
+    if (!strstr(err, want)) print_error("refusal: %s\n", err);
+    assert_non_null(strstr(err, want));
+    /* a plain (not exclusive) open is still let in, as before */
+    q = open_c(db, target, &c, "$all");
+    annal_proj_close(q);
+    annal_proj_close(p);
+    /* that process is gone (killed): taken over */
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) _exit(0);
+    assert_int_equal(waitpid(child, NULL, 0), child);
+    sql_on(dir, "DELETE FROM annal_projectors");
+    assert_int_equal(open_excl(db, target, &c, &p, err, sizeof err), ANNAL_OK);
+    snprintf(sql, sizeof sql, "UPDATE annal_projectors SET pid = %d", (int)child);
+    sql_on(dir, sql);
+    assert_int_equal(open_excl(db, target, &c, &q, err, sizeof err), ANNAL_OK);
+    annal_proj_status st;
+    assert_int_equal(state_now(target, &st), ANNAL_PROJ_RUNNING);
+    assert_int_equal(st.projector_pid, getpid()); /* the claim wrote this process */
+    annal_proj_close(q);
+    /* another host: a fresh heartbeat refuses, a stale one does not */
+    snprintf(
+        sql, sizeof sql,
+        "INSERT OR REPLACE INTO annal_projectors VALUES ('counts', 1, 'elsewhere.example', %lld)",
+        (long long)st.heartbeat_ns);
+    sql_on(dir, sql);
+    assert_int_equal(open_excl(db, target, &c, &q, err, sizeof err), ANNAL_EBUSY);
+    snprintf(
+        sql, sizeof sql, "UPDATE annal_projectors SET heartbeat_ns = %lld",
+        (long long)(st.heartbeat_ns - (int64_t)(ANNAL_PROJ_HEARTBEAT_STALE_MS + 1000) * 1000000));
+    sql_on(dir, sql);
+    assert_int_equal(open_excl(db, target, &c, &q, err, sizeof err), ANNAL_OK);
+    annal_proj_close(q);
+    annal_proj_close(p);
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse),
@@ -507,6 +585,7 @@ int main(void) {
         cmocka_unit_test(test_memory),
         cmocka_unit_test(test_lua),
         cmocka_unit_test(test_liveness),
+        cmocka_unit_test(test_exclusive),
         cmocka_unit_test(test_checkpoint_with_changes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

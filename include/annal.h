@@ -50,7 +50,8 @@ extern "C" {
  *   - The macros keep the source API (annal_db_opts_init, annal_append, ...); the
  *     *_sized functions behind them are the ABI. Call the macros.
  *   - Structs passed in arrays or only read (annal_uuid, annal_event_data, annal_filter,
- *     annal_command_meta) are frozen. Structs the library owns and hands out by pointer
+ *     annal_command_meta, annal_tag_list, annal_query_item, annal_query, annal_condition,
+ *     annal_tagged_append) are frozen. Structs the library owns and hands out by pointer
  *     (annal_event, annal_stream_info, annal_damage, annal_sub_item.event) may grow.
  * The on-disk format has its own version (docs/format.md). */
 #define ANNAL_VERSION_MAJOR  0
@@ -85,6 +86,9 @@ typedef enum annal_err {
     ANNAL_EDELETED,   /* the stream was hard-deleted (tombstoned): never written again */
     ANNAL_ETIMEDOUT,  /* a wait ended before anything happened: not a failure */
     ANNAL_EPERM,      /* the operating system denied access to the store's files */
+    ANNAL_ECONDITION, /* an event matching an append's condition exists after its position:
+                       * nothing was written (annal_append_tagged) */
+    ANNAL_ENOTSUP,    /* the operation is not supported by this build or handle */
     ANNAL_ERR_COUNT   /* number of codes; not an error */
 } annal_err;
 
@@ -254,6 +258,12 @@ typedef struct annal_event {
     uint64_t revision;    /* in its stream */
     uint64_t position;    /* in $all */
     int64_t timestamp_ns; /* store's wall clock at commit, ns since the Unix epoch */
+    /* Tags (Dynamic Consistency Boundaries, below): ntags NUL-terminated strings packed one
+     * after another in tags_len bytes ("course:c1\0student:s7\0"), in the order they were
+     * appended; NULL, 0, 0 when the event has none. Walk them with annal_event_tag_next. */
+    const char *tags;
+    size_t tags_len;
+    size_t ntags;
 } annal_event;
 
 typedef struct annal_iter annal_iter; /* opaque read cursor */
@@ -411,6 +421,11 @@ typedef struct annal_sub_opts {
     /* Once caught up, being this many events behind the head again reports
      * ANNAL_SUB_FELL_BEHIND (0: default 10000). */
     uint64_t behind_threshold;
+    /* Deliver only events matching this query (Dynamic Consistency Boundaries, below);
+     * copied during open; NULL: every event. Only for $all (stream NULL or "$all"); with a
+     * filter too, an event must pass both. Catch-up is served from the tag and type
+     * indexes; non-matching events move the checkpoint like filtered-out ones. */
+    const struct annal_query *query;
 } annal_sub_opts;
 
 /* defaults: $all from the start */
@@ -704,6 +719,9 @@ typedef struct annal_command_result {
                                  * ANNAL_ECONFLICT, append.revision is the actual one */
     annal_uuid first_id;        /* id of the first appended event; zero when none */
     uint64_t folded;            /* events passed to evolve() (all attempts) */
+    /* annal_handle_query: position of the last event of the state the last decision was
+     * made on (its condition's `after`); UINT64_MAX when the query matched nothing. */
+    uint64_t state_position;
 } annal_command_result;
 
 /* Run command (borrowed, passed to decide as is) against stream (as in annal_append)
@@ -941,6 +959,9 @@ typedef struct annal_multi_result {
                               * beyond max_conflicts), in the order of parts then checks */
     int idempotent;          /* 1: the whole set had already been appended; the fields
                               * describe the original append */
+    /* annal_append_tagged: on ANNAL_ECONDITION, the position of the first event after the
+     * condition's `after` that matches its query; UINT64_MAX otherwise. */
+    uint64_t condition_position;
 } annal_multi_result;
 
 /* Append the events of nparts parts to their streams and check nchecks more streams,
@@ -978,11 +999,174 @@ ANNAL_API annal_err annal_append_multi_sized(annal_db *db, const annal_stream_ap
     annal_append_multi_sized((db), (parts), (nparts), (checks), (nchecks), (res),                  \
                              sizeof(annal_multi_result))
 
+/* ------------------------------------------------------------------------------------
+ * Dynamic Consistency Boundaries (DCB, dcb.events; src/store/dcb.c, docs/write.md).
+ *
+ * Streams make one aggregate the boundary of every decision. With DCB a decision picks
+ * its own boundary: it reads the events matching a query over event types and tags,
+ * decides, and appends on condition that no event matching that query was appended
+ * after the last position it read. The check and the write are one step of the group
+ * commit, against everything committed and everything ahead of it in the same group, so
+ * two appends whose conditions each match the other's events never both succeed.
+ *
+ * Tags: any event may carry a set of tags, opaque UTF-8 strings such as "course:c1" or
+ * "student:s7": 1..ANNAL_MAX_TAGS of them, each 1..ANNAL_MAX_TAG_BYTES bytes, no two the
+ * same. More tags or longer ones fail the append with ANNAL_ETOOBIG; an empty tag, one
+ * that is not UTF-8, or a repeated one with ANNAL_EINVAL (annal_db_errmsg names the event
+ * and the tag). Tags are stored in the event's record (they do not count toward
+ * max_event_bytes, they do toward the batch's encoded size), returned by every read
+ * (annal_event.tags), kept by compaction, backup, export and import, and indexed: a tag
+ * index (tag -> positions) beside the type index serves queries and conditions.
+ *
+ * Streams and DCB in one store: every event still has a stream, a revision and a
+ * position. A tagged event may go to a named stream with an expected revision like any
+ * other (annal_tagged_append.stream), and then also obeys that stream's metadata. An event
+ * appended with tags alone (stream NULL) goes to the reserved system stream
+ * ANNAL_DCB_STREAM, "$dcb": it reads as any stream (annal_read_stream, $all, type and
+ * category reads, subscriptions), takes no writes except through annal_append_tagged, and
+ * its revisions only count its events. Since its name starts with '$', its events count as
+ * system events in annal_db_info, and filters with exclude_system skip them.
+ *
+ * Queries and conditions see what reads see: events erased by compaction or hidden by
+ * their stream's metadata (deleted, truncated, expired) match nothing.
+ */
+#define ANNAL_MAX_TAGS        32         /* tags on one event */
+#define ANNAL_MAX_TAG_BYTES   255        /* bytes in one tag */
+#define ANNAL_MAX_QUERY_ITEMS 256        /* items in one query */
+#define ANNAL_MAX_QUERY_TYPES 64         /* types in one query item */
+#define ANNAL_DCB_STREAM      "$dcb"     /* the stream of events appended with tags alone */
+#define ANNAL_AFTER_NONE      UINT64_MAX /* a condition's `after`: anywhere in the store */
+
+/* The tags of one event to append. Borrowed for the call; frozen (passed in arrays). */
+typedef struct annal_tag_list {
+    const char *const *tags; /* n NUL-terminated strings; may be NULL when n is 0 */
+    size_t n;
+} annal_tag_list;
+
+/* One item of a query: an event matches it when its type is one of types (if ntypes > 0)
+ * AND it carries every one of tags (if ntags > 0). An item with neither matches every
+ * event. Borrowed for the call that takes it; frozen. Limits: ntypes <=
+ * ANNAL_MAX_QUERY_TYPES, ntags <= ANNAL_MAX_TAGS (else ANNAL_EINVAL). */
+typedef struct annal_query_item {
+    const char *const *types; /* event types (1..ANNAL_MAX_NAME bytes each) */
+    size_t ntypes;
+    const char *const *tags; /* tags (as above) */
+    size_t ntags;
+} annal_query_item;
+
+/* A query: its items combined with OR. No items (nitems 0) matches every event.
+ * Borrowed for the call that takes it (a subscription copies it); frozen. */
+typedef struct annal_query {
+    const annal_query_item *items;
+    size_t nitems; /* <= ANNAL_MAX_QUERY_ITEMS */
+} annal_query;
+
+/* An append condition: the append fails with ANNAL_ECONDITION if an event matching query
+ * exists at a position > after, or anywhere when after is ANNAL_AFTER_NONE. Frozen. Use
+ * as after the position of the last event the decision read (annal_read_query), or
+ * ANNAL_AFTER_NONE when it read none. */
+typedef struct annal_condition {
+    const annal_query *query; /* NULL: the query that matches every event */
+    uint64_t after;
+} annal_condition;
+
+/* One part of annal_append_tagged: annal_stream_append with tags. Frozen. */
+typedef struct annal_tagged_append {
+    const char *stream;         /* NULL: ANNAL_DCB_STREAM (then expected is ignored); else a user
+                                 * stream as in annal_append */
+    int64_t expected;           /* as annal_stream_append */
+    annal_event_data *events;   /* in/out as in annal_append (zero ids are filled in) */
+    const annal_tag_list *tags; /* NULL (no tags), or n lists: the tags of each event */
+    size_t n;                   /* may be 0: the part is then only a check */
+} annal_tagged_append;
+
+/* Does ev match q (NULL: every event)? 1 or 0; no I/O, any thread. For callers that
+ * filter events themselves (a server, a test's model); the store evaluates queries with
+ * its indexes. */
+ANNAL_API int annal_query_match(const annal_query *q, const annal_event *ev);
+
+/* The tag of ev after *tag (*tag NULL: its first). 1 and *tag (borrowed from ev), or 0
+ * when there are no more. */
+ANNAL_API int annal_event_tag_next(const annal_event *ev, const char **tag);
+
+/* Read the events matching q (NULL: every event) from position `from` (inclusive),
+ * forward or backward (ANNAL_READ_BACKWARD; ANNAL_FROM_END starts at the newest), at
+ * most limit events (0: no limit), in position order, each once even when several items
+ * match it. Served from the indexes: reading the few events with a tag touches about as
+ * many index entries, whatever the store's size. q is read during the call only.
+ * Errors: ANNAL_EINVAL (a malformed query: annal_db_errmsg says which item), ANNAL_ENOMEM,
+ * index errors. Iterate with annal_iter_next. */
+ANNAL_API annal_err annal_read_query(annal_db *db, const annal_query *q, uint64_t from,
+                                     unsigned flags, uint64_t limit, annal_iter **out);
+
+/* annal_append_multi with tags and a condition: append the events of nparts parts (to
+ * their streams, or to ANNAL_DCB_STREAM) with their tags, check nchecks more streams,
+ * and check cond (may be NULL: none), atomically: all or nothing, one batch of the log,
+ * durable on return, as annal_append_multi says.
+ *
+ * The condition is checked by the group commit's leader in the same step that writes the
+ * events, against every event committed before and every event of the appends ahead of
+ * this one in its group; the call's own events are not checked against it. When an event
+ * matching cond->query is found after cond->after, nothing is written, the call returns
+ * ANNAL_ECONDITION and res->condition_position is that event's position (the first one
+ * after `after`). Stream conditions are checked too: when both fail the call returns
+ * ANNAL_ECONDITION and res->conflicts still names the streams.
+ *
+ * Idempotence as annal_append_multi: a resend of the same event ids (the same parts)
+ * succeeds with res->idempotent = 1 and the original positions; the condition is not
+ * evaluated again (the original's own events would match it).
+ *
+ * Errors: ANNAL_ECONDITION, and those of annal_append_multi (ANNAL_EINVAL and
+ * ANNAL_ETOOBIG also for tags and queries beyond their limits). res may be NULL. */
+ANNAL_API annal_err annal_append_tagged_sized(annal_db *db, const annal_tagged_append *parts,
+                                              size_t nparts, const annal_stream_check *checks,
+                                              size_t nchecks, const annal_condition *cond,
+                                              annal_multi_result *res, size_t res_size);
+#define annal_append_tagged(db, parts, nparts, checks, nchecks, cond, res)                         \
+    annal_append_tagged_sized((db), (parts), (nparts), (checks), (nchecks), (cond), (res),         \
+                              sizeof(annal_multi_result))
+
+/* The common case: n events with tags (NULL, or one list per event) to ANNAL_DCB_STREAM
+ * if cond (may be NULL) holds. result (may be NULL) as in annal_append; on
+ * ANNAL_ECONDITION *condition_position (may be NULL) gets the matching event's position.
+ * Errors: those of annal_append_tagged. */
+ANNAL_API annal_err annal_append_if_sized(annal_db *db, annal_event_data *events,
+                                          const annal_tag_list *tags, size_t n,
+                                          const annal_condition *cond, annal_append_result *result,
+                                          uint64_t *condition_position, size_t result_size);
+#define annal_append_if(db, events, tags, n, cond, result, condition_position)                     \
+    annal_append_if_sized((db), (events), (tags), (n), (cond), (result), (condition_position),     \
+                          sizeof(annal_append_result))
+
+/* Tags for the events a decider emits (src/write): as annal_decision_emit, with ntags
+ * tags (copied; limits as above). */
+ANNAL_API annal_err annal_decision_emit_tagged(annal_decision *d, const char *type,
+                                               const void *data, size_t data_len,
+                                               const void *metadata, size_t metadata_len,
+                                               const char *const *tags, size_t ntags);
+
+/* Run command against the state folded from the events matching query (instead of a
+ * stream): read them all (upcast), fold them with evolve from the initial state, call
+ * decide without any lock held, and append the decided events (to ANNAL_DCB_STREAM, with
+ * their tags) on the condition that nothing matching query was appended after the last
+ * event folded (ANNAL_AFTER_NONE when none was). On ANNAL_ECONDITION the new events are
+ * folded and decide runs again, at most max_retries times. No snapshots are read or
+ * written. result->state_position is the position of the last event folded;
+ * result->state_revision is -1. Returns as annal_handle; ANNAL_ECONDITION when still
+ * conflicting after max_retries. */
+ANNAL_API annal_err annal_handle_query_sized(annal_handler *h, const annal_query *query,
+                                             const void *command, const annal_command_meta *meta,
+                                             annal_command_result *result, size_t result_size);
+#define annal_handle_query(h, query, command, meta, result)                                        \
+    annal_handle_query_sized((h), (query), (command), (meta), (result),                            \
+                             sizeof(annal_command_result))
+
 /* ---- System streams (src/store/sys.c) ---- */
 /* annal_append for trusted embedders (a server acting for an administrator): stream may
  * also start with '$', as KurrentDB's system streams do (`$users`, `$user-<name>`,
  * `$settings`; docs/security.md). The store's own streams stay reserved (`$$<stream>`
- * metadata, `$all`, `$ce-`/`$et-`, `$seals`), as do the event types `$metadata` and
+ * metadata, `$all`, `$ce-`/`$et-`, `$seals`, ANNAL_DCB_STREAM `$dcb`), as do the event types
+ * `$metadata` and
  * `$streamDeleted`: ANNAL_EINVAL. A stream not starting with '$' is as annal_append.
  * Everything else (expected revision, idempotence, durability, errors) is annal_append's.
  * Expose this only to callers allowed to write system streams. */

@@ -29,6 +29,8 @@ const char *annal_strerror(annal_err e) {
     case ANNAL_EDELETED: return "stream deleted";
     case ANNAL_ETIMEDOUT: return "timed out";
     case ANNAL_EPERM: return "permission denied";
+    case ANNAL_ECONDITION: return "an event matching the append condition exists";
+    case ANNAL_ENOTSUP: return "not supported";
     case ANNAL_ERR_COUNT: break;
     }
     return "unknown error";
@@ -55,6 +57,8 @@ const char *annal_errname(annal_err e) {
     case ANNAL_EDELETED: return "ANNAL_EDELETED";
     case ANNAL_ETIMEDOUT: return "ANNAL_ETIMEDOUT";
     case ANNAL_EPERM: return "ANNAL_EPERM";
+    case ANNAL_ECONDITION: return "ANNAL_ECONDITION";
+    case ANNAL_ENOTSUP: return "ANNAL_ENOTSUP";
     case ANNAL_ERR_COUNT: break;
     }
     return "ANNAL_E?";

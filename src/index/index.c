@@ -99,7 +99,7 @@ typedef struct shared_env {
     ino_t ino;
     int readonly, refs;
     MDB_env *env;
-    MDB_dbi meta, streams, revs, pos, cats, types;
+    MDB_dbi meta, streams, revs, pos, cats, types, tags;
     struct shared_env *next;
     /* A writer maps the file writable (MDB_WRITEMAP): see annal__index_grow. Every
      * active transaction of the process holds maplock shared. */
@@ -222,6 +222,10 @@ static annal_err open_env(annal__index *idx, const char *dir, int readonly, uint
     if (rc == 0) rc = mdb_dbi_open(t, "cats", c | MDB_DUPSORT | MDB_DUPFIXED, &idx->cats);
     if (rc == MDB_NOTFOUND) older = 1;
     if (rc == 0) rc = mdb_dbi_open(t, "types", c | MDB_DUPSORT | MDB_DUPFIXED, &idx->types);
+    /* Layout 5 added the tag table: a read-only opener of an older index refuses it as
+     * above until a writer has rebuilt it. */
+    if (rc == 0) rc = mdb_dbi_open(t, "tags", c | MDB_DUPSORT | MDB_DUPFIXED, &idx->tags);
+    if (rc == MDB_NOTFOUND) older = 1;
     if (older) {
         mdb_txn_abort(t);
         snprintf(detail, dlen,
@@ -298,6 +302,7 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
             e->dev = st.st_dev, e->ino = st.st_ino, e->readonly = readonly, e->refs = 1;
             e->env = idx->env, e->meta = idx->meta, e->streams = idx->streams;
             e->revs = idx->revs, e->pos = idx->pos, e->cats = idx->cats, e->types = idx->types;
+            e->tags = idx->tags;
             e->next = g_envs;
             /* A grower waiting blocks new transactions: readers cannot starve it. */
             pthread_rwlockattr_t ra;
@@ -319,7 +324,7 @@ annal_err annal__index_open(annal__index *idx, const char *dir, int readonly, in
         idx->shared = e;
         idx->env = e->env;
         idx->meta = e->meta, idx->streams = e->streams, idx->revs = e->revs;
-        idx->pos = e->pos, idx->cats = e->cats, idx->types = e->types;
+        idx->pos = e->pos, idx->cats = e->cats, idx->types = e->types, idx->tags = e->tags;
     }
     pthread_mutex_unlock(&g_envs_mu);
     if (rc != ANNAL_OK) {
@@ -652,7 +657,8 @@ annal_err annal__index_pos_move(MDB_txn *t, const annal__index *idx, uint64_t po
 
 annal_err annal__index_clear(MDB_txn *t, const annal__index *idx) {
     int rc = 0;
-    MDB_dbi dbis[] = {idx->meta, idx->streams, idx->revs, idx->pos, idx->cats, idx->types};
+    MDB_dbi dbis[] = {idx->meta, idx->streams, idx->revs, idx->pos,
+                      idx->cats, idx->types,   idx->tags};
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0] && rc == 0; i++)
         rc = mdb_drop(t, dbis[i], 0);
     MDB_dbi old; /* layout 2 kept event ids in LMDB */
@@ -684,6 +690,27 @@ int annal__blocks_tag(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uin
     *w = (annal__blocks){.backward = backward};
     int mrc = mdb_cursor_open(t, dbi, &w->c);
     if (mrc) w->c = NULL;
+    if (!mrc) mrc = annal__index_tag_seek(w->c, name, len, pos, &w->v);
+    return mrc;
+}
+
+int annal__blocks_tag_fwd(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                          annal__blocks *w) {
+    *w = (annal__blocks){.backward = 0};
+    int mrc = mdb_cursor_open(t, dbi, &w->c);
+    if (mrc) {
+        w->c = NULL;
+        return mrc;
+    }
+    /* The name's newest block first: when it ends at or below pos, so do all the others
+     * (the common case of a condition that holds: one lookup instead of a seek). */
+    MDB_val k = val(name, len);
+    mrc = mdb_cursor_get(w->c, &k, &w->v, MDB_SET_KEY);
+    if (!mrc) mrc = mdb_cursor_get(w->c, &k, &w->v, MDB_LAST_DUP);
+    annal__block b;
+    if (!mrc && annal__block_decode(w->v.mv_data, w->v.mv_size, &b) != ANNAL_OK)
+        mrc = MDB_CORRUPTED;
+    if (!mrc && annal__block_end(&b) <= pos) mrc = MDB_NOTFOUND;
     if (!mrc) mrc = annal__index_tag_seek(w->c, name, len, pos, &w->v);
     return mrc;
 }
@@ -749,14 +776,20 @@ size_t annal__category_len(const char *name, size_t len) {
 annal_err annal__index_tag_put_many(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
                                     const uint8_t *vals, size_t n) {
     if (n == 0) return ANNAL_OK;
-    MDB_cursor *c;
-    int rc = mdb_cursor_open(t, dbi, &c);
-    if (rc) return annal__index_err(rc);
     /* New events have the highest positions: appending skips the search of the
-     * duplicates. */
+     * duplicates. One block (a single-event append's) needs no cursor of its own (an
+     * allocation per call): mdb_put keeps its cursor on the stack. */
     MDB_val k = val(name, len), d[2] = {{ANNAL__BLOCK_VAL, (void *)vals}, {n, NULL}};
-    rc = mdb_cursor_put(c, &k, d, MDB_MULTIPLE | MDB_APPENDDUP);
-    mdb_cursor_close(c);
+    int rc;
+    if (n == 1) {
+        rc = mdb_put(t, dbi, &k, d, MDB_APPENDDUP);
+    } else {
+        MDB_cursor *c;
+        rc = mdb_cursor_open(t, dbi, &c);
+        if (rc) return annal__index_err(rc);
+        rc = mdb_cursor_put(c, &k, d, MDB_MULTIPLE | MDB_APPENDDUP);
+        mdb_cursor_close(c);
+    }
     /* Not all above the existing entries: one by one (a repeated block is a no-op). */
     for (size_t i = 0; rc == MDB_KEYEXIST && i < n; i++) {
         MDB_val v = val(vals + i * ANNAL__BLOCK_VAL, ANNAL__BLOCK_VAL);
@@ -794,6 +827,26 @@ annal_err annal__index_tag_block(MDB_txn *t, MDB_dbi dbi, const char *name, size
     mdb_cursor_close(c);
     if (e == ANNAL_OK && !annal__block_has(b, pos)) e = ANNAL_ENOTFOUND;
     return e;
+}
+
+int annal__index_tag_count(MDB_cursor *c, const char *name, size_t len, uint64_t *n) {
+    MDB_val k = val(name, len), v;
+    size_t cnt = 0;
+    int rc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY);
+    if (rc == 0) rc = mdb_cursor_count(c, &cnt);
+    *n = rc == 0 ? cnt : 0;
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int annal__index_tag_at(MDB_cursor *c, const char *name, size_t len, uint64_t first_pos,
+                        annal__block *b) {
+    uint8_t want[ANNAL__BLOCK_VAL] = {0};
+    annal__put64be(want, first_pos);
+    MDB_val k = val(name, len), v = val(want, sizeof want);
+    int rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH_RANGE); /* first block at or after */
+    if (rc == 0 && annal__block_decode(v.mv_data, v.mv_size, b) != ANNAL_OK) rc = MDB_CORRUPTED;
+    if (rc == 0 && b->first_pos != first_pos) rc = MDB_NOTFOUND;
+    return rc;
 }
 
 annal_err annal__index_tag_replace(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,

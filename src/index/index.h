@@ -17,6 +17,7 @@ typedef struct annal__index {
     MDB_env *env;
     MDB_dbi meta, streams, revs, pos;
     MDB_dbi cats, types; /* category / event type -> (position, location), DUPSORT */
+    MDB_dbi tags;        /* tag -> blocks, as types (DCB) */
     char *dir;
     void *shared; /* this process's registry entry for the environment */
 } annal__index;
@@ -36,8 +37,9 @@ typedef struct annal__index_head {
 } annal__index_head;
 
 #define ANNAL__INDEX_VERSION                                                                       \
-    4 /* layout of the tables; another version is rebuilt (3: event ids moved from LMDB            \
-       * to index/ids.h; 4: revision, category and type entries per block of 64 events) */
+    5 /* layout of the tables; another version is rebuilt (3: event ids moved from LMDB            \
+       * to index/ids.h; 4: revision, category and type entries per block of 64 events;            \
+       * 5: the tag table) */
 
 #define ANNAL__UNSET        UINT64_MAX
 #define ANNAL__SR_DELETED   0x1u /* soft-deleted: reads as not found until appended to */
@@ -199,6 +201,14 @@ int annal__index_tag_seek(MDB_cursor *c, const char *name, size_t len, uint64_t 
 /* The block under name holding pos: ANNAL_OK only if pos is a member. */
 annal_err annal__index_tag_block(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
                                  uint64_t pos, annal__block *b);
+/* The number of blocks under name (0 for none) through cursor c on a category, type or
+ * tag table: the cost of walking it. 0 or an LMDB code. */
+int annal__index_tag_count(MDB_cursor *c, const char *name, size_t len, uint64_t *n);
+/* The block under name that starts exactly at first_pos (blocks of one batch slice start
+ * at the same position in every table): 0, MDB_NOTFOUND when there is none, or an LMDB
+ * code. */
+int annal__index_tag_at(MDB_cursor *c, const char *name, size_t len, uint64_t first_pos,
+                        annal__block *b);
 /* Replace the block starting at old->first_pos under name with nb (nb->mask 0: delete). */
 annal_err annal__index_tag_replace(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
                                    const annal__block *old, const annal__block *nb);
@@ -225,6 +235,10 @@ int annal__blocks_rev(MDB_txn *t, const annal__index *idx, uint64_t stream_id, u
 /* On the block under name that starts at or below pos, or else on its first. */
 int annal__blocks_tag(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
                       int backward, annal__blocks *w);
+/* The same, forward only, and MDB_NOTFOUND at once when no block under name reaches pos
+ * (its newest one ends at or below it). */
+int annal__blocks_tag_fwd(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                          annal__blocks *w);
 /* The block the walk is on; for revision blocks b->first_rev and *other: the block is
  * another stream's, below (-1) or above (1) stream_id; 0 otherwise. */
 int annal__blocks_get(const annal__blocks *w, annal__block *b, int *other);

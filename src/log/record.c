@@ -40,8 +40,8 @@ uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t
 
 uint32_t annal__rec_encode_flags(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
                                  uint64_t group, uint32_t flags, uint8_t *out) {
-    uint32_t len =
-        (uint32_t)annal__rec_size(ev->stream_len, ev->type_len, ev->data_len, ev->metadata_len);
+    uint32_t len = (uint32_t)annal__rec_size_tags(ev->stream_len, ev->type_len, ev->data_len,
+                                                  ev->metadata_len, ev->tags_len);
     annal__put32(out + 4, len);
     annal__put64(out + 8, ev->position);
     annal__put64(out + 16, ev->revision);
@@ -51,7 +51,8 @@ uint32_t annal__rec_encode_flags(const annal_event *ev, uint32_t batch_index, ui
     annal__put32(out + 52, batch_count);
     annal__put16(out + 56, (uint16_t)ev->stream_len);
     annal__put16(out + 58, (uint16_t)ev->type_len);
-    annal__put32(out + 60, ANNAL__REC_EVENT | flags);
+    annal__put32(out + 60,
+                 ANNAL__REC_EVENT | flags | (uint32_t)ev->tags_len << ANNAL__REC_TAGS_SHIFT);
     annal__put32(out + 64, (uint32_t)ev->data_len);
     annal__put32(out + 68, (uint32_t)ev->metadata_len);
     annal__put64(out + 72, group);
@@ -66,6 +67,8 @@ uint32_t annal__rec_encode_flags(const annal_event *ev, uint32_t batch_index, ui
     q += ev->data_len;
     if (ev->metadata_len) memcpy(q, ev->metadata, ev->metadata_len);
     q += ev->metadata_len;
+    if (ev->tags_len) memcpy(q, ev->tags, ev->tags_len);
+    q += ev->tags_len;
     memset(q, 0, (size_t)(out + len - q));
     annal__put32(out, annal__crc32c(0, out + 4, len - 4));
     return len;
@@ -99,6 +102,20 @@ static annal_err hole_decode(const uint8_t *p, uint32_t len, annal_event *ev,
     return ANNAL_OK;
 }
 
+int annal__tags_check(const uint8_t *g, size_t len, size_t *ntags) {
+    size_t n = 0, start = 0;
+    if (len < 2 || g[len - 1] != 0) return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (g[i] != 0) continue;
+        if (i == start || i - start > ANNAL_MAX_TAG_BYTES) return -1; /* empty or too long */
+        n++;
+        start = i + 1;
+    }
+    if (n > ANNAL_MAX_TAGS) return -1;
+    *ntags = n;
+    return 0;
+}
+
 annal_err annal__rec_decode(const uint8_t *p, size_t avail, annal_event *ev,
                             annal__rec_info *info) {
     return annal__rec_decode2(p, avail, ev, info, 1);
@@ -121,21 +138,27 @@ annal_err annal__rec_decode2(const uint8_t *p, size_t avail, annal_event *ev, an
     info->kind = annal__get32(p + 60);
     info->group = annal__get64(p + 72);
     info->multi = 0;
+    uint64_t gl = info->kind >> ANNAL__REC_TAGS_SHIFT; /* tags section */
+    info->kind &= (1u << ANNAL__REC_TAGS_SHIFT) - 1;
     if (info->kind == (ANNAL__REC_EVENT | ANNAL__REC_MULTI)) {
         info->kind = ANNAL__REC_EVENT;
         info->multi = 1;
     }
-    if (info->kind == ANNAL__REC_HOLE) return hole_decode(p, len, ev, info);
+    if (info->kind == ANNAL__REC_HOLE && gl == 0) return hole_decode(p, len, ev, info);
     if (info->kind != ANNAL__REC_EVENT || info->batch_count == 0 ||
         info->batch_index >= info->batch_count)
         return ANNAL_ECORRUPT;
     uint64_t sl = annal__get16(p + 56), tl = annal__get16(p + 58);
     uint64_t dl = annal__get32(p + 64), ml = annal__get32(p + 68);
-    if (sl == 0 || tl == 0 || annal__rec_size(sl, tl, dl, ml) != len) return ANNAL_ECORRUPT;
+    if (sl == 0 || tl == 0 || annal__rec_size_tags(sl, tl, dl, ml, gl) != len)
+        return ANNAL_ECORRUPT;
     if (info->group > annal__get64(p + 8)) return ANNAL_ECORRUPT; /* a flush starts at or before */
     const uint8_t *q = p + ANNAL__REC_HDR;
     if (q[sl] != 0 || q[sl + 1 + tl] != 0) return ANNAL_ECORRUPT;
-    for (const uint8_t *z = q + sl + 1 + tl + 1 + dl + ml; z < p + len; z++)
+    const uint8_t *g = q + sl + 1 + tl + 1 + dl + ml;
+    size_t ntags = 0;
+    if (gl && annal__tags_check(g, gl, &ntags) != 0) return ANNAL_ECORRUPT;
+    for (const uint8_t *z = g + gl; z < p + len; z++)
         if (*z) return ANNAL_ECORRUPT; /* padding is zero: one encoding per record */
     ev->position = annal__get64(p + 8);
     ev->revision = annal__get64(p + 16);
@@ -149,5 +172,8 @@ annal_err annal__rec_decode2(const uint8_t *p, size_t avail, annal_event *ev, an
     ev->data_len = dl;
     ev->metadata = q + sl + 1 + tl + 1 + dl;
     ev->metadata_len = ml;
+    ev->tags = gl ? (const char *)g : NULL;
+    ev->tags_len = gl;
+    ev->ntags = ntags;
     return ANNAL_OK;
 }

@@ -20,6 +20,11 @@
  * batch is one stream's, and readers that predate it refuse such records as damaged
  * rather than index them as one stream's. */
 #define ANNAL__REC_MULTI 0x100u
+/* Tags (DCB): bits 16..31 of the kind field hold the length G of the record's tags
+ * section (its tags as NUL-terminated strings, after the metadata); 0 without tags.
+ * Readers that predate tags refuse such records (unknown flag bits) as they do multi. */
+#define ANNAL__REC_TAGS_SHIFT 16u
+#define ANNAL__REC_TAGS_MAX   0xffffu /* bytes of a tags section */
 
 typedef struct annal__seg_hdr {
     uint32_t format;
@@ -54,14 +59,19 @@ static inline const annal_uuid *annal__rec_id_at(const uint8_t *p) {
 }
 static inline int annal__rec_blank_at(const uint8_t *p) { return annal__get64(p) == 0; }
 
-/* Bytes needed to encode an event with these lengths. */
-static inline uint64_t annal__rec_size(size_t stream_len, size_t type_len, size_t data_len,
-                                       size_t meta_len) {
-    uint64_t n = ANNAL__REC_HDR + stream_len + 1 + type_len + 1 + data_len + meta_len;
+/* Bytes needed to encode an event with these lengths (tags_len: its tags section). */
+static inline uint64_t annal__rec_size_tags(size_t stream_len, size_t type_len, size_t data_len,
+                                            size_t meta_len, size_t tags_len) {
+    uint64_t n = ANNAL__REC_HDR + stream_len + 1 + type_len + 1 + data_len + meta_len + tags_len;
     return (n + 7) & ~(uint64_t)7;
 }
+/* ... of an event without tags. */
+static inline uint64_t annal__rec_size(size_t stream_len, size_t type_len, size_t data_len,
+                                       size_t meta_len) {
+    return annal__rec_size_tags(stream_len, type_len, data_len, meta_len, 0);
+}
 
-/* Encode ev (stream/type/data/metadata, id, revision, position, timestamp) with its
+/* Encode ev (stream/type/data/metadata, tags, id, revision, position, timestamp) with its
  * batch framing and the first position of its flush (group) into out, which has room
  * for annal__rec_size(...) bytes. Returns the record length. */
 uint32_t annal__rec_encode(const annal_event *ev, uint32_t batch_index, uint32_t batch_count,
@@ -73,6 +83,10 @@ uint32_t annal__rec_encode_flags(const annal_event *ev, uint32_t batch_index, ui
 
 /* A hole record (ANNAL__REC_HDR bytes) standing for count erased events from pos on. */
 void annal__hole_encode(uint64_t pos, uint64_t count, uint8_t out[ANNAL__REC_HDR]);
+
+/* Is g (len bytes) a well-formed tags section: 1..ANNAL_MAX_TAGS tags of 1..
+ * ANNAL_MAX_TAG_BYTES bytes, each followed by a NUL? 0 and *ntags, or -1. */
+int annal__tags_check(const uint8_t *g, size_t len, size_t *ntags);
 
 /* Decode the record at p (avail bytes readable). On ANNAL_OK, ev points into p.
  * A hole decodes with info->kind ANNAL__REC_HOLE, ev->position its first erased

@@ -581,7 +581,8 @@ annal_err annal__seg_peek(annal__log *log, annal__seg *seg, uint64_t off, uint64
         annal__seg_readable(log, seg, off + ANNAL__REC_HDR) != ANNAL_OK)
         return ANNAL_ECORRUPT;
     const uint8_t *p = seg->map + off;
-    uint32_t kind = annal__get32(p + 60) & ~ANNAL__REC_MULTI;
+    /* (the kind without the multi flag and the length of the tags section) */
+    uint32_t kind = annal__get32(p + 60) & ((1u << ANNAL__REC_TAGS_SHIFT) - 1) & ~ANNAL__REC_MULTI;
     *len = annal__get32(p + 4);
     *pos = annal__get64(p + 8);
     *event = kind == ANNAL__REC_EVENT;

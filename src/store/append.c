@@ -267,9 +267,18 @@ static annal_err admit(annal_db *db, group *g, MDB_txn *t, annal__req *req, anna
 static annal_event req_event(const annal__req *req, size_t i, uint64_t rev0, uint64_t pos0,
                              int64_t now) {
     const annal_event_data *in = &req->ev[i];
-    return (annal_event){in->id,           req->stream, req->stream_len, in->type,
-                         strlen(in->type), in->data,    in->data_len,    in->metadata,
-                         in->metadata_len, rev0 + i,    pos0 + i,        now};
+    return (annal_event){.id = in->id,
+                         .stream = req->stream,
+                         .stream_len = req->stream_len,
+                         .type = in->type,
+                         .type_len = strlen(in->type),
+                         .data = in->data,
+                         .data_len = in->data_len,
+                         .metadata = in->metadata,
+                         .metadata_len = in->metadata_len,
+                         .revision = rev0 + i,
+                         .position = pos0 + i,
+                         .timestamp_ns = now};
 }
 
 /* Encode req's records at *bl of the buffer and claim their ids; first what may refuse
@@ -299,7 +308,7 @@ static annal_err encode_claims(annal_db *db, group *g, MDB_txn *t, annal__req *r
                      dp >= db->head.next_pos ? " (repeated within the append)" : "");
         }
         if (rc == ANNAL_OK)
-            rc = annal__batch_add(&db->batch, ev.type, ev.type_len, ev.position, loc);
+            rc = annal__batch_add(&db->batch, ev.type, ev.type_len, NULL, 0, ev.position, loc);
     }
     annal__ids_release(db->ids);
     if (rc != ANNAL_OK) db->batch.n = 0;
@@ -567,14 +576,17 @@ static void lead_groups(annal_db *db) {
     annal__lead_wake(next);
 }
 
+/* internal: the store's own append (any '$' stream, reserved types); dcb: the stream may
+ * be ANNAL_DCB_STREAM (annal_append_tagged's parts without a stream). */
 static annal_err validate(annal_db *db, const char *stream, size_t *slen, int64_t expected,
-                          annal_event_data *ev, size_t n, uint64_t *bytes, int internal) {
+                          annal_event_data *ev, size_t n, uint64_t *bytes, int internal, int dcb) {
     if (!annal__name_ok(stream, slen))
         return annal__fail(db, ANNAL_EINVAL, "invalid stream name: must be 1..%d bytes of UTF-8",
                            ANNAL_MAX_NAME);
-    if (stream[0] == '$' && !internal)
+    int dcb_ok = dcb && strcmp(stream, ANNAL_DCB_STREAM) == 0; /* the name only */
+    if (stream[0] == '$' && !internal && !dcb_ok)
         return annal__fail(db, ANNAL_EINVAL, "stream names starting with '$' are reserved");
-    if (!internal && !annal__stream_name_ok(stream, slen))
+    if (!internal && !dcb_ok && !annal__stream_name_ok(stream, slen))
         return annal__fail(db, ANNAL_EINVAL, "invalid stream name: %zu bytes; the limit is %d",
                            *slen, ANNAL_MAX_STREAM_NAME);
     if (expected < 0 && expected != ANNAL_EXPECT_ANY && expected != ANNAL_EXPECT_NO_STREAM &&
@@ -639,7 +651,7 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
     memset(&req, 0, sizeof req);
     /* Only the store's own calls (metadata, deletes) carry a guard. */
     annal_err rc =
-        validate(db, stream, &req.stream_len, expected, events, n, &req.bytes, guard != NULL);
+        validate(db, stream, &req.stream_len, expected, events, n, &req.bytes, guard != NULL, 0);
     if (rc != ANNAL_OK) return rc;
     req.guard = guard;
     req.stream = stream;
@@ -684,8 +696,8 @@ void annal__submit(annal_db *db, annal__req *req) {
 /* ---- for multi.c ------------------------------------------------------------------- */
 
 annal_err annal__append_validate(annal_db *db, const char *stream, size_t *slen, int64_t expected,
-                                 annal_event_data *ev, size_t n, uint64_t *bytes) {
-    return validate(db, stream, slen, expected, ev, n, bytes, 0);
+                                 annal_event_data *ev, size_t n, uint64_t *bytes, int dcb) {
+    return validate(db, stream, slen, expected, ev, n, bytes, 0, dcb);
 }
 
 int annal__group_reserve(annal_db *db, uint64_t need) { return buf_reserve(db, need); }

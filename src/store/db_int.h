@@ -77,6 +77,13 @@ typedef struct annal__batch {
     uint64_t *tkey;    /* per event: hash of its type << 32 | its length */
     uint8_t *out;      /* cap encoded blocks: one name's, being gathered */
     uint64_t first_pos;
+    /* Tags (DCB): per event its tags section (NUL-terminated strings, as in the record)
+     * or NULL, and its length; valid until annal__batch_put. */
+    const char **tags;
+    size_t *tags_len;
+    struct annal__tag_ent *tent; /* scratch: one entry per (tag, event) of the batch */
+    size_t tent_cap;
+    size_t ntags; /* tags of the events gathered so far */
 } annal__batch;
 /* DIR/acked (store/acked.c): how far the log was acknowledged, flushed off the append
  * path. */
@@ -217,9 +224,10 @@ annal_err annal__append(annal_db *db, const char *stream, int64_t expected,
 
 /* ---- entries.c ------------------------------------------------------------------- */
 
-/* Gather one event of a batch (consecutive positions) for annal__batch_put. */
-annal_err annal__batch_add(annal__batch *a, const char *type, size_t tlen, uint64_t pos,
-                           uint64_t loc);
+/* Gather one event of a batch (consecutive positions) for annal__batch_put; tags (its
+ * tags section, tags_len bytes; NULL when none) must stay valid until then. */
+annal_err annal__batch_add(annal__batch *a, const char *type, size_t tlen, const char *tags,
+                           size_t tags_len, uint64_t pos, uint64_t loc);
 /* Put the blocks of the gathered events (of stream, whose id is sid, the first at
  * revision first_rev) into t and empty a. */
 annal_err annal__batch_put(annal__batch *a, annal__index *idx, MDB_txn *t, const char *stream,
@@ -296,9 +304,76 @@ typedef struct annal__group {
 
 /* Queue req, lead or wait, until it is committed or refused; req->rc is the result. */
 void annal__submit(annal_db *db, annal__req *req);
-/* Check the name, expectation and events of one append; *bytes: their encoded size. */
+/* Check the name, expectation and events of one append; *bytes: their encoded size.
+ * dcb: the stream may be ANNAL_DCB_STREAM (a tagged part without a stream). */
 annal_err annal__append_validate(annal_db *db, const char *stream, size_t *slen, int64_t expected,
-                                 annal_event_data *ev, size_t n, uint64_t *bytes);
+                                 annal_event_data *ev, size_t n, uint64_t *bytes, int dcb);
+
+/* ---- dcb.c: Dynamic Consistency Boundaries ---------------------------------------- */
+
+/* A query copied and checked (annal__query_compile): one allocation, freed with free(). */
+typedef struct annal__qname {
+    const char *p;
+    size_t len;
+} annal__qname;
+typedef struct annal__qitem {
+    annal__qname *types, *tags;
+    size_t ntypes, ntags;
+} annal__qitem;
+typedef struct annal__query {
+    annal__qitem *items;
+    size_t nitems;
+    int all; /* it matches every event (no items, or an item with neither types nor tags) */
+} annal__query;
+
+/* Check q (NULL: every event) against the limits and copy it into *out (caller frees).
+ * ANNAL_EINVAL (annal__fail says which item), ANNAL_ENOMEM. */
+annal_err annal__query_compile(annal_db *db, const annal_query *q, annal__query **out);
+/* Does ev match q? */
+int annal__query_match(const annal__query *q, const annal_event *ev);
+
+/* The tags of one event to append: its tags section as the record holds it. */
+typedef struct annal__evtags {
+    const char *p; /* NULL: none */
+    size_t len;
+} annal__evtags;
+
+/* What annal_append_tagged adds to an annal_append_multi request. */
+typedef struct annal__dcb {
+    const annal__evtags *tags; /* per event of all parts, or NULL: none has tags */
+    const unsigned char *sys;  /* per part: 1 when it goes to ANNAL_DCB_STREAM */
+    const annal__query *cond;  /* NULL: no condition */
+    uint64_t after;            /* the condition's `after` */
+    uint64_t extra;            /* bytes the tags add to the records */
+    uint64_t cond_pos;         /* out: the matching event's position on ANNAL_ECONDITION */
+} annal__dcb;
+
+/* annal_append_multi's body with DCB additions (dcb may be NULL); *r has the caller's
+ * in-fields and gets the out-fields. */
+annal_err annal__append_parts(annal_db *db, const annal_stream_append *parts, size_t nparts,
+                              const annal_stream_check *checks, size_t nchecks, annal__dcb *dcb,
+                              annal_multi_result *r);
+
+/* The leader's condition check, in the group's write transaction t: the position of the
+ * first event after `after` (ANNAL_AFTER_NONE: anywhere) that matches q and that a read
+ * would return, in *found: ANNAL_ECONDITION. Events of the group ahead of this request
+ * (positions at or above the committed head) count as readable. ANNAL_OK: none. */
+annal_err annal__dcb_check(annal_db *db, MDB_txn *t, const annal__query *q, uint64_t after,
+                           uint64_t *found);
+
+/* annal_read_query with a compiled query (read.c); the iterator owns cq on success
+ * unless borrowed (then cq must outlive it). A cq->all query reads $all and is not kept. */
+annal_err annal__read_query(annal_db *db, annal__query *cq, int borrowed, uint64_t from,
+                            unsigned flags, uint64_t limit, annal_iter **out);
+
+/* One chunk of a read by query (read.c): the locations of the events matching q among
+ * positions [*lo, *hi] in t, in reading order, at most cap (>= ANNAL__BLOCK); the bound
+ * of the reading direction moves past what was taken; *done when nothing matching is
+ * left in range. ANNAL_ENOTFOUND: a block names a generation compaction deleted (fetch
+ * again under a newer snapshot); ANNAL_ECORRUPT; index errors. */
+annal_err annal__query_fetch(annal_db *db, MDB_txn *t, const annal__query *q, int backward,
+                             uint64_t *lo, uint64_t *hi, uint64_t *pos, uint64_t *loc, size_t cap,
+                             size_t *n, int *done);
 /* Leader helpers of append.c: room for need bytes in db->buf (0 or -ENOMEM); write and
  * flush the group's buffer (0 or -errno); decode a record that may still be in it. */
 int annal__group_reserve(annal_db *db, uint64_t need);

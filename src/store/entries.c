@@ -187,8 +187,8 @@ static annal_err apply_meta(annal__index *idx, MDB_txn *t, annal__index_head *h,
     return annal__index_stream_put(t, idx, name, len, &r);
 }
 
-annal_err annal__batch_add(annal__batch *a, const char *type, size_t tlen, uint64_t pos,
-                           uint64_t loc) {
+annal_err annal__batch_add(annal__batch *a, const char *type, size_t tlen, const char *tags,
+                           size_t tags_len, uint64_t pos, uint64_t loc) {
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 64;
         uint64_t *l = realloc(a->loc, cap * sizeof *l);
@@ -197,20 +197,87 @@ annal_err annal__batch_add(annal__batch *a, const char *type, size_t tlen, uint6
         if (ty) a->type = ty;
         uint64_t *tl = ty ? realloc(a->tkey, cap * sizeof *tl) : NULL;
         if (tl) a->tkey = tl;
-        uint8_t *o = tl ? realloc(a->out, cap * ANNAL__BLOCK_VAL) : NULL;
+        const char **tg = tl ? realloc(a->tags, cap * sizeof *tg) : NULL;
+        if (tg) a->tags = tg;
+        size_t *tgl = tg ? realloc(a->tags_len, cap * sizeof *tgl) : NULL;
+        if (tgl) a->tags_len = tgl;
+        uint8_t *o = tgl ? realloc(a->out, cap * ANNAL__BLOCK_VAL) : NULL;
         if (!o) return ANNAL_ENOMEM;
         a->out = o;
         a->cap = cap;
     }
-    if (a->n == 0) a->first_pos = pos;
+    if (a->n == 0) a->first_pos = pos, a->ntags = 0;
     if (pos != a->first_pos + a->n) return ANNAL_ECORRUPT; /* a batch is consecutive */
     a->loc[a->n] = loc;
     a->type[a->n] = type;
+    a->tags[a->n] = tags_len ? tags : NULL;
+    a->tags_len[a->n] = tags_len;
+    for (size_t i = 0; i < tags_len; i++) a->ntags += tags[i] == 0;
     uint32_t h = 2166136261u; /* FNV-1a: types are grouped by comparing keys first */
     for (size_t i = 0; i < tlen; i++) h = (h ^ (uint8_t)type[i]) * 16777619u;
     a->tkey[a->n] = (uint64_t)h << 32 | (uint32_t)tlen;
     a->n++;
     return ANNAL_OK;
+}
+
+/* One tag of one event of a batch, for grouping the batch's tags. */
+typedef struct annal__tag_ent {
+    uint64_t key; /* hash << 32 | length */
+    const char *tag;
+    size_t ev; /* index of the event in the batch */
+} annal__tag_ent;
+
+static int tag_ent_cmp(const void *x, const void *y) {
+    const annal__tag_ent *a = x, *b = y;
+    if (a->key != b->key) return a->key < b->key ? -1 : 1;
+    int c = memcmp(a->tag, b->tag, (uint32_t)a->key);
+    if (c) return c;
+    return a->ev < b->ev ? -1 : a->ev > b->ev;
+}
+
+/* Tag blocks of the n gathered events: per distinct tag, the batch's slices of 64 with
+ * the bits of its events (as type blocks). Sorting groups a tag's events in order. */
+static annal_err put_tag_blocks(annal__batch *a, annal__index *idx, MDB_txn *t, size_t n) {
+    if (a->ntags > a->tent_cap) {
+        annal__tag_ent *e = realloc(a->tent, a->ntags * sizeof *e);
+        if (!e) return ANNAL_ENOMEM;
+        a->tent = e;
+        a->tent_cap = a->ntags;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t off = 0; a->tags[i] && off < a->tags_len[i] && m < a->ntags;) {
+            const char *tg = a->tags[i] + off;
+            size_t len = strlen(tg);
+            uint32_t h = 2166136261u;
+            for (size_t j = 0; j < len; j++) h = (h ^ (uint8_t)tg[j]) * 16777619u;
+            a->tent[m++] = (annal__tag_ent){(uint64_t)h << 32 | (uint32_t)len, tg, i};
+            off += len + 1;
+        }
+    }
+    if (m > 1) qsort(a->tent, m, sizeof *a->tent, tag_ent_cmp);
+    annal_err rc = ANNAL_OK;
+    for (size_t i = 0; i < m && rc == ANNAL_OK;) {
+        const annal__tag_ent *g = &a->tent[i];
+        size_t nb = 0, j = i;
+        annal__block b = {0};
+        for (; j < m && a->tent[j].key == g->key &&
+               memcmp(a->tent[j].tag, g->tag, (uint32_t)g->key) == 0;
+             j++) {
+            size_t e = a->tent[j].ev;
+            uint64_t start = a->first_pos + e / ANNAL__BLOCK * ANNAL__BLOCK;
+            if (b.mask && b.first_pos != start) {
+                annal__block_encode(&b, a->out + nb++ * ANNAL__BLOCK_VAL);
+                b.mask = 0;
+            }
+            if (!b.mask) b.first_pos = start, b.loc = a->loc[e];
+            b.mask |= 1ull << (e % ANNAL__BLOCK);
+        }
+        annal__block_encode(&b, a->out + nb++ * ANNAL__BLOCK_VAL);
+        rc = annal__index_tag_put_many(t, idx->tags, g->tag, (uint32_t)g->key, a->out, nb);
+        i = j;
+    }
+    return rc;
 }
 
 annal_err annal__batch_put(annal__batch *a, annal__index *idx, MDB_txn *t, const char *stream,
@@ -255,6 +322,7 @@ annal_err annal__batch_put(annal__batch *a, annal__index *idx, MDB_txn *t, const
         annal__block_encode(&b, a->out + nb++ * ANNAL__BLOCK_VAL);
         rc = annal__index_tag_put_many(t, idx->types, ty, tl, a->out, nb);
     }
+    if (rc == ANNAL_OK && a->ntags) rc = put_tag_blocks(a, idx, t, n);
     return rc;
 }
 
@@ -263,6 +331,9 @@ void annal__batch_free(annal__batch *a) {
     free(a->out);
     free(a->type);
     free(a->tkey);
+    free(a->tags);
+    free(a->tags_len);
+    free(a->tent);
     memset(a, 0, sizeof *a);
 }
 

@@ -20,12 +20,18 @@ typedef struct annal__multi {
     annal_append_result *pres;   /* per part */
     annal_stream_conflict *conf; /* room for nparts + nchecks */
     size_t nconf;
-    uint64_t total; /* events in all parts */
-    uint64_t *loc;  /* per event: where it was encoded */
-    int spans;      /* the events belong to more than one stream */
-    uint64_t first; /* out: first position */
-    int idempotent; /* out */
+    uint64_t total;  /* events in all parts */
+    uint64_t *loc;   /* per event: where it was encoded */
+    int spans;       /* the events belong to more than one stream */
+    uint64_t first;  /* out: first position */
+    int idempotent;  /* out */
+    annal__dcb *dcb; /* annal_append_tagged: tags, a condition; NULL for annal_append_multi */
 } annal__multi;
+
+/* The tags section of event k (of all parts), or none. */
+static annal__evtags ev_tags(const annal__multi *m, uint64_t k) {
+    return m->dcb && m->dcb->tags ? m->dcb->tags[k] : (annal__evtags){NULL, 0};
+}
 
 static const char *expected_str(int64_t e, char *buf, size_t n) {
     if (e == ANNAL_EXPECT_ANY) return "any";
@@ -179,22 +185,25 @@ static annal_err index_run(annal_db *db, annal__group *g, MDB_txn *t, annal__ind
     uint64_t rev0 = sr.count;
     for (size_t i = 0; i < n && rc == ANNAL_OK; i++) {
         annal_event_data *in = evs[i];
-        annal_event ev = {in->id,
-                          stream,
-                          slen,
-                          in->type,
-                          strlen(in->type),
-                          in->data,
-                          in->data_len,
-                          in->metadata,
-                          in->metadata_len,
-                          rev0 + i,
-                          h->next_pos + k + i,
-                          g->now};
+        annal_event ev = {.id = in->id,
+                          .stream = stream,
+                          .stream_len = slen,
+                          .type = in->type,
+                          .type_len = strlen(in->type),
+                          .data = in->data,
+                          .data_len = in->data_len,
+                          .metadata = in->metadata,
+                          .metadata_len = in->metadata_len,
+                          .revision = rev0 + i,
+                          .position = h->next_pos + k + i,
+                          .timestamp_ns = g->now,
+                          .tags = ev_tags(m, k + i).p,
+                          .tags_len = ev_tags(m, k + i).len};
         if (ev.position % ANNAL__POS_STRIDE == 0)
             rc = annal__index_pos_put(t, &db->idx, ev.position, m->loc[k + i]);
         if (rc == ANNAL_OK)
-            rc = annal__batch_add(&db->batch, ev.type, ev.type_len, ev.position, m->loc[k + i]);
+            rc = annal__batch_add(&db->batch, ev.type, ev.type_len, ev.tags, ev.tags_len,
+                                  ev.position, m->loc[k + i]);
         if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, h, &sr, &ev);
         sr.count = ev.revision + 1;
         sr.last_pos = ev.position;
@@ -202,6 +211,75 @@ static annal_err index_run(annal_db *db, annal__group *g, MDB_txn *t, annal__ind
     if (rc == ANNAL_OK) rc = annal__batch_put(&db->batch, &db->idx, t, stream, slen, sr.id, rev0);
     db->batch.n = 0;
     if (rc == ANNAL_OK) rc = annal__index_stream_put(t, &db->idx, stream, slen, &sr);
+    return rc;
+}
+
+/* The DCB condition (annal_append_tagged), here in the leader and in the group's
+ * transaction: it sees every committed event and every event of the requests ahead of
+ * this one in the group (their entries are in t), and nothing can be appended between
+ * this check and the write that follows it. Two appends whose conditions match each
+ * other's events are therefore ordered here and the second fails; a check made with a
+ * read before queueing could let both through (Marten's issue #4591). */
+static annal_err check_condition(annal_db *db, MDB_txn *t, annal__req *req, annal__multi *m) {
+    if (!m->dcb || !m->dcb->cond) return ANNAL_OK;
+    annal_err rc = annal__dcb_check(db, t, m->dcb->cond, m->dcb->after, &m->dcb->cond_pos);
+    if (rc == ANNAL_ECONDITION)
+        snprintf(req->msg, sizeof req->msg,
+                 "the event at position %" PRIu64 " matches the append's condition",
+                 m->dcb->cond_pos);
+    else if (rc != ANNAL_OK)
+        snprintf(req->msg, sizeof req->msg, "%s", annal_db_errmsg(db));
+    return rc;
+}
+
+/* Encode the set's records at *bl of the buffer and claim their ids: first what may
+ * refuse the set (an id already stored), with no index write. */
+static annal_err encode_set(annal_db *db, annal__group *g, MDB_txn *t, annal__req *req,
+                            annal__index_head *h, uint64_t *bl) {
+    annal__multi *m = req->multi;
+    annal_err rc = ANNAL_OK;
+    annal__ids_hold(db->ids);
+    for (size_t i = 0; i < m->nparts; i++)
+        for (size_t e = 0; e < m->parts[i].n; e++)
+            annal__ids_prefetch(db->ids, &m->parts[i].events[e].id);
+    uint64_t k = 0;
+    for (size_t i = 0; i < m->nparts && rc == ANNAL_OK; i++) {
+        const annal_stream_append *p = &m->parts[i];
+        for (size_t e = 0; e < p->n; e++, k++) {
+            annal_event_data *in = &p->events[e];
+            if (annal__uuid_is_nil(&in->id)) annal__uuid_v7(&in->id, g->now / 1000000, &db->rng);
+            annal_event ev = {.id = in->id,
+                              .stream = p->stream,
+                              .stream_len = m->slen[i],
+                              .type = in->type,
+                              .type_len = strlen(in->type),
+                              .data = in->data,
+                              .data_len = in->data_len,
+                              .metadata = in->metadata,
+                              .metadata_len = in->metadata_len,
+                              .revision = m->pres[i].first_revision + e,
+                              .position = h->next_pos + k,
+                              .timestamp_ns = g->now,
+                              .tags = ev_tags(m, k).p,
+                              .tags_len = ev_tags(m, k).len};
+            uint64_t loc = ANNAL__LOC(db->wseg->no, db->woff + *bl);
+            if (*bl == 0) g->first = ev.position;
+            *bl += annal__rec_encode_flags(&ev, (uint32_t)k, (uint32_t)m->total, g->first,
+                                           m->spans ? ANNAL__REC_MULTI : 0, db->buf + *bl);
+            h->last_loc = loc;
+            m->loc[k] = loc;
+            uint64_t dp;
+            rc = annal__id_claim(db, t, &in->id, ev.position, loc, &dp);
+            if (rc == ANNAL_EDUPLICATE) {
+                char ids[37];
+                annal_uuid_format(&in->id, ids);
+                snprintf(req->msg, sizeof req->msg, "event id %s is already stored%s", ids,
+                         dp >= db->head.next_pos ? " (repeated within the append)" : "");
+            }
+            if (rc != ANNAL_OK) break;
+        }
+    }
+    annal__ids_release(db->ids);
     return rc;
 }
 
@@ -216,6 +294,8 @@ static int multi_add(annal_db *db, annal__group *g, MDB_txn *t, annal__req *req)
     }
     annal_err rc = check_all(db, t, m);
     if (rc != ANNAL_OK) return rc;
+    rc = check_condition(db, t, req, m);
+    if (rc != ANNAL_OK) return rc;
     if (m->nconf) return conflict_result(req, m);
     m->first = h.next_pos;
     uint64_t k = 0;
@@ -226,42 +306,8 @@ static int multi_add(annal_db *db, annal__group *g, MDB_txn *t, annal__req *req)
     int r = annal__group_room(db, g, req->bytes, h.next_pos); /* one batch, one segment */
     if (r < 0) return r;
     if (annal__group_reserve(db, g->bl + req->bytes) < 0) return ANNAL_ENOMEM;
-    /* First what may refuse the set (an id already stored), with no index write. */
     uint64_t bl = g->bl;
-    annal__ids_hold(db->ids);
-    for (size_t i = 0; i < m->nparts; i++)
-        for (size_t e = 0; e < m->parts[i].n; e++)
-            annal__ids_prefetch(db->ids, &m->parts[i].events[e].id);
-    k = 0;
-    for (size_t i = 0; i < m->nparts && rc == ANNAL_OK; i++) {
-        const annal_stream_append *p = &m->parts[i];
-        for (size_t e = 0; e < p->n; e++, k++) {
-            annal_event_data *in = &p->events[e];
-            if (annal__uuid_is_nil(&in->id)) annal__uuid_v7(&in->id, g->now / 1000000, &db->rng);
-            annal_event ev = {in->id,           p->stream,
-                              m->slen[i],       in->type,
-                              strlen(in->type), in->data,
-                              in->data_len,     in->metadata,
-                              in->metadata_len, m->pres[i].first_revision + e,
-                              h.next_pos + k,   g->now};
-            uint64_t loc = ANNAL__LOC(db->wseg->no, db->woff + bl);
-            if (bl == 0) g->first = ev.position;
-            bl += annal__rec_encode_flags(&ev, (uint32_t)k, (uint32_t)m->total, g->first,
-                                          m->spans ? ANNAL__REC_MULTI : 0, db->buf + bl);
-            h.last_loc = loc;
-            m->loc[k] = loc;
-            uint64_t dp;
-            rc = annal__id_claim(db, t, &in->id, ev.position, loc, &dp);
-            if (rc == ANNAL_EDUPLICATE) {
-                char ids[37];
-                annal_uuid_format(&in->id, ids);
-                snprintf(req->msg, sizeof req->msg, "event id %s is already stored%s", ids,
-                         dp >= db->head.next_pos ? " (repeated within the append)" : "");
-            }
-            if (rc != ANNAL_OK) break;
-        }
-    }
-    annal__ids_release(db->ids);
+    rc = encode_set(db, g, t, req, &h, &bl);
     if (rc != ANNAL_OK) return rc;
     /* Then the index, one run of one stream at a time (adjacent parts of one stream are
      * one run, as recovery will see them). A failure now is LMDB's and ends the group. */
@@ -311,7 +357,7 @@ static annal_err validate_multi(annal_db *db, annal__multi *m, annal__req *req) 
         const annal_stream_append *p = &m->parts[i];
         uint64_t bytes;
         annal_err rc = annal__append_validate(db, p->stream, &m->slen[i], p->expected, p->events,
-                                              p->n, &bytes);
+                                              p->n, &bytes, m->dcb && m->dcb->sys[i]);
         if (rc != ANNAL_OK) {
             char why[400];
             snprintf(why, sizeof why, "%s", annal_db_errmsg(db));
@@ -358,15 +404,27 @@ annal_err annal_append_multi_sized(annal_db *db, const annal_stream_append *part
                                    const annal_stream_check *checks, size_t nchecks,
                                    annal_multi_result *res, size_t res_size) {
     if (!db) return ANNAL_EINVAL;
-    if (db->readonly) return annal__fail(db, ANNAL_EREADONLY, "the store is open read-only");
     annal_multi_result r = {0};
     if (res) memcpy(&r, res, res_size < sizeof r ? res_size : sizeof r); /* the in-fields */
-    annal__multi m = {.parts = parts, .nparts = nparts, .checks = checks, .nchecks = nchecks};
+    r.condition_position = UINT64_MAX;                                   /* no condition */
+    annal_err rc = annal__append_parts(db, parts, nparts, checks, nchecks, NULL, &r);
+    /* Only the out-fields are written, within the caller's size. */
+    if (res) annal__out_copy(res, res_size, &r, sizeof r);
+    return rc;
+}
+
+annal_err annal__append_parts(annal_db *db, const annal_stream_append *parts, size_t nparts,
+                              const annal_stream_check *checks, size_t nchecks, annal__dcb *dcb,
+                              annal_multi_result *r) {
+    if (db->readonly) return annal__fail(db, ANNAL_EREADONLY, "the store is open read-only");
+    annal__multi m = {
+        .parts = parts, .nparts = nparts, .checks = checks, .nchecks = nchecks, .dcb = dcb};
     annal__req req;
     memset(&req, 0, sizeof req);
     req.multi = &m;
     req.multi_add = multi_add;
     req.expected = ANNAL_EXPECT_ANY;
+    req.bytes = dcb ? dcb->extra : 0; /* what tags add to the records */
     size_t nall = nparts + nchecks;
     annal_err rc = ANNAL_OK;
     if (nall >= nparts && nall <= db->opts.max_batch_events) {
@@ -383,23 +441,17 @@ annal_err annal_append_multi_sized(annal_db *db, const annal_stream_append *part
         req.n = m.total;
         annal__submit(db, &req);
         rc = req.rc;
-        r.nconflicts = m.nconf;
-        for (size_t i = 0; i < m.nconf && i < r.max_conflicts && r.conflicts; i++)
-            r.conflicts[i] = m.conf[i];
+        r->nconflicts = m.nconf;
+        for (size_t i = 0; i < m.nconf && i < r->max_conflicts && r->conflicts; i++)
+            r->conflicts[i] = m.conf[i];
         if (rc == ANNAL_OK) {
-            r.first_position = m.first;
-            r.count = m.total;
-            r.idempotent = m.idempotent;
-            if (r.parts) memcpy(r.parts, m.pres, nparts * sizeof *m.pres);
+            r->first_position = m.first;
+            r->count = m.total;
+            r->idempotent = m.idempotent;
+            if (r->parts) memcpy(r->parts, m.pres, nparts * sizeof *m.pres);
         }
         if (rc != ANNAL_OK)
             rc = annal__fail(db, rc, "%s", req.msg[0] ? req.msg : annal_strerror(rc));
-    }
-    /* Only the out-fields are written, within the caller's size. */
-    if (res) {
-        annal_multi_result out;
-        memcpy(&out, &r, sizeof out);
-        annal__out_copy(res, res_size, &out, sizeof out);
     }
     free(m.slen);
     free(m.pres);

@@ -15,7 +15,7 @@
 #define STALE       ((annal_err)-1)
 #define MAX_REFETCH 8
 
-enum { IT_STREAM, IT_ALL, IT_TAG };
+enum { IT_STREAM, IT_ALL, IT_TAG, IT_QUERY };
 
 /* Stream records looked up by $all, category and type reads to apply stream metadata;
  * only used once the store has any metadata, delete or tombstone (head.restricted). */
@@ -52,6 +52,9 @@ struct annal_iter {
     uint64_t next_pos; /* backward: next position to fetch (also forward, for tags) */
     /* category or type */
     MDB_dbi tag_dbi;
+    /* query (DCB): its own copy, or a subscription's (q_borrowed) */
+    annal__query *q;
+    int q_borrowed;
     /* visibility */
     int restricted; /* apply stream metadata to each event */
     int64_t now;    /* clock for $maxAge, read at open */
@@ -257,6 +260,24 @@ static annal_err fetch_tag(annal_iter *it) {
                        it->backward ? it->next_pos : it->end - 1);
 }
 
+/* Query: the next chunk of matching events, from the type and tag indexes (dcb.c). */
+static annal_err fetch_query(annal_iter *it) {
+    annal_err rc = txn_renew(it);
+    if (rc != ANNAL_OK) return rc;
+    uint64_t lo = it->backward ? 0 : it->next_pos, hi = it->backward ? it->next_pos : it->end - 1;
+    int done = 0;
+    it->i = 0;
+    rc = annal__query_fetch(it->db, it->txn, it->q, it->backward, &lo, &hi, it->pos, it->loc, CHUNK,
+                            &it->n, &done);
+    txn_reset(it);
+    if (rc != ANNAL_OK) it->n = 0;           /* nothing of a failed chunk is returned */
+    if (rc == ANNAL_ENOTFOUND) return STALE; /* its place is kept: fetch again */
+    if (rc != ANNAL_OK) return rc;
+    it->next_pos = it->backward ? hi : lo;
+    if (done) it->done = 1; /* after this chunk */
+    return ANNAL_OK;
+}
+
 /* Does the metadata of ev's stream leave it visible? */
 static annal_err visible(annal_iter *it, const annal_event *ev, int *ok) {
     *ok = 1;
@@ -329,9 +350,10 @@ static annal_err next_any(annal_iter *it, const annal_event **out) {
     }
     while (it->i == it->n) {
         if (it->done) return ANNAL_END;
-        rc = it->kind == IT_STREAM ? fetch_stream(it)
-             : it->kind == IT_TAG  ? fetch_tag(it)
-                                   : fetch_all_back(it);
+        rc = it->kind == IT_STREAM  ? fetch_stream(it)
+             : it->kind == IT_TAG   ? fetch_tag(it)
+             : it->kind == IT_QUERY ? fetch_query(it)
+                                    : fetch_all_back(it);
         if (rc == STALE && it->refetches++ < MAX_REFETCH) continue; /* kept its place */
         if (rc == STALE)
             rc = annal__fail(db, ANNAL_ECORRUPT, "log segment missing for position %" PRIu64,
@@ -365,6 +387,8 @@ static annal_err next_any(annal_iter *it, const annal_event **out) {
         const char *name = is_cat ? it->ev.stream : it->ev.type;
         if (n != it->stream_len || memcmp(name, it->stream, n) != 0) rc = ANNAL_ECORRUPT;
     }
+    if (rc == ANNAL_OK && it->kind == IT_QUERY && !annal__query_match(it->q, &it->ev))
+        rc = ANNAL_ECORRUPT; /* the index and the log disagree */
     if (rc != ANNAL_OK)
         return annal__fail(db, rc,
                            "damaged event at position %" PRIu64 " (segment %016" PRIx64
@@ -382,6 +406,7 @@ void annal_iter_close(annal_iter *it) {
         annal__txn_free(it->txn);
     free(it->stream);
     free(it->vc);
+    if (!it->q_borrowed) free(it->q);
     free(it);
 }
 
@@ -493,6 +518,47 @@ annal_err annal_read_type(annal_db *db, const char *type, uint64_t from, unsigne
     return read_tag(db, db ? db->idx.types : 0, "event type", type, from, flags, limit, out);
 }
 
+annal_err annal_read_query(annal_db *db, const annal_query *q, uint64_t from, unsigned flags,
+                           uint64_t limit, annal_iter **out) {
+    if (!db || !out || (flags & ~ANNAL_READ_BACKWARD)) return ANNAL_EINVAL;
+    *out = NULL;
+    annal__query *cq;
+    annal_err rc = annal__query_compile(db, q, &cq);
+    if (rc != ANNAL_OK) return rc;
+    rc = annal__read_query(db, cq, 0, from, flags, limit, out);
+    if (rc != ANNAL_OK || cq->all) free(cq);
+    return rc;
+}
+
+annal_err annal__read_query(annal_db *db, annal__query *cq, int borrowed, uint64_t from,
+                            unsigned flags, uint64_t limit, annal_iter **out) {
+    if (cq->all) return annal_read_all(db, from, flags, limit, out); /* walking the log */
+    annal_iter *it = iter_new(db, IT_QUERY, flags, limit);
+    if (!it) return ANNAL_ENOMEM;
+    it->q = cq;
+    it->q_borrowed = 1; /* until it is set up */
+    uint64_t vis = db->readonly ? 0 : annal__visible(db, NULL);
+    annal_err rc = txn_begin(it);
+    if (rc != ANNAL_OK) goto fail;
+    if (db->readonly) vis = annal__visible(db, it->txn);
+    rc = restrictions(it);
+    txn_reset(it);
+    if (rc != ANNAL_OK) goto fail;
+    it->end = vis;
+    if (vis == 0 || (!it->backward && from >= vis)) {
+        it->done = 1;
+        it->remaining = 0;
+    } else {
+        it->next_pos = it->backward && from >= vis ? vis - 1 : from;
+    }
+    it->q_borrowed = borrowed;
+    *out = it;
+    return ANNAL_OK;
+fail:
+    annal_iter_close(it); /* (the caller still owns cq) */
+    return rc;
+}
+
 /* The record of a stream for reading: ANNAL_ENOTFOUND unless it has events and is not
  * soft-deleted; ANNAL_EDELETED if tombstoned. */
 static annal_err stream_for_read(annal_db *db, MDB_txn *t, const char *stream, size_t len,
@@ -559,8 +625,8 @@ annal_err annal_event_get(annal_db *db, uint64_t position, annal_event **out) {
     if (rc == ANNAL_END || (rc == ANNAL_OK && ev->position != position)) { /* or invisible */
         rc = annal__fail(db, ANNAL_ENOTFOUND, "no event at position %" PRIu64, position);
     } else if (rc == ANNAL_OK) {
-        size_t sz =
-            sizeof *ev + ev->stream_len + 1 + ev->type_len + 1 + ev->data_len + ev->metadata_len;
+        size_t sz = sizeof *ev + ev->stream_len + 1 + ev->type_len + 1 + ev->data_len +
+                    ev->metadata_len + ev->tags_len;
         annal_event *e = malloc(sz);
         if (!e) {
             rc = ANNAL_ENOMEM;
@@ -578,6 +644,9 @@ annal_err annal_event_get(annal_db *db, uint64_t position, annal_event **out) {
             p += ev->data_len;
             if (ev->metadata_len) memcpy(p, ev->metadata, ev->metadata_len);
             e->metadata = p;
+            p += ev->metadata_len;
+            if (ev->tags_len) memcpy(p, ev->tags, ev->tags_len);
+            e->tags = ev->tags_len ? p : NULL;
             *out = e;
         }
     }

@@ -147,7 +147,8 @@ static annal_err index_batch(annal_db *db, MDB_txn *t, annal__cursor *c, uint32_
         if (rc == ANNAL_OK && ev.position % ANNAL__POS_STRIDE == 0)
             rc = annal__index_pos_put(t, &db->idx, ev.position, loc);
         if (rc == ANNAL_OK)
-            rc = annal__batch_add(&db->batch, ev.type, ev.type_len, ev.position, loc);
+            rc = annal__batch_add(&db->batch, ev.type, ev.type_len, ev.tags, ev.tags_len,
+                                  ev.position, loc);
         if (rc == ANNAL_OK) rc = annal__index_event_effects(&db->idx, t, &db->head, &sr, &ev);
         sr.count = ev.revision + 1;
         sr.last_pos = ev.position;

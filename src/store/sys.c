@@ -22,10 +22,10 @@ annal_err annal_append_system_sized(annal_db *db, const char *stream, int64_t ex
                            ANNAL_MAX_STREAM_NAME);
     if (len < 2 || stream[1] == '$' || strcmp(stream, "$all") == 0 ||
         strncmp(stream, "$ce-", 4) == 0 || strncmp(stream, "$et-", 4) == 0 ||
-        strcmp(stream, "$seals") == 0)
+        strcmp(stream, "$seals") == 0 || strcmp(stream, ANNAL_DCB_STREAM) == 0)
         return annal__fail(db, ANNAL_EINVAL,
                            "%s is the store's own stream (metadata streams `$$...`, `$all`, "
-                           "`$ce-`, `$et-`, `$seals` are not appended to)",
+                           "`$ce-`, `$et-`, `$seals`, `$dcb` are not appended to)",
                            stream);
     for (size_t i = 0; i < n && events; i++)
         if (events[i].type && (strcmp(events[i].type, "$streamDeleted") == 0 ||

@@ -191,6 +191,11 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
                                                       ev.position, &b),
                                &b, ev.position, loc))
                 why = "event type entry missing or wrong";
+            for (const char *tg = NULL; !why && annal_event_tag_next(&ev, &tg);)
+                if (block_bad(
+                        annal__index_tag_block(t, db->idx.tags, tg, strlen(tg), ev.position, &b),
+                        &b, ev.position, loc))
+                    why = "tag entry missing or wrong";
             if (why && bad++ < 100)
                 report(v, ANNAL__LOC_SEG(loc), ANNAL__LOC_OFF(loc), ev.position, ev.stream,
                        "index: %s (run `annal rebuild-index`)", why);
@@ -199,6 +204,53 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
             report(v, 0, 0, UINT64_MAX, NULL, "index: %" PRIu64 " more wrong entries", bad - 100);
     }
     annal__ids_close(ids);
+}
+
+/* The other way for tags (DCB): every member of every tag block is an event below the
+ * head that carries the tag, so a query never returns an event that lacks it (or one that
+ * compaction erased). check_index walked the log for the entries each event needs. */
+static void check_tag_entries(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h) {
+    MDB_cursor *c;
+    if (mdb_cursor_open(t, db->idx.tags, &c) != 0) return;
+    MDB_val k, val;
+    uint64_t bad = 0;
+    for (int mrc = mdb_cursor_get(c, &k, &val, MDB_FIRST); mrc == 0;
+         mrc = mdb_cursor_get(c, &k, &val, MDB_NEXT)) {
+        annal__block b;
+        uint64_t pos[ANNAL__BLOCK], loc[ANNAL__BLOCK];
+        size_t n = 0;
+        const char *why = NULL;
+        if (k.mv_size == 0 || k.mv_size > ANNAL_MAX_TAG_BYTES ||
+            annal__block_decode(val.mv_data, val.mv_size, &b) != ANNAL_OK)
+            why = "malformed tag entry";
+        else if (annal__block_end(&b) > h.next_pos)
+            why = "tag entry beyond the index head";
+        else {
+            /* (a generation that a compaction in the writer's process replaced since t
+             * was taken is no damage: skip what it names) */
+            annal_err rc = annal__block_members(db, &b, pos, loc, &n);
+            if (rc == ANNAL_ENOTFOUND) continue;
+            if (rc != ANNAL_OK || n != (size_t)__builtin_popcountll(b.mask))
+                why = "tag entry names events that are not in the log";
+        }
+        for (size_t i = 0; !why && i < n; i++) {
+            annal_event ev;
+            annal__rec_info info;
+            int has = 0;
+            if (annal__log_read_at(&db->log, loc[i], pos[i], &ev, &info) != ANNAL_OK) {
+                if (!annal__log_has(&db->log, loc[i])) break; /* replaced meanwhile */
+            } else {
+                for (const char *tg = NULL; !has && annal_event_tag_next(&ev, &tg);)
+                    has = strlen(tg) == k.mv_size && memcmp(tg, k.mv_data, k.mv_size) == 0;
+            }
+            if (!has) why = "tag entry names an event without the tag";
+        }
+        if (why && bad++ < 100)
+            report(v, ANNAL__LOC_SEG(b.loc), ANNAL__LOC_OFF(b.loc), b.first_pos, NULL,
+                   "index: %s (%.*s; run `annal rebuild-index`)", why, (int)k.mv_size,
+                   (const char *)k.mv_data);
+    }
+    mdb_cursor_close(c);
 }
 
 /* Is a writer holding the store? (Its flock on DIR/lock.) */
@@ -265,6 +317,7 @@ annal_err annal_verify(const char *dir, const annal_db_opts *opts, annal_damage_
     }
     if (t) {
         check_index(db, &v, t, h, events);
+        if (h.version == ANNAL__INDEX_VERSION) check_tag_entries(db, &v, t, h);
         annal__txn_abort(&db->idx, t);
     } else if (rc != ANNAL_OK) {
         report(&v, 0, 0, UINT64_MAX, NULL,

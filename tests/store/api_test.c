@@ -486,13 +486,13 @@ static void test_error_names(void **state) {
     static const struct {
         annal_err code;
         const char *name;
-    } all[] = {ERRNAME(ANNAL_OK),         ERRNAME(ANNAL_END),       ERRNAME(ANNAL_ENOMEM),
-               ERRNAME(ANNAL_EINVAL),     ERRNAME(ANNAL_EIO),       ERRNAME(ANNAL_ENOSPC),
-               ERRNAME(ANNAL_ECORRUPT),   ERRNAME(ANNAL_ENOTFOUND), ERRNAME(ANNAL_ECONFLICT),
-               ERRNAME(ANNAL_EDUPLICATE), ERRNAME(ANNAL_ETOOBIG),   ERRNAME(ANNAL_EBUSY),
-               ERRNAME(ANNAL_EREADONLY),  ERRNAME(ANNAL_EFAILED),   ERRNAME(ANNAL_EVERSION),
-               ERRNAME(ANNAL_ECANCELED),  ERRNAME(ANNAL_EDELETED),  ERRNAME(ANNAL_ETIMEDOUT),
-               ERRNAME(ANNAL_EPERM)};
+    } all[] = {ERRNAME(ANNAL_OK),         ERRNAME(ANNAL_END),        ERRNAME(ANNAL_ENOMEM),
+               ERRNAME(ANNAL_EINVAL),     ERRNAME(ANNAL_EIO),        ERRNAME(ANNAL_ENOSPC),
+               ERRNAME(ANNAL_ECORRUPT),   ERRNAME(ANNAL_ENOTFOUND),  ERRNAME(ANNAL_ECONFLICT),
+               ERRNAME(ANNAL_EDUPLICATE), ERRNAME(ANNAL_ETOOBIG),    ERRNAME(ANNAL_EBUSY),
+               ERRNAME(ANNAL_EREADONLY),  ERRNAME(ANNAL_EFAILED),    ERRNAME(ANNAL_EVERSION),
+               ERRNAME(ANNAL_ECANCELED),  ERRNAME(ANNAL_EDELETED),   ERRNAME(ANNAL_ETIMEDOUT),
+               ERRNAME(ANNAL_EPERM),      ERRNAME(ANNAL_ECONDITION), ERRNAME(ANNAL_ENOTSUP)};
     assert_int_equal(ARRAY_LEN(all), ANNAL_ERR_COUNT); /* the table above is complete */
     for (int c = 0; c < ANNAL_ERR_COUNT; c++) {
         const char *name = annal_errname((annal_err)c);

@@ -42,6 +42,7 @@ int cli_exit_code(annal_err rc) {
     case ANNAL_ECONFLICT:
     case ANNAL_EDUPLICATE: return CLI_EXIT_CONFLICT;
     case ANNAL_ECORRUPT: return CLI_EXIT_CORRUPT;
+    case ANNAL_ECONDITION: return CLI_EXIT_CONDITION;
     default: return CLI_EXIT_STORE;
     }
 }
@@ -420,7 +421,8 @@ void cli_table_init(cli_table *t, cli_global *g, FILE *out, int ncols, const cha
     t->ncols = ncols > CLI_TABLE_MAXCOLS ? CLI_TABLE_MAXCOLS : ncols;
     for (int c = 0; c < t->ncols; c++) {
         t->right[c] = spec[c][0] == '>';
-        t->heads[c] = spec[c] + (t->right[c] ? 1 : 0);
+        t->optional[c] = spec[c][0] == '?';
+        t->heads[c] = spec[c] + (t->right[c] || t->optional[c] ? 1 : 0);
         t->maxw[c] = maxw ? maxw[c] : 0;
     }
     t->term_cols = 120;
@@ -431,20 +433,32 @@ void cli_table_init(cli_table *t, cli_global *g, FILE *out, int ncols, const cha
 
 static void table_print_row(cli_table *t, const char *const *cells) {
     size_t used = 0;
+    cli_buf lead = {0}; /* text of hidden columns, shown before the last one */
+    for (int c = 0; c < t->ncols; c++) {
+        if (t->hidden[c] && cells != t->heads && cells[c][0])
+            cli_buf_addf(&lead, "[%s] ", cells[c]);
+    }
     for (int c = 0; c < t->ncols; c++) {
         int last = c == t->ncols - 1;
+        if (t->hidden[c]) continue;
         size_t w = t->width[c];
+        const char *cell = cells[c];
         if (last) {
             /* Whatever the terminal has left, but never squeeze it to nothing. */
             w = t->term_cols > used + 20 ? t->term_cols - used : 20;
+            if (lead.len) {
+                cli_buf_adds(&lead, cell);
+                cell = cli_buf_cstr(&lead);
+            }
         }
-        put_cell(t->out, cells[c], w, t->right[c] && !last, !last);
+        put_cell(t->out, cell, w, t->right[c] && !last, !last);
         if (!last) {
             fputs("  ", t->out);
             used += t->width[c] + 2;
         }
     }
     fputc('\n', t->out);
+    cli_buf_free(&lead);
 }
 
 static void table_fix(cli_table *t) {
@@ -456,6 +470,10 @@ static void table_fix(cli_table *t) {
         }
         if (t->maxw[c] && w > t->maxw[c]) w = t->maxw[c];
         t->width[c] = w;
+        int empty = 1;
+        for (size_t r = 0; empty && r < t->npending; r++)
+            empty = !t->pending[r * (size_t)t->ncols + (size_t)c][0];
+        t->hidden[c] = t->optional[c] && empty && c < t->ncols - 1;
     }
     t->fixed = 1;
     table_print_row(t, t->heads);

@@ -39,6 +39,10 @@ static const struct {
     {"event_store.client.projections.projections", "enable"},
     {"event_store.client.projections.projections", "statistics"},
     {"event_store.client.projections.projections", "state"},
+    /* annal's Dynamic Consistency Boundaries service (dcb.c, proto/dcb.proto) */
+    {"annal.dcb.v1.dcb", "read"},
+    {"annal.dcb.v1.dcb", "subscribe"},
+    {"annal.dcb.v1.dcb", "append"},
 };
 #define NSUPPORTED (sizeof supported / sizeof supported[0])
 

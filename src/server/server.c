@@ -101,6 +101,10 @@ static const struct {
     {"/event_store.client.projections.Projections/Enable", rpc_projections_enable},
     {"/event_store.client.projections.Projections/Statistics", rpc_projections_statistics},
     {"/event_store.client.projections.Projections/State", rpc_projections_state},
+    /* annal's Dynamic Consistency Boundaries service (dcb.c) */
+    {"/annal.dcb.v1.Dcb/Read", rpc_dcb_read},
+    {"/annal.dcb.v1.Dcb/Subscribe", rpc_dcb_subscribe},
+    {"/annal.dcb.v1.Dcb/Append", rpc_dcb_append},
 };
 
 static void run_call(srv_call *c) {

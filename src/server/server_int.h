@@ -273,6 +273,11 @@ const char *srv_batch_options(const EventStore__Client__Streams__BatchAppendReq_
 const char *srv_batch_check(const EventStore__Client__Streams__BatchAppendReq *req,
                             uint64_t max_bytes);
 
+/* dcb.c: annal's own DCB service (proto/dcb.proto, annal.dcb.v1.Dcb). */
+void rpc_dcb_read(srv_call *c);
+void rpc_dcb_subscribe(srv_call *c);
+void rpc_dcb_append(srv_call *c);
+
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);
 

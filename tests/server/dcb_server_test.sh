@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# annal serve's DCB service (src/server/proto/dcb.proto) through grpc-js (tests/e2e/dcb.js):
+# conditional appends, reads and subscriptions by query on an insecure server; the race of
+# 8 processes for the last 10 seats of a course, many rounds (ANNAL_LONG=1: more); then a
+# secure server (TLS, users) where a DCB read never returns an event its caller may not
+# read and appends need $w.
+set -euo pipefail
+: "${ANNAL:?}" "${ANNAL_SRC:?}" "${ANNAL_BUILD:?}" "${ANNAL_TEST_TMP:=/tmp}"
+if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+    echo "skipped: npm and node are needed (scripts/deps.sh installs them)"
+    exit 77
+fi
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+node_dir="$ANNAL_BUILD/e2e-node"
+mkdir -p "$node_dir"
+cp "$ANNAL_SRC"/tests/e2e/dcb.js "$node_dir/"
+bash "$ANNAL_SRC/tests/e2e/install.sh" "$node_dir" || fail "npm ci"
+
+mkdir -p "$ANNAL_TEST_TMP"
+work=$(mktemp -d "$ANNAL_TEST_TMP/dcb_server.XXXXXX")
+server_pid=""
+cleanup() {
+    [ -n "$server_pid" ] && kill -KILL "$server_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+export NODE_NO_WARNINGS=1
+proto="$ANNAL_SRC/src/server/proto"
+
+start() { # start LOG STORE ARGS...: sets server_pid and port
+    local log=$1 store=$2
+    shift 2
+    : >"$log" # exists before the job opens it
+    "$ANNAL" --data "$store" serve --listen 127.0.0.1:0 "$@" 2>"$log" &
+    server_pid=$!
+    port=""
+    for _ in $(seq 100); do
+        port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$log")
+        [ -n "$port" ] && break
+        kill -0 "$server_pid" 2>/dev/null || fail "server died: $(cat "$log")"
+        sleep 0.1
+    done
+    [ -n "$port" ] || fail "no port: $(cat "$log")"
+}
+stop() {
+    kill -TERM "$server_pid"
+    wait "$server_pid" || fail "server exited $? after SIGTERM"
+    server_pid=""
+}
+
+# ---- insecure: the service, then the race
+start "$work/server.log" "$work/store" --insecure
+timeout 120 node "$node_dir/dcb.js" basic "$port" "$proto" || fail "dcb.js basic"
+rounds=5
+[ "${ANNAL_LONG:-0}" = 1 ] && rounds=50
+timeout 600 node "$node_dir/dcb.js" race "$port" "$proto" "$rounds" || fail "dcb.js race"
+stop
+# The store agrees after the server is gone: every course has exactly its capacity.
+for c in $("$ANNAL" --data "$work/store" find 'type=SeatBooked' --json | jq -r '.tags[0]' | grep -E '^course:c[0-9]+-[0-9a-f]{8}$' | sort -u); do
+    n=$("$ANNAL" --data "$work/store" find "type=SeatBooked tag=$c" --json | jq -s length)
+    [ "$n" -eq 30 ] || fail "$c has $n bookings in the store, capacity 30"
+done
+echo "ok - the store holds exactly the capacity of every raced course"
+
+# ---- secure: users and ACLs
+"$ANNAL" cert ca --out "$work/ca" >/dev/null
+"$ANNAL" cert node --ca "$work/ca" --out "$work/node" >/dev/null
+ANNAL_DEFAULT_ADMIN_PASSWORD=changeit start "$work/secure.log" "$work/secure" \
+    --cert "$work/node/node.crt" --key "$work/node/node.key" --ca "$work/ca/ca.crt"
+timeout 120 node "$node_dir/dcb.js" secure "$port" "$proto" "$work/ca/ca.crt" || fail "dcb.js secure"
+grep -q "access denied" "$work/secure.log" || grep -qi "denied" "$work/secure.log" ||
+    fail "no audit line for the refused append: $(grep -i audit "$work/secure.log" | tail -3)"
+stop
+echo "dcb_server_test: ok"

@@ -144,15 +144,6 @@ int cli_remote_append(annal_remote *r, const char *stream, int64_t expected, ann
     return cli_finish_output("append", stdout, "standard output", rc);
 }
 
-int cli_remote_append_dcb(annal_remote *r, const char *stream, int64_t expected,
-                          annal_event_data *ev, const char *const *tags, size_t ntags,
-                          const char *fail_if, uint64_t after) {
-    (void)r, (void)stream, (void)expected, (void)ev, (void)tags, (void)ntags, (void)fail_if;
-    (void)after;
-    cli_error("append", "tags and conditions cannot go through a server yet");
-    return CLI_EXIT_STORE;
-}
-
 int cli_remote_delete(annal_remote *r, const char *stream, int64_t expected, int hard) {
     annal_err e = annal_remote_delete(r, stream, expected, hard);
     if (e == ANNAL_ECONFLICT) {

@@ -52,6 +52,26 @@ stop() {
 # ---- insecure: the service, then the race
 start "$work/server.log" "$work/store" --insecure
 timeout 120 node "$node_dir/dcb.js" basic "$port" "$proto" || fail "dcb.js basic"
+# `annal append --tag --fail-if-match` through the server that owns the store (its socket),
+# and through --server: the DCB service, the stored event printed with its tags.
+Q='type=NameClaimed tag=name:cli'
+out=$("$ANNAL" --data "$work/store" append '$dcb' NameClaimed '{}' --tag name:cli --fail-if-match "$Q") ||
+    fail "a tagged append through the server's socket"
+echo "$out" | jq -e '.stream == "$dcb" and .tags == ["name:cli"]' >/dev/null || fail "printed as stored: $out"
+pos=$(echo "$out" | jq -r .position)
+rc=0
+"$ANNAL" --server "kurrentdb://127.0.0.1:$port?tls=false" append '$dcb' NameClaimed '{}' --tag name:cli \
+    --fail-if-match "$Q" 2>"$work/err" || rc=$?
+[ "$rc" -eq 6 ] || fail "a second claim through --server: exit $rc, want 6: $(cat "$work/err")"
+grep -q "event at position $pos matches" "$work/err" || fail "the matching position: $(cat "$work/err")"
+rc=0
+"$ANNAL" --data "$work/store" append 'cli-1' Tagged '{}' --tag name:cli --expected-revision 3 2>"$work/err" || rc=$?
+[ "$rc" -eq 3 ] || fail "a wrong expected revision through the server: exit $rc: $(cat "$work/err")"
+# --after goes through: nothing matching after the claim itself, so this one is written.
+"$ANNAL" --data "$work/store" append '$dcb' NameReleased '{}' --tag name:cli --fail-if-match "$Q" --after "$pos" \
+    >"$work/out" 2>"$work/err" || fail "an append whose condition holds after --after: $(cat "$work/err")"
+jq -e ".position > $pos" "$work/out" >/dev/null || fail "appended after the claim: $(cat "$work/out")"
+echo "ok - annal append with tags and conditions through the server"
 rounds=5
 [ "${ANNAL_LONG:-0}" = 1 ] && rounds=50
 timeout 600 node "$node_dir/dcb.js" race "$port" "$proto" "$rounds" || fail "dcb.js race"

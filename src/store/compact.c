@@ -289,6 +289,15 @@ static annal_err move_entries(annal_db *db, plan *pl, size_t from, size_t to) {
                 rc = annal__index_tag_replace(t, dbis[j], names[j], lens[j], &b, &nb);
             }
         }
+        /* Its tags' blocks (DCB), the same way: erased events leave the tag index. */
+        for (const char *tg = NULL;
+             (rc == ANNAL_OK || rc == ANNAL_ENOTFOUND) && annal_event_tag_next(&ev, &tg);) {
+            rc = annal__index_tag_block(t, idx->tags, tg, strlen(tg), pe->pos, &b);
+            if (rc == ANNAL_OK && b.loc == pe->oldloc) {
+                nb = survivors(pl, i, &b);
+                rc = annal__index_tag_replace(t, idx->tags, tg, strlen(tg), &b, &nb);
+            }
+        }
         if (rc == ANNAL_ENOTFOUND) rc = ANNAL_OK; /* (a missing entry stays missing) */
         if (rc != ANNAL_OK || pe->pos % ANNAL__POS_STRIDE != 0) continue;
         rc = annal__index_pos_move(t, idx, pe->pos, pe->newloc);

@@ -361,6 +361,11 @@ annal_err annal__append_parts(annal_db *db, const annal_stream_append *parts, si
 annal_err annal__dcb_check(annal_db *db, MDB_txn *t, const annal__query *q, uint64_t after,
                            uint64_t *found);
 
+/* annal_read_query with a compiled query (read.c); the iterator owns cq on success
+ * unless borrowed (then cq must outlive it). A cq->all query reads $all and is not kept. */
+annal_err annal__read_query(annal_db *db, annal__query *cq, int borrowed, uint64_t from,
+                            unsigned flags, uint64_t limit, annal_iter **out);
+
 /* One chunk of a read by query (read.c): the locations of the events matching q among
  * positions [*lo, *hi] in t, in reading order, at most cap (>= ANNAL__BLOCK); the bound
  * of the reading direction moves past what was taken; *done when nothing matching is

@@ -52,8 +52,9 @@ struct annal_iter {
     uint64_t next_pos; /* backward: next position to fetch (also forward, for tags) */
     /* category or type */
     MDB_dbi tag_dbi;
-    /* query (DCB): its own copy */
+    /* query (DCB): its own copy, or a subscription's (q_borrowed) */
     annal__query *q;
+    int q_borrowed;
     /* visibility */
     int restricted; /* apply stream metadata to each event */
     int64_t now;    /* clock for $maxAge, read at open */
@@ -404,7 +405,7 @@ void annal_iter_close(annal_iter *it) {
         annal__txn_free(it->txn);
     free(it->stream);
     free(it->vc);
-    free(it->q);
+    if (!it->q_borrowed) free(it->q);
     free(it);
 }
 
@@ -523,18 +524,20 @@ annal_err annal_read_query(annal_db *db, const annal_query *q, uint64_t from, un
     annal__query *cq;
     annal_err rc = annal__query_compile(db, q, &cq);
     if (rc != ANNAL_OK) return rc;
-    if (cq->all) { /* every event: $all, walking the log */
-        free(cq);
-        return annal_read_all(db, from, flags, limit, out);
-    }
+    rc = annal__read_query(db, cq, 0, from, flags, limit, out);
+    if (rc != ANNAL_OK || cq->all) free(cq);
+    return rc;
+}
+
+annal_err annal__read_query(annal_db *db, annal__query *cq, int borrowed, uint64_t from,
+                            unsigned flags, uint64_t limit, annal_iter **out) {
+    if (cq->all) return annal_read_all(db, from, flags, limit, out); /* walking the log */
     annal_iter *it = iter_new(db, IT_QUERY, flags, limit);
-    if (!it) {
-        free(cq);
-        return ANNAL_ENOMEM;
-    }
+    if (!it) return ANNAL_ENOMEM;
     it->q = cq;
+    it->q_borrowed = 1; /* until it is set up */
     uint64_t vis = db->readonly ? 0 : annal__visible(db, NULL);
-    rc = txn_begin(it);
+    annal_err rc = txn_begin(it);
     if (rc != ANNAL_OK) goto fail;
     if (db->readonly) vis = annal__visible(db, it->txn);
     rc = restrictions(it);
@@ -547,10 +550,11 @@ annal_err annal_read_query(annal_db *db, const annal_query *q, uint64_t from, un
     } else {
         it->next_pos = it->backward && from >= vis ? vis - 1 : from;
     }
+    it->q_borrowed = borrowed;
     *out = it;
     return ANNAL_OK;
 fail:
-    annal_iter_close(it);
+    annal_iter_close(it); /* (the caller still owns cq) */
     return rc;
 }
 

@@ -20,7 +20,7 @@
 #define DEFAULT_CHECKPOINT_EVERY 1000
 #define DEFAULT_BEHIND           10000
 
-enum { SUB_ALL, SUB_STREAM, SUB_CATEGORY, SUB_TYPE };
+enum { SUB_ALL, SUB_STREAM, SUB_CATEGORY, SUB_TYPE, SUB_QUERY };
 
 struct annal_sub {
     annal_db *db;
@@ -31,6 +31,7 @@ struct annal_sub {
     char *type_prefix, *stream_prefix;
     regex_t type_re, stream_re;
     int has_type_re, has_stream_re, exclude_system;
+    annal__query *q; /* SUB_QUERY: the events it delivers (DCB) */
     uint32_t checkpoint_every;
     uint64_t behind_threshold;
     int cancel;   /* atomic */
@@ -71,6 +72,7 @@ void annal_sub_close(annal_sub *s) {
     free(s->type_prefix);
     free(s->stream_prefix);
     free(s->name);
+    free(s->q);
     free(s);
 }
 
@@ -112,6 +114,16 @@ static annal_err look(annal_sub *s, uint64_t *head, annal__stream_rec *sr, int *
     return rc;
 }
 
+/* A subscription by query (DCB): $all only; served by query reads from the indexes,
+ * unless the query matches every event. */
+static annal_err sub_query(annal_sub *s, const annal_query *q) {
+    if (s->kind != SUB_ALL)
+        return annal__fail(s->db, ANNAL_EINVAL, "a query needs $all, not %s", s->name);
+    annal_err rc = annal__query_compile(s->db, q, &s->q);
+    if (rc == ANNAL_OK && !s->q->all) s->kind = SUB_QUERY;
+    return rc;
+}
+
 annal_err annal_sub_open(annal_db *db, const annal_sub_opts *caller, annal_sub **out) {
     if (!db || !caller || !out) return ANNAL_EINVAL;
     *out = NULL;
@@ -121,8 +133,6 @@ annal_err annal_sub_open(annal_db *db, const annal_sub_opts *caller, annal_sub *
                         offsetof(annal_sub_opts, stream) + sizeof caller->stream))
         return annal__fail(db, ANNAL_EINVAL, "subscription options not initialized");
     const annal_sub_opts *opts = &full;
-    if (opts->query) /* DCB: not served yet */
-        return annal__fail(db, ANNAL_ENOTSUP, "subscriptions by query are not implemented yet");
     if (opts->start != ANNAL_SUB_START && opts->start != ANNAL_SUB_AFTER &&
         opts->start != ANNAL_SUB_END)
         return annal__fail(db, ANNAL_EINVAL, "unknown subscription start %d", opts->start);
@@ -165,6 +175,7 @@ annal_err annal_sub_open(annal_db *db, const annal_sub_opts *caller, annal_sub *
         if (rc == ANNAL_OK)
             rc = compile(db, &s->stream_re, &s->has_stream_re, f->stream_regex, "stream");
     }
+    if (rc == ANNAL_OK && opts->query) rc = sub_query(s, opts->query);
     if (rc == ANNAL_OK) rc = annal__read_txn(db, &s->txn);
     if (rc == ANNAL_OK) annal__txn_reset(&db->idx, s->txn);
     if (rc == ANNAL_OK && opts->start == ANNAL_SUB_AFTER) {
@@ -209,6 +220,7 @@ static annal_err open_iter(annal_sub *s) {
     case SUB_ALL: return annal_read_all(db, s->scanned, 0, BATCH, &s->it);
     case SUB_CATEGORY: return annal_read_category(db, s->name, s->scanned, 0, BATCH, &s->it);
     case SUB_TYPE: return annal_read_type(db, s->name, s->scanned, 0, BATCH, &s->it);
+    case SUB_QUERY: return annal__read_query(db, s->q, 1, s->scanned, 0, BATCH, &s->it);
     default: return annal_read_stream(db, s->name, s->next_rev, 0, BATCH, &s->it);
     }
 }

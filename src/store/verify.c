@@ -191,6 +191,11 @@ static void check_index(annal_db *db, vctx *v, MDB_txn *t, annal__index_head h,
                                                       ev.position, &b),
                                &b, ev.position, loc))
                 why = "event type entry missing or wrong";
+            for (const char *tg = NULL; !why && annal_event_tag_next(&ev, &tg);)
+                if (block_bad(
+                        annal__index_tag_block(t, db->idx.tags, tg, strlen(tg), ev.position, &b),
+                        &b, ev.position, loc))
+                    why = "tag entry missing or wrong";
             if (why && bad++ < 100)
                 report(v, ANNAL__LOC_SEG(loc), ANNAL__LOC_OFF(loc), ev.position, ev.stream,
                        "index: %s (run `annal rebuild-index`)", why);

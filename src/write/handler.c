@@ -359,12 +359,15 @@ static void maybe_snapshot(annal_handler *h, const char *stream, const load *l) 
 /* ------------------------------------------------------------------------------------
  * Commands */
 
-/* Give each decided event its final metadata. */
-static annal_err prepare(const annal_handler *h, const annal__write_cmeta *cm, annal_decision *d,
-                         char *err, size_t errlen) {
+void annal__write_handler_view(const annal_handler *h, annal__write_hview *out) {
+    *out = (annal__write_hview){h->db, &h->d, h->ctx, h->max_retries, h->schema};
+}
+
+annal_err annal__write_prepare(const annal_schema *schema, const annal__write_cmeta *cm,
+                               annal_decision *d, char *err, size_t errlen) {
     for (size_t i = 0; i < d->n; i++) {
         annal_event_data *e = &d->ev[i];
-        uint32_t v = annal_schema_version(h->schema, e->type);
+        uint32_t v = annal_schema_version(schema, e->type);
         size_t len;
         annal_err rc = annal__write_meta_merge(cm, v, e->metadata, e->metadata_len, &d->merged[i],
                                                &len, err, errlen);
@@ -419,7 +422,7 @@ static annal_err handle(annal_handler *h, const char *stream, const void *comman
             res->append.revision = l.revision;
             break;
         }
-        rc = prepare(h, &cm, &d, msg, mlen);
+        rc = annal__write_prepare(h->schema, &cm, &d, msg, mlen);
         if (rc != ANNAL_OK) break;
         int64_t expect = l.revision < 0 ? ANNAL_EXPECT_NO_STREAM : l.revision;
         rc = annal_append(h->db, stream, expect, d.ev, d.n, &res->append);

@@ -29,6 +29,8 @@ struct annal_decision {
     annal_err err; /* first failed emit: the command fails with it even if decide ignored it */
     int code;      /* rejection code; 0: not rejected */
     char reason[256];
+    annal_tag_list *tl; /* per event: its tags (annal_decision_emit_tagged), or none */
+    char **tagblk;      /* per event: one allocation holding its tag list, or NULL */
 };
 
 void annal__write_decision_init(annal_decision *d);
@@ -68,6 +70,21 @@ void annal__write_cmeta_free(annal__write_cmeta *cm);
 annal_err annal__write_meta_merge(const annal__write_cmeta *cm, uint32_t schema, const void *meta,
                                   size_t len, char **out, size_t *out_len, char *err,
                                   size_t errlen);
+
+/* ---- handler.c, for query.c */
+
+/* What annal_handle_query needs of a handler (handler.c owns its struct). */
+typedef struct annal__write_hview {
+    annal_db *db;
+    const annal_decider *d;
+    void *ctx;
+    unsigned max_retries;
+    const annal_schema *schema;
+} annal__write_hview;
+void annal__write_handler_view(const annal_handler *h, annal__write_hview *out);
+/* Give each decided event its final metadata (the command's, "$schema"). */
+annal_err annal__write_prepare(const annal_schema *schema, const annal__write_cmeta *cm,
+                               annal_decision *d, char *err, size_t errlen);
 
 /* ---- snapshot.c */
 

@@ -5,7 +5,10 @@
  * every acknowledged event is there, in order, that $all has no gap or duplicate, that
  * no batch is partly visible, and that the store takes appends again. A quarter of the
  * appends are atomic sets across streams (annal_append_multi): their ids number the
- * events of the whole set, so a set partly visible shows as a torn batch.
+ * events of the whole set, so a set partly visible shows as a torn batch. Half of those
+ * sets carry tags (annal_append_tagged) and a DCB condition on the thread's own chain
+ * tag after its last acknowledged set (which must always hold): their tags come back
+ * from the record and the tag index finds each event of the last cycle by its own tag.
  * Cycles: ANNAL_CRASH_CYCLES (default 150; ANNAL_LONG=1: 2000). Seed: argv[1] or time. */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +38,7 @@ typedef struct ack {
     uint32_t stream;
     uint32_t base, total; /* the part's first index in its set, the set's size (else 0, n) */
     uint64_t first_rev, first_pos;
+    uint32_t tagged, pad; /* the set was appended with tags (tag_of) */
 } ack;
 
 static uint64_t rnd(uint64_t *s) {
@@ -60,7 +64,40 @@ typedef struct child_arg {
     annal_db *db;
     int fd;
     uint32_t cycle, thread;
+    uint64_t chain_last; /* position of its last tagged set's last event (ANNAL_AFTER_NONE) */
 } child_arg;
+
+/* The tags of event idx of set counter: its own, and its thread's chain tag. */
+static void tag_of(char own[48], char chain[32], uint32_t cycle, uint32_t thread, uint32_t counter,
+                   uint32_t idx) {
+    snprintf(own, 48, "e:%u.%u.%u.%u", cycle, thread, counter, idx);
+    snprintf(chain, 32, "chain:%u.%u", cycle, thread);
+}
+
+/* The set as annal_append_tagged with tags and the chain condition. */
+static annal_err tagged_append(child_arg *a, const annal_stream_append *parts, uint32_t np,
+                               uint32_t total, uint32_t counter, annal_multi_result *res) {
+    static _Thread_local char own[64][48], chain[32];
+    static _Thread_local const char *tv[64][2];
+    annal_tag_list tl[64];
+    annal_tagged_append tp[4];
+    for (uint32_t k = 0; k < total; k++) {
+        tag_of(own[k], chain, a->cycle, a->thread, counter, k);
+        tv[k][0] = own[k];
+        tv[k][1] = chain;
+        tl[k] = (annal_tag_list){tv[k], 2};
+    }
+    for (uint32_t p = 0, k = 0; p < np; k += (uint32_t)parts[p].n, p++)
+        tp[p] = (annal_tagged_append){parts[p].stream, parts[p].expected, parts[p].events, &tl[k],
+                                      parts[p].n};
+    const char *ct[1] = {chain};
+    annal_query_item item = {NULL, 0, ct, 1};
+    annal_query q = {&item, 1};
+    annal_condition c = {&q, a->chain_last}; /* only this thread writes its chain */
+    annal_err rc = annal_append_tagged(a->db, tp, np, NULL, 0, &c, res);
+    if (rc == ANNAL_OK) a->chain_last = res->first_position + total - 1;
+    return rc;
+}
 
 static char payload[20000];
 
@@ -98,7 +135,9 @@ static void multi_append(child_arg *a, uint64_t *s, uint32_t counter) {
     annal_multi_result res;
     memset(&res, 0, sizeof res);
     res.parts = pr;
-    annal_err rc = annal_append_multi(a->db, parts, np, NULL, 0, &res);
+    uint32_t tagged = (uint32_t)(rnd(s) % 2);
+    annal_err rc = tagged ? tagged_append(a, parts, np, total, counter, &res)
+                          : annal_append_multi(a->db, parts, np, NULL, 0, &res);
     if (rc == ANNAL_OK) {
         for (uint32_t p = 0, k = 0; p < np; k += cnt[p], p++) {
             ack ak = {a->cycle,
@@ -109,7 +148,9 @@ static void multi_append(child_arg *a, uint64_t *s, uint32_t counter) {
                       k,
                       total,
                       pr[p].first_revision,
-                      pr[p].first_position};
+                      pr[p].first_position,
+                      tagged,
+                      0};
             if (write(a->fd, &ak, sizeof ak) != (ssize_t)sizeof ak) _exit(3);
         }
     } else if (rc != ANNAL_ECONFLICT) {
@@ -151,7 +192,8 @@ static void *child_thread(void *p) {
         annal_append_result r;
         annal_err rc = annal_append(a->db, name, expected, ev, n, &r);
         if (rc == ANNAL_OK) {
-            ack k = {a->cycle, a->thread, counter, n, st, 0, n, r.first_revision, r.first_position};
+            ack k = {a->cycle, a->thread,        counter,          n, st, 0,
+                     n,        r.first_revision, r.first_position, 0, 0};
             if (write(a->fd, &k, sizeof k) != (ssize_t)sizeof k) _exit(3);
         } else if (rc != ANNAL_ECONFLICT) {
             fprintf(stderr, "child: append failed: %s (%s)\n", annal_errname(rc),
@@ -182,7 +224,7 @@ static void child(int fd, uint32_t cycle, int rebuild) {
     pthread_t th[THREADS];
     child_arg args[THREADS];
     for (uint32_t t = 0; t < THREADS; t++) {
-        args[t] = (child_arg){db, fd, cycle, t};
+        args[t] = (child_arg){db, fd, cycle, t, ANNAL_AFTER_NONE};
         pthread_create(&th[t], NULL, child_thread, &args[t]);
     }
     for (;;) pause();
@@ -230,8 +272,38 @@ static void log_stderr(void *ctx, annal_log_level lvl, const char *msg) {
     fprintf(stderr, "annal[%d]: %s\n", (int)lvl, msg);
 }
 
+/* The tags of a tagged set's event j: both come back, and in the last cycle the tag
+ * index finds the event by its own tag (and only it). */
+static void check_tags(annal_db *db, const annal_event *e, const ack *k, uint32_t j,
+                       uint32_t last_cycle) {
+    char own[48], chain[32];
+    tag_of(own, chain, k->cycle, k->thread, k->counter, k->base + j);
+    const char *t = NULL;
+    int ok = e->ntags == 2 && annal_event_tag_next(e, &t) && strcmp(t, own) == 0 &&
+             annal_event_tag_next(e, &t) && strcmp(t, chain) == 0;
+    if (!ok)
+        fail_msg("seed %llu: the event at %llu lost its tags", (unsigned long long)g_seed,
+                 (unsigned long long)e->position);
+    if (k->cycle != last_cycle) return;
+    const char *tv[1] = {own};
+    annal_query_item item = {NULL, 0, tv, 1};
+    annal_query q = {&item, 1};
+    annal_iter *it;
+    TU_OK(db, annal_read_query(db, &q, 0, 0, 0, &it));
+    const annal_event *ev;
+    TU_OK(db, annal_iter_next(it, &ev));
+    if (ev->position != e->position)
+        fail_msg("seed %llu: tag %s finds position %llu, not %llu", (unsigned long long)g_seed, own,
+                 (unsigned long long)ev->position, (unsigned long long)e->position);
+    TU_EXPECT(db, annal_iter_next(it, &ev), ANNAL_END);
+    annal_iter_close(it);
+}
+
 /* Check the reopened store against every acknowledgement so far. */
 static void check(acks *all, uint64_t *events_out) {
+    uint32_t last_cycle = 0;
+    for (size_t i = 0; i < all->n; i++)
+        if (all->v[i].cycle > last_cycle) last_cycle = all->v[i].cycle;
     annal_db_opts o;
     annal_db_opts_init(&o);
     o.log = log_stderr;
@@ -310,6 +382,11 @@ static void check(acks *all, uint64_t *events_out) {
                 e->revision != k->first_rev + j)
                 fail_msg("seed %llu: position %llu does not hold the acknowledged event",
                          (unsigned long long)g_seed, (unsigned long long)(k->first_pos + j));
+            if (k->tagged)
+                check_tags(db, e, k, j, last_cycle);
+            else if (e->ntags != 0)
+                fail_msg("seed %llu: untagged event at %llu has tags", (unsigned long long)g_seed,
+                         (unsigned long long)e->position);
             annal_free(e);
         }
     }

@@ -5,7 +5,8 @@
  * land, some do not), and files whose directory entry was not flushed vanish. The index
  * (MDB_NOSYNC) is treated as lost with the reboot. Each time the store must reopen to a
  * state that holds every acknowledged event and nothing half-written. Some steps are
- * atomic sets across two streams (annal_append_multi): never partly visible either. */
+ * atomic sets across two streams (annal_append_tagged, with tags and a condition): never
+ * partly visible either, and their tags come back from the records and the tag index. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -169,6 +170,7 @@ typedef struct acked {
     uint64_t first_pos, first_rev, n;
     uint8_t tag;  /* first byte of every id in the batch */
     uint8_t base; /* index of its first event in the batch (a part of a set) */
+    uint8_t set;  /* a part of a set: appended with tags */
 } acked;
 
 /* The workload: mixed batches over a few streams, segments rolling every 64 KiB.
@@ -214,13 +216,25 @@ static size_t workload(const char *dir, acked *out) {
             annal_multi_result mr;
             memset(&mr, 0, sizeof mr);
             mr.parts = pr;
-            if (annal_append_multi(db, parts, 2, NULL, 0, &mr) != ANNAL_OK) break;
+            char tag[16];
+            snprintf(tag, sizeof tag, "step:%d", i + 1);
+            const char *tv[1] = {tag};
+            annal_tag_list tl[8];
+            for (size_t k = 0; k < n; k++) tl[k] = (annal_tag_list){tv, 1};
+            annal_tagged_append tp[2] = {
+                {parts[0].stream, parts[0].expected, ev, tl, n1},
+                {parts[1].stream, parts[1].expected, ev + n1, tl + n1, n - n1}};
+            annal_query_item item = {NULL, 0, tv, 1};
+            annal_query q = {&item, 1};
+            annal_condition c = {&q, ANNAL_AFTER_NONE}; /* a new tag: it holds */
+            if (annal_append_tagged(db, tp, 2, NULL, 0, &c, &mr) != ANNAL_OK) break;
             for (int p = 0; p < 2; p++) {
                 int sp = p ? s2 : s;
                 exists[sp] = 1;
                 rev[sp] = (uint64_t)pr[p].revision;
                 acked a = {{0},        pr[p].first_position, pr[p].first_revision,
-                           parts[p].n, (uint8_t)(i + 1),     (uint8_t)(p ? n1 : 0)};
+                           parts[p].n, (uint8_t)(i + 1),     (uint8_t)(p ? n1 : 0),
+                           1};
                 memcpy(a.stream, p ? name2 : name, sizeof name);
                 out[nack++] = a;
             }
@@ -231,7 +245,7 @@ static size_t workload(const char *dir, acked *out) {
         if (rc != ANNAL_OK) break; /* the power is out */
         exists[s] = 1;
         rev[s] = (uint64_t)r.revision;
-        acked a = {{0}, r.first_position, r.first_revision, n, (uint8_t)(i + 1), 0};
+        acked a = {{0}, r.first_position, r.first_revision, n, (uint8_t)(i + 1), 0, 0};
         memcpy(a.stream, name, sizeof name);
         out[nack++] = a;
     }
@@ -254,6 +268,27 @@ static void log_stderr(void *ctx, annal_log_level lvl, const char *msg) {
     if (lvl == ANNAL_LOG_ERROR) fprintf(stderr, "annal: %s\n", msg);
 }
 
+/* A set's part: its events carry the set's tag, and the tag index finds them. */
+static void check_tags(annal_db *db, const acked *a, long cut, int sector) {
+    char tag[16];
+    snprintf(tag, sizeof tag, "step:%d", a->tag);
+    const char *tv[1] = {tag};
+    annal_query_item item = {NULL, 0, tv, 1};
+    annal_query q = {&item, 1};
+    annal_iter *it;
+    TU_OK(db, annal_read_query(db, &q, a->first_pos, 0, a->n, &it));
+    const annal_event *ev;
+    for (uint64_t k = 0; k < a->n; k++) {
+        annal_err rc = annal_iter_next(it, &ev);
+        const char *t = NULL;
+        if (rc != ANNAL_OK || ev->position != a->first_pos + k || !annal_event_tag_next(ev, &t) ||
+            strcmp(t, tag) != 0)
+            fail_msg("cut at call %ld, sectors %d: tag %s lost at %llu (%s)", cut, sector, tag,
+                     (unsigned long long)(a->first_pos + k), annal_errname(rc));
+    }
+    annal_iter_close(it);
+}
+
 static void check(const char *dir, const acked *a, size_t na, long cut, int sector) {
     annal_db_opts o;
     annal_db_opts_init(&o);
@@ -273,6 +308,8 @@ static void check(const char *dir, const acked *a, size_t na, long cut, int sect
                          sector, (unsigned long long)(a[i].first_pos + k), annal_errname(rc));
             annal_free(e);
         }
+    for (size_t i = 0; i < na; i++)
+        if (a[i].set) check_tags(db, &a[i], cut, sector);
     /* nothing half-written: every batch is whole (ids say index and size) */
     annal_iter *it;
     TU_OK(db, annal_read_all(db, 0, 0, 0, &it));

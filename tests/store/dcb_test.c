@@ -5,6 +5,8 @@
  * verify and compaction. */
 #include "testutil.h"
 
+#include "store/db_int.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -278,12 +280,165 @@ static void test_conditions(void **state) {
     free(dir);
 }
 
+/* Blocks under tag in the tag index (internals). */
+static uint64_t tag_blocks(annal_db *db, const char *tag) {
+    MDB_txn *t;
+    TU_OK(db, annal__read_txn(db, &t));
+    MDB_cursor *c;
+    assert_int_equal(mdb_cursor_open(t, db->idx.tags, &c), 0);
+    uint64_t n;
+    assert_int_equal(annal__index_tag_count(c, tag, strlen(tag), &n), 0);
+    mdb_cursor_close(c);
+    annal__txn_abort(&db->idx, t);
+    return n;
+}
+
+/* Events hidden by their stream's metadata match no query and no condition; compaction
+ * erases them from the tag index; verify agrees. */
+static void test_hidden_and_compacted(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dcb-compact");
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_CREATE | ANNAL_OPEN_NOSYNC;
+    o.segment_bytes = 64 << 10;
+    annal_db *db;
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    annal_event_data e[2] = {ev_of("Claimed"), ev_of("Claimed")};
+    annal_tag_list tl[2] = {{TAGS("user:ann", "batch:1"), 2}, {TAGS("user:bob", "batch:1"), 2}};
+    annal_tagged_append part = {"users-1", ANNAL_EXPECT_ANY, e, tl, 2};
+    TU_OK(db, annal_append_tagged(db, &part, 1, NULL, 0, NULL, NULL));      /* 0, 1 */
+    TU_OK(db, put(db, "Claimed", TAGS("user:cid", "batch:1"), NULL, NULL)); /* 2 */
+    annal_query_item it = {NULL, 0, TAGS("batch:1"), 1};
+    annal_query q = {&it, 1};
+    char b[128];
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "0,1,2");
+    TU_OK(db, annal_stream_delete(db, "users-1", ANNAL_EXPECT_ANY, 0, NULL)); /* 3: $$users-1 */
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "2");
+    annal_query_item ann = {NULL, 0, TAGS("user:ann"), 1};
+    annal_query qa = {&ann, 1};
+    annal_condition c = {&qa, ANNAL_AFTER_NONE};
+    uint64_t p;
+    TU_OK(db, put(db, "Claimed", TAGS("user:ann"), &c, &p)); /* 4: ann's old claim is gone */
+    assert_int_equal(p, 4);
+    TU_EXPECT(db, put(db, "Claimed", TAGS("user:ann"), &c, &p), ANNAL_ECONDITION);
+    assert_int_equal(p, 4);
+    assert_int_equal(tag_blocks(db, "user:bob"), 1);
+    TU_OK(db, annal_seal(db));
+    annal_compact_stats st;
+    TU_OK(db, annal_compact(db, 0, &st));
+    assert_int_equal(st.events_erased, 2);
+    assert_int_equal(tag_blocks(db, "user:bob"), 0); /* erased events leave the tag index */
+    assert_int_equal(tag_blocks(db, "user:ann"), 1); /* the new claim only */
+    assert_int_equal(tag_blocks(db, "batch:1"), 1);
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "2");
+    assert_string_equal(read_q(db, &qa, 0, 0, 0, b, sizeof b), "4");
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(dir, NULL, NULL, NULL));
+    TU_OK(NULL, annal_rebuild_index(dir, NULL)); /* the compacted log indexes the same */
+    TU_OK(NULL, annal_db_open(dir, &o, &db));
+    assert_int_equal(tag_blocks(db, "user:bob"), 0);
+    assert_string_equal(read_q(db, &qa, 0, 0, 0, b, sizeof b), "4");
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* A subscription by query: history from the indexes, then live events, in order. */
+static void test_subscription(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dcb-sub");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c1", "student:s1"), NULL, NULL)); /* 0 */
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c2", "student:s1"), NULL, NULL)); /* 1 */
+    TU_OK(db, put(db, "Enrolled", TAGS("course:c1", "student:s2"), NULL, NULL)); /* 2 */
+    annal_query_item it = {TAGS("Enrolled"), 1, TAGS("course:c1"), 1};
+    annal_query q = {&it, 1};
+    annal_sub_opts so;
+    annal_sub_opts_init(&so);
+    so.query = &q;
+    annal_sub *sub;
+    TU_OK(db, annal_sub_open(db, &so, &sub));
+    it.ntags = 0; /* the subscription has its own copy */
+    annal_sub_item item;
+    uint64_t got[8];
+    size_t n = 0;
+    int caught_up = 0;
+    while (n < 4) {
+        annal_err rc = annal_sub_next(sub, 2000, &item);
+        TU_OK(db, rc);
+        if (item.kind == ANNAL_SUB_CAUGHT_UP && !caught_up) {
+            caught_up = 1;
+            assert_int_equal(n, 2);
+            TU_OK(db, put(db, "Enrolled", TAGS("course:c2"), NULL, NULL));               /* 3 */
+            TU_OK(db, put(db, "Left", TAGS("course:c1"), NULL, NULL));                   /* 4 */
+            TU_OK(db, put(db, "Enrolled", TAGS("course:c1", "student:s3"), NULL, NULL)); /* 5 */
+            TU_OK(db, put(db, "Enrolled", TAGS("course:c1"), NULL, NULL));               /* 6 */
+        }
+        if (item.kind == ANNAL_SUB_EVENT) got[n++] = item.event->position;
+    }
+    assert_int_equal(got[0], 0);
+    assert_int_equal(got[1], 2);
+    assert_int_equal(got[2], 5);
+    assert_int_equal(got[3], 6);
+    annal_sub_close(sub);
+    /* a query on one stream is refused */
+    so.stream = "users-1";
+    TU_EXPECT(db, annal_sub_open(db, &so, &sub), ANNAL_EINVAL);
+    annal_db_close(db);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+/* A backup copies the log and the index with its tags: it verifies and answers queries;
+ * a restore of it too. */
+static void test_backup(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("dcb-backup"), *bak = tu_tmpdir("dcb-backup-dest"),
+         *res = tu_tmpdir("dcb-backup-restored");
+    annal_db *db = tu_open(dir, ANNAL_OPEN_NOSYNC);
+    for (int i = 0; i < 100; i++) {
+        char t[16];
+        snprintf(t, sizeof t, "k:%d", i % 7);
+        TU_OK(db, put(db, i % 2 ? "Odd" : "Even", TAGS(t, "all"), NULL, NULL));
+    }
+    annal_backup_result br;
+    TU_OK(db, annal_backup(db, bak, NULL, &br));
+    assert_int_equal(br.next_position, 100);
+    annal_db_close(db);
+    TU_OK(NULL, annal_verify(bak, NULL, NULL, NULL));
+    annal_db_opts o;
+    annal_db_opts_init(&o);
+    o.flags = ANNAL_OPEN_READONLY;
+    TU_OK(NULL, annal_db_open(bak, &o, &db)); /* read-only: the copied index serves it */
+    annal_query_item it = {TAGS("Odd"), 1, TAGS("k:3", "all"), 2};
+    annal_query q = {&it, 1};
+    char b[128];
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "3,17,31,45,59,73,87");
+    annal_db_close(db);
+    tu_rmrf(res);
+    annal_restore_result rr;
+    TU_OK(NULL, annal_restore(bak, res, NULL, &rr));
+    db = tu_open(res, 0);
+    assert_string_equal(read_q(db, &q, 0, 0, 0, b, sizeof b), "3,17,31,45,59,73,87");
+    annal_db_close(db);
+    tu_rmrf(dir);
+    tu_rmrf(bak);
+    tu_rmrf(res);
+    free(dir);
+    free(bak);
+    free(res);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tags_roundtrip),
         cmocka_unit_test(test_tag_limits),
         cmocka_unit_test(test_queries),
         cmocka_unit_test(test_conditions),
+        cmocka_unit_test(test_hidden_and_compacted),
+        cmocka_unit_test(test_subscription),
+        cmocka_unit_test(test_backup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -123,12 +123,6 @@ static annal_err follow(annal_db *db, const annal_query *q, const find_opts *o) 
     }
     annal_sub *s = NULL;
     annal_err e = annal_sub_open(db, &so, &s);
-    const annal_query *filter = NULL;
-    if (e == ANNAL_ENOTSUP) { /* a store without subscriptions by query: filter here */
-        so.query = NULL;
-        filter = q;
-        e = annal_sub_open(db, &so, &s);
-    }
     if (e != ANNAL_OK) return e;
     cli_buf line = {0};
     for (uint64_t n = 0; !o->limit || n < o->limit;) {
@@ -139,8 +133,7 @@ static annal_err follow(annal_db *db, const annal_query *q, const find_opts *o) 
             break;
         }
         if (e != ANNAL_OK) break;
-        if (item.kind != ANNAL_SUB_EVENT || (filter && !annal_query_match(filter, item.event)))
-            continue;
+        if (item.kind != ANNAL_SUB_EVENT) continue;
         n++;
         if (print_json(&line, item.event) != 0) break;
     }

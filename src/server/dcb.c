@@ -132,9 +132,9 @@ static int send_sub(srv_call *c, Annal__Dcb__V1__SubscribeResp *resp) {
     return call_send(c, &resp->base);
 }
 
-/* Deliver items until the client leaves, the store fails or the server stops. filter:
- * the query evaluated here (a store that cannot subscribe by query), else NULL. */
-static void pump(srv_call *c, annal_sub *sub, const annal_query *filter) {
+/* Deliver items until the client leaves, the store fails or the server stops. The store
+ * delivers only the events matching the query; the caller's ACLs are applied here. */
+static void pump(srv_call *c, annal_sub *sub) {
     dcb_ev m;
     Annal__Dcb__V1__SubscribeResp resp;
     Annal__Dcb__V1__SubscribeResp__CaughtUp cu = ANNAL__DCB__V1__SUBSCRIBE_RESP__CAUGHT_UP__INIT;
@@ -156,8 +156,7 @@ static void pump(srv_call *c, annal_sub *sub, const annal_query *filter) {
         }
         annal__dcb__v1__subscribe_resp__init(&resp);
         if (item.kind == ANNAL_SUB_EVENT) {
-            if ((filter && !annal_query_match(filter, item.event)) || !sec_readable(c, item.event))
-                continue; /* security: each event's own stream's $r */
+            if (!sec_readable(c, item.event)) continue; /* security: its own stream's $r */
             event_out(item.event, &m);
             resp.content_case = ANNAL__DCB__V1__SUBSCRIBE_RESP__CONTENT_EVENT;
             resp.event = &m.msg;
@@ -184,18 +183,12 @@ static void subscribe(srv_call *c, const Annal__Dcb__V1__SubscribeReq *req, cons
     else if (req->after_option_case == ANNAL__DCB__V1__SUBSCRIBE_REQ__AFTER_OPTION_AFTER)
         so.start = ANNAL_SUB_AFTER, so.from = req->after;
     annal_sub *sub = NULL;
-    const annal_query *filter = NULL;
     annal_err r = annal_sub_open(c->srv->db, &so, &sub);
-    if (r == ANNAL_ENOTSUP) { /* no subscriptions by query in this store: filter here */
-        so.query = NULL;
-        filter = q;
-        r = annal_sub_open(c->srv->db, &so, &sub);
-    }
     if (r != ANNAL_OK) return rpc_fail_store(c, r, NULL);
     if (srv_call_set_sub(c, sub) != 0)
         call_finish(c, GRPC_STATUS_UNAVAILABLE, "Server is shutting down.", NULL, 0);
     else
-        pump(c, sub, filter);
+        pump(c, sub);
     (void)srv_call_set_sub(c, NULL);
     annal_sub_close(sub);
     if (!c->finished) call_finish(c, GRPC_STATUS_CANCELLED, "the client went away", NULL, 0);

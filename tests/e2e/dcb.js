@@ -244,19 +244,32 @@ async function secure() {
 
 // ---- The race: 8 processes book the last 10 seats of a course, round after round.
 const CAPACITY = 30;
+// One racing process. With DCB_ACK_LOG=1 it prints each acknowledged booking at once
+// ({"ack": position, "student": ...}) and stops quietly when the server goes away (the
+// kill -9 check of dcb_server_test.sh); its last line is always {won, lost}.
 async function racer(course, capacity, who) {
   const cq = q({ types: ["SeatBooked"], tags: [`course:${course}`] });
-  let won = 0, lost = 0;
+  const log = process.env.DCB_ACK_LOG === "1";
+  let won = 0, lost = 0, gone = false;
   for (let i = 0; ; i++) {
-    const booked = await read({ query: cq });
-    if (booked.length >= capacity) break; // the decision: the course is full
-    const after = booked.length ? booked[booked.length - 1].position : undefined;
-    const r = await appendRaw({ events: [ev("SeatBooked", [`course:${course}`, `student:${who}-${i}`])], condition: cond(cq, after) });
-    if (r.result === "success") won++;
-    else if (r.result === "condition_failed") lost++;
-    else throw new Error(JSON.stringify(r));
+    try {
+      const booked = await read({ query: cq });
+      if (booked.length >= capacity) break; // the decision: the course is full
+      const after = booked.length ? booked[booked.length - 1].position : undefined;
+      const student = `student:${who}-${i}`;
+      const r = await appendRaw({ events: [ev("SeatBooked", [`course:${course}`, student])], condition: cond(cq, after) });
+      if (r.result === "success") {
+        won++;
+        if (log) fs.writeSync(1, JSON.stringify({ ack: r.success.first_position, student }) + "\n");
+      } else if (r.result === "condition_failed") lost++;
+      else throw new Error(JSON.stringify(r));
+    } catch (err) {
+      if (!log || err.code === undefined) throw err;
+      gone = true; // the server was killed: what was acknowledged is on record above
+      break;
+    }
   }
-  console.log(JSON.stringify({ won, lost }));
+  fs.writeSync(1, JSON.stringify({ won, lost, gone }) + "\n");
 }
 
 function runRacer(course, name) {
@@ -264,7 +277,7 @@ function runRacer(course, name) {
     const p = spawn(process.execPath, [__filename, "racer", port, protoDir, course, String(CAPACITY), name], { stdio: ["ignore", "pipe", "inherit"] });
     let out = "";
     p.stdout.on("data", (d) => (out += d));
-    p.on("exit", (code) => (code === 0 ? res(JSON.parse(out)) : rej(new Error(`racer ${name} exited ${code}`))));
+    p.on("exit", (code) => (code === 0 ? res(JSON.parse(out.trim().split("\n").pop())) : rej(new Error(`racer ${name} exited ${code}`))));
   });
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # annal serve's DCB service (src/server/proto/dcb.proto) through grpc-js (tests/e2e/dcb.js):
 # conditional appends, reads and subscriptions by query on an insecure server; the race of
-# 8 processes for the last 10 seats of a course, many rounds (ANNAL_LONG=1: more); then a
+# 8 processes for the last 10 seats of a course, many rounds (ANNAL_LONG=1: more); a server
+# killed with SIGKILL mid-race losing no acknowledged booking; then a
 # secure server (TLS, users) where a DCB read never returns an event its caller may not
 # read and appends need $w.
 set -euo pipefail
@@ -82,6 +83,33 @@ for c in $("$ANNAL" --data "$work/store" find 'type=SeatBooked' --json | jq -r '
     [ "$n" -eq 30 ] || fail "$c has $n bookings in the store, capacity 30"
 done
 echo "ok - the store holds exactly the capacity of every raced course"
+
+# ---- a server killed with SIGKILL mid-race loses no acknowledged booking, and never books
+# more than the capacity
+start "$work/kill.log" "$work/kstore" --insecure
+racers=()
+for i in 0 1 2 3 4 5 6 7; do
+    DCB_ACK_LOG=1 timeout 120 node "$node_dir/dcb.js" racer "$port" "$proto" kc 200 "k$i" >"$work/ack$i" 2>"$work/ack$i.err" &
+    racers+=($!)
+done
+for _ in $(seq 300); do
+    [ "$(cat "$work"/ack? | grep -c '"ack"')" -ge 40 ] && break
+    sleep 0.05
+done
+kill -KILL "$server_pid"
+wait "$server_pid" || true
+server_pid=""
+for p in "${racers[@]}"; do wait "$p" || fail "a racer failed: $(cat "$work"/ack*.err)"; done
+acked=$(cat "$work"/ack? | grep -c '"ack"')
+[ "$acked" -ge 40 ] && [ "$acked" -lt 200 ] || fail "the kill was not mid-race: $acked bookings acknowledged"
+"$ANNAL" --data "$work/kstore" find 'type=SeatBooked tag=course:kc' --json >"$work/found"
+n=$(jq -s length "$work/found")
+[ "$n" -ge "$acked" ] && [ "$n" -le 200 ] || fail "$n bookings stored, $acked acknowledged, capacity 200"
+jq -r 'select(.ack) | "\(.ack) \(.student)"' "$work"/ack? | sort >"$work/acked"
+jq -r '"\(.position) \(.tags[1])"' "$work/found" | sort >"$work/stored"
+missing=$(comm -23 "$work/acked" "$work/stored")
+[ -z "$missing" ] || fail "acknowledged bookings lost after kill -9: $missing"
+echo "ok - kill -9 mid-race: all $acked acknowledged bookings stored ($n in all, capacity 200)"
 
 # ---- secure: users and ACLs
 "$ANNAL" cert ca --out "$work/ca" >/dev/null

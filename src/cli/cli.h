@@ -40,6 +40,10 @@ typedef struct cli_global {
     annal_err (*remote_append)(void *remote, const char *stream, int64_t expected,
                                annal_event_data *evs, size_t n, annal_append_result *res);
     const char *(*remote_errmsg)(void *remote);
+    /* ... and its appends of tagged events, or to the DCB stream "$dcb" (route_dcb.c). */
+    annal_err (*remote_append_tagged)(void *remote, const char *stream, int64_t expected,
+                                      annal_event_data *evs, const annal_tag_list *tags, size_t n,
+                                      annal_append_result *res);
     uint64_t wait_ms; /* --wait MS: how long a writer waits for another one to finish */
 } cli_global;
 

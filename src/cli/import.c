@@ -266,12 +266,10 @@ static int append_range(importer *im, size_t from, size_t n, annal_append_result
                         annal_err *err) {
     int64_t expected = expected_for(im->exact, im->first_rev + from);
     memset(res, 0, sizeof *res);
-    if (im->tagged && im->g && im->g->remote) {
-        cli_error("import", "%s line %llu: tags cannot be imported through a server yet", im->src,
-                  (unsigned long long)im->lines[from]);
-        return CLI_EXIT_USAGE;
-    }
-    *err = im->tagged ? append_tagged(im, from, n, expected, res)
+    *err = im->tagged && im->g && im->g->remote
+               ? im->g->remote_append_tagged(im->g->remote, im->stream, expected, im->evs + from,
+                                             im->tls + from, n, res)
+           : im->tagged ? append_tagged(im, from, n, expected, res)
            : im->g && im->g->remote
                ? im->g->remote_append(im->g->remote, im->stream, expected, im->evs + from, n, res)
                : annal_append(im->db, im->stream, expected, im->evs + from, n, res);

@@ -112,29 +112,30 @@ static int report(annal_remote *r, const AppendResp *resp, const char *stream, u
     return CLI_EXIT_STORE;
 }
 
-int cli_remote_append_dcb(annal_remote *r, const char *stream, int64_t expected,
-                          annal_event_data *ev, const char *const *tags, size_t ntags,
-                          const char *fail_if, uint64_t after) {
-    cli_query q = {0};
-    char err[256];
-    if (fail_if && cli_query_parse(fail_if, &q, err, sizeof err) != 0) {
-        cli_query_free(&q);
-        return cli_usage_error("append", "bad --fail-if-match: %s", err);
-    }
-    char id[37] = "";
+/* One Dcb/Append of n events (tags[i] for evs[i], tags may be NULL) to stream (NULL: $dcb),
+ * with cond (may be NULL). *out is the answer (freed by the caller) when ANNAL_OK. */
+static annal_err call_append(annal_remote *r, const char *stream, int64_t expected,
+                             const annal_event_data *evs, const annal_tag_list *tags, size_t n,
+                             Annal__Dcb__V1__Condition *cond, AppendResp **out) {
+    Annal__Dcb__V1__AppendEvent *e = cli_xrealloc(NULL, (n + 1) * sizeof *e);
+    Annal__Dcb__V1__AppendEvent **pe = cli_xrealloc(NULL, (n + 1) * sizeof *pe);
+    char(*ids)[37] = cli_xrealloc(NULL, (n + 1) * sizeof *ids);
     static const annal_uuid nil;
-    if (memcmp(&ev->id, &nil, sizeof nil) != 0)
-        annal_uuid_format(&ev->id, id); /* else the store's */
-    Annal__Dcb__V1__AppendEvent e = ANNAL__DCB__V1__APPEND_EVENT__INIT, *pe = &e;
-    e.id = id;
-    e.type = (char *)ev->type;
-    e.data = (ProtobufCBinaryData){ev->data_len, (uint8_t *)ev->data};
-    e.metadata = (ProtobufCBinaryData){ev->metadata_len, (uint8_t *)ev->metadata};
-    e.tags = (char **)tags;
-    e.n_tags = ntags;
+    for (size_t i = 0; i < n; i++) {
+        annal__dcb__v1__append_event__init(&e[i]);
+        ids[i][0] = '\0'; /* no id: the store makes one */
+        if (memcmp(&evs[i].id, &nil, sizeof nil) != 0) annal_uuid_format(&evs[i].id, ids[i]);
+        e[i].id = ids[i];
+        e[i].type = (char *)evs[i].type;
+        e[i].data = (ProtobufCBinaryData){evs[i].data_len, (uint8_t *)evs[i].data};
+        e[i].metadata = (ProtobufCBinaryData){evs[i].metadata_len, (uint8_t *)evs[i].metadata};
+        e[i].tags = tags ? (char **)tags[i].tags : NULL;
+        e[i].n_tags = tags ? tags[i].n : 0;
+        pe[i] = &e[i];
+    }
     Annal__Dcb__V1__AppendReq req = ANNAL__DCB__V1__APPEND_REQ__INIT;
-    req.events = &pe;
-    req.n_events = 1;
+    req.events = pe;
+    req.n_events = n;
     if (stream) {
         req.target_case = ANNAL__DCB__V1__APPEND_REQ__TARGET_STREAM;
         req.stream = (char *)stream;
@@ -148,6 +149,26 @@ int cli_remote_append_dcb(annal_remote *r, const char *stream, int64_t expected,
                                  ? ANNAL__DCB__V1__APPEND_REQ__EXPECTED_STATE__NO_STREAM
                                  : ANNAL__DCB__V1__APPEND_REQ__EXPECTED_STATE__STREAM_EXISTS;
     }
+    req.condition = cond;
+    *out = NULL;
+    annal_err rc = annal_remote_call(r, "/annal.dcb.v1.Dcb/Append", &req.base, keep_append, out);
+    if (rc == ANNAL_OK && !*out) rc = ANNAL_EIO;
+    free(e);
+    free(pe);
+    free(ids);
+    return rc;
+}
+
+int cli_remote_append_dcb(annal_remote *r, const char *stream, int64_t expected,
+                          annal_event_data *ev, const char *const *tags, size_t ntags,
+                          const char *fail_if, uint64_t after) {
+    cli_query q = {0};
+    char err[256];
+    if (fail_if && cli_query_parse(fail_if, &q, err, sizeof err) != 0) {
+        cli_query_free(&q);
+        return cli_usage_error("append", "bad --fail-if-match: %s", err);
+    }
+    annal_tag_list tl = {tags, ntags};
     Annal__Dcb__V1__Condition cond = ANNAL__DCB__V1__CONDITION__INIT;
     Annal__Dcb__V1__Query wq;
     Annal__Dcb__V1__QueryItem *items = NULL, **pitems = NULL;
@@ -158,15 +179,14 @@ int cli_remote_append_dcb(annal_remote *r, const char *stream, int64_t expected,
             cond.after_option_case = ANNAL__DCB__V1__CONDITION__AFTER_OPTION_AFTER;
             cond.after = after;
         }
-        req.condition = &cond;
     }
     AppendResp *resp = NULL;
-    annal_err rc = annal_remote_call(r, "/annal.dcb.v1.Dcb/Append", &req.base, keep_append, &resp);
+    annal_err rc = call_append(r, stream, expected, ev, &tl, 1, fail_if ? &cond : NULL, &resp);
     int exit_code;
-    if (rc != ANNAL_OK || !resp) {
+    if (rc != ANNAL_OK) {
         cli_error("append", "cannot append to stream %s: %s", stream ? stream : ANNAL_DCB_STREAM,
                   annal_remote_errmsg(r));
-        exit_code = rc != ANNAL_OK ? cli_exit_code(rc) : CLI_EXIT_STORE;
+        exit_code = cli_exit_code(rc);
     } else {
         exit_code = report(r, resp, stream, after);
     }
@@ -175,4 +195,30 @@ int cli_remote_append_dcb(annal_remote *r, const char *stream, int64_t expected,
     free(pitems);
     cli_query_free(&q);
     return exit_code;
+}
+
+annal_err cli_remote_append_tagged(void *remote, const char *stream, int64_t expected,
+                                   annal_event_data *evs, const annal_tag_list *tags, size_t n,
+                                   annal_append_result *res) {
+    annal_remote *r = remote;
+    int dcb = strcmp(stream, ANNAL_DCB_STREAM) == 0;
+    AppendResp *resp = NULL;
+    annal_err rc = call_append(r, dcb ? NULL : stream, dcb ? ANNAL_EXPECT_ANY : expected, evs, tags,
+                               n, NULL, &resp);
+    memset(res, 0, sizeof *res);
+    if (rc == ANNAL_OK && resp->result_case == ANNAL__DCB__V1__APPEND_RESP__RESULT_SUCCESS) {
+        res->first_position = resp->success->first_position;
+        res->first_revision = resp->success->first_revision;
+        res->count = resp->success->count;
+        res->revision = resp->success->revision;
+        res->idempotent = resp->success->idempotent;
+    } else if (rc == ANNAL_OK &&
+               resp->result_case == ANNAL__DCB__V1__APPEND_RESP__RESULT_WRONG_EXPECTED_REVISION) {
+        res->revision = resp->wrong_expected_revision->actual_revision;
+        rc = ANNAL_ECONFLICT;
+    } else if (rc == ANNAL_OK) {
+        rc = ANNAL_EIO; /* no condition was sent: nothing else can come back */
+    }
+    if (resp) protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return rc;
 }

@@ -72,7 +72,19 @@ rc=0
 "$ANNAL" --data "$work/store" append '$dcb' NameReleased '{}' --tag name:cli --fail-if-match "$Q" --after "$pos" \
     >"$work/out" 2>"$work/err" || fail "an append whose condition holds after --after: $(cat "$work/err")"
 jq -e ".position > $pos" "$work/out" >/dev/null || fail "appended after the claim: $(cat "$work/out")"
-echo "ok - annal append with tags and conditions through the server"
+# import of tagged events (a named stream and $dcb) through the server, twice: the same.
+"$ANNAL" --data "$work/src" append imp-1 Imported '{"n":1}' --tag imp:x --tag imp:y >/dev/null
+"$ANNAL" --data "$work/src" append '$dcb' Imported '{"n":2}' --tag imp:x >/dev/null
+"$ANNAL" --data "$work/src" export >"$work/imp.jsonl"
+for _ in 1 2; do
+    "$ANNAL" --data "$work/store" import "$work/imp.jsonl" >"$work/out" 2>"$work/err" ||
+        fail "import of tagged events through the server: $(cat "$work/err")"
+    grep -q "through the server" "$work/out" || fail "import did not go through the server: $(cat "$work/out")"
+done
+"$ANNAL" --data "$work/store" find 'tag=imp:x' --json >"$work/out"
+jq -s -e 'length == 2 and .[0].tags == ["imp:x","imp:y"] and .[1].stream == "$dcb" and .[1].data == {"n":2}' \
+    "$work/out" >/dev/null || fail "imported tagged events, once each: $(cat "$work/out")"
+echo "ok - annal append with tags and conditions, and import of tagged events, through the server"
 rounds=5
 [ "${ANNAL_LONG:-0}" = 1 ] && rounds=50
 timeout 600 node "$node_dir/dcb.js" race "$port" "$proto" "$rounds" || fail "dcb.js race"

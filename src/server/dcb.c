@@ -282,16 +282,51 @@ static void append_reply(srv_call *c, annal_err r, const annal_tagged_append *pa
     call_reply(c, &resp.base);
 }
 
+/* The request as annal's: *stream (NULL: the DCB stream), events and tags. NULL, an
+ * error, or "" when over max_bytes. */
+static const char *append_in(const AppendReq *req, annal_event_data *evs, annal_tag_list *tags,
+                             uint64_t max_bytes, const char **stream) {
+    *stream = req->target_case == ANNAL__DCB__V1__APPEND_REQ__TARGET_STREAM ? req->stream : NULL;
+    const char *err = events_in(req, evs, tags, max_bytes);
+    if (err) return err;
+    if (*stream && (!**stream || (*stream)[0] == '$'))
+        return "a DCB append goes to a user stream or, without one, to $dcb";
+    return NULL;
+}
+
+const char *srv_dcb_append_check(const struct Annal__Dcb__V1__AppendReq *req, uint64_t max_bytes) {
+    size_t n = req->n_events ? req->n_events : 1;
+    annal_event_data *evs = calloc(n, sizeof *evs);
+    annal_tag_list *tags = calloc(n, sizeof *tags);
+    const char *stream, *err = !evs || !tags ? "out of memory" : NULL;
+    if (!err) err = append_in(req, evs, tags, max_bytes, &stream);
+    (void)expected_in(req);
+    if (!err && req->condition) err = srv_dcb_query_check(req->condition->query);
+    free(evs);
+    free(tags);
+    return err;
+}
+
+const char *srv_dcb_query_check(const struct Annal__Dcb__V1__Query *wire) {
+    annal_query q;
+    annal_query_item *items;
+    if (query_in(wire, &q, &items) != 0) return "out of memory";
+    /* Matched against an event with a tag, as the store and the server's filters do. */
+    static const char tags[] = "course:c1\0student:s7\0";
+    annal_event ev = {.stream = "s", .stream_len = 1, .type = "SeatBooked", .type_len = 10};
+    ev.tags = tags;
+    ev.tags_len = sizeof tags - 1;
+    ev.ntags = 2;
+    (void)annal_query_match(&q, &ev);
+    free(items);
+    return NULL;
+}
+
 static void append(srv_call *c, const AppendReq *req, annal_event_data *evs, annal_tag_list *tags) {
-    /* absent: the DCB stream */
-    const char *stream =
-        req->target_case == ANNAL__DCB__V1__APPEND_REQ__TARGET_STREAM ? req->stream : NULL;
-    const char *err = events_in(req, evs, tags, c->srv->max_append_bytes);
+    const char *stream;
+    const char *err = append_in(req, evs, tags, c->srv->max_append_bytes, &stream);
     if (err && !*err) return rpc_fail_store(c, ANNAL_ETOOBIG, stream);
     if (err) return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, err, NULL, 0);
-    if (stream && (!*stream || stream[0] == '$'))
-        return call_finish(c, GRPC_STATUS_INVALID_ARGUMENT,
-                           "a DCB append goes to a user stream or, without one, to $dcb", NULL, 0);
     if (sec_check(c, stream ? stream : ANNAL_DCB_STREAM, SEC_WRITE) != 0) return; /* security */
     annal_query q;
     annal_query_item *items = NULL;

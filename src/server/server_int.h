@@ -277,6 +277,12 @@ const char *srv_batch_check(const EventStore__Client__Streams__BatchAppendReq *r
 void rpc_dcb_read(srv_call *c);
 void rpc_dcb_subscribe(srv_call *c);
 void rpc_dcb_append(srv_call *c);
+/* Request decoding without a live call (the fuzz target's entries): NULL or an error ("" for
+ * over max_bytes). */
+struct Annal__Dcb__V1__AppendReq;
+struct Annal__Dcb__V1__Query;
+const char *srv_dcb_append_check(const struct Annal__Dcb__V1__AppendReq *req, uint64_t max_bytes);
+const char *srv_dcb_query_check(const struct Annal__Dcb__V1__Query *q);
 
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);

@@ -282,7 +282,8 @@ static int item_open(qrun *r, qitem *q, const annal__qitem *it) {
         r->ncurs += it->ntags;
         uint64_t least = UINT64_MAX;
         size_t driver = 0;
-        for (size_t j = 0; j < it->ntags && !mrc; j++) {
+        /* The rarest tag drives (one tag alone needs no counting: the common condition). */
+        for (size_t j = 0; j < it->ntags && it->ntags > 1 && !mrc; j++) {
             uint64_t n = 0;
             mrc = mdb_cursor_open(r->t, idx->tags, &q->tagc[j]);
             if (!mrc) mrc = name_cost(q->tagc[j], &it->tags[j], &n);
@@ -295,7 +296,7 @@ static int item_open(qrun *r, qitem *q, const annal__qitem *it) {
                 mrc = mdb_cursor_open(r->t, idx->types, &q->typec[j]);
         }
         if (mrc) return mrc;
-        mdb_cursor_close(q->tagc[driver]);
+        if (q->tagc[driver]) mdb_cursor_close(q->tagc[driver]);
         q->tagc[driver] = NULL;
         q->walks = r->walks + r->nwalks;
         q->nwalks = 1;

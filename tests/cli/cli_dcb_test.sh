@@ -141,6 +141,18 @@ grep -q "course:c2 student:s8" "$T/out" || fail "read's table shows tags: $(cat 
 run subscribe --timeout 1 --limit 1 --type UsernameReleased
 jq -e '.tags == ["username:alice"]' "$T/out" >/dev/null || fail "subscribe shows tags: $(cat "$T/out")"
 
+# ---- The table's TAGS column: left out when the first 200 rows have no tags; a later
+# row's tags then lead its data.
+for i in $(seq 1 201); do echo '{"stream":"plain-1","type":"P","data":{}}'; done >"$T/plain.jsonl"
+echo '{"stream":"plain-1","type":"P","data":{"late":1},"tags":["late:1"]}' >>"$T/plain.jsonl"
+run --data "$T/tab" append --batch "$T/plain.jsonl"
+expect 0 "202 events, the last tagged"
+run --data "$T/tab" read plain-1
+head -1 "$T/out" | grep -q TAGS && fail "no TAGS column without tags in the sample: $(head -1 "$T/out")"
+tail -1 "$T/out" | grep -q '\[late:1\] {"late":1}' || fail "a later row's tags: $(tail -1 "$T/out")"
+run --data "$T/tab" read plain-1 --backward --limit 3
+head -1 "$T/out" | grep -q TAGS || fail "a TAGS column when the sample has tags: $(head -1 "$T/out")"
+
 # ---- --batch: "tags" per line, '$dcb' lines, and a condition for the whole batch.
 cat >"$T/b.jsonl" <<'J'
 {"stream":"$dcb","type":"InvoiceNumbered","data":{"n":1},"tags":["invoice:1"]}

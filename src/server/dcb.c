@@ -75,6 +75,81 @@ static ProtobufCMessage *recv_one(srv_call *c, const ProtobufCMessageDescriptor 
 
 /* ---- Read */
 
+/* Events go out in batches (a message per event costs the client more than the event):
+ * copies, since a read's events are borrowed only until its next one. */
+#define READ_BATCH_EVENTS 128
+#define READ_BATCH_BYTES  (1u << 20)
+
+typedef struct read_batch {
+    dcb_ev m[READ_BATCH_EVENTS];
+    DcbEvent *p[READ_BATCH_EVENTS];
+    annal_event copy[READ_BATCH_EVENTS];
+    char *own[READ_BATCH_EVENTS]; /* each copy's bytes */
+    size_t n;
+    uint64_t bytes;
+} read_batch;
+
+/* Copy ev into the batch (its strings, data, metadata and tags in one block). 0, or -1
+ * out of memory. */
+static int batch_add(read_batch *b, const annal_event *ev) {
+    size_t size =
+        ev->stream_len + ev->type_len + 2 + ev->data_len + ev->metadata_len + ev->tags_len;
+    char *p = malloc(size); /* >= 2: the two NULs */
+    if (!p) return -1;
+    annal_event *c = &b->copy[b->n];
+    *c = *ev;
+    char *at = p;
+    c->stream = memcpy(at, ev->stream, ev->stream_len + 1), at += ev->stream_len + 1;
+    c->type = memcpy(at, ev->type, ev->type_len + 1), at += ev->type_len + 1;
+    if (ev->data_len) c->data = memcpy(at, ev->data, ev->data_len), at += ev->data_len;
+    if (ev->metadata_len)
+        c->metadata = memcpy(at, ev->metadata, ev->metadata_len), at += ev->metadata_len;
+    if (ev->tags_len) c->tags = memcpy(at, ev->tags, ev->tags_len);
+    event_out(c, &b->m[b->n]);
+    b->p[b->n] = &b->m[b->n].msg;
+    b->own[b->n++] = p;
+    b->bytes += size;
+    return 0;
+}
+
+static void batch_drop(read_batch *b) {
+    for (size_t i = 0; i < b->n; i++) free(b->own[i]);
+    b->n = 0;
+    b->bytes = 0;
+}
+
+/* Send what the batch holds (if anything) and empty it. 0, or -1 when the client left. */
+static int batch_flush(srv_call *c, read_batch *b) {
+    int r = 0;
+    if (b->n) {
+        Annal__Dcb__V1__ReadResp resp = ANNAL__DCB__V1__READ_RESP__INIT;
+        resp.n_events = b->n;
+        resp.events = b->p;
+        r = call_send(c, &resp.base);
+    }
+    batch_drop(b);
+    return r;
+}
+
+/* The matching events it may read, until limit; ANNAL_END when all were sent. */
+static annal_err read_loop(srv_call *c, const Annal__Dcb__V1__ReadReq *req, annal_iter *it,
+                           uint64_t after, read_batch *b) {
+    uint64_t sent = 0;
+    const annal_event *ev;
+    annal_err r = ANNAL_END;
+    while ((!req->limit || sent < req->limit) && (r = annal_iter_next(it, &ev)) == ANNAL_OK) {
+        if (req->backwards && after != ANNAL_AFTER_NONE && ev->position <= after) return ANNAL_END;
+        if (!sec_readable(c, ev)) continue; /* security: its own stream's $r */
+        uint64_t size = ev->data_len + ev->metadata_len;
+        if (b->n && (b->n == READ_BATCH_EVENTS || b->bytes + size > READ_BATCH_BYTES) &&
+            batch_flush(c, b) != 0)
+            return ANNAL_ECANCELED; /* the client went away */
+        if (batch_add(b, ev) != 0) return ANNAL_ENOMEM;
+        sent++;
+    }
+    return r == ANNAL_OK ? ANNAL_END : r; /* ANNAL_OK: the limit was reached */
+}
+
 static void read_events(srv_call *c, const Annal__Dcb__V1__ReadReq *req, const annal_query *q) {
     uint64_t after = (req->after_option_case == ANNAL__DCB__V1__READ_REQ__AFTER_OPTION_AFTER)
                          ? req->after
@@ -82,32 +157,19 @@ static void read_events(srv_call *c, const Annal__Dcb__V1__ReadReq *req, const a
     uint64_t from = req->backwards ? ANNAL_FROM_END : after == ANNAL_AFTER_NONE ? 0 : after + 1;
     if (!req->backwards && after == ANNAL_AFTER_NONE - 1) /* after the last position there is */
         return (void)call_reply(c, NULL);
+    read_batch *b = calloc(1, sizeof *b);
+    if (!b) return call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
     annal_iter *it = NULL;
     annal_err r =
         annal_read_query(c->srv->db, q, from, req->backwards ? ANNAL_READ_BACKWARD : 0, 0, &it);
-    if (r != ANNAL_OK) return rpc_fail_store(c, r, NULL);
-    dcb_ev m;
-    DcbEvent *one[1] = {&m.msg};
-    Annal__Dcb__V1__ReadResp resp = ANNAL__DCB__V1__READ_RESP__INIT;
-    resp.n_events = 1;
-    resp.events = one;
-    uint64_t sent = 0;
-    const annal_event *ev;
-    while ((!req->limit || sent < req->limit) && (r = annal_iter_next(it, &ev)) == ANNAL_OK) {
-        if (req->backwards && after != ANNAL_AFTER_NONE && ev->position <= after) {
-            r = ANNAL_END;
-            break;
-        }
-        if (!sec_readable(c, ev)) continue; /* security: its own stream's $r */
-        event_out(ev, &m);
-        if (call_send(c, &resp.base) != 0) break; /* the client went away */
-        sent++;
-    }
+    if (r == ANNAL_OK) r = read_loop(c, req, it, after, b);
     annal_iter_close(it);
-    if (r == ANNAL_OK || r == ANNAL_END)
+    if (r == ANNAL_END && batch_flush(c, b) == 0)
         call_reply(c, NULL);
-    else
+    else if (r != ANNAL_END && r != ANNAL_ECANCELED)
         rpc_fail_store(c, r, NULL);
+    batch_drop(b);
+    free(b);
 }
 
 void rpc_dcb_read(srv_call *c) {

@@ -176,6 +176,30 @@ async function basic() {
   assert.deepEqual(back.map((e) => Number(e.position)), [positions[2], positions[1]]);
   ok("reads by query: tags all-of, items OR'd, after, limit, backwards");
 
+  // Reads come in batches (of 128 events, or 1 MiB): many events, in order, each once.
+  const many = `many:${tag}`;
+  const batch = Array.from({ length: 300 }, (_, i) => ev("Many", [many], { i }));
+  batch.push(...Array.from({ length: 3 }, (_, i) => ({ ...ev("Big", [many]), data: Buffer.alloc(700 << 10, 65 + i) })));
+  assert.equal((await appendRaw({ events: batch })).result, "success");
+  const msgs = await new Promise((res, rej) => {
+    const out = [];
+    const call = dcb.Read({ query: q({ tags: [many] }) });
+    call.on("data", (m) => out.push(m.events));
+    call.on("error", rej);
+    call.on("end", () => res(out));
+  });
+  const got = msgs.flat();
+  assert.equal(got.length, 303);
+  assert.deepEqual(got.slice(0, 300).map((e) => JSON.parse(e.data.toString()).i), [...Array(300).keys()]);
+  assert.deepEqual(got.slice(300).map((e) => e.data.length), [700 << 10, 700 << 10, 700 << 10]);
+  assert.equal(got[302].data[0], 67);
+  assert.ok(msgs.length >= 5 && msgs.every((m) => m.length <= 128), `batches: ${msgs.map((m) => m.length)}`);
+  const limited = await read({ query: q({ tags: [many] }), limit: 200 });
+  assert.deepEqual(limited.map((e) => e.position), got.slice(0, 200).map((e) => e.position));
+  const tail = await read({ query: q({ tags: [many] }), backwards: true, after: got[149].position });
+  assert.deepEqual(tail.map((e) => e.position), got.slice(150).map((e) => e.position).reverse());
+  ok("reads in batches: 303 events (3 of 700 KiB) in order, limit and backwards across batches");
+
   // Subscribe: history, caught up, then only the matching live events.
   const sq = q({ types: ["SeatBooked"], tags: [`course:${tag}`] });
   const sub = subscribe({ query: sq });

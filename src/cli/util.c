@@ -431,26 +431,33 @@ void cli_table_init(cli_table *t, cli_global *g, FILE *out, int ncols, const cha
         t->term_cols = ws.ws_col;
 }
 
+/* The last cell led by the text of hidden columns ("[a] [b] last"), or NULL when no hidden
+ * column has any: a hidden column's later text is not lost. Caller frees. */
+static char *lead_text(const cli_table *t, const char *const *cells) {
+    size_t n = 0;
+    for (int c = 0; c < t->ncols; c++)
+        if (t->hidden[c] && cells != t->heads && cells[c][0]) n += strlen(cells[c]) + 3;
+    if (!n) return NULL;
+    const char *last = cells[t->ncols - 1];
+    size_t size = n + strlen(last) + 1, at = 0;
+    char *s = cli_xrealloc(NULL, size);
+    for (int c = 0; c < t->ncols; c++)
+        if (t->hidden[c] && cells != t->heads && cells[c][0])
+            at += (size_t)snprintf(s + at, size - at, "[%s] ", cells[c]);
+    snprintf(s + at, size - at, "%s", last);
+    return s;
+}
+
 static void table_print_row(cli_table *t, const char *const *cells) {
     size_t used = 0;
-    cli_buf lead = {0}; /* text of hidden columns, shown before the last one */
-    for (int c = 0; c < t->ncols; c++) {
-        if (t->hidden[c] && cells != t->heads && cells[c][0])
-            cli_buf_addf(&lead, "[%s] ", cells[c]);
-    }
+    char *lead = lead_text(t, cells);
     for (int c = 0; c < t->ncols; c++) {
         int last = c == t->ncols - 1;
         if (t->hidden[c]) continue;
         size_t w = t->width[c];
-        const char *cell = cells[c];
-        if (last) {
-            /* Whatever the terminal has left, but never squeeze it to nothing. */
-            w = t->term_cols > used + 20 ? t->term_cols - used : 20;
-            if (lead.len) {
-                cli_buf_adds(&lead, cell);
-                cell = cli_buf_cstr(&lead);
-            }
-        }
+        const char *cell = last && lead ? lead : cells[c];
+        /* The last: whatever the terminal has left, but never squeeze it to nothing. */
+        if (last) w = t->term_cols > used + 20 ? t->term_cols - used : 20;
         put_cell(t->out, cell, w, t->right[c] && !last, !last);
         if (!last) {
             fputs("  ", t->out);
@@ -458,7 +465,7 @@ static void table_print_row(cli_table *t, const char *const *cells) {
         }
     }
     fputc('\n', t->out);
-    cli_buf_free(&lead);
+    free(lead);
 }
 
 static void table_fix(cli_table *t) {

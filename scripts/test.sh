@@ -44,11 +44,11 @@ if [ "$quick" -eq 0 ]; then
   # futex wake-ups, the log's grower, the id runs' merger, subscribers, compaction
   # beside readers); not the fork/kill ones. tests/util/tsan.supp says what it hides.
   echo "== build (TSan)"
-  tsan_tests='^(concurrency_test|subscribe_test|api_test|ids_store_test|compact_test)$'
+  tsan_tests='^(concurrency_test|subscribe_test|api_test|ids_store_test|compact_test|dcb_race_test|dcb_examples_test)$'
   cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DANNAL_WERROR=ON -DANNAL_TSAN=ON \
         -DANNAL_BUILD_BENCH=OFF >/dev/null
   cmake --build build-tsan -j"$jobs" --target concurrency_test subscribe_test api_test \
-        ids_store_test compact_test >/dev/null
+        ids_store_test compact_test dcb_race_test dcb_examples_test >/dev/null
   echo "== tests (TSan)"
   (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/../tests/util/tsan.supp" \
      ctest --output-on-failure -j"$jobs" --timeout 900 -R "$tsan_tests")

@@ -694,6 +694,27 @@ int annal__blocks_tag(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uin
     return mrc;
 }
 
+int annal__blocks_tag_fwd(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                          annal__blocks *w) {
+    *w = (annal__blocks){.backward = 0};
+    int mrc = mdb_cursor_open(t, dbi, &w->c);
+    if (mrc) {
+        w->c = NULL;
+        return mrc;
+    }
+    /* The name's newest block first: when it ends at or below pos, so do all the others
+     * (the common case of a condition that holds: one lookup instead of a seek). */
+    MDB_val k = val(name, len);
+    mrc = mdb_cursor_get(w->c, &k, &w->v, MDB_SET_KEY);
+    if (!mrc) mrc = mdb_cursor_get(w->c, &k, &w->v, MDB_LAST_DUP);
+    annal__block b;
+    if (!mrc && annal__block_decode(w->v.mv_data, w->v.mv_size, &b) != ANNAL_OK)
+        mrc = MDB_CORRUPTED;
+    if (!mrc && annal__block_end(&b) <= pos) mrc = MDB_NOTFOUND;
+    if (!mrc) mrc = annal__index_tag_seek(w->c, name, len, pos, &w->v);
+    return mrc;
+}
+
 int annal__blocks_get(const annal__blocks *w, annal__block *b, int *other) {
     *other = 0;
     if (annal__block_decode(w->v.mv_data, w->v.mv_size, b) ||
@@ -755,14 +776,20 @@ size_t annal__category_len(const char *name, size_t len) {
 annal_err annal__index_tag_put_many(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len,
                                     const uint8_t *vals, size_t n) {
     if (n == 0) return ANNAL_OK;
-    MDB_cursor *c;
-    int rc = mdb_cursor_open(t, dbi, &c);
-    if (rc) return annal__index_err(rc);
     /* New events have the highest positions: appending skips the search of the
-     * duplicates. */
+     * duplicates. One block (a single-event append's) needs no cursor of its own (an
+     * allocation per call): mdb_put keeps its cursor on the stack. */
     MDB_val k = val(name, len), d[2] = {{ANNAL__BLOCK_VAL, (void *)vals}, {n, NULL}};
-    rc = mdb_cursor_put(c, &k, d, MDB_MULTIPLE | MDB_APPENDDUP);
-    mdb_cursor_close(c);
+    int rc;
+    if (n == 1) {
+        rc = mdb_put(t, dbi, &k, d, MDB_APPENDDUP);
+    } else {
+        MDB_cursor *c;
+        rc = mdb_cursor_open(t, dbi, &c);
+        if (rc) return annal__index_err(rc);
+        rc = mdb_cursor_put(c, &k, d, MDB_MULTIPLE | MDB_APPENDDUP);
+        mdb_cursor_close(c);
+    }
     /* Not all above the existing entries: one by one (a repeated block is a no-op). */
     for (size_t i = 0; rc == MDB_KEYEXIST && i < n; i++) {
         MDB_val v = val(vals + i * ANNAL__BLOCK_VAL, ANNAL__BLOCK_VAL);

@@ -235,6 +235,10 @@ int annal__blocks_rev(MDB_txn *t, const annal__index *idx, uint64_t stream_id, u
 /* On the block under name that starts at or below pos, or else on its first. */
 int annal__blocks_tag(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
                       int backward, annal__blocks *w);
+/* The same, forward only, and MDB_NOTFOUND at once when no block under name reaches pos
+ * (its newest one ends at or below it). */
+int annal__blocks_tag_fwd(MDB_txn *t, MDB_dbi dbi, const char *name, size_t len, uint64_t pos,
+                          annal__blocks *w);
 /* The block the walk is on; for revision blocks b->first_rev and *other: the block is
  * another stream's, below (-1) or above (1) stream_id; 0 otherwise. */
 int annal__blocks_get(const annal__blocks *w, annal__block *b, int *other);

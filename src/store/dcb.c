@@ -203,8 +203,8 @@ static int walk_load(qrun *r, qwalk *w, int mrc) {
 }
 
 static int walk_open(qrun *r, qwalk *w, MDB_dbi dbi, const annal__qname *name) {
-    int mrc = annal__blocks_tag(r->t, dbi, name->p, name->len, r->backward ? r->hi : r->lo,
-                                r->backward, &w->w);
+    int mrc = r->backward ? annal__blocks_tag(r->t, dbi, name->p, name->len, r->hi, 1, &w->w)
+                          : annal__blocks_tag_fwd(r->t, dbi, name->p, name->len, r->lo, &w->w);
     return walk_load(r, w, mrc);
 }
 
@@ -317,9 +317,7 @@ static void qrun_close(qrun *r) {
     for (size_t i = 0; i < r->nwalks; i++) annal__blocks_close(&r->walks[i].w);
     for (size_t i = 0; i < r->ncurs; i++)
         if (r->curs[i]) mdb_cursor_close(r->curs[i]);
-    free(r->walks);
-    free(r->curs);
-    free(r->items);
+    free(r->items); /* (the one allocation) */
 }
 
 /* Evaluate q (not q->all) over positions [lo, hi] in t. 0 or an LMDB code (ENOMEM). */
@@ -332,10 +330,13 @@ static int qrun_open(qrun *r, annal_db *db, MDB_txn *t, const annal__query *q, i
         nw += it->ntags ? 1 : it->ntypes;
         nc += it->ntags ? it->ntags + it->ntypes : 0;
     }
-    r->items = calloc(q->nitems ? q->nitems : 1, sizeof *r->items);
-    r->walks = calloc(nw ? nw : 1, sizeof *r->walks);
-    r->curs = calloc(nc ? nc : 1, sizeof *r->curs);
-    int mrc = r->items && r->walks && r->curs ? 0 : ENOMEM;
+    /* one allocation: items, then walks, then cursors (each array suitably aligned) */
+    size_t a = q->nitems * sizeof *r->items, b = nw * sizeof *r->walks;
+    char *mem = calloc(1, a + b + nc * sizeof *r->curs + 1);
+    r->items = (qitem *)(void *)mem;
+    r->walks = (qwalk *)(void *)(mem + a);
+    r->curs = (MDB_cursor **)(void *)(mem + a + b);
+    int mrc = mem ? 0 : ENOMEM;
     for (size_t i = 0; i < q->nitems && !mrc; i++) mrc = item_open(r, &r->items[i], &q->items[i]);
     return mrc;
 }

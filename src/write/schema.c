@@ -155,7 +155,8 @@ annal_err annal_schema_upcast(const annal_schema *s, const annal_event *ev, anna
     annal_err rc = annal__write_upcast(s, ev, &tmp, bufs, &e);
     if (rc == ANNAL_OK) {
         /* One allocation, laid out like annal_event_get's: the struct, then its bytes. */
-        size_t sz = sizeof *e + e->stream_len + 1 + e->type_len + 1 + e->data_len + e->metadata_len;
+        size_t sz = sizeof *e + e->stream_len + 1 + e->type_len + 1 + e->data_len +
+                    e->metadata_len + e->tags_len;
         annal_event *c = malloc(sz);
         if (c) {
             char *p = (char *)(c + 1);
@@ -173,6 +174,9 @@ annal_err annal_schema_upcast(const annal_schema *s, const annal_event *ev, anna
             p += e->data_len;
             if (e->metadata_len) memcpy(p, e->metadata, e->metadata_len);
             c->metadata = e->metadata_len ? p : NULL;
+            p += e->metadata_len;
+            if (e->tags_len) memcpy(p, e->tags, e->tags_len); /* (DCB tags) */
+            c->tags = e->tags_len ? p : NULL;
             *out = c;
         } else {
             rc = ANNAL_ENOMEM;

@@ -93,6 +93,12 @@ static void test_tags_roundtrip(void **state) {
     TU_OK(db, annal_read_type(db, "Enrolled", 0, 0, 0, &it));
     TU_OK(db, annal_iter_next(it, &e));
     assert_string_equal(tags_of(e, b, sizeof b), "course:c1|student:s7");
+    /* copies keep them: annal_event_get's above, annal_schema_upcast's (src/write) */
+    annal_event *up;
+    TU_OK(db, annal_schema_upcast(NULL, e, &up));
+    assert_ptr_not_equal(up->tags, e->tags); /* in the copy's own allocation */
+    assert_string_equal(tags_of(up, b, sizeof b), "course:c1|student:s7");
+    annal_free(up);
     annal_iter_close(it);
     /* and across a reopen and a rebuilt index */
     annal_db_close(db);

@@ -36,12 +36,33 @@ static const char usage[] =
     "                         all or none, across streams: one JSON object a line with\n"
     "                         \"stream\", \"type\", and optional \"data\", \"metadata\",\n"
     "                         \"id\"; \"expected_revision\" (as above) on a stream's first\n"
-    "                         line. Prints one JSON line per run of one stream's lines\n"
+    "                         line. Prints one JSON line per run of one stream's lines;\n"
+    "                         \"tags\": [\"x\", ...] on a line tags its event\n"
+    "\n"
+    "Dynamic Consistency Boundaries (see `annal find --help`):\n"
+    "  --tag X                tag the event with X (repeat for more tags)\n"
+    "  --fail-if-match QUERY  append only if no event matching QUERY exists (after\n"
+    "                         --after P, when given): else exit 6, nothing appended, and\n"
+    "                         the error names the matching event's position. With --batch\n"
+    "                         too\n"
+    "  --after P              the position the decision read up to (for --fail-if-match)\n"
+    "STREAM '$dcb' appends the event with its tags alone, to the store's DCB stream.\n"
     "\n"
     "Exit codes: 0 ok, 1 usage or invalid input, 3 conflict or id already used,\n"
-    "5 store error.\n";
+    "5 store error, 6 condition failed (--fail-if-match).\n";
 
-enum { OPT_EXPECTED, OPT_ID, OPT_METADATA, OPT_DATA_FILE, OPT_METADATA_FILE, OPT_JSON, OPT_BATCH };
+enum {
+    OPT_EXPECTED,
+    OPT_ID,
+    OPT_METADATA,
+    OPT_DATA_FILE,
+    OPT_METADATA_FILE,
+    OPT_JSON,
+    OPT_BATCH,
+    OPT_TAG,
+    OPT_FAIL_IF,
+    OPT_AFTER
+};
 static const cli_option options[] = {
     {"expected-revision", 1, OPT_EXPECTED},
     {"id", 1, OPT_ID},
@@ -50,6 +71,9 @@ static const cli_option options[] = {
     {"metadata-file", 1, OPT_METADATA_FILE},
     {"json", 0, OPT_JSON},
     {"batch", 1, OPT_BATCH},
+    {"tag", 1, OPT_TAG},
+    {"fail-if-match", 1, OPT_FAIL_IF},
+    {"after", 1, OPT_AFTER},
     {NULL, 0, 0},
 };
 
@@ -191,47 +215,92 @@ static void report_conflict(const char *stream, int64_t expected, int64_t actual
                   at);
 }
 
+/* The command line, parsed. */
+typedef struct append_args {
+    const char *operands[3];
+    int nops;
+    int64_t expected;
+    int has_expected;
+    const char *metadata, *data_file, *meta_file, *batch_file;
+    int strict;
+    annal_event_data ev;
+    /* Dynamic Consistency Boundaries */
+    const char **tags; /* argc entries, borrowed from argv */
+    size_t ntags;
+    const char *fail_if; /* --fail-if-match QUERY */
+    uint64_t after;      /* --after P, else ANNAL_AFTER_NONE */
+} append_args;
+
+static int is_dcb(const char *stream) { return strcmp(stream, ANNAL_DCB_STREAM) == 0; }
+
+/* Print the event at position as stored. */
+static int print_stored(annal_db *db, uint64_t position) {
+    annal_event *stored = NULL;
+    annal_err e = annal_event_get(db, position, &stored);
+    if (e != ANNAL_OK)
+        return cli_fail("append", db, e, "appended at position %llu but cannot read it back",
+                        (unsigned long long)position);
+    cli_buf line = {0};
+    cli_event_json(&line, stored);
+    cli_buf_addc(&line, '\n');
+    fwrite(line.p, 1, line.len, stdout);
+    cli_buf_free(&line);
+    annal_free(stored);
+    return 0;
+}
+
 /* Append ev to the open store and print it as stored (or say why not). */
 static int append_local(annal_db *db, const char *stream, int64_t expected, annal_event_data *ev) {
-    int rc = 0;
     annal_append_result res;
     memset(&res, 0, sizeof res);
     annal_err e = annal_append(db, stream, expected, ev, 1, &res);
     if (e == ANNAL_ECONFLICT) {
         report_conflict(stream, expected, res.revision);
-        rc = CLI_EXIT_CONFLICT;
+        return CLI_EXIT_CONFLICT;
+    }
+    /* The store's detail says what: the reused id, the limit passed, the bad name. */
+    if (e != ANNAL_OK) return cli_fail("append", db, e, "cannot append to stream %s", stream);
+    /* Print what the store holds, not what we sent: revision, position and time. */
+    return print_stored(db, res.first_position);
+}
+
+/* The same with tags and a condition (annal_append_tagged): '$dcb' is the DCB stream. */
+static int append_tagged(annal_db *db, const char *stream, append_args *aa) {
+    cli_query q = {0};
+    annal_condition cond = {NULL, aa->after};
+    char err[256];
+    if (aa->fail_if && cli_query_parse(aa->fail_if, &q, err, sizeof err) != 0) {
+        cli_query_free(&q);
+        return cli_usage_error("append", "bad --fail-if-match: %s", err);
+    }
+    cond.query = cli_query_view(&q);
+    annal_tag_list tl = {aa->tags, aa->ntags};
+    annal_tagged_append part = {is_dcb(stream) ? NULL : stream, aa->expected, &aa->ev, &tl, 1};
+    annal_append_result pr;
+    annal_stream_conflict conf;
+    annal_multi_result res;
+    memset(&res, 0, sizeof res);
+    res.parts = &pr;
+    res.conflicts = &conf;
+    res.max_conflicts = 1;
+    annal_err e = annal_append_tagged(db, &part, 1, NULL, 0, aa->fail_if ? &cond : NULL, &res);
+    int rc;
+    if (e == ANNAL_ECONDITION || e == ANNAL_ECONFLICT) {
+        if (res.nconflicts) report_conflict(stream, aa->expected, conf.actual);
+        rc = e == ANNAL_ECONFLICT
+                 ? CLI_EXIT_CONFLICT
+                 : cli_report_condition("append", db, res.condition_position, aa->after);
     } else if (e != ANNAL_OK) {
-        /* The store's detail says what: the reused id, the limit passed, the bad name. */
         rc = cli_fail("append", db, e, "cannot append to stream %s", stream);
     } else {
-        /* Print what the store holds, not what we sent: revision, position and time. */
-        annal_event *stored = NULL;
-        e = annal_event_get(db, res.first_position, &stored);
-        if (e != ANNAL_OK) {
-            rc = cli_fail("append", db, e, "appended at position %llu but cannot read it back",
-                          (unsigned long long)res.first_position);
-        } else {
-            cli_buf line = {0};
-            cli_event_json(&line, stored);
-            cli_buf_addc(&line, '\n');
-            fwrite(line.p, 1, line.len, stdout);
-            cli_buf_free(&line);
-            annal_free(stored);
-        }
+        rc = print_stored(db, pr.first_position);
     }
+    cli_query_free(&q);
     return rc;
 }
 
-int cli_cmd_append(cli_global *g, int argc, char **argv) {
-    const char *operands[3] = {NULL, NULL, NULL};
-    int nops = 0;
-    int64_t expected = ANNAL_EXPECT_ANY;
-    const char *metadata = NULL, *data_file = NULL, *meta_file = NULL;
-    int strict = 0;
-    const char *batch_file = NULL;
-    annal_event_data ev;
-    memset(&ev, 0, sizeof ev);
-
+/* Parse argv into aa. 0, -1 (help shown), or an exit code after reporting. */
+static int parse_args(cli_global *g, int argc, char **argv, append_args *aa) {
     cli_args a;
     cli_args_init(&a, g, argc, argv);
     const char *v;
@@ -240,82 +309,124 @@ int cli_cmd_append(cli_global *g, int argc, char **argv) {
         case CLI_ARG_ERROR: return CLI_EXIT_USAGE;
         case CLI_ARG_HELP:
             fputs(usage, stdout);
-            return cli_finish_output("append", stdout, "standard output", CLI_EXIT_OK);
+            return cli_finish_output("append", stdout, "standard output", -1);
         case CLI_ARG_OPERAND:
-            if (nops == 3) return cli_usage_error("append", "unexpected argument '%s'", v);
-            operands[nops++] = v;
+            if (aa->nops == 3) return cli_usage_error("append", "unexpected argument '%s'", v);
+            aa->operands[aa->nops++] = v;
             break;
         case OPT_EXPECTED:
-            if (parse_expected(v, &expected) != 0)
+            if (parse_expected(v, &aa->expected) != 0)
                 return cli_usage_error("append",
                                        "bad --expected-revision '%s': want a revision number, "
                                        "any, no_stream or stream_exists",
                                        v);
+            aa->has_expected = 1;
             break;
         case OPT_ID:
-            if (annal_uuid_parse(v, &ev.id) != ANNAL_OK)
+            if (annal_uuid_parse(v, &aa->ev.id) != ANNAL_OK)
                 return cli_usage_error("append",
                                        "bad --id '%s': want a UUID like "
                                        "0190b5d2-7c1e-7a3b-9f00-5d2e4c1b8a77",
                                        v);
             break;
-        case OPT_METADATA: metadata = v; break;
-        case OPT_DATA_FILE: data_file = v; break;
-        case OPT_METADATA_FILE: meta_file = v; break;
-        case OPT_JSON: strict = 1; break;
-        case OPT_BATCH: batch_file = v; break;
+        case OPT_METADATA: aa->metadata = v; break;
+        case OPT_DATA_FILE: aa->data_file = v; break;
+        case OPT_METADATA_FILE: aa->meta_file = v; break;
+        case OPT_JSON: aa->strict = 1; break;
+        case OPT_BATCH: aa->batch_file = v; break;
+        case OPT_TAG: aa->tags[aa->ntags++] = v; break;
+        case OPT_FAIL_IF: aa->fail_if = v; break;
+        case OPT_AFTER:
+            if (cli_parse_u64(v, &aa->after) != 0 || aa->after == ANNAL_AFTER_NONE)
+                return cli_usage_error("append", "bad --after '%s': want a position", v);
+            break;
         }
     }
-    if (batch_file) {
-        static const annal_uuid nil;
-        if (nops || data_file || metadata || meta_file || strict || expected != ANNAL_EXPECT_ANY ||
-            memcmp(&ev.id, &nil, sizeof nil) != 0)
-            return cli_usage_error("append", "--batch takes no other operand or option: the "
-                                             "file says each event's stream, type and expectation");
-        return cli_append_batch(g, batch_file);
-    }
-    if (nops < (data_file ? 2 : 3))
-        return cli_usage_error("append", "missing %s",
-                               nops == 0   ? "STREAM, TYPE and DATA"
-                               : nops == 1 ? "TYPE and DATA"
-                                           : "DATA (or --data-file FILE)");
-    if (data_file && nops == 3)
-        return cli_usage_error("append", "give DATA or --data-file, not both");
-    if (metadata && meta_file)
-        return cli_usage_error("append", "give --metadata or --metadata-file, not both");
-    const char *stream = operands[0];
-    ev.type = operands[1];
-    cli_buf data = {0}, meta = {0};
-    int rc = load_event(&ev, operands[2], data_file, metadata, meta_file, strict, &data, &meta);
-    if (rc) {
-        cli_buf_free(&data);
-        cli_buf_free(&meta);
-        return rc;
-    }
+    if (aa->after != ANNAL_AFTER_NONE && !aa->fail_if)
+        return cli_usage_error("append", "--after goes with --fail-if-match");
+    return 0;
+}
 
-    /* While a server owns the store, the append goes through it. */
+/* --batch FILE: the file says everything but the condition. */
+static int append_batch(cli_global *g, append_args *aa) {
+    static const annal_uuid nil;
+    if (aa->nops || aa->data_file || aa->metadata || aa->meta_file || aa->strict ||
+        aa->has_expected || aa->ntags || memcmp(&aa->ev.id, &nil, sizeof nil) != 0)
+        return cli_usage_error("append", "--batch takes no other operand or option but "
+                                         "--fail-if-match: the file says each event's stream, "
+                                         "type, tags and expectation");
+    if (!aa->fail_if) return cli_append_batch(g, aa->batch_file, NULL);
+    cli_query q = {0};
+    char err[256];
+    int rc;
+    if (cli_query_parse(aa->fail_if, &q, err, sizeof err) != 0) {
+        rc = cli_usage_error("append", "bad --fail-if-match: %s", err);
+    } else {
+        annal_condition cond = {cli_query_view(&q), aa->after};
+        rc = cli_append_batch(g, aa->batch_file, &cond);
+    }
+    cli_query_free(&q);
+    return rc;
+}
+
+/* Through the server that owns the store (or --server), or directly. */
+static int append_routed(cli_global *g, append_args *aa) {
+    const char *stream = aa->operands[0];
+    int dcb = aa->ntags || aa->fail_if || is_dcb(stream);
     annal_remote *srv;
-    rc = cli_route(g, "append", &srv);
+    int rc = cli_route(g, "append", &srv);
     if (!rc && srv) {
-        rc = cli_remote_append(srv, stream, expected, &ev);
+        if (dcb)
+            rc = cli_remote_append_dcb(srv, is_dcb(stream) ? NULL : stream, aa->expected, &aa->ev,
+                                       aa->tags, aa->ntags, aa->fail_if, aa->after);
+        else
+            rc = cli_remote_append(srv, stream, aa->expected, &aa->ev);
         annal_remote_close(srv);
     }
-    if (rc || srv) {
-        cli_buf_free(&data);
-        cli_buf_free(&meta);
-        return rc;
-    }
+    if (rc || srv) return rc;
     annal_db *db;
     rc = cli_open(g, "append", ANNAL_OPEN_CREATE, NULL, &db);
+    if (rc) return rc;
+    rc = dcb ? append_tagged(db, stream, aa) : append_local(db, stream, aa->expected, &aa->ev);
+    annal_db_close(db);
+    return cli_finish_output("append", stdout, "standard output", rc);
+}
+
+int cli_cmd_append(cli_global *g, int argc, char **argv) {
+    append_args aa;
+    memset(&aa, 0, sizeof aa);
+    aa.expected = ANNAL_EXPECT_ANY;
+    aa.after = ANNAL_AFTER_NONE;
+    aa.tags = cli_xrealloc(NULL, (size_t)(argc + 1) * sizeof *aa.tags);
+    int rc = parse_args(g, argc, argv, &aa);
+    if (rc || aa.batch_file) {
+        if (!rc) rc = append_batch(g, &aa);
+        free(aa.tags);
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    }
+    if (aa.nops < (aa.data_file ? 2 : 3))
+        rc = cli_usage_error("append", "missing %s",
+                             aa.nops == 0   ? "STREAM, TYPE and DATA"
+                             : aa.nops == 1 ? "TYPE and DATA"
+                                            : "DATA (or --data-file FILE)");
+    else if (aa.data_file && aa.nops == 3)
+        rc = cli_usage_error("append", "give DATA or --data-file, not both");
+    else if (aa.metadata && aa.meta_file)
+        rc = cli_usage_error("append", "give --metadata or --metadata-file, not both");
+    else if (is_dcb(aa.operands[0]) && aa.has_expected)
+        rc = cli_usage_error("append", "the DCB stream takes no --expected-revision: use "
+                                       "--fail-if-match QUERY --after P");
     if (rc) {
-        cli_buf_free(&data);
-        cli_buf_free(&meta);
+        free(aa.tags);
         return rc;
     }
-
-    rc = append_local(db, stream, expected, &ev);
-    annal_db_close(db);
+    aa.ev.type = aa.operands[1];
+    cli_buf data = {0}, meta = {0};
+    rc = load_event(&aa.ev, aa.operands[2], aa.data_file, aa.metadata, aa.meta_file, aa.strict,
+                    &data, &meta);
+    if (!rc) rc = append_routed(g, &aa);
     cli_buf_free(&data);
     cli_buf_free(&meta);
-    return cli_finish_output("append", stdout, "standard output", rc);
+    free(aa.tags);
+    return rc;
 }

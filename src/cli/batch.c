@@ -18,6 +18,8 @@ typedef struct batch_line {
     int64_t expected;
     cli_buf data, meta;
     int has_meta;
+    char **tags; /* "tags": [...] (Dynamic Consistency Boundaries) */
+    size_t ntags;
 } batch_line;
 
 typedef struct batch {
@@ -25,13 +27,17 @@ typedef struct batch {
     size_t n, cap;
 } batch;
 
+static void line_free(batch_line *bl) {
+    free(bl->stream);
+    free(bl->type);
+    cli_buf_free(&bl->data);
+    cli_buf_free(&bl->meta);
+    for (size_t k = 0; k < bl->ntags; k++) free(bl->tags[k]);
+    free(bl->tags);
+}
+
 static void batch_free(batch *b) {
-    for (size_t i = 0; i < b->n; i++) {
-        free(b->lines[i].stream);
-        free(b->lines[i].type);
-        cli_buf_free(&b->lines[i].data);
-        cli_buf_free(&b->lines[i].meta);
-    }
+    for (size_t i = 0; i < b->n; i++) line_free(&b->lines[i]);
     free(b->lines);
 }
 
@@ -98,6 +104,22 @@ static int get_expected(json_t *obj, const char *line, size_t len, batch_line *b
                "expected_revision");
 }
 
+/* "tags": an array of strings (the store checks the limits). */
+static int get_tags(json_t *obj, batch_line *bl, char *err, size_t errlen) {
+    json_t *j = json_object_get(obj, "tags");
+    if (!j || json_is_null(j)) return 0;
+    if (!json_is_array(j)) return bad(err, errlen, "%s", "\"tags\" must be an array of strings");
+    size_t i;
+    json_t *t;
+    json_array_foreach(j, i, t) {
+        if (!json_is_string(t) || strlen(json_string_value(t)) != json_string_length(t))
+            return bad(err, errlen, "%s", "\"tags\" must be strings without NUL");
+        bl->tags = cli_xrealloc(bl->tags, (bl->ntags + 1) * sizeof *bl->tags);
+        bl->tags[bl->ntags++] = cli_xstrndup(json_string_value(t), json_string_length(t));
+    }
+    return 0;
+}
+
 static int parse_line(const char *line, size_t len, batch_line *bl, char *err, size_t errlen) {
     memset(bl, 0, sizeof *bl);
     bl->expected = ANNAL_EXPECT_ANY;
@@ -123,17 +145,17 @@ static int parse_line(const char *line, size_t len, batch_line *bl, char *err, s
     }
     if (get_expected(obj, line, len, bl, err, errlen) ||
         get_bytes(obj, line, len, "data", &bl->data, NULL, err, errlen) ||
-        get_bytes(obj, line, len, "metadata", &bl->meta, &bl->has_meta, err, errlen))
+        get_bytes(obj, line, len, "metadata", &bl->meta, &bl->has_meta, err, errlen) ||
+        get_tags(obj, bl, err, errlen))
         goto out;
+    if (bl->has_expected && strcmp(bl->stream, ANNAL_DCB_STREAM) == 0) {
+        bad(err, errlen, "%s", "the DCB stream $dcb takes no \"expected_revision\"");
+        goto out;
+    }
     rc = 0;
 out:
     json_decref(obj);
-    if (rc) {
-        free(bl->stream);
-        free(bl->type);
-        cli_buf_free(&bl->data);
-        cli_buf_free(&bl->meta);
-    }
+    if (rc) line_free(bl);
     return rc;
 }
 
@@ -203,21 +225,30 @@ static const char *expected_text(int64_t e, char *buf, size_t n) {
     return buf;
 }
 
-/* Append b's events; print one JSON line per part. */
-static int append_all(annal_db *db, batch *b) {
+/* The part's stream as the user wrote it ($dcb is NULL to the store). */
+static const char *part_name(const annal_tagged_append *p) {
+    return p->stream ? p->stream : ANNAL_DCB_STREAM;
+}
+
+/* Append b's events (if cond holds); print one JSON line per part. */
+static int append_all(annal_db *db, batch *b, const annal_condition *cond) {
     annal_event_data *evs = cli_xrealloc(NULL, b->n * sizeof *evs);
-    annal_stream_append *parts = cli_xrealloc(NULL, b->n * sizeof *parts);
+    annal_tag_list *tags = cli_xrealloc(NULL, b->n * sizeof *tags);
+    annal_tagged_append *parts = cli_xrealloc(NULL, b->n * sizeof *parts);
     size_t np = 0;
     for (size_t i = 0; i < b->n; i++) {
         batch_line *bl = &b->lines[i];
         evs[i] = (annal_event_data){bl->id,       bl->type,   bl->data.p,
                                     bl->data.len, bl->meta.p, bl->meta.len};
         if (bl->has_meta && !evs[i].metadata) evs[i].metadata = "";
-        if (np && strcmp(parts[np - 1].stream, bl->stream) == 0) {
+        tags[i] = (annal_tag_list){(const char *const *)bl->tags, bl->ntags};
+        if (np && strcmp(part_name(&parts[np - 1]), bl->stream) == 0) {
             parts[np - 1].n++;
             continue;
         }
-        parts[np++] = (annal_stream_append){bl->stream, bl->expected, &evs[i], 1};
+        int dcb = strcmp(bl->stream, ANNAL_DCB_STREAM) == 0;
+        parts[np++] =
+            (annal_tagged_append){dcb ? NULL : bl->stream, bl->expected, &evs[i], &tags[i], 1};
     }
     annal_append_result *pr = cli_xrealloc(NULL, np * sizeof *pr);
     annal_stream_conflict conf[64];
@@ -226,9 +257,9 @@ static int append_all(annal_db *db, batch *b) {
     res.parts = pr;
     res.conflicts = conf;
     res.max_conflicts = sizeof conf / sizeof conf[0];
-    annal_err e = annal_append_multi(db, parts, np, NULL, 0, &res);
+    annal_err e = annal_append_tagged(db, parts, np, NULL, 0, cond, &res);
     int rc = 0;
-    if (e == ANNAL_ECONFLICT || e == ANNAL_EDELETED) {
+    if (e == ANNAL_ECONFLICT || e == ANNAL_EDELETED || e == ANNAL_ECONDITION) {
         for (size_t i = 0; i < res.nconflicts && i < res.max_conflicts; i++) {
             char eb[48];
             const annal_stream_conflict *c = &conf[i];
@@ -242,15 +273,18 @@ static int append_all(annal_db *db, batch *b) {
                           expected_text(c->expected, eb, sizeof eb), c->stream,
                           (long long)c->actual);
         }
-        cli_error("append", "%zu stream(s) conflicted; nothing appended", res.nconflicts);
-        rc = CLI_EXIT_CONFLICT;
+        if (e == ANNAL_ECONDITION)
+            rc = cli_report_condition("append", db, res.condition_position, cond->after);
+        else
+            cli_error("append", "%zu stream(s) conflicted; nothing appended", res.nconflicts);
+        if (e != ANNAL_ECONDITION) rc = CLI_EXIT_CONFLICT;
     } else if (e != ANNAL_OK) {
         rc = cli_fail("append", db, e, "cannot append the batch");
     } else {
         cli_buf out = {0};
         for (size_t i = 0; i < np; i++) {
             cli_buf_adds(&out, "{\"stream\":");
-            cli_json_add_string(&out, parts[i].stream, strlen(parts[i].stream));
+            cli_json_add_string(&out, part_name(&parts[i]), strlen(part_name(&parts[i])));
             cli_buf_addf(&out,
                          ",\"first_revision\":%llu,\"revision\":%lld,\"first_position\":%llu,"
                          "\"count\":%llu,\"idempotent\":%s}\n",
@@ -263,17 +297,18 @@ static int append_all(annal_db *db, batch *b) {
     }
     free(pr);
     free(parts);
+    free(tags);
     free(evs);
     return rc;
 }
 
-int cli_append_batch(cli_global *g, const char *path) {
+int cli_append_batch(cli_global *g, const char *path, const annal_condition *cond) {
     batch b = {0};
     int rc = load(path, &b);
     if (!rc) rc = cli_route_refuse(g, "append --batch");
     annal_db *db = NULL;
     if (!rc) rc = cli_open(g, "append", ANNAL_OPEN_CREATE, NULL, &db);
-    if (!rc) rc = append_all(db, &b);
+    if (!rc) rc = append_all(db, &b, cond);
     annal_db_close(db);
     batch_free(&b);
     return cli_finish_output("append", stdout, "standard output", rc);

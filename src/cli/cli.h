@@ -22,7 +22,8 @@ enum {
     CLI_EXIT_NOTFOUND = 2, /* no such store or stream */
     CLI_EXIT_CONFLICT = 3, /* wrong expected revision, or an event id used differently */
     CLI_EXIT_CORRUPT = 4,  /* damage found in the store */
-    CLI_EXIT_STORE = 5     /* any other failure: I/O, busy, full disk, out of memory... */
+    CLI_EXIT_STORE = 5,    /* any other failure: I/O, busy, full disk, out of memory... */
+    CLI_EXIT_CONDITION = 6 /* a DCB append condition failed: a matching event came first */
 };
 
 /* Settings decided by main.c (which alone reads the environment). */
@@ -39,6 +40,10 @@ typedef struct cli_global {
     annal_err (*remote_append)(void *remote, const char *stream, int64_t expected,
                                annal_event_data *evs, size_t n, annal_append_result *res);
     const char *(*remote_errmsg)(void *remote);
+    /* ... and its appends of tagged events, or to the DCB stream "$dcb" (route_dcb.c). */
+    annal_err (*remote_append_tagged)(void *remote, const char *stream, int64_t expected,
+                                      annal_event_data *evs, const annal_tag_list *tags, size_t n,
+                                      annal_append_result *res);
     uint64_t wait_ms; /* --wait MS: how long a writer waits for another one to finish */
 } cli_global;
 
@@ -68,8 +73,10 @@ int cli_cmd_cert(cli_global *g, int argc, char **argv);
 int cli_cmd_user(cli_global *g, int argc, char **argv);    /* user.c (docs/security.md) */
 int cli_cmd_backup(cli_global *g, int argc, char **argv);  /* backup.c */
 int cli_cmd_restore(cli_global *g, int argc, char **argv); /* backup.c */
-/* `annal append --batch FILE` (batch.c): FILE's events atomically across streams. */
-int cli_append_batch(cli_global *g, const char *path);
+int cli_cmd_find(cli_global *g, int argc, char **argv);    /* find.c: DCB queries */
+/* `annal append --batch FILE` (batch.c): FILE's events atomically across streams, if cond
+ * (may be NULL) holds. */
+int cli_append_batch(cli_global *g, const char *path, const annal_condition *cond);
 
 /* ---- Option parsing: GNU style, options and operands in any order, "--" ends options,
  * "--name=value" or "--name value". --data DIR is accepted by every command. */
@@ -187,7 +194,9 @@ typedef struct cli_table {
     FILE *out;
     int ncols;
     const char *heads[CLI_TABLE_MAXCOLS];
-    int right[CLI_TABLE_MAXCOLS]; /* right-align (numbers) */
+    int right[CLI_TABLE_MAXCOLS];    /* right-align (numbers) */
+    int optional[CLI_TABLE_MAXCOLS]; /* hidden when empty in every sampled row */
+    int hidden[CLI_TABLE_MAXCOLS];
     size_t maxw[CLI_TABLE_MAXCOLS];
     size_t width[CLI_TABLE_MAXCOLS];
     size_t term_cols;
@@ -195,11 +204,39 @@ typedef struct cli_table {
     char **pending; /* ncols cells per buffered row */
     size_t npending;
 } cli_table;
-/* spec: "NAME" left-aligned, ">NAME" right-aligned; maxw 0 = no cap. */
+/* spec: "NAME" left-aligned, ">NAME" right-aligned, "?NAME" left-aligned and hidden when
+ * empty in the sampled rows (a later row's text for it then leads the last column, in
+ * brackets); maxw 0 = no cap. */
 void cli_table_init(cli_table *t, cli_global *g, FILE *out, int ncols, const char *const *spec,
                     const size_t *maxw);
 void cli_table_row(cli_table *t, const char *const *cells);
 void cli_table_end(cli_table *t);
+
+/* ---- DCB queries (dcbquery.c): the text forms of an annal_query (docs/cli.md, "Queries").
+ * Owns its strings; q.items points into view, valid until the next change or free. */
+typedef struct cli_query_item {
+    char **types, **tags;
+    size_t ntypes, ntags;
+} cli_query_item;
+typedef struct cli_query {
+    cli_query_item *items;
+    size_t nitems;
+    annal_query_item *view;
+    annal_query q;
+} cli_query;
+/* Parse text: '*' (every event), JSON ({"items":[{"types":[..],"tags":[..]}]} or the items
+ * array alone), or the short form "type=A,B tag=x tag=y | type=C" (items OR'd). Items are
+ * added to out. 0, or -1 with the reason in err. */
+int cli_query_parse(const char *text, cli_query *out, char *err, size_t errlen);
+void cli_query_new_item(cli_query *q);
+void cli_query_add(cli_query *q, int is_tag, const char *s); /* to the last item */
+const annal_query *cli_query_view(cli_query *q);             /* the annal_query to pass */
+void cli_query_free(cli_query *q);
+/* A tag list as JSON ("tags":[...] is how events carry them): ["a","b"]. */
+void cli_tags_json(cli_buf *b, const annal_event *ev);
+/* "condition failed" said in the user's terms: which event matched (its position, type and
+ * stream, read back when db is not NULL). Returns CLI_EXIT_CONDITION. */
+int cli_report_condition(const char *cmd, annal_db *db, uint64_t position, uint64_t after);
 
 /* The write-side stories of `annal demo` (demo_decide.c): stream names end in suffix. */
 int cli_demo_decide(annal_db *db, const char *suffix);

@@ -14,8 +14,9 @@ static const char usage[] =
     "\n"
     "Append the events of FILE (default '-': standard input), JSON lines in the shape\n"
     "`annal export` writes, creating the store if missing. Each line needs \"stream\"\n"
-    "and \"type\"; \"id\", \"revision\", \"data\", \"metadata\" and \"*_encoding\" are\n"
-    "optional; \"position\" and \"timestamp\" are ignored (the store stamps each event).\n"
+    "and \"type\"; \"id\", \"revision\", \"data\", \"metadata\", \"*_encoding\" and\n"
+    "\"tags\" are optional; \"position\" and \"timestamp\" are ignored (the store stamps each "
+    "event).\n"
     "An event is appended with its id at its revision (expected revision = revision - 1),\n"
     "so importing the same file again appends nothing, and an interrupted import can be\n"
     "run again. Consecutive lines of one stream go in one append.\n"
@@ -49,6 +50,8 @@ typedef struct line_event {
     int has_rev;
     uint64_t rev;
     cli_buf data, meta;
+    char **tags; /* "tags": [...] (Dynamic Consistency Boundaries) */
+    size_t ntags;
 } line_event;
 
 typedef struct importer {
@@ -63,6 +66,10 @@ typedef struct importer {
     annal_event_data *evs;
     char **types;
     cli_buf *datas, *metas;
+    char ***tagv; /* each event's tags (owned), and as the store takes them */
+    size_t *ntagv;
+    annal_tag_list *tls;
+    int tagged; /* the batch needs annal_append_tagged: tags, or the DCB stream */
     uint64_t *lines;
     size_t n, cap, bytes;
     /* Totals. */
@@ -70,11 +77,17 @@ typedef struct importer {
     cli_progress prog;
 } importer;
 
+static void tags_free(char **tags, size_t n) {
+    for (size_t i = 0; i < n; i++) free(tags[i]);
+    free(tags);
+}
+
 static void line_event_free(line_event *le) {
     free(le->stream);
     free(le->type);
     cli_buf_free(&le->data);
     cli_buf_free(&le->meta);
+    tags_free(le->tags, le->ntags);
 }
 
 /* ---------------------------------------------------------------- parsing a line */
@@ -155,6 +168,22 @@ static int get_revision(json_t *obj, const char *line, size_t len, line_event *l
     return bad(err, errlen, "\"%s\" must be a whole number >= 0", "revision");
 }
 
+/* "tags": an array of strings, as export writes it (the store checks the limits). */
+static int get_tags(json_t *obj, line_event *le, char *err, size_t errlen) {
+    json_t *j = json_object_get(obj, "tags");
+    if (!j || json_is_null(j)) return 0;
+    if (!json_is_array(j)) return bad(err, errlen, "%s", "\"tags\" must be an array of strings");
+    size_t i;
+    json_t *t;
+    json_array_foreach(j, i, t) {
+        if (!json_is_string(t) || strlen(json_string_value(t)) != json_string_length(t))
+            return bad(err, errlen, "%s", "\"tags\" must be strings without NUL");
+        le->tags = cli_xrealloc(le->tags, (le->ntags + 1) * sizeof *le->tags);
+        le->tags[le->ntags++] = cli_xstrndup(json_string_value(t), json_string_length(t));
+    }
+    return 0;
+}
+
 static int parse_line(const char *line, size_t len, line_event *le, char *err, size_t errlen) {
     memset(le, 0, sizeof *le);
     json_error_t jerr;
@@ -183,7 +212,8 @@ static int parse_line(const char *line, size_t len, line_event *le, char *err, s
     }
     if (get_revision(obj, line, len, le, err, errlen) ||
         get_bytes(obj, line, len, "data", 0, &le->data, err, errlen) ||
-        get_bytes(obj, line, len, "metadata", 1, &le->meta, err, errlen))
+        get_bytes(obj, line, len, "metadata", 1, &le->meta, err, errlen) ||
+        get_tags(obj, le, err, errlen))
         goto out;
     rc = 0;
 out:
@@ -204,11 +234,31 @@ static void batch_clear(importer *im) {
         free(im->types[i]);
         cli_buf_free(&im->datas[i]);
         cli_buf_free(&im->metas[i]);
+        tags_free(im->tagv[i], im->ntagv[i]);
     }
+    im->tagged = 0;
     free(im->stream);
     im->stream = NULL;
     im->n = 0;
     im->bytes = 0;
+}
+
+/* evs[from, from+n) with their tags, to the DCB stream when that is the stream (where the
+ * revision is the store's to give: the events' ids make a second import a no-op). */
+static annal_err append_tagged(importer *im, size_t from, size_t n, int64_t expected,
+                               annal_append_result *res) {
+    int dcb = strcmp(im->stream, ANNAL_DCB_STREAM) == 0;
+    annal_tagged_append part = {dcb ? NULL : im->stream, expected, im->evs + from, im->tls + from,
+                                n};
+    annal_stream_conflict conf;
+    annal_multi_result mr;
+    memset(&mr, 0, sizeof mr);
+    mr.parts = res;
+    mr.conflicts = &conf;
+    mr.max_conflicts = 1;
+    annal_err e = annal_append_tagged(im->db, &part, 1, NULL, 0, NULL, &mr);
+    if (e == ANNAL_ECONFLICT && mr.nconflicts) res->revision = conf.actual;
+    return e;
 }
 
 /* Append evs[from, from+n) and report a failure with its line numbers. */
@@ -216,7 +266,11 @@ static int append_range(importer *im, size_t from, size_t n, annal_append_result
                         annal_err *err) {
     int64_t expected = expected_for(im->exact, im->first_rev + from);
     memset(res, 0, sizeof *res);
-    *err = im->g && im->g->remote
+    *err = im->tagged && im->g && im->g->remote
+               ? im->g->remote_append_tagged(im->g->remote, im->stream, expected, im->evs + from,
+                                             im->tls + from, n, res)
+           : im->tagged ? append_tagged(im, from, n, expected, res)
+           : im->g && im->g->remote
                ? im->g->remote_append(im->g->remote, im->stream, expected, im->evs + from, n, res)
                : annal_append(im->db, im->stream, expected, im->evs + from, n, res);
     if (*err == ANNAL_OK) {
@@ -295,6 +349,9 @@ static int add_event(importer *im, line_event *le, uint64_t lineno) {
         im->datas = cli_xrealloc(im->datas, im->cap * sizeof *im->datas);
         im->metas = cli_xrealloc(im->metas, im->cap * sizeof *im->metas);
         im->lines = cli_xrealloc(im->lines, im->cap * sizeof *im->lines);
+        im->tagv = cli_xrealloc(im->tagv, im->cap * sizeof *im->tagv);
+        im->ntagv = cli_xrealloc(im->ntagv, im->cap * sizeof *im->ntagv);
+        im->tls = cli_xrealloc(im->tls, im->cap * sizeof *im->tls);
     }
     size_t i = im->n++;
     im->types[i] = le->type;
@@ -304,6 +361,12 @@ static int add_event(importer *im, line_event *le, uint64_t lineno) {
     memset(&le->data, 0, sizeof le->data);
     memset(&le->meta, 0, sizeof le->meta);
     im->lines[i] = lineno;
+    im->tagv[i] = le->tags;
+    im->ntagv[i] = le->ntags;
+    le->tags = NULL;
+    le->ntags = 0;
+    im->tls[i] = (annal_tag_list){(const char *const *)im->tagv[i], im->ntagv[i]};
+    im->tagged |= im->ntagv[i] > 0 || strcmp(im->stream, ANNAL_DCB_STREAM) == 0;
     im->bytes += size;
     annal_event_data *ev = &im->evs[i];
     memset(ev, 0, sizeof *ev);
@@ -410,6 +473,9 @@ int cli_cmd_import(cli_global *g, int argc, char **argv) {
         free(im.datas);
         free(im.metas);
         free(im.lines);
+        free(im.tagv);
+        free(im.ntagv);
+        free(im.tls);
     }
     if (in != stdin) fclose(in);
     if (!rc && g->remote) /* the protocol does not say which appends were already there */

@@ -330,7 +330,21 @@ void cli_event_json(cli_buf *b, const annal_event *ev) {
                  (unsigned long long)ev->revision, (unsigned long long)ev->position, ts);
     add_bytes_field(b, "data", ev->data, ev->data_len, 0);
     add_bytes_field(b, "metadata", ev->metadata, ev->metadata_len, 1);
+    if (ev->ntags) { /* omitted when empty: stores without tags export as before */
+        cli_buf_adds(b, ",\"tags\":");
+        cli_tags_json(b, ev);
+    }
     cli_buf_addc(b, '}');
+}
+
+void cli_tags_json(cli_buf *b, const annal_event *ev) {
+    cli_buf_addc(b, '[');
+    int first = 1;
+    for (const char *t = NULL; annal_event_tag_next(ev, &t); first = 0) {
+        if (!first) cli_buf_addc(b, ',');
+        cli_json_add_string(b, t, strlen(t));
+    }
+    cli_buf_addc(b, ']');
 }
 
 void cli_data_preview(cli_buf *b, const void *s, size_t n) {

@@ -32,6 +32,7 @@ static const struct {
     {"subscribe", cli_cmd_subscribe, "follow a stream or $all live (JSON lines, like tail -f)"},
     {"projection", cli_cmd_projection, "add, run, rebuild and operate projections (read models)"},
     {"query", cli_cmd_query, "run SQL against a projection's read model"},
+    {"find", cli_cmd_find, "events matching a query of types and tags (DCB), or --follow them"},
     {"serve", cli_cmd_serve, "serve the store over KurrentDB's gRPC protocol"},
     {"completion", cli_cmd_completion, "print a bash completion script (sub-commands, streams)"},
     {"cert", cli_cmd_cert, "make a development CA and node/user TLS certificates"},
@@ -67,7 +68,8 @@ static void usage(FILE *out) {
           "  2  not found (no store, no stream)\n"
           "  3  conflict (wrong expected revision, event id already used differently)\n"
           "  4  corruption found\n"
-          "  5  other store error (I/O, store busy, disk full, ...)\n",
+          "  5  other store error (I/O, store busy, disk full, ...)\n"
+          "  6  append condition failed (--fail-if-match: a matching event came first)\n",
           out);
 }
 

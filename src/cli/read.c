@@ -15,7 +15,7 @@ static const char usage[] =
     "\n"
     "Options:\n"
     "  --json       one JSON object per line: id, stream, type, revision, position,\n"
-    "               timestamp, data, metadata (see docs/cli.md)\n"
+    "               timestamp, data, metadata, tags (see docs/cli.md)\n"
     "  --backward   newest first\n"
     "  --from N     start at revision N (at position N for $all); default: the first\n"
     "               event, or the last one with --backward\n"
@@ -35,11 +35,17 @@ static void table_row(cli_table *t, const annal_event *ev) {
     snprintf(pos, sizeof pos, "%llu", (unsigned long long)ev->position);
     snprintf(rev, sizeof rev, "%llu", (unsigned long long)ev->revision);
     cli_time_short(ev->timestamp_ns, when);
-    cli_buf data = {0};
+    cli_buf data = {0}, tags = {0};
     cli_data_preview(&data, ev->data, ev->data_len);
-    const char *cells[] = {pos, ev->stream, rev, ev->type, when, cli_buf_cstr(&data)};
+    for (const char *tg = NULL; annal_event_tag_next(ev, &tg);) {
+        if (tags.len) cli_buf_addc(&tags, ' ');
+        cli_buf_adds(&tags, tg);
+    }
+    const char *cells[] = {pos,  ev->stream,         rev, ev->type, cli_buf_cstr(&tags),
+                           when, cli_buf_cstr(&data)};
     cli_table_row(t, cells);
     cli_buf_free(&data);
+    cli_buf_free(&tags);
 }
 
 int cli_cmd_read(cli_global *g, int argc, char **argv) {
@@ -97,11 +103,11 @@ int cli_cmd_read(cli_global *g, int argc, char **argv) {
         return rc;
     }
 
-    static const char *const heads[] = {">POSITION", "STREAM",     ">REV",
-                                        "TYPE",      "TIME (UTC)", "DATA"};
-    static const size_t maxw[] = {0, 32, 0, 28, 0, 0};
+    static const char *const heads[] = {">POSITION", "STREAM",     ">REV", "TYPE",
+                                        "?TAGS",     "TIME (UTC)", "DATA"};
+    static const size_t maxw[] = {0, 32, 0, 28, 40, 0, 0};
     cli_table t;
-    cli_table_init(&t, g, stdout, 6, heads, maxw);
+    cli_table_init(&t, g, stdout, 7, heads, maxw);
     cli_buf line = {0};
     const annal_event *ev;
     while ((e = annal_iter_next(it, &ev)) == ANNAL_OK) {

@@ -89,6 +89,7 @@ int cli_cmd_import_routed(cli_global *g, int argc, char **argv) {
     g->remote = r;
     g->remote_append = import_append;
     g->remote_errmsg = import_errmsg;
+    g->remote_append_tagged = cli_remote_append_tagged;
     rc = cli_cmd_import(g, argc, argv);
     g->remote = NULL;
     annal_remote_close(r);

@@ -25,6 +25,17 @@ int cli_cmd_import_routed(cli_global *g, int argc, char **argv);
 
 /* The writing commands through a server, printing as their direct versions do. */
 int cli_remote_append(annal_remote *r, const char *stream, int64_t expected, annal_event_data *ev);
+/* A DCB append through the server's annal.dcb.v1 service (dcb.proto): stream NULL for the
+ * DCB stream, tags, and the condition "nothing matching fail_if (NULL: none) after after". */
+int cli_remote_append_dcb(annal_remote *r, const char *stream, int64_t expected,
+                          annal_event_data *ev, const char *const *tags, size_t ntags,
+                          const char *fail_if, uint64_t after);
+/* Tagged events (tags[i] for evs[i]) to stream ("$dcb": the DCB stream) through the
+ * server's Dcb/Append, for `annal import`: ANNAL_OK, ANNAL_ECONFLICT (res->revision the
+ * actual one) or the call's error. */
+annal_err cli_remote_append_tagged(void *remote, const char *stream, int64_t expected,
+                                   annal_event_data *evs, const annal_tag_list *tags, size_t n,
+                                   annal_append_result *res);
 int cli_remote_delete(annal_remote *r, const char *stream, int64_t expected, int hard);
 /* Show (json NULL and no limits) or set a stream's metadata: lim are $maxCount, $maxAge,
  * $tb as decimal text or NULL. */

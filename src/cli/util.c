@@ -42,6 +42,7 @@ int cli_exit_code(annal_err rc) {
     case ANNAL_ECONFLICT:
     case ANNAL_EDUPLICATE: return CLI_EXIT_CONFLICT;
     case ANNAL_ECORRUPT: return CLI_EXIT_CORRUPT;
+    case ANNAL_ECONDITION: return CLI_EXIT_CONDITION;
     default: return CLI_EXIT_STORE;
     }
 }
@@ -443,7 +444,8 @@ void cli_table_init(cli_table *t, cli_global *g, FILE *out, int ncols, const cha
     t->ncols = ncols > CLI_TABLE_MAXCOLS ? CLI_TABLE_MAXCOLS : ncols;
     for (int c = 0; c < t->ncols; c++) {
         t->right[c] = spec[c][0] == '>';
-        t->heads[c] = spec[c] + (t->right[c] ? 1 : 0);
+        t->optional[c] = spec[c][0] == '?';
+        t->heads[c] = spec[c] + (t->right[c] || t->optional[c] ? 1 : 0);
         t->maxw[c] = maxw ? maxw[c] : 0;
     }
     t->term_cols = 120;
@@ -452,22 +454,41 @@ void cli_table_init(cli_table *t, cli_global *g, FILE *out, int ncols, const cha
         t->term_cols = ws.ws_col;
 }
 
+/* The last cell led by the text of hidden columns ("[a] [b] last"), or NULL when no hidden
+ * column has any: a hidden column's later text is not lost. Caller frees. */
+static char *lead_text(const cli_table *t, const char *const *cells) {
+    size_t n = 0;
+    for (int c = 0; c < t->ncols; c++)
+        if (t->hidden[c] && cells != t->heads && cells[c][0]) n += strlen(cells[c]) + 3;
+    if (!n) return NULL;
+    const char *last = cells[t->ncols - 1];
+    size_t size = n + strlen(last) + 1, at = 0;
+    char *s = cli_xrealloc(NULL, size);
+    for (int c = 0; c < t->ncols; c++)
+        if (t->hidden[c] && cells != t->heads && cells[c][0])
+            at += (size_t)snprintf(s + at, size - at, "[%s] ", cells[c]);
+    snprintf(s + at, size - at, "%s", last);
+    return s;
+}
+
 static void table_print_row(cli_table *t, const char *const *cells) {
     size_t used = 0;
+    char *lead = lead_text(t, cells);
     for (int c = 0; c < t->ncols; c++) {
         int last = c == t->ncols - 1;
+        if (t->hidden[c]) continue;
         size_t w = t->width[c];
-        if (last) {
-            /* Whatever the terminal has left, but never squeeze it to nothing. */
-            w = t->term_cols > used + 20 ? t->term_cols - used : 20;
-        }
-        put_cell(t->out, cells[c], w, t->right[c] && !last, !last);
+        const char *cell = last && lead ? lead : cells[c];
+        /* The last: whatever the terminal has left, but never squeeze it to nothing. */
+        if (last) w = t->term_cols > used + 20 ? t->term_cols - used : 20;
+        put_cell(t->out, cell, w, t->right[c] && !last, !last);
         if (!last) {
             fputs("  ", t->out);
             used += t->width[c] + 2;
         }
     }
     fputc('\n', t->out);
+    free(lead);
 }
 
 static void table_fix(cli_table *t) {
@@ -479,6 +500,10 @@ static void table_fix(cli_table *t) {
         }
         if (t->maxw[c] && w > t->maxw[c]) w = t->maxw[c];
         t->width[c] = w;
+        int empty = 1;
+        for (size_t r = 0; empty && r < t->npending; r++)
+            empty = !t->pending[r * (size_t)t->ncols + (size_t)c][0];
+        t->hidden[c] = t->optional[c] && empty && c < t->ncols - 1;
     }
     t->fixed = 1;
     table_print_row(t, t->heads);

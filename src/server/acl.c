@@ -86,7 +86,9 @@ static int decide(annal_server *srv, const sec_who *w, const char *stream, sec_o
         stream += 2;
         op = op == SEC_READ ? SEC_META_READ : SEC_META_WRITE;
     }
-    int system = stream[0] == '$';
+    /* The DCB stream holds the application's events with tags alone: governed as a user
+     * stream (its own `$acl`, else `$userStreamAcl`, else every user), not admins only. */
+    int system = stream[0] == '$' && strcmp(stream, ANNAL_DCB_STREAM) != 0;
     json_t *meta = NULL, *list = NULL;
     if (!system) {
         char *text = NULL;

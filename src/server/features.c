@@ -43,6 +43,10 @@ static const struct {
     {"kurrentdb.protocol.v2.streams.streamsservice", "appendsession"},
     {"kurrentdb.protocol.v2.streams.streamsservice", "appendrecords"},
     {"event_store.client.projections.projections", "disable"},
+    /* annal's Dynamic Consistency Boundaries service (dcb.c, proto/dcb.proto) */
+    {"annal.dcb.v1.dcb", "read"},
+    {"annal.dcb.v1.dcb", "subscribe"},
+    {"annal.dcb.v1.dcb", "append"},
 };
 #define NSUPPORTED (sizeof supported / sizeof supported[0])
 

@@ -91,6 +91,10 @@ static const struct {
     {"/kurrentdb.protocol.v2.streams.StreamsService/AppendSession", rpc_v2_append_session},
     {"/kurrentdb.protocol.v2.streams.StreamsService/AppendRecords", rpc_v2_append_records},
     {"/event_store.client.projections.Projections/Disable", rpc_projections_disable},
+    /* annal's Dynamic Consistency Boundaries service (dcb.c) */
+    {"/annal.dcb.v1.Dcb/Read", rpc_dcb_read},
+    {"/annal.dcb.v1.Dcb/Subscribe", rpc_dcb_subscribe},
+    {"/annal.dcb.v1.Dcb/Append", rpc_dcb_append},
 };
 
 static void run_call(srv_call *c) {

@@ -301,6 +301,16 @@ void rpc_v2_append_records(srv_call *c);
 /* A v2 request checked as the server does, without a live call (the fuzz target's entry):
  * an AppendRequest (records 0) or an AppendRecordsRequest (1). NULL, or what is wrong. */
 const char *srv_v2_check(const ProtobufCMessage *msg, int records, uint64_t max_bytes);
+/* dcb.c: annal's own DCB service (proto/dcb.proto, annal.dcb.v1.Dcb). */
+void rpc_dcb_read(srv_call *c);
+void rpc_dcb_subscribe(srv_call *c);
+void rpc_dcb_append(srv_call *c);
+/* Request decoding without a live call (the fuzz target's entries): NULL or an error ("" for
+ * over max_bytes). */
+struct Annal__Dcb__V1__AppendReq;
+struct Annal__Dcb__V1__Query;
+const char *srv_dcb_append_check(const struct Annal__Dcb__V1__AppendReq *req, uint64_t max_bytes);
+const char *srv_dcb_query_check(const struct Annal__Dcb__V1__Query *q);
 
 /* Errors of the store as the clients dispatch on them. */
 void rpc_fail_store(srv_call *c, annal_err e, const char *stream);

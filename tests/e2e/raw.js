@@ -54,6 +54,10 @@ check("GetSupportedMethods lists exactly what is served", async () => {
   assert.match(r.event_store_server_version, /^\d+\.\d+\.\d+/);
   const got = r.methods.map((m) => `${m.service_name}/${m.method_name}`).sort();
   assert.deepEqual(got, [
+    // annal's own DCB service (issue 24, dcb.proto)
+    "annal.dcb.v1.dcb/append",
+    "annal.dcb.v1.dcb/read",
+    "annal.dcb.v1.dcb/subscribe",
     "event_store.client.gossip.gossip/read",
     "event_store.client.monitoring.monitoring/stats",
     "event_store.client.operations.operations/shutdown",

@@ -232,7 +232,12 @@ static void end_pass(annal_sub *s) {
     s->it = NULL;
     if (!complete) return;
     if (s->kind == SUB_STREAM && s->pass_count > s->next_rev) s->next_rev = s->pass_count;
-    if (s->kind != SUB_STREAM && s->pass_bound > s->scanned) s->scanned = s->pass_bound;
+    if (s->kind != SUB_STREAM && s->pass_bound > s->scanned) {
+        /* A query's reads skip what does not match without showing it: count it as
+         * passed over, so that checkpoints move over it, live too, as a filter's do. */
+        if (s->kind == SUB_QUERY) s->passed += s->pass_bound - s->scanned;
+        s->scanned = s->pass_bound;
+    }
 }
 
 static int64_t mono_ms(void) {
@@ -283,6 +288,12 @@ static annal_err sub_next(annal_sub *s, int timeout_ms, annal_sub_item *item) {
             annal_err rc = annal_iter_next(s->it, &ev);
             if (rc == ANNAL_END) {
                 end_pass(s);
+                if (s->passed >= s->checkpoint_every) {
+                    s->passed = 0;
+                    item->kind = ANNAL_SUB_CHECKPOINT;
+                    item->position = checkpoint(s);
+                    return ANNAL_OK;
+                }
                 continue;
             }
             if (rc != ANNAL_OK) { /* the place is kept: a later call retries from it */

@@ -208,14 +208,21 @@ static int parse_conn(const char *s, conn_str *c, char *err, size_t errlen) {
 }
 
 static grpc_channel_args *channel_args(void) {
-    static grpc_arg args[2];
-    static grpc_channel_args ca = {2, args};
+    static grpc_arg args[3];
+    static grpc_channel_args ca = {3, args};
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = (int)MAX_MESSAGE;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = (int)MAX_MESSAGE;
+    /* A connection of its own per channel: gRPC core otherwise shares one TCP connection
+     * among channels of equal arguments (insecure ones, not TLS ones, whose credentials
+     * differ), so 16 load-generator clients measured one connection insecure against 16
+     * with TLS. */
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = (char *)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+    args[2].value.integer = 1;
     return &ca;
 }
 

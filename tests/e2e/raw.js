@@ -127,6 +127,26 @@ check("Read answers only after the client's half-close (a status sent earlier ma
   generic.close();
 });
 
+check("a second request on Read is INVALID_ARGUMENT, not answered as the first", async () => {
+  const m = pkg.streams.Streams.service.Read;
+  const generic = new grpc.Client(addr, creds);
+  const call = generic.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize);
+  const seen = [];
+  call.on("data", (r) => seen.push(r));
+  const st = await new Promise((resolve) => {
+    call.on("status", resolve);
+    call.on("error", () => {});
+    const req = { options: { stream: { stream_identifier: sid(`twice-${crypto.randomUUID()}`),
+      start: {} }, read_direction: "Forwards", count: "10", no_filter: {}, uuid_option: { string: {} } } };
+    call.write(req);
+    call.write(req);
+    call.end();
+  });
+  assert.equal(st.code, grpc.status.INVALID_ARGUMENT);
+  assert.deepEqual(seen, []);
+  generic.close();
+});
+
 check("Append without options first is INVALID_ARGUMENT", async () => {
   const [err] = await append([event("T", 1)]);
   assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
